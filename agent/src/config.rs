@@ -1,0 +1,301 @@
+//! The agent's settings: which relay, how to trust it, and which local targets to expose.
+
+use std::{
+    fmt,
+    path::{Path, PathBuf},
+    str::FromStr,
+    time::Duration,
+};
+
+use burrow_common::{
+    Fingerprint, Secret,
+    config::{EnvSource, duration},
+};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// `BURROW_TOKEN`, `BURROW_RELAY`, `BURROW_FINGERPRINT`, ...; the relay's own
+/// `BURROW_RELAY_*` variables may share the environment.
+pub const ENV: EnvSource<'static> = EnvSource {
+    prefix: "BURROW",
+    skip: &["BURROW_RELAY_", "BURROW_CONFIG"],
+    list_keys: &[],
+};
+
+/// The relay's QUIC port when `--relay` names none.
+pub const DEFAULT_RELAY_PORT: u16 = 4443;
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentConfig {
+    /// `HOST[:PORT]` of the relay; none runs a relay inside the agent.
+    pub relay: Option<RelayAddr>,
+    pub token: Option<Secret>,
+    /// Trust the relay whose certificate has this SHA-256 fingerprint.
+    pub fingerprint: Option<Fingerprint>,
+    /// Trust relays whose certificate chains to a CA in this PEM file.
+    pub ca: Option<PathBuf>,
+    /// Skip all certificate checks (local experiments only).
+    pub insecure: bool,
+    #[serde(with = "duration")]
+    pub keep_alive: Duration,
+    #[serde(with = "duration")]
+    pub idle_timeout: Duration,
+    /// Longest wait between reconnect attempts.
+    #[serde(with = "duration")]
+    pub reconnect_max_delay: Duration,
+    pub tunnels: Vec<TunnelConfig>,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        Self {
+            relay: None,
+            token: None,
+            fingerprint: None,
+            ca: None,
+            insecure: false,
+            // Below the 30 s UDP timeout of common NATs, so the mapping stays open.
+            keep_alive: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(30),
+            reconnect_max_delay: Duration::from_secs(30),
+            tunnels: Vec::new(),
+        }
+    }
+}
+
+impl AgentConfig {
+    pub fn load(file: Option<&Path>, flags: &impl Serialize) -> anyhow::Result<Self> {
+        burrow_common::config::load(file, &ENV, flags)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TunnelConfig {
+    /// Stable name: with the token it keeps the same public port across reconnects.
+    /// Defaults to `tcp-<local port>`.
+    pub name: Option<String>,
+    /// `PORT` or `HOST:PORT`; the host defaults to 127.0.0.1.
+    pub local: LocalTarget,
+    /// Public port to ask for; the relay picks one when absent.
+    pub remote_port: Option<u16>,
+}
+
+impl TunnelConfig {
+    pub fn name(&self) -> String {
+        self.name
+            .clone()
+            .unwrap_or_else(|| format!("tcp-{}", self.local.port))
+    }
+}
+
+/// Where the agent connects for each visitor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalTarget {
+    pub host: String,
+    pub port: u16,
+}
+
+impl fmt::Display for LocalTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write_host_port(f, &self.host, self.port)
+    }
+}
+
+impl FromStr for LocalTarget {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || {
+            format!(
+                "invalid local address {s:?}: expected PORT or HOST:PORT, like 8080 or 127.0.0.1:8080"
+            )
+        };
+        let (host, port) = split_host_port(s, None).ok_or_else(bad)?;
+        Ok(Self {
+            host: host.unwrap_or_else(|| "127.0.0.1".into()),
+            port,
+        })
+    }
+}
+
+/// The relay's QUIC address as the user wrote it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelayAddr {
+    pub host: String,
+    pub port: u16,
+}
+
+impl fmt::Display for RelayAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write_host_port(f, &self.host, self.port)
+    }
+}
+
+impl FromStr for RelayAddr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || {
+            format!(
+                "invalid relay address {s:?}: expected HOST or HOST:PORT, like relay.example.com or 203.0.113.7:4443"
+            )
+        };
+        match split_host_port(s, Some(DEFAULT_RELAY_PORT)).ok_or_else(bad)? {
+            (Some(host), port) => Ok(Self { host, port }),
+            (None, _) => Err(bad()),
+        }
+    }
+}
+
+fn write_host_port(f: &mut fmt::Formatter<'_>, host: &str, port: u16) -> fmt::Result {
+    if host.contains(':') {
+        write!(f, "[{host}]:{port}")
+    } else {
+        write!(f, "{host}:{port}")
+    }
+}
+
+/// Splits `host:port`, `[v6]:port`, a bare port (no host) or, with a default port, a bare host.
+fn split_host_port(s: &str, default_port: Option<u16>) -> Option<(Option<String>, u16)> {
+    let s = s.trim();
+    let port = |p: &str| p.parse::<u16>().ok().filter(|p| *p != 0);
+    if let Some(rest) = s.strip_prefix('[') {
+        let (host, after) = rest.split_once(']')?;
+        let port = match after.strip_prefix(':') {
+            Some(p) => port(p)?,
+            None if after.is_empty() => default_port?,
+            None => return None,
+        };
+        return Some((Some(host.to_string()), port));
+    }
+    if s.chars().all(|c| c.is_ascii_digit()) && default_port.is_none() {
+        return Some((None, port(s)?));
+    }
+    let valid_host = |h: &str| {
+        !h.is_empty()
+            && h.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+    };
+    match s.matches(':').count() {
+        0 if valid_host(s) => Some((Some(s.to_string()), default_port?)),
+        1 => {
+            let (host, p) = s.split_once(':')?;
+            valid_host(host).then_some(())?;
+            Some((Some(host.to_string()), port(p)?))
+        }
+        // A bare IPv6 address.
+        _ if s.parse::<std::net::Ipv6Addr>().is_ok() => Some((Some(s.to_string()), default_port?)),
+        _ => None,
+    }
+}
+
+macro_rules! serde_via_str {
+    ($ty:ty) => {
+        impl<'de> Deserialize<'de> for $ty {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                #[derive(Deserialize)]
+                #[serde(untagged)]
+                enum Raw {
+                    Number(u64),
+                    Text(String),
+                }
+                match Raw::deserialize(d)? {
+                    Raw::Number(n) => n.to_string().parse(),
+                    Raw::Text(s) => s.parse(),
+                }
+                .map_err(serde::de::Error::custom)
+            }
+        }
+
+        impl Serialize for $ty {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_str(self)
+            }
+        }
+    };
+}
+
+serde_via_str!(LocalTarget);
+serde_via_str!(RelayAddr);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Serialize)]
+    struct NoFlags {}
+
+    #[test]
+    fn addresses_parse() {
+        let local = |s: &str| s.parse::<LocalTarget>().map(|t| t.to_string());
+        assert_eq!(local("8080"), Ok("127.0.0.1:8080".into()));
+        assert_eq!(local("localhost:3000"), Ok("localhost:3000".into()));
+        assert_eq!(local("[::1]:22"), Ok("[::1]:22".into()));
+        assert!(
+            local("host:")
+                .unwrap_err()
+                .contains("expected PORT or HOST:PORT")
+        );
+        assert!(local("0").is_err());
+
+        let relay = |s: &str| s.parse::<RelayAddr>().map(|t| t.to_string());
+        assert_eq!(
+            relay("relay.example.com"),
+            Ok("relay.example.com:4443".into())
+        );
+        assert_eq!(relay("127.0.0.1:5000"), Ok("127.0.0.1:5000".into()));
+        assert_eq!(relay("::1"), Ok("[::1]:4443".into()));
+        assert_eq!(relay("[::1]:7"), Ok("[::1]:7".into()));
+        assert!(
+            relay("http://x")
+                .unwrap_err()
+                .contains("expected HOST or HOST:PORT")
+        );
+    }
+
+    #[test]
+    fn deploy_example_parses() -> anyhow::Result<()> {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/agent.toml");
+        let config = AgentConfig::load(Some(&path), &NoFlags {})?;
+        assert_eq!(
+            config.relay,
+            Some("relay.example.com".parse().map_err(anyhow::Error::msg)?)
+        );
+        assert_eq!(config.tunnels.len(), 2);
+        assert_eq!(config.tunnels[1].name(), "ssh");
+        Ok(())
+    }
+
+    #[test]
+    fn bad_values_name_key_value_and_form() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("agent.toml");
+        for (text, words) in [
+            (
+                "fingerprint = \"sha256:12\"",
+                ["fingerprint", "sha256:12", "64 hex digits"],
+            ),
+            ("relay = \"a b\"", ["relay", "\"a b\"", "HOST:PORT"]),
+            ("keep_alive = \"often\"", ["keep_alive", "often", "30s"]),
+            (
+                "[[tunnels]]\nlocal = \"x:y\"",
+                ["tunnels", "x:y", "HOST:PORT"],
+            ),
+            (
+                "[[tunnels]]\nlocal = 80\nremote = 1",
+                ["unknown field `remote`", "remote_port", "tunnels"],
+            ),
+        ] {
+            std::fs::write(&path, text)?;
+            let err = format!(
+                "{:#}",
+                AgentConfig::load(Some(&path), &NoFlags {}).unwrap_err()
+            );
+            for word in words {
+                assert!(err.contains(word), "{text}: {err} lacks {word}");
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,157 @@
+//! The burrow agent: dials a relay, registers tunnels, and forwards each stream the relay
+//! opens to a local target. `run` reconnects with backoff until cancelled.
+
+mod backoff;
+pub mod cli;
+pub mod config;
+pub mod embedded;
+mod forward;
+mod session;
+
+use std::{fmt, time::Duration};
+
+use anyhow::Context;
+use burrow_common::{Secret, tls, tls::Trust, transport};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    backoff::Backoff,
+    config::{AgentConfig, LocalTarget, RelayAddr},
+    session::Outcome,
+};
+
+/// Everything one run needs, resolved and checked.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub relay: RelayAddr,
+    pub trust: Trust,
+    pub token: Secret,
+    pub tunnels: Vec<TunnelPlan>,
+    pub keep_alive: Duration,
+    pub idle_timeout: Duration,
+    pub reconnect_max_delay: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TunnelPlan {
+    pub name: String,
+    pub local: LocalTarget,
+    pub remote_port: Option<u16>,
+}
+
+impl Plan {
+    /// Resolves a config that names a relay. The embedded relay builds its plan itself.
+    pub fn for_relay(config: &AgentConfig, relay: RelayAddr) -> anyhow::Result<Self> {
+        let token = config.token.clone().context(
+            "no token: pass --token, set BURROW_TOKEN, or put `token` in the config file \
+             (the relay prints one at its first start; `relay token add NAME` makes more)",
+        )?;
+        let trust = match (&config.fingerprint, &config.ca, config.insecure) {
+            (Some(_), Some(_), _) => anyhow::bail!("give either --fingerprint or --ca, not both"),
+            (Some(fp), None, _) => Trust::Pinned(*fp),
+            (None, Some(ca), _) => Trust::CaFile(ca.clone()),
+            (None, None, true) => Trust::Insecure,
+            (None, None, false) => Trust::PublicRoots,
+        };
+        Ok(Self::new(config, relay, trust, token))
+    }
+
+    pub fn new(config: &AgentConfig, relay: RelayAddr, trust: Trust, token: Secret) -> Self {
+        let tunnels = config
+            .tunnels
+            .iter()
+            .map(|t| TunnelPlan {
+                name: t.name(),
+                local: t.local.clone(),
+                remote_port: t.remote_port,
+            })
+            .collect();
+        Self {
+            relay,
+            trust,
+            token,
+            tunnels,
+            keep_alive: config.keep_alive,
+            idle_timeout: config.idle_timeout,
+            reconnect_max_delay: config.reconnect_max_delay,
+        }
+    }
+}
+
+/// What the agent is doing now; `run` publishes every change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Status {
+    Connecting,
+    Online(Vec<PublicTunnel>),
+    Retrying {
+        attempt: u32,
+        delay: Duration,
+        reason: String,
+    },
+}
+
+/// A tunnel as the relay granted it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublicTunnel {
+    pub name: String,
+    pub host: String,
+    pub port: u16,
+    pub local: LocalTarget,
+}
+
+impl fmt::Display for PublicTunnel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
+        write!(f, "tcp://{host}:{} -> {}", self.port, self.local)
+    }
+}
+
+/// Keeps the tunnels up until `cancel`: reconnects forever on transient failures, returns an
+/// error on ones the user must fix (bad token, untrusted relay on first contact, refusals).
+pub async fn run(
+    plan: Plan,
+    status: watch::Sender<Status>,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        !plan.tunnels.is_empty(),
+        "nothing to expose: pass --local PORT or list [[tunnels]] in the config file"
+    );
+    let client = tls::client_config(
+        &plan.trust,
+        transport::agent(plan.keep_alive, plan.idle_timeout),
+    )?;
+    let mut backoff = Backoff::new(plan.reconnect_max_delay);
+    // Until the first Welcome, a refusal or an untrusted certificate is a setup mistake.
+    let mut never_online = true;
+    loop {
+        status.send_replace(Status::Connecting);
+        match session::run(&plan, &client, &status, never_online, &cancel).await {
+            Outcome::Stopped => return Ok(()),
+            Outcome::Fatal(e) => return Err(e),
+            Outcome::Retry { reason, was_online } => {
+                if was_online {
+                    never_online = false;
+                    backoff.reset();
+                }
+                let delay = backoff.next_delay();
+                let attempt = backoff.attempt();
+                tracing::warn!(attempt, retry_in = ?delay, "{reason}");
+                status.send_replace(Status::Retrying {
+                    attempt,
+                    delay,
+                    reason,
+                });
+                tokio::select! {
+                    _ = cancel.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    }
+}

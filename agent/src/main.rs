@@ -1,0 +1,19 @@
+//! `agent --local 8080`: expose a local port (through a relay inside the agent unless
+//! `--relay HOST` is given). `agent --help` lists the flags.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = agent::cli::Cli::parse();
+    burrow_common::logging::init("info");
+    match agent::cli::run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,232 @@
+//! One session with the relay: connect, say Hello, then serve the relay's streams.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use burrow_common::{
+    CloseCode, Hello, ServerMsg, TunnelKind, TunnelSpec,
+    codes::{close_code, describe_connection_error},
+    protocol::{self, MAX_CONTROL_FRAME, PROTOCOL_VERSION},
+};
+use quinn::{Connection, Endpoint};
+use tokio::sync::watch;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+use crate::{Plan, PublicTunnel, Status, config::LocalTarget, forward::handle_stream};
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const WELCOME_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How a session ended.
+pub(crate) enum Outcome {
+    /// The user stopped the agent; the relay has been told.
+    Stopped,
+    /// Try again after a backoff. `was_online` resets the backoff.
+    Retry { reason: String, was_online: bool },
+    /// Retrying cannot help; the user must change something.
+    Fatal(anyhow::Error),
+}
+
+/// Runs one session to its end. While the agent has `never_online`, a refusal or a
+/// certificate mismatch is a configuration error rather than a passing condition.
+pub(crate) async fn run(
+    plan: &Plan,
+    client: &quinn::ClientConfig,
+    status: &watch::Sender<Status>,
+    never_online: bool,
+    cancel: &CancellationToken,
+) -> Outcome {
+    let (endpoint, conn) = match connect(plan, client).await {
+        Ok(connected) => connected,
+        Err(Failure::Trust(reason)) if never_online => {
+            return Outcome::Fatal(anyhow::anyhow!(reason));
+        }
+        Err(Failure::Trust(reason) | Failure::Unreachable(reason)) => {
+            return Outcome::Retry {
+                reason,
+                was_online: false,
+            };
+        }
+    };
+    let outcome = tokio::select! {
+        _ = cancel.cancelled() => Outcome::Stopped,
+        outcome = register_and_serve(plan, &conn, status, never_online) => outcome,
+    };
+    if matches!(outcome, Outcome::Stopped) {
+        CloseCode::AgentExit.close(&conn);
+    }
+    // Lets the close reach the relay, so it frees the tunnels at once.
+    tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle())
+        .await
+        .ok();
+    outcome
+}
+
+enum Failure {
+    /// The relay answered but could not be trusted, or speaks another protocol.
+    Trust(String),
+    Unreachable(String),
+}
+
+async fn connect(
+    plan: &Plan,
+    client: &quinn::ClientConfig,
+) -> Result<(Endpoint, Connection), Failure> {
+    let relay = &plan.relay;
+    let addr = tokio::net::lookup_host((relay.host.as_str(), relay.port))
+        .await
+        .map_err(|e| Failure::Unreachable(format!("cannot resolve {}: {e}", relay.host)))?
+        .next()
+        .ok_or_else(|| Failure::Unreachable(format!("{} has no address", relay.host)))?;
+    let local: SocketAddr = if addr.is_ipv6() {
+        "[::]:0"
+    } else {
+        "0.0.0.0:0"
+    }
+    .parse()
+    .map_err(|_| unreachable_addr())?;
+    let mut endpoint = Endpoint::client(local)
+        .map_err(|e| Failure::Unreachable(format!("cannot open a UDP socket: {e}")))?;
+    endpoint.set_default_client_config(client.clone());
+    if matches!(plan.trust, burrow_common::tls::Trust::Insecure) {
+        tracing::warn!(
+            "--insecure: the relay's certificate is NOT checked; anyone on the path can read this tunnel"
+        );
+    }
+    let connecting = endpoint
+        .connect(addr, &relay.host)
+        .map_err(|e| Failure::Unreachable(format!("cannot connect to {addr}: {e}")))?;
+    match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
+        Err(_) => Err(Failure::Unreachable(format!(
+            "no answer from the relay at {addr} (UDP {})",
+            relay.port
+        ))),
+        Ok(Ok(conn)) => Ok((endpoint, conn)),
+        Ok(Err(e)) => Err(classify_handshake_error(&e, addr)),
+    }
+}
+
+fn unreachable_addr() -> Failure {
+    Failure::Unreachable("bad local bind address".into())
+}
+
+fn classify_handshake_error(e: &quinn::ConnectionError, addr: SocketAddr) -> Failure {
+    use quinn::ConnectionError as E;
+    let crypto = |code: quinn::TransportErrorCode| format!("{code:?}").starts_with("crypto");
+    match e {
+        E::TransportError(t) if t.reason.contains("invalid peer certificate") => {
+            Failure::Trust(format!(
+                "the relay at {addr} presented a certificate that does not match --fingerprint / --ca ({})",
+                t.reason
+            ))
+        }
+        E::ConnectionClosed(c) if crypto(c.error_code) => Failure::Trust(format!(
+            "the relay at {addr} rejected the TLS handshake ({}); is it a burrow relay of the same version?",
+            c.error_code
+        )),
+        E::TransportError(t) if crypto(t.code) => {
+            Failure::Trust(format!("TLS handshake with {addr} failed: {}", t.reason))
+        }
+        other => Failure::Unreachable(format!(
+            "cannot reach the relay at {addr}: {}",
+            describe_connection_error(other)
+        )),
+    }
+}
+
+async fn register_and_serve(
+    plan: &Plan,
+    conn: &Connection,
+    status: &watch::Sender<Status>,
+    never_online: bool,
+) -> Outcome {
+    let (answer, _control) = match hello(plan, conn).await {
+        Ok(answered) => answered,
+        Err(e) => {
+            return Outcome::Retry {
+                reason: format!("handshake failed: {e:#}"),
+                was_online: false,
+            };
+        }
+    };
+    let granted = match answer {
+        ServerMsg::Welcome { tunnels } => tunnels,
+        ServerMsg::Refused(refusal) if never_online || !refusal.is_transient() => {
+            return Outcome::Fatal(anyhow::anyhow!("the relay refused: {refusal}"));
+        }
+        ServerMsg::Refused(refusal) => {
+            return Outcome::Retry {
+                reason: refusal.to_string(),
+                was_online: false,
+            };
+        }
+    };
+    let mut online = Vec::new();
+    for (granted, tunnel) in granted.iter().zip(&plan.tunnels) {
+        let host = granted
+            .host
+            .clone()
+            .unwrap_or_else(|| plan.relay.host.clone());
+        online.push(PublicTunnel {
+            name: granted.name.clone(),
+            host,
+            port: granted.port,
+            local: tunnel.local.clone(),
+        });
+    }
+    status.send_replace(Status::Online(online));
+    let targets: Arc<[LocalTarget]> = plan.tunnels.iter().map(|t| t.local.clone()).collect();
+    let err = serve_streams(conn, targets).await;
+    match close_code(&err) {
+        Some(CloseCode::Replaced) => Outcome::Fatal(anyhow::anyhow!(
+            "another agent with the same token and tunnel name took over these tunnels"
+        )),
+        _ => Outcome::Retry {
+            reason: format!("lost the relay: {}", describe_connection_error(&err)),
+            was_online: true,
+        },
+    }
+}
+
+/// The control stream; it stays open for the whole session, since dropping it would finish it.
+type Control = (quinn::SendStream, quinn::RecvStream);
+
+async fn hello(plan: &Plan, conn: &Connection) -> anyhow::Result<(ServerMsg, Control)> {
+    let (mut send, mut recv) = conn.open_bi().await?;
+    let tunnels = plan
+        .tunnels
+        .iter()
+        .map(|t| TunnelSpec {
+            name: t.name.clone(),
+            local: t.local.to_string(),
+            kind: TunnelKind::Tcp {
+                port: t.remote_port,
+            },
+        })
+        .collect();
+    let hello = Hello {
+        version: PROTOCOL_VERSION,
+        token: plan.token.clone(),
+        tunnels,
+    };
+    protocol::write_msg(&mut send, &hello).await?;
+    let answer = tokio::time::timeout(
+        WELCOME_TIMEOUT,
+        protocol::read_msg(&mut recv, MAX_CONTROL_FRAME),
+    )
+    .await??;
+    Ok((answer, (send, recv)))
+}
+
+/// Accepts the relay's streams until the session ends; returns why it ended.
+async fn serve_streams(conn: &Connection, targets: Arc<[LocalTarget]>) -> quinn::ConnectionError {
+    let streams = TaskTracker::new();
+    loop {
+        match conn.accept_bi().await {
+            Ok((send, recv)) => {
+                let targets = targets.clone();
+                streams.spawn(async move { handle_stream(send, recv, &targets).await });
+            }
+            Err(e) => return e,
+        }
+    }
+}

@@ -1,0 +1,158 @@
+//! QUIC application error codes: why a session or a stream ended.
+//!
+//! Peers exchange only these numbers; each end turns them into the words below for its logs.
+
+use quinn::VarInt;
+
+/// Why a session (QUIC connection) was closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseCode {
+    /// The relay is shutting down or restarting; reconnect.
+    Shutdown,
+    /// The agent stopped; the relay frees its tunnels at once.
+    AgentExit,
+    /// The relay refused the Hello; the control stream says why.
+    Refused,
+    /// A peer sent a malformed, oversized or unexpected frame.
+    ProtocolViolation,
+    /// A newer session with the same token and tunnel name took over.
+    Replaced,
+    /// The agent did not complete its Hello in time.
+    HandshakeTimeout,
+}
+
+impl CloseCode {
+    const ALL: [CloseCode; 6] = [
+        CloseCode::Shutdown,
+        CloseCode::AgentExit,
+        CloseCode::Refused,
+        CloseCode::ProtocolViolation,
+        CloseCode::Replaced,
+        CloseCode::HandshakeTimeout,
+    ];
+
+    pub fn code(self) -> VarInt {
+        VarInt::from_u32(match self {
+            CloseCode::Shutdown => 1,
+            CloseCode::AgentExit => 2,
+            CloseCode::Refused => 3,
+            CloseCode::ProtocolViolation => 4,
+            CloseCode::Replaced => 5,
+            CloseCode::HandshakeTimeout => 6,
+        })
+    }
+
+    pub fn from_code(code: VarInt) -> Option<Self> {
+        Self::ALL.into_iter().find(|c| c.code() == code)
+    }
+
+    pub fn describe(self) -> &'static str {
+        match self {
+            CloseCode::Shutdown => "relay shutting down",
+            CloseCode::AgentExit => "agent stopped",
+            CloseCode::Refused => "session refused",
+            CloseCode::ProtocolViolation => "protocol violation",
+            CloseCode::Replaced => {
+                "replaced by a newer agent session with the same token and tunnel"
+            }
+            CloseCode::HandshakeTimeout => "handshake timed out",
+        }
+    }
+
+    /// Closes `conn` with this code; the reason bytes repeat the description for packet dumps.
+    pub fn close(self, conn: &quinn::Connection) {
+        conn.close(self.code(), self.describe().as_bytes());
+    }
+}
+
+/// Why a stream was reset or stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamCode {
+    /// The agent could not connect to its local target.
+    LocalUnreachable,
+    /// The stream header named a tunnel the agent does not have.
+    UnknownTunnel,
+    /// The stream header was malformed or did not arrive in time.
+    BadHeader,
+    /// The TCP connection on the other side failed or was reset.
+    Aborted,
+    /// The peer opened a stream it is not allowed to open.
+    Unexpected,
+}
+
+impl StreamCode {
+    const ALL: [StreamCode; 5] = [
+        StreamCode::LocalUnreachable,
+        StreamCode::UnknownTunnel,
+        StreamCode::BadHeader,
+        StreamCode::Aborted,
+        StreamCode::Unexpected,
+    ];
+
+    pub fn code(self) -> VarInt {
+        VarInt::from_u32(match self {
+            StreamCode::LocalUnreachable => 0x10,
+            StreamCode::UnknownTunnel => 0x11,
+            StreamCode::BadHeader => 0x12,
+            StreamCode::Aborted => 0x13,
+            StreamCode::Unexpected => 0x14,
+        })
+    }
+
+    pub fn from_code(code: VarInt) -> Option<Self> {
+        Self::ALL.into_iter().find(|c| c.code() == code)
+    }
+
+    pub fn describe(self) -> &'static str {
+        match self {
+            StreamCode::LocalUnreachable => "local server unreachable",
+            StreamCode::UnknownTunnel => "unknown tunnel",
+            StreamCode::BadHeader => "bad stream header",
+            StreamCode::Aborted => "connection aborted",
+            StreamCode::Unexpected => "unexpected stream",
+        }
+    }
+}
+
+/// Words for a connection error as a user should read them in logs.
+pub fn describe_connection_error(err: &quinn::ConnectionError) -> String {
+    match err {
+        quinn::ConnectionError::ApplicationClosed(close) => {
+            match CloseCode::from_code(close.error_code) {
+                Some(code) => code.describe().to_string(),
+                None => format!("closed by peer with unknown code {}", close.error_code),
+            }
+        }
+        quinn::ConnectionError::TimedOut => {
+            "no answer from the peer within the idle timeout".into()
+        }
+        quinn::ConnectionError::Reset => {
+            "the peer restarted and no longer knows this session".into()
+        }
+        other => other.to_string(),
+    }
+}
+
+/// The [`CloseCode`] a peer closed with, if it closed with one of ours.
+pub fn close_code(err: &quinn::ConnectionError) -> Option<CloseCode> {
+    match err {
+        quinn::ConnectionError::ApplicationClosed(close) => CloseCode::from_code(close.error_code),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_round_trip_and_are_distinct() {
+        for c in CloseCode::ALL {
+            assert_eq!(CloseCode::from_code(c.code()), Some(c));
+        }
+        for c in StreamCode::ALL {
+            assert_eq!(StreamCode::from_code(c.code()), Some(c));
+        }
+        assert_eq!(CloseCode::from_code(VarInt::from_u32(0)), None);
+    }
+}

@@ -1,0 +1,296 @@
+//! TLS for the QUIC session: certificates, fingerprint pinning, and quinn configs.
+//!
+//! Every rustls config is built with the ring provider explicitly, so no process-wide
+//! provider has to be installed, and every config carries the burrow ALPN.
+
+use std::{fmt, path::Path, str::FromStr, sync::Arc};
+
+use anyhow::Context;
+use rustls::{
+    DigitallySignedStruct, SignatureScheme,
+    client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
+    crypto::CryptoProvider,
+    pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime, pem::PemObject},
+};
+use serde::Deserialize;
+use subtle::ConstantTimeEq;
+
+use crate::protocol::ALPN;
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// SHA-256 of a certificate's DER, written `sha256:<64 hex digits>`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Fingerprint([u8; 32]);
+
+impl Fingerprint {
+    pub fn of(cert: &CertificateDer<'_>) -> Self {
+        let digest = ring::digest::digest(&ring::digest::SHA256, cert.as_ref());
+        let mut bytes = [0; 32];
+        bytes.copy_from_slice(digest.as_ref());
+        Self(bytes)
+    }
+
+    fn matches(&self, cert: &CertificateDer<'_>) -> bool {
+        Self::of(cert).0.ct_eq(&self.0).into()
+    }
+}
+
+impl fmt::Display for Fingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "sha256:{}", hex::encode(self.0))
+    }
+}
+
+impl fmt::Debug for Fingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl FromStr for Fingerprint {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || {
+            format!(
+                "invalid fingerprint {s:?}: expected sha256: followed by 64 hex digits, as the relay prints it"
+            )
+        };
+        let trimmed = s.trim();
+        let digits = trimmed
+            .strip_prefix("sha256:")
+            .or_else(|| trimmed.strip_prefix("SHA256:"))
+            .unwrap_or(trimmed)
+            .replace(':', "");
+        let bytes = hex::decode(digits).map_err(|_| bad())?;
+        Ok(Self(bytes.try_into().map_err(|_| bad())?))
+    }
+}
+
+/// A freshly generated self-signed certificate and its PKCS#8 key, both PEM.
+pub struct SelfSigned {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+/// Generates a P-256 certificate for `names`; names that parse as IPs become IP SANs.
+pub fn self_signed(names: &[String]) -> anyhow::Result<SelfSigned> {
+    let key = rcgen::KeyPair::generate().context("generate key pair")?;
+    let mut params = rcgen::CertificateParams::new(names.to_vec()).context("certificate names")?;
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "burrow relay");
+    let cert = params.self_signed(&key).context("self-sign certificate")?;
+    Ok(SelfSigned {
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    })
+}
+
+/// A certificate chain and its key, read from PEM.
+pub struct Identity {
+    pub chain: Vec<CertificateDer<'static>>,
+    pub key: PrivateKeyDer<'static>,
+}
+
+impl Identity {
+    pub fn from_pem(cert_pem: &[u8], key_pem: &[u8]) -> anyhow::Result<Self> {
+        let chain = CertificateDer::pem_slice_iter(cert_pem)
+            .collect::<Result<Vec<_>, _>>()
+            .context("parse certificate PEM")?;
+        anyhow::ensure!(!chain.is_empty(), "no certificate in PEM");
+        let key = PrivateKeyDer::from_pem_slice(key_pem).context("parse private key PEM")?;
+        Ok(Self { chain, key })
+    }
+
+    pub fn fingerprint(&self) -> Fingerprint {
+        Fingerprint::of(&self.chain[0])
+    }
+}
+
+/// The relay's QUIC server config.
+pub fn server_config(
+    identity: Identity,
+    transport: quinn::TransportConfig,
+) -> anyhow::Result<quinn::ServerConfig> {
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_no_client_auth()
+        .with_single_cert(identity.chain, identity.key)
+        .context("relay certificate and key do not match")?;
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)?;
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    config.transport_config(Arc::new(transport));
+    Ok(config)
+}
+
+/// How the agent decides to trust the relay.
+#[derive(Debug, Clone)]
+pub enum Trust {
+    /// The relay's certificate must have this SHA-256 fingerprint; names are not checked.
+    Pinned(Fingerprint),
+    /// The relay's certificate must chain to a CA in this PEM file and match the host name.
+    CaFile(std::path::PathBuf),
+    /// The relay's certificate must chain to a public root and match the host name.
+    PublicRoots,
+    /// Anything goes. For local experiments only.
+    Insecure,
+}
+
+/// The agent's QUIC client config.
+pub fn client_config(
+    trust: &Trust,
+    transport: quinn::TransportConfig,
+) -> anyhow::Result<quinn::ClientConfig> {
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?;
+    let mut tls = match trust {
+        Trust::Pinned(pin) => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(PinVerifier {
+                pin: Some(*pin),
+                provider: provider(),
+            }))
+            .with_no_client_auth(),
+        Trust::Insecure => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(PinVerifier {
+                pin: None,
+                provider: provider(),
+            }))
+            .with_no_client_auth(),
+        Trust::CaFile(path) => builder
+            .with_root_certificates(roots_from(path)?)
+            .with_no_client_auth(),
+        Trust::PublicRoots => {
+            let roots = rustls::RootCertStore {
+                roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+            };
+            builder.with_root_certificates(roots).with_no_client_auth()
+        }
+    };
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)?;
+    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+    config.transport_config(Arc::new(transport));
+    Ok(config)
+}
+
+fn roots_from(path: &Path) -> anyhow::Result<rustls::RootCertStore> {
+    let mut roots = rustls::RootCertStore::empty();
+    let certs = CertificateDer::pem_file_iter(path)
+        .with_context(|| format!("read CA file {}", path.display()))?;
+    for cert in certs {
+        roots.add(cert.with_context(|| format!("parse CA file {}", path.display()))?)?;
+    }
+    anyhow::ensure!(
+        !roots.is_empty(),
+        "CA file {} holds no certificate",
+        path.display()
+    );
+    Ok(roots)
+}
+
+/// Accepts the relay by certificate fingerprint (or, with no pin, any certificate), while
+/// still checking the handshake signature so the peer must hold the certificate's key.
+#[derive(Debug)]
+struct PinVerifier {
+    pin: Option<Fingerprint>,
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for PinVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        match self.pin {
+            Some(pin) if !pin.matches(end_entity) => Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::ApplicationVerificationFailure,
+            )),
+            _ => Ok(ServerCertVerified::assertion()),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fingerprint_parses_its_own_display_and_common_forms() {
+        let cert = self_signed(&["relay.test".into()]).unwrap();
+        let id = Identity::from_pem(cert.cert_pem.as_bytes(), cert.key_pem.as_bytes()).unwrap();
+        let fp = id.fingerprint();
+        assert_eq!(fp.to_string().parse::<Fingerprint>(), Ok(fp));
+        let colons = hex::encode(fp.0)
+            .as_bytes()
+            .chunks(2)
+            .map(|c| std::str::from_utf8(c).unwrap())
+            .collect::<Vec<_>>()
+            .join(":");
+        assert_eq!(colons.to_uppercase().parse::<Fingerprint>(), Ok(fp));
+        assert!(
+            "sha256:abcd"
+                .parse::<Fingerprint>()
+                .unwrap_err()
+                .contains("64 hex digits")
+        );
+    }
+}
+
+impl<'de> Deserialize<'de> for Fingerprint {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+impl serde::Serialize for Fingerprint {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}

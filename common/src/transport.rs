@@ -1,0 +1,41 @@
+//! QUIC transport settings for each end of a session.
+
+use std::time::Duration;
+
+use quinn::{TransportConfig, VarInt};
+
+/// Streams the relay may have open to one agent at once. A permitted but unused stream costs
+/// only a map entry, and `open_bi` past the limit would stall a visitor silently.
+pub const AGENT_MAX_STREAMS: u32 = 4096;
+
+/// Bounds what one session may buffer; the default is unbounded.
+const CONNECTION_RECEIVE_WINDOW: u32 = 32 * 1024 * 1024;
+const STREAM_RECEIVE_WINDOW: u32 = 2 * 1024 * 1024;
+
+/// The agent's side: it keeps the NAT mapping alive and accepts the relay's streams.
+pub fn agent(keep_alive: Duration, idle_timeout: Duration) -> TransportConfig {
+    let mut t = common(idle_timeout);
+    t.keep_alive_interval(Some(keep_alive));
+    t.max_concurrent_bidi_streams(VarInt::from_u32(AGENT_MAX_STREAMS));
+    t
+}
+
+/// The relay's side: an agent may open only its control stream.
+pub fn relay(idle_timeout: Duration) -> TransportConfig {
+    let mut t = common(idle_timeout);
+    t.max_concurrent_bidi_streams(VarInt::from_u32(1));
+    t
+}
+
+fn common(idle_timeout: Duration) -> TransportConfig {
+    let mut t = TransportConfig::default();
+    t.max_idle_timeout(Some(
+        idle_timeout
+            .try_into()
+            .unwrap_or(quinn::IdleTimeout::from(VarInt::MAX)),
+    ));
+    t.max_concurrent_uni_streams(VarInt::from_u32(0));
+    t.receive_window(VarInt::from_u32(CONNECTION_RECEIVE_WINDOW));
+    t.stream_receive_window(VarInt::from_u32(STREAM_RECEIVE_WINDOW));
+    t
+}

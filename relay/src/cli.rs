@@ -1,0 +1,184 @@
+//! The `relay` command line: serve, or manage tokens.
+
+use std::path::PathBuf;
+
+use burrow_common::{Secret, config::parse_port_list};
+use clap::{Args, Parser, Subcommand};
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::{Relay, RelayConfig, tokens::TokenStore};
+
+/// burrow relay: makes agents' local servers reachable on this machine's public ports.
+#[derive(Debug, Parser)]
+#[command(name = "relay", version)]
+pub struct Cli {
+    /// TOML config file (keys as in deploy/relay.toml).
+    #[arg(long, short, global = true, env = "BURROW_RELAY_CONFIG")]
+    pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub flags: Flags,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Flags that override the config file and environment; each maps to the config key of the
+/// same name, which is where its value is checked.
+#[derive(Debug, Default, Args, Serialize)]
+pub struct Flags {
+    /// UDP address agents connect to [default: 0.0.0.0:4443]
+    #[arg(long, value_name = "ADDR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
+    /// Address public tunnel ports bind on [default: 0.0.0.0]
+    #[arg(long, value_name = "IP")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub public_bind: Option<String>,
+    /// Ports tunnels may use [default: 20000-29999]
+    #[arg(long, value_name = "START-END")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ports: Option<String>,
+    /// Where the certificate, keys, token hashes and reservations live
+    /// [default: ~/.local/share/burrow/relay]
+    #[arg(long, global = true, value_name = "DIR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+    /// This relay's public DNS name or IP (repeatable): certificate names and the host shown
+    /// in public addresses
+    #[arg(long, value_name = "NAME")]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub hostname: Vec<String>,
+    /// Time open connections get to finish on shutdown [default: 10s]
+    #[arg(long, value_name = "DURATION")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grace_period: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Manage agent tokens (stored hashed in the data directory).
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create a token and print it once.
+    Add {
+        name: String,
+        /// Ports this token may use, e.g. `22,8000-8100` [default: the relay's whole range]
+        #[arg(long, value_name = "LIST")]
+        ports: Option<String>,
+    },
+    /// List token names and their port limits (never the tokens).
+    List,
+    /// Delete a token; agents using it are refused from their next connection.
+    Revoke { name: String },
+}
+
+/// Runs the command line's choice until done or, for the server, until Ctrl-C or SIGTERM.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let config = RelayConfig::load(cli.config.as_deref(), &cli.flags)?;
+    match cli.command {
+        None => serve(config).await,
+        Some(Command::Token(command)) => manage_tokens(&config, command),
+    }
+}
+
+async fn serve(config: RelayConfig) -> anyhow::Result<()> {
+    let tokens = TokenStore::open(&config.data_dir, config.token.as_ref());
+    let new_token = if tokens.is_empty()? {
+        Some(tokens.add("default", None)?)
+    } else {
+        None
+    };
+    let relay = Relay::bind(config)?;
+    print_banner(&relay, new_token.as_ref())?;
+    let cancel = CancellationToken::new();
+    let on_signal = cancel.clone();
+    tokio::spawn(async move {
+        if let Err(e) = burrow_common::signal::shutdown_signal().await {
+            tracing::error!("cannot listen for shutdown signals: {e}");
+        }
+        on_signal.cancel();
+    });
+    relay.run(cancel).await
+}
+
+fn print_banner(relay: &Relay, new_token: Option<&Secret>) -> anyhow::Result<()> {
+    let config = relay.config();
+    let listen = relay.local_addr()?;
+    println!("burrow relay {}", env!("CARGO_PKG_VERSION"));
+    println!("  agents connect to   udp {listen}");
+    println!(
+        "  public ports        {} on {}",
+        config.ports, config.public_bind
+    );
+    println!("  data directory      {}", config.data_dir.display());
+    println!("  fingerprint         {}", relay.fingerprint());
+    let token = match new_token {
+        Some(token) => {
+            println!(
+                "  new token \"default\" {}   (shown only now; stored hashed)",
+                token.expose()
+            );
+            token.expose().to_string()
+        }
+        None => "<TOKEN>".to_string(),
+    };
+    let host = config
+        .hostname
+        .first()
+        .cloned()
+        .unwrap_or_else(|| "127.0.0.1".into());
+    let relay_arg = if listen.port() == 4443 {
+        host
+    } else {
+        format!("{host}:{}", listen.port())
+    };
+    println!();
+    println!("Expose a local port through this relay with:");
+    println!(
+        "  agent --relay {relay_arg} --fingerprint {} --token {token} --local 8080",
+        relay.fingerprint()
+    );
+    if new_token.is_none() {
+        println!("  (make a token with: relay token add NAME)");
+    }
+    if config.hostname.is_empty() {
+        println!("  (from other machines use this relay's public address; --hostname sets it)");
+    }
+    Ok(())
+}
+
+fn manage_tokens(config: &RelayConfig, command: TokenCommand) -> anyhow::Result<()> {
+    let store = TokenStore::open(&config.data_dir, None);
+    match command {
+        TokenCommand::Add { name, ports } => {
+            let ports = ports
+                .as_deref()
+                .map(parse_port_list)
+                .transpose()
+                .map_err(anyhow::Error::msg)?;
+            let token = store.add(&name, ports)?;
+            println!("{}", token.expose());
+            eprintln!("token {name:?} created; it is shown only now and stored hashed");
+        }
+        TokenCommand::List => {
+            for record in store.list()? {
+                let ports = record.ports.map_or("all".to_string(), |r| {
+                    r.iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(",")
+                });
+                println!("{}\tports: {ports}", record.name);
+            }
+        }
+        TokenCommand::Revoke { name } => {
+            anyhow::ensure!(store.revoke(&name)?, "no token named {name:?}");
+            eprintln!("token {name:?} revoked");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,165 @@
+//! The relay's settings, resolved to final values at load.
+
+use std::{
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use burrow_common::{
+    PortRange, Secret,
+    config::{EnvSource, duration, parsed},
+};
+use serde::{Deserialize, Serialize};
+
+/// Environment variables read by the relay: `BURROW_RELAY_LISTEN`, `BURROW_RELAY_PORTS`, ...
+pub const ENV: EnvSource<'static> = EnvSource {
+    prefix: "BURROW_RELAY",
+    skip: &["BURROW_RELAY_CONFIG"],
+    list_keys: &["hostname"],
+};
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RelayConfig {
+    /// UDP address for agents' QUIC sessions.
+    #[serde(with = "parsed")]
+    pub listen: SocketAddr,
+    /// Address the public tunnel ports are bound on.
+    #[serde(with = "parsed")]
+    pub public_bind: IpAddr,
+    /// Ports tunnels may use.
+    pub ports: PortRange,
+    /// Certificate, keys, token hashes and reservations.
+    pub data_dir: PathBuf,
+    /// Names of this relay: certificate SANs, and the first is shown in public addresses.
+    pub hostname: Vec<String>,
+    /// A token accepted besides those in the data directory (e.g. from BURROW_RELAY_TOKEN).
+    pub token: Option<Secret>,
+    /// PEM certificate chain to use instead of the generated self-signed one.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+    /// How long a port stays reserved for a token and tunnel name after its agent left.
+    #[serde(with = "duration")]
+    pub reservation_ttl: Duration,
+    /// How long open visitor connections may finish after a shutdown signal.
+    #[serde(with = "duration")]
+    pub grace_period: Duration,
+    /// A session with no packets for this long is closed.
+    #[serde(with = "duration")]
+    pub idle_timeout: Duration,
+    /// Time an agent has to complete its Hello.
+    #[serde(with = "duration")]
+    pub handshake_timeout: Duration,
+    /// Tunnels one session may open.
+    pub max_tunnels_per_session: usize,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from((Ipv4Addr::UNSPECIFIED, 4443)),
+            public_bind: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            ports: PortRange {
+                start: 20000,
+                end: 29999,
+            },
+            data_dir: default_data_dir(),
+            hostname: Vec::new(),
+            token: None,
+            tls_cert: None,
+            tls_key: None,
+            reservation_ttl: Duration::from_secs(24 * 3600),
+            grace_period: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(30),
+            handshake_timeout: Duration::from_secs(10),
+            max_tunnels_per_session: 32,
+        }
+    }
+}
+
+/// `$XDG_DATA_HOME/burrow/relay`, i.e. `~/.local/share/burrow/relay` on Linux.
+pub fn default_data_dir() -> PathBuf {
+    dirs::data_dir()
+        .unwrap_or_else(|| PathBuf::from("."))
+        .join("burrow")
+        .join("relay")
+}
+
+impl RelayConfig {
+    /// Checks what serde cannot: relations between values.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            anyhow::bail!("invalid configuration: tls_cert and tls_key must be given together");
+        }
+        anyhow::ensure!(
+            self.max_tunnels_per_session > 0,
+            "invalid configuration: max_tunnels_per_session = 0: expected at least 1"
+        );
+        for name in &self.hostname {
+            anyhow::ensure!(
+                !name.is_empty() && !name.contains(['/', ' ', ':'])
+                    || name.parse::<IpAddr>().is_ok(),
+                "invalid configuration: hostname = {name:?}: expected a DNS name or IP address, like relay.example.com"
+            );
+        }
+        Ok(())
+    }
+
+    pub fn path(&self, file: &str) -> PathBuf {
+        self.data_dir.join(file)
+    }
+
+    /// Loads layered config; `flags` are the command-line values that were given.
+    pub fn load(file: Option<&Path>, flags: &impl Serialize) -> anyhow::Result<Self> {
+        let config: Self = burrow_common::config::load(file, &ENV, flags)?;
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Serialize)]
+    struct NoFlags {}
+
+    #[test]
+    fn deploy_example_parses() -> anyhow::Result<()> {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/relay.toml");
+        let config = RelayConfig::load(Some(&path), &NoFlags {})?;
+        assert_eq!(config.listen.port(), 4443);
+        assert_eq!(config.data_dir, Path::new("/var/lib/burrow"));
+        Ok(())
+    }
+
+    #[test]
+    fn bad_values_name_key_value_and_form() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("relay.toml");
+        for (text, words) in [
+            ("listen = \"4443\"", ["listen", "\"4443\"", "IP:PORT"]),
+            (
+                "ports = \"30000-20000\"",
+                ["ports", "30000-20000", "START-END"],
+            ),
+            ("grace_period = \"ten\"", ["grace_period", "\"ten\"", "30s"]),
+            (
+                "lisen = \"0.0.0.0:1\"",
+                ["lisen", "unknown field", "listen"],
+            ),
+        ] {
+            std::fs::write(&path, text)?;
+            let err = format!(
+                "{:#}",
+                RelayConfig::load(Some(&path), &NoFlags {}).unwrap_err()
+            );
+            for word in words {
+                assert!(err.contains(word), "{text}: {err} lacks {word}");
+            }
+        }
+        Ok(())
+    }
+}

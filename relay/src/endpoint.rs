@@ -1,0 +1,60 @@
+//! The relay's one UDP socket and QUIC endpoint.
+
+use std::{net::SocketAddr, sync::Arc};
+
+use anyhow::Context;
+use quinn_proto::HashedConnectionIdGenerator;
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::identity::QuicKeys;
+
+/// Socket buffer size. At Linux's 208 KiB default a fast bulk transfer drops packets in the
+/// kernel before quinn reads them.
+const UDP_BUFFER: usize = 4 * 1024 * 1024;
+
+pub(crate) fn bind(
+    listen: SocketAddr,
+    server: quinn::ServerConfig,
+    keys: &QuicKeys,
+) -> anyhow::Result<quinn::Endpoint> {
+    let socket = udp_socket(listen).with_context(|| format!("bind UDP {listen} for agents"))?;
+    let mut endpoint_config = quinn::EndpointConfig::new(keys.reset.clone());
+    let cid_key = keys.connection_id;
+    endpoint_config.cid_generator(move || Box::new(HashedConnectionIdGenerator::from_key(cid_key)));
+    quinn::Endpoint::new(
+        endpoint_config,
+        Some(server),
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )
+    .context("start QUIC endpoint")
+}
+
+fn udp_socket(listen: SocketAddr) -> anyhow::Result<std::net::UdpSocket> {
+    let socket = Socket::new(
+        Domain::for_address(listen),
+        Type::DGRAM,
+        Some(Protocol::UDP),
+    )?;
+    if listen.is_ipv6() {
+        // Serve IPv4 agents on `[::]` too where the system allows it.
+        socket.set_only_v6(false).ok();
+    }
+    socket.set_recv_buffer_size(UDP_BUFFER).ok();
+    socket.set_send_buffer_size(UDP_BUFFER).ok();
+    warn_if_capped("receive", socket.recv_buffer_size()?, "net.core.rmem_max");
+    warn_if_capped("send", socket.send_buffer_size()?, "net.core.wmem_max");
+    socket.bind(&listen.into())?;
+    Ok(socket.into())
+}
+
+fn warn_if_capped(which: &str, got: usize, sysctl: &str) {
+    // Linux reports double the requested size, to account for its bookkeeping.
+    if got < UDP_BUFFER {
+        tracing::warn!(
+            wanted = UDP_BUFFER,
+            got,
+            "UDP {which} buffer capped by the kernel; raise {sysctl} for fast tunnels"
+        );
+    }
+}

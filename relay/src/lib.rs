@@ -1,0 +1,128 @@
+//! The burrow relay: accepts agents' QUIC sessions and visitors' TCP connections, and carries
+//! each visitor over its own stream to the agent that owns the tunnel.
+//!
+//! `Relay::bind` creates everything that touches the machine (data directory, certificate,
+//! UDP socket); `Relay::run` serves until its cancellation token fires, then drains.
+
+mod auth_limit;
+pub mod cli;
+pub mod config;
+mod endpoint;
+mod files;
+mod identity;
+pub mod registry;
+pub mod reservations;
+mod session;
+pub mod tokens;
+mod tunnel;
+
+use std::{net::SocketAddr, sync::Arc, sync::atomic::AtomicU64, time::Duration};
+
+use anyhow::Context;
+use burrow_common::{CloseCode, Fingerprint, tls, transport};
+pub use config::RelayConfig;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+use crate::{
+    auth_limit::FailureLimiter, registry::Registry, reservations::FileReservations,
+    tokens::TokenStore,
+};
+
+/// How often idle bookkeeping (forgetting quiet addresses) runs.
+const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(60);
+
+/// State every session reads.
+pub(crate) struct Shared {
+    pub(crate) config: RelayConfig,
+    pub(crate) tokens: TokenStore,
+    pub(crate) limiter: FailureLimiter,
+    pub(crate) registry: Registry,
+    pub(crate) next_session: AtomicU64,
+}
+
+impl Shared {
+    /// The host shown in public addresses, when the relay knows its own name.
+    pub(crate) fn public_host(&self) -> Option<String> {
+        self.config.hostname.first().cloned()
+    }
+}
+
+pub struct Relay {
+    endpoint: quinn::Endpoint,
+    shared: Arc<Shared>,
+    fingerprint: Fingerprint,
+}
+
+impl Relay {
+    /// Prepares the data directory and binds the QUIC endpoint. Needs a tokio runtime.
+    pub fn bind(config: RelayConfig) -> anyhow::Result<Self> {
+        files::create_private_dir(&config.data_dir)?;
+        let identity = identity::load_or_create_certificate(&config)?;
+        let fingerprint = identity.fingerprint();
+        let keys = identity::load_or_create_quic_keys(&config)?;
+        let server = tls::server_config(identity, transport::relay(config.idle_timeout))?;
+        let endpoint = endpoint::bind(config.listen, server, &keys)?;
+        let reservations = FileReservations::open(&config.data_dir, config.reservation_ttl)
+            .context("load port reservations")?;
+        let registry = Registry::new(Arc::new(reservations), config.ports, config.public_bind);
+        let shared = Shared {
+            tokens: TokenStore::open(&config.data_dir, config.token.as_ref()),
+            limiter: FailureLimiter::new(),
+            registry,
+            next_session: AtomicU64::new(1),
+            config,
+        };
+        Ok(Self {
+            endpoint,
+            shared: Arc::new(shared),
+            fingerprint,
+        })
+    }
+
+    pub fn local_addr(&self) -> anyhow::Result<SocketAddr> {
+        Ok(self.endpoint.local_addr()?)
+    }
+
+    pub fn fingerprint(&self) -> Fingerprint {
+        self.fingerprint
+    }
+
+    pub fn config(&self) -> &RelayConfig {
+        &self.shared.config
+    }
+
+    /// Serves until `cancel`, then stops accepting, lets visitors finish for the grace period
+    /// and closes every session with [`CloseCode::Shutdown`] so agents reconnect.
+    pub async fn run(self, cancel: CancellationToken) -> anyhow::Result<()> {
+        let sessions = TaskTracker::new();
+        let mut housekeeping = tokio::time::interval(HOUSEKEEPING_INTERVAL);
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                incoming = self.endpoint.accept() => match incoming {
+                    Some(incoming) => {
+                        sessions.spawn(session::serve(incoming, self.shared.clone(), cancel.clone()));
+                    }
+                    None => break,
+                },
+                _ = housekeeping.tick() => self.shared.limiter.forget_quiet(),
+            }
+        }
+        tracing::info!("shutting down: no new agents or visitors");
+        self.endpoint.set_server_config(None);
+        sessions.close();
+        let drain = self.shared.config.grace_period + Duration::from_secs(1);
+        if tokio::time::timeout(drain, sessions.wait()).await.is_err() {
+            tracing::warn!("sessions still open after the grace period");
+        }
+        self.endpoint.close(
+            CloseCode::Shutdown.code(),
+            CloseCode::Shutdown.describe().as_bytes(),
+        );
+        tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle())
+            .await
+            .ok();
+        tracing::info!("relay stopped");
+        Ok(())
+    }
+}

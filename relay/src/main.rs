@@ -1,0 +1,18 @@
+//! `relay`: run with no arguments for a working relay; `relay --help` lists the flags.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = relay::cli::Cli::parse();
+    burrow_common::logging::init("info");
+    match relay::cli::run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,201 @@
+//! Which port belongs to which token and tunnel name, across reconnects and restarts.
+//!
+//! Every read and write goes through [`Reservations`], so a shared store (a lease in etcd for
+//! a fleet of relays) can replace the file without touching the session code.
+
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    sync::Mutex,
+    time::Duration,
+};
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+
+use crate::{files, tokens::now};
+
+const RESERVATIONS_FILE: &str = "reservations.json";
+
+/// A token name and a tunnel name: what owns a reservation.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct TunnelKey {
+    pub token: String,
+    pub tunnel: String,
+}
+
+pub trait Reservations: Send + Sync {
+    /// The port reserved for `key`, unless it expired.
+    fn port_for(&self, key: &TunnelKey) -> Option<u16>;
+    /// The owner of an unexpired reservation on `port`.
+    fn owner_of(&self, port: u16) -> Option<TunnelKey>;
+    /// `key` is serving on `port` now.
+    fn hold(&self, key: &TunnelKey, port: u16) -> anyhow::Result<()>;
+    /// `key` stopped serving on `port`; the reservation expires after the TTL from now.
+    fn release(&self, key: &TunnelKey, port: u16) -> anyhow::Result<()>;
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Entry {
+    #[serde(flatten)]
+    key: TunnelKey,
+    port: u16,
+    /// Unix seconds when the tunnel was last released; ignored while `active`.
+    last_seen: u64,
+    active: bool,
+}
+
+#[derive(Default, Serialize, Deserialize)]
+struct ReservationFile {
+    reservations: Vec<Entry>,
+}
+
+/// Reservations in `reservations.json` in the data directory.
+pub struct FileReservations {
+    path: PathBuf,
+    ttl: Duration,
+    entries: Mutex<HashMap<TunnelKey, Entry>>,
+}
+
+impl FileReservations {
+    /// Loads the file. Tunnels that were active when the relay stopped start their TTL now,
+    /// so a relay that was down for a while does not hand their ports to someone else.
+    pub fn open(data_dir: &Path, ttl: Duration) -> anyhow::Result<Self> {
+        let path = data_dir.join(RESERVATIONS_FILE);
+        let file: ReservationFile = match files::read_optional(&path)? {
+            None => ReservationFile::default(),
+            Some(bytes) => serde_json::from_slice(&bytes)
+                .with_context(|| format!("parse {}", path.display()))?,
+        };
+        let started = now();
+        let entries = file
+            .reservations
+            .into_iter()
+            .map(|mut e| {
+                if e.active {
+                    e.active = false;
+                    e.last_seen = started;
+                }
+                (e.key.clone(), e)
+            })
+            .collect();
+        Ok(Self {
+            path,
+            ttl,
+            entries: Mutex::new(entries),
+        })
+    }
+
+    fn live(&self, entry: &Entry) -> bool {
+        entry.active || now().saturating_sub(entry.last_seen) <= self.ttl.as_secs()
+    }
+
+    fn update(&self, change: impl FnOnce(&mut HashMap<TunnelKey, Entry>)) -> anyhow::Result<()> {
+        let mut entries = self
+            .entries
+            .lock()
+            .map_err(|_| anyhow::anyhow!("reservations poisoned"))?;
+        change(&mut entries);
+        let ttl = self.ttl.as_secs();
+        let at = now();
+        entries.retain(|_, e| e.active || at.saturating_sub(e.last_seen) <= ttl);
+        let file = ReservationFile {
+            reservations: entries.values().cloned().collect(),
+        };
+        files::write_private(&self.path, &serde_json::to_vec_pretty(&file)?)
+    }
+
+    fn with_entries<T>(&self, read: impl FnOnce(&HashMap<TunnelKey, Entry>) -> T) -> Option<T> {
+        self.entries.lock().ok().map(|e| read(&e))
+    }
+}
+
+impl Reservations for FileReservations {
+    fn port_for(&self, key: &TunnelKey) -> Option<u16> {
+        self.with_entries(|e| e.get(key).filter(|e| self.live(e)).map(|e| e.port))
+            .flatten()
+    }
+
+    fn owner_of(&self, port: u16) -> Option<TunnelKey> {
+        self.with_entries(|e| {
+            e.values()
+                .find(|e| e.port == port && self.live(e))
+                .map(|e| e.key.clone())
+        })
+        .flatten()
+    }
+
+    fn hold(&self, key: &TunnelKey, port: u16) -> anyhow::Result<()> {
+        self.update(|entries| {
+            entries.retain(|k, e| k == key || e.port != port);
+            entries.insert(
+                key.clone(),
+                Entry {
+                    key: key.clone(),
+                    port,
+                    last_seen: now(),
+                    active: true,
+                },
+            );
+        })
+    }
+
+    fn release(&self, key: &TunnelKey, port: u16) -> anyhow::Result<()> {
+        self.update(|entries| {
+            if let Some(e) = entries.get_mut(key).filter(|e| e.port == port) {
+                e.active = false;
+                e.last_seen = now();
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(token: &str, tunnel: &str) -> TunnelKey {
+        TunnelKey {
+            token: token.into(),
+            tunnel: tunnel.into(),
+        }
+    }
+
+    #[test]
+    fn survives_reopen_and_expires() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let store = FileReservations::open(dir.path(), Duration::from_secs(3600))?;
+        store.hold(&key("a", "web"), 20001)?;
+        store.release(&key("a", "web"), 20001)?;
+        store.hold(&key("b", "ssh"), 20002)?;
+
+        let reopened = FileReservations::open(dir.path(), Duration::from_secs(3600))?;
+        assert_eq!(reopened.port_for(&key("a", "web")), Some(20001));
+        assert_eq!(reopened.owner_of(20002), Some(key("b", "ssh")));
+        assert_eq!(reopened.port_for(&key("a", "other")), None);
+
+        // A reservation released long ago has expired; one active at restart gets a fresh TTL.
+        std::fs::write(
+            dir.path().join(RESERVATIONS_FILE),
+            r#"{"reservations":[
+                {"token":"a","tunnel":"old","port":20003,"last_seen":0,"active":false},
+                {"token":"a","tunnel":"crashed","port":20004,"last_seen":0,"active":true}]}"#,
+        )?;
+        let restarted = FileReservations::open(dir.path(), Duration::from_secs(3600))?;
+        assert_eq!(restarted.port_for(&key("a", "old")), None);
+        assert_eq!(restarted.owner_of(20003), None);
+        assert_eq!(restarted.port_for(&key("a", "crashed")), Some(20004));
+        Ok(())
+    }
+
+    #[test]
+    fn holding_a_port_moves_it() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let store = FileReservations::open(dir.path(), Duration::from_secs(60))?;
+        store.hold(&key("a", "web"), 20001)?;
+        store.hold(&key("a", "web"), 20005)?;
+        assert_eq!(store.owner_of(20001), None);
+        assert_eq!(store.port_for(&key("a", "web")), Some(20005));
+        Ok(())
+    }
+}

@@ -1,0 +1,269 @@
+//! One agent's session: handshake, open its tunnels, serve until it leaves or the relay stops.
+
+use std::{collections::HashSet, sync::Arc, sync::atomic::Ordering};
+
+use anyhow::Context;
+use burrow_common::{
+    CloseCode, Granted, Hello, Refusal, ServerMsg, TunnelKind,
+    codes::{close_code, describe_connection_error},
+    protocol::{self, FrameError, MAX_CONTROL_FRAME, PROTOCOL_VERSION},
+};
+use quinn::{Connection, RecvStream, SendStream};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tracing::Instrument;
+
+use crate::{
+    Shared,
+    registry::{Claimant, SessionId},
+    reservations::TunnelKey,
+    tokens::Grant,
+    tunnel::{OpenTunnel, accept_visitors},
+};
+
+/// Serves one incoming QUIC connection to its end, logging how it ended exactly once.
+pub(crate) async fn serve(
+    incoming: quinn::Incoming,
+    shared: Arc<Shared>,
+    cancel: CancellationToken,
+) {
+    let remote = incoming.remote_address();
+    let span = tracing::info_span!("session", %remote, agent = tracing::field::Empty);
+    async move {
+        match run(incoming, &shared, &cancel).await {
+            Ok(()) => {}
+            Err(e) => tracing::info!("session ended: {e:#}"),
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+async fn run(
+    incoming: quinn::Incoming,
+    shared: &Shared,
+    cancel: &CancellationToken,
+) -> anyhow::Result<()> {
+    let conn = incoming.await.context("QUIC handshake failed")?;
+    let handshake = tokio::time::timeout(shared.config.handshake_timeout, receive_hello(&conn));
+    let (mut send, recv, hello) = tokio::select! {
+        _ = cancel.cancelled() => {
+            CloseCode::Shutdown.close(&conn);
+            return Ok(());
+        }
+        received = handshake => match received {
+            Err(_) => return Err(close(&conn, CloseCode::HandshakeTimeout)).context("no Hello in time"),
+            Ok(Err(e)) => return Err(close(&conn, CloseCode::ProtocolViolation)).context(e),
+            Ok(Ok(received)) => received,
+        },
+    };
+    let session = shared.next_session.fetch_add(1, Ordering::Relaxed);
+    let tunnels = match admit(shared, &conn, &hello, session).await {
+        Ok(admitted) => admitted,
+        Err(refusal) => return refuse(&conn, &mut send, refusal).await,
+    };
+    let welcome = ServerMsg::Welcome {
+        tunnels: tunnels.iter().map(|(g, _)| g.clone()).collect(),
+    };
+    let sent = protocol::write_msg(&mut send, &welcome).await;
+    let open = tunnels.into_iter().map(|(_, t)| t).collect::<Vec<_>>();
+    if let Err(e) = sent {
+        release(shared, &open, session);
+        return Err(e).context("send Welcome");
+    }
+    for tunnel in &open {
+        tracing::info!(port = tunnel.port, "tunnel open");
+    }
+    // The control stream stays open for the life of the session.
+    let _control = (send, recv);
+    serve_tunnels(shared, &conn, open, session, cancel).await;
+    Ok(())
+}
+
+fn close(conn: &Connection, code: CloseCode) -> anyhow::Error {
+    code.close(conn);
+    anyhow::anyhow!("closed: {}", code.describe())
+}
+
+async fn receive_hello(conn: &Connection) -> Result<(SendStream, RecvStream, Hello), FrameError> {
+    let (send, mut recv) = conn
+        .accept_bi()
+        .await
+        .map_err(|e| FrameError::Io(e.into()))?;
+    let hello = protocol::read_msg(&mut recv, MAX_CONTROL_FRAME).await?;
+    Ok((send, recv, hello))
+}
+
+async fn refuse(conn: &Connection, send: &mut SendStream, refusal: Refusal) -> anyhow::Result<()> {
+    let answer = protocol::write_msg(send, &ServerMsg::Refused(refusal.clone())).await;
+    if answer.is_ok() {
+        send.finish().ok();
+        // Let the Refused frame reach the agent before the close discards unsent data.
+        tokio::time::timeout(std::time::Duration::from_secs(2), send.stopped())
+            .await
+            .ok();
+    }
+    CloseCode::Refused.close(conn);
+    Err(anyhow::anyhow!("refused: {refusal}"))
+}
+
+/// Checks the Hello and claims every tunnel, or none.
+async fn admit(
+    shared: &Shared,
+    conn: &Connection,
+    hello: &Hello,
+    session: SessionId,
+) -> Result<Vec<(Granted, OpenTunnel)>, Refusal> {
+    if hello.version != PROTOCOL_VERSION {
+        return Err(Refusal::Version {
+            agent: hello.version,
+            relay: PROTOCOL_VERSION,
+        });
+    }
+    let grant = authenticate(shared, conn, hello).await?;
+    tracing::Span::current().record("agent", grant.name.as_str());
+    check_tunnels(hello, shared.config.max_tunnels_per_session)?;
+    let mut admitted = Vec::new();
+    for (id, spec) in (0u32..).zip(&hello.tunnels) {
+        let TunnelKind::Tcp { port } = spec.kind;
+        let key = TunnelKey {
+            token: grant.name.clone(),
+            tunnel: spec.name.clone(),
+        };
+        let claimant = Claimant {
+            key: &key,
+            grant: &grant,
+            session,
+            conn,
+        };
+        match shared.registry.claim(&claimant, port) {
+            Ok(claim) => {
+                let granted = Granted {
+                    id,
+                    name: spec.name.clone(),
+                    port: claim.port,
+                    host: shared.public_host(),
+                };
+                admitted.push((
+                    granted,
+                    OpenTunnel {
+                        id,
+                        port: claim.port,
+                        listener: claim.listener,
+                    },
+                ));
+            }
+            Err(refusal) => {
+                release(
+                    shared,
+                    &admitted.into_iter().map(|(_, t)| t).collect::<Vec<_>>(),
+                    session,
+                );
+                return Err(refusal);
+            }
+        }
+    }
+    Ok(admitted)
+}
+
+async fn authenticate(shared: &Shared, conn: &Connection, hello: &Hello) -> Result<Grant, Refusal> {
+    match shared.tokens.verify(&hello.token) {
+        Ok(Some(grant)) => Ok(grant),
+        Ok(None) => {
+            shared
+                .limiter
+                .before_refusal(conn.remote_address().ip())
+                .await;
+            Err(Refusal::BadToken)
+        }
+        Err(e) => {
+            tracing::error!("token store unreadable: {e:#}");
+            Err(Refusal::BadToken)
+        }
+    }
+}
+
+fn check_tunnels(hello: &Hello, max: usize) -> Result<(), Refusal> {
+    if hello.tunnels.is_empty() || hello.tunnels.len() > max {
+        return Err(Refusal::TooManyTunnels {
+            asked: hello.tunnels.len(),
+            max,
+        });
+    }
+    let mut names = HashSet::new();
+    for spec in &hello.tunnels {
+        let valid = !spec.name.is_empty()
+            && spec.name.len() <= 64
+            && spec
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        let why = if !valid {
+            "names are 1-64 letters, digits, '-', '_' or '.'"
+        } else if !names.insert(spec.name.as_str()) {
+            "the name is used twice in this session"
+        } else {
+            continue;
+        };
+        return Err(Refusal::BadTunnel {
+            name: spec.name.clone(),
+            why: why.into(),
+        });
+    }
+    Ok(())
+}
+
+/// Serves visitors until the agent leaves or the relay stops; on a stop, visitors get the
+/// grace period to finish before the agent is told to reconnect.
+async fn serve_tunnels(
+    shared: &Shared,
+    conn: &Connection,
+    open: Vec<OpenTunnel>,
+    session: SessionId,
+    cancel: &CancellationToken,
+) {
+    let ports = open.iter().map(|t| t.port).collect::<Vec<_>>();
+    let stop = cancel.child_token();
+    let visitors = TaskTracker::new();
+    let accept_loops = TaskTracker::new();
+    for tunnel in open {
+        let span = tracing::info_span!("tunnel", port = tunnel.port);
+        accept_loops.spawn(
+            accept_visitors(tunnel, conn.clone(), visitors.clone(), stop.clone()).instrument(span),
+        );
+    }
+    let ended = tokio::select! {
+        err = conn.closed() => Some(err),
+        _ = cancel.cancelled() => None,
+    };
+    stop.cancel();
+    accept_loops.close();
+    accept_loops.wait().await;
+    for port in &ports {
+        shared.registry.release(*port, session);
+    }
+    match ended {
+        Some(err) if close_code(&err) == Some(CloseCode::AgentExit) => {
+            tracing::info!("agent left; tunnels closed")
+        }
+        Some(err) => {
+            tracing::info!(reason = %describe_connection_error(&err), "session lost; tunnels closed")
+        }
+        None => {
+            visitors.close();
+            if tokio::time::timeout(shared.config.grace_period, visitors.wait())
+                .await
+                .is_err()
+            {
+                tracing::info!("grace period over; closing remaining visitors");
+            }
+            CloseCode::Shutdown.close(conn);
+            tracing::info!("session closed for shutdown");
+        }
+    }
+}
+
+fn release(shared: &Shared, open: &[OpenTunnel], session: SessionId) {
+    for tunnel in open {
+        shared.registry.release(tunnel.port, session);
+    }
+}

@@ -1,0 +1,90 @@
+//! One public port: accept visitors and carry each over its own stream to the agent.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use anyhow::Context;
+use burrow_common::{
+    StreamHeader,
+    protocol::write_msg,
+    splice::{abort_tcp, splice},
+};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tracing::Instrument;
+
+/// How long a visitor waits for a stream slot before it is reset; past this the agent is
+/// overloaded or gone, and a hanging connection helps no one.
+const OPEN_STREAM_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Pause after an accept error such as EMFILE, so the loop does not spin.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
+
+pub(crate) struct OpenTunnel {
+    pub(crate) id: u32,
+    pub(crate) port: u16,
+    pub(crate) listener: Arc<TcpListener>,
+}
+
+/// Accepts visitors until `stop`; each visitor runs on `visitors` so a drain can wait for it.
+pub(crate) async fn accept_visitors(
+    tunnel: OpenTunnel,
+    conn: quinn::Connection,
+    visitors: TaskTracker,
+    stop: CancellationToken,
+) {
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.cancelled() => break,
+            accepted = tunnel.listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((tcp, peer)) => {
+                let span = tracing::debug_span!("visitor", %peer);
+                visitors.spawn(forward(tcp, peer, conn.clone(), tunnel.id).instrument(span));
+            }
+            Err(e) => {
+                tracing::warn!("accept failed: {e}");
+                tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+            }
+        }
+    }
+}
+
+/// Carries one visitor across the tunnel.
+async fn forward(visitor: TcpStream, peer: SocketAddr, conn: quinn::Connection, tunnel: u32) {
+    visitor.set_nodelay(true).ok();
+    let (mut send, recv) = match open_stream(&conn).await {
+        Ok(stream) => stream,
+        Err(e) => {
+            tracing::debug!("visitor refused: {e:#}");
+            abort_tcp(visitor);
+            return;
+        }
+    };
+    if let Err(e) = write_msg(
+        &mut send,
+        &StreamHeader {
+            tunnel,
+            visitor: peer,
+        },
+    )
+    .await
+    {
+        tracing::debug!("stream header not sent: {e}");
+        abort_tcp(visitor);
+        return;
+    }
+    match splice(visitor, send, recv).await {
+        Ok((up, down)) => tracing::debug!(up, down, "visitor closed"),
+        Err(e) => tracing::debug!("visitor aborted: {e}"),
+    }
+}
+
+async fn open_stream(
+    conn: &quinn::Connection,
+) -> anyhow::Result<(quinn::SendStream, quinn::RecvStream)> {
+    tokio::time::timeout(OPEN_STREAM_TIMEOUT, conn.open_bi())
+        .await
+        .context("no stream slot at the agent in time")?
+        .context("open stream to agent")
+}
