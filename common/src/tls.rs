@@ -146,22 +146,30 @@ pub fn client_config(
     trust: &Trust,
     transport: quinn::TransportConfig,
 ) -> anyhow::Result<quinn::ClientConfig> {
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(client_tls(trust)?)?;
+    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+    config.transport_config(Arc::new(transport));
+    Ok(config)
+}
+
+/// The rustls half of [`client_config`], with the burrow ALPN set.
+pub fn client_tls(trust: &Trust) -> anyhow::Result<rustls::ClientConfig> {
     let builder = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?;
+    let verifier = |pin| {
+        Arc::new(PinVerifier {
+            pin,
+            provider: provider(),
+        })
+    };
     let mut tls = match trust {
         Trust::Pinned(pin) => builder
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(PinVerifier {
-                pin: Some(*pin),
-                provider: provider(),
-            }))
+            .with_custom_certificate_verifier(verifier(Some(*pin)))
             .with_no_client_auth(),
         Trust::Insecure => builder
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(PinVerifier {
-                pin: None,
-                provider: provider(),
-            }))
+            .with_custom_certificate_verifier(verifier(None))
             .with_no_client_auth(),
         Trust::CaFile(path) => builder
             .with_root_certificates(roots_from(path)?)
@@ -174,10 +182,7 @@ pub fn client_config(
         }
     };
     tls.alpn_protocols = vec![ALPN.to_vec()];
-    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)?;
-    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
-    config.transport_config(Arc::new(transport));
-    Ok(config)
+    Ok(tls)
 }
 
 fn roots_from(path: &Path) -> anyhow::Result<rustls::RootCertStore> {

@@ -1,0 +1,158 @@
+//! Setup mistakes end the agent with an error that names the problem, and never disturb
+//! other agents. Run with `cargo test -p burrow-agent --test refusals`.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use burrow_common::{Secret, tls::Trust};
+use support::*;
+
+#[tokio::test]
+async fn wrong_token_is_refused_with_a_clear_error() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let relay = TestRelay::start(dir.path()).await?;
+    let echo = echo_server().await?;
+    let mut plan = relay.plan(vec![tunnel("web", echo)]);
+    plan.token = Secret::new("not-the-token");
+
+    let started = Instant::now();
+    let err = TestAgent::spawn(plan).finished().await?.unwrap_err();
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "refusal took {:?}",
+        started.elapsed()
+    );
+    let message = format!("{err:#}");
+    assert!(message.contains("rejected the token"), "{message}");
+    assert!(
+        !message.contains("not-the-token"),
+        "the token must not appear in errors"
+    );
+    relay.stop().await
+}
+
+#[tokio::test]
+async fn wrong_fingerprint_is_refused_before_any_token_is_sent() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let relay = TestRelay::start(dir.path()).await?;
+    let other = burrow_common::tls::self_signed(&["other.test".into()])?;
+    let other = burrow_common::tls::Identity::from_pem(
+        other.cert_pem.as_bytes(),
+        other.key_pem.as_bytes(),
+    )?;
+    let mut plan = relay.plan(vec![tunnel("web", echo_server().await?)]);
+    plan.trust = Trust::Pinned(other.fingerprint());
+
+    let err = TestAgent::spawn(plan).finished().await?.unwrap_err();
+    let message = format!("{err:#}");
+    assert!(
+        message.contains("does not match --fingerprint"),
+        "{message}"
+    );
+    relay.stop().await
+}
+
+#[tokio::test]
+async fn port_in_use_is_refused_by_number() -> anyhow::Result<()> {
+    let taken = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let port = taken.local_addr()?.port();
+    let dir = tempfile::tempdir()?;
+    let mut config = relay_config(dir.path());
+    config.ports = format!("{port}-{port}")
+        .parse()
+        .map_err(anyhow::Error::msg)?;
+    let relay = TestRelay::start_with(config).await?;
+    let mut wanted = tunnel("web", echo_server().await?);
+    wanted.remote_port = Some(port);
+
+    let err = TestAgent::spawn(relay.plan(vec![wanted]))
+        .finished()
+        .await?
+        .unwrap_err();
+    assert_eq!(
+        format!("{err:#}"),
+        format!("the relay refused: port {port} is already in use on the relay")
+    );
+    relay.stop().await
+}
+
+#[tokio::test]
+async fn port_taken_by_another_agent_is_refused_and_the_holder_keeps_it() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let relay = TestRelay::start(dir.path()).await?;
+    let echo = echo_server().await?;
+    let (holder, tunnels) = TestAgent::start(relay.plan(vec![tunnel("first", echo)])).await?;
+    let mut wanted = tunnel("second", echo);
+    wanted.remote_port = Some(tunnels[0].port);
+
+    let err = TestAgent::spawn(relay.plan(vec![wanted]))
+        .finished()
+        .await?
+        .unwrap_err();
+    assert!(format!("{err:#}").contains("already in use"), "{err:#}");
+    assert_eq!(exchange(public_addr(&tunnels[0]), b"mine").await?, b"mine");
+    holder.stop().await?;
+    relay.stop().await
+}
+
+#[tokio::test]
+async fn port_outside_the_range_is_refused_with_the_allowed_range() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut config = relay_config(dir.path());
+    config.ports = "20000-20010".parse().map_err(anyhow::Error::msg)?;
+    let relay = TestRelay::start_with(config).await?;
+    let mut wanted = tunnel("web", echo_server().await?);
+    wanted.remote_port = Some(80);
+
+    let err = TestAgent::spawn(relay.plan(vec![wanted]))
+        .finished()
+        .await?
+        .unwrap_err();
+    let message = format!("{err:#}");
+    assert!(
+        message.contains("port 80 is outside") && message.contains("20000-20010"),
+        "{message}"
+    );
+    relay.stop().await
+}
+
+#[tokio::test]
+async fn token_limited_to_ports_cannot_take_others() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let free = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await?
+        .local_addr()?
+        .port();
+    let outside = free.checked_sub(1).filter(|p| *p > 0).unwrap_or(free + 1);
+    let store = relay::tokens::TokenStore::open(dir.path(), None);
+    let limited = store.add(
+        "limited",
+        Some(vec![format!("{free}").parse().map_err(anyhow::Error::msg)?]),
+    )?;
+    let mut config = relay_config(dir.path());
+    config.ports = format!("{}-{}", free.min(outside), free.max(outside))
+        .parse()
+        .map_err(anyhow::Error::msg)?;
+    let relay = TestRelay::start_with(config).await?;
+    let echo = echo_server().await?;
+
+    let mut plan = relay.plan(vec![tunnel("any", echo)]);
+    plan.token = limited.clone();
+    let mut plan_outside = plan.clone();
+    plan_outside.tunnels[0].remote_port = Some(outside);
+    let err = TestAgent::spawn(plan_outside)
+        .finished()
+        .await?
+        .unwrap_err();
+    assert!(
+        format!("{err:#}").contains(&format!("allows ({free})")),
+        "{err:#}"
+    );
+
+    // With no port asked for, the relay picks the only one the token may use.
+    let (agent, tunnels) = TestAgent::start(plan).await?;
+    assert_eq!(tunnels[0].port, free);
+    agent.stop().await?;
+    relay.stop().await
+}

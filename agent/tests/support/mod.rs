@@ -1,0 +1,229 @@
+//! Shared pieces for the in-process end-to-end tests: a relay and agents on loopback with
+//! ephemeral ports, and small local servers. Tests learn addresses from values the relay and
+//! agent publish, never by waiting.
+#![allow(dead_code, unreachable_pub)]
+
+use std::{net::SocketAddr, path::Path, time::Duration};
+
+use agent::{
+    Plan, PublicTunnel, Status, TunnelPlan,
+    config::{AgentConfig, LocalTarget, RelayAddr},
+};
+use anyhow::Context;
+use burrow_common::{Fingerprint, Secret, tls::Trust};
+use relay::{Relay, RelayConfig};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+    sync::watch,
+    task::JoinHandle,
+};
+use tokio_util::sync::CancellationToken;
+
+/// Upper bound for any single step; a hang guard, not a synchroniser.
+pub const STEP: Duration = Duration::from_secs(20);
+
+pub struct TestRelay {
+    pub addr: SocketAddr,
+    pub fingerprint: Fingerprint,
+    pub token: Secret,
+    pub cancel: CancellationToken,
+    pub task: JoinHandle<anyhow::Result<()>>,
+}
+
+pub fn relay_config(data_dir: &Path) -> RelayConfig {
+    RelayConfig {
+        listen: "127.0.0.1:0".parse().expect("literal address"),
+        public_bind: "127.0.0.1".parse().expect("literal address"),
+        data_dir: data_dir.to_path_buf(),
+        token: Some(Secret::new("test-token")),
+        grace_period: Duration::from_secs(2),
+        ..RelayConfig::default()
+    }
+}
+
+impl TestRelay {
+    pub async fn start(data_dir: &Path) -> anyhow::Result<Self> {
+        Self::start_with(relay_config(data_dir)).await
+    }
+
+    pub async fn start_with(config: RelayConfig) -> anyhow::Result<Self> {
+        let token = config
+            .token
+            .clone()
+            .context("test relays have a configured token")?;
+        let relay = Relay::bind(config)?;
+        let cancel = CancellationToken::new();
+        Ok(Self {
+            addr: relay.local_addr()?,
+            fingerprint: relay.fingerprint(),
+            token,
+            task: tokio::spawn(relay.run(cancel.clone())),
+            cancel,
+        })
+    }
+
+    /// A plan that reaches this relay with the right token and pin.
+    pub fn plan(&self, tunnels: Vec<TunnelPlan>) -> Plan {
+        let config = AgentConfig {
+            reconnect_max_delay: Duration::from_millis(400),
+            ..AgentConfig::default()
+        };
+        let mut plan = Plan::new(
+            &config,
+            self.relay_addr(),
+            Trust::Pinned(self.fingerprint),
+            self.token.clone(),
+        );
+        plan.tunnels = tunnels;
+        plan
+    }
+
+    pub fn relay_addr(&self) -> RelayAddr {
+        RelayAddr {
+            host: self.addr.ip().to_string(),
+            port: self.addr.port(),
+        }
+    }
+
+    /// Stops the relay and checks that `run` ended cleanly.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.cancel.cancel();
+        tokio::time::timeout(STEP, self.task)
+            .await
+            .context("relay did not stop")???;
+        Ok(())
+    }
+}
+
+pub fn tunnel(name: &str, local: SocketAddr) -> TunnelPlan {
+    TunnelPlan {
+        name: name.into(),
+        local: LocalTarget {
+            host: local.ip().to_string(),
+            port: local.port(),
+        },
+        remote_port: None,
+    }
+}
+
+pub struct TestAgent {
+    pub status: watch::Receiver<Status>,
+    pub cancel: CancellationToken,
+    pub task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl TestAgent {
+    pub fn spawn(plan: Plan) -> Self {
+        let (tx, status) = watch::channel(Status::Connecting);
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(agent::run(plan, tx, cancel.clone()));
+        Self {
+            status,
+            cancel,
+            task,
+        }
+    }
+
+    /// Starts an agent and waits until its tunnels are online.
+    pub async fn start(plan: Plan) -> anyhow::Result<(Self, Vec<PublicTunnel>)> {
+        let mut agent = Self::spawn(plan);
+        let tunnels = agent.online().await?;
+        Ok((agent, tunnels))
+    }
+
+    /// Waits for the next Online status (the current one counts).
+    pub async fn online(&mut self) -> anyhow::Result<Vec<PublicTunnel>> {
+        let waited = tokio::time::timeout(
+            STEP,
+            self.status.wait_for(|s| matches!(s, Status::Online(_))),
+        )
+        .await
+        .context("agent did not come online")?
+        .map(|status| status.clone());
+        match waited {
+            Ok(Status::Online(tunnels)) => Ok(tunnels),
+            Ok(other) => anyhow::bail!("unexpected status {other:?}"),
+            // The agent's run ended: report why.
+            Err(_) => match (&mut self.task).await? {
+                Ok(()) => anyhow::bail!("agent stopped before coming online"),
+                Err(e) => Err(e.context("agent stopped before coming online")),
+            },
+        }
+    }
+
+    /// Waits for the agent's run to end and returns its result.
+    pub async fn finished(self) -> anyhow::Result<anyhow::Result<()>> {
+        Ok(tokio::time::timeout(STEP, self.task)
+            .await
+            .context("agent did not finish")??)
+    }
+
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.cancel.cancel();
+        self.finished().await?
+    }
+}
+
+pub fn public_addr(tunnel: &PublicTunnel) -> SocketAddr {
+    SocketAddr::new(
+        tunnel.host.parse().expect("test relays publish IP hosts"),
+        tunnel.port,
+    )
+}
+
+/// A local server running `handler` for each connection until the test ends.
+pub async fn local_server<F, Fut>(handler: F) -> anyhow::Result<SocketAddr>
+where
+    F: Fn(TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = std::io::Result<()>> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            tokio::spawn(handler(tcp));
+        }
+    });
+    Ok(addr)
+}
+
+/// Echoes every byte, and half-closes after the client does.
+pub async fn echo_server() -> anyhow::Result<SocketAddr> {
+    local_server(|mut tcp| async move {
+        let (mut r, mut w) = tcp.split();
+        tokio::io::copy(&mut r, &mut w).await?;
+        w.shutdown().await
+    })
+    .await
+}
+
+/// A port on which nothing listens.
+pub async fn closed_port() -> anyhow::Result<SocketAddr> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    Ok(listener.local_addr()?)
+}
+
+/// Sends `data` and returns everything read back until EOF, writing and reading at once.
+pub async fn exchange(addr: SocketAddr, data: &[u8]) -> anyhow::Result<Vec<u8>> {
+    let mut tcp = TcpStream::connect(addr).await?;
+    let (mut r, mut w) = tcp.split();
+    let write = async {
+        w.write_all(data).await?;
+        w.shutdown().await
+    };
+    let mut got = Vec::with_capacity(data.len());
+    let read = r.read_to_end(&mut got);
+    let (wrote, read) = tokio::time::timeout(STEP, async { tokio::join!(write, read) })
+        .await
+        .context("exchange hung")?;
+    wrote?;
+    read?;
+    Ok(got)
+}
+
+pub fn random_bytes(len: usize) -> Vec<u8> {
+    let mut data = vec![0; len];
+    rand::RngCore::fill_bytes(&mut rand::rng(), &mut data);
+    data
+}
