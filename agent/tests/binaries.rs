@@ -1,0 +1,288 @@
+//! The compiled `relay` and `agent` binaries, run as a user runs them.
+//! Run with `cargo test --workspace --test binaries` (the relay binary is built alongside).
+
+use std::{path::PathBuf, process::Stdio, time::Duration};
+
+use anyhow::Context;
+use tokio::{
+    io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, Lines},
+    net::{TcpListener, TcpStream},
+    process::{Child, ChildStdout, Command},
+};
+
+const STEP: Duration = Duration::from_secs(30);
+const PAGE: &str = "<h1>served from the laptop</h1>";
+
+fn agent_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_agent"))
+}
+
+fn relay_bin() -> anyhow::Result<PathBuf> {
+    let path = agent_bin().with_file_name("relay");
+    anyhow::ensure!(
+        path.exists(),
+        "{} is missing: run the tests with `cargo test --workspace`",
+        path.display()
+    );
+    Ok(path)
+}
+
+struct Process {
+    child: Child,
+    lines: Lines<BufReader<ChildStdout>>,
+}
+
+impl Process {
+    fn start(mut command: Command) -> anyhow::Result<Self> {
+        let mut child = command
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()?;
+        let stdout = child.stdout.take().context("stdout is piped")?;
+        Ok(Self {
+            child,
+            lines: BufReader::new(stdout).lines(),
+        })
+    }
+
+    /// Reads stdout until a line contains `marker`; returns that line.
+    async fn line_with(&mut self, marker: &str) -> anyhow::Result<String> {
+        let wait = async {
+            while let Some(line) = self.lines.next_line().await? {
+                if line.contains(marker) {
+                    return Ok(line);
+                }
+            }
+            anyhow::bail!("stdout ended before a line with {marker:?}")
+        };
+        match tokio::time::timeout(STEP, wait).await {
+            Ok(Ok(line)) => Ok(line),
+            Ok(Err(e)) => Err(e.context(self.stderr().await)),
+            Err(_) => anyhow::bail!("no line with {marker:?} in time"),
+        }
+    }
+
+    async fn stderr(&mut self) -> String {
+        self.child.start_kill().ok();
+        let mut text = String::new();
+        if let Some(mut err) = self.child.stderr.take() {
+            err.read_to_string(&mut text).await.ok();
+        }
+        text
+    }
+
+    /// Sends SIGTERM and returns the exit code.
+    async fn terminate(mut self) -> anyhow::Result<i32> {
+        let pid = self.child.id().context("process still running")?;
+        Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .await?;
+        let status = tokio::time::timeout(STEP, self.child.wait()).await??;
+        status.code().context("exited by signal")
+    }
+
+    /// Waits for the process to exit by itself; returns its code and stderr.
+    async fn exit(mut self) -> anyhow::Result<(i32, String)> {
+        let status = tokio::time::timeout(STEP, self.child.wait()).await??;
+        let mut text = String::new();
+        if let Some(mut err) = self.child.stderr.take() {
+            err.read_to_string(&mut text).await?;
+        }
+        Ok((status.code().context("exited by signal")?, text))
+    }
+}
+
+/// Serves one small page to every request.
+async fn web_server() -> anyhow::Result<u16> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let port = listener.local_addr()?.port();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                // Read the request head; the page is the same whatever it asks for.
+                let mut head = Vec::new();
+                while !head.ends_with(b"\r\n\r\n") && head.len() < 8192 {
+                    let byte = tcp.read_u8().await?;
+                    head.push(byte);
+                }
+                let response = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{PAGE}",
+                    PAGE.len()
+                );
+                tcp.write_all(response.as_bytes()).await?;
+                tcp.shutdown().await
+            });
+        }
+    });
+    Ok(port)
+}
+
+async fn http_get(port: u16) -> anyhow::Result<String> {
+    let mut tcp = TcpStream::connect(("127.0.0.1", port)).await?;
+    tcp.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await?;
+    let mut response = String::new();
+    tokio::time::timeout(STEP, tcp.read_to_string(&mut response)).await??;
+    Ok(response)
+}
+
+/// The value after `label` on a banner line.
+fn field(line: &str, label: &str) -> anyhow::Result<String> {
+    let rest = line
+        .split_once(label)
+        .with_context(|| format!("{label:?} in {line:?}"))?
+        .1;
+    Ok(rest
+        .split_whitespace()
+        .next()
+        .context("value after label")?
+        .to_string())
+}
+
+/// The public port in an agent line such as `tunnel web: tcp://127.0.0.1:20001 -> ...`.
+fn public_port(line: &str) -> anyhow::Result<u16> {
+    let url = field(line, "tcp://")?;
+    Ok(url.rsplit(':').next().context("port")?.parse()?)
+}
+
+struct RunningRelay {
+    process: Process,
+    udp_port: u16,
+    fingerprint: String,
+    token: String,
+    _dir: tempfile::TempDir,
+}
+
+async fn start_relay() -> anyhow::Result<RunningRelay> {
+    let dir = tempfile::tempdir()?;
+    let mut command = Command::new(relay_bin()?);
+    command
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--public-bind",
+            "127.0.0.1",
+            "--data-dir",
+        ])
+        .arg(dir.path());
+    let mut process = Process::start(command)?;
+    let udp = process.line_with("agents connect to").await?;
+    let udp_port = field(&udp, "udp")?
+        .rsplit(':')
+        .next()
+        .context("port")?
+        .parse()?;
+    let fingerprint = field(&process.line_with("fingerprint").await?, "fingerprint")?;
+    let token = field(&process.line_with("new token").await?, "\"default\"")?;
+    Ok(RunningRelay {
+        process,
+        udp_port,
+        fingerprint,
+        token,
+        _dir: dir,
+    })
+}
+
+fn agent_command(relay: &RunningRelay, token: &str, local: u16) -> Command {
+    let mut command = Command::new(agent_bin());
+    command
+        .env("BURROW_TOKEN", token)
+        .args(["--relay", &format!("127.0.0.1:{}", relay.udp_port)])
+        .args([
+            "--fingerprint",
+            &relay.fingerprint,
+            "--local",
+            &local.to_string(),
+        ]);
+    command
+}
+
+#[tokio::test]
+async fn relay_and_agent_binaries_serve_a_web_page() -> anyhow::Result<()> {
+    let web = web_server().await?;
+    let relay = start_relay().await?;
+    let mut agent = Process::start(agent_command(&relay, &relay.token, web))?;
+    let line = agent.line_with("tunnel tcp-").await?;
+    assert!(line.ends_with(&format!("-> 127.0.0.1:{web}")), "{line}");
+
+    let response = http_get(public_port(&line)?).await?;
+    assert!(
+        response.starts_with("HTTP/1.1 200 OK") && response.ends_with(PAGE),
+        "{response}"
+    );
+
+    assert_eq!(agent.terminate().await?, 0, "agent exits 0 on SIGTERM");
+    assert_eq!(
+        relay.process.terminate().await?,
+        0,
+        "relay exits 0 on SIGTERM"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn agent_binary_with_a_wrong_token_exits_non_zero_naming_the_problem() -> anyhow::Result<()> {
+    let relay = start_relay().await?;
+    let agent = Process::start(agent_command(&relay, "brw_wrong", 8080))?;
+    let (code, stderr) = agent.exit().await?;
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("error: the relay refused: the relay rejected the token"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("brw_wrong"),
+        "the token must not be printed"
+    );
+    relay.process.terminate().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn agent_binary_without_relay_serves_through_an_embedded_one() -> anyhow::Result<()> {
+    let web = web_server().await?;
+    let home = tempfile::tempdir()?;
+    let mut command = Command::new(agent_bin());
+    command
+        .env("XDG_DATA_HOME", home.path())
+        .args(["--local", &web.to_string()]);
+    let mut agent = Process::start(command)?;
+    let line = agent.line_with("tunnel tcp-").await?;
+    assert!(line.contains("tcp://127.0.0.1:"), "{line}");
+
+    let response = http_get(public_port(&line)?).await?;
+    assert!(response.ends_with(PAGE), "{response}");
+    assert!(
+        home.path().join("burrow/embedded/cert.pem").exists(),
+        "certificate generated and kept"
+    );
+    assert_eq!(agent.terminate().await?, 0);
+    Ok(())
+}
+
+#[tokio::test]
+async fn bad_config_values_stop_startup_naming_key_value_and_form() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut relay = Command::new(relay_bin()?);
+    relay.args(["--ports", "9-1", "--data-dir"]).arg(dir.path());
+    let (code, stderr) = Process::start(relay)?.exit().await?;
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("invalid port range \"9-1\"") && stderr.contains("key `ports`"),
+        "{stderr}"
+    );
+
+    let mut agent = Command::new(agent_bin());
+    agent
+        .env("BURROW_KEEP_ALIVE", "often")
+        .args(["--local", "8080", "--relay", "127.0.0.1"]);
+    let (code, stderr) = Process::start(agent)?.exit().await?;
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("invalid duration \"often\"") && stderr.contains("key `keep_alive`"),
+        "{stderr}"
+    );
+    Ok(())
+}
