@@ -110,3 +110,21 @@ async fn shutdown_lets_open_visitors_finish_refuses_new_ones_and_tells_agents_to
     assert!(!agent.task.is_finished(), "the agent keeps retrying");
     agent.stop().await
 }
+
+#[tokio::test]
+async fn insecure_connects_to_any_relay_only_when_asked() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let relay = TestRelay::start(dir.path()).await?;
+    let echo = echo_server().await?;
+    let mut plan = relay.plan(vec![tunnel("web", echo)]);
+    plan.trust = Trust::Insecure;
+    let (agent, tunnels) = TestAgent::start(plan.clone()).await?;
+    assert_eq!(exchange(public_addr(&tunnels[0]), b"x").await?, b"x");
+    agent.stop().await?;
+
+    // Without --insecure, a self-signed relay is not trusted through the public roots.
+    plan.trust = Trust::PublicRoots;
+    let err = TestAgent::spawn(plan).finished().await?.unwrap_err();
+    assert!(format!("{err:#}").contains("does not match"), "{err:#}");
+    relay.stop().await
+}
