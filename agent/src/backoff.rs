@@ -14,10 +14,7 @@ pub(crate) struct Backoff {
 
 impl Backoff {
     pub(crate) fn new(max: Duration) -> Self {
-        Self {
-            attempt: 0,
-            max: max.max(Duration::from_millis(1)),
-        }
+        Self { attempt: 0, max: max.max(Duration::from_millis(1)) }
     }
 
     /// Starts over after a session that got online.
@@ -31,9 +28,7 @@ impl Backoff {
 
     /// The next delay: half of the capped exponential step, plus a random part of the rest.
     pub(crate) fn next_delay(&mut self) -> Duration {
-        let step = FIRST_DELAY
-            .saturating_mul(1 << self.attempt.min(16))
-            .min(self.max);
+        let step = FIRST_DELAY.saturating_mul(1 << self.attempt.min(16)).min(self.max);
         self.attempt = self.attempt.saturating_add(1);
         let half = step / 2;
         half + rand::rng().random_range(Duration::ZERO..=half)
@@ -51,15 +46,9 @@ mod tests {
         assert!(delays[0] >= Duration::from_millis(250) && delays[0] <= FIRST_DELAY);
         assert!(delays[3] >= Duration::from_secs(2) && delays[3] <= Duration::from_secs(4));
         for d in &delays[10..] {
-            assert!(
-                *d >= Duration::from_secs(15) && *d <= Duration::from_secs(30),
-                "{d:?}"
-            );
+            assert!(*d >= Duration::from_secs(15) && *d <= Duration::from_secs(30), "{d:?}");
         }
-        assert!(
-            delays[10..].windows(2).any(|w| w[0] != w[1]),
-            "delays must be jittered"
-        );
+        assert!(delays[10..].windows(2).any(|w| w[0] != w[1]), "delays must be jittered");
         backoff.reset();
         assert!(backoff.next_delay() <= FIRST_DELAY);
     }

@@ -64,11 +64,7 @@ pub struct Flags {
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let mut config = AgentConfig::load(cli.config.as_deref(), &cli.flags)?;
     if let Some(local) = cli.local {
-        config.tunnels.push(TunnelConfig {
-            name: cli.name,
-            local,
-            remote_port: cli.remote_port,
-        });
+        config.tunnels.push(TunnelConfig { name: cli.name, local, remote_port: cli.remote_port });
     }
     let cancel = CancellationToken::new();
     let on_signal = cancel.clone();
@@ -96,9 +92,7 @@ async fn run_embedded(
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
     let (plan, relay) = embedded::prepare(config, embedded::default_data_dir())?;
-    eprintln!(
-        "no --relay given: serving the tunnels from this machine (public ports on all interfaces)"
-    );
+    eprintln!("no --relay given: serving the tunnels from this machine (public ports on all interfaces)");
     tokio::spawn(print_status(watcher, embedded::lan_addresses()));
     let relay_task = tokio::spawn(relay.run(cancel.clone()));
     let result = crate::run(plan, status, cancel.clone()).await;
@@ -121,11 +115,7 @@ async fn print_status(mut watcher: watch::Receiver<Status>, also_on: Vec<IpAddr>
         for tunnel in tunnels {
             println!("tunnel {}: {tunnel}", tunnel.name);
             for ip in &also_on {
-                let ip = if ip.is_ipv6() {
-                    format!("[{ip}]")
-                } else {
-                    ip.to_string()
-                };
+                let ip = if ip.is_ipv6() { format!("[{ip}]") } else { ip.to_string() };
                 println!("  also reachable at tcp://{ip}:{}", tunnel.port);
             }
         }

@@ -15,11 +15,8 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// `BURROW_TOKEN`, `BURROW_RELAY`, `BURROW_FINGERPRINT`, ...; the relay's own
 /// `BURROW_RELAY_*` variables may share the environment.
-pub const ENV: EnvSource<'static> = EnvSource {
-    prefix: "BURROW",
-    skip: &["BURROW_RELAY_", "BURROW_CONFIG"],
-    list_keys: &[],
-};
+pub const ENV: EnvSource<'static> =
+    EnvSource { prefix: "BURROW", skip: &["BURROW_RELAY_", "BURROW_CONFIG"], list_keys: &[] };
 
 /// The relay's QUIC port when `--relay` names none.
 pub const DEFAULT_RELAY_PORT: u16 = 4443;
@@ -83,9 +80,7 @@ pub struct TunnelConfig {
 
 impl TunnelConfig {
     pub fn name(&self) -> String {
-        self.name
-            .clone()
-            .unwrap_or_else(|| format!("tcp-{}", self.local.port))
+        self.name.clone().unwrap_or_else(|| format!("tcp-{}", self.local.port))
     }
 }
 
@@ -106,16 +101,9 @@ impl FromStr for LocalTarget {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = || {
-            format!(
-                "invalid local address {s:?}: expected PORT or HOST:PORT, like 8080 or 127.0.0.1:8080"
-            )
-        };
+        let bad = || format!("invalid local address {s:?}: expected PORT or HOST:PORT, like 8080 or 127.0.0.1:8080");
         let (host, port) = split_host_port(s, None).ok_or_else(bad)?;
-        Ok(Self {
-            host: host.unwrap_or_else(|| "127.0.0.1".into()),
-            port,
-        })
+        Ok(Self { host: host.unwrap_or_else(|| "127.0.0.1".into()), port })
     }
 }
 
@@ -149,11 +137,7 @@ impl FromStr for RelayAddr {
 }
 
 fn write_host_port(f: &mut fmt::Formatter<'_>, host: &str, port: u16) -> fmt::Result {
-    if host.contains(':') {
-        write!(f, "[{host}]:{port}")
-    } else {
-        write!(f, "{host}:{port}")
-    }
+    if host.contains(':') { write!(f, "[{host}]:{port}") } else { write!(f, "{host}:{port}") }
 }
 
 /// Splits `host:port`, `[v6]:port`, a bare port (no host) or, with a default port, a bare host.
@@ -172,11 +156,8 @@ fn split_host_port(s: &str, default_port: Option<u16>) -> Option<(Option<String>
     if s.chars().all(|c| c.is_ascii_digit()) && default_port.is_none() {
         return Some((None, port(s)?));
     }
-    let valid_host = |h: &str| {
-        !h.is_empty()
-            && h.chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
-    };
+    let valid_host =
+        |h: &str| !h.is_empty() && h.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
     match s.matches(':').count() {
         0 if valid_host(s) => Some((Some(s.to_string()), default_port?)),
         1 => {
@@ -232,36 +213,22 @@ mod tests {
         assert_eq!(local("8080"), Ok("127.0.0.1:8080".into()));
         assert_eq!(local("localhost:3000"), Ok("localhost:3000".into()));
         assert_eq!(local("[::1]:22"), Ok("[::1]:22".into()));
-        assert!(
-            local("host:")
-                .unwrap_err()
-                .contains("expected PORT or HOST:PORT")
-        );
+        assert!(local("host:").unwrap_err().contains("expected PORT or HOST:PORT"));
         assert!(local("0").is_err());
 
         let relay = |s: &str| s.parse::<RelayAddr>().map(|t| t.to_string());
-        assert_eq!(
-            relay("relay.example.com"),
-            Ok("relay.example.com:4443".into())
-        );
+        assert_eq!(relay("relay.example.com"), Ok("relay.example.com:4443".into()));
         assert_eq!(relay("127.0.0.1:5000"), Ok("127.0.0.1:5000".into()));
         assert_eq!(relay("::1"), Ok("[::1]:4443".into()));
         assert_eq!(relay("[::1]:7"), Ok("[::1]:7".into()));
-        assert!(
-            relay("http://x")
-                .unwrap_err()
-                .contains("expected HOST or HOST:PORT")
-        );
+        assert!(relay("http://x").unwrap_err().contains("expected HOST or HOST:PORT"));
     }
 
     #[test]
     fn deploy_example_parses() -> anyhow::Result<()> {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/agent.toml");
         let config = AgentConfig::load(Some(&path), &NoFlags {})?;
-        assert_eq!(
-            config.relay,
-            Some("relay.example.com".parse().map_err(anyhow::Error::msg)?)
-        );
+        assert_eq!(config.relay, Some("relay.example.com".parse().map_err(anyhow::Error::msg)?));
         assert_eq!(config.tunnels.len(), 2);
         assert_eq!(config.tunnels[1].name(), "ssh");
         Ok(())
@@ -272,26 +239,14 @@ mod tests {
         let dir = tempfile::tempdir()?;
         let path = dir.path().join("agent.toml");
         for (text, words) in [
-            (
-                "fingerprint = \"sha256:12\"",
-                ["fingerprint", "sha256:12", "64 hex digits"],
-            ),
+            ("fingerprint = \"sha256:12\"", ["fingerprint", "sha256:12", "64 hex digits"]),
             ("relay = \"a b\"", ["relay", "\"a b\"", "HOST:PORT"]),
             ("keep_alive = \"often\"", ["keep_alive", "often", "30s"]),
-            (
-                "[[tunnels]]\nlocal = \"x:y\"",
-                ["tunnels", "x:y", "HOST:PORT"],
-            ),
-            (
-                "[[tunnels]]\nlocal = 80\nremote = 1",
-                ["unknown field `remote`", "remote_port", "tunnels"],
-            ),
+            ("[[tunnels]]\nlocal = \"x:y\"", ["tunnels", "x:y", "HOST:PORT"]),
+            ("[[tunnels]]\nlocal = 80\nremote = 1", ["unknown field `remote`", "remote_port", "tunnels"]),
         ] {
             std::fs::write(&path, text)?;
-            let err = format!(
-                "{:#}",
-                AgentConfig::load(Some(&path), &NoFlags {}).unwrap_err()
-            );
+            let err = format!("{:#}", AgentConfig::load(Some(&path), &NoFlags {}).unwrap_err());
             for word in words {
                 assert!(err.contains(word), "{text}: {err} lacks {word}");
             }

@@ -14,10 +14,7 @@ use crate::{Plan, config::AgentConfig, config::RelayAddr};
 /// `~/.local/share/burrow/embedded`: keeps the certificate and port reservations, so a
 /// restarted agent gets the same public ports.
 pub fn default_data_dir() -> PathBuf {
-    dirs::data_dir()
-        .unwrap_or_else(|| PathBuf::from("."))
-        .join("burrow")
-        .join("embedded")
+    dirs::data_dir().unwrap_or_else(|| PathBuf::from(".")).join("burrow").join("embedded")
 }
 
 /// Binds the embedded relay and returns it with the plan that connects to it.
@@ -30,10 +27,7 @@ pub fn prepare(config: &AgentConfig, data_dir: PathBuf) -> anyhow::Result<(Plan,
         ..RelayConfig::default()
     };
     let relay = Relay::bind(relay_config)?;
-    let addr = RelayAddr {
-        host: Ipv4Addr::LOCALHOST.to_string(),
-        port: relay.local_addr()?.port(),
-    };
+    let addr = RelayAddr { host: Ipv4Addr::LOCALHOST.to_string(), port: relay.local_addr()?.port() };
     let plan = Plan::new(config, addr, Trust::Pinned(relay.fingerprint()), token);
     Ok((plan, relay))
 }
@@ -44,9 +38,7 @@ pub fn lan_addresses() -> Vec<IpAddr> {
         .unwrap_or_default()
         .into_iter()
         .map(|iface| iface.ip())
-        .filter(|ip| {
-            !ip.is_loopback() && !matches!(ip, IpAddr::V6(v6) if v6.is_unicast_link_local())
-        })
+        .filter(|ip| !ip.is_loopback() && !matches!(ip, IpAddr::V6(v6) if v6.is_unicast_link_local()))
         .collect();
     addrs.sort();
     addrs.dedup();

@@ -18,59 +18,40 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// A local server that does not accept within this is treated as down.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-pub(crate) async fn handle_stream(
-    mut send: SendStream,
-    mut recv: RecvStream,
-    targets: &[LocalTarget],
-) {
-    let header = match tokio::time::timeout(
-        HEADER_TIMEOUT,
-        read_msg::<_, StreamHeader>(&mut recv, MAX_HEADER_FRAME),
-    )
-    .await
-    {
-        Ok(Ok(header)) => header,
-        Ok(Err(e)) => {
-            tracing::warn!("bad stream header from relay: {e}");
-            return abort_stream(&mut send, &mut recv, StreamCode::BadHeader);
-        }
-        Err(_) => {
-            tracing::warn!("stream header did not arrive in time");
-            return abort_stream(&mut send, &mut recv, StreamCode::BadHeader);
-        }
-    };
-    let Some(target) = usize::try_from(header.tunnel)
-        .ok()
-        .and_then(|i| targets.get(i))
-    else {
-        tracing::warn!(
-            tunnel = header.tunnel,
-            "relay opened a stream for an unknown tunnel"
-        );
+pub(crate) async fn handle_stream(mut send: SendStream, mut recv: RecvStream, targets: &[LocalTarget]) {
+    let header =
+        match tokio::time::timeout(HEADER_TIMEOUT, read_msg::<_, StreamHeader>(&mut recv, MAX_HEADER_FRAME)).await {
+            Ok(Ok(header)) => header,
+            Ok(Err(e)) => {
+                tracing::warn!("bad stream header from relay: {e}");
+                return abort_stream(&mut send, &mut recv, StreamCode::BadHeader);
+            }
+            Err(_) => {
+                tracing::warn!("stream header did not arrive in time");
+                return abort_stream(&mut send, &mut recv, StreamCode::BadHeader);
+            }
+        };
+    let Some(target) = usize::try_from(header.tunnel).ok().and_then(|i| targets.get(i)) else {
+        tracing::warn!(tunnel = header.tunnel, "relay opened a stream for an unknown tunnel");
         return abort_stream(&mut send, &mut recv, StreamCode::UnknownTunnel);
     };
-    let span =
-        tracing::debug_span!("stream", id = %recv.id(), visitor = %header.visitor, local = %target);
+    let span = tracing::debug_span!("stream", id = %recv.id(), visitor = %header.visitor, local = %target);
     forward(send, recv, target).instrument(span).await;
 }
 
 async fn forward(mut send: SendStream, mut recv: RecvStream, target: &LocalTarget) {
-    let local = match tokio::time::timeout(
-        CONNECT_TIMEOUT,
-        TcpStream::connect((target.host.as_str(), target.port)),
-    )
-    .await
-    {
-        Ok(Ok(tcp)) => tcp,
-        Ok(Err(e)) => {
-            tracing::warn!("local server {target} unreachable: {e}");
-            return abort_stream(&mut send, &mut recv, StreamCode::LocalUnreachable);
-        }
-        Err(_) => {
-            tracing::warn!("local server {target} did not accept within {CONNECT_TIMEOUT:?}");
-            return abort_stream(&mut send, &mut recv, StreamCode::LocalUnreachable);
-        }
-    };
+    let local =
+        match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect((target.host.as_str(), target.port))).await {
+            Ok(Ok(tcp)) => tcp,
+            Ok(Err(e)) => {
+                tracing::warn!("local server {target} unreachable: {e}");
+                return abort_stream(&mut send, &mut recv, StreamCode::LocalUnreachable);
+            }
+            Err(_) => {
+                tracing::warn!("local server {target} did not accept within {CONNECT_TIMEOUT:?}");
+                return abort_stream(&mut send, &mut recv, StreamCode::LocalUnreachable);
+            }
+        };
     local.set_nodelay(true).ok();
     match splice(local, send, recv).await {
         Ok((up, down)) => tracing::debug!(up, down, "stream closed"),

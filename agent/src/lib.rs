@@ -61,11 +61,7 @@ impl Plan {
         let tunnels = config
             .tunnels
             .iter()
-            .map(|t| TunnelPlan {
-                name: t.name(),
-                local: t.local.clone(),
-                remote_port: t.remote_port,
-            })
+            .map(|t| TunnelPlan { name: t.name(), local: t.local.clone(), remote_port: t.remote_port })
             .collect();
         Self {
             relay,
@@ -84,11 +80,7 @@ impl Plan {
 pub enum Status {
     Connecting,
     Online(Vec<PublicTunnel>),
-    Retrying {
-        attempt: u32,
-        delay: Duration,
-        reason: String,
-    },
+    Retrying { attempt: u32, delay: Duration, reason: String },
 }
 
 /// A tunnel as the relay granted it.
@@ -102,30 +94,19 @@ pub struct PublicTunnel {
 
 impl fmt::Display for PublicTunnel {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let host = if self.host.contains(':') {
-            format!("[{}]", self.host)
-        } else {
-            self.host.clone()
-        };
+        let host = if self.host.contains(':') { format!("[{}]", self.host) } else { self.host.clone() };
         write!(f, "tcp://{host}:{} -> {}", self.port, self.local)
     }
 }
 
 /// Keeps the tunnels up until `cancel`: reconnects forever on transient failures, returns an
 /// error on ones the user must fix (bad token, untrusted relay on first contact, refusals).
-pub async fn run(
-    plan: Plan,
-    status: watch::Sender<Status>,
-    cancel: CancellationToken,
-) -> anyhow::Result<()> {
+pub async fn run(plan: Plan, status: watch::Sender<Status>, cancel: CancellationToken) -> anyhow::Result<()> {
     anyhow::ensure!(
         !plan.tunnels.is_empty(),
         "nothing to expose: pass --local PORT or list [[tunnels]] in the config file"
     );
-    let client = tls::client_config(
-        &plan.trust,
-        transport::agent(plan.keep_alive, plan.idle_timeout),
-    )?;
+    let client = tls::client_config(&plan.trust, transport::agent(plan.keep_alive, plan.idle_timeout))?;
     let mut backoff = Backoff::new(plan.reconnect_max_delay);
     // Until the first Welcome, a refusal or an untrusted certificate is a setup mistake.
     let mut never_online = true;
@@ -142,11 +123,7 @@ pub async fn run(
                 let delay = backoff.next_delay();
                 let attempt = backoff.attempt();
                 tracing::warn!(attempt, retry_in = ?delay, "{reason}");
-                status.send_replace(Status::Retrying {
-                    attempt,
-                    delay,
-                    reason,
-                });
+                status.send_replace(Status::Retrying { attempt, delay, reason });
                 tokio::select! {
                     _ = cancel.cancelled() => return Ok(()),
                     _ = tokio::time::sleep(delay) => {}

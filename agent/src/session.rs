@@ -41,10 +41,7 @@ pub(crate) async fn run(
             return Outcome::Fatal(anyhow::anyhow!(reason));
         }
         Err(Failure::Trust(reason) | Failure::Unreachable(reason)) => {
-            return Outcome::Retry {
-                reason,
-                was_online: false,
-            };
+            return Outcome::Retry { reason, was_online: false };
         }
     };
     let outcome = tokio::select! {
@@ -55,9 +52,7 @@ pub(crate) async fn run(
         CloseCode::AgentExit.close(&conn);
     }
     // Lets the close reach the relay, so it frees the tunnels at once.
-    tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle())
-        .await
-        .ok();
+    tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await.ok();
     outcome
 }
 
@@ -67,10 +62,7 @@ enum Failure {
     Unreachable(String),
 }
 
-async fn connect(
-    plan: &Plan,
-    client: &quinn::ClientConfig,
-) -> Result<(Endpoint, Connection), Failure> {
+async fn connect(plan: &Plan, client: &quinn::ClientConfig) -> Result<(Endpoint, Connection), Failure> {
     let relay = &plan.relay;
     let addrs: Vec<SocketAddr> = tokio::net::lookup_host((relay.host.as_str(), relay.port))
         .await
@@ -83,29 +75,19 @@ async fn connect(
         .or(addrs.first())
         .copied()
         .ok_or_else(|| Failure::Unreachable(format!("{} has no address", relay.host)))?;
-    let local: SocketAddr = if addr.is_ipv6() {
-        "[::]:0"
-    } else {
-        "0.0.0.0:0"
-    }
-    .parse()
-    .map_err(|_| unreachable_addr())?;
-    let mut endpoint = Endpoint::client(local)
-        .map_err(|e| Failure::Unreachable(format!("cannot open a UDP socket: {e}")))?;
+    let local: SocketAddr =
+        if addr.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }.parse().map_err(|_| unreachable_addr())?;
+    let mut endpoint =
+        Endpoint::client(local).map_err(|e| Failure::Unreachable(format!("cannot open a UDP socket: {e}")))?;
     endpoint.set_default_client_config(client.clone());
     if matches!(plan.trust, burrow_common::tls::Trust::Insecure) {
-        tracing::warn!(
-            "--insecure: the relay's certificate is NOT checked; anyone on the path can read this tunnel"
-        );
+        tracing::warn!("--insecure: the relay's certificate is NOT checked; anyone on the path can read this tunnel");
     }
     let connecting = endpoint
         .connect(addr, &relay.host)
         .map_err(|e| Failure::Unreachable(format!("cannot connect to {addr}: {e}")))?;
     match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
-        Err(_) => Err(Failure::Unreachable(format!(
-            "no answer from the relay at {addr} (UDP {})",
-            relay.port
-        ))),
+        Err(_) => Err(Failure::Unreachable(format!("no answer from the relay at {addr} (UDP {})", relay.port))),
         Ok(Ok(conn)) => Ok((endpoint, conn)),
         Ok(Err(e)) => Err(classify_handshake_error(&e, addr)),
     }
@@ -119,12 +101,10 @@ fn classify_handshake_error(e: &quinn::ConnectionError, addr: SocketAddr) -> Fai
     use quinn::ConnectionError as E;
     let crypto = |code: quinn::TransportErrorCode| format!("{code:?}").starts_with("crypto");
     match e {
-        E::TransportError(t) if t.reason.contains("invalid peer certificate") => {
-            Failure::Trust(format!(
-                "the relay at {addr} presented a certificate that does not match --fingerprint / --ca ({})",
-                t.reason
-            ))
-        }
+        E::TransportError(t) if t.reason.contains("invalid peer certificate") => Failure::Trust(format!(
+            "the relay at {addr} presented a certificate that does not match --fingerprint / --ca ({})",
+            t.reason
+        )),
         E::ConnectionClosed(c) if crypto(c.error_code) => Failure::Trust(format!(
             "the relay at {addr} rejected the TLS handshake ({}); is it a burrow relay of the same version?",
             c.error_code
@@ -132,10 +112,9 @@ fn classify_handshake_error(e: &quinn::ConnectionError, addr: SocketAddr) -> Fai
         E::TransportError(t) if crypto(t.code) => {
             Failure::Trust(format!("TLS handshake with {addr} failed: {}", t.reason))
         }
-        other => Failure::Unreachable(format!(
-            "cannot reach the relay at {addr}: {}",
-            describe_connection_error(other)
-        )),
+        other => {
+            Failure::Unreachable(format!("cannot reach the relay at {addr}: {}", describe_connection_error(other)))
+        }
     }
 }
 
@@ -148,10 +127,7 @@ async fn register_and_serve(
     let (answer, _control) = match hello(plan, conn).await {
         Ok(answered) => answered,
         Err(e) => {
-            return Outcome::Retry {
-                reason: format!("handshake failed: {e:#}"),
-                was_online: false,
-            };
+            return Outcome::Retry { reason: format!("handshake failed: {e:#}"), was_online: false };
         }
     };
     let granted = match answer {
@@ -160,36 +136,24 @@ async fn register_and_serve(
             return Outcome::Fatal(anyhow::anyhow!("the relay refused: {refusal}"));
         }
         ServerMsg::Refused(refusal) => {
-            return Outcome::Retry {
-                reason: refusal.to_string(),
-                was_online: false,
-            };
+            return Outcome::Retry { reason: refusal.to_string(), was_online: false };
         }
     };
     let mut online = Vec::new();
     for (granted, tunnel) in granted.iter().zip(&plan.tunnels) {
-        let host = granted
-            .host
-            .clone()
-            .unwrap_or_else(|| plan.relay.host.clone());
-        online.push(PublicTunnel {
-            name: granted.name.clone(),
-            host,
-            port: granted.port,
-            local: tunnel.local.clone(),
-        });
+        let host = granted.host.clone().unwrap_or_else(|| plan.relay.host.clone());
+        online.push(PublicTunnel { name: granted.name.clone(), host, port: granted.port, local: tunnel.local.clone() });
     }
     status.send_replace(Status::Online(online));
     let targets: Arc<[LocalTarget]> = plan.tunnels.iter().map(|t| t.local.clone()).collect();
     let err = serve_streams(conn, targets).await;
     match close_code(&err) {
-        Some(CloseCode::Replaced) => Outcome::Fatal(anyhow::anyhow!(
-            "another agent with the same token and tunnel name took over these tunnels"
-        )),
-        _ => Outcome::Retry {
-            reason: format!("lost the relay: {}", describe_connection_error(&err)),
-            was_online: true,
-        },
+        Some(CloseCode::Replaced) => {
+            Outcome::Fatal(anyhow::anyhow!("another agent with the same token and tunnel name took over these tunnels"))
+        }
+        _ => {
+            Outcome::Retry { reason: format!("lost the relay: {}", describe_connection_error(&err)), was_online: true }
+        }
     }
 }
 
@@ -204,22 +168,12 @@ async fn hello(plan: &Plan, conn: &Connection) -> anyhow::Result<(ServerMsg, Con
         .map(|t| TunnelSpec {
             name: t.name.clone(),
             local: t.local.to_string(),
-            kind: TunnelKind::Tcp {
-                port: t.remote_port,
-            },
+            kind: TunnelKind::Tcp { port: t.remote_port },
         })
         .collect();
-    let hello = Hello {
-        version: PROTOCOL_VERSION,
-        token: plan.token.clone(),
-        tunnels,
-    };
+    let hello = Hello { version: PROTOCOL_VERSION, token: plan.token.clone(), tunnels };
     protocol::write_msg(&mut send, &hello).await?;
-    let answer = tokio::time::timeout(
-        WELCOME_TIMEOUT,
-        protocol::read_msg(&mut recv, MAX_CONTROL_FRAME),
-    )
-    .await??;
+    let answer = tokio::time::timeout(WELCOME_TIMEOUT, protocol::read_msg(&mut recv, MAX_CONTROL_FRAME)).await??;
     Ok((answer, (send, recv)))
 }
 

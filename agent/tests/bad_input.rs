@@ -14,39 +14,25 @@ use burrow_common::{
 use support::*;
 
 /// A relay with one working tunnel, to show that it keeps serving.
-async fn relay_with_canary() -> anyhow::Result<(
-    TestRelay,
-    TestAgent,
-    std::net::SocketAddr,
-    tempfile::TempDir,
-)> {
+async fn relay_with_canary() -> anyhow::Result<(TestRelay, TestAgent, std::net::SocketAddr, tempfile::TempDir)> {
     let dir = tempfile::tempdir()?;
     let relay = TestRelay::start(dir.path()).await?;
-    let (agent, tunnels) =
-        TestAgent::start(relay.plan(vec![tunnel("canary", echo_server().await?)])).await?;
+    let (agent, tunnels) = TestAgent::start(relay.plan(vec![tunnel("canary", echo_server().await?)])).await?;
     Ok((relay, agent, public_addr(&tunnels[0]), dir))
 }
 
 fn raw_client(alpn: &[u8], relay: &TestRelay) -> anyhow::Result<quinn::Endpoint> {
     let mut tls = tls::client_tls(&Trust::Pinned(relay.fingerprint))?;
     tls.alpn_protocols = vec![alpn.to_vec()];
-    let mut config = quinn::ClientConfig::new(Arc::new(
-        quinn::crypto::rustls::QuicClientConfig::try_from(tls)?,
-    ));
-    config.transport_config(Arc::new(transport::agent(
-        Duration::from_secs(10),
-        Duration::from_secs(30),
-    )));
+    let mut config = quinn::ClientConfig::new(Arc::new(quinn::crypto::rustls::QuicClientConfig::try_from(tls)?));
+    config.transport_config(Arc::new(transport::agent(Duration::from_secs(10), Duration::from_secs(30))));
     let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
     endpoint.set_default_client_config(config);
     Ok(endpoint)
 }
 
 /// Sends `bytes` as the start of a control stream; returns how the relay closed the session.
-async fn send_control_bytes(
-    relay: &TestRelay,
-    bytes: &[u8],
-) -> anyhow::Result<quinn::ConnectionError> {
+async fn send_control_bytes(relay: &TestRelay, bytes: &[u8]) -> anyhow::Result<quinn::ConnectionError> {
     let endpoint = raw_client(burrow_common::ALPN, relay)?;
     let conn = endpoint.connect(relay.addr, "localhost")?.await?;
     let (mut send, _recv) = conn.open_bi().await?;
@@ -66,8 +52,7 @@ async fn garbage_datagrams_on_the_quic_port_are_ignored() -> anyhow::Result<()> 
         socket.send_to(&random_bytes(size), relay.addr).await?;
     }
     assert_eq!(exchange(canary, b"alive").await?, b"alive");
-    let (second, _) =
-        TestAgent::start(relay.plan(vec![tunnel("late", echo_server().await?)])).await?;
+    let (second, _) = TestAgent::start(relay.plan(vec![tunnel("late", echo_server().await?)])).await?;
     second.stop().await?;
     agent.stop().await?;
     relay.stop().await
@@ -77,15 +62,8 @@ async fn garbage_datagrams_on_the_quic_port_are_ignored() -> anyhow::Result<()> 
 async fn client_with_the_wrong_alpn_fails_the_tls_handshake() -> anyhow::Result<()> {
     let (relay, agent, canary, _dir) = relay_with_canary().await?;
     let endpoint = raw_client(b"h3", &relay)?;
-    let err = endpoint
-        .connect(relay.addr, "localhost")?
-        .await
-        .unwrap_err();
-    assert!(
-        err.to_string()
-            .contains("peer doesn't support any known protocol"),
-        "{err}"
-    );
+    let err = endpoint.connect(relay.addr, "localhost")?.await.unwrap_err();
+    assert!(err.to_string().contains("peer doesn't support any known protocol"), "{err}");
     assert_eq!(exchange(canary, b"alive").await?, b"alive");
     agent.stop().await?;
     relay.stop().await
@@ -133,11 +111,9 @@ fn reset_with(err: &quinn::ReadToEndError, code: StreamCode) -> bool {
 
 /// A stand-in relay that speaks the protocol by hand, to send the agent bad stream headers.
 #[tokio::test]
-async fn agent_resets_streams_with_unknown_or_malformed_headers_and_serves_the_rest()
--> anyhow::Result<()> {
+async fn agent_resets_streams_with_unknown_or_malformed_headers_and_serves_the_rest() -> anyhow::Result<()> {
     let generated = tls::self_signed(&["localhost".into()])?;
-    let identity =
-        tls::Identity::from_pem(generated.cert_pem.as_bytes(), generated.key_pem.as_bytes())?;
+    let identity = tls::Identity::from_pem(generated.cert_pem.as_bytes(), generated.key_pem.as_bytes())?;
     let fingerprint = identity.fingerprint();
     let server = tls::server_config(identity, transport::relay(Duration::from_secs(30)))?;
     let fake_relay = quinn::Endpoint::server(server, "127.0.0.1:0".parse()?)?;
@@ -154,26 +130,12 @@ async fn agent_resets_streams_with_unknown_or_malformed_headers_and_serves_the_r
     let (mut control_send, mut control_recv) = conn.accept_bi().await?;
     let hello: Hello = read_msg(&mut control_recv, MAX_CONTROL_FRAME).await?;
     assert_eq!(hello.tunnels[0].name, "web");
-    let welcome = ServerMsg::Welcome {
-        tunnels: vec![Granted {
-            id: 0,
-            name: "web".into(),
-            port: 1,
-            host: None,
-        }],
-    };
+    let welcome = ServerMsg::Welcome { tunnels: vec![Granted { id: 0, name: "web".into(), port: 1, host: None }] };
     write_msg(&mut control_send, &welcome).await?;
     let visitor = "192.0.2.1:5000".parse()?;
 
     let (mut send, mut recv) = conn.open_bi().await?;
-    write_msg(
-        &mut send,
-        &StreamHeader {
-            tunnel: 99,
-            visitor,
-        },
-    )
-    .await?;
+    write_msg(&mut send, &StreamHeader { tunnel: 99, visitor }).await?;
     let err = recv.read_to_end(1024).await.unwrap_err();
     assert!(reset_with(&err, StreamCode::UnknownTunnel), "{err}");
 

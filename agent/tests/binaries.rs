@@ -19,11 +19,7 @@ fn agent_bin() -> PathBuf {
 
 fn relay_bin() -> anyhow::Result<PathBuf> {
     let path = agent_bin().with_file_name("relay");
-    anyhow::ensure!(
-        path.exists(),
-        "{} is missing: run the tests with `cargo test --workspace`",
-        path.display()
-    );
+    anyhow::ensure!(path.exists(), "{} is missing: run the tests with `cargo test --workspace`", path.display());
     Ok(path)
 }
 
@@ -34,16 +30,9 @@ struct Process {
 
 impl Process {
     fn start(mut command: Command) -> anyhow::Result<Self> {
-        let mut child = command
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()?;
+        let mut child = command.stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true).spawn()?;
         let stdout = child.stdout.take().context("stdout is piped")?;
-        Ok(Self {
-            child,
-            lines: BufReader::new(stdout).lines(),
-        })
+        Ok(Self { child, lines: BufReader::new(stdout).lines() })
     }
 
     /// Reads stdout until a line contains `marker`; returns that line.
@@ -75,10 +64,7 @@ impl Process {
     /// Sends SIGTERM and returns the exit code.
     async fn terminate(mut self) -> anyhow::Result<i32> {
         let pid = self.child.id().context("process still running")?;
-        Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status()
-            .await?;
+        Command::new("kill").args(["-TERM", &pid.to_string()]).status().await?;
         let status = tokio::time::timeout(STEP, self.child.wait()).await??;
         status.code().context("exited by signal")
     }
@@ -121,8 +107,7 @@ async fn web_server() -> anyhow::Result<u16> {
 
 async fn http_get(port: u16) -> anyhow::Result<String> {
     let mut tcp = TcpStream::connect(("127.0.0.1", port)).await?;
-    tcp.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-        .await?;
+    tcp.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").await?;
     let mut response = String::new();
     tokio::time::timeout(STEP, tcp.read_to_string(&mut response)).await??;
     Ok(response)
@@ -130,15 +115,8 @@ async fn http_get(port: u16) -> anyhow::Result<String> {
 
 /// The value after `label` on a banner line.
 fn field(line: &str, label: &str) -> anyhow::Result<String> {
-    let rest = line
-        .split_once(label)
-        .with_context(|| format!("{label:?} in {line:?}"))?
-        .1;
-    Ok(rest
-        .split_whitespace()
-        .next()
-        .context("value after label")?
-        .to_string())
+    let rest = line.split_once(label).with_context(|| format!("{label:?} in {line:?}"))?.1;
+    Ok(rest.split_whitespace().next().context("value after label")?.to_string())
 }
 
 /// The public port in an agent line such as `tunnel web: tcp://127.0.0.1:20001 -> ...`.
@@ -158,44 +136,23 @@ struct RunningRelay {
 async fn start_relay() -> anyhow::Result<RunningRelay> {
     let dir = tempfile::tempdir()?;
     let mut command = Command::new(relay_bin()?);
-    command
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--public-bind",
-            "127.0.0.1",
-            "--data-dir",
-        ])
-        .arg(dir.path());
+    command.args(["--listen", "127.0.0.1:0", "--public-bind", "127.0.0.1", "--data-dir"]).arg(dir.path());
     let mut process = Process::start(command)?;
     let udp = process.line_with("agents connect to").await?;
-    let udp_port = field(&udp, "udp")?
-        .rsplit(':')
-        .next()
-        .context("port")?
-        .parse()?;
+    let udp_port = field(&udp, "udp")?.rsplit(':').next().context("port")?.parse()?;
     let fingerprint = field(&process.line_with("fingerprint").await?, "fingerprint")?;
     let token = field(&process.line_with("new token").await?, "\"default\"")?;
-    Ok(RunningRelay {
-        process,
-        udp_port,
-        fingerprint,
-        token,
-        _dir: dir,
-    })
+    Ok(RunningRelay { process, udp_port, fingerprint, token, _dir: dir })
 }
 
 fn agent_command(relay: &RunningRelay, token: &str, local: u16) -> Command {
     let mut command = Command::new(agent_bin());
-    command
-        .env("BURROW_TOKEN", token)
-        .args(["--relay", &format!("127.0.0.1:{}", relay.udp_port)])
-        .args([
-            "--fingerprint",
-            &relay.fingerprint,
-            "--local",
-            &local.to_string(),
-        ]);
+    command.env("BURROW_TOKEN", token).args(["--relay", &format!("127.0.0.1:{}", relay.udp_port)]).args([
+        "--fingerprint",
+        &relay.fingerprint,
+        "--local",
+        &local.to_string(),
+    ]);
     command
 }
 
@@ -208,17 +165,10 @@ async fn relay_and_agent_binaries_serve_a_web_page() -> anyhow::Result<()> {
     assert!(line.ends_with(&format!("-> 127.0.0.1:{web}")), "{line}");
 
     let response = http_get(public_port(&line)?).await?;
-    assert!(
-        response.starts_with("HTTP/1.1 200 OK") && response.ends_with(PAGE),
-        "{response}"
-    );
+    assert!(response.starts_with("HTTP/1.1 200 OK") && response.ends_with(PAGE), "{response}");
 
     assert_eq!(agent.terminate().await?, 0, "agent exits 0 on SIGTERM");
-    assert_eq!(
-        relay.process.terminate().await?,
-        0,
-        "relay exits 0 on SIGTERM"
-    );
+    assert_eq!(relay.process.terminate().await?, 0, "relay exits 0 on SIGTERM");
     Ok(())
 }
 
@@ -228,14 +178,8 @@ async fn agent_binary_with_a_wrong_token_exits_non_zero_naming_the_problem() -> 
     let agent = Process::start(agent_command(&relay, "brw_wrong", 8080))?;
     let (code, stderr) = agent.exit().await?;
     assert_eq!(code, 1);
-    assert!(
-        stderr.contains("error: the relay refused: the relay rejected the token"),
-        "{stderr}"
-    );
-    assert!(
-        !stderr.contains("brw_wrong"),
-        "the token must not be printed"
-    );
+    assert!(stderr.contains("error: the relay refused: the relay rejected the token"), "{stderr}");
+    assert!(!stderr.contains("brw_wrong"), "the token must not be printed");
     relay.process.terminate().await?;
     Ok(())
 }
@@ -245,19 +189,14 @@ async fn agent_binary_without_relay_serves_through_an_embedded_one() -> anyhow::
     let web = web_server().await?;
     let home = tempfile::tempdir()?;
     let mut command = Command::new(agent_bin());
-    command
-        .env("XDG_DATA_HOME", home.path())
-        .args(["--local", &web.to_string()]);
+    command.env("XDG_DATA_HOME", home.path()).args(["--local", &web.to_string()]);
     let mut agent = Process::start(command)?;
     let line = agent.line_with("tunnel tcp-").await?;
     assert!(line.contains("tcp://127.0.0.1:"), "{line}");
 
     let response = http_get(public_port(&line)?).await?;
     assert!(response.ends_with(PAGE), "{response}");
-    assert!(
-        home.path().join("burrow/embedded/cert.pem").exists(),
-        "certificate generated and kept"
-    );
+    assert!(home.path().join("burrow/embedded/cert.pem").exists(), "certificate generated and kept");
     assert_eq!(agent.terminate().await?, 0);
     Ok(())
 }
@@ -269,20 +208,12 @@ async fn bad_config_values_stop_startup_naming_key_value_and_form() -> anyhow::R
     relay.args(["--ports", "9-1", "--data-dir"]).arg(dir.path());
     let (code, stderr) = Process::start(relay)?.exit().await?;
     assert_eq!(code, 1);
-    assert!(
-        stderr.contains("invalid port range \"9-1\"") && stderr.contains("key `ports`"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("invalid port range \"9-1\"") && stderr.contains("key `ports`"), "{stderr}");
 
     let mut agent = Command::new(agent_bin());
-    agent
-        .env("BURROW_KEEP_ALIVE", "often")
-        .args(["--local", "8080", "--relay", "127.0.0.1"]);
+    agent.env("BURROW_KEEP_ALIVE", "often").args(["--local", "8080", "--relay", "127.0.0.1"]);
     let (code, stderr) = Process::start(agent)?.exit().await?;
     assert_eq!(code, 1);
-    assert!(
-        stderr.contains("invalid duration \"often\"") && stderr.contains("key `keep_alive`"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("invalid duration \"often\"") && stderr.contains("key `keep_alive`"), "{stderr}");
     Ok(())
 }

@@ -18,17 +18,10 @@ async fn wrong_token_is_refused_with_a_clear_error() -> anyhow::Result<()> {
 
     let started = Instant::now();
     let err = TestAgent::spawn(plan).finished().await?.unwrap_err();
-    assert!(
-        started.elapsed() < Duration::from_secs(1),
-        "refusal took {:?}",
-        started.elapsed()
-    );
+    assert!(started.elapsed() < Duration::from_secs(1), "refusal took {:?}", started.elapsed());
     let message = format!("{err:#}");
     assert!(message.contains("rejected the token"), "{message}");
-    assert!(
-        !message.contains("not-the-token"),
-        "the token must not appear in errors"
-    );
+    assert!(!message.contains("not-the-token"), "the token must not appear in errors");
     relay.stop().await
 }
 
@@ -37,19 +30,13 @@ async fn wrong_fingerprint_is_refused_before_any_token_is_sent() -> anyhow::Resu
     let dir = tempfile::tempdir()?;
     let relay = TestRelay::start(dir.path()).await?;
     let other = burrow_common::tls::self_signed(&["other.test".into()])?;
-    let other = burrow_common::tls::Identity::from_pem(
-        other.cert_pem.as_bytes(),
-        other.key_pem.as_bytes(),
-    )?;
+    let other = burrow_common::tls::Identity::from_pem(other.cert_pem.as_bytes(), other.key_pem.as_bytes())?;
     let mut plan = relay.plan(vec![tunnel("web", echo_server().await?)]);
     plan.trust = Trust::Pinned(other.fingerprint());
 
     let err = TestAgent::spawn(plan).finished().await?.unwrap_err();
     let message = format!("{err:#}");
-    assert!(
-        message.contains("does not match --fingerprint"),
-        "{message}"
-    );
+    assert!(message.contains("does not match --fingerprint"), "{message}");
     relay.stop().await
 }
 
@@ -59,21 +46,13 @@ async fn port_in_use_is_refused_by_number() -> anyhow::Result<()> {
     let port = taken.local_addr()?.port();
     let dir = tempfile::tempdir()?;
     let mut config = relay_config(dir.path());
-    config.ports = format!("{port}-{port}")
-        .parse()
-        .map_err(anyhow::Error::msg)?;
+    config.ports = format!("{port}-{port}").parse().map_err(anyhow::Error::msg)?;
     let relay = TestRelay::start_with(config).await?;
     let mut wanted = tunnel("web", echo_server().await?);
     wanted.remote_port = Some(port);
 
-    let err = TestAgent::spawn(relay.plan(vec![wanted]))
-        .finished()
-        .await?
-        .unwrap_err();
-    assert_eq!(
-        format!("{err:#}"),
-        format!("the relay refused: port {port} is already in use on the relay")
-    );
+    let err = TestAgent::spawn(relay.plan(vec![wanted])).finished().await?.unwrap_err();
+    assert_eq!(format!("{err:#}"), format!("the relay refused: port {port} is already in use on the relay"));
     relay.stop().await
 }
 
@@ -86,10 +65,7 @@ async fn port_taken_by_another_agent_is_refused_and_the_holder_keeps_it() -> any
     let mut wanted = tunnel("second", echo);
     wanted.remote_port = Some(tunnels[0].port);
 
-    let err = TestAgent::spawn(relay.plan(vec![wanted]))
-        .finished()
-        .await?
-        .unwrap_err();
+    let err = TestAgent::spawn(relay.plan(vec![wanted])).finished().await?.unwrap_err();
     assert!(format!("{err:#}").contains("already in use"), "{err:#}");
     assert_eq!(exchange(public_addr(&tunnels[0]), b"mine").await?, b"mine");
     holder.stop().await?;
@@ -105,35 +81,21 @@ async fn port_outside_the_range_is_refused_with_the_allowed_range() -> anyhow::R
     let mut wanted = tunnel("web", echo_server().await?);
     wanted.remote_port = Some(80);
 
-    let err = TestAgent::spawn(relay.plan(vec![wanted]))
-        .finished()
-        .await?
-        .unwrap_err();
+    let err = TestAgent::spawn(relay.plan(vec![wanted])).finished().await?.unwrap_err();
     let message = format!("{err:#}");
-    assert!(
-        message.contains("port 80 is outside") && message.contains("20000-20010"),
-        "{message}"
-    );
+    assert!(message.contains("port 80 is outside") && message.contains("20000-20010"), "{message}");
     relay.stop().await
 }
 
 #[tokio::test]
 async fn token_limited_to_ports_cannot_take_others() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let free = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await?
-        .local_addr()?
-        .port();
+    let free = tokio::net::TcpListener::bind("127.0.0.1:0").await?.local_addr()?.port();
     let outside = free.checked_sub(1).filter(|p| *p > 0).unwrap_or(free + 1);
     let store = relay::tokens::TokenStore::open(dir.path(), None);
-    let limited = store.add(
-        "limited",
-        Some(vec![format!("{free}").parse().map_err(anyhow::Error::msg)?]),
-    )?;
+    let limited = store.add("limited", Some(vec![format!("{free}").parse().map_err(anyhow::Error::msg)?]))?;
     let mut config = relay_config(dir.path());
-    config.ports = format!("{}-{}", free.min(outside), free.max(outside))
-        .parse()
-        .map_err(anyhow::Error::msg)?;
+    config.ports = format!("{}-{}", free.min(outside), free.max(outside)).parse().map_err(anyhow::Error::msg)?;
     let relay = TestRelay::start_with(config).await?;
     let echo = echo_server().await?;
 
@@ -141,14 +103,8 @@ async fn token_limited_to_ports_cannot_take_others() -> anyhow::Result<()> {
     plan.token = limited.clone();
     let mut plan_outside = plan.clone();
     plan_outside.tunnels[0].remote_port = Some(outside);
-    let err = TestAgent::spawn(plan_outside)
-        .finished()
-        .await?
-        .unwrap_err();
-    assert!(
-        format!("{err:#}").contains(&format!("allows ({free})")),
-        "{err:#}"
-    );
+    let err = TestAgent::spawn(plan_outside).finished().await?.unwrap_err();
+    assert!(format!("{err:#}").contains(&format!("allows ({free})")), "{err:#}");
 
     // With no port asked for, the relay picks the only one the token may use.
     let (agent, tunnels) = TestAgent::start(plan).await?;
@@ -158,8 +114,7 @@ async fn token_limited_to_ports_cannot_take_others() -> anyhow::Result<()> {
 }
 
 #[tokio::test]
-async fn repeated_token_failures_from_one_address_are_slowed_but_valid_tokens_are_not()
--> anyhow::Result<()> {
+async fn repeated_token_failures_from_one_address_are_slowed_but_valid_tokens_are_not() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let relay = TestRelay::start(dir.path()).await?;
     let echo = echo_server().await?;
@@ -169,33 +124,19 @@ async fn repeated_token_failures_from_one_address_are_slowed_but_valid_tokens_ar
     // The first failures (a small burst) are answered at once.
     for _ in 0..10 {
         let started = Instant::now();
-        TestAgent::spawn(wrong.clone())
-            .finished()
-            .await?
-            .unwrap_err();
+        TestAgent::spawn(wrong.clone()).finished().await?.unwrap_err();
         assert!(started.elapsed() < Duration::from_secs(1));
     }
     // Past the burst, refusals come at about one per second.
-    TestAgent::spawn(wrong.clone())
-        .finished()
-        .await?
-        .unwrap_err();
+    TestAgent::spawn(wrong.clone()).finished().await?.unwrap_err();
     let started = Instant::now();
     TestAgent::spawn(wrong).finished().await?.unwrap_err();
-    assert!(
-        started.elapsed() >= Duration::from_millis(500),
-        "only {:?}",
-        started.elapsed()
-    );
+    assert!(started.elapsed() >= Duration::from_millis(500), "only {:?}", started.elapsed());
 
     // An agent with a valid token behind the same address connects at once.
     let started = Instant::now();
     let (agent, _) = TestAgent::start(relay.plan(vec![tunnel("web", echo)])).await?;
-    assert!(
-        started.elapsed() < Duration::from_secs(1),
-        "took {:?}",
-        started.elapsed()
-    );
+    assert!(started.elapsed() < Duration::from_secs(1), "took {:?}", started.elapsed());
     agent.stop().await?;
     relay.stop().await
 }

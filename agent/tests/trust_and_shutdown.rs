@@ -19,13 +19,8 @@ fn issue_certificate(
     ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
     let ca = rcgen::CertifiedIssuer::self_signed(ca_params, rcgen::KeyPair::generate()?)?;
     let relay_key = rcgen::KeyPair::generate()?;
-    let relay_cert =
-        rcgen::CertificateParams::new(vec!["localhost".to_string()])?.signed_by(&relay_key, &ca)?;
-    let paths = (
-        dir.join("ca.pem"),
-        dir.join("relay.pem"),
-        dir.join("relay.key"),
-    );
+    let relay_cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])?.signed_by(&relay_key, &ca)?;
+    let paths = (dir.join("ca.pem"), dir.join("relay.pem"), dir.join("relay.key"));
     std::fs::write(&paths.0, ca.pem())?;
     std::fs::write(&paths.1, relay_cert.pem())?;
     std::fs::write(&paths.2, relay_key.serialize_pem())?;
@@ -46,14 +41,7 @@ async fn agent_trusts_a_relay_whose_certificate_chains_to_its_ca_file() -> anyho
     plan.relay.host = "localhost".into();
     plan.trust = Trust::CaFile(ca.clone());
     let (agent, tunnels) = TestAgent::start(plan.clone()).await?;
-    assert_eq!(
-        exchange(
-            std::net::SocketAddr::from(([127, 0, 0, 1], tunnels[0].port)),
-            b"ca"
-        )
-        .await?,
-        b"ca"
-    );
+    assert_eq!(exchange(std::net::SocketAddr::from(([127, 0, 0, 1], tunnels[0].port)), b"ca").await?, b"ca");
     agent.stop().await?;
 
     // The same CA does not vouch for another name.
@@ -64,8 +52,7 @@ async fn agent_trusts_a_relay_whose_certificate_chains_to_its_ca_file() -> anyho
 }
 
 #[tokio::test]
-async fn shutdown_lets_open_visitors_finish_refuses_new_ones_and_tells_agents_to_retry()
--> anyhow::Result<()> {
+async fn shutdown_lets_open_visitors_finish_refuses_new_ones_and_tells_agents_to_retry() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let relay = TestRelay::start(dir.path()).await?;
     let echo = echo_server().await?;
@@ -95,16 +82,8 @@ async fn shutdown_lets_open_visitors_finish_refuses_new_ones_and_tells_agents_to
     open.read_to_end(&mut rest).await?;
 
     tokio::time::timeout(STEP, relay.task).await???;
-    let status = tokio::time::timeout(
-        STEP,
-        agent
-            .status
-            .wait_for(|s| matches!(s, Status::Retrying { .. })),
-    )
-    .await??;
-    let Status::Retrying { reason, .. } = &*status else {
-        unreachable!()
-    };
+    let status = tokio::time::timeout(STEP, agent.status.wait_for(|s| matches!(s, Status::Retrying { .. }))).await??;
+    let Status::Retrying { reason, .. } = &*status else { unreachable!() };
     assert!(reason.contains("relay shutting down"), "{reason}");
     drop(status);
     assert!(!agent.task.is_finished(), "the agent keeps retrying");

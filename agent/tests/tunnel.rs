@@ -62,16 +62,14 @@ async fn half_close_still_delivers_the_full_reply() -> anyhow::Result<()> {
     let reply_after_eof = local_server(|mut tcp| async move {
         let mut request = Vec::new();
         tcp.read_to_end(&mut request).await?;
-        tcp.write_all(format!("got {} bytes\n", request.len()).as_bytes())
-            .await?;
+        tcp.write_all(format!("got {} bytes\n", request.len()).as_bytes()).await?;
         tcp.write_all(&request).await?;
         tcp.shutdown().await
     })
     .await?;
     let dir = tempfile::tempdir()?;
     let relay = TestRelay::start(dir.path()).await?;
-    let (agent, tunnels) =
-        TestAgent::start(relay.plan(vec![tunnel("half", reply_after_eof)])).await?;
+    let (agent, tunnels) = TestAgent::start(relay.plan(vec![tunnel("half", reply_after_eof)])).await?;
 
     let request = random_bytes(300_000);
     let reply = exchange(public_addr(&tunnels[0]), &request).await?;
@@ -120,20 +118,10 @@ async fn local_server_down_closes_the_visitor_promptly_and_nothing_else() -> any
         let mut buf = [0u8; 16];
         let read = tokio::time::timeout(STEP, visitor.read(&mut buf)).await?;
         // An RST (error) or a FIN (0 bytes): either way the visitor is not left hanging.
-        assert!(
-            !matches!(read, Ok(n) if n > 0),
-            "a down local server must not produce data"
-        );
-        assert!(
-            started.elapsed() < Duration::from_secs(2),
-            "closed after {:?}",
-            started.elapsed()
-        );
+        assert!(!matches!(read, Ok(n) if n > 0), "a down local server must not produce data");
+        assert!(started.elapsed() < Duration::from_secs(2), "closed after {:?}", started.elapsed());
     }
-    assert_eq!(
-        exchange(public_addr(&tunnels[1]), b"still here").await?,
-        b"still here"
-    );
+    assert_eq!(exchange(public_addr(&tunnels[1]), b"still here").await?, b"still here");
     assert!(!agent.task.is_finished(), "the agent keeps running");
 
     agent.stop().await?;
@@ -146,8 +134,7 @@ async fn two_tunnels_on_one_agent_reach_their_own_servers() -> anyhow::Result<()
     let second = local_server(|mut tcp| async move { tcp.write_all(b"second").await }).await?;
     let dir = tempfile::tempdir()?;
     let relay = TestRelay::start(dir.path()).await?;
-    let (agent, tunnels) =
-        TestAgent::start(relay.plan(vec![tunnel("a", first), tunnel("b", second)])).await?;
+    let (agent, tunnels) = TestAgent::start(relay.plan(vec![tunnel("a", first), tunnel("b", second)])).await?;
 
     assert_ne!(tunnels[0].port, tunnels[1].port);
     assert_eq!(exchange(public_addr(&tunnels[0]), b"").await?, b"first");
@@ -184,9 +171,7 @@ async fn requested_port_is_granted_when_free() -> anyhow::Result<()> {
     let free = closed_port().await?.port();
     let dir = tempfile::tempdir()?;
     let mut config = relay_config(dir.path());
-    config.ports = format!("{free}-{free}")
-        .parse()
-        .map_err(anyhow::Error::msg)?;
+    config.ports = format!("{free}-{free}").parse().map_err(anyhow::Error::msg)?;
     let relay = TestRelay::start_with(config).await?;
     let echo = echo_server().await?;
     let mut wanted = tunnel("fixed", echo);

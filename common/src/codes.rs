@@ -52,9 +52,7 @@ impl CloseCode {
             CloseCode::AgentExit => "agent stopped",
             CloseCode::Refused => "session refused",
             CloseCode::ProtocolViolation => "protocol violation",
-            CloseCode::Replaced => {
-                "replaced by a newer agent session with the same token and tunnel"
-            }
+            CloseCode::Replaced => "replaced by a newer agent session with the same token and tunnel",
             CloseCode::HandshakeTimeout => "handshake timed out",
         }
     }
@@ -117,18 +115,12 @@ impl StreamCode {
 /// Words for a connection error as a user should read them in logs.
 pub fn describe_connection_error(err: &quinn::ConnectionError) -> String {
     match err {
-        quinn::ConnectionError::ApplicationClosed(close) => {
-            match CloseCode::from_code(close.error_code) {
-                Some(code) => code.describe().to_string(),
-                None => format!("closed by peer with unknown code {}", close.error_code),
-            }
-        }
-        quinn::ConnectionError::TimedOut => {
-            "no answer from the peer within the idle timeout".into()
-        }
-        quinn::ConnectionError::Reset => {
-            "the peer restarted and no longer knows this session".into()
-        }
+        quinn::ConnectionError::ApplicationClosed(close) => match CloseCode::from_code(close.error_code) {
+            Some(code) => code.describe().to_string(),
+            None => format!("closed by peer with unknown code {}", close.error_code),
+        },
+        quinn::ConnectionError::TimedOut => "no answer from the peer within the idle timeout".into(),
+        quinn::ConnectionError::Reset => "the peer restarted and no longer knows this session".into(),
         other => other.to_string(),
     }
 }

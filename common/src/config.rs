@@ -35,10 +35,7 @@ where
         .filter(|(k, _)| k.starts_with(&format!("{}_", env.prefix)))
         .filter(|(k, _)| !env.skip.iter().any(|s| k.starts_with(s)))
         .collect();
-    let mut environment = Environment::with_prefix(env.prefix)
-        .prefix_separator("_")
-        .separator("__")
-        .source(Some(vars));
+    let mut environment = Environment::with_prefix(env.prefix).prefix_separator("_").separator("__").source(Some(vars));
     if !env.list_keys.is_empty() {
         environment = environment.list_separator(",").try_parsing(false);
         for key in env.list_keys {
@@ -51,11 +48,7 @@ where
         .build()
         .and_then(Config::try_deserialize::<T>);
     let origin = match file {
-        Some(path) => format!(
-            "{}, {}_* environment variables or flags",
-            path.display(),
-            env.prefix
-        ),
+        Some(path) => format!("{}, {}_* environment variables or flags", path.display(), env.prefix),
         None => format!("{}_* environment variables or flags", env.prefix),
     };
     layers.map_err(|e| anyhow::anyhow!("invalid configuration ({origin}): {e}"))
@@ -105,11 +98,7 @@ impl PortRange {
 
 impl fmt::Display for PortRange {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.start == self.end {
-            write!(f, "{}", self.start)
-        } else {
-            write!(f, "{}-{}", self.start, self.end)
-        }
+        if self.start == self.end { write!(f, "{}", self.start) } else { write!(f, "{}-{}", self.start, self.end) }
     }
 }
 
@@ -117,11 +106,7 @@ impl FromStr for PortRange {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = || {
-            format!(
-                "invalid port range {s:?}: expected PORT or START-END like 20000-29999, ports 1-65535"
-            )
-        };
+        let bad = || format!("invalid port range {s:?}: expected PORT or START-END like 20000-29999, ports 1-65535");
         let port = |p: &str| p.trim().parse::<u16>().ok().filter(|p| *p != 0);
         let (start, end) = match s.split_once('-') {
             Some((a, b)) => (port(a).ok_or_else(bad)?, port(b).ok_or_else(bad)?),
@@ -174,9 +159,7 @@ pub mod parsed {
         T: FromStr + Expected,
     {
         let s = String::deserialize(d)?;
-        s.parse().map_err(|_| {
-            serde::de::Error::custom(format!("invalid value {s:?}: expected {}", T::EXPECTED))
-        })
+        s.parse().map_err(|_| serde::de::Error::custom(format!("invalid value {s:?}: expected {}", T::EXPECTED)))
     }
 
     pub fn serialize<S: Serializer, T: fmt::Display>(value: &T, s: S) -> Result<S::Ok, S::Error> {
@@ -213,11 +196,8 @@ pub mod duration {
     }
 
     pub fn parse(s: &str) -> Result<Duration, String> {
-        humantime::parse_duration(s.trim()).map_err(|_| {
-            format!(
-                "invalid duration {s:?}: expected a number with a unit, like 500ms, 30s, 5m or 24h"
-            )
-        })
+        humantime::parse_duration(s.trim())
+            .map_err(|_| format!("invalid duration {s:?}: expected a number with a unit, like 500ms, 30s, 5m or 24h"))
     }
 }
 
@@ -238,11 +218,7 @@ mod tests {
     struct NoFlags {}
 
     fn env<'a>() -> EnvSource<'a> {
-        EnvSource {
-            prefix: "BURROWTEST_NOPE",
-            skip: &[],
-            list_keys: &[],
-        }
+        EnvSource { prefix: "BURROWTEST_NOPE", skip: &[], list_keys: &[] }
     }
 
     fn load_toml(text: &str) -> anyhow::Result<Sample> {
@@ -254,20 +230,8 @@ mod tests {
 
     #[test]
     fn port_ranges_parse_and_reject_nonsense() {
-        assert_eq!(
-            "20000-29999".parse(),
-            Ok(PortRange {
-                start: 20000,
-                end: 29999
-            })
-        );
-        assert_eq!(
-            "8080".parse(),
-            Ok(PortRange {
-                start: 8080,
-                end: 8080
-            })
-        );
+        assert_eq!("20000-29999".parse(), Ok(PortRange { start: 20000, end: 29999 }));
+        assert_eq!("8080".parse(), Ok(PortRange { start: 8080, end: 8080 }));
         for bad in ["", "0", "9-1", "1-70000", "a-b", "80-"] {
             let err = bad.parse::<PortRange>().unwrap_err();
             assert!(err.contains("expected PORT or START-END"), "{bad}: {err}");
@@ -278,20 +242,11 @@ mod tests {
     #[test]
     fn file_values_and_errors_name_the_key() -> anyhow::Result<()> {
         let ok = load_toml("ports = \"1000-2000\"\nwait = \"5s\"\n")?;
-        assert_eq!(
-            ok.ports,
-            Some(PortRange {
-                start: 1000,
-                end: 2000
-            })
-        );
+        assert_eq!(ok.ports, Some(PortRange { start: 1000, end: 2000 }));
         assert_eq!(ok.wait, std::time::Duration::from_secs(5));
 
         let err = load_toml("wait = \"soon\"\n").unwrap_err().to_string();
-        assert!(
-            err.contains("wait") && err.contains("\"soon\"") && err.contains("like 500ms"),
-            "{err}"
-        );
+        assert!(err.contains("wait") && err.contains("\"soon\"") && err.contains("like 500ms"), "{err}");
         let err = load_toml("ports = \"1-x\"\n").unwrap_err().to_string();
         assert!(err.contains("ports") && err.contains("START-END"), "{err}");
         let err = load_toml("nmae = \"x\"\n").unwrap_err().to_string();

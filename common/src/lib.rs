@@ -22,7 +22,5 @@ pub mod transport;
 
 pub use codes::{CloseCode, StreamCode};
 pub use config::{PortRange, Secret};
-pub use protocol::{
-    ALPN, Granted, Hello, Refusal, ServerMsg, StreamHeader, TunnelKind, TunnelSpec,
-};
+pub use protocol::{ALPN, Granted, Hello, Refusal, ServerMsg, StreamHeader, TunnelKind, TunnelSpec};
 pub use tls::Fingerprint;

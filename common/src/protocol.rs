@@ -83,12 +83,16 @@ pub enum Refusal {
     TooManyTunnels { asked: usize, max: usize },
     #[error("invalid tunnel {name:?}: {why}")]
     BadTunnel { name: String, why: String },
+    #[error(
+        "another agent with this token is serving tunnel {name:?} right now; stop it, or give this one another --name"
+    )]
+    TunnelActive { name: String },
 }
 
 impl Refusal {
     /// Whether the same Hello may succeed later without the user changing anything.
     pub fn is_transient(&self) -> bool {
-        matches!(self, Refusal::PortTaken { .. } | Refusal::NoFreePort { .. })
+        matches!(self, Refusal::PortTaken { .. } | Refusal::NoFreePort { .. } | Refusal::TunnelActive { .. })
     }
 }
 
@@ -118,10 +122,8 @@ where
     T: Serialize,
 {
     let body = postcard::to_stdvec(msg)?;
-    let len = u32::try_from(body.len()).map_err(|_| FrameError::TooLarge {
-        len: body.len(),
-        max: u32::MAX as usize,
-    })?;
+    let len =
+        u32::try_from(body.len()).map_err(|_| FrameError::TooLarge { len: body.len(), max: u32::MAX as usize })?;
     let mut frame = Vec::with_capacity(4 + body.len());
     frame.extend_from_slice(&len.to_be_bytes());
     frame.extend_from_slice(&body);
@@ -168,42 +170,21 @@ mod tests {
     async fn messages_round_trip() -> anyhow::Result<()> {
         let (mut a, mut b) = tokio::io::duplex(1024);
         write_msg(&mut a, &hello()).await?;
-        let welcome = ServerMsg::Welcome {
-            tunnels: vec![Granted {
-                id: 0,
-                name: "web".into(),
-                port: 20080,
-                host: None,
-            }],
-        };
+        let welcome =
+            ServerMsg::Welcome { tunnels: vec![Granted { id: 0, name: "web".into(), port: 20080, host: None }] };
         write_msg(&mut a, &welcome).await?;
-        let header = StreamHeader {
-            tunnel: 7,
-            visitor: "[2001:db8::1]:5000".parse()?,
-        };
+        let header = StreamHeader { tunnel: 7, visitor: "[2001:db8::1]:5000".parse()? };
         write_msg(&mut a, &header).await?;
-        assert_eq!(
-            read_msg::<_, Hello>(&mut b, MAX_CONTROL_FRAME).await?,
-            hello()
-        );
-        assert_eq!(
-            read_msg::<_, ServerMsg>(&mut b, MAX_CONTROL_FRAME).await?,
-            welcome
-        );
-        assert_eq!(
-            read_msg::<_, StreamHeader>(&mut b, MAX_HEADER_FRAME).await?,
-            header
-        );
+        assert_eq!(read_msg::<_, Hello>(&mut b, MAX_CONTROL_FRAME).await?, hello());
+        assert_eq!(read_msg::<_, ServerMsg>(&mut b, MAX_CONTROL_FRAME).await?, welcome);
+        assert_eq!(read_msg::<_, StreamHeader>(&mut b, MAX_HEADER_FRAME).await?, header);
         Ok(())
     }
 
     #[tokio::test]
     async fn read_leaves_following_bytes_in_place() -> anyhow::Result<()> {
         let (mut a, mut b) = tokio::io::duplex(1024);
-        let header = StreamHeader {
-            tunnel: 1,
-            visitor: "127.0.0.1:1".parse()?,
-        };
+        let header = StreamHeader { tunnel: 1, visitor: "127.0.0.1:1".parse()? };
         write_msg(&mut a, &header).await?;
         a.write_all(b"GET / HTTP/1.1\r\n").await?;
         drop(a);
@@ -218,9 +199,7 @@ mod tests {
     async fn oversized_length_is_rejected_before_allocating() {
         let (mut a, mut b) = tokio::io::duplex(64);
         a.write_all(&u32::MAX.to_be_bytes()).await.unwrap();
-        let err = read_msg::<_, Hello>(&mut b, MAX_CONTROL_FRAME)
-            .await
-            .unwrap_err();
+        let err = read_msg::<_, Hello>(&mut b, MAX_CONTROL_FRAME).await.unwrap_err();
         assert!(matches!(err, FrameError::TooLarge { len, .. } if len == u32::MAX as usize));
     }
 
@@ -228,9 +207,7 @@ mod tests {
     async fn garbage_body_is_malformed() {
         let (mut a, mut b) = tokio::io::duplex(64);
         a.write_all(&[0, 0, 0, 3, 0xff, 0xff, 0xff]).await.unwrap();
-        let err = read_msg::<_, Hello>(&mut b, MAX_CONTROL_FRAME)
-            .await
-            .unwrap_err();
+        let err = read_msg::<_, Hello>(&mut b, MAX_CONTROL_FRAME).await.unwrap_err();
         assert!(matches!(err, FrameError::Malformed(_)), "{err}");
     }
 
@@ -239,20 +216,14 @@ mod tests {
         let (mut a, mut b) = tokio::io::duplex(64);
         a.write_all(&[0, 0, 0, 10, 1, 2]).await.unwrap();
         drop(a);
-        assert!(
-            read_msg::<_, Hello>(&mut b, MAX_CONTROL_FRAME)
-                .await
-                .is_err()
-        );
+        assert!(read_msg::<_, Hello>(&mut b, MAX_CONTROL_FRAME).await.is_err());
     }
 
     #[tokio::test]
     async fn empty_stream_is_eof() {
         let (a, mut b) = tokio::io::duplex(64);
         drop(a);
-        let err = read_msg::<_, Hello>(&mut b, MAX_CONTROL_FRAME)
-            .await
-            .unwrap_err();
+        let err = read_msg::<_, Hello>(&mut b, MAX_CONTROL_FRAME).await.unwrap_err();
         assert!(matches!(err, FrameError::Eof));
     }
 }

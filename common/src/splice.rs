@@ -16,15 +16,9 @@ pub const COPY_BUFFER: usize = 64 * 1024;
 pub type Moved = (u64, u64);
 
 /// Splices `tcp` with the stream until both directions have ended.
-pub async fn splice(
-    mut tcp: TcpStream,
-    send: SendStream,
-    recv: RecvStream,
-) -> std::io::Result<Moved> {
+pub async fn splice(mut tcp: TcpStream, send: SendStream, recv: RecvStream) -> std::io::Result<Moved> {
     let mut stream = tokio::io::join(recv, send);
-    match tokio::io::copy_bidirectional_with_sizes(&mut tcp, &mut stream, COPY_BUFFER, COPY_BUFFER)
-        .await
-    {
+    match tokio::io::copy_bidirectional_with_sizes(&mut tcp, &mut stream, COPY_BUFFER, COPY_BUFFER).await {
         Ok(moved) => Ok(moved),
         Err(e) => {
             let (mut recv, mut send) = stream.into_inner();

@@ -54,11 +54,8 @@ impl FromStr for Fingerprint {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = || {
-            format!(
-                "invalid fingerprint {s:?}: expected sha256: followed by 64 hex digits, as the relay prints it"
-            )
-        };
+        let bad =
+            || format!("invalid fingerprint {s:?}: expected sha256: followed by 64 hex digits, as the relay prints it");
         let trimmed = s.trim();
         let digits = trimmed
             .strip_prefix("sha256:")
@@ -72,9 +69,7 @@ impl FromStr for Fingerprint {
 
 impl<'de> Deserialize<'de> for Fingerprint {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d)?
-            .parse()
-            .map_err(serde::de::Error::custom)
+        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
     }
 }
 
@@ -94,14 +89,9 @@ pub struct SelfSigned {
 pub fn self_signed(names: &[String]) -> anyhow::Result<SelfSigned> {
     let key = rcgen::KeyPair::generate().context("generate key pair")?;
     let mut params = rcgen::CertificateParams::new(names.to_vec()).context("certificate names")?;
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "burrow relay");
+    params.distinguished_name.push(rcgen::DnType::CommonName, "burrow relay");
     let cert = params.self_signed(&key).context("self-sign certificate")?;
-    Ok(SelfSigned {
-        cert_pem: cert.pem(),
-        key_pem: key.serialize_pem(),
-    })
+    Ok(SelfSigned { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
 }
 
 /// A certificate chain and its key, read from PEM.
@@ -112,9 +102,8 @@ pub struct Identity {
 
 impl Identity {
     pub fn from_pem(cert_pem: &[u8], key_pem: &[u8]) -> anyhow::Result<Self> {
-        let chain = CertificateDer::pem_slice_iter(cert_pem)
-            .collect::<Result<Vec<_>, _>>()
-            .context("parse certificate PEM")?;
+        let chain =
+            CertificateDer::pem_slice_iter(cert_pem).collect::<Result<Vec<_>, _>>().context("parse certificate PEM")?;
         anyhow::ensure!(!chain.is_empty(), "no certificate in PEM");
         let key = PrivateKeyDer::from_pem_slice(key_pem).context("parse private key PEM")?;
         Ok(Self { chain, key })
@@ -126,10 +115,7 @@ impl Identity {
 }
 
 /// The relay's QUIC server config.
-pub fn server_config(
-    identity: Identity,
-    transport: quinn::TransportConfig,
-) -> anyhow::Result<quinn::ServerConfig> {
+pub fn server_config(identity: Identity, transport: quinn::TransportConfig) -> anyhow::Result<quinn::ServerConfig> {
     let mut tls = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_no_client_auth()
@@ -156,10 +142,7 @@ pub enum Trust {
 }
 
 /// The agent's QUIC client config.
-pub fn client_config(
-    trust: &Trust,
-    transport: quinn::TransportConfig,
-) -> anyhow::Result<quinn::ClientConfig> {
+pub fn client_config(trust: &Trust, transport: quinn::TransportConfig) -> anyhow::Result<quinn::ClientConfig> {
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(client_tls(trust)?)?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
     config.transport_config(Arc::new(transport));
@@ -168,30 +151,17 @@ pub fn client_config(
 
 /// The rustls half of [`client_config`], with the burrow ALPN set.
 pub fn client_tls(trust: &Trust) -> anyhow::Result<rustls::ClientConfig> {
-    let builder = rustls::ClientConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])?;
-    let verifier = |pin| {
-        Arc::new(PinVerifier {
-            pin,
-            provider: provider(),
-        })
-    };
+    let builder =
+        rustls::ClientConfig::builder_with_provider(provider()).with_protocol_versions(&[&rustls::version::TLS13])?;
+    let verifier = |pin| Arc::new(PinVerifier { pin, provider: provider() });
     let mut tls = match trust {
-        Trust::Pinned(pin) => builder
-            .dangerous()
-            .with_custom_certificate_verifier(verifier(Some(*pin)))
-            .with_no_client_auth(),
-        Trust::Insecure => builder
-            .dangerous()
-            .with_custom_certificate_verifier(verifier(None))
-            .with_no_client_auth(),
-        Trust::CaFile(path) => builder
-            .with_root_certificates(roots_from(path)?)
-            .with_no_client_auth(),
+        Trust::Pinned(pin) => {
+            builder.dangerous().with_custom_certificate_verifier(verifier(Some(*pin))).with_no_client_auth()
+        }
+        Trust::Insecure => builder.dangerous().with_custom_certificate_verifier(verifier(None)).with_no_client_auth(),
+        Trust::CaFile(path) => builder.with_root_certificates(roots_from(path)?).with_no_client_auth(),
         Trust::PublicRoots => {
-            let roots = rustls::RootCertStore {
-                roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-            };
+            let roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
             builder.with_root_certificates(roots).with_no_client_auth()
         }
     };
@@ -201,16 +171,11 @@ pub fn client_tls(trust: &Trust) -> anyhow::Result<rustls::ClientConfig> {
 
 fn roots_from(path: &Path) -> anyhow::Result<rustls::RootCertStore> {
     let mut roots = rustls::RootCertStore::empty();
-    let certs = CertificateDer::pem_file_iter(path)
-        .with_context(|| format!("read CA file {}", path.display()))?;
+    let certs = CertificateDer::pem_file_iter(path).with_context(|| format!("read CA file {}", path.display()))?;
     for cert in certs {
         roots.add(cert.with_context(|| format!("parse CA file {}", path.display()))?)?;
     }
-    anyhow::ensure!(
-        !roots.is_empty(),
-        "CA file {} holds no certificate",
-        path.display()
-    );
+    anyhow::ensure!(!roots.is_empty(), "CA file {} holds no certificate", path.display());
     Ok(roots)
 }
 
@@ -232,9 +197,9 @@ impl ServerCertVerifier for PinVerifier {
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
         match self.pin {
-            Some(pin) if !pin.matches(end_entity) => Err(rustls::Error::InvalidCertificate(
-                rustls::CertificateError::ApplicationVerificationFailure,
-            )),
+            Some(pin) if !pin.matches(end_entity) => {
+                Err(rustls::Error::InvalidCertificate(rustls::CertificateError::ApplicationVerificationFailure))
+            }
             _ => Ok(ServerCertVerified::assertion()),
         }
     }
@@ -245,12 +210,7 @@ impl ServerCertVerifier for PinVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
     }
 
     fn verify_tls13_signature(
@@ -259,18 +219,11 @@ impl ServerCertVerifier for PinVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.provider.signature_verification_algorithms.supported_schemes()
     }
 }
 
@@ -291,11 +244,6 @@ mod tests {
             .collect::<Vec<_>>()
             .join(":");
         assert_eq!(colons.to_uppercase().parse::<Fingerprint>(), Ok(fp));
-        assert!(
-            "sha256:abcd"
-                .parse::<Fingerprint>()
-                .unwrap_err()
-                .contains("64 hex digits")
-        );
+        assert!("sha256:abcd".parse::<Fingerprint>().unwrap_err().contains("64 hex digits"));
     }
 }

@@ -29,11 +29,7 @@ pub fn relay(idle_timeout: Duration) -> TransportConfig {
 
 fn common(idle_timeout: Duration) -> TransportConfig {
     let mut t = TransportConfig::default();
-    t.max_idle_timeout(Some(
-        idle_timeout
-            .try_into()
-            .unwrap_or(quinn::IdleTimeout::from(VarInt::MAX)),
-    ));
+    t.max_idle_timeout(Some(idle_timeout.try_into().unwrap_or(quinn::IdleTimeout::from(VarInt::MAX))));
     t.max_concurrent_uni_streams(VarInt::from_u32(0));
     t.receive_window(VarInt::from_u32(CONNECTION_RECEIVE_WINDOW));
     t.stream_receive_window(VarInt::from_u32(STREAM_RECEIVE_WINDOW));

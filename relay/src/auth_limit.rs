@@ -18,18 +18,14 @@ impl FailureLimiter {
     pub(crate) fn new() -> Self {
         let one = NonZeroU32::MIN;
         let burst = NonZeroU32::new(FAILURE_BURST).unwrap_or(one);
-        Self {
-            limiter: RateLimiter::keyed(Quota::per_second(one).allow_burst(burst)),
-        }
+        Self { limiter: RateLimiter::keyed(Quota::per_second(one).allow_burst(burst)) }
     }
 
     /// Waits until a refusal to `ip` may be sent.
     pub(crate) async fn before_refusal(&self, ip: IpAddr) {
         if self.limiter.check_key(&ip).is_err() {
             tracing::debug!(%ip, "repeated token failures; delaying refusal");
-            tokio::time::timeout(MAX_DELAY, self.limiter.until_key_ready(&ip))
-                .await
-                .ok();
+            tokio::time::timeout(MAX_DELAY, self.limiter.until_key_ready(&ip)).await.ok();
         }
     }
 

@@ -87,11 +87,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 
 async fn serve(config: RelayConfig) -> anyhow::Result<()> {
     let tokens = TokenStore::open(&config.data_dir, config.token.as_ref());
-    let new_token = if tokens.is_empty()? {
-        Some(tokens.add("default", None)?)
-    } else {
-        None
-    };
+    let new_token = if tokens.is_empty()? { Some(tokens.add("default", None)?) } else { None };
     let relay = Relay::bind(config)?;
     print_banner(&relay, new_token.as_ref())?;
     let cancel = CancellationToken::new();
@@ -110,38 +106,21 @@ fn print_banner(relay: &Relay, new_token: Option<&Secret>) -> anyhow::Result<()>
     let listen = relay.local_addr()?;
     println!("burrow relay {}", env!("CARGO_PKG_VERSION"));
     println!("  agents connect to   udp {listen}");
-    println!(
-        "  public ports        {} on {}",
-        config.ports, config.public_bind
-    );
+    println!("  public ports        {} on {}", config.ports, config.public_bind);
     println!("  data directory      {}", config.data_dir.display());
     println!("  fingerprint         {}", relay.fingerprint());
     let token = match new_token {
         Some(token) => {
-            println!(
-                "  new token \"default\" {}   (shown only now; stored hashed)",
-                token.expose()
-            );
+            println!("  new token \"default\" {}   (shown only now; stored hashed)", token.expose());
             token.expose().to_string()
         }
         None => "<TOKEN>".to_string(),
     };
-    let host = config
-        .hostname
-        .first()
-        .cloned()
-        .unwrap_or_else(|| "127.0.0.1".into());
-    let relay_arg = if listen.port() == 4443 {
-        host
-    } else {
-        format!("{host}:{}", listen.port())
-    };
+    let host = config.hostname.first().cloned().unwrap_or_else(|| "127.0.0.1".into());
+    let relay_arg = if listen.port() == 4443 { host } else { format!("{host}:{}", listen.port()) };
     println!();
     println!("Expose a local port through this relay with:");
-    println!(
-        "  agent --relay {relay_arg} --fingerprint {} --token {token} --local 8080",
-        relay.fingerprint()
-    );
+    println!("  agent --relay {relay_arg} --fingerprint {} --token {token} --local 8080", relay.fingerprint());
     if new_token.is_none() {
         println!("  (make a token with: relay token add NAME)");
     }
@@ -155,23 +134,16 @@ fn manage_tokens(config: &RelayConfig, command: TokenCommand) -> anyhow::Result<
     let store = TokenStore::open(&config.data_dir, None);
     match command {
         TokenCommand::Add { name, ports } => {
-            let ports = ports
-                .as_deref()
-                .map(parse_port_list)
-                .transpose()
-                .map_err(anyhow::Error::msg)?;
+            let ports = ports.as_deref().map(parse_port_list).transpose().map_err(anyhow::Error::msg)?;
             let token = store.add(&name, ports)?;
             println!("{}", token.expose());
             eprintln!("token {name:?} created; it is shown only now and stored hashed");
         }
         TokenCommand::List => {
             for record in store.list()? {
-                let ports = record.ports.map_or("all".to_string(), |r| {
-                    r.iter()
-                        .map(ToString::to_string)
-                        .collect::<Vec<_>>()
-                        .join(",")
-                });
+                let ports = record
+                    .ports
+                    .map_or("all".to_string(), |r| r.iter().map(ToString::to_string).collect::<Vec<_>>().join(","));
                 println!("{}\tports: {ports}", record.name);
             }
         }

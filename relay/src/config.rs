@@ -13,11 +13,8 @@ use burrow_common::{
 use serde::{Deserialize, Serialize};
 
 /// Environment variables read by the relay: `BURROW_RELAY_LISTEN`, `BURROW_RELAY_PORTS`, ...
-pub const ENV: EnvSource<'static> = EnvSource {
-    prefix: "BURROW_RELAY",
-    skip: &["BURROW_RELAY_CONFIG"],
-    list_keys: &["hostname"],
-};
+pub const ENV: EnvSource<'static> =
+    EnvSource { prefix: "BURROW_RELAY", skip: &["BURROW_RELAY_CONFIG"], list_keys: &["hostname"] };
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -61,10 +58,7 @@ impl Default for RelayConfig {
         Self {
             listen: SocketAddr::from((Ipv4Addr::UNSPECIFIED, 4443)),
             public_bind: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-            ports: PortRange {
-                start: 20000,
-                end: 29999,
-            },
+            ports: PortRange { start: 20000, end: 29999 },
             data_dir: default_data_dir(),
             hostname: Vec::new(),
             token: None,
@@ -81,10 +75,7 @@ impl Default for RelayConfig {
 
 /// `$XDG_DATA_HOME/burrow/relay`, i.e. `~/.local/share/burrow/relay` on Linux.
 pub fn default_data_dir() -> PathBuf {
-    dirs::data_dir()
-        .unwrap_or_else(|| PathBuf::from("."))
-        .join("burrow")
-        .join("relay")
+    dirs::data_dir().unwrap_or_else(|| PathBuf::from(".")).join("burrow").join("relay")
 }
 
 impl RelayConfig {
@@ -99,8 +90,7 @@ impl RelayConfig {
         );
         for name in &self.hostname {
             anyhow::ensure!(
-                !name.is_empty() && !name.contains(['/', ' ', ':'])
-                    || name.parse::<IpAddr>().is_ok(),
+                !name.is_empty() && !name.contains(['/', ' ', ':']) || name.parse::<IpAddr>().is_ok(),
                 "invalid configuration: hostname = {name:?}: expected a DNS name or IP address, like relay.example.com"
             );
         }
@@ -141,21 +131,12 @@ mod tests {
         let path = dir.path().join("relay.toml");
         for (text, words) in [
             ("listen = \"4443\"", ["listen", "\"4443\"", "IP:PORT"]),
-            (
-                "ports = \"30000-20000\"",
-                ["ports", "30000-20000", "START-END"],
-            ),
+            ("ports = \"30000-20000\"", ["ports", "30000-20000", "START-END"]),
             ("grace_period = \"ten\"", ["grace_period", "\"ten\"", "30s"]),
-            (
-                "lisen = \"0.0.0.0:1\"",
-                ["lisen", "unknown field", "listen"],
-            ),
+            ("lisen = \"0.0.0.0:1\"", ["lisen", "unknown field", "listen"]),
         ] {
             std::fs::write(&path, text)?;
-            let err = format!(
-                "{:#}",
-                RelayConfig::load(Some(&path), &NoFlags {}).unwrap_err()
-            );
+            let err = format!("{:#}", RelayConfig::load(Some(&path), &NoFlags {}).unwrap_err());
             for word in words {
                 assert!(err.contains(word), "{text}: {err} lacks {word}");
             }

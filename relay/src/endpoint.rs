@@ -21,21 +21,12 @@ pub(crate) fn bind(
     let mut endpoint_config = quinn::EndpointConfig::new(keys.reset.clone());
     let cid_key = keys.connection_id;
     endpoint_config.cid_generator(move || Box::new(HashedConnectionIdGenerator::from_key(cid_key)));
-    quinn::Endpoint::new(
-        endpoint_config,
-        Some(server),
-        socket,
-        Arc::new(quinn::TokioRuntime),
-    )
-    .context("start QUIC endpoint")
+    quinn::Endpoint::new(endpoint_config, Some(server), socket, Arc::new(quinn::TokioRuntime))
+        .context("start QUIC endpoint")
 }
 
 fn udp_socket(listen: SocketAddr) -> anyhow::Result<std::net::UdpSocket> {
-    let socket = Socket::new(
-        Domain::for_address(listen),
-        Type::DGRAM,
-        Some(Protocol::UDP),
-    )?;
+    let socket = Socket::new(Domain::for_address(listen), Type::DGRAM, Some(Protocol::UDP))?;
     if listen.is_ipv6() {
         // Serve IPv4 agents on `[::]` too where the system allows it.
         socket.set_only_v6(false).ok();

@@ -17,12 +17,8 @@ pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     options.write(true).create(true).truncate(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options
-        .open(&tmp)
-        .with_context(|| format!("create {}", tmp.display()))?;
-    file.write_all(bytes)
-        .and_then(|()| file.sync_all())
-        .with_context(|| format!("write {}", tmp.display()))?;
+    let mut file = options.open(&tmp).with_context(|| format!("create {}", tmp.display()))?;
+    file.write_all(bytes).and_then(|()| file.sync_all()).with_context(|| format!("write {}", tmp.display()))?;
     fs::rename(&tmp, path).with_context(|| format!("replace {}", path.display()))
 }
 
@@ -35,9 +31,7 @@ pub(crate) fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
     builder.recursive(true);
     #[cfg(unix)]
     std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
-    builder
-        .create(dir)
-        .with_context(|| format!("create data directory {}", dir.display()))
+    builder.create(dir).with_context(|| format!("create data directory {}", dir.display()))
 }
 
 fn temporary_sibling(path: &Path) -> PathBuf {
@@ -70,10 +64,7 @@ mod tests {
         {
             use std::os::unix::fs::PermissionsExt;
             assert_eq!(fs::metadata(&path)?.permissions().mode() & 0o777, 0o600);
-            assert_eq!(
-                fs::metadata(path.parent().unwrap())?.permissions().mode() & 0o777,
-                0o700
-            );
+            assert_eq!(fs::metadata(path.parent().unwrap())?.permissions().mode() & 0o777, 0o700);
         }
         Ok(())
     }

@@ -21,19 +21,13 @@ const RESET_KEY_LEN: usize = 64;
 /// Loads the configured certificate, or the generated one, creating it on first start.
 pub(crate) fn load_or_create_certificate(config: &RelayConfig) -> anyhow::Result<Identity> {
     if let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) {
-        let cert_pem =
-            std::fs::read(cert).with_context(|| format!("read tls_cert {}", cert.display()))?;
-        let key_pem =
-            std::fs::read(key).with_context(|| format!("read tls_key {}", key.display()))?;
+        let cert_pem = std::fs::read(cert).with_context(|| format!("read tls_cert {}", cert.display()))?;
+        let key_pem = std::fs::read(key).with_context(|| format!("read tls_key {}", key.display()))?;
         return Identity::from_pem(&cert_pem, &key_pem).context("load tls_cert / tls_key");
     }
     let (cert_path, key_path) = (config.path(CERT_FILE), config.path(KEY_FILE));
-    if let (Some(cert), Some(key)) = (
-        files::read_optional(&cert_path)?,
-        files::read_optional(&key_path)?,
-    ) {
-        return Identity::from_pem(&cert, &key)
-            .with_context(|| format!("load {}", cert_path.display()));
+    if let (Some(cert), Some(key)) = (files::read_optional(&cert_path)?, files::read_optional(&key_path)?) {
+        return Identity::from_pem(&cert, &key).with_context(|| format!("load {}", cert_path.display()));
     }
     let generated = tls::self_signed(&certificate_names(config))?;
     files::write_private(&key_path, generated.key_pem.as_bytes())?;

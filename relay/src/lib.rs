@@ -10,6 +10,7 @@ pub mod config;
 mod endpoint;
 mod files;
 mod identity;
+mod liveness;
 pub mod registry;
 pub mod reservations;
 mod session;
@@ -23,10 +24,7 @@ use burrow_common::{CloseCode, Fingerprint, tls, transport};
 pub use config::RelayConfig;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-use crate::{
-    auth_limit::FailureLimiter, registry::Registry, reservations::FileReservations,
-    tokens::TokenStore,
-};
+use crate::{auth_limit::FailureLimiter, registry::Registry, reservations::FileReservations, tokens::TokenStore};
 
 /// How often idle bookkeeping (forgetting quiet addresses) runs.
 const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(60);
@@ -62,8 +60,8 @@ impl Relay {
         let keys = identity::load_or_create_quic_keys(&config)?;
         let server = tls::server_config(identity, transport::relay(config.idle_timeout))?;
         let endpoint = endpoint::bind(config.listen, server, &keys)?;
-        let reservations = FileReservations::open(&config.data_dir, config.reservation_ttl)
-            .context("load port reservations")?;
+        let reservations =
+            FileReservations::open(&config.data_dir, config.reservation_ttl).context("load port reservations")?;
         let registry = Registry::new(Arc::new(reservations), config.ports, config.public_bind);
         let shared = Shared {
             tokens: TokenStore::open(&config.data_dir, config.token.as_ref()),
@@ -72,11 +70,7 @@ impl Relay {
             next_session: AtomicU64::new(1),
             config,
         };
-        Ok(Self {
-            endpoint,
-            shared: Arc::new(shared),
-            fingerprint,
-        })
+        Ok(Self { endpoint, shared: Arc::new(shared), fingerprint })
     }
 
     pub fn local_addr(&self) -> anyhow::Result<SocketAddr> {
@@ -115,13 +109,8 @@ impl Relay {
         if tokio::time::timeout(drain, sessions.wait()).await.is_err() {
             tracing::warn!("sessions still open after the grace period");
         }
-        self.endpoint.close(
-            CloseCode::Shutdown.code(),
-            CloseCode::Shutdown.describe().as_bytes(),
-        );
-        tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle())
-            .await
-            .ok();
+        self.endpoint.close(CloseCode::Shutdown.code(), CloseCode::Shutdown.describe().as_bytes());
+        tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await.ok();
         tracing::info!("relay stopped");
         Ok(())
     }

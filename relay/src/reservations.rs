@@ -64,8 +64,7 @@ impl FileReservations {
         let path = data_dir.join(RESERVATIONS_FILE);
         let file: ReservationFile = match files::read_optional(&path)? {
             None => ReservationFile::default(),
-            Some(bytes) => serde_json::from_slice(&bytes)
-                .with_context(|| format!("parse {}", path.display()))?,
+            Some(bytes) => serde_json::from_slice(&bytes).with_context(|| format!("parse {}", path.display()))?,
         };
         let started = now();
         let entries = file
@@ -79,11 +78,7 @@ impl FileReservations {
                 (e.key.clone(), e)
             })
             .collect();
-        Ok(Self {
-            path,
-            ttl,
-            entries: Mutex::new(entries),
-        })
+        Ok(Self { path, ttl, entries: Mutex::new(entries) })
     }
 
     fn live(&self, entry: &Entry) -> bool {
@@ -91,17 +86,12 @@ impl FileReservations {
     }
 
     fn update(&self, change: impl FnOnce(&mut HashMap<TunnelKey, Entry>)) -> anyhow::Result<()> {
-        let mut entries = self
-            .entries
-            .lock()
-            .map_err(|_| anyhow::anyhow!("reservations poisoned"))?;
+        let mut entries = self.entries.lock().map_err(|_| anyhow::anyhow!("reservations poisoned"))?;
         change(&mut entries);
         let ttl = self.ttl.as_secs();
         let at = now();
         entries.retain(|_, e| e.active || at.saturating_sub(e.last_seen) <= ttl);
-        let file = ReservationFile {
-            reservations: entries.values().cloned().collect(),
-        };
+        let file = ReservationFile { reservations: entries.values().cloned().collect() };
         files::write_private(&self.path, &serde_json::to_vec_pretty(&file)?)
     }
 
@@ -112,31 +102,17 @@ impl FileReservations {
 
 impl Reservations for FileReservations {
     fn port_for(&self, key: &TunnelKey) -> Option<u16> {
-        self.with_entries(|e| e.get(key).filter(|e| self.live(e)).map(|e| e.port))
-            .flatten()
+        self.with_entries(|e| e.get(key).filter(|e| self.live(e)).map(|e| e.port)).flatten()
     }
 
     fn owner_of(&self, port: u16) -> Option<TunnelKey> {
-        self.with_entries(|e| {
-            e.values()
-                .find(|e| e.port == port && self.live(e))
-                .map(|e| e.key.clone())
-        })
-        .flatten()
+        self.with_entries(|e| e.values().find(|e| e.port == port && self.live(e)).map(|e| e.key.clone())).flatten()
     }
 
     fn hold(&self, key: &TunnelKey, port: u16) -> anyhow::Result<()> {
         self.update(|entries| {
             entries.retain(|k, e| k == key || e.port != port);
-            entries.insert(
-                key.clone(),
-                Entry {
-                    key: key.clone(),
-                    port,
-                    last_seen: now(),
-                    active: true,
-                },
-            );
+            entries.insert(key.clone(), Entry { key: key.clone(), port, last_seen: now(), active: true });
         })
     }
 
@@ -155,10 +131,7 @@ mod tests {
     use super::*;
 
     fn key(token: &str, tunnel: &str) -> TunnelKey {
-        TunnelKey {
-            token: token.into(),
-            tunnel: tunnel.into(),
-        }
+        TunnelKey { token: token.into(), tunnel: tunnel.into() }
     }
 
     #[test]

@@ -13,19 +13,15 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::Instrument;
 
 use crate::{
-    Shared,
-    registry::{Claimant, SessionId},
+    Shared, liveness,
+    registry::{Claim, ClaimError, Claimant, SessionId},
     reservations::TunnelKey,
     tokens::Grant,
     tunnel::{OpenTunnel, accept_visitors},
 };
 
 /// Serves one incoming QUIC connection to its end, logging how it ended exactly once.
-pub(crate) async fn serve(
-    incoming: quinn::Incoming,
-    shared: Arc<Shared>,
-    cancel: CancellationToken,
-) {
+pub(crate) async fn serve(incoming: quinn::Incoming, shared: Arc<Shared>, cancel: CancellationToken) {
     let remote = incoming.remote_address();
     let span = tracing::info_span!("session", %remote, agent = tracing::field::Empty);
     async move {
@@ -38,11 +34,7 @@ pub(crate) async fn serve(
     .await
 }
 
-async fn run(
-    incoming: quinn::Incoming,
-    shared: &Shared,
-    cancel: &CancellationToken,
-) -> anyhow::Result<()> {
+async fn run(incoming: quinn::Incoming, shared: &Shared, cancel: &CancellationToken) -> anyhow::Result<()> {
     let conn = incoming.await.context("QUIC handshake failed")?;
     let handshake = tokio::time::timeout(shared.config.handshake_timeout, receive_hello(&conn));
     let (mut send, recv, hello) = tokio::select! {
@@ -61,9 +53,7 @@ async fn run(
         Ok(admitted) => admitted,
         Err(refusal) => return refuse(&conn, &mut send, refusal).await,
     };
-    let welcome = ServerMsg::Welcome {
-        tunnels: tunnels.iter().map(|(g, _)| g.clone()).collect(),
-    };
+    let welcome = ServerMsg::Welcome { tunnels: tunnels.iter().map(|(g, _)| g.clone()).collect() };
     let sent = protocol::write_msg(&mut send, &welcome).await;
     let open = tunnels.into_iter().map(|(_, t)| t).collect::<Vec<_>>();
     if let Err(e) = sent {
@@ -85,10 +75,7 @@ fn close(conn: &Connection, code: CloseCode) -> anyhow::Error {
 }
 
 async fn receive_hello(conn: &Connection) -> Result<(SendStream, RecvStream, Hello), FrameError> {
-    let (send, mut recv) = conn
-        .accept_bi()
-        .await
-        .map_err(|e| FrameError::Io(e.into()))?;
+    let (send, mut recv) = conn.accept_bi().await.map_err(|e| FrameError::Io(e.into()))?;
     let hello = protocol::read_msg(&mut recv, MAX_CONTROL_FRAME).await?;
     Ok((send, recv, hello))
 }
@@ -98,9 +85,7 @@ async fn refuse(conn: &Connection, send: &mut SendStream, refusal: Refusal) -> a
     if answer.is_ok() {
         send.finish().ok();
         // Let the Refused frame reach the agent before the close discards unsent data.
-        tokio::time::timeout(std::time::Duration::from_secs(2), send.stopped())
-            .await
-            .ok();
+        tokio::time::timeout(std::time::Duration::from_secs(2), send.stopped()).await.ok();
     }
     CloseCode::Refused.close(conn);
     Err(anyhow::anyhow!("refused: {refusal}"))
@@ -114,10 +99,7 @@ async fn admit(
     session: SessionId,
 ) -> Result<Vec<(Granted, OpenTunnel)>, Refusal> {
     if hello.version != PROTOCOL_VERSION {
-        return Err(Refusal::Version {
-            agent: hello.version,
-            relay: PROTOCOL_VERSION,
-        });
+        return Err(Refusal::Version { agent: hello.version, relay: PROTOCOL_VERSION });
     }
     let grant = authenticate(shared, conn, hello).await?;
     tracing::Span::current().record("agent", grant.name.as_str());
@@ -125,39 +107,14 @@ async fn admit(
     let mut admitted = Vec::new();
     for (id, spec) in (0u32..).zip(&hello.tunnels) {
         let TunnelKind::Tcp { port } = spec.kind;
-        let key = TunnelKey {
-            token: grant.name.clone(),
-            tunnel: spec.name.clone(),
-        };
-        let claimant = Claimant {
-            key: &key,
-            grant: &grant,
-            session,
-            conn,
-        };
-        match shared.registry.claim(&claimant, port) {
+        let key = TunnelKey { token: grant.name.clone(), tunnel: spec.name.clone() };
+        match claim(shared, &key, &grant, session, conn, port).await {
             Ok(claim) => {
-                let granted = Granted {
-                    id,
-                    name: spec.name.clone(),
-                    port: claim.port,
-                    host: shared.public_host(),
-                };
-                admitted.push((
-                    granted,
-                    OpenTunnel {
-                        id,
-                        port: claim.port,
-                        listener: claim.listener,
-                    },
-                ));
+                let granted = Granted { id, name: spec.name.clone(), port: claim.port, host: shared.public_host() };
+                admitted.push((granted, OpenTunnel { id, port: claim.port, listener: claim.listener }));
             }
             Err(refusal) => {
-                release(
-                    shared,
-                    &admitted.into_iter().map(|(_, t)| t).collect::<Vec<_>>(),
-                    session,
-                );
+                release(shared, &admitted.into_iter().map(|(_, t)| t).collect::<Vec<_>>(), session);
                 return Err(refusal);
             }
         }
@@ -165,14 +122,38 @@ async fn admit(
     Ok(admitted)
 }
 
+/// Claims a port for one tunnel. If an older session of the same tunnel holds it, that
+/// session is replaced only if it no longer answers: a crashed agent's successor gets the
+/// port back, while two live agents never knock each other off in turn.
+async fn claim(
+    shared: &Shared,
+    key: &TunnelKey,
+    grant: &Grant,
+    session: SessionId,
+    conn: &Connection,
+    port: Option<u16>,
+) -> Result<Claim, Refusal> {
+    let mut replacing = None;
+    loop {
+        let claimant = Claimant { key, grant, session, conn, replacing };
+        match shared.registry.claim(&claimant, port) {
+            Ok(claim) => return Ok(claim),
+            Err(ClaimError::Refused(refusal)) => return Err(refusal),
+            Err(ClaimError::HeldBySameTunnel { conn: holder, session: held_by }) => {
+                if replacing == Some(held_by) || liveness::answers(&holder).await {
+                    return Err(Refusal::TunnelActive { name: key.tunnel.clone() });
+                }
+                replacing = Some(held_by);
+            }
+        }
+    }
+}
+
 async fn authenticate(shared: &Shared, conn: &Connection, hello: &Hello) -> Result<Grant, Refusal> {
     match shared.tokens.verify(&hello.token) {
         Ok(Some(grant)) => Ok(grant),
         Ok(None) => {
-            shared
-                .limiter
-                .before_refusal(conn.remote_address().ip())
-                .await;
+            shared.limiter.before_refusal(conn.remote_address().ip()).await;
             Err(Refusal::BadToken)
         }
         Err(e) => {
@@ -184,19 +165,13 @@ async fn authenticate(shared: &Shared, conn: &Connection, hello: &Hello) -> Resu
 
 fn check_tunnels(hello: &Hello, max: usize) -> Result<(), Refusal> {
     if hello.tunnels.is_empty() || hello.tunnels.len() > max {
-        return Err(Refusal::TooManyTunnels {
-            asked: hello.tunnels.len(),
-            max,
-        });
+        return Err(Refusal::TooManyTunnels { asked: hello.tunnels.len(), max });
     }
     let mut names = HashSet::new();
     for spec in &hello.tunnels {
         let valid = !spec.name.is_empty()
             && spec.name.len() <= 64
-            && spec
-                .name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+            && spec.name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
         let why = if !valid {
             "names are 1-64 letters, digits, '-', '_' or '.'"
         } else if !names.insert(spec.name.as_str()) {
@@ -204,10 +179,7 @@ fn check_tunnels(hello: &Hello, max: usize) -> Result<(), Refusal> {
         } else {
             continue;
         };
-        return Err(Refusal::BadTunnel {
-            name: spec.name.clone(),
-            why: why.into(),
-        });
+        return Err(Refusal::BadTunnel { name: spec.name.clone(), why: why.into() });
     }
     Ok(())
 }
@@ -227,9 +199,7 @@ async fn serve_tunnels(
     let accept_loops = TaskTracker::new();
     for tunnel in open {
         let span = tracing::info_span!("tunnel", port = tunnel.port);
-        accept_loops.spawn(
-            accept_visitors(tunnel, conn.clone(), visitors.clone(), stop.clone()).instrument(span),
-        );
+        accept_loops.spawn(accept_visitors(tunnel, conn.clone(), visitors.clone(), stop.clone()).instrument(span));
     }
     let ended = tokio::select! {
         err = conn.closed() => Some(err),
@@ -250,10 +220,7 @@ async fn serve_tunnels(
         }
         None => {
             visitors.close();
-            if tokio::time::timeout(shared.config.grace_period, visitors.wait())
-                .await
-                .is_err()
-            {
+            if tokio::time::timeout(shared.config.grace_period, visitors.wait()).await.is_err() {
                 tracing::info!("grace period over; closing remaining visitors");
             }
             CloseCode::Shutdown.close(conn);

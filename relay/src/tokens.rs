@@ -51,19 +51,13 @@ pub struct Grant {
 
 impl Grant {
     pub fn allows(&self, port: u16) -> bool {
-        self.ports
-            .as_ref()
-            .is_none_or(|ranges| ranges.iter().any(|r| r.contains(port)))
+        self.ports.as_ref().is_none_or(|ranges| ranges.iter().any(|r| r.contains(port)))
     }
 
     pub fn describe_ports(&self, relay_range: PortRange) -> String {
         match &self.ports {
             None => relay_range.to_string(),
-            Some(r) => r
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join(","),
+            Some(r) => r.iter().map(ToString::to_string).collect::<Vec<_>>().join(","),
         }
     }
 }
@@ -82,11 +76,7 @@ struct Cache {
 
 impl TokenStore {
     pub fn open(data_dir: &Path, configured: Option<&Secret>) -> Self {
-        Self {
-            path: data_dir.join(TOKENS_FILE),
-            configured: configured.map(hash),
-            cache: Mutex::default(),
-        }
+        Self { path: data_dir.join(TOKENS_FILE), configured: configured.map(hash), cache: Mutex::default() }
     }
 
     /// The grant for `presented`, if it is a known token.
@@ -96,42 +86,24 @@ impl TokenStore {
         if let Some(configured) = &self.configured
             && bool::from(digest.ct_eq(configured))
         {
-            found = Some(Grant {
-                name: CONFIGURED_TOKEN_NAME.into(),
-                ports: None,
-            });
+            found = Some(Grant { name: CONFIGURED_TOKEN_NAME.into(), ports: None });
         }
         let cache = self.fresh_cache()?;
         for (stored, record) in &cache.records {
             // Look at every record so the time taken does not depend on which one matched.
             if bool::from(digest.ct_eq(stored)) {
-                found = Some(Grant {
-                    name: record.name.clone(),
-                    ports: record.ports.clone(),
-                });
+                found = Some(Grant { name: record.name.clone(), ports: record.ports.clone() });
             }
         }
         Ok(found)
     }
 
     fn fresh_cache(&self) -> anyhow::Result<std::sync::MutexGuard<'_, Cache>> {
-        let modified = std::fs::metadata(&self.path)
-            .and_then(|m| m.modified())
-            .ok();
-        let mut cache = self
-            .cache
-            .lock()
-            .map_err(|_| anyhow::anyhow!("token cache poisoned"))?;
+        let modified = std::fs::metadata(&self.path).and_then(|m| m.modified()).ok();
+        let mut cache = self.cache.lock().map_err(|_| anyhow::anyhow!("token cache poisoned"))?;
         if cache.modified != modified || modified.is_none() && !cache.records.is_empty() {
-            let records = self
-                .read()?
-                .tokens
-                .into_iter()
-                .filter_map(|r| Some((decode_hash(&r.sha256)?, r)));
-            *cache = Cache {
-                modified,
-                records: records.collect(),
-            };
+            let records = self.read()?.tokens.into_iter().filter_map(|r| Some((decode_hash(&r.sha256)?, r)));
+            *cache = Cache { modified, records: records.collect() };
         }
         Ok(cache)
     }
@@ -139,8 +111,7 @@ impl TokenStore {
     fn read(&self) -> anyhow::Result<TokenFile> {
         match files::read_optional(&self.path)? {
             None => Ok(TokenFile::default()),
-            Some(bytes) => serde_json::from_slice(&bytes)
-                .with_context(|| format!("parse {}", self.path.display())),
+            Some(bytes) => serde_json::from_slice(&bytes).with_context(|| format!("parse {}", self.path.display())),
         }
     }
 
@@ -156,12 +127,7 @@ impl TokenStore {
             anyhow::bail!("a token named {name:?} already exists (revoke it first)");
         }
         let token = generate();
-        file.tokens.push(TokenRecord {
-            name: name.into(),
-            sha256: hex::encode(hash(&token)),
-            ports,
-            created: now(),
-        });
+        file.tokens.push(TokenRecord { name: name.into(), sha256: hex::encode(hash(&token)), ports, created: now() });
         self.write(&file)?;
         Ok(token)
     }
@@ -192,10 +158,7 @@ impl TokenStore {
 pub fn generate() -> Secret {
     let mut bytes = [0u8; 32];
     rand::rng().fill_bytes(&mut bytes);
-    Secret::new(format!(
-        "brw_{}",
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-    ))
+    Secret::new(format!("brw_{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)))
 }
 
 fn hash(token: &Secret) -> [u8; 32] {
@@ -212,20 +175,13 @@ fn decode_hash(text: &str) -> Option<[u8; 32]> {
 fn validate_name(name: &str) -> anyhow::Result<()> {
     let ok = !name.is_empty()
         && name.len() <= 64
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-    anyhow::ensure!(
-        ok,
-        "invalid token name {name:?}: expected 1-64 letters, digits, '-', '_' or '.'"
-    );
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    anyhow::ensure!(ok, "invalid token name {name:?}: expected 1-64 letters, digits, '-', '_' or '.'");
     Ok(())
 }
 
 pub(crate) fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 #[cfg(test)]
@@ -241,21 +197,12 @@ mod tests {
         let alice = store.add("alice", ports.clone())?;
         assert!(store.add("alice", None).is_err());
         let grant = store.verify(&alice)?.expect("alice's token is valid");
-        assert_eq!(
-            grant,
-            Grant {
-                name: "alice".into(),
-                ports
-            }
-        );
+        assert_eq!(grant, Grant { name: "alice".into(), ports });
         assert!(grant.allows(8050) && !grant.allows(20000));
         assert_eq!(store.verify(&Secret::new("brw_wrong"))?, None);
 
         let text = std::fs::read_to_string(dir.path().join(TOKENS_FILE))?;
-        assert!(
-            !text.contains(alice.expose()),
-            "the file must hold only hashes"
-        );
+        assert!(!text.contains(alice.expose()), "the file must hold only hashes");
 
         // A second handle sees the revocation, as a running relay sees `relay token revoke`.
         let other = TokenStore::open(dir.path(), None);
@@ -268,10 +215,7 @@ mod tests {
     fn configured_token_is_accepted() -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;
         let store = TokenStore::open(dir.path(), Some(&Secret::new("s3cret")));
-        assert_eq!(
-            store.verify(&Secret::new("s3cret"))?.map(|g| g.name),
-            Some(CONFIGURED_TOKEN_NAME.into())
-        );
+        assert_eq!(store.verify(&Secret::new("s3cret"))?.map(|g| g.name), Some(CONFIGURED_TOKEN_NAME.into()));
         Ok(())
     }
 }

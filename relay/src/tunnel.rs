@@ -61,15 +61,7 @@ async fn forward(visitor: TcpStream, peer: SocketAddr, conn: quinn::Connection, 
             return;
         }
     };
-    if let Err(e) = write_msg(
-        &mut send,
-        &StreamHeader {
-            tunnel,
-            visitor: peer,
-        },
-    )
-    .await
-    {
+    if let Err(e) = write_msg(&mut send, &StreamHeader { tunnel, visitor: peer }).await {
         tracing::debug!("stream header not sent: {e}");
         abort_tcp(visitor);
         return;
@@ -80,9 +72,7 @@ async fn forward(visitor: TcpStream, peer: SocketAddr, conn: quinn::Connection, 
     }
 }
 
-async fn open_stream(
-    conn: &quinn::Connection,
-) -> anyhow::Result<(quinn::SendStream, quinn::RecvStream)> {
+async fn open_stream(conn: &quinn::Connection) -> anyhow::Result<(quinn::SendStream, quinn::RecvStream)> {
     tokio::time::timeout(OPEN_STREAM_TIMEOUT, conn.open_bi())
         .await
         .context("no stream slot at the agent in time")?

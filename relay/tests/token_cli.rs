@@ -4,11 +4,7 @@
 use std::process::{Command, Output};
 
 fn relay(data_dir: &std::path::Path, args: &[&str]) -> anyhow::Result<Output> {
-    Ok(Command::new(env!("CARGO_BIN_EXE_relay"))
-        .arg("--data-dir")
-        .arg(data_dir)
-        .args(args)
-        .output()?)
+    Ok(Command::new(env!("CARGO_BIN_EXE_relay")).arg("--data-dir").arg(data_dir).args(args).output()?)
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -18,10 +14,7 @@ fn text(bytes: &[u8]) -> String {
 #[test]
 fn tokens_are_printed_once_listed_by_name_and_revoked() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let added = relay(
-        dir.path(),
-        &["token", "add", "alice", "--ports", "22,8000-8100"],
-    )?;
+    let added = relay(dir.path(), &["token", "add", "alice", "--ports", "22,8000-8100"])?;
     assert!(added.status.success(), "{}", text(&added.stderr));
     let token = text(&added.stdout).trim().to_string();
     assert!(token.starts_with("brw_") && token.len() == 47, "{token}");
@@ -33,9 +26,7 @@ fn tokens_are_printed_once_listed_by_name_and_revoked() -> anyhow::Result<()> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(dir.path().join("tokens.json"))?
-            .permissions()
-            .mode();
+        let mode = std::fs::metadata(dir.path().join("tokens.json"))?.permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
     }
 
@@ -43,11 +34,7 @@ fn tokens_are_printed_once_listed_by_name_and_revoked() -> anyhow::Result<()> {
     assert!(!again.status.success());
     assert!(text(&again.stderr).contains("a token named \"alice\" already exists"));
 
-    assert!(
-        relay(dir.path(), &["token", "revoke", "alice"])?
-            .status
-            .success()
-    );
+    assert!(relay(dir.path(), &["token", "revoke", "alice"])?.status.success());
     assert_eq!(text(&relay(dir.path(), &["token", "list"])?.stdout), "");
     let missing = relay(dir.path(), &["token", "revoke", "alice"])?;
     assert!(!missing.status.success());
@@ -59,17 +46,9 @@ fn tokens_are_printed_once_listed_by_name_and_revoked() -> anyhow::Result<()> {
 fn bad_token_names_and_port_lists_are_rejected_with_the_expected_form() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let bad_name = relay(dir.path(), &["token", "add", "has space"])?;
-    assert!(
-        text(&bad_name.stderr).contains("expected 1-64 letters, digits"),
-        "{}",
-        text(&bad_name.stderr)
-    );
+    assert!(text(&bad_name.stderr).contains("expected 1-64 letters, digits"), "{}", text(&bad_name.stderr));
     let bad_ports = relay(dir.path(), &["token", "add", "bob", "--ports", "22,x"])?;
-    assert!(
-        text(&bad_ports.stderr).contains("invalid port range \"x\""),
-        "{}",
-        text(&bad_ports.stderr)
-    );
+    assert!(text(&bad_ports.stderr).contains("invalid port range \"x\""), "{}", text(&bad_ports.stderr));
     assert_eq!(bad_ports.status.code(), Some(1));
     Ok(())
 }

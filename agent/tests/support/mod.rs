@@ -48,10 +48,7 @@ impl TestRelay {
     }
 
     pub async fn start_with(config: RelayConfig) -> anyhow::Result<Self> {
-        let token = config
-            .token
-            .clone()
-            .context("test relays have a configured token")?;
+        let token = config.token.clone().context("test relays have a configured token")?;
         let relay = Relay::bind(config)?;
         let cancel = CancellationToken::new();
         Ok(Self {
@@ -65,33 +62,20 @@ impl TestRelay {
 
     /// A plan that reaches this relay with the right token and pin.
     pub fn plan(&self, tunnels: Vec<TunnelPlan>) -> Plan {
-        let config = AgentConfig {
-            reconnect_max_delay: Duration::from_millis(400),
-            ..AgentConfig::default()
-        };
-        let mut plan = Plan::new(
-            &config,
-            self.relay_addr(),
-            Trust::Pinned(self.fingerprint),
-            self.token.clone(),
-        );
+        let config = AgentConfig { reconnect_max_delay: Duration::from_millis(400), ..AgentConfig::default() };
+        let mut plan = Plan::new(&config, self.relay_addr(), Trust::Pinned(self.fingerprint), self.token.clone());
         plan.tunnels = tunnels;
         plan
     }
 
     pub fn relay_addr(&self) -> RelayAddr {
-        RelayAddr {
-            host: self.addr.ip().to_string(),
-            port: self.addr.port(),
-        }
+        RelayAddr { host: self.addr.ip().to_string(), port: self.addr.port() }
     }
 
     /// Stops the relay and checks that `run` ended cleanly.
     pub async fn stop(self) -> anyhow::Result<()> {
         self.cancel.cancel();
-        tokio::time::timeout(STEP, self.task)
-            .await
-            .context("relay did not stop")???;
+        tokio::time::timeout(STEP, self.task).await.context("relay did not stop")???;
         Ok(())
     }
 }
@@ -99,10 +83,7 @@ impl TestRelay {
 pub fn tunnel(name: &str, local: SocketAddr) -> TunnelPlan {
     TunnelPlan {
         name: name.into(),
-        local: LocalTarget {
-            host: local.ip().to_string(),
-            port: local.port(),
-        },
+        local: LocalTarget { host: local.ip().to_string(), port: local.port() },
         remote_port: None,
     }
 }
@@ -118,11 +99,7 @@ impl TestAgent {
         let (tx, status) = watch::channel(Status::Connecting);
         let cancel = CancellationToken::new();
         let task = tokio::spawn(agent::run(plan, tx, cancel.clone()));
-        Self {
-            status,
-            cancel,
-            task,
-        }
+        Self { status, cancel, task }
     }
 
     /// Starts an agent and waits until its tunnels are online.
@@ -134,13 +111,10 @@ impl TestAgent {
 
     /// Waits for the next Online status (the current one counts).
     pub async fn online(&mut self) -> anyhow::Result<Vec<PublicTunnel>> {
-        let waited = tokio::time::timeout(
-            STEP,
-            self.status.wait_for(|s| matches!(s, Status::Online(_))),
-        )
-        .await
-        .context("agent did not come online")?
-        .map(|status| status.clone());
+        let waited = tokio::time::timeout(STEP, self.status.wait_for(|s| matches!(s, Status::Online(_))))
+            .await
+            .context("agent did not come online")?
+            .map(|status| status.clone());
         match waited {
             Ok(Status::Online(tunnels)) => Ok(tunnels),
             Ok(other) => anyhow::bail!("unexpected status {other:?}"),
@@ -154,9 +128,7 @@ impl TestAgent {
 
     /// Waits for the agent's run to end and returns its result.
     pub async fn finished(self) -> anyhow::Result<anyhow::Result<()>> {
-        Ok(tokio::time::timeout(STEP, self.task)
-            .await
-            .context("agent did not finish")??)
+        Ok(tokio::time::timeout(STEP, self.task).await.context("agent did not finish")??)
     }
 
     pub async fn stop(self) -> anyhow::Result<()> {
@@ -166,10 +138,7 @@ impl TestAgent {
 }
 
 pub fn public_addr(tunnel: &PublicTunnel) -> SocketAddr {
-    SocketAddr::new(
-        tunnel.host.parse().expect("test relays publish IP hosts"),
-        tunnel.port,
-    )
+    SocketAddr::new(tunnel.host.parse().expect("test relays publish IP hosts"), tunnel.port)
 }
 
 /// A local server running `handler` for each connection until the test ends.
@@ -214,9 +183,8 @@ pub async fn exchange(addr: SocketAddr, data: &[u8]) -> anyhow::Result<Vec<u8>> 
     };
     let mut got = Vec::with_capacity(data.len());
     let read = r.read_to_end(&mut got);
-    let (wrote, read) = tokio::time::timeout(STEP, async { tokio::join!(write, read) })
-        .await
-        .context("exchange hung")?;
+    let (wrote, read) =
+        tokio::time::timeout(STEP, async { tokio::join!(write, read) }).await.context("exchange hung")?;
     wrote?;
     read?;
     Ok(got)
@@ -226,4 +194,47 @@ pub fn random_bytes(len: usize) -> Vec<u8> {
     let mut data = vec![0; len];
     rand::RngCore::fill_bytes(&mut rand::rng(), &mut data);
     data
+}
+
+/// A UDP forwarder between one agent and the relay that can go silent, as a crashed agent or
+/// a dead network path does: nothing is closed, packets just stop.
+pub struct UdpProxy {
+    pub addr: SocketAddr,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl UdpProxy {
+    pub async fn start(upstream: SocketAddr) -> anyhow::Result<Self> {
+        let front = tokio::net::UdpSocket::bind("127.0.0.1:0").await?;
+        let back = tokio::net::UdpSocket::bind("127.0.0.1:0").await?;
+        back.connect(upstream).await?;
+        let addr = front.local_addr()?;
+        let cut = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let silent = cut.clone();
+        tokio::spawn(async move {
+            let (mut from_agent, mut from_relay) = (vec![0u8; 65536], vec![0u8; 65536]);
+            let mut agent = None;
+            loop {
+                tokio::select! {
+                    Ok((n, peer)) = front.recv_from(&mut from_agent) => {
+                        agent = Some(peer);
+                        if !silent.load(std::sync::atomic::Ordering::Relaxed) {
+                            back.send(&from_agent[..n]).await.ok();
+                        }
+                    }
+                    Ok(n) = back.recv(&mut from_relay) => {
+                        if let (Some(peer), false) = (agent, silent.load(std::sync::atomic::Ordering::Relaxed)) {
+                            front.send_to(&from_relay[..n], peer).await.ok();
+                        }
+                    }
+                    else => break,
+                }
+            }
+        });
+        Ok(Self { addr, cut })
+    }
+
+    pub fn cut(&self) {
+        self.cut.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
 }
