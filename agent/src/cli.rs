@@ -2,6 +2,7 @@
 
 use std::{net::IpAddr, path::PathBuf};
 
+use burrow_common::Secret;
 use clap::{Args, Parser};
 use serde::Serialize;
 use tokio::sync::watch;
@@ -46,7 +47,7 @@ pub struct Flags {
     /// Agent token (prefer BURROW_TOKEN or the config file: arguments are visible to other users)
     #[arg(long, value_name = "TOKEN")]
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub token: Option<String>,
+    pub token: Option<Secret>,
     /// Trust the relay whose certificate has this fingerprint (as the relay prints it)
     #[arg(long, value_name = "sha256:HEX")]
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -9,7 +9,7 @@ use std::{
 
 use burrow_common::{
     Fingerprint, Secret,
-    config::{EnvSource, duration},
+    config::{EnvSource, check_duration, duration},
 };
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -62,7 +62,26 @@ impl Default for AgentConfig {
 
 impl AgentConfig {
     pub fn load(file: Option<&Path>, flags: &impl Serialize) -> anyhow::Result<Self> {
-        burrow_common::config::load(file, &ENV, flags)
+        let config: Self = burrow_common::config::load(file, &ENV, flags)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what serde cannot: ranges and relations between values.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if let Some(token) = &self.token {
+            token.check_token("token")?;
+        }
+        check_duration("idle_timeout", self.idle_timeout, Duration::from_secs(1))?;
+        check_duration("keep_alive", self.keep_alive, Duration::from_millis(100))?;
+        check_duration("reconnect_max_delay", self.reconnect_max_delay, Duration::from_millis(100))?;
+        anyhow::ensure!(
+            self.keep_alive < self.idle_timeout,
+            "invalid configuration: keep_alive = {} must be shorter than idle_timeout = {}, or idle sessions time out",
+            duration::format(self.keep_alive),
+            duration::format(self.idle_timeout)
+        );
+        Ok(())
     }
 }
 
@@ -242,6 +261,8 @@ mod tests {
             ("fingerprint = \"sha256:12\"", ["fingerprint", "sha256:12", "64 hex digits"]),
             ("relay = \"a b\"", ["relay", "\"a b\"", "HOST:PORT"]),
             ("keep_alive = \"often\"", ["keep_alive", "often", "30s"]),
+            ("keep_alive = \"40s\"", ["keep_alive = 40s", "shorter than", "idle_timeout = 30s"]),
+            ("token = \"short\"", ["token is 5 characters long", "at least 16", "relay token add"]),
             ("[[tunnels]]\nlocal = \"x:y\"", ["tunnels", "x:y", "HOST:PORT"]),
             ("[[tunnels]]\nlocal = 80\nremote = 1", ["unknown field `remote`", "remote_port", "tunnels"]),
         ] {

@@ -99,7 +99,8 @@ fn unreachable_addr() -> Failure {
 
 fn classify_handshake_error(e: &quinn::ConnectionError, addr: SocketAddr) -> Failure {
     use quinn::ConnectionError as E;
-    let crypto = |code: quinn::TransportErrorCode| format!("{code:?}").starts_with("crypto");
+    // TLS alerts travel as QUIC transport errors 0x100-0x1ff (RFC 9001, section 4.8).
+    let crypto = |code: quinn::TransportErrorCode| (0x100..0x200).contains(&u64::from(code));
     match e {
         E::TransportError(t) if t.reason.contains("invalid peer certificate") => Failure::Trust(format!(
             "the relay at {addr} presented a certificate that does not match --fingerprint / --ca ({})",

@@ -154,3 +154,33 @@ async fn agent_resets_streams_with_unknown_or_malformed_headers_and_serves_the_r
     agent.stop().await?;
     template.stop().await
 }
+
+#[tokio::test]
+async fn agent_facing_a_relay_of_another_protocol_version_stops_with_a_clear_error() -> anyhow::Result<()> {
+    let generated = tls::self_signed(&["localhost".into()])?;
+    let identity = tls::Identity::from_pem(generated.cert_pem.as_bytes(), generated.key_pem.as_bytes())?;
+    let fingerprint = identity.fingerprint();
+    let mut server_tls = tls::server_tls(identity)?;
+    server_tls.alpn_protocols = vec![b"burrow/2".to_vec()];
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(server_tls)?;
+    let future_relay =
+        quinn::Endpoint::server(quinn::ServerConfig::with_crypto(Arc::new(crypto)), "127.0.0.1:0".parse()?)?;
+    let accepting = tokio::spawn({
+        let endpoint = future_relay.clone();
+        async move {
+            while let Some(incoming) = endpoint.accept().await {
+                incoming.await.ok();
+            }
+        }
+    });
+
+    let dir = tempfile::tempdir()?;
+    let template = TestRelay::start(dir.path()).await?;
+    let mut plan = template.plan(vec![tunnel("web", echo_server().await?)]);
+    plan.relay.port = future_relay.local_addr()?.port();
+    plan.trust = Trust::Pinned(fingerprint);
+    let err = TestAgent::spawn(plan).finished().await?.unwrap_err();
+    assert!(format!("{err:#}").contains("is it a burrow relay of the same version?"), "{err:#}");
+    accepting.abort();
+    template.stop().await
+}

@@ -175,12 +175,22 @@ async fn relay_and_agent_binaries_serve_a_web_page() -> anyhow::Result<()> {
 #[tokio::test]
 async fn agent_binary_with_a_wrong_token_exits_non_zero_naming_the_problem() -> anyhow::Result<()> {
     let relay = start_relay().await?;
-    let agent = Process::start(agent_command(&relay, "brw_wrong", 8080))?;
+    let agent = Process::start(agent_command(&relay, "brw_wrong_but_long_enough_0123456789", 8080))?;
     let (code, stderr) = agent.exit().await?;
     assert_eq!(code, 1);
     assert!(stderr.contains("error: the relay refused: the relay rejected the token"), "{stderr}");
-    assert!(!stderr.contains("brw_wrong"), "the token must not be printed");
+    assert!(!stderr.contains("brw_wrong_but_long_enough_0123456789"), "the token must not be printed");
     relay.process.terminate().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn agent_binary_refuses_a_guessable_token_before_connecting() -> anyhow::Result<()> {
+    let mut agent = Command::new(agent_bin());
+    agent.env("BURROW_TOKEN", "").args(["--local", "8080", "--relay", "127.0.0.1:9"]);
+    let (code, stderr) = Process::start(agent)?.exit().await?;
+    assert_eq!(code, 1);
+    assert!(stderr.contains("token is 0 characters long: expected at least 16"), "{stderr}");
     Ok(())
 }
 

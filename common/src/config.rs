@@ -67,6 +67,39 @@ impl Secret {
     pub fn expose(&self) -> &str {
         &self.0
     }
+
+    /// Rejects tokens short enough to guess; `key` names the setting in the error.
+    pub fn check_token(&self, key: &str) -> anyhow::Result<()> {
+        let len = self.0.chars().count();
+        anyhow::ensure!(
+            len >= MIN_TOKEN_LEN,
+            "invalid configuration: {key} is {len} characters long: expected at least {MIN_TOKEN_LEN} \
+             (`relay token add NAME` makes a strong one)"
+        );
+        Ok(())
+    }
+}
+
+/// Shortest token accepted anywhere; generated tokens are 47 characters.
+pub const MIN_TOKEN_LEN: usize = 16;
+
+/// Checks that a duration setting is at least `min`, naming the key on failure.
+pub fn check_duration(key: &str, value: std::time::Duration, min: std::time::Duration) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        value >= min,
+        "invalid configuration: {key} = {}: expected at least {}",
+        duration::format(value),
+        duration::format(min)
+    );
+    Ok(())
+}
+
+impl FromStr for Secret {
+    type Err = std::convert::Infallible;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self::new(s))
+    }
 }
 
 impl fmt::Debug for Secret {
@@ -192,7 +225,12 @@ pub mod duration {
     }
 
     pub fn serialize<S: Serializer>(value: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(&humantime::format_duration(*value))
+        s.collect_str(&format(*value))
+    }
+
+    /// Writes a duration the way users write them in config: `30s`, `1h 30m`.
+    pub fn format(value: Duration) -> String {
+        humantime::format_duration(value).to_string()
     }
 
     pub fn parse(s: &str) -> Result<Duration, String> {

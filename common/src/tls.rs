@@ -116,16 +116,21 @@ impl Identity {
 
 /// The relay's QUIC server config.
 pub fn server_config(identity: Identity, transport: quinn::TransportConfig) -> anyhow::Result<quinn::ServerConfig> {
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(server_tls(identity)?)?;
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    config.transport_config(Arc::new(transport));
+    Ok(config)
+}
+
+/// The rustls half of [`server_config`], with the burrow ALPN set.
+pub fn server_tls(identity: Identity) -> anyhow::Result<rustls::ServerConfig> {
     let mut tls = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_no_client_auth()
         .with_single_cert(identity.chain, identity.key)
         .context("relay certificate and key do not match")?;
     tls.alpn_protocols = vec![ALPN.to_vec()];
-    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)?;
-    let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    config.transport_config(Arc::new(transport));
-    Ok(config)
+    Ok(tls)
 }
 
 /// How the agent decides to trust the relay.

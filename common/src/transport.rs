@@ -8,9 +8,13 @@ use quinn::{TransportConfig, VarInt};
 /// only a map entry, and `open_bi` past the limit would stall a visitor silently.
 pub const AGENT_MAX_STREAMS: u32 = 4096;
 
-/// Bounds what one session may buffer; the default is unbounded.
-const CONNECTION_RECEIVE_WINDOW: u32 = 32 * 1024 * 1024;
+/// Per stream: enough for fast single transfers on ordinary paths.
 const STREAM_RECEIVE_WINDOW: u32 = 2 * 1024 * 1024;
+/// Per session. Credit returns only as the application reads, so a visitor that stops
+/// reading pins one stream window; the session stalls for everyone once the stalled windows
+/// fill this. A large multiple keeps that out of reach of a few slow or hostile visitors,
+/// while still bounding what one session can buffer (the default is unbounded).
+const CONNECTION_RECEIVE_WINDOW: u32 = 128 * STREAM_RECEIVE_WINDOW;
 
 /// The agent's side: it keeps the NAT mapping alive and accepts the relay's streams.
 pub fn agent(keep_alive: Duration, idle_timeout: Duration) -> TransportConfig {

@@ -8,7 +8,7 @@ use std::{
 
 use burrow_common::{
     PortRange, Secret,
-    config::{EnvSource, duration, parsed},
+    config::{EnvSource, check_duration, duration, parsed},
 };
 use serde::{Deserialize, Serialize};
 
@@ -88,6 +88,11 @@ impl RelayConfig {
             self.max_tunnels_per_session > 0,
             "invalid configuration: max_tunnels_per_session = 0: expected at least 1"
         );
+        if let Some(token) = &self.token {
+            token.check_token("token")?;
+        }
+        check_duration("idle_timeout", self.idle_timeout, Duration::from_secs(1))?;
+        check_duration("handshake_timeout", self.handshake_timeout, Duration::from_millis(100))?;
         for name in &self.hostname {
             anyhow::ensure!(
                 !name.is_empty() && !name.contains(['/', ' ', ':']) || name.parse::<IpAddr>().is_ok(),
@@ -134,6 +139,8 @@ mod tests {
             ("ports = \"30000-20000\"", ["ports", "30000-20000", "START-END"]),
             ("grace_period = \"ten\"", ["grace_period", "\"ten\"", "30s"]),
             ("lisen = \"0.0.0.0:1\"", ["lisen", "unknown field", "listen"]),
+            ("token = \"\"", ["token", "0 characters", "at least 16"]),
+            ("idle_timeout = \"0s\"", ["idle_timeout", "0s", "at least 1s"]),
         ] {
             std::fs::write(&path, text)?;
             let err = format!("{:#}", RelayConfig::load(Some(&path), &NoFlags {}).unwrap_err());

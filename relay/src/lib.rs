@@ -54,6 +54,7 @@ pub struct Relay {
 impl Relay {
     /// Prepares the data directory and binds the QUIC endpoint. Needs a tokio runtime.
     pub fn bind(config: RelayConfig) -> anyhow::Result<Self> {
+        config.validate()?;
         files::create_private_dir(&config.data_dir)?;
         let identity = identity::load_or_create_certificate(&config)?;
         let fingerprint = identity.fingerprint();

@@ -36,7 +36,7 @@ pub fn relay_config(data_dir: &Path) -> RelayConfig {
         listen: "127.0.0.1:0".parse().expect("literal address"),
         public_bind: "127.0.0.1".parse().expect("literal address"),
         data_dir: data_dir.to_path_buf(),
-        token: Some(Secret::new("test-token")),
+        token: Some(Secret::new("test-token-0123456789")),
         grace_period: Duration::from_secs(2),
         ..RelayConfig::default()
     }
