@@ -75,6 +75,9 @@ impl Plan {
     }
 }
 
+/// A session that served this long was healthy; the next reconnect starts quickly again.
+const STABLE_SESSION: Duration = Duration::from_secs(10);
+
 /// What the agent is doing now; `run` publishes every change.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Status {
@@ -115,9 +118,11 @@ pub async fn run(plan: Plan, status: watch::Sender<Status>, cancel: Cancellation
         match session::run(&plan, &client, &status, never_online, &cancel).await {
             Outcome::Stopped => return Ok(()),
             Outcome::Fatal(e) => return Err(e),
-            Outcome::Retry { reason, was_online } => {
-                if was_online {
-                    never_online = false;
+            Outcome::Retry { reason, online_for } => {
+                never_online &= online_for.is_none();
+                // Only a session that lasted resets the backoff, so a relay that welcomes
+                // and then drops agents is not hammered with reconnects.
+                if online_for.is_some_and(|d| d >= STABLE_SESSION) {
                     backoff.reset();
                 }
                 let delay = backoff.next_delay();

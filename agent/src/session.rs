@@ -20,8 +20,8 @@ const WELCOME_TIMEOUT: Duration = Duration::from_secs(10);
 pub(crate) enum Outcome {
     /// The user stopped the agent; the relay has been told.
     Stopped,
-    /// Try again after a backoff. `was_online` resets the backoff.
-    Retry { reason: String, was_online: bool },
+    /// Try again after a backoff; `online_for` is how long the session served, if it did.
+    Retry { reason: String, online_for: Option<Duration> },
     /// Retrying cannot help; the user must change something.
     Fatal(anyhow::Error),
 }
@@ -41,7 +41,7 @@ pub(crate) async fn run(
             return Outcome::Fatal(anyhow::anyhow!(reason));
         }
         Err(Failure::Trust(reason) | Failure::Unreachable(reason)) => {
-            return Outcome::Retry { reason, was_online: false };
+            return Outcome::Retry { reason, online_for: None };
         }
     };
     let outcome = tokio::select! {
@@ -128,7 +128,7 @@ async fn register_and_serve(
     let (answer, _control) = match hello(plan, conn).await {
         Ok(answered) => answered,
         Err(e) => {
-            return Outcome::Retry { reason: format!("handshake failed: {e:#}"), was_online: false };
+            return Outcome::Retry { reason: format!("handshake failed: {e:#}"), online_for: None };
         }
     };
     let granted = match answer {
@@ -137,7 +137,7 @@ async fn register_and_serve(
             return Outcome::Fatal(anyhow::anyhow!("the relay refused: {refusal}"));
         }
         ServerMsg::Refused(refusal) => {
-            return Outcome::Retry { reason: refusal.to_string(), was_online: false };
+            return Outcome::Retry { reason: refusal.to_string(), online_for: None };
         }
     };
     let mut online = Vec::new();
@@ -146,15 +146,17 @@ async fn register_and_serve(
         online.push(PublicTunnel { name: granted.name.clone(), host, port: granted.port, local: tunnel.local.clone() });
     }
     status.send_replace(Status::Online(online));
+    let online_since = std::time::Instant::now();
     let targets: Arc<[LocalTarget]> = plan.tunnels.iter().map(|t| t.local.clone()).collect();
     let err = serve_streams(conn, targets).await;
     match close_code(&err) {
         Some(CloseCode::Replaced) => {
             Outcome::Fatal(anyhow::anyhow!("another agent with the same token and tunnel name took over these tunnels"))
         }
-        _ => {
-            Outcome::Retry { reason: format!("lost the relay: {}", describe_connection_error(&err)), was_online: true }
-        }
+        _ => Outcome::Retry {
+            reason: format!("lost the relay: {}", describe_connection_error(&err)),
+            online_for: Some(online_since.elapsed()),
+        },
     }
 }
 
@@ -181,13 +183,18 @@ async fn hello(plan: &Plan, conn: &Connection) -> anyhow::Result<(ServerMsg, Con
 /// Accepts the relay's streams until the session ends; returns why it ended.
 async fn serve_streams(conn: &Connection, targets: Arc<[LocalTarget]>) -> quinn::ConnectionError {
     let streams = TaskTracker::new();
-    loop {
+    let ended = loop {
         match conn.accept_bi().await {
             Ok((send, recv)) => {
                 let targets = targets.clone();
                 streams.spawn(async move { handle_stream(send, recv, &targets).await });
             }
-            Err(e) => return e,
+            Err(e) => break e,
         }
-    }
+    };
+    // With the session gone every stream fails at its next read or write; wait for that so
+    // no stream task outlives its session.
+    streams.close();
+    streams.wait().await;
+    ended
 }

@@ -25,6 +25,7 @@ pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
 /// Creates the data directory, readable by its owner only.
 pub(crate) fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
     if dir.is_dir() {
+        warn_if_shared(dir);
         return Ok(());
     }
     let mut builder = fs::DirBuilder::new();
@@ -32,6 +33,19 @@ pub(crate) fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
     #[cfg(unix)]
     std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
     builder.create(dir).with_context(|| format!("create data directory {}", dir.display()))
+}
+
+/// The files inside are 0600 anyway; a readable directory still shows which exist.
+fn warn_if_shared(dir: &Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(meta) = std::fs::metadata(dir)
+            && meta.permissions().mode() & 0o077 != 0
+        {
+            tracing::warn!(path = %dir.display(), "data directory is accessible to other users; consider chmod 700");
+        }
+    }
 }
 
 fn temporary_sibling(path: &Path) -> PathBuf {

@@ -5,8 +5,8 @@
 
 use std::{
     collections::HashMap,
-    path::{Path, PathBuf},
-    sync::Mutex,
+    path::Path,
+    sync::{Arc, Mutex, mpsc},
     time::Duration,
 };
 
@@ -51,10 +51,15 @@ struct ReservationFile {
 }
 
 /// Reservations in `reservations.json` in the data directory.
+///
+/// Claims and releases update memory under a short lock; a writer thread persists the
+/// latest state, so a burst of reconnecting agents never waits on disk (or fsync) while
+/// holding the registry's lock, and a burst of changes costs one write.
 pub struct FileReservations {
-    path: PathBuf,
     ttl: Duration,
-    entries: Mutex<HashMap<TunnelKey, Entry>>,
+    entries: Arc<Mutex<HashMap<TunnelKey, Entry>>>,
+    dirty: Option<mpsc::SyncSender<()>>,
+    writer: Option<std::thread::JoinHandle<()>>,
 }
 
 impl FileReservations {
@@ -78,7 +83,16 @@ impl FileReservations {
                 (e.key.clone(), e)
             })
             .collect();
-        Ok(Self { path, ttl, entries: Mutex::new(entries) })
+        let entries = Arc::new(Mutex::new(entries));
+        let (dirty, changes) = mpsc::sync_channel(1);
+        let writer = std::thread::Builder::new()
+            .name("reservations".into())
+            .spawn({
+                let entries = entries.clone();
+                move || persist_changes(&path, &entries, &changes)
+            })
+            .context("start reservation writer")?;
+        Ok(Self { ttl, entries, dirty: Some(dirty), writer: Some(writer) })
     }
 
     fn live(&self, entry: &Entry) -> bool {
@@ -91,12 +105,42 @@ impl FileReservations {
         let ttl = self.ttl.as_secs();
         let at = now();
         entries.retain(|_, e| e.active || at.saturating_sub(e.last_seen) <= ttl);
-        let file = ReservationFile { reservations: entries.values().cloned().collect() };
-        files::write_private(&self.path, &serde_json::to_vec_pretty(&file)?)
+        if let Some(dirty) = &self.dirty {
+            // A full channel means a write is already due; it will see this change too.
+            dirty.try_send(()).ok();
+        }
+        Ok(())
     }
 
     fn with_entries<T>(&self, read: impl FnOnce(&HashMap<TunnelKey, Entry>) -> T) -> Option<T> {
         self.entries.lock().ok().map(|e| read(&e))
+    }
+}
+
+impl Drop for FileReservations {
+    /// Writes the last state before the relay exits.
+    fn drop(&mut self) {
+        self.dirty.take();
+        if let Some(writer) = self.writer.take()
+            && writer.join().is_err()
+        {
+            tracing::warn!("reservation writer panicked");
+        }
+    }
+}
+
+fn persist_changes(path: &Path, entries: &Mutex<HashMap<TunnelKey, Entry>>, changes: &mpsc::Receiver<()>) {
+    while changes.recv().is_ok() {
+        let snapshot = match entries.lock() {
+            Ok(entries) => ReservationFile { reservations: entries.values().cloned().collect() },
+            Err(_) => return,
+        };
+        let written = serde_json::to_vec_pretty(&snapshot)
+            .map_err(anyhow::Error::from)
+            .and_then(|bytes| files::write_private(path, &bytes));
+        if let Err(e) = written {
+            tracing::warn!("could not save port reservations: {e:#}");
+        }
     }
 }
 
@@ -141,6 +185,7 @@ mod tests {
         store.hold(&key("a", "web"), 20001)?;
         store.release(&key("a", "web"), 20001)?;
         store.hold(&key("b", "ssh"), 20002)?;
+        drop(store);
 
         let reopened = FileReservations::open(dir.path(), Duration::from_secs(3600))?;
         assert_eq!(reopened.port_for(&key("a", "web")), Some(20001));

@@ -1,12 +1,11 @@
 //! Agent tokens: kept as SHA-256 hashes in `tokens.json`, compared in constant time.
 //!
 //! Tokens are 256-bit random values, so a plain hash is enough; a slow password hash would
-//! only cost CPU on every handshake. The file is re-read when it changes, so
-//! `relay token add` takes effect on a running relay.
+//! only cost CPU on every handshake. The small file is read at every handshake, so
+//! `relay token add` and `revoke` take effect on a running relay from the next session.
 
 use std::{
     path::{Path, PathBuf},
-    sync::Mutex,
     time::SystemTime,
 };
 
@@ -65,18 +64,11 @@ impl Grant {
 pub struct TokenStore {
     path: PathBuf,
     configured: Option<[u8; 32]>,
-    cache: Mutex<Cache>,
-}
-
-#[derive(Default)]
-struct Cache {
-    modified: Option<SystemTime>,
-    records: Vec<([u8; 32], TokenRecord)>,
 }
 
 impl TokenStore {
     pub fn open(data_dir: &Path, configured: Option<&Secret>) -> Self {
-        Self { path: data_dir.join(TOKENS_FILE), configured: configured.map(hash), cache: Mutex::default() }
+        Self { path: data_dir.join(TOKENS_FILE), configured: configured.map(hash) }
     }
 
     /// The grant for `presented`, if it is a known token.
@@ -88,24 +80,14 @@ impl TokenStore {
         {
             found = Some(Grant { name: CONFIGURED_TOKEN_NAME.into(), ports: None });
         }
-        let cache = self.fresh_cache()?;
-        for (stored, record) in &cache.records {
+        for record in self.read()?.tokens {
             // Look at every record so the time taken does not depend on which one matched.
-            if bool::from(digest.ct_eq(stored)) {
-                found = Some(Grant { name: record.name.clone(), ports: record.ports.clone() });
+            let stored = decode_hash(&record.sha256).unwrap_or_default();
+            if bool::from(digest.ct_eq(&stored)) {
+                found = Some(Grant { name: record.name, ports: record.ports });
             }
         }
         Ok(found)
-    }
-
-    fn fresh_cache(&self) -> anyhow::Result<std::sync::MutexGuard<'_, Cache>> {
-        let modified = std::fs::metadata(&self.path).and_then(|m| m.modified()).ok();
-        let mut cache = self.cache.lock().map_err(|_| anyhow::anyhow!("token cache poisoned"))?;
-        if cache.modified != modified || modified.is_none() && !cache.records.is_empty() {
-            let records = self.read()?.tokens.into_iter().filter_map(|r| Some((decode_hash(&r.sha256)?, r)));
-            *cache = Cache { modified, records: records.collect() };
-        }
-        Ok(cache)
     }
 
     fn read(&self) -> anyhow::Result<TokenFile> {
