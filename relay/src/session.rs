@@ -215,6 +215,8 @@ async fn serve_tunnels(
         Some(err) if close_code(&err) == Some(CloseCode::AgentExit) => {
             tracing::info!("agent left; tunnels closed")
         }
+        // While serving, this relay closes a session itself only to replace it.
+        Some(quinn::ConnectionError::LocallyClosed) => tracing::info!("session replaced by a newer one"),
         Some(err) => {
             tracing::info!(reason = %describe_connection_error(&err), "session lost; tunnels closed")
         }
