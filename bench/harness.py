@@ -1,0 +1,309 @@
+#!/usr/bin/env python3
+"""burrow's benchmark harness: every figure measured directly and through burrow in one run.
+
+Run it with `bench/run` (which installs iperf3 and wrk and builds the release binaries);
+`bench/run --help` lists the options. Everything talks to 127.0.0.1, or to addresses inside
+network namespaces the harness creates itself; every loop is bounded in count and time.
+"""
+
+import argparse
+import json
+import os
+import platform
+import re
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RELEASE = ROOT / "target" / "release"
+RESULTS = ROOT / "bench" / "results"
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+class Process:
+    """A child process whose stdout is read line by line for readiness markers."""
+
+    def __init__(self, argv, env=None, netns=None, quiet=False):
+        if netns:
+            argv = ["ip", "netns", "exec", netns] + argv
+        self.argv = argv
+        # Output nobody reads goes to a file: a full pipe would stall the child.
+        self.log = tempfile.TemporaryFile(mode="w+")
+        self.proc = subprocess.Popen(
+            argv,
+            stdout=self.log if quiet else subprocess.PIPE,
+            stderr=self.log,
+            text=True,
+            env={**os.environ, **(env or {})},
+        )
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+    def line(self, pattern, timeout=30):
+        """Returns the first stdout match of `pattern`, waiting at most `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        regex = re.compile(pattern)
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if not line:
+                self.log.seek(0)
+                raise RuntimeError(f"{self.argv} exited: {self.log.read()[-2000:]}")
+            match = regex.search(line)
+            if match:
+                return match
+        raise TimeoutError(f"no line matching {pattern!r} from {self.argv}")
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def cpu_seconds(pid):
+    """User + system CPU time of a process, in seconds."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def rss_mib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for {pid}")
+
+
+class Burrow:
+    """A relay and an agent (release binaries) exposing the given local ports."""
+
+    def __init__(self, tunnels, netns_relay=None, netns_agent=None, relay_ip="127.0.0.1"):
+        self.dir = tempfile.TemporaryDirectory(prefix="burrow-bench-")
+        data = Path(self.dir.name)
+        self.relay = Process(
+            [str(RELEASE / "relay"), "--listen", f"{relay_ip}:0", "--public-bind", "127.0.0.1",
+             "--data-dir", str(data / "relay")],
+            env={"RUST_LOG": "warn"}, netns=netns_relay,
+        )
+        port = int(self.relay.line(r"agents connect to\s+udp \S+:(\d+)").group(1))
+        fingerprint = self.relay.line(r"fingerprint\s+(\S+)").group(1)
+        token = self.relay.line(r'new token "default" (\S+)').group(1)
+        config = data / "agent.toml"
+        lines = [f'relay = "{relay_ip}:{port}"', f'fingerprint = "{fingerprint}"']
+        for name, local in tunnels.items():
+            lines += ["[[tunnels]]", f'name = "{name}"', f"local = {local}"]
+        config.write_text("\n".join(lines) + "\n")
+        self.agent = Process([str(RELEASE / "agent"), "--config", str(config)],
+                             env={"BURROW_TOKEN": token, "RUST_LOG": "warn"}, netns=netns_agent)
+        self.public = {}
+        for _ in tunnels:
+            match = self.agent.line(r"tunnel (\S+): tcp://\S+:(\d+)")
+            self.public[match.group(1)] = int(match.group(2))
+
+    @property
+    def pids(self):
+        return [self.relay.pid, self.agent.pid]
+
+    def stop(self):
+        self.agent.stop()
+        self.relay.stop()
+        self.dir.cleanup()
+
+
+def wait_for_port(port, timeout=10):
+    """Returns once something accepts connections on 127.0.0.1:port."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# --- measurements -------------------------------------------------------------------------
+
+
+def iperf(port, seconds, reverse=False, parallel=1):
+    """Throughput in Gbit/s of iperf3 against 127.0.0.1:port."""
+    argv = ["iperf3", "-c", "127.0.0.1", "-p", str(port), "-t", str(seconds), "-J", "-P", str(parallel)]
+    if reverse:
+        argv.append("-R")
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 30, check=True).stdout
+    return json.loads(out)["end"]["sum_received"]["bits_per_second"] / 1e9
+
+
+def wrk(port, path, seconds, pids=()):
+    """req/s, p50 and p99 latency (ms), and CPU per request (µs) of `pids` under wrk -t2 -c50."""
+    before = sum(cpu_seconds(p) for p in pids)
+    out = subprocess.run(
+        ["wrk", "-t2", "-c50", f"-d{seconds}s", "--latency", f"http://127.0.0.1:{port}{path}"],
+        capture_output=True, text=True, timeout=seconds + 30, check=True,
+    ).stdout
+    cpu = sum(cpu_seconds(p) for p in pids) - before
+    total = int(re.search(r"(\d+) requests in", out).group(1))
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)|Socket errors", out)
+    if errors:
+        raise RuntimeError(f"wrk saw errors: {out}")
+    return {
+        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+        "p50_ms": wrk_latency(out, "50%"),
+        "p99_ms": wrk_latency(out, "99%"),
+        "cpu_us_per_req": cpu / total * 1e6 if pids else None,
+    }
+
+
+def wrk_latency(out, percentile):
+    value, unit = re.search(rf"{percentile}\s+([\d.]+)(us|ms|s)", out).groups()
+    return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
+
+
+REQUEST = b"GET /1k HTTP/1.1\r\nHost: bench\r\n\r\n"
+
+
+def read_response(sock):
+    """Reads one /1k response (headers + 1024-byte body)."""
+    data = b""
+    while b"\r\n\r\n" not in data or len(data.split(b"\r\n\r\n", 1)[1]) < 1024:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise RuntimeError("connection closed mid-response")
+        data += chunk
+
+
+def sequential_connects(port, count):
+    """p50 and p99 (ms) of connect + request + full response, one new connection at a time."""
+    times = []
+    for _ in range(count):
+        started = time.perf_counter()
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(REQUEST)
+            read_response(sock)
+        times.append((time.perf_counter() - started) * 1e3)
+    return percentiles(times)
+
+
+def percentiles(samples):
+    ordered = sorted(samples)
+    return {"p50_ms": statistics.median(ordered), "p99_ms": ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]}
+
+
+def held_connections_rss(port, count, pids):
+    """RSS (MiB) of each pid with `count` open, verified connections through the tunnel."""
+    socks = []
+    try:
+        for _ in range(count):
+            sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+            sock.sendall(REQUEST)
+            socks.append(sock)
+        for sock in socks:
+            read_response(sock)
+        return [rss_mib(p) for p in pids]
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+# --- one run --------------------------------------------------------------------------------
+
+
+def run_once(args, http_port, iperf_port):
+    burrow = Burrow({"http": http_port, "iperf": iperf_port})
+    try:
+        tunnel_http, tunnel_iperf = burrow.public["http"], burrow.public["iperf"]
+        r = {"relay_rss_idle_mib": rss_mib(burrow.relay.pid), "agent_rss_idle_mib": rss_mib(burrow.agent.pid)}
+        for label, port in (("direct", iperf_port), ("burrow", tunnel_iperf)):
+            r[f"iperf_up_gbps_{label}"] = iperf(port, args.seconds)
+            r[f"iperf_down_gbps_{label}"] = iperf(port, args.seconds, reverse=True)
+            r[f"iperf_p4_gbps_{label}"] = iperf(port, args.seconds, parallel=4)
+        for label, port, pids in (("direct", http_port, ()), ("burrow", tunnel_http, burrow.pids)):
+            for size in ("1k", "1m"):
+                for key, value in wrk(port, f"/{size}", args.seconds, pids).items():
+                    if value is not None:
+                        r[f"http_{size}_{key}_{label}"] = value
+            for key, value in sequential_connects(port, args.connects).items():
+                r[f"connect_{key}_{label}"] = value
+        relay_rss, agent_rss = held_connections_rss(tunnel_http, args.held, burrow.pids)
+        r["relay_rss_held_mib"], r["agent_rss_held_mib"] = relay_rss, agent_rss
+        r["relay_kib_per_held_connection"] = (relay_rss - r["relay_rss_idle_mib"]) * 1024 / args.held
+        return r
+    finally:
+        burrow.stop()
+
+
+def medians(runs):
+    keys = runs[0].keys()
+    return {k: statistics.median(r[k] for r in runs) for k in keys}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=3, help="runs to take medians over (default 3)")
+    parser.add_argument("--seconds", type=int, default=5, help="duration of each iperf3/wrk measurement")
+    parser.add_argument("--connects", type=int, default=200, help="sequential new connections per run")
+    parser.add_argument("--held", type=int, default=1000, help="open connections for the memory figure")
+    parser.add_argument("--burst", action="store_true", help="also measure burst TTFB over a 50 ms RTT link (root)")
+    parser.add_argument("--out", default=str(RESULTS / "latest.json"))
+    args = parser.parse_args()
+
+    http = Process([str(RELEASE / "bench-http"), "127.0.0.1:0"])
+    http_port = int(http.line(r"listening on \S+:(\d+)").group(1))
+    iperf_port = free_port()
+    iperf_server = Process(["iperf3", "-s", "-p", str(iperf_port)], quiet=True)
+    wait_for_port(iperf_port)
+    try:
+        runs = []
+        for i in range(args.runs):
+            print(f"run {i + 1}/{args.runs} ...", file=sys.stderr, flush=True)
+            runs.append(run_once(args, http_port, iperf_port))
+        result = {"machine": machine(), "runs": runs, "median": medians(runs), "settings": vars(args)}
+        if args.burst:
+            import burst
+
+            result["burst"] = burst.measure(args)
+    finally:
+        iperf_server.stop()
+        http.stop()
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result["median"], indent=2))
+
+
+def machine():
+    def version(argv):
+        try:
+            return subprocess.run(argv, capture_output=True, text=True, timeout=10).stdout.splitlines()[0]
+        except (OSError, IndexError, subprocess.SubprocessError):
+            return "unknown"
+
+    return {
+        "cpus": os.cpu_count(),
+        "kernel": platform.release(),
+        "rustc": version(["rustc", "--version"]),
+        "iperf3": version(["iperf3", "--version"]),
+        "wrk": version(["wrk", "--version"]),
+        "date": time.strftime("%Y-%m-%d"),
+    }
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,212 @@
+//! Scale test for a running relay: many agents in one process (each the real agent code with
+//! its own QUIC session), many held visitor connections, and the latency a new connection
+//! pays through the tunnel compared with a direct one. Prints one JSON object.
+//!
+//! `loadgen --relay 127.0.0.1:4443 --fingerprint sha256:... --token brw_... --relay-pid PID
+//!  --agents 1000 --connections 20000` (bench/run --scale starts the relay and passes these).
+
+use std::{
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use agent::{
+    Plan, Status, TunnelPlan,
+    config::{AgentConfig, LocalTarget, RelayAddr},
+};
+use anyhow::Context;
+use burrow_common::{Fingerprint, Secret, tls::Trust};
+use clap::Parser;
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+    sync::{Semaphore, watch},
+    task::JoinSet,
+};
+use tokio_util::sync::CancellationToken;
+
+/// Hang guard for each phase; the counts bound the work.
+const PHASE_LIMIT: Duration = Duration::from_secs(300);
+
+#[derive(Parser)]
+struct Args {
+    #[arg(long)]
+    relay: RelayAddr,
+    #[arg(long)]
+    fingerprint: Fingerprint,
+    #[arg(long)]
+    token: Secret,
+    /// The relay's process id, to report its memory and CPU.
+    #[arg(long)]
+    relay_pid: Option<u32>,
+    #[arg(long, default_value_t = 1000)]
+    agents: usize,
+    #[arg(long, default_value_t = 20000)]
+    connections: usize,
+    /// Sequential new connections measured for latency, through the tunnel and directly.
+    #[arg(long, default_value_t = 500)]
+    probes: usize,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let echo = echo_server().await?;
+    let relay_before = args.relay_pid.map(ProcessSample::take).transpose()?;
+
+    let cancel = CancellationToken::new();
+    let started = Instant::now();
+    let ports = tokio::time::timeout(PHASE_LIMIT, start_agents(&args, echo, &cancel)).await.context("agents")??;
+    let agents_online_s = started.elapsed().as_secs_f64();
+    let relay_with_agents = args.relay_pid.map(ProcessSample::take).transpose()?;
+
+    let started = Instant::now();
+    let held =
+        tokio::time::timeout(PHASE_LIMIT, hold_connections(&ports, args.connections)).await.context("hold")??;
+    let connections_open_s = started.elapsed().as_secs_f64();
+    let relay_with_connections = args.relay_pid.map(ProcessSample::take).transpose()?;
+
+    let direct = tokio::time::timeout(PHASE_LIMIT, probe(&[echo.port()], args.probes)).await??;
+    let tunnel = tokio::time::timeout(PHASE_LIMIT, probe(&ports, args.probes)).await??;
+
+    let report = serde_json::json!({
+        "agents": ports.len(),
+        "held_connections": held.len(),
+        "agents_online_s": agents_online_s,
+        "connections_open_s": connections_open_s,
+        "new_connection_ms": {
+            "direct_p50": direct.0, "direct_p99": direct.1,
+            "tunnel_p50": tunnel.0, "tunnel_p99": tunnel.1,
+            "added_p50": tunnel.0 - direct.0, "added_p99": tunnel.1 - direct.1,
+        },
+        "relay": match (relay_before, relay_with_agents, relay_with_connections) {
+            (Some(idle), Some(agents), Some(conns)) => serde_json::json!({
+                "rss_idle_mib": idle.rss_mib,
+                "rss_with_agents_mib": agents.rss_mib,
+                "rss_with_connections_mib": conns.rss_mib,
+                "cpu_s_connecting_agents": agents.cpu_s - idle.cpu_s,
+                "cpu_s_opening_connections": conns.cpu_s - agents.cpu_s,
+            }),
+            _ => serde_json::Value::Null,
+        },
+    });
+    println!("{report}");
+    drop(held);
+    cancel.cancel();
+    Ok(())
+}
+
+/// Starts `args.agents` agents with one tunnel each to `echo`; returns their public ports.
+async fn start_agents(args: &Args, echo: SocketAddr, cancel: &CancellationToken) -> anyhow::Result<Vec<u16>> {
+    let config = AgentConfig::default();
+    let local = LocalTarget { host: echo.ip().to_string(), port: echo.port() };
+    let mut online = JoinSet::new();
+    // A few handshakes at a time, as agents arriving over a minute would.
+    let handshakes = Arc::new(Semaphore::new(64));
+    for i in 0..args.agents {
+        let mut plan = Plan::new(&config, args.relay.clone(), Trust::Pinned(args.fingerprint), args.token.clone());
+        plan.tunnels = vec![TunnelPlan { name: format!("load-{i}"), local: local.clone(), remote_port: None }];
+        let (status, mut watcher) = watch::channel(Status::Connecting);
+        let cancel = cancel.clone();
+        let permit = handshakes.clone().acquire_owned().await?;
+        tokio::spawn(async move {
+            if let Err(e) = agent::run(plan, status, cancel).await {
+                eprintln!("agent {i}: {e:#}");
+            }
+        });
+        online.spawn(async move {
+            let status = watcher.wait_for(|s| matches!(s, Status::Online(_))).await.map(|s| s.clone());
+            drop(permit);
+            match status {
+                Ok(Status::Online(tunnels)) => tunnels.first().map(|t| t.port).context("no tunnel"),
+                _ => anyhow::bail!("agent {i} stopped before coming online"),
+            }
+        });
+    }
+    let mut ports = Vec::with_capacity(args.agents);
+    while let Some(port) = online.join_next().await {
+        ports.push(port??);
+    }
+    Ok(ports)
+}
+
+/// Opens `count` visitor connections spread over the tunnels, each verified by an echo.
+async fn hold_connections(ports: &[u16], count: usize) -> anyhow::Result<Vec<TcpStream>> {
+    let opening = Arc::new(Semaphore::new(256));
+    let mut tasks = JoinSet::new();
+    for i in 0..count {
+        let port = ports[i % ports.len()];
+        let permit = opening.clone().acquire_owned().await?;
+        tasks.spawn(async move {
+            let stream = echo_once(port).await;
+            drop(permit);
+            stream
+        });
+    }
+    let mut held = Vec::with_capacity(count);
+    while let Some(stream) = tasks.join_next().await {
+        held.push(stream??);
+    }
+    Ok(held)
+}
+
+async fn echo_once(port: u16) -> anyhow::Result<TcpStream> {
+    let mut tcp = TcpStream::connect(("127.0.0.1", port)).await?;
+    tcp.set_nodelay(true)?;
+    tcp.write_all(b"x").await?;
+    let mut byte = [0u8; 1];
+    tcp.read_exact(&mut byte).await?;
+    anyhow::ensure!(&byte == b"x", "echo returned other bytes");
+    Ok(tcp)
+}
+
+/// p50 and p99 (ms) of connect + one echoed byte, sequentially over `ports`.
+async fn probe(ports: &[u16], count: usize) -> anyhow::Result<(f64, f64)> {
+    let mut times = Vec::with_capacity(count);
+    for i in 0..count {
+        let started = Instant::now();
+        drop(echo_once(ports[i % ports.len()]).await?);
+        times.push(started.elapsed().as_secs_f64() * 1e3);
+    }
+    times.sort_by(f64::total_cmp);
+    let at = |q: f64| times[((times.len() as f64 * q) as usize).min(times.len() - 1)];
+    Ok((at(0.5), at(0.99)))
+}
+
+async fn echo_server() -> anyhow::Result<SocketAddr> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = tcp.split();
+                tokio::io::copy(&mut r, &mut w).await.ok();
+            });
+        }
+    });
+    Ok(addr)
+}
+
+#[derive(Clone, Copy)]
+struct ProcessSample {
+    rss_mib: f64,
+    cpu_s: f64,
+}
+
+impl ProcessSample {
+    fn take(pid: u32) -> anyhow::Result<Self> {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+        let rss_kib: f64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .context("VmRSS")?
+            .parse()?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+        let fields: Vec<&str> = stat.rsplit_once(')').context("stat")?.1.split_whitespace().collect();
+        let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
+        // Linux reports CPU time in USER_HZ, 100 per second on every common configuration.
+        Ok(Self { rss_mib: rss_kib / 1024.0, cpu_s: ticks / 100.0 })
+    }
+}
