@@ -21,8 +21,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 RELEASE = ROOT / "target" / "release"
+# Where relay and agent come from; --bin-dir points elsewhere to compare builds.
+BIN = RELEASE
 RESULTS = ROOT / "bench" / "results"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+HOLD_SETTLE = 2.0
 
 
 class Process:
@@ -92,7 +95,7 @@ class Burrow:
         self.dir = tempfile.TemporaryDirectory(prefix="burrow-bench-")
         data = Path(self.dir.name)
         self.relay = Process(
-            [str(RELEASE / "relay"), "--listen", f"{relay_ip}:0", "--public-bind", "127.0.0.1",
+            [str(BIN / "relay"), "--listen", f"{relay_ip}:0", "--public-bind", "127.0.0.1",
              "--data-dir", str(data / "relay")],
             env={"RUST_LOG": "warn"}, netns=netns_relay,
         )
@@ -104,7 +107,7 @@ class Burrow:
         for name, local in tunnels.items():
             lines += ["[[tunnels]]", f'name = "{name}"', f"local = {local}"]
         config.write_text("\n".join(lines) + "\n")
-        self.agent = Process([str(RELEASE / "agent"), "--config", str(config)],
+        self.agent = Process([str(BIN / "agent"), "--config", str(config)],
                              env={"BURROW_TOKEN": token, "RUST_LOG": "warn"}, netns=netns_agent)
         self.public = {}
         for _ in tunnels:
@@ -217,6 +220,9 @@ def held_connections_rss(port, count, pids):
             socks.append(sock)
         for sock in socks:
             read_response(sock)
+        # Steady state: the connections are held idle, and freed transfer memory has been
+        # returned (the allocator purges after 1 s).
+        time.sleep(HOLD_SETTLE)
         return [rss_mib(p) for p in pids]
     finally:
         for sock in socks:
@@ -263,7 +269,10 @@ def main():
     parser.add_argument("--held", type=int, default=1000, help="open connections for the memory figure")
     parser.add_argument("--burst", action="store_true", help="also measure burst TTFB over a 50 ms RTT link (root)")
     parser.add_argument("--out", default=str(RESULTS / "latest.json"))
+    parser.add_argument("--bin-dir", default=str(RELEASE), help="directory holding relay and agent")
     args = parser.parse_args()
+    global BIN
+    BIN = Path(args.bin_dir)
 
     http = Process([str(RELEASE / "bench-http"), "127.0.0.1:0"])
     http_port = int(http.line(r"listening on \S+:(\d+)").group(1))
