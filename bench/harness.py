@@ -16,6 +16,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -62,6 +63,17 @@ class Process:
             if match:
                 return match
         raise TimeoutError(f"no line matching {pattern!r} from {self.argv}")
+
+    def drain(self):
+        """Keeps reading stdout into the log once no more markers are needed, so a chatty
+        child never blocks on a full pipe."""
+
+        def copy():
+            for line in self.proc.stdout:
+                self.log.write(line)
+
+        threading.Thread(target=copy, daemon=True).start()
+        return self
 
     def stop(self):
         if self.proc.poll() is None:
@@ -113,6 +125,8 @@ class Burrow:
         for _ in tunnels:
             match = self.agent.line(r"tunnel (\S+): tcp://\S+:(\d+)")
             self.public[match.group(1)] = int(match.group(2))
+        self.relay.drain()
+        self.agent.drain()
 
     @property
     def pids(self):
@@ -164,6 +178,8 @@ def wrk(port, path, seconds, pids=()):
     ).stdout
     cpu = sum(cpu_seconds(p) for p in pids) - before
     total = int(re.search(r"(\d+) requests in", out).group(1))
+    if total == 0:
+        raise RuntimeError(f"wrk completed no request against port {port}{path}:\n{out}")
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)|Socket errors", out)
     if errors:
         raise RuntimeError(f"wrk saw errors: {out}")
@@ -232,28 +248,34 @@ def held_connections_rss(port, count, pids):
 # --- one run --------------------------------------------------------------------------------
 
 
-def run_once(args, http_port, iperf_port):
-    burrow = Burrow({"http": http_port, "iperf": iperf_port})
-    try:
-        tunnel_http, tunnel_iperf = burrow.public["http"], burrow.public["iperf"]
-        r = {"relay_rss_idle_mib": rss_mib(burrow.relay.pid), "agent_rss_idle_mib": rss_mib(burrow.agent.pid)}
-        for label, port in (("direct", iperf_port), ("burrow", tunnel_iperf)):
-            r[f"iperf_up_gbps_{label}"] = iperf(port, args.seconds)
-            r[f"iperf_down_gbps_{label}"] = iperf(port, args.seconds, reverse=True)
-            r[f"iperf_p4_gbps_{label}"] = iperf(port, args.seconds, parallel=4)
-        for label, port, pids in (("direct", http_port, ()), ("burrow", tunnel_http, burrow.pids)):
-            for size in ("1k", "1m"):
-                for key, value in wrk(port, f"/{size}", args.seconds, pids).items():
-                    if value is not None:
-                        r[f"http_{size}_{key}_{label}"] = value
-            for key, value in sequential_connects(port, args.connects).items():
-                r[f"connect_{key}_{label}"] = value
-        relay_rss, agent_rss = held_connections_rss(tunnel_http, args.held, burrow.pids)
-        r["relay_rss_held_mib"], r["agent_rss_held_mib"] = relay_rss, agent_rss
-        r["relay_kib_per_held_connection"] = (relay_rss - r["relay_rss_idle_mib"]) * 1024 / args.held
-        return r
-    finally:
-        burrow.stop()
+def measure_path(r, label, args, http_port, iperf_port, pids=()):
+    """Every throughput and latency figure against the given ports, keyed `<figure>_<label>`."""
+    r[f"iperf_up_gbps_{label}"] = iperf(iperf_port, args.seconds)
+    r[f"iperf_down_gbps_{label}"] = iperf(iperf_port, args.seconds, reverse=True)
+    r[f"iperf_p4_gbps_{label}"] = iperf(iperf_port, args.seconds, parallel=4)
+    for size in ("1k", "1m"):
+        for key, value in wrk(http_port, f"/{size}", args.seconds, pids).items():
+            if value is not None:
+                r[f"http_{size}_{key}_{label}"] = value
+    for key, value in sequential_connects(http_port, args.connects).items():
+        r[f"connect_{key}_{label}"] = value
+
+
+def run_once(args, http_port, iperf_port, systems):
+    r = {}
+    measure_path(r, "direct", args, http_port, iperf_port)
+    for name, start in systems.items():
+        system = start({"http": http_port, "iperf": iperf_port})
+        try:
+            relay = system.pids[0]
+            r[f"relay_rss_idle_mib_{name}"] = rss_mib(relay)
+            measure_path(r, name, args, system.public["http"], system.public["iperf"], system.pids)
+            relay_rss = held_connections_rss(system.public["http"], args.held, [relay])[0]
+            r[f"relay_rss_held_mib_{name}"] = relay_rss
+            r[f"relay_kib_per_held_connection_{name}"] = (relay_rss - r[f"relay_rss_idle_mib_{name}"]) * 1024 / args.held
+        finally:
+            system.stop()
+    return r
 
 
 def medians(runs):
@@ -267,15 +289,22 @@ def main():
     parser.add_argument("--seconds", type=int, default=5, help="duration of each iperf3/wrk measurement")
     parser.add_argument("--connects", type=int, default=200, help="sequential new connections per run")
     parser.add_argument("--held", type=int, default=1000, help="open connections for the memory figure")
-    parser.add_argument("--burst", action="store_true", help="also measure burst TTFB over a 50 ms RTT link (root)")
+    parser.add_argument("--peers", action="store_true", help="also measure bore and rathole (bench/run installs them)")
+    parser.add_argument("--no-burst", action="store_true", help="skip the burst over a 50 ms RTT link")
     parser.add_argument("--out", default=str(RESULTS / "latest.json"))
     parser.add_argument("--bin-dir", default=str(RELEASE), help="directory holding relay and agent")
     args = parser.parse_args()
     global BIN
     BIN = Path(args.bin_dir)
 
+    systems = {"burrow": Burrow}
+    if args.peers:
+        import peers
+
+        systems.update(peers.SYSTEMS)
     http = Process([str(RELEASE / "bench-http"), "127.0.0.1:0"])
     http_port = int(http.line(r"listening on \S+:(\d+)").group(1))
+    http.drain()
     iperf_port = free_port()
     iperf_server = Process(["iperf3", "-s", "-p", str(iperf_port)], quiet=True)
     wait_for_port(iperf_port)
@@ -283,17 +312,22 @@ def main():
         runs = []
         for i in range(args.runs):
             print(f"run {i + 1}/{args.runs} ...", file=sys.stderr, flush=True)
-            runs.append(run_once(args, http_port, iperf_port))
-        result = {"machine": machine(), "runs": runs, "median": medians(runs), "settings": vars(args)}
-        if args.burst:
-            import burst
-
-            result["burst"] = burst.measure(args)
+            runs.append(run_once(args, http_port, iperf_port, systems))
     finally:
         iperf_server.stop()
         http.stop()
+    result = {"machine": machine(), "systems": list(systems), "runs": runs, "median": medians(runs),
+              "settings": vars(args)}
+    if not args.no_burst:
+        import burst
+
+        print("burst over a 50 ms RTT link ...", file=sys.stderr, flush=True)
+        result["burst"] = burst.measure(args, {name: burst.starter(start) for name, start in systems.items()})
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    import report
+
+    report.write(result)
     print(json.dumps(result["median"], indent=2))
 
 

@@ -45,7 +45,8 @@ async fn tcp_to_stream(tcp: &OwnedReadHalf, send: &mut SendStream) -> std::io::R
         tcp.readable().await?;
         // The read is synchronous, so one scratch buffer per thread serves every connection
         // and an idle visitor holds none; the stream gets exactly the bytes read.
-        let read = SCRATCH.with_borrow_mut(|scratch| tcp.try_read(scratch).map(|n| Bytes::copy_from_slice(&scratch[..n])));
+        let read =
+            SCRATCH.with_borrow_mut(|scratch| tcp.try_read(scratch).map(|n| Bytes::copy_from_slice(&scratch[..n])));
         let chunk = match read {
             Ok(chunk) => chunk,
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
