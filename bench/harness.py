@@ -32,7 +32,7 @@ HOLD_SETTLE = 2.0
 class Process:
     """A child process whose stdout is read line by line for readiness markers."""
 
-    def __init__(self, argv, env=None, netns=None, quiet=False):
+    def __init__(self, argv, env=None, netns=None, quiet=False, stdin=False):
         if netns:
             argv = ["ip", "netns", "exec", netns] + argv
         self.argv = argv
@@ -40,6 +40,7 @@ class Process:
         self.log = tempfile.TemporaryFile(mode="w+")
         self.proc = subprocess.Popen(
             argv,
+            stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
             stdout=self.log if quiet else subprocess.PIPE,
             stderr=self.log,
             text=True,
@@ -63,6 +64,10 @@ class Process:
             if match:
                 return match
         raise TimeoutError(f"no line matching {pattern!r} from {self.argv}")
+
+    def send(self, line):
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
 
     def drain(self):
         """Keeps reading stdout into the log once no more markers are needed, so a chatty

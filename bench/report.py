@@ -17,6 +17,9 @@ COLORS = {"direct": "#9e9e9e", "burrow": "#2e7d32", "bore": "#1565c0", "rathole-
           "rathole-noise": "#ad1457"}
 
 
+LEGEND = {"bore": "bore (unencrypted)"}
+
+
 def fmt(value, digits=1):
     if value is None:
         return "-"
@@ -122,7 +125,7 @@ def plot(result):
             svg.append(f'<text x="{x0 + gi * group_w + group_w / 2:.1f}" y="{pad + h + 15}" text-anchor="middle">{label}</text>')
         svg.append(f'<text x="{x0 - 8}" y="{pad + h / 2}" text-anchor="middle" transform="rotate(-90 {x0 - 8} {pad + h / 2})">{unit}</text>')
 
-    chart(pad, "Bulk throughput, one TCP stream (loopback)",
+    chart(pad, "Bulk throughput through the tunnel (loopback)",
           [(label, [(s, m.get(f"{key}_{s}")) for s in systems])
            for label, key in (("visitor -> local", "iperf_up_gbps"), ("local -> visitor", "iperf_down_gbps"),
                               ("4 streams", "iperf_p4_gbps"))], "Gbit/s")
@@ -133,8 +136,8 @@ def plot(result):
     legend_x = pad
     for s in ["direct"] + systems:
         svg.append(f'<rect x="{legend_x}" y="{height - 18}" width="10" height="10" fill="{COLORS.get(s, "#666")}"/>'
-                   f'<text x="{legend_x + 14}" y="{height - 9}">{s}</text>')
-        legend_x += 110
+                   f'<text x="{legend_x + 14}" y="{height - 9}">{LEGEND.get(s, s)}</text>')
+        legend_x += 150
     svg.append("</svg>")
     return "\n".join(svg) + "\n"
 
@@ -175,7 +178,7 @@ def cell(runs, key):
 def tuning_tables():
     """Medians per variant of the A/B runs saved under bench/results/tuning/."""
     out = []
-    for batch in sorted(p for p in TUNING.iterdir() if p.is_dir()):
+    for batch in sorted(p for p in TUNING.iterdir() if p.is_dir() and p.name != "burst"):
         runs = {}
         for f in sorted(batch.glob("*.json")):
             runs.setdefault(f.stem.rsplit("-", 1)[0], []).append(json.loads(f.read_text())["runs"][0])
@@ -197,25 +200,31 @@ BURST_VARIANTS = {"iw10": "quinn's default initial window (10 packets)", "iw128k
 
 
 def scale_table(scale):
-    relay, latency = scale.get("relay") or {}, scale["new_connection_ms"]
+    latency = scale["new_connection_ms"]
+    idle, agents, conns = scale["relay_idle"], scale["relay_with_agents"], scale["relay_with_connections"]
     rows = [
-        ("agents connected / open connections held", f"{scale['agents']:,} / {scale['held_connections']:,}"),
-        ("time to bring all agents online / open all connections (s)",
+        ("agents connected / connections held open", f"{scale['agents']:,} / {scale['held_connections']:,}"),
+        ("time to bring all agents online / to open all connections (s)",
          f"{scale['agents_online_s']:.1f} / {scale['connections_open_s']:.1f}"),
         ("new connection + echo, direct p50 / p99 (ms)", f"{latency['direct_p50']:.2f} / {latency['direct_p99']:.2f}"),
-        ("new connection + echo, through burrow p50 / p99 (ms)", f"{latency['tunnel_p50']:.2f} / {latency['tunnel_p99']:.2f}"),
+        ("new connection + echo through burrow, under that load, p50 / p99 (ms)",
+         f"{latency['tunnel_p50']:.2f} / {latency['tunnel_p99']:.2f}"),
         ("added latency p50 / p99 (ms)", f"{latency['added_p50']:.2f} / {latency['added_p99']:.2f}"),
+        ("relay RSS idle / with the agents / with the connections too (MiB)",
+         f"{idle['rss_mib']:.1f} / {agents['rss_mib']:.1f} / {conns['rss_mib']:.1f}"),
+        ("relay CPU to admit the agents / to open the connections (s)",
+         f"{agents['cpu_s'] - idle['cpu_s']:.1f} / {conns['cpu_s'] - agents['cpu_s']:.1f}"),
     ]
-    if relay:
-        rows += [
-            ("relay RSS idle / with agents / with connections (MiB)",
-             f"{relay['rss_idle_mib']:.1f} / {relay['rss_with_agents_mib']:.1f} / {relay['rss_with_connections_mib']:.1f}"),
-            ("relay CPU to admit the agents / to open the connections (s)",
-             f"{relay['cpu_s_connecting_agents']:.1f} / {relay['cpu_s_opening_connections']:.1f}"),
-        ]
     m = scale.get("machine", {})
-    head = f"Measured {m.get('date', '?')} on {m.get('cpus', '?')} cores with `bench/scale` (relay, loadgen and its echo server on one machine):"
-    return "\n".join([head, "", "| figure | value |", "|---|---:|"] + [f"| {a} | {b} |" for a, b in rows])
+    head = (f"Measured {m.get('date', '?')} on {m.get('cpus', '?')} cores with `bench/scale`: relay and "
+            f"{scale['shards']} loadgen processes on one machine, {scale['connections_requested']:,} connections asked for.")
+    notes = []
+    if scale["held_connections"] < scale["connections_requested"]:
+        notes.append(f"The connection count was capped by the machine's limit of {scale['descriptor_limit']:,} open "
+                     "files per process: the relay needs one per connection plus one per tunnel. The systemd unit "
+                     "raises it (LimitNOFILE=65536).")
+    return "\n".join([head, "", "| figure | value |", "|---|---:|"] + [f"| {a} | {b} |" for a, b in rows]
+                     + ([""] + notes if notes else []))
 
 
 def burst_tuning():

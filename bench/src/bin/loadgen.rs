@@ -1,9 +1,11 @@
-//! Scale test for a running relay: many agents in one process (each the real agent code with
-//! its own QUIC session), many held visitor connections, and the latency a new connection
-//! pays through the tunnel compared with a direct one. Prints one JSON object.
+//! Load for a running relay: many agents in one process (each the real agent code with its
+//! own QUIC session), many held visitor connections, and on request the latency a new
+//! connection pays through the tunnel compared with a direct one.
 //!
-//! `loadgen --relay 127.0.0.1:4443 --fingerprint sha256:... --token brw_... --relay-pid PID
-//!  --agents 1000 --connections 20000` (bench/run --scale starts the relay and passes these).
+//! `loadgen --relay 127.0.0.1:4443 --fingerprint sha256:... --token ... --agents 250
+//!  --connections 5000 --name-prefix shard0` prints one JSON line when its agents are online
+//! and one when its connections are held, then reads commands from stdin: `probe N` measures
+//! N new connections each way; anything else or EOF ends it. `bench/scale` runs several.
 
 use std::{
     net::SocketAddr,
@@ -19,7 +21,7 @@ use anyhow::Context;
 use burrow_common::{Fingerprint, Secret, tls::Trust};
 use clap::Parser;
 use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
+    io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
     net::{TcpListener, TcpStream},
     sync::{Semaphore, watch},
     task::JoinSet,
@@ -37,64 +39,50 @@ struct Args {
     fingerprint: Fingerprint,
     #[arg(long)]
     token: Secret,
-    /// The relay's process id, to report its memory and CPU.
-    #[arg(long)]
-    relay_pid: Option<u32>,
     #[arg(long, default_value_t = 1000)]
     agents: usize,
     #[arg(long, default_value_t = 20000)]
     connections: usize,
-    /// Sequential new connections measured for latency, through the tunnel and directly.
-    #[arg(long, default_value_t = 500)]
-    probes: usize,
+    /// Prefix of the tunnel names, unique per loadgen process sharing one token.
+    #[arg(long, default_value = "load")]
+    name_prefix: String,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let echo = echo_server().await?;
-    let relay_before = args.relay_pid.map(ProcessSample::take).transpose()?;
-
     let cancel = CancellationToken::new();
+
     let started = Instant::now();
     let ports = tokio::time::timeout(PHASE_LIMIT, start_agents(&args, echo, &cancel)).await.context("agents")??;
-    let agents_online_s = started.elapsed().as_secs_f64();
-    let relay_with_agents = args.relay_pid.map(ProcessSample::take).transpose()?;
+    event(serde_json::json!({"event": "online", "agents": ports.len(), "seconds": started.elapsed().as_secs_f64()}));
 
     let started = Instant::now();
     let held =
         tokio::time::timeout(PHASE_LIMIT, hold_connections(&ports, args.connections)).await.context("hold")??;
-    let connections_open_s = started.elapsed().as_secs_f64();
-    let relay_with_connections = args.relay_pid.map(ProcessSample::take).transpose()?;
+    event(serde_json::json!({"event": "held", "connections": held.len(), "seconds": started.elapsed().as_secs_f64()}));
 
-    let direct = tokio::time::timeout(PHASE_LIMIT, probe(&[echo.port()], args.probes)).await??;
-    let tunnel = tokio::time::timeout(PHASE_LIMIT, probe(&ports, args.probes)).await??;
-
-    let report = serde_json::json!({
-        "agents": ports.len(),
-        "held_connections": held.len(),
-        "agents_online_s": agents_online_s,
-        "connections_open_s": connections_open_s,
-        "new_connection_ms": {
+    // The orchestrator measures the relay at each event, then asks one shard to probe.
+    let mut commands = BufReader::new(tokio::io::stdin()).lines();
+    while let Some(command) = commands.next_line().await? {
+        let Some(count) = command.strip_prefix("probe ").and_then(|n| n.trim().parse().ok()) else { break };
+        let direct = tokio::time::timeout(PHASE_LIMIT, probe(&[echo.port()], count)).await??;
+        let tunnel = tokio::time::timeout(PHASE_LIMIT, probe(&ports, count)).await??;
+        event(serde_json::json!({
+            "event": "probes",
             "direct_p50": direct.0, "direct_p99": direct.1,
             "tunnel_p50": tunnel.0, "tunnel_p99": tunnel.1,
-            "added_p50": tunnel.0 - direct.0, "added_p99": tunnel.1 - direct.1,
-        },
-        "relay": match (relay_before, relay_with_agents, relay_with_connections) {
-            (Some(idle), Some(agents), Some(conns)) => serde_json::json!({
-                "rss_idle_mib": idle.rss_mib,
-                "rss_with_agents_mib": agents.rss_mib,
-                "rss_with_connections_mib": conns.rss_mib,
-                "cpu_s_connecting_agents": agents.cpu_s - idle.cpu_s,
-                "cpu_s_opening_connections": conns.cpu_s - agents.cpu_s,
-            }),
-            _ => serde_json::Value::Null,
-        },
-    });
-    println!("{report}");
+        }));
+    }
     drop(held);
     cancel.cancel();
     Ok(())
+}
+
+/// One JSON line on stdout per phase, for bench/scale.py.
+fn event(value: serde_json::Value) {
+    println!("{value}");
 }
 
 /// Starts `args.agents` agents with one tunnel each to `echo`; returns their public ports.
@@ -106,7 +94,8 @@ async fn start_agents(args: &Args, echo: SocketAddr, cancel: &CancellationToken)
     let handshakes = Arc::new(Semaphore::new(64));
     for i in 0..args.agents {
         let mut plan = Plan::new(&config, args.relay.clone(), Trust::Pinned(args.fingerprint), args.token.clone());
-        plan.tunnels = vec![TunnelPlan { name: format!("load-{i}"), local: local.clone(), remote_port: None }];
+        let name = format!("{}-{i}", args.name_prefix);
+        plan.tunnels = vec![TunnelPlan { name, local: local.clone(), remote_port: None }];
         let (status, mut watcher) = watch::channel(Status::Connecting);
         let cancel = cancel.clone();
         let permit = handshakes.clone().acquire_owned().await?;
@@ -186,27 +175,4 @@ async fn echo_server() -> anyhow::Result<SocketAddr> {
         }
     });
     Ok(addr)
-}
-
-#[derive(Clone, Copy)]
-struct ProcessSample {
-    rss_mib: f64,
-    cpu_s: f64,
-}
-
-impl ProcessSample {
-    fn take(pid: u32) -> anyhow::Result<Self> {
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-        let rss_kib: f64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next())
-            .context("VmRSS")?
-            .parse()?;
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-        let fields: Vec<&str> = stat.rsplit_once(')').context("stat")?.1.split_whitespace().collect();
-        let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
-        // Linux reports CPU time in USER_HZ, 100 per second on every common configuration.
-        Ok(Self { rss_mib: rss_kib / 1024.0, cpu_s: ticks / 100.0 })
-    }
 }
