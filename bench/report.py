@@ -168,6 +168,10 @@ TUNING_KEYS = [
 ]
 
 
+# Chronological, as the tuning went.
+BATCH_ORDER = ["loopback-immediate", "loopback-settled", "loopback-final-candidates"]
+
+
 def cell(runs, key):
     """Median of `key` over runs; later runs name per-system figures `<key>_burrow`."""
     values = [r.get(key, r.get(f"{key}_burrow")) for r in runs]
@@ -178,7 +182,8 @@ def cell(runs, key):
 def tuning_tables():
     """Medians per variant of the A/B runs saved under bench/results/tuning/."""
     out = []
-    for batch in sorted(p for p in TUNING.iterdir() if p.is_dir() and p.name != "burst"):
+    batches = [p for p in TUNING.iterdir() if p.is_dir() and p.name != "burst"]
+    for batch in sorted(batches, key=lambda p: BATCH_ORDER.index(p.name) if p.name in BATCH_ORDER else 99):
         runs = {}
         for f in sorted(batch.glob("*.json")):
             runs.setdefault(f.stem.rsplit("-", 1)[0], []).append(json.loads(f.read_text())["runs"][0])
