@@ -243,6 +243,18 @@ mod tests {
         assert!(relay("http://x").unwrap_err().contains("expected HOST or HOST:PORT"));
     }
 
+    proptest::proptest! {
+        #[test]
+        fn addresses_parse_any_text_and_round_trip(text in ".{0,40}|[a-z0-9.-]{1,20}:[0-9]{1,5}|\\[[0-9a-f:]{2,20}\\]:[0-9]{1,5}") {
+            if let Ok(local) = text.parse::<LocalTarget>() {
+                proptest::prop_assert_eq!(local.to_string().parse::<LocalTarget>(), Ok(local));
+            }
+            if let Ok(relay) = text.parse::<RelayAddr>() {
+                proptest::prop_assert_eq!(relay.to_string().parse::<RelayAddr>(), Ok(relay));
+            }
+        }
+    }
+
     #[test]
     fn deploy_example_parses() -> anyhow::Result<()> {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/agent.toml");

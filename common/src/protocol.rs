@@ -100,6 +100,7 @@ impl Refusal {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StreamHeader {
     pub tunnel: u32,
+    /// The visitor's IP and port; an IPv6 scope id or flow label is not carried.
     pub visitor: SocketAddr,
 }
 
