@@ -44,7 +44,7 @@ def main():
         relay = harness.Process(
             [str(harness.RELEASE / "relay"), "--listen", "127.0.0.1:0", "--public-bind", "127.0.0.1",
              "--data-dir", data],
-            env={"BURROW_RELAY_TOKEN": token, "RUST_LOG": "warn"},
+            env={"BURROW_RELAY_TOKEN": token, "RUST_LOG": "warn", **harness.ONE_ADDRESS_LOAD},
         )
         loads = []
         try:

@@ -51,6 +51,10 @@ pub struct RelayConfig {
     pub handshake_timeout: Duration,
     /// Tunnels one session may open.
     pub max_tunnels_per_session: usize,
+    /// Visitors one tunnel may have open at once; more are reset at once.
+    pub max_visitors_per_tunnel: usize,
+    /// Visitors one source address may have open at once, across all tunnels.
+    pub max_visitors_per_ip: usize,
 }
 
 impl Default for RelayConfig {
@@ -69,6 +73,9 @@ impl Default for RelayConfig {
             idle_timeout: Duration::from_secs(30),
             handshake_timeout: Duration::from_secs(10),
             max_tunnels_per_session: 32,
+            // The agent accepts this many streams at once; more would only queue unseen.
+            max_visitors_per_tunnel: burrow_common::transport::AGENT_MAX_STREAMS as usize,
+            max_visitors_per_ip: 256,
         }
     }
 }
@@ -84,10 +91,13 @@ impl RelayConfig {
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             anyhow::bail!("invalid configuration: tls_cert and tls_key must be given together");
         }
-        anyhow::ensure!(
-            self.max_tunnels_per_session > 0,
-            "invalid configuration: max_tunnels_per_session = 0: expected at least 1"
-        );
+        for (key, value) in [
+            ("max_tunnels_per_session", self.max_tunnels_per_session),
+            ("max_visitors_per_tunnel", self.max_visitors_per_tunnel),
+            ("max_visitors_per_ip", self.max_visitors_per_ip),
+        ] {
+            anyhow::ensure!(value > 0, "invalid configuration: {key} = 0: expected at least 1");
+        }
         if let Some(token) = &self.token {
             token.check_token("token")?;
         }

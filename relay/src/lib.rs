@@ -10,6 +10,7 @@ pub mod config;
 mod endpoint;
 mod files;
 mod identity;
+mod limits;
 mod liveness;
 pub mod registry;
 pub mod reservations;
@@ -35,6 +36,7 @@ pub(crate) struct Shared {
     pub(crate) tokens: TokenStore,
     pub(crate) limiter: FailureLimiter,
     pub(crate) registry: Registry,
+    pub(crate) per_ip: Arc<limits::PerIpLimit>,
     pub(crate) next_session: AtomicU64,
 }
 
@@ -68,6 +70,7 @@ impl Relay {
             tokens: TokenStore::open(&config.data_dir, config.token.as_ref()),
             limiter: FailureLimiter::new(),
             registry,
+            per_ip: Arc::new(limits::PerIpLimit::new(config.max_visitors_per_ip)),
             next_session: AtomicU64::new(1),
             config,
         };

@@ -9,6 +9,7 @@ use burrow_common::{
     protocol::{self, FrameError, MAX_CONTROL_FRAME, PROTOCOL_VERSION},
 };
 use quinn::{Connection, RecvStream, SendStream};
+use tokio::sync::Semaphore;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::Instrument;
 
@@ -111,7 +112,8 @@ async fn admit(
         match claim(shared, &key, &grant, session, conn, port).await {
             Ok(claim) => {
                 let granted = Granted { id, name: spec.name.clone(), port: claim.port, host: shared.public_host() };
-                admitted.push((granted, OpenTunnel { id, port: claim.port, listener: claim.listener }));
+                let visitors = Arc::new(Semaphore::new(shared.config.max_visitors_per_tunnel));
+                admitted.push((granted, OpenTunnel { id, port: claim.port, listener: claim.listener, visitors }));
             }
             Err(refusal) => {
                 release(shared, &admitted.into_iter().map(|(_, t)| t).collect::<Vec<_>>(), session);
@@ -199,7 +201,8 @@ async fn serve_tunnels(
     let accept_loops = TaskTracker::new();
     for tunnel in open {
         let span = tracing::info_span!("tunnel", port = tunnel.port);
-        accept_loops.spawn(accept_visitors(tunnel, conn.clone(), visitors.clone(), stop.clone()).instrument(span));
+        let accepting = accept_visitors(tunnel, conn.clone(), shared.per_ip.clone(), visitors.clone(), stop.clone());
+        accept_loops.spawn(accepting.instrument(span));
     }
     let ended = tokio::select! {
         err = conn.closed() => Some(err),

@@ -9,8 +9,11 @@ use burrow_common::{
     splice::{abort_tcp, splice},
 };
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::Instrument;
+
+use crate::limits::{self, PerIpLimit};
 
 /// How long a visitor waits for a stream slot before it is reset; past this the agent is
 /// overloaded or gone, and a hanging connection helps no one.
@@ -23,12 +26,15 @@ pub(crate) struct OpenTunnel {
     pub(crate) id: u32,
     pub(crate) port: u16,
     pub(crate) listener: Arc<TcpListener>,
+    /// Places for concurrent visitors (`max_visitors_per_tunnel`).
+    pub(crate) visitors: Arc<Semaphore>,
 }
 
 /// Accepts visitors until `stop`; each visitor runs on `visitors` so a drain can wait for it.
 pub(crate) async fn accept_visitors(
     tunnel: OpenTunnel,
     conn: quinn::Connection,
+    per_ip: Arc<PerIpLimit>,
     visitors: TaskTracker,
     stop: CancellationToken,
 ) {
@@ -38,10 +44,23 @@ pub(crate) async fn accept_visitors(
             accepted = tunnel.listener.accept() => accepted,
         };
         match accepted {
-            Ok((tcp, peer)) => {
-                let span = tracing::debug_span!("visitor", %peer);
-                visitors.spawn(forward(tcp, peer, conn.clone(), tunnel.id).instrument(span));
-            }
+            Ok((tcp, peer)) => match limits::admit(&tunnel.visitors, &per_ip, peer.ip()) {
+                Ok(admission) => {
+                    let span = tracing::debug_span!("visitor", %peer);
+                    let served = forward(tcp, peer, conn.clone(), tunnel.id);
+                    visitors.spawn(
+                        async move {
+                            served.await;
+                            drop(admission)
+                        }
+                        .instrument(span),
+                    );
+                }
+                Err(full) => {
+                    tracing::debug!(%peer, "visitor refused: {full}");
+                    abort_tcp(tcp);
+                }
+            },
             Err(e) => {
                 tracing::warn!("accept failed: {e}");
                 tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;

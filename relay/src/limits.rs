@@ -1,0 +1,88 @@
+//! Caps on concurrent visitors, so one tunnel or one source address cannot take every
+//! stream slot, file descriptor or byte of memory the relay has.
+
+use std::{
+    collections::HashMap,
+    net::IpAddr,
+    sync::{Arc, Mutex},
+};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// Open visitors per source address, across all tunnels.
+pub(crate) struct PerIpLimit {
+    max: usize,
+    open: Arc<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+/// One visitor's place under the per-address cap; dropping it frees the place.
+pub(crate) struct IpSlot {
+    ip: IpAddr,
+    open: Arc<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+impl PerIpLimit {
+    pub(crate) fn new(max: usize) -> Self {
+        Self { max, open: Arc::default() }
+    }
+
+    pub(crate) fn try_admit(&self, ip: IpAddr) -> Option<IpSlot> {
+        let mut open = self.open.lock().ok()?;
+        let count = open.entry(ip).or_default();
+        if *count >= self.max {
+            return None;
+        }
+        *count += 1;
+        Some(IpSlot { ip, open: self.open.clone() })
+    }
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        if let Ok(mut open) = self.open.lock()
+            && let Some(count) = open.get_mut(&self.ip)
+        {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// What a visitor holds while it is served: its place under both caps.
+pub(crate) struct Admission {
+    _tunnel: OwnedSemaphorePermit,
+    _ip: IpSlot,
+}
+
+/// Admits a visitor of a tunnel whose cap is `tunnel`, or says which cap is full.
+pub(crate) fn admit(tunnel: &Arc<Semaphore>, per_ip: &PerIpLimit, ip: IpAddr) -> Result<Admission, &'static str> {
+    let tunnel = tunnel.clone().try_acquire_owned().map_err(|_| "tunnel at its visitor limit")?;
+    let ip = per_ip.try_admit(ip).ok_or("source address at its visitor limit")?;
+    Ok(Admission { _tunnel: tunnel, _ip: ip })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_are_counted_per_address_and_freed_on_drop() {
+        let limit = PerIpLimit::new(2);
+        let (a, b): (IpAddr, IpAddr) = ("192.0.2.1".parse().unwrap(), "192.0.2.2".parse().unwrap());
+        let first = limit.try_admit(a).unwrap();
+        let _second = limit.try_admit(a).unwrap();
+        assert!(limit.try_admit(a).is_none());
+        assert!(limit.try_admit(b).is_some(), "other addresses are not affected");
+        drop(first);
+        assert!(limit.try_admit(a).is_some());
+    }
+
+    #[test]
+    fn map_forgets_addresses_with_no_visitors() {
+        let limit = PerIpLimit::new(1);
+        drop(limit.try_admit("192.0.2.9".parse().unwrap()));
+        assert!(limit.open.lock().unwrap().is_empty());
+    }
+}
