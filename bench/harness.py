@@ -115,7 +115,7 @@ class Burrow:
         self.dir = tempfile.TemporaryDirectory(prefix="burrow-bench-")
         data = Path(self.dir.name)
         self.relay = Process(
-            [str(BIN / "relay"), "--listen", f"{relay_ip}:0", "--public-bind", "127.0.0.1",
+            [str(BIN / "relay"), "--listen", f"{relay_ip}:0", "--public-bind", "127.0.0.1", "--admin-listen", "off",
              "--data-dir", str(data / "relay")],
             env={"RUST_LOG": "warn", **ONE_ADDRESS_LOAD}, netns=netns_relay,
         )

@@ -42,7 +42,7 @@ def main():
               "descriptor_limit": limit, "shards": shards}
     with tempfile.TemporaryDirectory(prefix="burrow-scale-") as data:
         relay = harness.Process(
-            [str(harness.RELEASE / "relay"), "--listen", "127.0.0.1:0", "--public-bind", "127.0.0.1",
+            [str(harness.RELEASE / "relay"), "--listen", "127.0.0.1:0", "--public-bind", "127.0.0.1", "--admin-listen", "off",
              "--data-dir", data],
             env={"BURROW_RELAY_TOKEN": token, "RUST_LOG": "warn", **harness.ONE_ADDRESS_LOAD},
         )

@@ -24,6 +24,8 @@ pub fn prepare(config: &AgentConfig, data_dir: PathBuf) -> anyhow::Result<(Plan,
         listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
         data_dir,
         token: Some(token.clone()),
+        // A relay on the same machine may already serve the default admin port.
+        admin_listen: None,
         ..RelayConfig::default()
     };
     let relay = Relay::bind(relay_config)?;

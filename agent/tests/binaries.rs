@@ -136,7 +136,9 @@ struct RunningRelay {
 async fn start_relay() -> anyhow::Result<RunningRelay> {
     let dir = tempfile::tempdir()?;
     let mut command = Command::new(relay_bin()?);
-    command.args(["--listen", "127.0.0.1:0", "--public-bind", "127.0.0.1", "--data-dir"]).arg(dir.path());
+    command
+        .args(["--listen", "127.0.0.1:0", "--public-bind", "127.0.0.1", "--admin-listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path());
     let mut process = Process::start(command)?;
     let udp = process.line_with("agents connect to").await?;
     let udp_port = field(&udp, "udp")?.rsplit(':').next().context("port")?.parse()?;

@@ -48,6 +48,10 @@ pub struct Flags {
     #[arg(long, value_name = "NAME")]
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub hostname: Vec<String>,
+    /// Admin endpoint (/metrics, /healthz), or `off` [default: 127.0.0.1:9470]
+    #[arg(long, value_name = "ADDR|off")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin_listen: Option<String>,
     /// Time open connections get to finish on shutdown [default: 10s]
     #[arg(long, value_name = "DURATION")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -109,6 +113,9 @@ fn print_banner(relay: &Relay, new_token: Option<&Secret>) -> anyhow::Result<()>
     println!("  public ports        {} on {}", config.ports, config.public_bind);
     println!("  data directory      {}", config.data_dir.display());
     println!("  fingerprint         {}", relay.fingerprint());
+    if let Some(admin) = relay.admin_addr() {
+        println!("  metrics             http://{admin}/metrics");
+    }
     let token = match new_token {
         Some(token) => {
             println!("  new token \"default\" {}   (shown only now; stored hashed)", token.expose());

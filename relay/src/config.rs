@@ -55,6 +55,11 @@ pub struct RelayConfig {
     pub max_visitors_per_tunnel: usize,
     /// Visitors one source address may have open at once, across all tunnels.
     pub max_visitors_per_ip: usize,
+    /// Address of the admin endpoint (`/metrics`, `/healthz`), or `off`.
+    #[serde(with = "optional_addr")]
+    pub admin_listen: Option<SocketAddr>,
+    /// Bearer token the admin endpoint requires; mandatory when it listens beyond loopback.
+    pub admin_token: Option<Secret>,
 }
 
 impl Default for RelayConfig {
@@ -76,6 +81,32 @@ impl Default for RelayConfig {
             // The agent accepts this many streams at once; more would only queue unseen.
             max_visitors_per_tunnel: burrow_common::transport::AGENT_MAX_STREAMS as usize,
             max_visitors_per_ip: 256,
+            admin_listen: Some(SocketAddr::from((Ipv4Addr::LOCALHOST, 9470))),
+            admin_token: None,
+        }
+    }
+}
+
+/// An address, or `off`.
+mod optional_addr {
+    use std::net::SocketAddr;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+        let text = String::deserialize(d)?;
+        if text == "off" {
+            return Ok(None);
+        }
+        text.parse().map(Some).map_err(|_| {
+            serde::de::Error::custom(format!("invalid value {text:?}: expected IP:PORT, like 127.0.0.1:9470, or off"))
+        })
+    }
+
+    pub(super) fn serialize<S: Serializer>(value: &Option<SocketAddr>, s: S) -> Result<S::Ok, S::Error> {
+        match value {
+            Some(addr) => s.collect_str(addr),
+            None => s.serialize_str("off"),
         }
     }
 }
@@ -100,6 +131,18 @@ impl RelayConfig {
         }
         if let Some(token) = &self.token {
             token.check_token("token")?;
+        }
+        if let Some(token) = &self.admin_token {
+            token.check_token("admin_token")?;
+        }
+        if let Some(addr) = self.admin_listen
+            && !addr.ip().is_loopback()
+            && self.admin_token.is_none()
+        {
+            anyhow::bail!(
+                "invalid configuration: admin_listen = {addr} is reachable beyond this machine: \
+                 set admin_token, or listen on 127.0.0.1"
+            );
         }
         check_duration("idle_timeout", self.idle_timeout, Duration::from_secs(1))?;
         check_duration("handshake_timeout", self.handshake_timeout, Duration::from_millis(100))?;
@@ -151,6 +194,8 @@ mod tests {
             ("lisen = \"0.0.0.0:1\"", ["lisen", "unknown field", "listen"]),
             ("token = \"\"", ["token", "0 characters", "at least 16"]),
             ("idle_timeout = \"0s\"", ["idle_timeout", "0s", "at least 1s"]),
+            ("admin_listen = \"0.0.0.0:9470\"", ["admin_listen", "0.0.0.0:9470", "admin_token"]),
+            ("admin_listen = \"on\"", ["admin_listen", "\"on\"", "or off"]),
         ] {
             std::fs::write(&path, text)?;
             let err = format!("{:#}", RelayConfig::load(Some(&path), &NoFlags {}).unwrap_err());

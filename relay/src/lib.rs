@@ -4,6 +4,7 @@
 //! `Relay::bind` creates everything that touches the machine (data directory, certificate,
 //! UDP socket); `Relay::run` serves until its cancellation token fires, then drains.
 
+mod admin;
 mod auth_limit;
 pub mod cli;
 pub mod config;
@@ -12,6 +13,7 @@ mod files;
 mod identity;
 mod limits;
 mod liveness;
+mod metrics;
 pub mod registry;
 pub mod reservations;
 mod session;
@@ -37,6 +39,7 @@ pub(crate) struct Shared {
     pub(crate) limiter: FailureLimiter,
     pub(crate) registry: Registry,
     pub(crate) per_ip: Arc<limits::PerIpLimit>,
+    pub(crate) metrics: Arc<metrics::Metrics>,
     pub(crate) next_session: AtomicU64,
 }
 
@@ -49,8 +52,16 @@ impl Shared {
 
 pub struct Relay {
     endpoint: quinn::Endpoint,
+    admin: Option<tokio::net::TcpListener>,
     shared: Arc<Shared>,
     fingerprint: Fingerprint,
+}
+
+fn bind_admin(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    let listener = std::net::TcpListener::bind(addr)
+        .with_context(|| format!("bind the admin endpoint on {addr} (admin_listen; `off` disables it)"))?;
+    listener.set_nonblocking(true)?;
+    Ok(tokio::net::TcpListener::from_std(listener)?)
 }
 
 impl Relay {
@@ -66,19 +77,26 @@ impl Relay {
         let reservations =
             FileReservations::open(&config.data_dir, config.reservation_ttl).context("load port reservations")?;
         let registry = Registry::new(Arc::new(reservations), config.ports, config.public_bind);
+        let admin = config.admin_listen.map(bind_admin).transpose()?;
         let shared = Shared {
             tokens: TokenStore::open(&config.data_dir, config.token.as_ref()),
             limiter: FailureLimiter::new(),
             registry,
             per_ip: Arc::new(limits::PerIpLimit::new(config.max_visitors_per_ip)),
+            metrics: Arc::new(metrics::Metrics::new()),
             next_session: AtomicU64::new(1),
             config,
         };
-        Ok(Self { endpoint, shared: Arc::new(shared), fingerprint })
+        Ok(Self { endpoint, admin, shared: Arc::new(shared), fingerprint })
     }
 
     pub fn local_addr(&self) -> anyhow::Result<SocketAddr> {
         Ok(self.endpoint.local_addr()?)
+    }
+
+    /// Where `/metrics` and `/healthz` are served, unless the admin endpoint is off.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     pub fn fingerprint(&self) -> Fingerprint {
@@ -91,8 +109,11 @@ impl Relay {
 
     /// Serves until `cancel`, then stops accepting, lets visitors finish for the grace period
     /// and closes every session with [`CloseCode::Shutdown`] so agents reconnect.
-    pub async fn run(self, cancel: CancellationToken) -> anyhow::Result<()> {
+    pub async fn run(mut self, cancel: CancellationToken) -> anyhow::Result<()> {
         let sessions = TaskTracker::new();
+        if let Some(admin) = self.admin.take() {
+            sessions.spawn(admin::serve(admin, self.shared.clone(), cancel.clone()));
+        }
         let mut housekeeping = tokio::time::interval(HOUSEKEEPING_INTERVAL);
         loop {
             tokio::select! {

@@ -9,6 +9,8 @@ use std::{
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use crate::metrics::{REFUSED_IP_LIMIT, REFUSED_TUNNEL_LIMIT, Reason};
+
 /// Open visitors per source address, across all tunnels.
 pub(crate) struct PerIpLimit {
     max: usize,
@@ -57,9 +59,9 @@ pub(crate) struct Admission {
 }
 
 /// Admits a visitor of a tunnel whose cap is `tunnel`, or says which cap is full.
-pub(crate) fn admit(tunnel: &Arc<Semaphore>, per_ip: &PerIpLimit, ip: IpAddr) -> Result<Admission, &'static str> {
-    let tunnel = tunnel.clone().try_acquire_owned().map_err(|_| "tunnel at its visitor limit")?;
-    let ip = per_ip.try_admit(ip).ok_or("source address at its visitor limit")?;
+pub(crate) fn admit(tunnel: &Arc<Semaphore>, per_ip: &PerIpLimit, ip: IpAddr) -> Result<Admission, Reason> {
+    let tunnel = tunnel.clone().try_acquire_owned().map_err(|_| REFUSED_TUNNEL_LIMIT)?;
+    let ip = per_ip.try_admit(ip).ok_or(REFUSED_IP_LIMIT)?;
     Ok(Admission { _tunnel: tunnel, _ip: ip })
 }
 

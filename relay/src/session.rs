@@ -64,9 +64,16 @@ async fn run(incoming: quinn::Incoming, shared: &Shared, cancel: &CancellationTo
     for tunnel in &open {
         tracing::info!(port = tunnel.port, "tunnel open");
     }
+    let metrics = &shared.metrics;
+    let tunnel_count = i64::try_from(open.len()).unwrap_or(i64::MAX);
+    metrics.sessions.inc();
+    metrics.sessions_total.inc();
+    metrics.tunnels.inc_by(tunnel_count);
     // The control stream stays open for the life of the session.
     let _control = (send, recv);
     serve_tunnels(shared, &conn, open, session, cancel).await;
+    metrics.tunnels.dec_by(tunnel_count);
+    metrics.sessions.dec();
     Ok(())
 }
 
@@ -155,6 +162,7 @@ async fn authenticate(shared: &Shared, conn: &Connection, hello: &Hello) -> Resu
     match shared.tokens.verify(&hello.token) {
         Ok(Some(grant)) => Ok(grant),
         Ok(None) => {
+            shared.metrics.auth_failures.inc();
             shared.limiter.before_refusal(conn.remote_address().ip()).await;
             Err(Refusal::BadToken)
         }
@@ -201,7 +209,14 @@ async fn serve_tunnels(
     let accept_loops = TaskTracker::new();
     for tunnel in open {
         let span = tracing::info_span!("tunnel", port = tunnel.port);
-        let accepting = accept_visitors(tunnel, conn.clone(), shared.per_ip.clone(), visitors.clone(), stop.clone());
+        let accepting = accept_visitors(
+            tunnel,
+            conn.clone(),
+            shared.per_ip.clone(),
+            shared.metrics.clone(),
+            visitors.clone(),
+            stop.clone(),
+        );
         accept_loops.spawn(accepting.instrument(span));
     }
     let ended = tokio::select! {

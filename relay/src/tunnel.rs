@@ -13,7 +13,10 @@ use tokio::sync::Semaphore;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::Instrument;
 
-use crate::limits::{self, PerIpLimit};
+use crate::{
+    limits::{self, PerIpLimit},
+    metrics::{LOCAL_TO_VISITOR, Metrics, REFUSED_NO_STREAM, VISITOR_TO_LOCAL},
+};
 
 /// How long a visitor waits for a stream slot before it is reset; past this the agent is
 /// overloaded or gone, and a hanging connection helps no one.
@@ -35,6 +38,7 @@ pub(crate) async fn accept_visitors(
     tunnel: OpenTunnel,
     conn: quinn::Connection,
     per_ip: Arc<PerIpLimit>,
+    metrics: Arc<Metrics>,
     visitors: TaskTracker,
     stop: CancellationToken,
 ) {
@@ -46,18 +50,23 @@ pub(crate) async fn accept_visitors(
         match accepted {
             Ok((tcp, peer)) => match limits::admit(&tunnel.visitors, &per_ip, peer.ip()) {
                 Ok(admission) => {
+                    metrics.visitors_total.inc();
+                    metrics.visitors.inc();
                     let span = tracing::debug_span!("visitor", %peer);
-                    let served = forward(tcp, peer, conn.clone(), tunnel.id);
+                    let served = forward(tcp, peer, conn.clone(), tunnel.id, metrics.clone());
+                    let metrics = metrics.clone();
                     visitors.spawn(
                         async move {
                             served.await;
-                            drop(admission)
+                            metrics.visitors.dec();
+                            drop(admission);
                         }
                         .instrument(span),
                     );
                 }
                 Err(full) => {
-                    tracing::debug!(%peer, "visitor refused: {full}");
+                    tracing::debug!(%peer, reason = full.reason, "visitor refused");
+                    metrics.visitors_refused.get_or_create(&full).inc();
                     abort_tcp(tcp);
                 }
             },
@@ -70,12 +79,13 @@ pub(crate) async fn accept_visitors(
 }
 
 /// Carries one visitor across the tunnel.
-async fn forward(visitor: TcpStream, peer: SocketAddr, conn: quinn::Connection, tunnel: u32) {
+async fn forward(visitor: TcpStream, peer: SocketAddr, conn: quinn::Connection, tunnel: u32, metrics: Arc<Metrics>) {
     visitor.set_nodelay(true).ok();
     let (mut send, recv) = match open_stream(&conn).await {
         Ok(stream) => stream,
         Err(e) => {
             tracing::debug!("visitor refused: {e:#}");
+            metrics.visitors_refused.get_or_create(&REFUSED_NO_STREAM).inc();
             abort_tcp(visitor);
             return;
         }
@@ -86,7 +96,11 @@ async fn forward(visitor: TcpStream, peer: SocketAddr, conn: quinn::Connection, 
         return;
     }
     match splice(visitor, send, recv).await {
-        Ok((up, down)) => tracing::debug!(up, down, "visitor closed"),
+        Ok((up, down)) => {
+            metrics.bytes.get_or_create(&VISITOR_TO_LOCAL).inc_by(up);
+            metrics.bytes.get_or_create(&LOCAL_TO_VISITOR).inc_by(down);
+            tracing::debug!(up, down, "visitor closed");
+        }
         Err(e) => tracing::debug!("visitor aborted: {e}"),
     }
 }

@@ -25,6 +25,8 @@ pub const STEP: Duration = Duration::from_secs(20);
 
 pub struct TestRelay {
     pub addr: SocketAddr,
+    /// The admin endpoint (`/metrics`, `/healthz`), when enabled.
+    pub admin: Option<SocketAddr>,
     pub fingerprint: Fingerprint,
     pub token: Secret,
     pub cancel: CancellationToken,
@@ -38,6 +40,7 @@ pub fn relay_config(data_dir: &Path) -> RelayConfig {
         data_dir: data_dir.to_path_buf(),
         token: Some(Secret::new("test-token-0123456789")),
         grace_period: Duration::from_secs(2),
+        admin_listen: Some("127.0.0.1:0".parse().expect("literal address")),
         ..RelayConfig::default()
     }
 }
@@ -53,6 +56,7 @@ impl TestRelay {
         let cancel = CancellationToken::new();
         Ok(Self {
             addr: relay.local_addr()?,
+            admin: relay.admin_addr(),
             fingerprint: relay.fingerprint(),
             token,
             task: tokio::spawn(relay.run(cancel.clone())),

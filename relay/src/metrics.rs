@@ -1,0 +1,70 @@
+//! The relay's counters, in Prometheus text format at the admin endpoint's `/metrics`.
+
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct Reason {
+    pub(crate) reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct Direction {
+    pub(crate) direction: &'static str,
+}
+
+pub(crate) struct Metrics {
+    registry: Registry,
+    pub(crate) sessions: Gauge,
+    pub(crate) sessions_total: Counter,
+    pub(crate) tunnels: Gauge,
+    pub(crate) visitors: Gauge,
+    pub(crate) visitors_total: Counter,
+    pub(crate) visitors_refused: Family<Reason, Counter>,
+    pub(crate) auth_failures: Counter,
+    pub(crate) bytes: Family<Direction, Counter>,
+}
+
+/// Why a visitor was turned away, as the `reason` label says it.
+pub(crate) const REFUSED_TUNNEL_LIMIT: Reason = Reason { reason: "tunnel_limit" };
+pub(crate) const REFUSED_IP_LIMIT: Reason = Reason { reason: "ip_limit" };
+pub(crate) const REFUSED_NO_STREAM: Reason = Reason { reason: "agent_unavailable" };
+pub(crate) const VISITOR_TO_LOCAL: Direction = Direction { direction: "visitor_to_local" };
+pub(crate) const LOCAL_TO_VISITOR: Direction = Direction { direction: "local_to_visitor" };
+
+impl Metrics {
+    pub(crate) fn new() -> Self {
+        let mut registry = Registry::with_prefix("burrow");
+        let metrics = Self {
+            sessions: Gauge::default(),
+            sessions_total: Counter::default(),
+            tunnels: Gauge::default(),
+            visitors: Gauge::default(),
+            visitors_total: Counter::default(),
+            visitors_refused: Family::default(),
+            auth_failures: Counter::default(),
+            bytes: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register("sessions", "Agent sessions open now", metrics.sessions.clone());
+        registry.register("sessions_admitted", "Agent sessions admitted", metrics.sessions_total.clone());
+        registry.register("tunnels", "Tunnels open now", metrics.tunnels.clone());
+        registry.register("visitors", "Visitor connections open now", metrics.visitors.clone());
+        registry.register("visitors_accepted", "Visitor connections accepted", metrics.visitors_total.clone());
+        registry.register("visitors_refused", "Visitor connections turned away", metrics.visitors_refused.clone());
+        registry.register("auth_failures", "Sessions refused for a bad token", metrics.auth_failures.clone());
+        registry.register("bytes", "Bytes carried for visitors that finished", metrics.bytes.clone());
+        Self { registry, ..metrics }
+    }
+
+    pub(crate) fn encode(&self) -> String {
+        let mut text = String::new();
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut text, &self.registry) {
+            tracing::warn!("metrics encoding failed: {e}");
+        }
+        text
+    }
+}
