@@ -3,50 +3,12 @@
 
 mod support;
 
-use std::net::SocketAddr;
-
 use burrow_common::Secret;
 use support::*;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpStream,
 };
-
-/// Status code and body of `GET path` on the admin endpoint.
-async fn get(admin: SocketAddr, path: &str, bearer: Option<&str>) -> anyhow::Result<(u16, String)> {
-    let mut tcp = TcpStream::connect(admin).await?;
-    let auth = bearer.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
-    tcp.write_all(format!("GET {path} HTTP/1.1\r\nHost: admin\r\n{auth}Connection: close\r\n\r\n").as_bytes()).await?;
-    let mut response = String::new();
-    tokio::time::timeout(STEP, tcp.read_to_string(&mut response)).await??;
-    let status = response.split_whitespace().nth(1).unwrap_or_default().parse()?;
-    Ok((status, response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default()))
-}
-
-/// The value of the sample named `series` (with its labels, if any) in a metrics page.
-fn sample(page: &str, series: &str) -> Option<f64> {
-    page.lines().find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
-}
-
-async fn metrics(relay: &TestRelay) -> anyhow::Result<String> {
-    let (status, body) = get(relay.admin.expect("tests enable the admin endpoint"), "/metrics", None).await?;
-    anyhow::ensure!(status == 200, "metrics answered {status}");
-    Ok(body)
-}
-
-/// The metrics page once `series` reads `value`.
-async fn settled(relay: &TestRelay, series: &str, value: f64) -> anyhow::Result<String> {
-    tokio::time::timeout(STEP, async {
-        loop {
-            let page = metrics(relay).await?;
-            if sample(&page, series) == Some(value) {
-                return anyhow::Ok(page);
-            }
-            tokio::task::yield_now().await;
-        }
-    })
-    .await?
-}
 
 #[tokio::test]
 async fn counters_follow_sessions_visitors_refusals_and_auth_failures() -> anyhow::Result<()> {

@@ -60,6 +60,9 @@ pub struct RelayConfig {
     pub admin_listen: Option<SocketAddr>,
     /// Bearer token the admin endpoint requires; mandatory when it listens beyond loopback.
     pub admin_token: Option<Secret>,
+    /// Follow an agent whose address changes (NAT rebinding). Off only to prove, in tests,
+    /// what it is worth.
+    pub migration: bool,
 }
 
 impl Default for RelayConfig {
@@ -83,6 +86,7 @@ impl Default for RelayConfig {
             max_visitors_per_ip: 256,
             admin_listen: Some(SocketAddr::from((Ipv4Addr::LOCALHOST, 9470))),
             admin_token: None,
+            migration: true,
         }
     }
 }

@@ -72,7 +72,8 @@ impl Relay {
         let identity = identity::load_or_create_certificate(&config)?;
         let fingerprint = identity.fingerprint();
         let keys = identity::load_or_create_quic_keys(&config)?;
-        let server = tls::server_config(identity, transport::relay(config.idle_timeout))?;
+        let mut server = tls::server_config(identity, transport::relay(config.idle_timeout))?;
+        server.migration(config.migration);
         let endpoint = endpoint::bind(config.listen, server, &keys)?;
         let reservations =
             FileReservations::open(&config.data_dir, config.reservation_ttl).context("load port reservations")?;

@@ -25,6 +25,7 @@ pub(crate) struct Metrics {
     pub(crate) visitors_total: Counter,
     pub(crate) visitors_refused: Family<Reason, Counter>,
     pub(crate) auth_failures: Counter,
+    pub(crate) migrations: Counter,
     pub(crate) bytes: Family<Direction, Counter>,
 }
 
@@ -46,6 +47,7 @@ impl Metrics {
             visitors_total: Counter::default(),
             visitors_refused: Family::default(),
             auth_failures: Counter::default(),
+            migrations: Counter::default(),
             bytes: Family::default(),
             registry: Registry::default(),
         };
@@ -56,6 +58,7 @@ impl Metrics {
         registry.register("visitors_accepted", "Visitor connections accepted", metrics.visitors_total.clone());
         registry.register("visitors_refused", "Visitor connections turned away", metrics.visitors_refused.clone());
         registry.register("auth_failures", "Sessions refused for a bad token", metrics.auth_failures.clone());
+        registry.register("migrations", "Agent sessions that moved to a new address", metrics.migrations.clone());
         registry.register("bytes", "Bytes carried for visitors that finished", metrics.bytes.clone());
         Self { registry, ..metrics }
     }

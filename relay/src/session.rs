@@ -222,6 +222,7 @@ async fn serve_tunnels(
     let ended = tokio::select! {
         err = conn.closed() => Some(err),
         _ = cancel.cancelled() => None,
+        never = count_migrations(conn, shared) => match never {},
     };
     stop.cancel();
     accept_loops.close();
@@ -245,6 +246,26 @@ async fn serve_tunnels(
             }
             CloseCode::Shutdown.close(conn);
             tracing::info!("session closed for shutdown");
+        }
+    }
+}
+
+/// How often the session's path is checked; quinn follows a migration by itself and only
+/// the address it now uses tells that it happened.
+const PATH_CHECK: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Logs and counts each change of the agent's address (a NAT rebinding, a new network).
+/// Runs until the caller drops it with the session.
+async fn count_migrations(conn: &Connection, shared: &Shared) -> std::convert::Infallible {
+    let mut path = conn.remote_address();
+    let mut check = tokio::time::interval(PATH_CHECK);
+    loop {
+        check.tick().await;
+        let now = conn.remote_address();
+        if now != path {
+            tracing::info!(from = %path, to = %now, "agent's address changed; session migrated");
+            shared.metrics.migrations.inc();
+            path = now;
         }
     }
 }

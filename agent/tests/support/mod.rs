@@ -200,34 +200,42 @@ pub fn random_bytes(len: usize) -> Vec<u8> {
     data
 }
 
-/// A UDP forwarder between one agent and the relay that can go silent, as a crashed agent or
-/// a dead network path does: nothing is closed, packets just stop.
+/// A UDP forwarder between one agent and the relay, standing in for a NAT router: it can
+/// go silent (a crashed agent, a dead path: nothing is closed, packets just stop), or move
+/// the agent's traffic to a new outside port, as a NAT that remaps a flow does.
 pub struct UdpProxy {
     pub addr: SocketAddr,
     cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    rebind: tokio::sync::mpsc::UnboundedSender<()>,
 }
 
 impl UdpProxy {
     pub async fn start(upstream: SocketAddr) -> anyhow::Result<Self> {
         let front = tokio::net::UdpSocket::bind("127.0.0.1:0").await?;
-        let back = tokio::net::UdpSocket::bind("127.0.0.1:0").await?;
-        back.connect(upstream).await?;
         let addr = front.local_addr()?;
         let cut = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (rebind, mut rebinds) = tokio::sync::mpsc::unbounded_channel::<()>();
         let silent = cut.clone();
+        let mut back = outside_socket(upstream).await?;
         tokio::spawn(async move {
             let (mut from_agent, mut from_relay) = (vec![0u8; 65536], vec![0u8; 65536]);
             let mut agent = None;
+            let passing = || !silent.load(std::sync::atomic::Ordering::Relaxed);
             loop {
                 tokio::select! {
+                    Some(()) = rebinds.recv() => match outside_socket(upstream).await {
+                        // The old socket closes: packets still sent to it are lost, as at a NAT.
+                        Ok(fresh) => back = fresh,
+                        Err(_) => break,
+                    },
                     Ok((n, peer)) = front.recv_from(&mut from_agent) => {
                         agent = Some(peer);
-                        if !silent.load(std::sync::atomic::Ordering::Relaxed) {
+                        if passing() {
                             back.send(&from_agent[..n]).await.ok();
                         }
                     }
                     Ok(n) = back.recv(&mut from_relay) => {
-                        if let (Some(peer), false) = (agent, silent.load(std::sync::atomic::Ordering::Relaxed)) {
+                        if let (Some(peer), true) = (agent, passing()) {
                             front.send_to(&from_relay[..n], peer).await.ok();
                         }
                     }
@@ -235,10 +243,57 @@ impl UdpProxy {
                 }
             }
         });
-        Ok(Self { addr, cut })
+        Ok(Self { addr, cut, rebind })
     }
 
     pub fn cut(&self) {
         self.cut.store(true, std::sync::atomic::Ordering::Relaxed);
     }
+
+    /// From the next packet on, the relay sees the agent at a new address.
+    pub fn rebind(&self) {
+        self.rebind.send(()).ok();
+    }
+}
+
+async fn outside_socket(upstream: SocketAddr) -> std::io::Result<tokio::net::UdpSocket> {
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await?;
+    socket.connect(upstream).await?;
+    Ok(socket)
+}
+
+/// Status code and body of `GET path` on the admin endpoint.
+pub async fn get(admin: SocketAddr, path: &str, bearer: Option<&str>) -> anyhow::Result<(u16, String)> {
+    let mut tcp = TcpStream::connect(admin).await?;
+    let auth = bearer.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    tcp.write_all(format!("GET {path} HTTP/1.1\r\nHost: admin\r\n{auth}Connection: close\r\n\r\n").as_bytes()).await?;
+    let mut response = String::new();
+    tokio::time::timeout(STEP, tcp.read_to_string(&mut response)).await??;
+    let status = response.split_whitespace().nth(1).unwrap_or_default().parse()?;
+    Ok((status, response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default()))
+}
+
+/// The value of the sample named `series` (with its labels, if any) in a metrics page.
+pub fn sample(page: &str, series: &str) -> Option<f64> {
+    page.lines().find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+pub async fn metrics(relay: &TestRelay) -> anyhow::Result<String> {
+    let (status, body) = get(relay.admin.expect("tests enable the admin endpoint"), "/metrics", None).await?;
+    anyhow::ensure!(status == 200, "metrics answered {status}");
+    Ok(body)
+}
+
+/// The metrics page once `series` reads `value`.
+pub async fn settled(relay: &TestRelay, series: &str, value: f64) -> anyhow::Result<String> {
+    tokio::time::timeout(STEP, async {
+        loop {
+            let page = metrics(relay).await?;
+            if sample(&page, series) == Some(value) {
+                return anyhow::Ok(page);
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await?
 }
