@@ -19,18 +19,13 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub(crate) async fn handle_stream(mut send: SendStream, mut recv: RecvStream, targets: &[LocalTarget]) {
-    let header =
-        match tokio::time::timeout(HEADER_TIMEOUT, read_msg::<_, StreamHeader>(&mut recv, MAX_HEADER_FRAME)).await {
-            Ok(Ok(header)) => header,
-            Ok(Err(e)) => {
-                tracing::warn!("bad stream header from relay: {e}");
-                return abort_stream(&mut send, &mut recv, StreamCode::BadHeader);
-            }
-            Err(_) => {
-                tracing::warn!("stream header did not arrive in time");
-                return abort_stream(&mut send, &mut recv, StreamCode::BadHeader);
-            }
-        };
+    let header = match within(HEADER_TIMEOUT, read_msg::<_, StreamHeader>(&mut recv, MAX_HEADER_FRAME)).await {
+        Ok(header) => header,
+        Err(why) => {
+            tracing::warn!("bad stream header from relay: {why}");
+            return abort_stream(&mut send, &mut recv, StreamCode::BadHeader);
+        }
+    };
     let Some(target) = usize::try_from(header.tunnel).ok().and_then(|i| targets.get(i)) else {
         tracing::warn!(tunnel = header.tunnel, "relay opened a stream for an unknown tunnel");
         return abort_stream(&mut send, &mut recv, StreamCode::UnknownTunnel);
@@ -40,21 +35,27 @@ pub(crate) async fn handle_stream(mut send: SendStream, mut recv: RecvStream, ta
 }
 
 async fn forward(mut send: SendStream, mut recv: RecvStream, target: &LocalTarget) {
-    let local =
-        match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect((target.host.as_str(), target.port))).await {
-            Ok(Ok(tcp)) => tcp,
-            Ok(Err(e)) => {
-                tracing::warn!("local server {target} unreachable: {e}");
-                return abort_stream(&mut send, &mut recv, StreamCode::LocalUnreachable);
-            }
-            Err(_) => {
-                tracing::warn!("local server {target} did not accept within {CONNECT_TIMEOUT:?}");
-                return abort_stream(&mut send, &mut recv, StreamCode::LocalUnreachable);
-            }
-        };
+    let local = match within(CONNECT_TIMEOUT, TcpStream::connect((target.host.as_str(), target.port))).await {
+        Ok(tcp) => tcp,
+        Err(why) => {
+            tracing::warn!("local server {target} unreachable: {why}");
+            return abort_stream(&mut send, &mut recv, StreamCode::LocalUnreachable);
+        }
+    };
     local.set_nodelay(true).ok();
     match splice(local, send, recv).await {
         Ok((up, down)) => tracing::debug!(up, down, "stream closed"),
         Err(e) => tracing::debug!("stream aborted: {e}"),
+    }
+}
+
+/// Runs `step` for at most `limit`; a timeout and a failure both come back as the reason.
+async fn within<T, E: std::fmt::Display>(
+    limit: Duration,
+    step: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(limit, step).await {
+        Ok(done) => done.map_err(|e| e.to_string()),
+        Err(_) => Err(format!("no answer within {limit:?}")),
     }
 }
