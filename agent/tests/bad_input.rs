@@ -184,3 +184,21 @@ async fn agent_facing_a_relay_of_another_protocol_version_stops_with_a_clear_err
     accepting.abort();
     template.stop().await
 }
+
+#[tokio::test]
+async fn agents_get_through_when_the_relay_demands_address_validation() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut config = relay_config(dir.path());
+    // As under a handshake flood: every new client must answer a QUIC Retry first.
+    config.retry_handshakes_above = 0;
+    let relay = TestRelay::start_with(config).await?;
+    let (first, tunnels) = TestAgent::start(relay.plan(vec![tunnel("a", echo_server().await?)])).await?;
+    let (second, _) = TestAgent::start(relay.plan(vec![tunnel("b", echo_server().await?)])).await?;
+    assert_eq!(exchange(public_addr(&tunnels[0]), b"validated").await?, b"validated");
+    let page = metrics(&relay).await?;
+    assert_eq!(sample(&page, "burrow_handshakes_retried_total"), Some(2.0), "{page}");
+    assert_eq!(sample(&page, "burrow_sessions"), Some(2.0));
+    first.stop().await?;
+    second.stop().await?;
+    relay.stop().await
+}

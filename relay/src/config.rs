@@ -60,6 +60,9 @@ pub struct RelayConfig {
     pub admin_listen: Option<SocketAddr>,
     /// Bearer token the admin endpoint requires; mandatory when it listens beyond loopback.
     pub admin_token: Option<Secret>,
+    /// Handshakes in progress above which a new client must first prove its address (QUIC
+    /// Retry, one extra round trip), so a spoofed flood cannot buy TLS work from the relay.
+    pub retry_handshakes_above: usize,
     /// Follow an agent whose address changes (NAT rebinding). Off only to prove, in tests,
     /// what it is worth.
     pub migration: bool,
@@ -87,6 +90,7 @@ impl Default for RelayConfig {
             admin_listen: Some(SocketAddr::from((Ipv4Addr::LOCALHOST, 9470))),
             admin_token: None,
             migration: true,
+            retry_handshakes_above: 64,
         }
     }
 }

@@ -40,6 +40,7 @@ pub(crate) struct Shared {
     pub(crate) registry: Registry,
     pub(crate) per_ip: Arc<limits::PerIpLimit>,
     pub(crate) metrics: Arc<metrics::Metrics>,
+    pub(crate) handshakes: limits::Handshakes,
     pub(crate) next_session: AtomicU64,
 }
 
@@ -85,6 +86,7 @@ impl Relay {
             registry,
             per_ip: Arc::new(limits::PerIpLimit::new(config.max_visitors_per_ip)),
             metrics: Arc::new(metrics::Metrics::new()),
+            handshakes: limits::Handshakes::default(),
             next_session: AtomicU64::new(1),
             config,
         };
@@ -108,6 +110,23 @@ impl Relay {
         &self.shared.config
     }
 
+    /// Under a flood of handshakes, makes a new client prove its address with a QUIC Retry
+    /// before the relay spends a TLS handshake on it; spoofed sources never answer. Returns
+    /// the connection to serve now, if any.
+    fn validate_under_load(&self, incoming: quinn::Incoming) -> Option<quinn::Incoming> {
+        let busy = self.shared.handshakes.in_progress() >= self.shared.config.retry_handshakes_above;
+        if !busy || incoming.remote_address_validated() || !incoming.may_retry() {
+            return Some(incoming);
+        }
+        match incoming.retry() {
+            Ok(()) => {
+                self.shared.metrics.handshakes_retried.inc();
+                None
+            }
+            Err(refused) => Some(refused.into_incoming()),
+        }
+    }
+
     /// Serves until `cancel`, then stops accepting, lets visitors finish for the grace period
     /// and closes every session with [`CloseCode::Shutdown`] so agents reconnect.
     pub async fn run(mut self, cancel: CancellationToken) -> anyhow::Result<()> {
@@ -121,7 +140,9 @@ impl Relay {
                 _ = cancel.cancelled() => break,
                 incoming = self.endpoint.accept() => match incoming {
                     Some(incoming) => {
-                        sessions.spawn(session::serve(incoming, self.shared.clone(), cancel.clone()));
+                        if let Some(incoming) = self.validate_under_load(incoming) {
+                            sessions.spawn(session::serve(incoming, self.shared.clone(), cancel.clone()));
+                        }
                     }
                     None => break,
                 },

@@ -4,7 +4,10 @@
 use std::{
     collections::HashMap,
     net::IpAddr,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
 };
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -49,6 +52,30 @@ impl Drop for IpSlot {
                 open.remove(&self.ip);
             }
         }
+    }
+}
+
+/// Agent handshakes in progress, to tell a flood from ordinary arrivals.
+#[derive(Default)]
+pub(crate) struct Handshakes(Arc<AtomicUsize>);
+
+/// Counts one handshake until dropped.
+pub(crate) struct Handshaking(Arc<AtomicUsize>);
+
+impl Handshakes {
+    pub(crate) fn in_progress(&self) -> usize {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn enter(&self) -> Handshaking {
+        self.0.fetch_add(1, Ordering::Relaxed);
+        Handshaking(self.0.clone())
+    }
+}
+
+impl Drop for Handshaking {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -26,6 +26,7 @@ pub(crate) struct Metrics {
     pub(crate) visitors_refused: Family<Reason, Counter>,
     pub(crate) auth_failures: Counter,
     pub(crate) migrations: Counter,
+    pub(crate) handshakes_retried: Counter,
     pub(crate) bytes: Family<Direction, Counter>,
 }
 
@@ -48,6 +49,7 @@ impl Metrics {
             visitors_refused: Family::default(),
             auth_failures: Counter::default(),
             migrations: Counter::default(),
+            handshakes_retried: Counter::default(),
             bytes: Family::default(),
             registry: Registry::default(),
         };
@@ -59,6 +61,11 @@ impl Metrics {
         registry.register("visitors_refused", "Visitor connections turned away", metrics.visitors_refused.clone());
         registry.register("auth_failures", "Sessions refused for a bad token", metrics.auth_failures.clone());
         registry.register("migrations", "Agent sessions that moved to a new address", metrics.migrations.clone());
+        registry.register(
+            "handshakes_retried",
+            "New clients asked to prove their address during a handshake flood",
+            metrics.handshakes_retried.clone(),
+        );
         registry.register("bytes", "Bytes carried for visitors that finished", metrics.bytes.clone());
         Self { registry, ..metrics }
     }

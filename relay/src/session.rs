@@ -36,6 +36,7 @@ pub(crate) async fn serve(incoming: quinn::Incoming, shared: Arc<Shared>, cancel
 }
 
 async fn run(incoming: quinn::Incoming, shared: &Shared, cancel: &CancellationToken) -> anyhow::Result<()> {
+    let handshaking = shared.handshakes.enter();
     let conn = incoming.await.context("QUIC handshake failed")?;
     let handshake = tokio::time::timeout(shared.config.handshake_timeout, receive_hello(&conn));
     let (mut send, recv, hello) = tokio::select! {
@@ -49,6 +50,7 @@ async fn run(incoming: quinn::Incoming, shared: &Shared, cancel: &CancellationTo
             Ok(Ok(received)) => received,
         },
     };
+    drop(handshaking);
     let session = shared.next_session.fetch_add(1, Ordering::Relaxed);
     let tunnels = match admit(shared, &conn, &hello, session).await {
         Ok(admitted) => admitted,
