@@ -42,7 +42,6 @@ async fn forward(mut send: SendStream, mut recv: RecvStream, target: &LocalTarge
             return abort_stream(&mut send, &mut recv, StreamCode::LocalUnreachable);
         }
     };
-    local.set_nodelay(true).ok();
     match splice(local, send, recv).await {
         Ok((up, down)) => tracing::debug!(up, down, "stream closed"),
         Err(e) => tracing::debug!("stream aborted: {e}"),

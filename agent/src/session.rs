@@ -75,8 +75,11 @@ async fn connect(plan: &Plan, client: &quinn::ClientConfig) -> Result<(Endpoint,
         .or(addrs.first())
         .copied()
         .ok_or_else(|| Failure::Unreachable(format!("{} has no address", relay.host)))?;
-    let local: SocketAddr =
-        if addr.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }.parse().map_err(|_| unreachable_addr())?;
+    let local = if addr.is_ipv6() {
+        SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0))
+    } else {
+        SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, 0))
+    };
     let mut endpoint =
         Endpoint::client(local).map_err(|e| Failure::Unreachable(format!("cannot open a UDP socket: {e}")))?;
     endpoint.set_default_client_config(client.clone());
@@ -91,10 +94,6 @@ async fn connect(plan: &Plan, client: &quinn::ClientConfig) -> Result<(Endpoint,
         Ok(Ok(conn)) => Ok((endpoint, conn)),
         Ok(Err(e)) => Err(classify_handshake_error(&e, addr)),
     }
-}
-
-fn unreachable_addr() -> Failure {
-    Failure::Unreachable("bad local bind address".into())
 }
 
 fn classify_handshake_error(e: &quinn::ConnectionError, addr: SocketAddr) -> Failure {

@@ -30,6 +30,8 @@ pub type Moved = (u64, u64);
 
 /// Splices `tcp` with the stream until both directions have ended.
 pub async fn splice(tcp: TcpStream, mut send: SendStream, mut recv: RecvStream) -> std::io::Result<Moved> {
+    // Small writes (keystrokes, requests) must not wait for Nagle's algorithm.
+    tcp.set_nodelay(true).ok();
     let (tcp_read, mut tcp_write) = tcp.into_split();
     let moved = tokio::try_join!(tcp_to_stream(&tcp_read, &mut send), stream_to_tcp(&mut recv, &mut tcp_write));
     if moved.is_err() {
@@ -85,8 +87,11 @@ const WRITE_BATCH: usize = 32;
 
 async fn write_all_vectored(tcp: &mut OwnedWriteHalf, mut chunks: &mut [Bytes]) -> std::io::Result<()> {
     while !chunks.is_empty() {
-        let slices: Vec<IoSlice<'_>> = chunks.iter().map(|c| IoSlice::new(c)).collect();
-        let mut written = tcp.write_vectored(&slices).await?;
+        let mut slices = [IoSlice::new(&[]); WRITE_BATCH];
+        for (slice, chunk) in slices.iter_mut().zip(chunks.iter()) {
+            *slice = IoSlice::new(chunk);
+        }
+        let mut written = tcp.write_vectored(&slices[..chunks.len().min(WRITE_BATCH)]).await?;
         if written == 0 {
             return Err(std::io::ErrorKind::WriteZero.into());
         }

@@ -80,7 +80,6 @@ pub(crate) async fn accept_visitors(
 
 /// Carries one visitor across the tunnel.
 async fn forward(visitor: TcpStream, peer: SocketAddr, conn: quinn::Connection, tunnel: u32, metrics: Arc<Metrics>) {
-    visitor.set_nodelay(true).ok();
     let (mut send, recv) = match open_stream(&conn).await {
         Ok(stream) => stream,
         Err(e) => {
