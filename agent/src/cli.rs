@@ -68,13 +68,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         config.tunnels.push(TunnelConfig { name: cli.name, local, remote_port: cli.remote_port });
     }
     let cancel = CancellationToken::new();
-    let on_signal = cancel.clone();
-    tokio::spawn(async move {
-        if let Err(e) = burrow_common::signal::shutdown_signal().await {
-            tracing::error!("cannot listen for shutdown signals: {e}");
-        }
-        on_signal.cancel();
-    });
+    burrow_common::signal::cancel_on_signal(cancel.clone());
     let (status, watcher) = watch::channel(Status::Connecting);
     match config.relay.clone() {
         Some(relay) => {

@@ -18,8 +18,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 pub const ENV: EnvSource<'static> =
     EnvSource { prefix: "BURROW", skip: &["BURROW_RELAY_", "BURROW_CONFIG"], list_keys: &[] };
 
-/// The relay's QUIC port when `--relay` names none.
-pub const DEFAULT_RELAY_PORT: u16 = 4443;
+pub use burrow_common::protocol::DEFAULT_RELAY_PORT;
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -155,7 +154,8 @@ impl FromStr for RelayAddr {
     }
 }
 
-fn write_host_port(f: &mut fmt::Formatter<'_>, host: &str, port: u16) -> fmt::Result {
+/// Writes `host:port`, bracketing an IPv6 address.
+pub(crate) fn write_host_port(f: &mut fmt::Formatter<'_>, host: &str, port: u16) -> fmt::Result {
     if host.contains(':') { write!(f, "[{host}]:{port}") } else { write!(f, "{host}:{port}") }
 }
 

@@ -97,8 +97,9 @@ pub struct PublicTunnel {
 
 impl fmt::Display for PublicTunnel {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let host = if self.host.contains(':') { format!("[{}]", self.host) } else { self.host.clone() };
-        write!(f, "tcp://{host}:{} -> {}", self.port, self.local)
+        f.write_str("tcp://")?;
+        config::write_host_port(f, &self.host, self.port)?;
+        write!(f, " -> {}", self.local)
     }
 }
 

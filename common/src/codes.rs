@@ -74,18 +74,11 @@ pub enum StreamCode {
     BadHeader,
     /// The TCP connection on the other side failed or was reset.
     Aborted,
-    /// The peer opened a stream it is not allowed to open.
-    Unexpected,
 }
 
 impl StreamCode {
-    const ALL: [StreamCode; 5] = [
-        StreamCode::LocalUnreachable,
-        StreamCode::UnknownTunnel,
-        StreamCode::BadHeader,
-        StreamCode::Aborted,
-        StreamCode::Unexpected,
-    ];
+    const ALL: [StreamCode; 4] =
+        [StreamCode::LocalUnreachable, StreamCode::UnknownTunnel, StreamCode::BadHeader, StreamCode::Aborted];
 
     pub fn code(self) -> VarInt {
         VarInt::from_u32(match self {
@@ -93,7 +86,6 @@ impl StreamCode {
             StreamCode::UnknownTunnel => 0x11,
             StreamCode::BadHeader => 0x12,
             StreamCode::Aborted => 0x13,
-            StreamCode::Unexpected => 0x14,
         })
     }
 
@@ -107,7 +99,6 @@ impl StreamCode {
             StreamCode::UnknownTunnel => "unknown tunnel",
             StreamCode::BadHeader => "bad stream header",
             StreamCode::Aborted => "connection aborted",
-            StreamCode::Unexpected => "unexpected stream",
         }
     }
 }

@@ -16,6 +16,20 @@ pub const ALPN: &[u8] = b"burrow/1";
 /// Version carried in [`Hello`], for changes that stay wire-compatible within one ALPN.
 pub const PROTOCOL_VERSION: u32 = 1;
 
+/// The relay's QUIC port when an address names none.
+pub const DEFAULT_RELAY_PORT: u16 = 4443;
+
+/// Token and tunnel names: 1-64 letters, digits, `-`, `_` or `.`; they appear in file
+/// names, logs and metrics labels.
+pub fn is_valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+/// What [`is_valid_name`] accepts, for error messages.
+pub const VALID_NAME: &str = "1-64 letters, digits, '-', '_' or '.'";
+
 /// Largest control-stream frame (Hello, Welcome, Refused).
 pub const MAX_CONTROL_FRAME: usize = 64 * 1024;
 

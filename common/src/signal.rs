@@ -1,5 +1,15 @@
 //! Process signals that end a run.
 
+/// Cancels `token` on the first SIGINT (Ctrl-C) or SIGTERM.
+pub fn cancel_on_signal(token: tokio_util::sync::CancellationToken) {
+    tokio::spawn(async move {
+        if let Err(e) = shutdown_signal().await {
+            tracing::error!("cannot listen for shutdown signals: {e}");
+        }
+        token.cancel();
+    });
+}
+
 /// Resolves on the first SIGINT (Ctrl-C) or SIGTERM.
 pub async fn shutdown_signal() -> std::io::Result<()> {
     #[cfg(unix)]

@@ -95,13 +95,7 @@ async fn serve(config: RelayConfig) -> anyhow::Result<()> {
     let relay = Relay::bind(config)?;
     print_banner(&relay, new_token.as_ref())?;
     let cancel = CancellationToken::new();
-    let on_signal = cancel.clone();
-    tokio::spawn(async move {
-        if let Err(e) = burrow_common::signal::shutdown_signal().await {
-            tracing::error!("cannot listen for shutdown signals: {e}");
-        }
-        on_signal.cancel();
-    });
+    burrow_common::signal::cancel_on_signal(cancel.clone());
     relay.run(cancel).await
 }
 
@@ -124,7 +118,11 @@ fn print_banner(relay: &Relay, new_token: Option<&Secret>) -> anyhow::Result<()>
         None => "<TOKEN>".to_string(),
     };
     let host = config.hostname.first().cloned().unwrap_or_else(|| "127.0.0.1".into());
-    let relay_arg = if listen.port() == 4443 { host } else { format!("{host}:{}", listen.port()) };
+    let relay_arg = if listen.port() == burrow_common::protocol::DEFAULT_RELAY_PORT {
+        host
+    } else {
+        format!("{host}:{}", listen.port())
+    };
     println!();
     println!("Expose a local port through this relay with:");
     println!("  agent --relay {relay_arg} --fingerprint {} --token {token} --local 8080", relay.fingerprint());

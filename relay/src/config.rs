@@ -71,7 +71,7 @@ pub struct RelayConfig {
 impl Default for RelayConfig {
     fn default() -> Self {
         Self {
-            listen: SocketAddr::from((Ipv4Addr::UNSPECIFIED, 4443)),
+            listen: SocketAddr::from((Ipv4Addr::UNSPECIFIED, burrow_common::protocol::DEFAULT_RELAY_PORT)),
             public_bind: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             ports: PortRange { start: 20000, end: 29999 },
             data_dir: default_data_dir(),

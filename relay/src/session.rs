@@ -6,7 +6,7 @@ use anyhow::Context;
 use burrow_common::{
     CloseCode, Granted, Hello, Refusal, ServerMsg, TunnelKind,
     codes::{close_code, describe_connection_error},
-    protocol::{self, FrameError, MAX_CONTROL_FRAME, PROTOCOL_VERSION},
+    protocol::{self, FrameError, MAX_CONTROL_FRAME, PROTOCOL_VERSION, VALID_NAME, is_valid_name},
 };
 use quinn::{Connection, RecvStream, SendStream};
 use tokio::sync::Semaphore;
@@ -56,15 +56,15 @@ async fn run(incoming: quinn::Incoming, shared: &Shared, cancel: &CancellationTo
         Ok(admitted) => admitted,
         Err(refusal) => return refuse(&conn, &mut send, refusal).await,
     };
-    let welcome = ServerMsg::Welcome { tunnels: tunnels.iter().map(|(g, _)| g.clone()).collect() };
+    let (granted, open): (Vec<Granted>, Vec<OpenTunnel>) = tunnels.into_iter().unzip();
+    let welcome = ServerMsg::Welcome { tunnels: granted };
     let sent = protocol::write_msg(&mut send, &welcome).await;
-    let open = tunnels.into_iter().map(|(_, t)| t).collect::<Vec<_>>();
     if let Err(e) = sent {
-        release(shared, &open, session);
+        release(shared, open.iter().map(|t| t.port), session);
         return Err(e).context("send Welcome");
     }
-    for tunnel in &open {
-        tracing::info!(port = tunnel.port, "tunnel open");
+    for (tunnel, spec) in open.iter().zip(&hello.tunnels) {
+        tracing::info!(port = tunnel.port, name = %spec.name, local = %spec.local, "tunnel open");
     }
     let metrics = &shared.metrics;
     let tunnel_count = i64::try_from(open.len()).unwrap_or(i64::MAX);
@@ -125,7 +125,7 @@ async fn admit(
                 admitted.push((granted, OpenTunnel { id, port: claim.port, listener: claim.listener, visitors }));
             }
             Err(refusal) => {
-                release(shared, &admitted.into_iter().map(|(_, t)| t).collect::<Vec<_>>(), session);
+                release(shared, admitted.iter().map(|(_, t)| t.port), session);
                 return Err(refusal);
             }
         }
@@ -181,11 +181,9 @@ fn check_tunnels(hello: &Hello, max: usize) -> Result<(), Refusal> {
     }
     let mut names = HashSet::new();
     for spec in &hello.tunnels {
-        let valid = !spec.name.is_empty()
-            && spec.name.len() <= 64
-            && spec.name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        let valid = is_valid_name(&spec.name);
         let why = if !valid {
-            "names are 1-64 letters, digits, '-', '_' or '.'"
+            VALID_NAME
         } else if !names.insert(spec.name.as_str()) {
             "the name is used twice in this session"
         } else {
@@ -229,9 +227,7 @@ async fn serve_tunnels(
     stop.cancel();
     accept_loops.close();
     accept_loops.wait().await;
-    for port in &ports {
-        shared.registry.release(*port, session);
-    }
+    release(shared, ports, session);
     match ended {
         Some(err) if close_code(&err) == Some(CloseCode::AgentExit) => {
             tracing::info!("agent left; tunnels closed")
@@ -272,8 +268,8 @@ async fn count_migrations(conn: &Connection, shared: &Shared) -> std::convert::I
     }
 }
 
-fn release(shared: &Shared, open: &[OpenTunnel], session: SessionId) {
-    for tunnel in open {
-        shared.registry.release(tunnel.port, session);
+fn release(shared: &Shared, ports: impl IntoIterator<Item = u16>, session: SessionId) {
+    for port in ports {
+        shared.registry.release(port, session);
     }
 }

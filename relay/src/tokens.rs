@@ -11,7 +11,10 @@ use std::{
 
 use anyhow::Context;
 use base64::Engine;
-use burrow_common::{PortRange, Secret};
+use burrow_common::{
+    PortRange, Secret,
+    protocol::{VALID_NAME, is_valid_name},
+};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
@@ -155,10 +158,7 @@ fn decode_hash(text: &str) -> Option<[u8; 32]> {
 }
 
 fn validate_name(name: &str) -> anyhow::Result<()> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-    anyhow::ensure!(ok, "invalid token name {name:?}: expected 1-64 letters, digits, '-', '_' or '.'");
+    anyhow::ensure!(is_valid_name(name), "invalid token name {name:?}: expected {VALID_NAME}");
     Ok(())
 }
 
