@@ -18,7 +18,10 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// A local server that does not accept within this is treated as down.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-pub(crate) async fn handle_stream(mut send: SendStream, mut recv: RecvStream, targets: &[LocalTarget]) {
+/// Local targets by the tunnel id the relay granted.
+pub(crate) type Targets = std::collections::HashMap<u32, LocalTarget>;
+
+pub(crate) async fn handle_stream(mut send: SendStream, mut recv: RecvStream, targets: &Targets) {
     let header = match within(HEADER_TIMEOUT, read_msg::<_, StreamHeader>(&mut recv, MAX_HEADER_FRAME)).await {
         Ok(header) => header,
         Err(why) => {
@@ -26,7 +29,7 @@ pub(crate) async fn handle_stream(mut send: SendStream, mut recv: RecvStream, ta
             return abort_stream(&mut send, &mut recv, StreamCode::BadHeader);
         }
     };
-    let Some(target) = usize::try_from(header.tunnel).ok().and_then(|i| targets.get(i)) else {
+    let Some(target) = targets.get(&header.tunnel) else {
         tracing::warn!(tunnel = header.tunnel, "relay opened a stream for an unknown tunnel");
         return abort_stream(&mut send, &mut recv, StreamCode::UnknownTunnel);
     };

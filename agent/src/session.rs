@@ -11,7 +11,10 @@ use quinn::{Connection, Endpoint};
 use tokio::sync::watch;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-use crate::{Plan, PublicTunnel, Status, config::LocalTarget, forward::handle_stream};
+use crate::{
+    Plan, PublicTunnel, Status,
+    forward::{Targets, handle_stream},
+};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const WELCOME_TIMEOUT: Duration = Duration::from_secs(10);
@@ -146,7 +149,9 @@ async fn register_and_serve(
     }
     status.send_replace(Status::Online(online));
     let online_since = std::time::Instant::now();
-    let targets: Arc<[LocalTarget]> = plan.tunnels.iter().map(|t| t.local.clone()).collect();
+    // The relay names each stream's tunnel by the id it granted.
+    let targets: Arc<Targets> =
+        Arc::new(granted.iter().zip(&plan.tunnels).map(|(g, t)| (g.id, t.local.clone())).collect());
     let err = serve_streams(conn, targets).await;
     match close_code(&err) {
         Some(CloseCode::Replaced) => {
@@ -180,7 +185,7 @@ async fn hello(plan: &Plan, conn: &Connection) -> anyhow::Result<(ServerMsg, Con
 }
 
 /// Accepts the relay's streams until the session ends; returns why it ended.
-async fn serve_streams(conn: &Connection, targets: Arc<[LocalTarget]>) -> quinn::ConnectionError {
+async fn serve_streams(conn: &Connection, targets: Arc<Targets>) -> quinn::ConnectionError {
     let streams = TaskTracker::new();
     let ended = loop {
         match conn.accept_bi().await {

@@ -12,7 +12,7 @@ use std::{
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::metrics::{REFUSED_IP_LIMIT, REFUSED_TUNNEL_LIMIT, Reason};
+use crate::metrics::{Metrics, REFUSED_IP_LIMIT, REFUSED_TUNNEL_LIMIT, Reason};
 
 /// Open visitors per source address, across all tunnels.
 pub(crate) struct PerIpLimit {
@@ -79,17 +79,32 @@ impl Drop for Handshaking {
     }
 }
 
-/// What a visitor holds while it is served: its place under both caps.
+/// What a visitor holds while it is served: its place under both caps, and its count in
+/// the open-visitors gauge.
 pub(crate) struct Admission {
     _tunnel: OwnedSemaphorePermit,
     _ip: IpSlot,
+    metrics: Arc<Metrics>,
 }
 
 /// Admits a visitor of a tunnel whose cap is `tunnel`, or says which cap is full.
-pub(crate) fn admit(tunnel: &Arc<Semaphore>, per_ip: &PerIpLimit, ip: IpAddr) -> Result<Admission, Reason> {
+pub(crate) fn admit(
+    tunnel: &Arc<Semaphore>,
+    per_ip: &PerIpLimit,
+    ip: IpAddr,
+    metrics: &Arc<Metrics>,
+) -> Result<Admission, Reason> {
     let tunnel = tunnel.clone().try_acquire_owned().map_err(|_| REFUSED_TUNNEL_LIMIT)?;
     let ip = per_ip.try_admit(ip).ok_or(REFUSED_IP_LIMIT)?;
-    Ok(Admission { _tunnel: tunnel, _ip: ip })
+    metrics.visitors_total.inc();
+    metrics.visitors.inc();
+    Ok(Admission { _tunnel: tunnel, _ip: ip, metrics: metrics.clone() })
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        self.metrics.visitors.dec();
+    }
 }
 
 #[cfg(test)]

@@ -27,7 +27,8 @@ pub(crate) struct Metrics {
     pub(crate) auth_failures: Counter,
     pub(crate) migrations: Counter,
     pub(crate) handshakes_retried: Counter,
-    pub(crate) bytes: Family<Direction, Counter>,
+    pub(crate) bytes_to_local: Counter,
+    pub(crate) bytes_to_visitor: Counter,
 }
 
 /// Why a visitor was turned away, as the `reason` label says it.
@@ -50,9 +51,17 @@ impl Metrics {
             auth_failures: Counter::default(),
             migrations: Counter::default(),
             handshakes_retried: Counter::default(),
-            bytes: Family::default(),
+            bytes_to_local: Counter::default(),
+            bytes_to_visitor: Counter::default(),
             registry: Registry::default(),
         };
+        // Handles into the family, taken once, so finishing a visitor does not look them up.
+        // One statement each: `get_or_create` returns a guard on the family's lock, and a
+        // second call while the first guard lives would wait for it forever.
+        let bytes = Family::<Direction, Counter>::default();
+        let bytes_to_local = bytes.get_or_create(&VISITOR_TO_LOCAL).clone();
+        let bytes_to_visitor = bytes.get_or_create(&LOCAL_TO_VISITOR).clone();
+        let metrics = Self { bytes_to_local, bytes_to_visitor, ..metrics };
         registry.register("sessions", "Agent sessions open now", metrics.sessions.clone());
         registry.register("sessions_admitted", "Agent sessions admitted", metrics.sessions_total.clone());
         registry.register("tunnels", "Tunnels open now", metrics.tunnels.clone());
@@ -66,7 +75,7 @@ impl Metrics {
             "New clients asked to prove their address during a handshake flood",
             metrics.handshakes_retried.clone(),
         );
-        registry.register("bytes", "Bytes carried for visitors that finished", metrics.bytes.clone());
+        registry.register("bytes", "Bytes carried for visitors that finished", bytes);
         Self { registry, ..metrics }
     }
 

@@ -9,7 +9,6 @@ use burrow_common::{
     protocol::{self, FrameError, MAX_CONTROL_FRAME, PROTOCOL_VERSION, VALID_NAME, is_valid_name},
 };
 use quinn::{Connection, RecvStream, SendStream};
-use tokio::sync::Semaphore;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::Instrument;
 
@@ -35,7 +34,7 @@ pub(crate) async fn serve(incoming: quinn::Incoming, shared: Arc<Shared>, cancel
     .await
 }
 
-async fn run(incoming: quinn::Incoming, shared: &Shared, cancel: &CancellationToken) -> anyhow::Result<()> {
+async fn run(incoming: quinn::Incoming, shared: &Arc<Shared>, cancel: &CancellationToken) -> anyhow::Result<()> {
     let handshaking = shared.handshakes.enter();
     let conn = incoming.await.context("QUIC handshake failed")?;
     let handshake = tokio::time::timeout(shared.config.handshake_timeout, receive_hello(&conn));
@@ -121,8 +120,7 @@ async fn admit(
         match claim(shared, &key, &grant, session, conn, port).await {
             Ok(claim) => {
                 let granted = Granted { id, name: spec.name.clone(), port: claim.port, host: shared.public_host() };
-                let visitors = Arc::new(Semaphore::new(shared.config.max_visitors_per_tunnel));
-                admitted.push((granted, OpenTunnel { id, port: claim.port, listener: claim.listener, visitors }));
+                admitted.push((granted, OpenTunnel { id, port: claim.port, listener: claim.listener }));
             }
             Err(refusal) => {
                 release(shared, admitted.iter().map(|(_, t)| t.port), session);
@@ -197,7 +195,7 @@ fn check_tunnels(hello: &Hello, max: usize) -> Result<(), Refusal> {
 /// Serves visitors until the agent leaves or the relay stops; on a stop, visitors get the
 /// grace period to finish before the agent is told to reconnect.
 async fn serve_tunnels(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     conn: &Connection,
     open: Vec<OpenTunnel>,
     session: SessionId,
@@ -209,14 +207,7 @@ async fn serve_tunnels(
     let accept_loops = TaskTracker::new();
     for tunnel in open {
         let span = tracing::info_span!("tunnel", port = tunnel.port);
-        let accepting = accept_visitors(
-            tunnel,
-            conn.clone(),
-            shared.per_ip.clone(),
-            shared.metrics.clone(),
-            visitors.clone(),
-            stop.clone(),
-        );
+        let accepting = accept_visitors(tunnel, conn.clone(), shared.clone(), visitors.clone(), stop.clone());
         accept_loops.spawn(accepting.instrument(span));
     }
     let ended = tokio::select! {

@@ -14,8 +14,8 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::Instrument;
 
 use crate::{
-    limits::{self, PerIpLimit},
-    metrics::{LOCAL_TO_VISITOR, Metrics, REFUSED_NO_STREAM, VISITOR_TO_LOCAL},
+    Shared, limits,
+    metrics::{Metrics, REFUSED_NO_STREAM},
 };
 
 /// How long a visitor waits for a stream slot before it is reset; past this the agent is
@@ -29,44 +29,39 @@ pub(crate) struct OpenTunnel {
     pub(crate) id: u32,
     pub(crate) port: u16,
     pub(crate) listener: Arc<TcpListener>,
-    /// Places for concurrent visitors (`max_visitors_per_tunnel`).
-    pub(crate) visitors: Arc<Semaphore>,
 }
 
 /// Accepts visitors until `stop`; each visitor runs on `visitors` so a drain can wait for it.
 pub(crate) async fn accept_visitors(
     tunnel: OpenTunnel,
     conn: quinn::Connection,
-    per_ip: Arc<PerIpLimit>,
-    metrics: Arc<Metrics>,
+    shared: Arc<Shared>,
     visitors: TaskTracker,
     stop: CancellationToken,
 ) {
+    let places = Arc::new(Semaphore::new(shared.config.max_visitors_per_tunnel));
     loop {
         let accepted = tokio::select! {
             _ = stop.cancelled() => break,
             accepted = tunnel.listener.accept() => accepted,
         };
         match accepted {
-            Ok((tcp, peer)) => match limits::admit(&tunnel.visitors, &per_ip, peer.ip()) {
+            Ok((tcp, peer)) => match limits::admit(&places, &shared.per_ip, peer.ip(), &shared.metrics) {
                 Ok(admission) => {
-                    metrics.visitors_total.inc();
-                    metrics.visitors.inc();
+                    let served = forward(tcp, peer, conn.clone(), tunnel.id, shared.metrics.clone());
+                    // The admission lives as long as the visitor is served.
                     let span = tracing::debug_span!("visitor", %peer);
-                    let served = forward(tcp, peer, conn.clone(), tunnel.id, metrics.clone());
-                    let metrics = metrics.clone();
                     visitors.spawn(
                         async move {
                             served.await;
-                            metrics.visitors.dec();
-                            drop(admission);
+                            drop(admission)
                         }
                         .instrument(span),
                     );
                 }
                 Err(full) => {
                     tracing::debug!(%peer, reason = full.reason, "visitor refused");
-                    metrics.visitors_refused.get_or_create(&full).inc();
+                    shared.metrics.visitors_refused.get_or_create(&full).inc();
                     abort_tcp(tcp);
                 }
             },
@@ -96,8 +91,8 @@ async fn forward(visitor: TcpStream, peer: SocketAddr, conn: quinn::Connection, 
     }
     match splice(visitor, send, recv).await {
         Ok((up, down)) => {
-            metrics.bytes.get_or_create(&VISITOR_TO_LOCAL).inc_by(up);
-            metrics.bytes.get_or_create(&LOCAL_TO_VISITOR).inc_by(down);
+            metrics.bytes_to_local.inc_by(up);
+            metrics.bytes_to_visitor.inc_by(down);
             tracing::debug!(up, down, "visitor closed");
         }
         Err(e) => tracing::debug!("visitor aborted: {e}"),
