@@ -87,11 +87,8 @@ const WRITE_BATCH: usize = 32;
 
 async fn write_all_vectored(tcp: &mut OwnedWriteHalf, mut chunks: &mut [Bytes]) -> std::io::Result<()> {
     while !chunks.is_empty() {
-        let mut slices = [IoSlice::new(&[]); WRITE_BATCH];
-        for (slice, chunk) in slices.iter_mut().zip(chunks.iter()) {
-            *slice = IoSlice::new(chunk);
-        }
-        let mut written = tcp.write_vectored(&slices[..chunks.len().min(WRITE_BATCH)]).await?;
+        let slices: Vec<IoSlice<'_>> = chunks.iter().map(|c| IoSlice::new(c)).collect();
+        let mut written = tcp.write_vectored(&slices).await?;
         if written == 0 {
             return Err(std::io::ErrorKind::WriteZero.into());
         }

@@ -14,7 +14,8 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::Instrument;
 
 use crate::{
-    Shared, limits,
+    Shared,
+    limits::{self, Admission},
     metrics::{Metrics, REFUSED_NO_STREAM},
 };
 
@@ -48,16 +49,10 @@ pub(crate) async fn accept_visitors(
         match accepted {
             Ok((tcp, peer)) => match limits::admit(&places, &shared.per_ip, peer.ip(), &shared.metrics) {
                 Ok(admission) => {
-                    let served = forward(tcp, peer, conn.clone(), tunnel.id, shared.metrics.clone());
-                    // The admission lives as long as the visitor is served.
-                    let span = tracing::debug_span!("visitor", %peer);
-                    visitors.spawn(
-                        async move {
-                            served.await;
-                            drop(admission)
-                        }
-                        .instrument(span),
-                    );
+                    // Spawned as is, not wrapped in another async block: a wrapper would hold
+                    // this future twice, doubling the memory of every open visitor.
+                    let served = forward(tcp, peer, conn.clone(), tunnel.id, shared.metrics.clone(), admission);
+                    visitors.spawn(served.instrument(tracing::debug_span!("visitor", %peer)));
                 }
                 Err(full) => {
                     tracing::debug!(%peer, reason = full.reason, "visitor refused");
@@ -74,7 +69,16 @@ pub(crate) async fn accept_visitors(
 }
 
 /// Carries one visitor across the tunnel.
-async fn forward(visitor: TcpStream, peer: SocketAddr, conn: quinn::Connection, tunnel: u32, metrics: Arc<Metrics>) {
+/// `admission` is the visitor's place under the caps, held until it has been served.
+async fn forward(
+    visitor: TcpStream,
+    peer: SocketAddr,
+    conn: quinn::Connection,
+    tunnel: u32,
+    metrics: Arc<Metrics>,
+    admission: Admission,
+) {
+    let _admission = admission;
     let (mut send, recv) = match open_stream(&conn).await {
         Ok(stream) => stream,
         Err(e) => {
