@@ -177,6 +177,11 @@ impl Serialize for PortRange {
     }
 }
 
+/// Writes port ranges as `parse_port_list` reads them, e.g. `22,8000-8100`.
+pub fn format_port_list(ranges: &[PortRange]) -> String {
+    ranges.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
+}
+
 /// Parses a comma-separated list of port ranges, e.g. `22,8000-8100`.
 pub fn parse_port_list(s: &str) -> Result<Vec<PortRange>, String> {
     s.split(',').map(str::parse).collect()

@@ -146,9 +146,8 @@ fn manage_tokens(config: &RelayConfig, command: TokenCommand) -> anyhow::Result<
         }
         TokenCommand::List => {
             for record in store.list()? {
-                let ports = record
-                    .ports
-                    .map_or("all".to_string(), |r| r.iter().map(ToString::to_string).collect::<Vec<_>>().join(","));
+                let ports =
+                    record.ports.map_or("all".to_string(), |ranges| burrow_common::config::format_port_list(&ranges));
                 println!("{}\tports: {ports}", record.name);
             }
         }

@@ -45,6 +45,13 @@ struct Entry {
     active: bool,
 }
 
+impl Entry {
+    /// Held now, or released less than `ttl` before `at` (unix seconds).
+    fn unexpired(&self, at: u64, ttl: Duration) -> bool {
+        self.active || at.saturating_sub(self.last_seen) <= ttl.as_secs()
+    }
+}
+
 #[derive(Default, Serialize, Deserialize)]
 struct ReservationFile {
     reservations: Vec<Entry>,
@@ -96,15 +103,14 @@ impl FileReservations {
     }
 
     fn live(&self, entry: &Entry) -> bool {
-        entry.active || now().saturating_sub(entry.last_seen) <= self.ttl.as_secs()
+        entry.unexpired(now(), self.ttl)
     }
 
     fn update(&self, change: impl FnOnce(&mut HashMap<TunnelKey, Entry>)) -> anyhow::Result<()> {
         let mut entries = self.entries.lock().map_err(|_| anyhow::anyhow!("reservations poisoned"))?;
         change(&mut entries);
-        let ttl = self.ttl.as_secs();
         let at = now();
-        entries.retain(|_, e| e.active || at.saturating_sub(e.last_seen) <= ttl);
+        entries.retain(|_, e| e.unexpired(at, self.ttl));
         if let Some(dirty) = &self.dirty {
             // A full channel means a write is already due; it will see this change too.
             dirty.try_send(()).ok();

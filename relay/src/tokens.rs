@@ -13,7 +13,9 @@ use anyhow::Context;
 use base64::Engine;
 use burrow_common::{
     PortRange, Secret,
+    config::format_port_list,
     protocol::{VALID_NAME, is_valid_name},
+    tls::sha256,
 };
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
@@ -59,7 +61,7 @@ impl Grant {
     pub fn describe_ports(&self, relay_range: PortRange) -> String {
         match &self.ports {
             None => relay_range.to_string(),
-            Some(r) => r.iter().map(ToString::to_string).collect::<Vec<_>>().join(","),
+            Some(ranges) => format_port_list(ranges),
         }
     }
 }
@@ -147,10 +149,7 @@ pub fn generate() -> Secret {
 }
 
 fn hash(token: &Secret) -> [u8; 32] {
-    let digest = ring::digest::digest(&ring::digest::SHA256, token.expose().as_bytes());
-    let mut out = [0; 32];
-    out.copy_from_slice(digest.as_ref());
-    out
+    sha256(token.expose().as_bytes())
 }
 
 fn decode_hash(text: &str) -> Option<[u8; 32]> {
