@@ -43,6 +43,10 @@ pub struct RelayConfig {
     /// How long open visitor connections may finish after a shutdown signal.
     #[serde(with = "duration")]
     pub grace_period: Duration,
+    /// How long a lost session's ports stay open, with new visitors waiting, for the agent to
+    /// reconnect; `0s` frees them at once.
+    #[serde(with = "duration")]
+    pub park_visitors_for: Duration,
     /// A session with no packets for this long is closed.
     #[serde(with = "duration")]
     pub idle_timeout: Duration,
@@ -55,6 +59,8 @@ pub struct RelayConfig {
     pub max_visitors_per_tunnel: usize,
     /// Visitors one source address may have open at once, across all tunnels.
     pub max_visitors_per_ip: usize,
+    /// Visitors one parked tunnel may hold waiting; more are reset at once.
+    pub max_parked_visitors: usize,
     /// Address of the admin endpoint (`/metrics`, `/healthz`), or `off`.
     #[serde(with = "optional_addr")]
     pub admin_listen: Option<SocketAddr>,
@@ -81,12 +87,15 @@ impl Default for RelayConfig {
             tls_key: None,
             reservation_ttl: Duration::from_secs(24 * 3600),
             grace_period: Duration::from_secs(10),
+            // One capped reconnect delay of the agent (its reconnect_max_delay, 30 s).
+            park_visitors_for: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(30),
             handshake_timeout: Duration::from_secs(10),
             max_tunnels_per_session: 32,
             // The agent accepts this many streams at once; more would only queue unseen.
             max_visitors_per_tunnel: burrow_common::transport::AGENT_MAX_STREAMS as usize,
             max_visitors_per_ip: 256,
+            max_parked_visitors: 256,
             admin_listen: Some(SocketAddr::from((Ipv4Addr::LOCALHOST, 9470))),
             admin_token: None,
             migration: true,
@@ -134,6 +143,7 @@ impl RelayConfig {
             ("max_tunnels_per_session", self.max_tunnels_per_session),
             ("max_visitors_per_tunnel", self.max_visitors_per_tunnel),
             ("max_visitors_per_ip", self.max_visitors_per_ip),
+            ("max_parked_visitors", self.max_parked_visitors),
         ] {
             anyhow::ensure!(value > 0, "invalid configuration: {key} = 0: expected at least 1");
         }
@@ -188,6 +198,7 @@ mod tests {
         let config = RelayConfig::load(Some(&path), &NoFlags {})?;
         assert_eq!(config.listen.port(), 4443);
         assert_eq!(config.data_dir, Path::new("/var/lib/burrow"));
+        assert_eq!(config.park_visitors_for, Duration::from_secs(30));
         Ok(())
     }
 
@@ -202,6 +213,8 @@ mod tests {
             ("lisen = \"0.0.0.0:1\"", ["lisen", "unknown field", "listen"]),
             ("token = \"\"", ["token", "0 characters", "at least 16"]),
             ("idle_timeout = \"0s\"", ["idle_timeout", "0s", "at least 1s"]),
+            ("park_visitors_for = \"soon\"", ["park_visitors_for", "\"soon\"", "30s"]),
+            ("max_parked_visitors = 0", ["max_parked_visitors", "0", "at least 1"]),
             ("admin_listen = \"0.0.0.0:9470\"", ["admin_listen", "0.0.0.0:9470", "admin_token"]),
             ("admin_listen = \"on\"", ["admin_listen", "\"on\"", "or off"]),
         ] {

@@ -14,6 +14,7 @@ mod identity;
 mod limits;
 mod liveness;
 mod metrics;
+mod parking;
 pub mod registry;
 pub mod reservations;
 mod session;

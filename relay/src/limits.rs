@@ -12,7 +12,7 @@ use std::{
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::metrics::{Metrics, REFUSED_IP_LIMIT, REFUSED_TUNNEL_LIMIT, Reason};
+use crate::metrics::{Metrics, REFUSED_IP_LIMIT, Reason};
 
 /// Open visitors per source address, across all tunnels.
 pub(crate) struct PerIpLimit {
@@ -87,14 +87,26 @@ pub(crate) struct Admission {
     metrics: Arc<Metrics>,
 }
 
-/// Admits a visitor of a tunnel whose cap is `tunnel`, or says which cap is full.
+/// A tunnel's cap on visitors, and the reason given to those past it.
+pub(crate) struct Places {
+    pub(crate) open: Arc<Semaphore>,
+    pub(crate) when_full: Reason,
+}
+
+impl Places {
+    pub(crate) fn new(max: usize, when_full: Reason) -> Self {
+        Self { open: Arc::new(Semaphore::new(max)), when_full }
+    }
+}
+
+/// Admits a visitor of a tunnel with `places`, or says which cap is full.
 pub(crate) fn admit(
-    tunnel: &Arc<Semaphore>,
+    places: &Places,
     per_ip: &PerIpLimit,
     ip: IpAddr,
     metrics: &Arc<Metrics>,
 ) -> Result<Admission, Reason> {
-    let tunnel = tunnel.clone().try_acquire_owned().map_err(|_| REFUSED_TUNNEL_LIMIT)?;
+    let tunnel = places.open.clone().try_acquire_owned().map_err(|_| places.when_full.clone())?;
     let ip = per_ip.try_admit(ip).ok_or(REFUSED_IP_LIMIT)?;
     metrics.visitors_total.inc();
     metrics.visitors.inc();

@@ -24,6 +24,9 @@ pub(crate) struct Metrics {
     pub(crate) visitors: Gauge,
     pub(crate) visitors_total: Counter,
     pub(crate) visitors_refused: Family<Reason, Counter>,
+    pub(crate) parked_visitors: Gauge,
+    pub(crate) visitors_unparked: Counter,
+    runtime_tasks: Gauge,
     pub(crate) auth_failures: Counter,
     pub(crate) migrations: Counter,
     pub(crate) handshakes_retried: Counter,
@@ -35,6 +38,7 @@ pub(crate) struct Metrics {
 pub(crate) const REFUSED_TUNNEL_LIMIT: Reason = Reason { reason: "tunnel_limit" };
 pub(crate) const REFUSED_IP_LIMIT: Reason = Reason { reason: "ip_limit" };
 pub(crate) const REFUSED_NO_STREAM: Reason = Reason { reason: "agent_unavailable" };
+pub(crate) const REFUSED_PARK_FULL: Reason = Reason { reason: "park_full" };
 pub(crate) const VISITOR_TO_LOCAL: Direction = Direction { direction: "visitor_to_local" };
 pub(crate) const LOCAL_TO_VISITOR: Direction = Direction { direction: "local_to_visitor" };
 
@@ -48,6 +52,9 @@ impl Metrics {
             visitors: Gauge::default(),
             visitors_total: Counter::default(),
             visitors_refused: Family::default(),
+            parked_visitors: Gauge::default(),
+            visitors_unparked: Counter::default(),
+            runtime_tasks: Gauge::default(),
             auth_failures: Counter::default(),
             migrations: Counter::default(),
             handshakes_retried: Counter::default(),
@@ -68,6 +75,17 @@ impl Metrics {
         registry.register("visitors", "Visitor connections open now", metrics.visitors.clone());
         registry.register("visitors_accepted", "Visitor connections accepted", metrics.visitors_total.clone());
         registry.register("visitors_refused", "Visitor connections turned away", metrics.visitors_refused.clone());
+        registry.register(
+            "parked_visitors",
+            "Visitors waiting for their tunnel's agent to reconnect",
+            metrics.parked_visitors.clone(),
+        );
+        registry.register(
+            "visitors_unparked",
+            "Parked visitors carried over the agent's next session",
+            metrics.visitors_unparked.clone(),
+        );
+        registry.register("runtime_tasks", "Tokio tasks alive in the relay's runtime", metrics.runtime_tasks.clone());
         registry.register("auth_failures", "Sessions refused for a bad token", metrics.auth_failures.clone());
         registry.register("migrations", "Agent sessions that moved to a new address", metrics.migrations.clone());
         registry.register(
@@ -80,6 +98,10 @@ impl Metrics {
     }
 
     pub(crate) fn encode(&self) -> String {
+        // Read at scrape time: a count that creeps up between scrapes is a task leak.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            self.runtime_tasks.set(i64::try_from(runtime.metrics().num_alive_tasks()).unwrap_or(i64::MAX));
+        }
         let mut text = String::new();
         if let Err(e) = prometheus_client::encoding::text::encode(&mut text, &self.registry) {
             tracing::warn!("metrics encoding failed: {e}");

@@ -2,7 +2,8 @@
 //!
 //! Claims are decided under one short lock with no await inside, so two agents racing for a
 //! port cannot both win. Reservations decide who may take a free port; live holders decide
-//! who has it now.
+//! who has it now. A holder whose session was lost may be parked: its port stays bound, and
+//! only the next session of the same tunnel can take it, visitors included.
 
 use std::{
     collections::HashMap,
@@ -12,9 +13,16 @@ use std::{
 
 use burrow_common::{CloseCode, PortRange, Refusal};
 use rand::Rng;
-use tokio::net::{TcpListener, TcpSocket};
+use tokio::{
+    net::{TcpListener, TcpSocket},
+    sync::watch,
+};
 
-use crate::{reservations::Reservations, reservations::TunnelKey, tokens::Grant};
+use crate::{
+    parking::{Handover, ParkedPort},
+    reservations::{Reservations, TunnelKey},
+    tokens::Grant,
+};
 
 const LISTEN_BACKLOG: u32 = 1024;
 
@@ -24,14 +32,22 @@ pub(crate) type SessionId = u64;
 struct Holder {
     key: TunnelKey,
     session: SessionId,
-    conn: quinn::Connection,
     listener: Arc<TcpListener>,
+    state: Held,
+}
+
+enum Held {
+    Serving(quinn::Connection),
+    /// The session was lost; visitors wait on the handover for the tunnel's next session.
+    Parked(Handover),
 }
 
 /// A port granted to a session, with its bound listener.
 pub(crate) struct Claim {
     pub(crate) port: u16,
     pub(crate) listener: Arc<TcpListener>,
+    /// Set when the port was parked: the new session must hand its visitors over.
+    pub(crate) parked: Option<Handover>,
 }
 
 pub(crate) struct Registry {
@@ -94,30 +110,37 @@ impl Registry {
             .ok_or_else(|| Refusal::NoFreePort { range: who.grant.describe_ports(self.range) }.into())
     }
 
-    /// Gives `port` to the claimant if it is free and not reserved for someone else, or if
-    /// the claimant may replace the session of the same tunnel that holds it.
+    /// Gives `port` to the claimant if it is free and not reserved for someone else, if it is
+    /// parked for the claimant's tunnel, or if the claimant may replace the session of the
+    /// same tunnel that holds it.
     fn take(
         &self,
         live: &mut HashMap<u16, Holder>,
         who: &Claimant<'_>,
         port: u16,
     ) -> Result<Option<Claim>, ClaimError> {
-        let listener = match live.get(&port) {
-            Some(holder) if holder.key == *who.key && who.replacing == Some(holder.session) => {
-                tracing::info!(port, "replacing the unresponsive previous session of this tunnel");
-                CloseCode::Replaced.close(&holder.conn);
-                holder.listener.clone()
-            }
-            Some(holder) if holder.key == *who.key => {
-                return Err(ClaimError::HeldBySameTunnel { conn: holder.conn.clone(), session: holder.session });
-            }
-            Some(_) => return Ok(None),
+        let (listener, parked) = match live.get(&port) {
+            Some(holder) if holder.key != *who.key => return Ok(None),
+            Some(holder) => match &holder.state {
+                Held::Serving(conn) if who.replacing != Some(holder.session) => {
+                    return Err(ClaimError::HeldBySameTunnel { conn: conn.clone(), session: holder.session });
+                }
+                Held::Serving(conn) => {
+                    tracing::info!(port, "replacing the unresponsive previous session of this tunnel");
+                    CloseCode::Replaced.close(conn);
+                    (holder.listener.clone(), None)
+                }
+                Held::Parked(handover) => {
+                    tracing::info!(port, "the tunnel's agent is back; its parked visitors go to the new session");
+                    (holder.listener.clone(), Some(handover.clone()))
+                }
+            },
             None => {
                 if self.reservations.owner_of(port).is_some_and(|owner| owner != *who.key) {
                     return Ok(None);
                 }
                 match self.bind(port) {
-                    Some(listener) => Arc::new(listener),
+                    Some(listener) => (Arc::new(listener), None),
                     None => return Ok(None),
                 }
             }
@@ -125,10 +148,10 @@ impl Registry {
         if let Err(e) = self.reservations.hold(who.key, port) {
             tracing::warn!(port, "could not record reservation: {e:#}");
         }
-        let holder = Holder { key: who.key.clone(), session: who.session, conn: who.conn.clone(), listener };
-        let listener = holder.listener.clone();
+        let state = Held::Serving(who.conn.clone());
+        let holder = Holder { key: who.key.clone(), session: who.session, listener: listener.clone(), state };
         live.insert(port, holder);
-        Ok(Some(Claim { port, listener }))
+        Ok(Some(Claim { port, listener, parked }))
     }
 
     fn bind(&self, port: u16) -> Option<TcpListener> {
@@ -143,16 +166,28 @@ impl Registry {
         bound.inspect_err(|e| tracing::debug!(port, "cannot bind public port: {e}")).ok()
     }
 
-    /// Frees `port` if `session` still holds it.
-    pub(crate) fn release(&self, port: u16, session: SessionId) {
+    /// Frees `port` if `session` still holds it, serving or parked; says whether it did.
+    pub(crate) fn release(&self, port: u16, session: SessionId) -> bool {
         let Ok(mut live) = self.live.lock() else {
-            return;
+            return false;
         };
-        if let Some(holder) = live.get(&port).filter(|h| h.session == session) {
-            if let Err(e) = self.reservations.release(&holder.key, port) {
-                tracing::warn!(port, "could not record reservation release: {e:#}");
-            }
-            live.remove(&port);
+        let Some(holder) = live.get(&port).filter(|h| h.session == session) else {
+            return false;
+        };
+        if let Err(e) = self.reservations.release(&holder.key, port) {
+            tracing::warn!(port, "could not record reservation release: {e:#}");
         }
+        live.remove(&port);
+        true
+    }
+
+    /// Keeps `port` bound for the next session of its tunnel, if the lost `session` still
+    /// serves it; only that tunnel can take it now, or `release` free it.
+    pub(crate) fn park(&self, port: u16, session: SessionId) -> Option<ParkedPort> {
+        let mut live = self.live.lock().ok()?;
+        let holder = live.get_mut(&port).filter(|h| h.session == session)?;
+        let (handover, successor) = watch::channel(None);
+        holder.state = Held::Parked(handover);
+        Some(ParkedPort { listener: holder.listener.clone(), successor })
     }
 }

@@ -13,7 +13,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::Instrument;
 
 use crate::{
-    Shared, liveness,
+    Shared, liveness, parking,
     registry::{Claim, ClaimError, Claimant, SessionId},
     reservations::TunnelKey,
     tokens::Grant,
@@ -71,10 +71,12 @@ async fn run(incoming: quinn::Incoming, shared: &Arc<Shared>, cancel: &Cancellat
     metrics.sessions_total.inc();
     metrics.tunnels.inc_by(tunnel_count);
     // The control stream stays open for the life of the session.
-    let _control = (send, recv);
-    serve_tunnels(shared, &conn, open, session, cancel).await;
+    let control = (send, recv);
+    let lost_ports = serve_tunnels(shared, &conn, open, session, cancel).await;
     metrics.tunnels.dec_by(tunnel_count);
     metrics.sessions.dec();
+    drop((control, conn));
+    parking::park(shared, lost_ports, session, cancel).await;
     Ok(())
 }
 
@@ -120,7 +122,8 @@ async fn admit(
         match claim(shared, &key, &grant, session, conn, port).await {
             Ok(claim) => {
                 let granted = Granted { id, name: spec.name.clone(), port: claim.port, host: shared.public_host() };
-                admitted.push((granted, OpenTunnel { id, port: claim.port, listener: claim.listener }));
+                let Claim { port, listener, parked } = claim;
+                admitted.push((granted, OpenTunnel { id, port, listener, parked }));
             }
             Err(refusal) => {
                 release(shared, admitted.iter().map(|(_, t)| t.port), session);
@@ -193,14 +196,15 @@ fn check_tunnels(hello: &Hello, max: usize) -> Result<(), Refusal> {
 }
 
 /// Serves visitors until the agent leaves or the relay stops; on a stop, visitors get the
-/// grace period to finish before the agent is told to reconnect.
+/// grace period to finish before the agent is told to reconnect. Returns the ports to park
+/// when the session was lost rather than ended.
 async fn serve_tunnels(
     shared: &Arc<Shared>,
     conn: &Connection,
     open: Vec<OpenTunnel>,
     session: SessionId,
     cancel: &CancellationToken,
-) {
+) -> Vec<u16> {
     let ports = open.iter().map(|t| t.port).collect::<Vec<_>>();
     let stop = cancel.child_token();
     let visitors = TaskTracker::new();
@@ -218,25 +222,39 @@ async fn serve_tunnels(
     stop.cancel();
     accept_loops.close();
     accept_loops.wait().await;
-    release(shared, ports, session);
     match ended {
-        Some(err) if close_code(&err) == Some(CloseCode::AgentExit) => {
-            tracing::info!("agent left; tunnels closed")
-        }
-        // While serving, this relay closes a session itself only to replace it.
-        Some(quinn::ConnectionError::LocallyClosed) => tracing::info!("session replaced by a newer one"),
-        Some(err) => {
-            tracing::info!(reason = %describe_connection_error(&err), "session lost; tunnels closed")
-        }
+        Some(err) => ended_by(shared, &err, ports, session),
         None => {
+            release(shared, ports, session);
             visitors.close();
             if tokio::time::timeout(shared.config.grace_period, visitors.wait()).await.is_err() {
                 tracing::info!("grace period over; closing remaining visitors");
             }
             CloseCode::Shutdown.close(conn);
             tracing::info!("session closed for shutdown");
+            Vec::new()
         }
     }
+}
+
+/// Frees the ports of a session that ended with `err`, or returns them for parking if the
+/// session was lost rather than ended on purpose.
+fn ended_by(shared: &Shared, err: &quinn::ConnectionError, ports: Vec<u16>, session: SessionId) -> Vec<u16> {
+    let reason = describe_connection_error(err);
+    match err {
+        // The user chose to stop: visitors are better refused at once than kept waiting.
+        _ if close_code(err) == Some(CloseCode::AgentExit) => tracing::info!("agent left; tunnels closed"),
+        // While serving, this relay closes a session itself only to replace it, and the newer
+        // session has the ports already.
+        quinn::ConnectionError::LocallyClosed => tracing::info!("session replaced by a newer one"),
+        _ if !shared.config.park_visitors_for.is_zero() => {
+            tracing::info!(%reason, "session lost");
+            return ports;
+        }
+        _ => tracing::info!(%reason, "session lost; tunnels closed"),
+    }
+    release(shared, ports, session);
+    Vec::new()
 }
 
 /// How often the session's path is checked; quinn follows a migration by itself and only

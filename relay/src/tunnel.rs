@@ -9,14 +9,14 @@ use burrow_common::{
     splice::{abort_tcp, splice},
 };
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::Instrument;
 
 use crate::{
     Shared,
-    limits::{self, Admission},
-    metrics::{Metrics, REFUSED_NO_STREAM},
+    limits::{self, Admission, Places},
+    metrics::{Metrics, REFUSED_NO_STREAM, REFUSED_TUNNEL_LIMIT},
+    parking::{Handover, Successor},
 };
 
 /// How long a visitor waits for a stream slot before it is reset; past this the agent is
@@ -30,6 +30,8 @@ pub(crate) struct OpenTunnel {
     pub(crate) id: u32,
     pub(crate) port: u16,
     pub(crate) listener: Arc<TcpListener>,
+    /// Visitors that waited on this port while the tunnel's previous session was lost.
+    pub(crate) parked: Option<Handover>,
 }
 
 /// Accepts visitors until `stop`; each visitor runs on `visitors` so a drain can wait for it.
@@ -40,20 +42,39 @@ pub(crate) async fn accept_visitors(
     visitors: TaskTracker,
     stop: CancellationToken,
 ) {
-    let places = Arc::new(Semaphore::new(shared.config.max_visitors_per_tunnel));
+    // Only now, with the agent welcomed, may streams for its parked visitors arrive.
+    if let Some(parked) = tunnel.parked {
+        parked.send_replace(Some(Successor { conn: conn.clone(), tunnel: tunnel.id }));
+    }
+    let places = Places::new(shared.config.max_visitors_per_tunnel, REFUSED_TUNNEL_LIMIT);
+    accept_until(&tunnel.listener, &places, &shared, stop.cancelled(), |tcp, peer, admission| {
+        // Spawned as is, not wrapped in another async block: a wrapper would hold this future
+        // twice, doubling the memory of every open visitor.
+        let served = forward(tcp, peer, conn.clone(), tunnel.id, shared.metrics.clone(), admission);
+        visitors.spawn(served.instrument(tracing::debug_span!("visitor", %peer)));
+    })
+    .await;
+}
+
+/// Accepts visitors on `listener` until `stop` completes, handing each one the caps admit to
+/// `serve` and resetting the others at once.
+pub(crate) async fn accept_until(
+    listener: &TcpListener,
+    places: &Places,
+    shared: &Shared,
+    stop: impl Future<Output = ()>,
+    mut serve: impl FnMut(TcpStream, SocketAddr, Admission),
+) {
+    tokio::pin!(stop);
     loop {
         let accepted = tokio::select! {
-            _ = stop.cancelled() => break,
-            accepted = tunnel.listener.accept() => accepted,
+            biased;
+            () = &mut stop => break,
+            accepted = listener.accept() => accepted,
         };
         match accepted {
-            Ok((tcp, peer)) => match limits::admit(&places, &shared.per_ip, peer.ip(), &shared.metrics) {
-                Ok(admission) => {
-                    // Spawned as is, not wrapped in another async block: a wrapper would hold
-                    // this future twice, doubling the memory of every open visitor.
-                    let served = forward(tcp, peer, conn.clone(), tunnel.id, shared.metrics.clone(), admission);
-                    visitors.spawn(served.instrument(tracing::debug_span!("visitor", %peer)));
-                }
+            Ok((tcp, peer)) => match limits::admit(places, &shared.per_ip, peer.ip(), &shared.metrics) {
+                Ok(admission) => serve(tcp, peer, admission),
                 Err(full) => {
                     tracing::debug!(%peer, reason = full.reason, "visitor refused");
                     shared.metrics.visitors_refused.get_or_create(&full).inc();
@@ -70,7 +91,7 @@ pub(crate) async fn accept_visitors(
 
 /// Carries one visitor across the tunnel.
 /// `admission` is the visitor's place under the caps, held until it has been served.
-async fn forward(
+pub(crate) async fn forward(
     visitor: TcpStream,
     peer: SocketAddr,
     conn: quinn::Connection,

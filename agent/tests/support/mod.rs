@@ -139,6 +139,13 @@ impl TestAgent {
         self.cancel.cancel();
         self.finished().await?
     }
+
+    /// Ends the agent at once without a word to the relay, as `kill -9` does.
+    pub async fn kill(self) {
+        self.task.abort();
+        // The task's end is known: it was cancelled (or had already returned).
+        self.task.await.ok();
+    }
 }
 
 pub fn public_addr(tunnel: &PublicTunnel) -> SocketAddr {
