@@ -38,7 +38,12 @@ pub(crate) async fn run(
     never_online: bool,
     cancel: &CancellationToken,
 ) -> Outcome {
-    let (endpoint, conn) = match connect(plan, client).await {
+    // Ctrl-C must not wait out a connect attempt to an unreachable relay.
+    let connected = tokio::select! {
+        _ = cancel.cancelled() => return Outcome::Stopped,
+        connected = connect(plan, client) => connected,
+    };
+    let (endpoint, conn) = match connected {
         Ok(connected) => connected,
         Err(Failure::Trust(reason)) if never_online => {
             return Outcome::Fatal(anyhow::anyhow!(reason));

@@ -107,3 +107,20 @@ async fn insecure_connects_to_any_relay_only_when_asked() -> anyhow::Result<()> 
     assert!(format!("{err:#}").contains("does not match"), "{err:#}");
     relay.stop().await
 }
+
+#[tokio::test]
+async fn stopping_an_agent_that_is_still_connecting_is_immediate() -> anyhow::Result<()> {
+    // A UDP socket that never answers: the agent's connect attempt would wait out its timeout.
+    let silent = tokio::net::UdpSocket::bind("127.0.0.1:0").await?;
+    let dir = tempfile::tempdir()?;
+    let relay = TestRelay::start(dir.path()).await?;
+    let mut plan = relay.plan(vec![tunnel("web", echo_server().await?)]);
+    plan.relay = agent::config::RelayAddr { host: "127.0.0.1".into(), port: silent.local_addr()?.port() };
+    let mut agent = TestAgent::spawn(plan);
+    agent.status.wait_for(|s| matches!(s, Status::Connecting)).await?;
+    let asked = std::time::Instant::now();
+    agent.stop().await?;
+    let took = asked.elapsed();
+    assert!(took < std::time::Duration::from_secs(1), "stopping took {took:?} while connecting");
+    relay.stop().await
+}
