@@ -16,6 +16,13 @@ const STREAM_RECEIVE_WINDOW: u32 = 2 * 1024 * 1024;
 /// while still bounding what one session can buffer (the default is unbounded).
 const CONNECTION_RECEIVE_WINDOW: u32 = 128 * STREAM_RECEIVE_WINDOW;
 
+/// Data a session may hold unacknowledged or unsent, across all its streams. Every stream
+/// waits for room here: with quinn's default (10 MB) a few bulk visitors on a slow path fill
+/// it, and an interactive visitor's next keystroke then waits seconds for room, although
+/// once written it is sent at once (streams take turns). This lets 32 streams fill their
+/// windows before anyone waits, while still bounding what one session can buffer.
+const SEND_WINDOW: u64 = 32 * STREAM_RECEIVE_WINDOW as u64;
+
 /// The agent's side: it keeps the NAT mapping alive and accepts the relay's streams.
 pub fn agent(keep_alive: Duration, idle_timeout: Duration) -> TransportConfig {
     let mut t = common(idle_timeout);
@@ -46,5 +53,6 @@ fn common(idle_timeout: Duration) -> TransportConfig {
     t.max_concurrent_uni_streams(VarInt::from_u32(0));
     t.receive_window(VarInt::from_u32(CONNECTION_RECEIVE_WINDOW));
     t.stream_receive_window(VarInt::from_u32(STREAM_RECEIVE_WINDOW));
+    t.send_window(SEND_WINDOW);
     t
 }
