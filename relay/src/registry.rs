@@ -154,6 +154,18 @@ impl Registry {
         Ok(Some(Claim { port, listener, parked }))
     }
 
+    /// Waits until the reservations made so far are stored, so a relay killed right after
+    /// welcoming an agent still gives it the same port when it comes back. Bounded: a slow
+    /// disk delays a Welcome by at most `within`, never blocks it.
+    pub(crate) async fn reservations_saved(&self, within: std::time::Duration) {
+        let Some((target, mut saved)) = self.reservations.save_point() else {
+            return;
+        };
+        if tokio::time::timeout(within, saved.wait_for(|stored| *stored >= target)).await.is_err() {
+            tracing::warn!("port reservations not yet on disk; welcoming the agent anyway");
+        }
+    }
+
     fn bind(&self, port: u16) -> Option<TcpListener> {
         let addr = SocketAddr::new(self.bind_ip, port);
         let socket = if addr.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() };

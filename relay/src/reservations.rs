@@ -6,7 +6,11 @@
 use std::{
     collections::HashMap,
     path::Path,
-    sync::{Arc, Mutex, mpsc},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+        mpsc,
+    },
     time::Duration,
 };
 
@@ -33,6 +37,11 @@ pub trait Reservations: Send + Sync {
     fn hold(&self, key: &TunnelKey, port: u16) -> anyhow::Result<()>;
     /// `key` stopped serving on `port`; the reservation expires after the TTL from now.
     fn release(&self, key: &TunnelKey, port: u16) -> anyhow::Result<()>;
+    /// What to wait for until every change made so far is stored: the change count to
+    /// reach and a receiver of the count stored. `None` when changes are stored at once.
+    fn save_point(&self) -> Option<(u64, tokio::sync::watch::Receiver<u64>)> {
+        None
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -67,6 +76,10 @@ pub struct FileReservations {
     entries: Arc<Mutex<HashMap<TunnelKey, Entry>>>,
     dirty: Option<mpsc::SyncSender<()>>,
     writer: Option<std::thread::JoinHandle<()>>,
+    /// Changes made so far, counted under the entries' lock.
+    changes: Arc<AtomicU64>,
+    /// Changes the file holds, published by the writer after each write.
+    saved: tokio::sync::watch::Receiver<u64>,
 }
 
 impl FileReservations {
@@ -91,15 +104,18 @@ impl FileReservations {
             })
             .collect();
         let entries = Arc::new(Mutex::new(entries));
-        let (dirty, changes) = mpsc::sync_channel(1);
+        let (dirty, wake) = mpsc::sync_channel(1);
+        let changes = Arc::new(AtomicU64::new(0));
+        let (stored, saved) = tokio::sync::watch::channel(0);
         let writer = std::thread::Builder::new()
             .name("reservations".into())
             .spawn({
                 let entries = entries.clone();
-                move || persist_changes(&path, &entries, &changes)
+                let changes = changes.clone();
+                move || persist_changes(&path, &entries, &changes, &wake, &stored)
             })
             .context("start reservation writer")?;
-        Ok(Self { ttl, entries, dirty: Some(dirty), writer: Some(writer) })
+        Ok(Self { ttl, entries, dirty: Some(dirty), writer: Some(writer), changes, saved })
     }
 
     fn live(&self, entry: &Entry) -> bool {
@@ -111,6 +127,7 @@ impl FileReservations {
         change(&mut entries);
         let at = now();
         entries.retain(|_, e| e.unexpired(at, self.ttl));
+        self.changes.fetch_add(1, Ordering::SeqCst);
         if let Some(dirty) = &self.dirty {
             // A full channel means a write is already due; it will see this change too.
             dirty.try_send(()).ok();
@@ -135,17 +152,28 @@ impl Drop for FileReservations {
     }
 }
 
-fn persist_changes(path: &Path, entries: &Mutex<HashMap<TunnelKey, Entry>>, changes: &mpsc::Receiver<()>) {
-    while changes.recv().is_ok() {
-        let snapshot = match entries.lock() {
-            Ok(entries) => ReservationFile { reservations: entries.values().cloned().collect() },
+fn persist_changes(
+    path: &Path,
+    entries: &Mutex<HashMap<TunnelKey, Entry>>,
+    changes: &AtomicU64,
+    wake: &mpsc::Receiver<()>,
+    stored: &tokio::sync::watch::Sender<u64>,
+) {
+    while wake.recv().is_ok() {
+        let (snapshot, upto) = match entries.lock() {
+            Ok(entries) => {
+                (ReservationFile { reservations: entries.values().cloned().collect() }, changes.load(Ordering::SeqCst))
+            }
             Err(_) => return,
         };
         let written = serde_json::to_vec_pretty(&snapshot)
             .map_err(anyhow::Error::from)
             .and_then(|bytes| files::write_private(path, &bytes));
-        if let Err(e) = written {
-            tracing::warn!("could not save port reservations: {e:#}");
+        match written {
+            Ok(()) => {
+                stored.send_replace(upto);
+            }
+            Err(e) => tracing::warn!("could not save port reservations: {e:#}"),
         }
     }
 }
@@ -164,6 +192,10 @@ impl Reservations for FileReservations {
             entries.retain(|k, e| k == key || e.port != port);
             entries.insert(key.clone(), Entry { key: key.clone(), port, last_seen: now(), active: true });
         })
+    }
+
+    fn save_point(&self) -> Option<(u64, tokio::sync::watch::Receiver<u64>)> {
+        Some((self.changes.load(Ordering::SeqCst), self.saved.clone()))
     }
 
     fn release(&self, key: &TunnelKey, port: u16) -> anyhow::Result<()> {

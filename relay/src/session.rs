@@ -20,6 +20,9 @@ use crate::{
     tunnel::{OpenTunnel, accept_visitors},
 };
 
+/// Longest a Welcome waits for the tunnels' reservations to reach the disk.
+const RESERVATION_SAVE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Serves one incoming QUIC connection to its end, logging how it ended exactly once.
 pub(crate) async fn serve(incoming: quinn::Incoming, shared: Arc<Shared>, cancel: CancellationToken) {
     let remote = incoming.remote_address();
@@ -56,6 +59,7 @@ async fn run(incoming: quinn::Incoming, shared: &Arc<Shared>, cancel: &Cancellat
         Err(refusal) => return refuse(&conn, &mut send, refusal).await,
     };
     let (granted, open): (Vec<Granted>, Vec<OpenTunnel>) = tunnels.into_iter().unzip();
+    shared.registry.reservations_saved(RESERVATION_SAVE_WAIT).await;
     let welcome = ServerMsg::Welcome { tunnels: granted };
     let sent = protocol::write_msg(&mut send, &welcome).await;
     if let Err(e) = sent {
