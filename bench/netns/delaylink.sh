@@ -15,6 +15,8 @@
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# The delayer is shared with the fault suite's simulated internet.
+DELAYER="$(cd "$HERE/../../faults" && pwd)/delay.py"
 PROG="$(basename "$0")"
 NS_RELAY=brwb-relay; IF_RELAY=brwb-r; IP_RELAY=10.98.0.1; Q_RELAY=0
 NS_AGENT=brwb-agent; IF_AGENT=brwb-a; IP_AGENT=10.98.0.2; Q_AGENT=1
@@ -81,7 +83,7 @@ cmd_deps() {
 start_delayer() { # role ns queue delay_ms
   local role="$1" ns="$2" q="$3" d="$4" pid
   local ready="$STATE/$role.ready"
-  setsid ip netns exec "$ns" "$PY" "$HERE/delay.py" --queue "$q" --delay-ms "$d" \
+  setsid ip netns exec "$ns" "$PY" "$DELAYER" --queue "$q" --delay-ms "$d" \
     --ready-file "$ready" </dev/null >>"$STATE/$role.log" 2>&1 &
   for _ in $(seq 100); do
     [ -s "$ready" ] && break
@@ -95,7 +97,7 @@ start_delayer() { # role ns queue delay_ms
 }
 
 is_delayer() { # pid -> true if it is one of our delay.py processes
-  [ -n "$1" ] && [ -r "/proc/$1/cmdline" ] && tr '\0' ' ' <"/proc/$1/cmdline" | grep -q "$HERE/delay.py --queue"
+  [ -n "$1" ] && [ -r "/proc/$1/cmdline" ] && tr '\0' ' ' <"/proc/$1/cmdline" | grep -q "$DELAYER --queue"
 }
 
 offloads_off() { # ns ifname: no GSO/TSO/GRO, so delay acts on wire-sized packets
@@ -136,7 +138,7 @@ cmd_up() {
   for c in ip iptables setsid "$PY"; do
     command -v "$c" >/dev/null || die "'$c' not found; run '$PROG deps'"
   done
-  [ -r "$HERE/delay.py" ] || die "$HERE/delay.py is missing"
+  [ -r "$DELAYER" ] || die "$DELAYER is missing"
 
   # From here on, any failure (or Ctrl-C) removes everything we created.
   trap up_cleanup EXIT
