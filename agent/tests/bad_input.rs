@@ -202,3 +202,33 @@ async fn agents_get_through_when_the_relay_demands_address_validation() -> anyho
     second.stop().await?;
     relay.stop().await
 }
+
+/// An agent with a valid token that tries to open streams of its own: the relay grants it
+/// only its control stream, so it cannot make the relay hold state for streams it invents.
+#[tokio::test]
+async fn an_authenticated_agent_cannot_open_streams_beyond_its_control_stream() -> anyhow::Result<()> {
+    let (relay, canary, canary_addr, _dir) = relay_with_canary().await?;
+    let endpoint = raw_client(burrow_common::ALPN, &relay)?;
+    let conn = endpoint.connect(relay.addr, "localhost")?.await?;
+    let (mut control, mut answers) = conn.open_bi().await?;
+    let tunnels = vec![burrow_common::TunnelSpec {
+        name: "hostile".into(),
+        local: "127.0.0.1:1".into(),
+        kind: burrow_common::TunnelKind::Tcp { port: None },
+    }];
+    write_msg(
+        &mut control,
+        &Hello { version: burrow_common::protocol::PROTOCOL_VERSION, token: relay.token.clone(), tunnels },
+    )
+    .await?;
+    let welcome: ServerMsg = read_msg(&mut answers, MAX_CONTROL_FRAME).await?;
+    assert!(matches!(welcome, ServerMsg::Welcome { .. }), "{welcome:?}");
+
+    let extra_bidi = tokio::time::timeout(Duration::from_millis(500), conn.open_bi()).await;
+    assert!(extra_bidi.is_err(), "the relay granted a second stream to an agent");
+    let uni = tokio::time::timeout(Duration::from_millis(500), conn.open_uni()).await;
+    assert!(uni.is_err(), "the relay granted a unidirectional stream to an agent");
+    assert_eq!(exchange(canary_addr, b"unaffected").await?, b"unaffected");
+    canary.stop().await?;
+    relay.stop().await
+}

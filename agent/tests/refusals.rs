@@ -6,6 +6,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use burrow_common::{Secret, tls::Trust};
+use relay::RelayConfig;
 use support::*;
 
 #[tokio::test]
@@ -138,5 +139,23 @@ async fn repeated_token_failures_from_one_address_are_slowed_but_valid_tokens_ar
     let (agent, _) = TestAgent::start(relay.plan(vec![tunnel("web", echo)])).await?;
     assert!(started.elapsed() < Duration::from_secs(1), "took {:?}", started.elapsed());
     agent.stop().await?;
+    relay.stop().await
+}
+
+#[tokio::test]
+async fn one_token_cannot_hold_more_tunnels_than_its_limit_across_sessions() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let relay = TestRelay::start_with(RelayConfig { max_tunnels_per_token: 2, ..relay_config(dir.path()) }).await?;
+    let echo = echo_server().await?;
+    let (first, tunnels) = TestAgent::start(relay.plan(vec![tunnel("a", echo), tunnel("b", echo)])).await?;
+
+    let err = TestAgent::spawn(relay.plan(vec![tunnel("c", echo)])).finished().await?.unwrap_err();
+    assert!(format!("{err:#}").contains("already holds 2 tunnels"), "{err:#}");
+    assert_eq!(exchange(public_addr(&tunnels[1]), b"still served").await?, b"still served");
+
+    // The limit counts tunnels held now: once the first agent leaves, another may open.
+    first.stop().await?;
+    let (second, _) = TestAgent::start(relay.plan(vec![tunnel("c", echo)])).await?;
+    second.stop().await?;
     relay.stop().await
 }

@@ -101,6 +101,8 @@ pub enum Refusal {
         "another agent with this token is serving tunnel {name:?} right now; stop it, or give this one another --name"
     )]
     TunnelActive { name: String },
+    #[error("this token already holds {max} tunnels on the relay, its limit; stop some of them first")]
+    TokenTunnelLimit { max: usize },
 }
 
 impl Refusal {

@@ -55,6 +55,9 @@ pub struct RelayConfig {
     pub handshake_timeout: Duration,
     /// Tunnels one session may open.
     pub max_tunnels_per_session: usize,
+    /// Tunnels one token may hold at once, across all its sessions: a leaked or hostile
+    /// token cannot take every port by opening many sessions.
+    pub max_tunnels_per_token: usize,
     /// Visitors one tunnel may have open at once; more are reset at once.
     pub max_visitors_per_tunnel: usize,
     /// Visitors one source address may have open at once, across all tunnels.
@@ -92,6 +95,7 @@ impl Default for RelayConfig {
             idle_timeout: Duration::from_secs(30),
             handshake_timeout: Duration::from_secs(10),
             max_tunnels_per_session: 32,
+            max_tunnels_per_token: 128,
             // The agent accepts this many streams at once; more would only queue unseen.
             max_visitors_per_tunnel: burrow_common::transport::AGENT_MAX_STREAMS as usize,
             max_visitors_per_ip: 256,
@@ -141,6 +145,7 @@ impl RelayConfig {
         }
         for (key, value) in [
             ("max_tunnels_per_session", self.max_tunnels_per_session),
+            ("max_tunnels_per_token", self.max_tunnels_per_token),
             ("max_visitors_per_tunnel", self.max_visitors_per_tunnel),
             ("max_visitors_per_ip", self.max_visitors_per_ip),
             ("max_parked_visitors", self.max_parked_visitors),

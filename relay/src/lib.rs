@@ -79,7 +79,8 @@ impl Relay {
         let endpoint = endpoint::bind(config.listen, server, &keys)?;
         let reservations =
             FileReservations::open(&config.data_dir, config.reservation_ttl).context("load port reservations")?;
-        let registry = Registry::new(Arc::new(reservations), config.ports, config.public_bind);
+        let registry =
+            Registry::new(Arc::new(reservations), config.ports, config.public_bind, config.max_tunnels_per_token);
         let admin = config.admin_listen.map(bind_admin).transpose()?;
         let shared = Shared {
             tokens: TokenStore::open(&config.data_dir, config.token.as_ref()),

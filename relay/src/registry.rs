@@ -55,6 +55,7 @@ pub(crate) struct Registry {
     reservations: Arc<dyn Reservations>,
     range: PortRange,
     bind_ip: IpAddr,
+    max_per_token: usize,
 }
 
 /// Who is asking for a port.
@@ -84,12 +85,24 @@ impl From<Refusal> for ClaimError {
 }
 
 impl Registry {
-    pub(crate) fn new(reservations: Arc<dyn Reservations>, range: PortRange, bind_ip: IpAddr) -> Self {
-        Self { live: Mutex::default(), reservations, range, bind_ip }
+    pub(crate) fn new(
+        reservations: Arc<dyn Reservations>,
+        range: PortRange,
+        bind_ip: IpAddr,
+        max_per_token: usize,
+    ) -> Self {
+        Self { live: Mutex::default(), reservations, range, bind_ip, max_per_token }
     }
 
     pub(crate) fn claim(&self, who: &Claimant<'_>, requested: Option<u16>) -> Result<Claim, ClaimError> {
         let mut live = self.live.lock().map_err(|_| Refusal::NoFreePort { range: self.range.to_string() })?;
+        // The claimant's own tunnel, held by a session it replaces or parked, is not counted:
+        // taking it over adds nothing.
+        let held_by_token =
+            live.values().filter(|h| h.key.token == who.key.token && h.key.tunnel != who.key.tunnel).count();
+        if held_by_token >= self.max_per_token {
+            return Err(Refusal::TokenTunnelLimit { max: self.max_per_token }.into());
+        }
         let allowed = |port: u16| self.range.contains(port) && who.grant.allows(port);
         if let Some(port) = requested {
             if !allowed(port) {
