@@ -78,3 +78,64 @@ async fn an_address_at_its_limit_is_turned_away_on_every_tunnel_while_others_are
     agent.stop().await?;
     relay.stop().await
 }
+
+/// Visitors that stop reading pin only their own stream's window: other visitors of the same
+/// tunnel and other tunnels of the same session keep flowing.
+#[tokio::test]
+async fn visitors_that_stop_reading_do_not_freeze_the_session() -> anyhow::Result<()> {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    };
+    const STALLED: usize = 5;
+    let written = Arc::new((0..STALLED + 1).map(|_| AtomicU64::new(0)).collect::<Vec<_>>());
+    let next = Arc::new(AtomicU64::new(0));
+    let (counters, turn) = (written.clone(), next.clone());
+    // Each visitor gets as much as the path will take: far more than every buffer on the way.
+    let flood = local_server(move |mut tcp| {
+        let (counters, slot) = (counters.clone(), turn.fetch_add(1, Ordering::SeqCst) as usize);
+        async move {
+            let chunk = vec![7u8; 64 * 1024];
+            for _ in 0..1024 {
+                tcp.write_all(&chunk).await?;
+                if let Some(counter) = counters.get(slot) {
+                    counter.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                }
+            }
+            Ok(())
+        }
+    })
+    .await?;
+    let dir = tempfile::tempdir()?;
+    let relay = TestRelay::start(dir.path()).await?;
+    let plan = relay.plan(vec![tunnel("flood", flood), tunnel("canary", echo_server().await?)]);
+    let (agent, tunnels) = TestAgent::start(plan).await?;
+    let mut stalled = Vec::new();
+    for _ in 0..STALLED {
+        stalled.push(TcpStream::connect(public_addr(&tunnels[0])).await?);
+    }
+    // Wait until every stalled visitor's server is blocked: its count stops moving.
+    let quiet = std::time::Duration::from_millis(500);
+    let deadline = std::time::Instant::now() + STEP;
+    let total = |w: &[AtomicU64]| w.iter().take(STALLED).map(|c| c.load(Ordering::Relaxed)).collect::<Vec<_>>();
+    let mut before = total(&written);
+    loop {
+        tokio::time::sleep(quiet).await;
+        let now = total(&written);
+        if now == before && now.iter().all(|n| *n > 2 * 1024 * 1024) {
+            break;
+        }
+        anyhow::ensure!(std::time::Instant::now() < deadline, "the stalled visitors' servers never blocked: {now:?}");
+        before = now;
+    }
+    let started = std::time::Instant::now();
+    assert_eq!(exchange(public_addr(&tunnels[1]), b"other tunnel").await?, b"other tunnel");
+    let mut fresh = TcpStream::connect(public_addr(&tunnels[0])).await?;
+    let mut first = vec![0u8; 256 * 1024];
+    tokio::time::timeout(STEP, fresh.read_exact(&mut first)).await??;
+    let took = started.elapsed();
+    assert!(took < std::time::Duration::from_secs(1), "other visitors waited {took:?} behind stalled ones");
+    drop((stalled, fresh));
+    agent.stop().await?;
+    relay.stop().await
+}
