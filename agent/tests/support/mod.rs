@@ -304,3 +304,229 @@ pub async fn settled(relay: &TestRelay, series: &str, value: f64) -> anyhow::Res
     })
     .await?
 }
+
+/// The compiled `relay` and `agent` binaries run as child processes, for tests that read a
+/// process's memory or need it apart from the test's own runtime.
+pub mod processes {
+    use std::{net::SocketAddr, path::PathBuf, process::Stdio};
+
+    use anyhow::Context;
+    use burrow_common::Fingerprint;
+    use tokio::{
+        io::{AsyncBufReadExt, BufReader, Lines},
+        process::{Child, ChildStdout, Command},
+    };
+
+    use super::STEP;
+
+    pub fn agent_bin() -> PathBuf {
+        PathBuf::from(env!("CARGO_BIN_EXE_agent"))
+    }
+
+    pub fn relay_bin() -> anyhow::Result<PathBuf> {
+        let path = agent_bin().with_file_name("relay");
+        anyhow::ensure!(path.exists(), "{} is missing: build it with `cargo build --workspace --bins`", path.display());
+        Ok(path)
+    }
+
+    /// A child whose stdout is read for the lines it promises. Its stderr goes to a file, so
+    /// a chatty child never stalls on a full pipe and a failure can still quote it.
+    pub struct Binary {
+        child: Child,
+        lines: Option<Lines<BufReader<ChildStdout>>>,
+        stderr: tempfile::NamedTempFile,
+    }
+
+    impl Binary {
+        pub fn start(command: &mut Command) -> anyhow::Result<Self> {
+            let stderr = tempfile::NamedTempFile::new()?;
+            let mut child = command.stdout(Stdio::piped()).stderr(stderr.reopen()?).kill_on_drop(true).spawn()?;
+            let stdout = child.stdout.take().context("stdout is piped")?;
+            Ok(Self { child, lines: Some(BufReader::new(stdout).lines()), stderr })
+        }
+
+        pub fn pid(&self) -> anyhow::Result<u32> {
+            self.child.id().context("the process has exited")
+        }
+
+        /// Reads stdout until a line contains `marker`; returns that line.
+        pub async fn line_with(&mut self, marker: &str) -> anyhow::Result<String> {
+            let lines = self.lines.as_mut().context("stdout is already drained")?;
+            let wait = async {
+                while let Some(line) = lines.next_line().await? {
+                    if line.contains(marker) {
+                        return Ok(line);
+                    }
+                }
+                anyhow::bail!("stdout ended before a line with {marker:?}")
+            };
+            let found = tokio::time::timeout(STEP, wait).await.unwrap_or_else(|_| Err(anyhow::anyhow!("timed out")));
+            found.with_context(|| format!("no line with {marker:?}; stderr: {}", self.stderr_text()))
+        }
+
+        /// Reads and drops the rest of stdout, so later output cannot fill the pipe.
+        pub fn drain(&mut self) {
+            if let Some(mut lines) = self.lines.take() {
+                tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+            }
+        }
+
+        pub fn stderr_text(&self) -> String {
+            std::fs::read_to_string(self.stderr.path()).unwrap_or_default()
+        }
+
+        pub fn vm_rss_kib(&self) -> anyhow::Result<u64> {
+            vm_rss_kib(self.pid()?)
+        }
+    }
+
+    /// Resident memory (VmRSS) of a process, in KiB.
+    pub fn vm_rss_kib(pid: u32) -> anyhow::Result<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+        let line = status.lines().find(|l| l.starts_with("VmRSS:")).context("VmRSS in /proc status")?;
+        Ok(line.split_whitespace().nth(1).context("VmRSS value")?.parse()?)
+    }
+
+    /// The value after `label` on a banner line.
+    fn field(line: &str, label: &str) -> anyhow::Result<String> {
+        let rest = line.split_once(label).with_context(|| format!("{label:?} in {line:?}"))?.1;
+        Ok(rest.split_whitespace().next().context("value after label")?.to_string())
+    }
+
+    fn address_in(line: &str, label: &str) -> anyhow::Result<SocketAddr> {
+        let value = field(line, label)?;
+        value.trim_end_matches("/metrics").parse().with_context(|| format!("address in {line:?}"))
+    }
+
+    pub struct RelayBinary {
+        pub process: Binary,
+        pub addr: SocketAddr,
+        pub admin: SocketAddr,
+        pub fingerprint: Fingerprint,
+        pub token: String,
+        _dir: tempfile::TempDir,
+    }
+
+    impl RelayBinary {
+        /// Starts `relay` on loopback with a fresh data directory and its admin endpoint on;
+        /// `env` sets further keys, such as `BURROW_RELAY_MAX_VISITORS_PER_IP`.
+        pub async fn start(env: &[(&str, String)]) -> anyhow::Result<Self> {
+            let dir = tempfile::tempdir()?;
+            let mut command = Command::new(relay_bin()?);
+            command.env("RUST_LOG", "warn").envs(env.iter().map(|(k, v)| (k, v)));
+            command.args(["--listen", "127.0.0.1:0", "--public-bind", "127.0.0.1", "--admin-listen", "127.0.0.1:0"]);
+            let mut process = Binary::start(command.arg("--data-dir").arg(dir.path()))?;
+            let addr = address_in(&process.line_with("agents connect to").await?, "udp")?;
+            let fingerprint = field(&process.line_with("fingerprint").await?, "fingerprint")?;
+            let admin = address_in(&process.line_with("metrics").await?, "http://")?;
+            let token = field(&process.line_with("new token").await?, "\"default\"")?;
+            process.drain();
+            let fingerprint = fingerprint.parse().map_err(anyhow::Error::msg)?;
+            Ok(Self { process, addr, admin, fingerprint, token, _dir: dir })
+        }
+
+        /// Starts an `agent` exposing `local` through this relay; returns it and the public
+        /// address of its tunnel.
+        pub async fn agent(&self, local: SocketAddr) -> anyhow::Result<(Binary, SocketAddr)> {
+            let mut command = Command::new(agent_bin());
+            command.env("BURROW_TOKEN", &self.token).env("RUST_LOG", "warn");
+            command.args(["--relay", &self.addr.to_string(), "--fingerprint", &self.fingerprint.to_string()]);
+            let mut process = Binary::start(command.args(["--local", &local.to_string()]))?;
+            let public = address_in(&process.line_with("tunnel ").await?, "tcp://")?;
+            process.drain();
+            Ok((process, public))
+        }
+
+        pub async fn metrics(&self) -> anyhow::Result<String> {
+            let (status, body) = super::get(self.admin, "/metrics", None).await?;
+            anyhow::ensure!(status == 200, "metrics answered {status}");
+            Ok(body)
+        }
+
+        /// The metrics page once `series` reads `value`.
+        pub async fn settled(&self, series: &str, value: f64) -> anyhow::Result<String> {
+            self.until(series, |v| v == value).await.with_context(|| format!("{series} did not settle at {value}"))
+        }
+
+        /// The metrics page once the value of `series` passes `test`.
+        pub async fn until(&self, series: &str, test: impl Fn(f64) -> bool) -> anyhow::Result<String> {
+            let wait = async {
+                loop {
+                    let page = self.metrics().await?;
+                    if super::sample(&page, series).is_some_and(&test) {
+                        return anyhow::Ok(page);
+                    }
+                    tokio::task::yield_now().await;
+                }
+            };
+            tokio::time::timeout(STEP, wait).await.with_context(|| format!("waiting on {series}"))?
+        }
+    }
+
+    /// Another agent's tunnel whose round trips show how responsive the relay stays. Its echo
+    /// server and round trips run on a runtime of their own, so they measure the relay and
+    /// agents, not whatever load the test's own runtime is busy generating.
+    pub struct Canary {
+        runtime: Option<tokio::runtime::Runtime>,
+        pub public: SocketAddr,
+        _agent: Binary,
+    }
+
+    /// Round trips made, and the slowest one.
+    pub struct Rounds {
+        pub count: usize,
+        pub slowest: std::time::Duration,
+    }
+
+    impl Canary {
+        pub async fn start(relay: &RelayBinary) -> anyhow::Result<Self> {
+            let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+            let echo = runtime.spawn(super::echo_server()).await??;
+            let (agent, public) = relay.agent(echo).await?;
+            Ok(Self { runtime: Some(runtime), public, _agent: agent })
+        }
+
+        /// Round trips, each on a new connection, one per `pace`, until `stop` or `most` of them.
+        pub fn run(
+            &self,
+            pace: std::time::Duration,
+            most: usize,
+            stop: tokio_util::sync::CancellationToken,
+        ) -> anyhow::Result<tokio::task::JoinHandle<anyhow::Result<Rounds>>> {
+            let runtime = self.runtime.as_ref().context("the canary's runtime lives as long as the canary")?;
+            Ok(runtime.spawn(round_trips(self.public, pace, most, stop)))
+        }
+    }
+
+    impl Drop for Canary {
+        fn drop(&mut self) {
+            // Dropped inside the test's runtime, where a blocking shutdown is not allowed.
+            if let Some(runtime) = self.runtime.take() {
+                runtime.shutdown_background();
+            }
+        }
+    }
+
+    async fn round_trips(
+        public: SocketAddr,
+        pace: std::time::Duration,
+        most: usize,
+        stop: tokio_util::sync::CancellationToken,
+    ) -> anyhow::Result<Rounds> {
+        let mut rounds = Rounds { count: 0, slowest: std::time::Duration::ZERO };
+        let mut pace = tokio::time::interval(pace);
+        while rounds.count < most {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = pace.tick() => {}
+            }
+            let message = format!("canary {}", rounds.count);
+            let started = std::time::Instant::now();
+            let echoed = super::exchange(public, message.as_bytes()).await.context("canary round trip")?;
+            rounds.slowest = rounds.slowest.max(started.elapsed());
+            anyhow::ensure!(echoed == message.as_bytes(), "the canary's echo differs");
+            rounds.count += 1;
+        }
+        Ok(rounds)
+    }
+}
