@@ -383,7 +383,8 @@ async fn handshake_flood(relay: &RelayBinary, canary: &Canary) -> anyhow::Result
     eprintln!("  new agent started and served a visitor in {late_seconds:.2} s");
     eprintln!("  canary: {} round trips, slowest {:.1} ms", rounds.count, millis(rounds.slowest));
     anyhow::ensure!(retried > 0.0, "the relay never asked for a Retry");
-    anyhow::ensure!(silent.stalled <= STALLS_TOLERATED, "{} handshakes stalled", silent.stalled);
+    // A stall here once came from connection IDs colliding with Retry IDs (see relay/src/cid.rs).
+    anyhow::ensure!(silent.stalled == 0, "{} handshakes stalled", silent.stalled);
     anyhow::ensure!(waiting == silent.sessions.len(), "only {waiting} silent clients were still waiting");
     anyhow::ensure!(late_seconds < 5.0, "the new agent took {late_seconds:.1} s");
     check_canary(&rounds)
@@ -394,11 +395,6 @@ async fn handshake_flood(relay: &RelayBinary, canary: &Canary) -> anyhow::Result
 const HANDSHAKING_AT_ONCE: usize = 32;
 /// A silent client's handshake takes well under a second; past this it has stalled.
 const HANDSHAKE_LIMIT: Duration = Duration::from_secs(5);
-/// Handshakes allowed to stall. Against some builds of the relay, about one run in ten had a
-/// client that never got through after its Retry (the relay logged its Initials as unexpected
-/// packets on another connection). A real agent would reconnect; this test holds the relay to
-/// the canary and the newcomer, and fails on more than a few stalls.
-const STALLS_TOLERATED: usize = 3;
 
 struct Silent {
     sessions: Vec<(quinn::Endpoint, quinn::Connection)>,

@@ -3,10 +3,9 @@
 use std::{net::SocketAddr, sync::Arc};
 
 use anyhow::Context;
-use quinn_proto::HashedConnectionIdGenerator;
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::identity::QuicKeys;
+use crate::{cid::SignedConnectionIds, identity::QuicKeys};
 
 /// Socket buffer size. At Linux's 208 KiB default a fast bulk transfer drops packets in the
 /// kernel before quinn reads them.
@@ -20,7 +19,7 @@ pub(crate) fn bind(
     let socket = udp_socket(listen).with_context(|| format!("bind UDP {listen} for agents"))?;
     let mut endpoint_config = quinn::EndpointConfig::new(keys.reset.clone());
     let cid_key = keys.connection_id;
-    endpoint_config.cid_generator(move || Box::new(HashedConnectionIdGenerator::from_key(cid_key)));
+    endpoint_config.cid_generator(move || Box::new(SignedConnectionIds::new(cid_key)));
     quinn::Endpoint::new(endpoint_config, Some(server), socket, Arc::new(quinn::TokioRuntime))
         .context("start QUIC endpoint")
 }

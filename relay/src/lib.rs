@@ -6,6 +6,7 @@
 
 mod admin;
 mod auth_limit;
+mod cid;
 pub mod cli;
 pub mod config;
 mod endpoint;
