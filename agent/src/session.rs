@@ -162,6 +162,9 @@ async fn register_and_serve(
         Some(CloseCode::Replaced) => {
             Outcome::Fatal(anyhow::anyhow!("another agent with the same token and tunnel name took over these tunnels"))
         }
+        Some(CloseCode::Revoked) => Outcome::Fatal(anyhow::anyhow!(
+            "the relay's operator revoked this agent's token; ask them for a new one (relay invite NAME)"
+        )),
         _ => Outcome::Retry {
             reason: format!("lost the relay: {}", describe_connection_error(&err)),
             online_for: Some(online_since.elapsed()),

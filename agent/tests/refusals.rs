@@ -159,3 +159,27 @@ async fn one_token_cannot_hold_more_tunnels_than_its_limit_across_sessions() -> 
     second.stop().await?;
     relay.stop().await
 }
+
+#[tokio::test]
+async fn revoking_a_token_ends_its_sessions_at_once_and_no_other() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let relay = TestRelay::start(dir.path()).await?;
+    let store = relay::tokens::TokenStore::open(dir.path(), None);
+    let teammate_token = store.add("teammate", None)?;
+    let echo = echo_server().await?;
+    let mut teammate_plan = relay.plan(vec![tunnel("theirs", echo)]);
+    teammate_plan.token = teammate_token;
+    let (teammate, _) = TestAgent::start(teammate_plan).await?;
+    let (other, others) = TestAgent::start(relay.plan(vec![tunnel("mine", echo)])).await?;
+
+    // What `relay token revoke teammate` does from another process: edit the token file.
+    assert!(store.revoke("teammate")?);
+    let revoked = Instant::now();
+    let err = teammate.finished().await?.unwrap_err();
+    let took = revoked.elapsed();
+    assert!(format!("{err:#}").contains("revoked this agent's token"), "{err:#}");
+    assert!(took < Duration::from_secs(3), "the revoked session lasted {took:?}");
+    assert_eq!(exchange(public_addr(&others[0]), b"still here").await?, b"still here");
+    other.stop().await?;
+    relay.stop().await
+}

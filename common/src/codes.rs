@@ -19,16 +19,19 @@ pub enum CloseCode {
     Replaced,
     /// The agent did not complete its Hello in time.
     HandshakeTimeout,
+    /// The operator revoked the session's token; retrying cannot help.
+    Revoked,
 }
 
 impl CloseCode {
-    const ALL: [CloseCode; 6] = [
+    const ALL: [CloseCode; 7] = [
         CloseCode::Shutdown,
         CloseCode::AgentExit,
         CloseCode::Refused,
         CloseCode::ProtocolViolation,
         CloseCode::Replaced,
         CloseCode::HandshakeTimeout,
+        CloseCode::Revoked,
     ];
 
     pub fn code(self) -> VarInt {
@@ -39,6 +42,7 @@ impl CloseCode {
             CloseCode::ProtocolViolation => 4,
             CloseCode::Replaced => 5,
             CloseCode::HandshakeTimeout => 6,
+            CloseCode::Revoked => 7,
         })
     }
 
@@ -54,6 +58,7 @@ impl CloseCode {
             CloseCode::ProtocolViolation => "protocol violation",
             CloseCode::Replaced => "replaced by a newer agent session with the same token and tunnel",
             CloseCode::HandshakeTimeout => "handshake timed out",
+            CloseCode::Revoked => "the relay's operator revoked this agent's token",
         }
     }
 

@@ -76,7 +76,7 @@ pub enum TokenCommand {
     },
     /// List token names and their port limits (never the tokens).
     List,
-    /// Delete a token; agents using it are refused from their next connection.
+    /// Delete a token; a running relay closes the sessions using it within a second.
     Revoke { name: String },
 }
 

@@ -19,6 +19,7 @@ mod parking;
 pub mod registry;
 pub mod reservations;
 mod session;
+mod sessions;
 pub mod tokens;
 mod tunnel;
 
@@ -30,6 +31,9 @@ pub use config::RelayConfig;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{auth_limit::FailureLimiter, registry::Registry, reservations::FileReservations, tokens::TokenStore};
+
+/// How often the token file is checked for revocations.
+const TOKEN_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
 /// How often idle bookkeeping (forgetting quiet addresses) runs.
 const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(60);
@@ -44,6 +48,7 @@ pub(crate) struct Shared {
     pub(crate) metrics: Arc<metrics::Metrics>,
     pub(crate) handshakes: limits::Handshakes,
     pub(crate) next_session: AtomicU64,
+    pub(crate) live: Arc<sessions::LiveSessions>,
 }
 
 impl Shared {
@@ -91,6 +96,7 @@ impl Relay {
             metrics: Arc::new(metrics::Metrics::new()),
             handshakes: limits::Handshakes::default(),
             next_session: AtomicU64::new(1),
+            live: Arc::default(),
             config,
         };
         Ok(Self { endpoint, admin, shared: Arc::new(shared), fingerprint })
@@ -130,6 +136,20 @@ impl Relay {
         }
     }
 
+    /// `relay token revoke` runs as another process and only edits the token file; when the
+    /// file changes, sessions whose token it no longer holds are closed.
+    fn close_sessions_of_revoked_tokens(&self, seen: &mut Option<std::time::SystemTime>) {
+        let now = self.shared.tokens.modified();
+        if now == *seen {
+            return;
+        }
+        *seen = now;
+        let closed = self.shared.live.close_revoked(&self.shared.tokens);
+        if closed > 0 {
+            tracing::info!(closed, "closed the sessions of revoked tokens");
+        }
+    }
+
     /// Serves until `cancel`, then stops accepting, lets visitors finish for the grace period
     /// and closes every session with [`CloseCode::Shutdown`] so agents reconnect.
     pub async fn run(mut self, cancel: CancellationToken) -> anyhow::Result<()> {
@@ -138,6 +158,8 @@ impl Relay {
             sessions.spawn(admin::serve(admin, self.shared.clone(), cancel.clone()));
         }
         let mut housekeeping = tokio::time::interval(HOUSEKEEPING_INTERVAL);
+        let mut token_check = tokio::time::interval(TOKEN_CHECK_INTERVAL);
+        let mut tokens_seen = self.shared.tokens.modified();
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => break,
@@ -150,6 +172,7 @@ impl Relay {
                     None => break,
                 },
                 _ = housekeeping.tick() => self.shared.limiter.forget_quiet(),
+                _ = token_check.tick() => self.close_sessions_of_revoked_tokens(&mut tokens_seen),
             }
         }
         tracing::info!("shutting down: no new agents or visitors");

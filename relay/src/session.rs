@@ -69,6 +69,7 @@ async fn run(incoming: quinn::Incoming, shared: &Arc<Shared>, cancel: &Cancellat
     for (tunnel, spec) in open.iter().zip(&hello.tunnels) {
         tracing::info!(port = tunnel.port, name = %spec.name, local = %spec.local, "tunnel open");
     }
+    let _registered = shared.live.register(session, crate::tokens::hash(&hello.token), conn.clone());
     let metrics = &shared.metrics;
     let tunnel_count = i64::try_from(open.len()).unwrap_or(i64::MAX);
     metrics.sessions.inc();

@@ -78,7 +78,12 @@ impl TokenStore {
 
     /// The grant for `presented`, if it is a known token.
     pub fn verify(&self, presented: &Secret) -> anyhow::Result<Option<Grant>> {
-        let digest = hash(presented);
+        self.verify_digest(&hash(presented))
+    }
+
+    /// The grant for a token known by its hash: sessions keep only that, to be checked again
+    /// when the token file changes.
+    pub(crate) fn verify_digest(&self, digest: &[u8; 32]) -> anyhow::Result<Option<Grant>> {
         let mut found = None;
         if let Some(configured) = &self.configured
             && bool::from(digest.ct_eq(configured))
@@ -93,6 +98,11 @@ impl TokenStore {
             }
         }
         Ok(found)
+    }
+
+    /// When the token file last changed, to notice `relay token revoke` from another process.
+    pub(crate) fn modified(&self) -> Option<SystemTime> {
+        std::fs::metadata(&self.path).and_then(|m| m.modified()).ok()
     }
 
     fn read(&self) -> anyhow::Result<TokenFile> {
@@ -148,7 +158,7 @@ pub fn generate() -> Secret {
     Secret::new(format!("brw_{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)))
 }
 
-fn hash(token: &Secret) -> [u8; 32] {
+pub(crate) fn hash(token: &Secret) -> [u8; 32] {
     sha256(token.expose().as_bytes())
 }
 
