@@ -229,3 +229,55 @@ async fn bad_config_values_stop_startup_naming_key_value_and_form() -> anyhow::R
     assert!(stderr.contains("invalid duration \"often\"") && stderr.contains("key `keep_alive`"), "{stderr}");
     Ok(())
 }
+
+/// `relay invite` prints a command and an agent.toml; both, pasted as printed (with the local
+/// port changed), reach the relay that later starts on that data directory.
+#[tokio::test]
+async fn an_invitation_works_as_printed_both_as_a_command_and_as_agent_toml() -> anyhow::Result<()> {
+    let web = web_server().await?;
+    let dir = tempfile::tempdir()?;
+    let udp_port = std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port();
+    let listen = format!("127.0.0.1:{udp_port}");
+    let relay_args = ["--listen", &listen, "--public-bind", "127.0.0.1", "--admin-listen", "off", "--data-dir"];
+    let mut invite = Command::new(relay_bin()?);
+    invite.args(relay_args).arg(dir.path()).args(["invite", "alice"]);
+    let printed = invite.output().await?;
+    assert!(printed.status.success(), "{}", String::from_utf8_lossy(&printed.stderr));
+    let printed = String::from_utf8(printed.stdout)?;
+    let command_line = printed.lines().find(|l| l.contains("agent --relay")).context("command line")?;
+    let words: Vec<&str> = command_line.split_whitespace().collect();
+    let after = |flag: &str| words.iter().position(|w| *w == flag).and_then(|i| words.get(i + 1)).copied();
+    let token = words[0].strip_prefix("BURROW_TOKEN=").context("token first")?;
+    assert_eq!(after("--relay"), Some(listen.as_str()));
+
+    let mut relay = Command::new(relay_bin()?);
+    relay.args(relay_args).arg(dir.path());
+    let mut relay = Process::start(relay)?;
+    let fingerprint = field(&relay.line_with("fingerprint").await?, "fingerprint")?;
+    assert_eq!(after("--fingerprint"), Some(fingerprint.as_str()), "the invitation names the relay's certificate");
+
+    // Pasted as printed, but exposing this test's web server instead of port 8080.
+    let local_flag = words.iter().position(|w| *w == "--local").context("--local")?;
+    let mut agent = Command::new(agent_bin());
+    agent.env("BURROW_TOKEN", token).args(&words[2..local_flag]).args(["--local", &web.to_string()]);
+    let mut agent = Process::start(agent)?;
+    let line = agent.line_with("tunnel tcp-").await?;
+    assert!(http_get(public_port(&line)?).await?.ends_with(PAGE));
+    assert_eq!(agent.terminate().await?, 0);
+
+    let toml: String = printed
+        .lines()
+        .skip_while(|l| !l.contains("relay = "))
+        .map(|l| l.trim().replace("local = 8080", &format!("local = {web}")) + "\n")
+        .collect();
+    let config = dir.path().join("agent.toml");
+    std::fs::write(&config, toml)?;
+    let mut from_file = Command::new(agent_bin());
+    from_file.env_remove("BURROW_TOKEN").arg("--config").arg(&config);
+    let mut from_file = Process::start(from_file)?;
+    let line = from_file.line_with("tunnel tcp-").await?;
+    assert!(http_get(public_port(&line)?).await?.ends_with(PAGE));
+    assert_eq!(from_file.terminate().await?, 0);
+    assert_eq!(relay.terminate().await?, 0);
+    Ok(())
+}

@@ -63,6 +63,13 @@ pub enum Command {
     /// Manage agent tokens (stored hashed in the data directory).
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Create a token for a teammate and print the agent command (and agent.toml) to send them.
+    Invite {
+        name: String,
+        /// Ports this token may use, e.g. `22,8000-8100` [default: the relay's whole range]
+        #[arg(long, value_name = "LIST")]
+        ports: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -86,6 +93,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         None => serve(config).await,
         Some(Command::Token(command)) => manage_tokens(&config, command),
+        Some(Command::Invite { name, ports }) => {
+            let ports = ports.as_deref().map(parse_port_list).transpose().map_err(anyhow::Error::msg)?;
+            crate::invite::invite(&config, &name, ports)
+        }
     }
 }
 
@@ -117,17 +128,12 @@ fn print_banner(relay: &Relay, new_token: Option<&Secret>) -> anyhow::Result<()>
         }
         None => "<TOKEN>".to_string(),
     };
-    let host = config.hostname.first().cloned().unwrap_or_else(|| "127.0.0.1".into());
-    let relay_arg = if listen.port() == burrow_common::protocol::DEFAULT_RELAY_PORT {
-        host
-    } else {
-        format!("{host}:{}", listen.port())
-    };
+    let relay_arg = crate::invite::agent_relay_arg(config, listen, "127.0.0.1");
     println!();
     println!("Expose a local port through this relay with:");
-    println!("  agent --relay {relay_arg} --fingerprint {} --token {token} --local 8080", relay.fingerprint());
+    println!("  BURROW_TOKEN={token} agent --relay {relay_arg} --fingerprint {} --local 8080", relay.fingerprint());
     if new_token.is_none() {
-        println!("  (make a token with: relay token add NAME)");
+        println!("  (invite a teammate with: relay invite NAME)");
     }
     if config.hostname.is_empty() {
         println!("  (from other machines use this relay's public address; --hostname sets it)");

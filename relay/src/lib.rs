@@ -12,6 +12,7 @@ pub mod config;
 mod endpoint;
 mod files;
 mod identity;
+mod invite;
 mod limits;
 mod liveness;
 mod metrics;

@@ -1,0 +1,54 @@
+//! `relay invite NAME`: a new token for a teammate, printed as a ready-to-paste agent command
+//! and the equivalent `agent.toml`, with this relay's address and certificate fingerprint.
+
+use burrow_common::{PortRange, Secret, protocol::DEFAULT_RELAY_PORT};
+
+use crate::{RelayConfig, files, identity, tokens::TokenStore};
+
+/// Stands in for the relay's address when the configuration does not name it.
+const ADDRESS_PLACEHOLDER: &str = "RELAY_ADDRESS";
+
+pub(crate) fn invite(config: &RelayConfig, name: &str, ports: Option<Vec<PortRange>>) -> anyhow::Result<()> {
+    files::create_private_dir(&config.data_dir)?;
+    // The certificate the relay will serve: created now if the relay has never run.
+    let fingerprint = identity::load_or_create_certificate(config)?.fingerprint();
+    let token = TokenStore::open(&config.data_dir, None).add(name, ports)?;
+    let relay = agent_relay_arg(config, config.listen, ADDRESS_PLACEHOLDER);
+    print!("{}", invitation(name, &relay, &fingerprint.to_string(), &token));
+    if config.hostname.is_empty() && config.listen.ip().is_unspecified() {
+        eprintln!(
+            "replace {ADDRESS_PLACEHOLDER} with this relay's public name or IP (set `hostname` to have it filled in)"
+        );
+    }
+    Ok(())
+}
+
+/// How an agent names this relay listening on `listen`: its public hostname, or the address
+/// it listens on (`unnamed` when that is a wildcard), with the port only when it is not the
+/// default.
+pub(crate) fn agent_relay_arg(config: &RelayConfig, listen: std::net::SocketAddr, unnamed: &str) -> String {
+    let host = match config.hostname.first() {
+        Some(host) => host.clone(),
+        None if listen.ip().is_unspecified() => unnamed.into(),
+        None => listen.ip().to_string(),
+    };
+    let host = if host.contains(':') { format!("[{host}]") } else { host };
+    match listen.port() {
+        DEFAULT_RELAY_PORT => host,
+        port => format!("{host}:{port}"),
+    }
+}
+
+fn invitation(name: &str, relay: &str, fingerprint: &str, token: &Secret) -> String {
+    let token = token.expose();
+    format!(
+        "Invitation for {name:?}. The token is shown only now; the relay keeps only its hash.\n\
+         \n\
+         Run, with the local port to expose:\n\
+         \n  BURROW_TOKEN={token} agent --relay {relay} --fingerprint {fingerprint} --local 8080\n\
+         \n\
+         or put this in agent.toml and run `agent --config agent.toml`:\n\
+         \n  relay = \"{relay}\"\n  token = \"{token}\"\n  fingerprint = \"{fingerprint}\"\n\
+         \n  [[tunnels]]\n  local = 8080\n"
+    )
+}
