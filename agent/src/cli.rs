@@ -1,17 +1,19 @@
 //! The `agent` command line.
 
-use std::{net::IpAddr, path::PathBuf};
+use std::{io::IsTerminal, path::PathBuf};
 
+use anyhow::Context;
 use burrow_common::Secret;
 use clap::{Args, Parser};
 use serde::Serialize;
 use tokio::sync::watch;
-use tokio_util::sync::CancellationToken;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
     Plan, Status,
-    config::{AgentConfig, LocalTarget, TunnelConfig},
-    embedded,
+    config::{AgentConfig, LocalTarget, LogFormat, TunnelConfig},
+    console, embedded, inspector, logging,
+    report::{self, Setup},
 };
 
 /// burrow agent: makes a local server reachable through a burrow relay.
@@ -60,6 +62,15 @@ pub struct Flags {
     #[arg(long)]
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub insecure: bool,
+    /// Web inspector address (IP:PORT or PORT), or off [default: 127.0.0.1:4040, or the
+    /// next free port up to 4049]
+    #[arg(long, value_name = "ADDR|off")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub inspect: Option<String>,
+    /// Log lines as text or JSON; json also turns off the live console [default: text]
+    #[arg(long, value_name = "FORMAT")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_format: Option<LogFormat>,
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -67,53 +78,51 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     if let Some(local) = cli.local {
         config.tunnels.push(TunnelConfig { name: cli.name, local, remote_port: cli.remote_port });
     }
+    let live = console::wanted(config.log_format);
+    // Log lines go through the console only when they would land on the same terminal.
+    let logs = logging::init(config.log_format, live && std::io::stderr().is_terminal());
     let cancel = CancellationToken::new();
     burrow_common::signal::cancel_on_signal(cancel.clone());
-    let (status, watcher) = watch::channel(Status::Connecting);
-    match config.relay.clone() {
-        Some(relay) => {
-            let plan = Plan::for_relay(&config, relay)?;
-            tokio::spawn(print_status(watcher, Vec::new()));
-            crate::run(plan, status, cancel).await
-        }
-        None => run_embedded(&config, status, watcher, cancel).await,
+    let (plan, relay) = plan(&config)?;
+    let inspector = inspector::bind(config.inspect).await;
+    let setup = Setup {
+        embedded: relay.is_some(),
+        also_on: if relay.is_some() { embedded::lan_addresses() } else { Vec::new() },
+        inspector: inspector.as_ref().and_then(|l| l.local_addr().ok()).map(inspector::url),
+    };
+    let tasks = TaskTracker::new();
+    if let Some(listener) = inspector {
+        tasks.spawn(inspector::serve(listener, plan.stats.clone(), cancel.clone()));
     }
-}
-
-async fn run_embedded(
-    config: &AgentConfig,
-    status: watch::Sender<Status>,
-    watcher: watch::Receiver<Status>,
-    cancel: CancellationToken,
-) -> anyhow::Result<()> {
-    let (plan, relay) = embedded::prepare(config, embedded::default_data_dir())?;
-    eprintln!("no --relay given: serving the tunnels from this machine (public ports on all interfaces)");
-    tokio::spawn(print_status(watcher, embedded::lan_addresses()));
-    let relay_task = tokio::spawn(relay.run(cancel.clone()));
+    let relay = relay.map(|relay| tasks.spawn(relay.run(cancel.clone())));
+    let (status, watcher) = watch::channel(Status::Connecting);
+    let done = CancellationToken::new();
+    let output = if live {
+        tokio::spawn(console::run(plan.stats.clone(), setup, logs, done.clone()))
+    } else {
+        tokio::spawn(report::run(watcher, plan.stats.clone(), setup, done.clone()))
+    };
     let result = crate::run(plan, status, cancel.clone()).await;
     cancel.cancel();
-    relay_task.await??;
-    result
+    let relay_result = match relay {
+        Some(relay) => relay.await.context("embedded relay")?,
+        None => Ok(()),
+    };
+    // The output draws the final state before the error, if any, is printed below it.
+    done.cancel();
+    output.await.context("output")?;
+    tasks.close();
+    tasks.wait().await;
+    relay_result.and(result)
 }
 
-/// Prints each tunnel's public address whenever the set of tunnels changes.
-async fn print_status(mut watcher: watch::Receiver<Status>, also_on: Vec<IpAddr>) {
-    let mut shown = Vec::new();
-    while watcher.changed().await.is_ok() {
-        let Status::Online(tunnels) = &*watcher.borrow_and_update() else {
-            continue;
-        };
-        if *tunnels == shown {
-            tracing::info!("reconnected; same public addresses");
-            continue;
+/// The plan for the configured relay, or for one inside the agent when none is configured.
+fn plan(config: &AgentConfig) -> anyhow::Result<(Plan, Option<relay::Relay>)> {
+    match config.relay.clone() {
+        Some(relay) => Ok((Plan::for_relay(config, relay)?, None)),
+        None => {
+            let (plan, relay) = embedded::prepare(config, embedded::default_data_dir())?;
+            Ok((plan, Some(relay)))
         }
-        for tunnel in tunnels {
-            println!("tunnel {}: {tunnel}", tunnel.name);
-            for ip in &also_on {
-                let ip = if ip.is_ipv6() { format!("[{ip}]") } else { ip.to_string() };
-                println!("  also reachable at tcp://{ip}:{}", tunnel.port);
-            }
-        }
-        shown = tunnels.clone();
     }
 }

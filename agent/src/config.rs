@@ -2,6 +2,7 @@
 
 use std::{
     fmt,
+    net::SocketAddr,
     path::{Path, PathBuf},
     str::FromStr,
     time::Duration,
@@ -12,6 +13,8 @@ use burrow_common::{
     config::{EnvSource, check_duration, duration},
 };
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+pub use crate::logging::LogFormat;
 
 /// `BURROW_TOKEN`, `BURROW_RELAY`, `BURROW_FINGERPRINT`, ...; the relay's own
 /// `BURROW_RELAY_*` variables may share the environment.
@@ -39,6 +42,11 @@ pub struct AgentConfig {
     /// Longest wait between reconnect attempts.
     #[serde(with = "duration")]
     pub reconnect_max_delay: Duration,
+    /// Address of the web inspector, or `off`; the next 9 ports are tried if it is taken.
+    #[serde(with = "crate::inspector::listen")]
+    pub inspect: Option<SocketAddr>,
+    /// `text`, or `json` for log collectors (which also turns off the live console).
+    pub log_format: LogFormat,
     pub tunnels: Vec<TunnelConfig>,
 }
 
@@ -54,6 +62,8 @@ impl Default for AgentConfig {
             keep_alive: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(30),
             reconnect_max_delay: Duration::from_secs(30),
+            inspect: Some(crate::inspector::DEFAULT_ADDR),
+            log_format: LogFormat::Text,
             tunnels: Vec::new(),
         }
     }
@@ -111,7 +121,7 @@ pub struct LocalTarget {
 
 impl fmt::Display for LocalTarget {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write_host_port(f, &self.host, self.port)
+        write!(f, "{}", HostPort(&self.host, self.port))
     }
 }
 
@@ -134,7 +144,7 @@ pub struct RelayAddr {
 
 impl fmt::Display for RelayAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write_host_port(f, &self.host, self.port)
+        write!(f, "{}", HostPort(&self.host, self.port))
     }
 }
 
@@ -154,9 +164,14 @@ impl FromStr for RelayAddr {
     }
 }
 
-/// Writes `host:port`, bracketing an IPv6 address.
-pub(crate) fn write_host_port(f: &mut fmt::Formatter<'_>, host: &str, port: u16) -> fmt::Result {
-    if host.contains(':') { write!(f, "[{host}]:{port}") } else { write!(f, "{host}:{port}") }
+/// Displays as `host:port`, bracketing an IPv6 address.
+pub(crate) struct HostPort<'a>(pub(crate) &'a str, pub(crate) u16);
+
+impl fmt::Display for HostPort<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Self(host, port) = self;
+        if host.contains(':') { write!(f, "[{host}]:{port}") } else { write!(f, "{host}:{port}") }
+    }
 }
 
 /// Splits `host:port`, `[v6]:port`, a bare port (no host) or, with a default port, a bare host.
@@ -262,6 +277,7 @@ mod tests {
         assert_eq!(config.relay, Some("relay.example.com".parse().map_err(anyhow::Error::msg)?));
         assert_eq!(config.tunnels.len(), 2);
         assert_eq!(config.tunnels[1].name(), "ssh");
+        assert_eq!(config.inspect, Some("127.0.0.1:4040".parse()?));
         Ok(())
     }
 
@@ -277,6 +293,8 @@ mod tests {
             ("token = \"short\"", ["token is 5 characters long", "at least 16", "relay token add"]),
             ("[[tunnels]]\nlocal = \"x:y\"", ["tunnels", "x:y", "HOST:PORT"]),
             ("[[tunnels]]\nlocal = 80\nremote = 1", ["unknown field `remote`", "remote_port", "tunnels"]),
+            ("inspect = \"on\"", ["inspect", "\"on\"", "or off"]),
+            ("log_format = \"xml\"", ["log_format", "xml", "json"]),
         ] {
             std::fs::write(&path, text)?;
             let err = format!("{:#}", AgentConfig::load(Some(&path), &NoFlags {}).unwrap_err());

@@ -1,6 +1,6 @@
 //! One stream from the relay: read its header, dial the local target, splice.
 
-use std::time::Duration;
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use burrow_common::{
     StreamCode, StreamHeader,
@@ -11,15 +11,27 @@ use quinn::{RecvStream, SendStream};
 use tokio::net::TcpStream;
 use tracing::Instrument;
 
-use crate::config::LocalTarget;
+use crate::{
+    config::LocalTarget,
+    stats::{Outcome, Stats, TunnelStats},
+};
 
 /// The relay writes the header as soon as it opens the stream, so a slow one is broken.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// A local server that does not accept within this is treated as down.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Local targets by the tunnel id the relay granted.
-pub(crate) type Targets = std::collections::HashMap<u32, LocalTarget>;
+/// Local targets by the tunnel id the relay granted, and where their traffic is counted.
+pub(crate) struct Targets {
+    pub(crate) stats: Stats,
+    pub(crate) by_id: HashMap<u32, Target>,
+}
+
+pub(crate) struct Target {
+    pub(crate) name: String,
+    pub(crate) local: LocalTarget,
+    pub(crate) counters: Arc<TunnelStats>,
+}
 
 pub(crate) async fn handle_stream(mut send: SendStream, mut recv: RecvStream, targets: &Targets) {
     let header = match within(HEADER_TIMEOUT, read_msg::<_, StreamHeader>(&mut recv, MAX_HEADER_FRAME)).await {
@@ -29,25 +41,34 @@ pub(crate) async fn handle_stream(mut send: SendStream, mut recv: RecvStream, ta
             return abort_stream(&mut send, &mut recv, StreamCode::BadHeader);
         }
     };
-    let Some(target) = targets.get(&header.tunnel) else {
+    let Some(target) = targets.by_id.get(&header.tunnel) else {
         tracing::warn!(tunnel = header.tunnel, "relay opened a stream for an unknown tunnel");
         return abort_stream(&mut send, &mut recv, StreamCode::UnknownTunnel);
     };
-    let span = tracing::debug_span!("stream", id = %recv.id(), visitor = %header.visitor, local = %target);
-    forward(send, recv, target).instrument(span).await;
+    let visit = targets.stats.open(&target.name, target.counters.clone(), header.visitor);
+    let span = tracing::debug_span!("stream", id = %recv.id(), visitor = %header.visitor, local = %target.local);
+    let outcome = forward(send, recv, &target.local).instrument(span).await;
+    visit.finish(outcome);
 }
 
-async fn forward(mut send: SendStream, mut recv: RecvStream, target: &LocalTarget) {
+async fn forward(mut send: SendStream, mut recv: RecvStream, target: &LocalTarget) -> Outcome {
     let local = match within(CONNECT_TIMEOUT, TcpStream::connect((target.host.as_str(), target.port))).await {
         Ok(tcp) => tcp,
         Err(why) => {
             tracing::warn!("local server {target} unreachable: {why}");
-            return abort_stream(&mut send, &mut recv, StreamCode::LocalUnreachable);
+            abort_stream(&mut send, &mut recv, StreamCode::LocalUnreachable);
+            return Outcome::Failed { reason: format!("local server {target} unreachable: {why}") };
         }
     };
     match splice(local, send, recv).await {
-        Ok((up, down)) => tracing::debug!(up, down, "stream closed"),
-        Err(e) => tracing::debug!("stream aborted: {e}"),
+        Ok((to_visitor, to_local)) => {
+            tracing::debug!(to_local, to_visitor, "stream closed");
+            Outcome::Closed { to_local, to_visitor }
+        }
+        Err(e) => {
+            tracing::debug!("stream aborted: {e}");
+            Outcome::Failed { reason: format!("aborted: {e}") }
+        }
     }
 }
 

@@ -4,9 +4,16 @@
 mod backoff;
 pub mod cli;
 pub mod config;
+mod console;
 pub mod embedded;
 mod forward;
+mod human;
+pub mod inspector;
+mod logging;
+mod report;
 mod session;
+pub mod snapshot;
+pub mod stats;
 
 use std::{fmt, time::Duration};
 
@@ -19,6 +26,7 @@ use crate::{
     backoff::Backoff,
     config::{AgentConfig, LocalTarget, RelayAddr},
     session::Outcome,
+    stats::Stats,
 };
 
 /// Everything one run needs, resolved and checked.
@@ -31,6 +39,8 @@ pub struct Plan {
     pub keep_alive: Duration,
     pub idle_timeout: Duration,
     pub reconnect_max_delay: Duration,
+    /// Where the run records what it carries; clone it before `run` to watch.
+    pub stats: Stats,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,6 +81,7 @@ impl Plan {
             keep_alive: config.keep_alive,
             idle_timeout: config.idle_timeout,
             reconnect_max_delay: config.reconnect_max_delay,
+            stats: Stats::default(),
         }
     }
 }
@@ -95,17 +106,30 @@ pub struct PublicTunnel {
     pub local: LocalTarget,
 }
 
+impl PublicTunnel {
+    /// `tcp://HOST:PORT`, where visitors connect.
+    pub fn url(&self) -> String {
+        format!("tcp://{}", config::HostPort(&self.host, self.port))
+    }
+}
+
 impl fmt::Display for PublicTunnel {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("tcp://")?;
-        config::write_host_port(f, &self.host, self.port)?;
-        write!(f, " -> {}", self.local)
+        write!(f, "{} -> {}", self.url(), self.local)
     }
 }
 
 /// Keeps the tunnels up until `cancel`: reconnects forever on transient failures, returns an
 /// error on ones the user must fix (bad token, untrusted relay on first contact, refusals).
 pub async fn run(plan: Plan, status: watch::Sender<Status>, cancel: CancellationToken) -> anyhow::Result<()> {
+    let stats = plan.stats.clone();
+    stats.set_relay(plan.relay.to_string());
+    let result = keep_up(plan, status, cancel).await;
+    stats.stopped(result.as_ref().err().map(|e| format!("{e:#}")));
+    result
+}
+
+async fn keep_up(plan: Plan, status: watch::Sender<Status>, cancel: CancellationToken) -> anyhow::Result<()> {
     anyhow::ensure!(
         !plan.tunnels.is_empty(),
         "nothing to expose: pass --local PORT or list [[tunnels]] in the config file"
@@ -115,7 +139,7 @@ pub async fn run(plan: Plan, status: watch::Sender<Status>, cancel: Cancellation
     // Until the first Welcome, a refusal or an untrusted certificate is a setup mistake.
     let mut never_online = true;
     loop {
-        status.send_replace(Status::Connecting);
+        plan.stats.publish(&status, Status::Connecting);
         match session::run(&plan, &client, &status, never_online, &cancel).await {
             Outcome::Stopped => return Ok(()),
             Outcome::Fatal(e) => return Err(e),
@@ -129,7 +153,7 @@ pub async fn run(plan: Plan, status: watch::Sender<Status>, cancel: Cancellation
                 let delay = backoff.next_delay();
                 let attempt = backoff.attempt();
                 tracing::warn!(attempt, retry_in = ?delay, "{reason}");
-                status.send_replace(Status::Retrying { attempt, delay, reason });
+                plan.stats.publish(&status, Status::Retrying { attempt, delay, reason });
                 tokio::select! {
                     _ = cancel.cancelled() => return Ok(()),
                     _ = tokio::time::sleep(delay) => {}

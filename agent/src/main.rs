@@ -13,7 +13,6 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = agent::cli::Cli::parse();
-    burrow_common::logging::init("info");
     match agent::cli::run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

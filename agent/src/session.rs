@@ -13,7 +13,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
     Plan, PublicTunnel, Status,
-    forward::{Targets, handle_stream},
+    forward::{Target, Targets, handle_stream},
 };
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -52,10 +52,12 @@ pub(crate) async fn run(
             return Outcome::Retry { reason, online_for: None };
         }
     };
+    plan.stats.set_connection(Some(conn.clone()));
     let outcome = tokio::select! {
         _ = cancel.cancelled() => Outcome::Stopped,
         outcome = register_and_serve(plan, &conn, status, never_online) => outcome,
     };
+    plan.stats.set_connection(None);
     if matches!(outcome, Outcome::Stopped) {
         CloseCode::AgentExit.close(&conn);
     }
@@ -152,11 +154,18 @@ async fn register_and_serve(
         let host = granted.host.clone().unwrap_or_else(|| plan.relay.host.clone());
         online.push(PublicTunnel { name: granted.name.clone(), host, port: granted.port, local: tunnel.local.clone() });
     }
-    status.send_replace(Status::Online(online));
+    plan.stats.publish(status, Status::Online(online));
     let online_since = std::time::Instant::now();
     // The relay names each stream's tunnel by the id it granted.
-    let targets: Arc<Targets> =
-        Arc::new(granted.iter().zip(&plan.tunnels).map(|(g, t)| (g.id, t.local.clone())).collect());
+    let by_id = granted
+        .iter()
+        .zip(&plan.tunnels)
+        .map(|(g, t)| {
+            let target = Target { name: g.name.clone(), local: t.local.clone(), counters: plan.stats.tunnel(&g.name) };
+            (g.id, target)
+        })
+        .collect();
+    let targets = Arc::new(Targets { stats: plan.stats.clone(), by_id });
     let err = serve_streams(conn, targets).await;
     match close_code(&err) {
         Some(CloseCode::Replaced) => {

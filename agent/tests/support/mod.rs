@@ -305,6 +305,31 @@ pub async fn settled(relay: &TestRelay, series: &str, value: f64) -> anyhow::Res
     .await?
 }
 
+/// Status, head and body of `GET path` on the admin endpoint, with `authorization` as the
+/// whole value of the `Authorization` header when given (`Basic …`, `Bearer …`).
+pub async fn get_authorized(
+    admin: SocketAddr,
+    path: &str,
+    authorization: Option<&str>,
+) -> anyhow::Result<(u16, String, String)> {
+    let mut tcp = TcpStream::connect(admin).await?;
+    let auth = authorization.map(|value| format!("Authorization: {value}\r\n")).unwrap_or_default();
+    tcp.write_all(format!("GET {path} HTTP/1.1\r\nHost: admin\r\n{auth}Connection: close\r\n\r\n").as_bytes()).await?;
+    let mut response = String::new();
+    tokio::time::timeout(STEP, tcp.read_to_string(&mut response)).await??;
+    let (head, body) = response.split_once("\r\n\r\n").context("a response head")?;
+    let status = head.split_whitespace().nth(1).unwrap_or_default().parse()?;
+    Ok((status, head.to_string(), body.to_string()))
+}
+
+/// The JSON answer of the admin endpoint's `/api/{view}`.
+pub async fn api(relay: &TestRelay, view: &str) -> anyhow::Result<serde_json::Value> {
+    let admin = relay.admin.expect("tests enable the admin endpoint");
+    let (status, body) = get(admin, &format!("/api/{view}"), None).await?;
+    anyhow::ensure!(status == 200, "/api/{view} answered {status}: {body}");
+    serde_json::from_str(&body).with_context(|| format!("/api/{view} is not JSON: {body}"))
+}
+
 /// The compiled `relay` and `agent` binaries run as child processes, for tests that read a
 /// process's memory or need it apart from the test's own runtime.
 pub mod processes {
@@ -529,4 +554,58 @@ pub mod processes {
         }
         Ok(rounds)
     }
+}
+
+/// Serves the inspector for `stats` on an ephemeral loopback port until the test ends.
+pub async fn start_inspector(stats: &agent::stats::Stats) -> anyhow::Result<SocketAddr> {
+    let listener = agent::inspector::bind(Some("127.0.0.1:0".parse()?)).await.context("inspector bound")?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(agent::inspector::serve(listener, stats.clone(), CancellationToken::new()));
+    Ok(addr)
+}
+
+/// The agent's snapshot once `test` holds for it; waits on the stats' changes, not on time.
+pub async fn snapshot_when(
+    stats: &agent::stats::Stats,
+    test: impl Fn(&agent::snapshot::Snapshot) -> bool,
+) -> anyhow::Result<agent::snapshot::Snapshot> {
+    let mut changes = stats.subscribe();
+    let wait = async {
+        loop {
+            changes.mark_unchanged();
+            let snapshot = stats.snapshot();
+            if test(&snapshot) {
+                return anyhow::Ok(snapshot);
+            }
+            changes.changed().await?;
+        }
+    };
+    tokio::time::timeout(STEP, wait).await.context("the agent's stats never got there")?
+}
+
+/// The data of the first server-sent event whose data passes `test`, from `GET path`.
+pub async fn event_where(addr: SocketAddr, path: &str, test: impl Fn(&str) -> bool) -> anyhow::Result<String> {
+    let mut tcp = TcpStream::connect(addr).await?;
+    tcp.write_all(format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").as_bytes()).await?;
+    let mut received = Vec::new();
+    let mut scanned = 0;
+    let wait = async {
+        loop {
+            let mut chunk = [0u8; 16 * 1024];
+            let n = tcp.read(&mut chunk).await?;
+            anyhow::ensure!(n > 0, "the event stream ended");
+            received.extend_from_slice(&chunk[..n]);
+            // Each event travels in one chunk of the chunked body, so its text is contiguous.
+            let text = String::from_utf8_lossy(&received).into_owned();
+            while let Some(start) = text[scanned..].find("data: ").map(|i| scanned + i) {
+                let Some(len) = text[start..].find("\n\n") else { break };
+                let data = &text[start + "data: ".len()..start + len];
+                scanned = start + len;
+                if test(data) {
+                    return Ok(data.to_string());
+                }
+            }
+        }
+    };
+    tokio::time::timeout(STEP, wait).await.context("no such event")?
 }

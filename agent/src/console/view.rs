@@ -1,0 +1,205 @@
+//! The console's lines for one snapshot: session, relay, QUIC path, inspector, tunnels and
+//! the last connections. Pure text, so it is tested without a terminal.
+
+use std::{fmt::Write, net::IpAddr};
+
+use super::rates::Rates;
+use crate::{
+    human,
+    report::Setup,
+    snapshot::{ConnectionView, PathView, SessionState, Snapshot},
+};
+
+/// Connections shown; the inspector lists more.
+const CONNECTIONS: usize = 5;
+/// Tunnels shown, so the view fits a terminal; the inspector lists them all.
+const TUNNELS: usize = 8;
+
+/// ANSI colours, or none (`NO_COLOR`).
+#[derive(Clone, Copy)]
+pub(crate) struct Paint(pub(crate) bool);
+
+impl Paint {
+    fn with(self, code: &str, text: &str) -> String {
+        if self.0 { format!("\x1b[{code}m{text}\x1b[0m") } else { text.to_string() }
+    }
+}
+
+pub(crate) fn render(now: &Snapshot, rates: &Rates, setup: &Setup, paint: Paint) -> Vec<String> {
+    let mut lines = vec![
+        format!("{} {}   {}", paint.with("1", "burrow agent"), now.version, paint.with("2", "(Ctrl-C to quit)")),
+        String::new(),
+        format!("Session     {}", session(&now.state, paint)),
+        format!("Relay       {}", relay(now, setup)),
+        format!("QUIC path   {}", path(now.path.as_ref(), rates)),
+    ];
+    if let Some(url) = &setup.inspector {
+        lines.push(format!("Inspector   {url}"));
+    }
+    lines.push(String::new());
+    tunnels(&mut lines, now, rates, &setup.also_on, paint);
+    lines.push(String::new());
+    connections(&mut lines, &now.connections, paint);
+    lines
+}
+
+fn session(state: &SessionState, paint: Paint) -> String {
+    match state {
+        SessionState::Connecting { for_ms, retry, last_error } => {
+            let waiting = paint.with("33", &format!("connecting to the relay… {}", human::duration_ms(*for_ms)));
+            match last_error {
+                Some(why) => format!("{waiting} (retry {retry}; last attempt: {why})"),
+                None => waiting,
+            }
+        }
+        SessionState::Online { for_ms } => {
+            format!("{} for {}", paint.with("1;32", "online"), human::duration_ms(*for_ms))
+        }
+        SessionState::Reconnecting { in_ms, attempt, reason } => {
+            let wait = human::duration_ms(in_ms.div_ceil(1000) * 1000);
+            format!("{} (attempt {attempt}): {reason}", paint.with("1;33", &format!("reconnecting in {wait}")))
+        }
+        SessionState::Stopped { error: None } => paint.with("1", "stopped"),
+        SessionState::Stopped { error: Some(why) } => paint.with("1;31", &format!("stopped: {why}")),
+    }
+}
+
+fn relay(now: &Snapshot, setup: &Setup) -> String {
+    let mut text = if setup.embedded {
+        "inside this agent (public ports on all interfaces)".to_string()
+    } else {
+        now.relay.clone()
+    };
+    if let Some(path) = &now.path
+        && !setup.embedded
+        && path.remote.to_string() != now.relay
+    {
+        write!(text, " ({})", path.remote).ok();
+    }
+    text
+}
+
+fn path(path: Option<&PathView>, rates: &Rates) -> String {
+    let Some(path) = path else {
+        return "not connected".into();
+    };
+    let rtt = if path.rtt_ms < 10.0 { format!("{:.1}ms", path.rtt_ms) } else { format!("{:.0}ms", path.rtt_ms) };
+    let (up, down) = rates.path();
+    format!(
+        "rtt {rtt} · lost {} of {} packets · cwnd {} · up {} · down {}",
+        path.lost_packets,
+        path.sent_packets,
+        human::bytes(path.congestion_window),
+        human::rate(up),
+        human::rate(down)
+    )
+}
+
+fn tunnels(lines: &mut Vec<String>, now: &Snapshot, rates: &Rates, also_on: &[IpAddr], paint: Paint) {
+    let (tunnels, stopped) = (&now.tunnels, matches!(now.state, SessionState::Stopped { .. }));
+    lines.push(paint.with("1", "Tunnels"));
+    if tunnels.is_empty() && stopped {
+        lines.push("  (none)".into());
+    } else if tunnels.is_empty() {
+        lines.push("  (none yet: waiting for the relay to grant them)".into());
+    }
+    let width = tunnels.iter().map(|t| t.name.chars().count()).max().unwrap_or(0);
+    for tunnel in tunnels.iter().take(TUNNELS) {
+        let url = paint.with("1;36", &tunnel.url);
+        lines.push(format!("  {:<width$}  {url} -> {}", tunnel.name, tunnel.local));
+        let port = tunnel.url.rsplit(':').next().unwrap_or_default();
+        for ip in also_on {
+            let ip = if ip.is_ipv6() { format!("[{ip}]") } else { ip.to_string() };
+            lines.push(format!("  {:<width$}  also at tcp://{ip}:{port}", ""));
+        }
+        let (to_local, to_visitor) = rates.tunnel(&tunnel.name);
+        let failed = if tunnel.failed > 0 { format!(" · {} failed", tunnel.failed) } else { String::new() };
+        lines.push(format!(
+            "  {:<width$}  {} open · {} total{failed} · in {} ({}) · out {} ({})",
+            "",
+            tunnel.open,
+            tunnel.total,
+            human::bytes(tunnel.to_local),
+            human::rate(to_local),
+            human::bytes(tunnel.to_visitor),
+            human::rate(to_visitor),
+        ));
+    }
+    if tunnels.len() > TUNNELS {
+        lines.push(format!("  … and {} more (see the inspector)", tunnels.len() - TUNNELS));
+    }
+}
+
+fn connections(lines: &mut Vec<String>, connections: &[ConnectionView], paint: Paint) {
+    let header = format!(
+        "{:<26}{:<12}{:<12}{:<10}{:>10}{:>10}  state",
+        "Connections", "tunnel", "opened", "duration", "in", "out"
+    );
+    lines.push(paint.with("1", &header));
+    if connections.is_empty() {
+        lines.push("  (none yet)".into());
+    }
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or_default();
+    for c in connections.iter().take(CONNECTIONS) {
+        let ago = format!("{} ago", human::duration_ms(now_ms.saturating_sub(c.opened_at_ms)));
+        let bytes = |n: Option<u64>| n.map_or_else(|| "…".to_string(), human::bytes);
+        let state = match (c.state.as_str(), &c.reason) {
+            ("open", _) => paint.with("36", "open"),
+            (_, Some(why)) => paint.with("31", &format!("{}: {why}", c.state)),
+            (state, None) => state.to_string(),
+        };
+        lines.push(format!(
+            "  {:<24}{:<12}{:<12}{:<10}{:>10}{:>10}  {state}",
+            c.visitor.to_string(),
+            c.tunnel,
+            ago,
+            human::duration_ms(c.duration_ms),
+            bytes(c.to_local),
+            bytes(c.to_visitor),
+        ));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::snapshot::TunnelView;
+
+    #[test]
+    fn the_view_names_state_url_counts_and_connections() {
+        let now = Snapshot {
+            version: "0.1.0".into(),
+            relay: "relay.example.com:4443".into(),
+            state: SessionState::Reconnecting { in_ms: 2_100, attempt: 2, reason: "lost the relay: timed out".into() },
+            path: None,
+            tunnels: vec![TunnelView {
+                name: "web".into(),
+                url: "tcp://relay.example.com:20001".into(),
+                local: "127.0.0.1:8080".into(),
+                open: 1,
+                total: 12,
+                failed: 1,
+                to_local: 4200,
+                to_visitor: 12 * 1024 * 1024,
+            }],
+            connections: Vec::new(),
+        };
+        let setup = Setup { embedded: false, also_on: Vec::new(), inspector: Some("http://127.0.0.1:4040".into()) };
+        let text = render(&now, &Rates::default(), &setup, Paint(false)).join("\n");
+        for shown in [
+            "Session     reconnecting in 3s (attempt 2): lost the relay: timed out",
+            "Relay       relay.example.com:4443",
+            "QUIC path   not connected",
+            "Inspector   http://127.0.0.1:4040",
+            "web  tcp://relay.example.com:20001 -> 127.0.0.1:8080",
+            "1 open · 12 total · 1 failed · in 4.1 KiB (0 B/s) · out 12.0 MiB (0 B/s)",
+            "(none yet)",
+        ] {
+            assert!(text.contains(shown), "{shown:?} missing from\n{text}");
+        }
+        assert!(!text.contains('\x1b'), "no colour when painting is off");
+    }
+}

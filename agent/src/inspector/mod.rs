@@ -1,0 +1,161 @@
+//! The web inspector: a page on 127.0.0.1:4040 that lists the tunnels' TCP connections and
+//! the session's QUIC path, kept live with server-sent events. Its HTML, CSS and script are
+//! compiled into the binary; the page fetches nothing from elsewhere.
+
+mod events;
+pub(crate) mod listen;
+
+use std::{
+    convert::Infallible,
+    io::ErrorKind,
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    time::Duration,
+};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, combinators::BoxBody};
+use hyper::{
+    Method, Request, Response, StatusCode,
+    header::{self, HeaderValue},
+    service::service_fn,
+};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+use crate::stats::Stats;
+
+/// Where the inspector listens unless told otherwise, as ngrok's does.
+pub const DEFAULT_ADDR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 4040);
+/// Further ports tried when the asked-for one is taken, so a second agent still gets one.
+const SPARE_PORTS: u16 = 9;
+
+type Body = BoxBody<Bytes, Infallible>;
+
+/// Binds the inspector at `addr` or one of the next ports. A busy or forbidden address is
+/// not worth stopping the tunnels for: it warns once and returns none.
+pub async fn bind(addr: Option<SocketAddr>) -> Option<TcpListener> {
+    let addr = addr?;
+    let spares = if addr.port() == 0 { 0 } else { SPARE_PORTS };
+    let ports = (0..=spares).filter_map(|i| addr.port().checked_add(i));
+    for port in ports {
+        match TcpListener::bind((addr.ip(), port)).await {
+            Ok(listener) => return Some(listener),
+            Err(e) if e.kind() == ErrorKind::AddrInUse => continue,
+            Err(e) => {
+                tracing::warn!("inspector cannot listen on {addr}: {e}; running without it");
+                return None;
+            }
+        }
+    }
+    tracing::warn!(
+        "inspector: {addr} and the {spares} ports after it are in use; running without it \
+         (--inspect ADDR picks another, --inspect off turns it off)"
+    );
+    None
+}
+
+/// The address to open in a browser.
+pub fn url(addr: SocketAddr) -> String {
+    let ip = if addr.ip().is_unspecified() { IpAddr::V4(Ipv4Addr::LOCALHOST) } else { addr.ip() };
+    format!("http://{}", SocketAddr::new(ip, addr.port()))
+}
+
+/// Serves the inspector until `cancel`.
+pub async fn serve(listener: TcpListener, stats: Stats, cancel: CancellationToken) {
+    let loopback = listener.local_addr().is_ok_and(|a| a.ip().is_loopback());
+    let tasks = TaskTracker::new();
+    loop {
+        let accepted = tokio::select! {
+            _ = cancel.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let tcp = match accepted {
+            Ok((tcp, _)) => tcp,
+            Err(e) => {
+                tracing::warn!("inspector accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let (stats, cancel, feeds) = (stats.clone(), cancel.clone(), tasks.clone());
+        tasks.spawn(async move {
+            let stop = cancel.clone();
+            let service = service_fn(move |request| {
+                let response = respond(&request, &stats, loopback, &feeds, &stop);
+                async move { Ok::<_, Infallible>(response) }
+            });
+            let connection = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tcp), service);
+            tokio::select! {
+                _ = cancel.cancelled() => {}
+                _ = connection => {}
+            }
+        });
+    }
+    tasks.close();
+    tasks.wait().await;
+}
+
+fn respond<B>(
+    request: &Request<B>,
+    stats: &Stats,
+    loopback: bool,
+    feeds: &TaskTracker,
+    cancel: &CancellationToken,
+) -> Response<Body> {
+    // On loopback, a page from elsewhere could still reach us through a DNS name that
+    // resolves to 127.0.0.1; only requests addressed to this machine by name are answered.
+    if loopback && !local_host(request) {
+        return full(StatusCode::FORBIDDEN, "text/plain; charset=utf-8", "use http://127.0.0.1 or localhost\n");
+    }
+    if request.method() != Method::GET {
+        return full(StatusCode::METHOD_NOT_ALLOWED, "text/plain; charset=utf-8", "only GET\n");
+    }
+    match request.uri().path() {
+        "/" => page(include_str!("../../assets/inspector.html"), "text/html; charset=utf-8"),
+        "/inspector.css" => page(include_str!("../../assets/inspector.css"), "text/css; charset=utf-8"),
+        "/inspector.js" => page(include_str!("../../assets/inspector.js"), "text/javascript; charset=utf-8"),
+        "/api/status" => match serde_json::to_vec(&stats.snapshot()) {
+            Ok(json) => full(StatusCode::OK, "application/json", json),
+            Err(e) => full(StatusCode::INTERNAL_SERVER_ERROR, "text/plain; charset=utf-8", e.to_string()),
+        },
+        "/api/events" => events::response(stats.clone(), feeds, cancel.clone()),
+        // HTTP requests get their own list (`/api/requests`) once HTTP tunnels exist; TCP
+        // tunnels carry bytes the agent does not parse.
+        _ => full(StatusCode::NOT_FOUND, "text/plain; charset=utf-8", "not found\n"),
+    }
+}
+
+fn local_host<B>(request: &Request<B>) -> bool {
+    let Some(host) = request.headers().get(header::HOST).and_then(|h| h.to_str().ok()) else {
+        return false;
+    };
+    let name = match host.rsplit_once(':') {
+        Some((name, port)) if port.chars().all(|c| c.is_ascii_digit()) => name,
+        _ => host,
+    };
+    matches!(name, "localhost" | "[::1]") || name.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+fn page(body: &'static str, content_type: &'static str) -> Response<Body> {
+    let mut response = full(StatusCode::OK, content_type, body);
+    response.headers_mut().insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("default-src 'self'; img-src 'self' data:; frame-ancestors 'none'"),
+    );
+    response
+}
+
+fn full(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Body> {
+    let mut response = Response::new(Full::new(body.into()).boxed());
+    *response.status_mut() = status;
+    headers(&mut response, content_type);
+    response
+}
+
+fn headers(response: &mut Response<Body>, content_type: &'static str) {
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+}

@@ -1,0 +1,90 @@
+//! Output for a pipe, a file or a service manager: no redraws, just lines. Stdout gets one
+//! line per tunnel, `tunnel NAME: tcp://HOST:PORT -> LOCAL`, which scripts parse; the rest
+//! goes to the log (text or JSON), including a traffic summary while traffic flows.
+
+use std::{collections::HashMap, net::IpAddr, time::Duration};
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::{PublicTunnel, Status, snapshot::Snapshot, stats::Stats};
+
+/// How often a tunnel that carried something since the last summary logs one.
+const SUMMARY_EVERY: Duration = Duration::from_secs(60);
+
+/// What the command line set up around the session, for both kinds of output.
+pub(crate) struct Setup {
+    /// The relay runs inside this agent (no `--relay`).
+    pub(crate) embedded: bool,
+    /// This machine's LAN addresses, where an embedded relay's ports are reachable too.
+    pub(crate) also_on: Vec<IpAddr>,
+    /// The inspector's URL, if it is listening.
+    pub(crate) inspector: Option<String>,
+}
+
+pub(crate) async fn run(mut status: watch::Receiver<Status>, stats: Stats, setup: Setup, done: CancellationToken) {
+    if setup.embedded {
+        eprintln!("no --relay given: serving the tunnels from this machine (public ports on all interfaces)");
+    }
+    if let Some(url) = &setup.inspector {
+        println!("inspector: {url}");
+    }
+    let mut shown = Vec::new();
+    let mut summary = tokio::time::interval(SUMMARY_EVERY);
+    summary.tick().await;
+    let mut summarised = HashMap::new();
+    loop {
+        tokio::select! {
+            _ = done.cancelled() => break,
+            changed = status.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                let current = status.borrow_and_update().clone();
+                if let Status::Online(tunnels) = current {
+                    announce(&tunnels, &mut shown, &setup.also_on, &stats.snapshot());
+                }
+            }
+            _ = summary.tick() => summarise(&stats.snapshot(), &mut summarised),
+        }
+    }
+}
+
+/// Prints each tunnel's public address whenever the set of tunnels changes.
+fn announce(tunnels: &[PublicTunnel], shown: &mut Vec<PublicTunnel>, also_on: &[IpAddr], now: &Snapshot) {
+    let remote = now.path.as_ref().map(|p| p.remote.to_string()).unwrap_or_default();
+    let rtt_ms = now.path.as_ref().map_or(0.0, |p| p.rtt_ms);
+    tracing::info!(relay = %now.relay, %remote, rtt_ms, tunnels = tunnels.len(), "session online");
+    if tunnels == shown.as_slice() {
+        tracing::info!("reconnected; same public addresses");
+        return;
+    }
+    for tunnel in tunnels {
+        println!("tunnel {}: {tunnel}", tunnel.name);
+        for ip in also_on {
+            let ip = if ip.is_ipv6() { format!("[{ip}]") } else { ip.to_string() };
+            println!("  also reachable at tcp://{ip}:{}", tunnel.port);
+        }
+    }
+    *shown = tunnels.to_vec();
+}
+
+/// Logs the counters of each tunnel that carried something since the last summary.
+fn summarise(now: &Snapshot, last: &mut HashMap<String, (u64, u64, u64)>) {
+    for tunnel in &now.tunnels {
+        let counts = (tunnel.total, tunnel.to_local, tunnel.to_visitor);
+        if last.insert(tunnel.name.clone(), counts).unwrap_or_default() == counts {
+            continue;
+        }
+        tracing::info!(
+            tunnel = %tunnel.name,
+            open = tunnel.open,
+            total = tunnel.total,
+            failed = tunnel.failed,
+            to_local = tunnel.to_local,
+            to_visitor = tunnel.to_visitor,
+            rtt_ms = now.path.as_ref().map_or(0.0, |p| p.rtt_ms),
+            "traffic"
+        );
+    }
+}

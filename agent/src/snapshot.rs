@@ -1,0 +1,183 @@
+//! A point-in-time view of [`Stats`], as the console draws it and the inspector sends it
+//! (JSON at `/api/status` and in each `/api/events` event).
+
+use std::{
+    net::SocketAddr,
+    sync::atomic::Ordering::Relaxed,
+    time::{Instant, UNIX_EPOCH},
+};
+
+use serde::{Deserialize, Serialize};
+
+use crate::stats::{Outcome, Record, State, Stats, lock};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub version: String,
+    /// The relay as configured, `HOST:PORT`.
+    pub relay: String,
+    pub state: SessionState,
+    /// The QUIC path to the relay while a session is up.
+    pub path: Option<PathView>,
+    pub tunnels: Vec<TunnelView>,
+    /// Open connections, then recently closed ones, newest first.
+    pub connections: Vec<ConnectionView>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum SessionState {
+    /// `retry` counts failed attempts so far; `last_error` says why the last one failed.
+    Connecting {
+        for_ms: u64,
+        retry: u32,
+        last_error: Option<String>,
+    },
+    Online {
+        for_ms: u64,
+    },
+    Reconnecting {
+        in_ms: u64,
+        attempt: u32,
+        reason: String,
+    },
+    Stopped {
+        error: Option<String>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PathView {
+    /// The relay's address as this session reaches it.
+    pub remote: SocketAddr,
+    pub rtt_ms: f64,
+    pub lost_packets: u64,
+    pub sent_packets: u64,
+    pub congestion_window: u64,
+    pub mtu: u16,
+    /// UDP payload bytes of the whole session, QUIC overhead included.
+    pub sent_bytes: u64,
+    pub received_bytes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TunnelView {
+    pub name: String,
+    pub url: String,
+    pub local: String,
+    pub open: u64,
+    pub total: u64,
+    pub failed: u64,
+    /// Bytes of finished connections, from visitors to the local server.
+    pub to_local: u64,
+    pub to_visitor: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnectionView {
+    pub id: u64,
+    pub tunnel: String,
+    /// The visitor's address as the relay saw it.
+    pub visitor: SocketAddr,
+    /// Milliseconds since the Unix epoch.
+    pub opened_at_ms: u64,
+    pub duration_ms: u64,
+    /// `open`, `closed` or `failed`.
+    pub state: String,
+    /// Known once the connection has closed: the splice counts them as it ends.
+    pub to_local: Option<u64>,
+    pub to_visitor: Option<u64>,
+    /// Why a failed connection failed.
+    pub reason: Option<String>,
+}
+
+impl Stats {
+    pub fn snapshot(&self) -> Snapshot {
+        let now = Instant::now();
+        let (relay, state, path, public) = {
+            let session = lock(&self.0.session);
+            let path = session.conn.as_ref().map(path_view);
+            (session.relay.clone(), session_state(&session.state, session.since, now), path, session.tunnels.clone())
+        };
+        let tunnels = public
+            .iter()
+            .map(|t| {
+                let counters = self.tunnel(&t.name);
+                TunnelView {
+                    name: t.name.clone(),
+                    url: t.url(),
+                    local: t.local.to_string(),
+                    open: counters.open.load(Relaxed),
+                    total: counters.total.load(Relaxed),
+                    failed: counters.failed.load(Relaxed),
+                    to_local: counters.to_local.load(Relaxed),
+                    to_visitor: counters.to_visitor.load(Relaxed),
+                }
+            })
+            .collect();
+        let connections = {
+            let connections = lock(&self.0.connections);
+            let open = connections.open.values().rev();
+            open.chain(&connections.closed).take(crate::stats::RECENT).map(|r| connection_view(r, now)).collect()
+        };
+        Snapshot { version: env!("CARGO_PKG_VERSION").into(), relay, state, path, tunnels, connections }
+    }
+}
+
+fn session_state(state: &State, since: Instant, now: Instant) -> SessionState {
+    let elapsed = millis(now.saturating_duration_since(since));
+    match state {
+        State::Connecting { retry } => SessionState::Connecting {
+            for_ms: elapsed,
+            retry: retry.as_ref().map_or(0, |(attempt, _)| *attempt),
+            last_error: retry.as_ref().map(|(_, why)| why.clone()),
+        },
+        State::Online => SessionState::Online { for_ms: elapsed },
+        State::Retrying { attempt, delay, reason } => SessionState::Reconnecting {
+            in_ms: millis(*delay).saturating_sub(elapsed),
+            attempt: *attempt,
+            reason: reason.clone(),
+        },
+        State::Stopped { error } => SessionState::Stopped { error: error.clone() },
+    }
+}
+
+fn path_view(conn: &quinn::Connection) -> PathView {
+    let stats = conn.stats();
+    PathView {
+        remote: conn.remote_address(),
+        rtt_ms: stats.path.rtt.as_secs_f64() * 1000.0,
+        lost_packets: stats.path.lost_packets,
+        sent_packets: stats.path.sent_packets,
+        congestion_window: stats.path.cwnd,
+        mtu: stats.path.current_mtu,
+        sent_bytes: stats.udp_tx.bytes,
+        received_bytes: stats.udp_rx.bytes,
+    }
+}
+
+fn connection_view(record: &Record, now: Instant) -> ConnectionView {
+    let opened_at_ms = record.opened_at.duration_since(UNIX_EPOCH).map(millis).unwrap_or_default();
+    let (duration, state, to_local, to_visitor, reason) = match &record.ended {
+        None => (now.saturating_duration_since(record.opened), "open", None, None, None),
+        Some((took, Outcome::Closed { to_local, to_visitor })) => {
+            (*took, "closed", Some(*to_local), Some(*to_visitor), None)
+        }
+        Some((took, Outcome::Failed { reason })) => (*took, "failed", None, None, Some(reason.clone())),
+    };
+    ConnectionView {
+        id: record.id,
+        tunnel: record.tunnel.clone(),
+        visitor: record.visitor,
+        opened_at_ms,
+        duration_ms: millis(duration),
+        state: state.into(),
+        to_local,
+        to_visitor,
+        reason,
+    }
+}
+
+fn millis(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
