@@ -22,6 +22,7 @@ pub mod reservations;
 mod session;
 mod sessions;
 pub mod tokens;
+mod traffic;
 mod tunnel;
 
 use std::{net::SocketAddr, sync::Arc, sync::atomic::AtomicU64, time::Duration};
@@ -89,15 +90,16 @@ impl Relay {
         let registry =
             Registry::new(Arc::new(reservations), config.ports, config.public_bind, config.max_tunnels_per_token);
         let admin = config.admin_listen.map(bind_admin).transpose()?;
+        let metrics = Arc::new(metrics::Metrics::new());
         let shared = Shared {
             tokens: TokenStore::open(&config.data_dir, config.token.as_ref()),
             limiter: FailureLimiter::new(),
             registry,
             per_ip: limits::PerIpLimit::new(config.max_visitors_per_ip),
-            metrics: Arc::new(metrics::Metrics::new()),
+            live: Arc::new(sessions::LiveSessions::new(metrics.traffic.clone())),
+            metrics,
             handshakes: limits::Handshakes::default(),
             next_session: AtomicU64::new(1),
-            live: Arc::default(),
             config,
         };
         Ok(Self { endpoint, admin, shared: Arc::new(shared), fingerprint })
@@ -107,7 +109,8 @@ impl Relay {
         Ok(self.endpoint.local_addr()?)
     }
 
-    /// Where `/metrics` and `/healthz` are served, unless the admin endpoint is off.
+    /// Where the dashboard, `/api/*`, `/metrics`, `/healthz` and `/readyz` are served, unless
+    /// the admin endpoint is off.
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.admin.as_ref().and_then(|l| l.local_addr().ok())
     }
@@ -137,6 +140,12 @@ impl Relay {
         }
     }
 
+    /// Forgets quiet addresses, and tunnels whose reservation would have expired.
+    fn housekeeping(&self) {
+        self.shared.limiter.forget_quiet();
+        self.shared.metrics.traffic.forget_idle(self.shared.config.reservation_ttl);
+    }
+
     /// `relay token revoke` runs as another process and only edits the token file; when the
     /// file changes, sessions whose token it no longer holds are closed.
     fn close_sessions_of_revoked_tokens(&self, seen: &mut Option<std::time::SystemTime>) {
@@ -155,8 +164,14 @@ impl Relay {
     /// and closes every session with [`CloseCode::Shutdown`] so agents reconnect.
     pub async fn run(mut self, cancel: CancellationToken) -> anyhow::Result<()> {
         let sessions = TaskTracker::new();
-        if let Some(admin) = self.admin.take() {
-            sessions.spawn(admin::serve(admin, self.shared.clone(), cancel.clone()));
+        // The admin endpoint outlives `cancel` until the drain is over, so `/readyz` can say
+        // that the relay is shutting down.
+        let admin = TaskTracker::new();
+        let stop_admin = CancellationToken::new();
+        // Should this future be dropped instead of finishing, the admin endpoint stops too.
+        let _stop_admin_on_drop = stop_admin.clone().drop_guard();
+        if let Some(listener) = self.admin.take() {
+            admin.spawn(admin::serve(listener, self.shared.clone(), cancel.clone(), stop_admin.clone()));
         }
         let mut housekeeping = tokio::time::interval(HOUSEKEEPING_INTERVAL);
         let mut token_check = tokio::time::interval(TOKEN_CHECK_INTERVAL);
@@ -172,7 +187,7 @@ impl Relay {
                     }
                     None => break,
                 },
-                _ = housekeeping.tick() => self.shared.limiter.forget_quiet(),
+                _ = housekeeping.tick() => self.housekeeping(),
                 _ = token_check.tick() => self.close_sessions_of_revoked_tokens(&mut tokens_seen),
             }
         }
@@ -185,6 +200,9 @@ impl Relay {
         }
         self.endpoint.close(CloseCode::Shutdown.code(), CloseCode::Shutdown.describe().as_bytes());
         tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await.ok();
+        stop_admin.cancel();
+        admin.close();
+        admin.wait().await;
         tracing::info!("relay stopped");
         Ok(())
     }

@@ -1,10 +1,19 @@
 //! The relay's counters, in Prometheus text format at the admin endpoint's `/metrics`.
 
+use std::sync::{Arc, Mutex, PoisonError, atomic::AtomicU64};
+
 use prometheus_client::{
     encoding::EncodeLabelSet,
-    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    metrics::{
+        counter::Counter,
+        family::Family,
+        gauge::Gauge,
+        histogram::{Histogram, exponential_buckets},
+    },
     registry::Registry,
 };
+
+use crate::{registry::SessionId, sessions::AgentView, traffic::Traffic};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct Reason {
@@ -14,6 +23,22 @@ pub(crate) struct Reason {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct Direction {
     pub(crate) direction: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct SessionLabels {
+    pub(crate) token: String,
+    pub(crate) session: SessionId,
+}
+
+/// Each live session's QUIC path, set from the sessions at every scrape.
+#[derive(Default)]
+struct Paths {
+    rtt: Family<SessionLabels, Gauge<f64, AtomicU64>>,
+    lost: Family<SessionLabels, Gauge>,
+    cwnd: Family<SessionLabels, Gauge>,
+    /// Held from refresh to encoding, so a concurrent scrape cannot clear the series between.
+    scrape: Mutex<()>,
 }
 
 pub(crate) struct Metrics {
@@ -32,6 +57,9 @@ pub(crate) struct Metrics {
     pub(crate) handshakes_retried: Counter,
     pub(crate) bytes_to_local: Counter,
     pub(crate) bytes_to_visitor: Counter,
+    pub(crate) stream_open: Histogram,
+    pub(crate) traffic: Arc<Traffic>,
+    paths: Paths,
 }
 
 /// Why a visitor was turned away, as the `reason` label says it.
@@ -60,6 +88,11 @@ impl Metrics {
             handshakes_retried: Counter::default(),
             bytes_to_local: Counter::default(),
             bytes_to_visitor: Counter::default(),
+            // 0.1 ms (a free stream slot opens without a round trip) to 3.3 s (an agent out of
+            // slots, near the 5 s stream timeout).
+            stream_open: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
+            traffic: Arc::default(),
+            paths: Paths::default(),
             registry: Registry::default(),
         };
         // Handles into the family, taken once, so finishing a visitor does not look them up.
@@ -94,10 +127,36 @@ impl Metrics {
             metrics.handshakes_retried.clone(),
         );
         registry.register("bytes", "Bytes carried for visitors that finished", bytes);
+        metrics.register_tunnels_and_paths(&mut registry);
         Self { registry, ..metrics }
     }
 
-    pub(crate) fn encode(&self) -> String {
+    fn register_tunnels_and_paths(&self, registry: &mut Registry) {
+        registry.register(
+            "tunnel_bytes",
+            "Bytes carried for finished visitors, by token and tunnel",
+            self.traffic.bytes.clone(),
+        );
+        registry.register(
+            "reconnects",
+            "Agent sessions admitted for a tunnel this relay had carried before",
+            self.traffic.reconnects.clone(),
+        );
+        registry.register(
+            "stream_open_seconds",
+            "Time from a visitor's arrival to its stream being open, header written",
+            self.stream_open.clone(),
+        );
+        let paths = &self.paths;
+        registry.register("session_rtt_seconds", "Round-trip time of each live session's path", paths.rtt.clone());
+        registry.register("session_lost_packets", "Packets each live session has lost", paths.lost.clone());
+        registry.register("session_cwnd_bytes", "Congestion window of each live session", paths.cwnd.clone());
+    }
+
+    /// The metrics page, with `agents` as the live sessions' paths.
+    pub(crate) fn encode(&self, agents: &[AgentView]) -> String {
+        let _scrape = self.paths.scrape.lock().unwrap_or_else(PoisonError::into_inner);
+        self.paths.set(agents);
         // Read at scrape time: a count that creeps up between scrapes is a task leak.
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             self.runtime_tasks.set(i64::try_from(runtime.metrics().num_alive_tasks()).unwrap_or(i64::MAX));
@@ -108,4 +167,23 @@ impl Metrics {
         }
         text
     }
+}
+
+impl Paths {
+    /// Replaces every series, so sessions that ended leave none behind.
+    fn set(&self, agents: &[AgentView]) {
+        self.rtt.clear();
+        self.lost.clear();
+        self.cwnd.clear();
+        for agent in agents {
+            let labels = SessionLabels { token: agent.token.clone(), session: agent.session };
+            self.rtt.get_or_create(&labels).set(agent.rtt.as_secs_f64());
+            self.lost.get_or_create(&labels).set(saturating_i64(agent.lost_packets));
+            self.cwnd.get_or_create(&labels).set(saturating_i64(agent.cwnd));
+        }
+    }
+}
+
+fn saturating_i64(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
 }

@@ -16,6 +16,7 @@ use crate::{
     Shared, liveness, parking,
     registry::{Claim, ClaimError, Claimant, SessionId},
     reservations::TunnelKey,
+    sessions::Admitted,
     tokens::Grant,
     tunnel::{OpenTunnel, accept_visitors},
 };
@@ -54,7 +55,7 @@ async fn run(incoming: quinn::Incoming, shared: &Arc<Shared>, cancel: &Cancellat
     };
     drop(handshaking);
     let session = shared.next_session.fetch_add(1, Ordering::Relaxed);
-    let tunnels = match admit(shared, &conn, &hello, session).await {
+    let (grant, tunnels) = match admit(shared, &conn, &hello, session).await {
         Ok(admitted) => admitted,
         Err(refusal) => return refuse(&conn, &mut send, refusal).await,
     };
@@ -69,7 +70,7 @@ async fn run(incoming: quinn::Incoming, shared: &Arc<Shared>, cancel: &Cancellat
     for (tunnel, spec) in open.iter().zip(&hello.tunnels) {
         tracing::info!(port = tunnel.port, name = %spec.name, local = %spec.local, "tunnel open");
     }
-    let _registered = shared.live.register(session, crate::tokens::hash(&hello.token), conn.clone());
+    let mut registered = shared.live.register(session, Admitted::new(&grant, &hello, &conn, &open));
     let metrics = &shared.metrics;
     let tunnel_count = i64::try_from(open.len()).unwrap_or(i64::MAX);
     metrics.sessions.inc();
@@ -78,6 +79,7 @@ async fn run(incoming: quinn::Incoming, shared: &Arc<Shared>, cancel: &Cancellat
     // The control stream stays open for the life of the session.
     let control = (send, recv);
     let lost_ports = serve_tunnels(shared, &conn, open, session, cancel).await;
+    registered.ended(&lost_ports);
     metrics.tunnels.dec_by(tunnel_count);
     metrics.sessions.dec();
     drop((control, conn));
@@ -113,7 +115,7 @@ async fn admit(
     conn: &Connection,
     hello: &Hello,
     session: SessionId,
-) -> Result<Vec<(Granted, OpenTunnel)>, Refusal> {
+) -> Result<(Grant, Vec<(Granted, OpenTunnel)>), Refusal> {
     if hello.version != PROTOCOL_VERSION {
         return Err(Refusal::Version { agent: hello.version, relay: PROTOCOL_VERSION });
     }
@@ -136,7 +138,7 @@ async fn admit(
             }
         }
     }
-    Ok(admitted)
+    Ok((grant, admitted))
 }
 
 /// Claims a port for one tunnel. If an older session of the same tunnel holds it, that

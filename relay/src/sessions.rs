@@ -1,48 +1,126 @@
-//! Live agent sessions by token, so revoking a token ends its sessions at once rather than
-//! at their next reconnect.
+//! Live agent sessions: what the admin endpoint shows of each, and their tokens, so revoking
+//! a token ends its sessions at once rather than at their next reconnect.
 
 use std::{
-    collections::HashMap,
-    sync::{Arc, Mutex},
+    collections::BTreeMap,
+    net::SocketAddr,
+    sync::{Arc, Mutex, MutexGuard, PoisonError},
+    time::Duration,
 };
 
-use burrow_common::CloseCode;
+use burrow_common::{CloseCode, Hello};
+use serde::Serialize;
 
-use crate::{registry::SessionId, tokens::TokenStore};
+use crate::{
+    registry::SessionId,
+    reservations::TunnelKey,
+    tokens::{Grant, TokenStore, hash, now},
+    traffic::{Granted, SessionTunnels, Traffic},
+    tunnel::OpenTunnel,
+};
 
-#[derive(Default)]
 pub(crate) struct LiveSessions {
-    by_id: Mutex<HashMap<SessionId, Live>>,
+    by_id: Mutex<BTreeMap<SessionId, Live>>,
+    traffic: Arc<Traffic>,
 }
 
 struct Live {
     /// The SHA-256 of the session's token: enough to check it again, useless to a thief.
     token: [u8; 32],
+    token_name: String,
     conn: quinn::Connection,
+    connected_since: u64,
+    tunnels: Vec<AgentTunnel>,
+    /// An ended session stays registered while its ports are parked, but is no agent any more.
+    ended: bool,
+}
+
+/// A session the relay has just welcomed.
+pub(crate) struct Admitted {
+    pub(crate) token: [u8; 32],
+    pub(crate) token_name: String,
+    pub(crate) conn: quinn::Connection,
+    pub(crate) tunnels: Vec<Granted>,
 }
 
 /// A session's entry; dropping it removes the entry.
 pub(crate) struct Registered {
     id: SessionId,
     sessions: Arc<LiveSessions>,
+    tunnels: SessionTunnels,
+}
+
+#[derive(Serialize)]
+pub(crate) struct AgentView {
+    pub(crate) session: SessionId,
+    pub(crate) token: String,
+    pub(crate) remote: SocketAddr,
+    pub(crate) connected_since: u64,
+    pub(crate) rtt_ms: f64,
+    #[serde(skip)]
+    pub(crate) rtt: Duration,
+    pub(crate) lost_packets: u64,
+    pub(crate) sent_packets: u64,
+    /// Congestion window, in bytes.
+    pub(crate) cwnd: u64,
+    /// UDP payload bytes on the session's path, QUIC overhead included.
+    pub(crate) quic_bytes_sent: u64,
+    pub(crate) quic_bytes_received: u64,
+    pub(crate) tunnels: Vec<AgentTunnel>,
+}
+
+#[derive(Clone, Serialize)]
+pub(crate) struct AgentTunnel {
+    pub(crate) name: String,
+    pub(crate) port: u16,
+}
+
+impl Admitted {
+    pub(crate) fn new(grant: &Grant, hello: &Hello, conn: &quinn::Connection, open: &[OpenTunnel]) -> Self {
+        let tunnels = open.iter().zip(&hello.tunnels).map(|(tunnel, spec)| Granted {
+            id: tunnel.id,
+            key: TunnelKey { token: grant.name.clone(), tunnel: spec.name.clone() },
+            port: tunnel.port,
+        });
+        Self {
+            token: hash(&hello.token),
+            token_name: grant.name.clone(),
+            conn: conn.clone(),
+            tunnels: tunnels.collect(),
+        }
+    }
 }
 
 impl LiveSessions {
-    pub(crate) fn register(self: &Arc<Self>, id: SessionId, token: [u8; 32], conn: quinn::Connection) -> Registered {
-        if let Ok(mut by_id) = self.by_id.lock() {
-            by_id.insert(id, Live { token, conn });
-        }
-        Registered { id, sessions: self.clone() }
+    pub(crate) fn new(traffic: Arc<Traffic>) -> Self {
+        Self { by_id: Mutex::default(), traffic }
+    }
+
+    fn by_id(&self) -> MutexGuard<'_, BTreeMap<SessionId, Live>> {
+        // The map stays consistent at every step, so a panic elsewhere leaves it usable.
+        self.by_id.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn register(self: &Arc<Self>, id: SessionId, admitted: Admitted) -> Registered {
+        let tunnels = self.traffic.open_session(admitted.conn.stable_id(), admitted.tunnels);
+        let live = Live {
+            token: admitted.token,
+            token_name: admitted.token_name,
+            conn: admitted.conn,
+            connected_since: now(),
+            tunnels: tunnels.granted().map(|g| AgentTunnel { name: g.key.tunnel.clone(), port: g.port }).collect(),
+            ended: false,
+        };
+        self.by_id().insert(id, live);
+        Registered { id, sessions: self.clone(), tunnels }
     }
 
     /// Closes every session whose token the store no longer accepts; returns how many.
     /// An unreadable store closes nothing: a bad edit must not cut off every agent.
     pub(crate) fn close_revoked(&self, tokens: &TokenStore) -> usize {
-        let Ok(by_id) = self.by_id.lock() else {
-            return 0;
-        };
+        let by_id = self.by_id();
         let mut closed = 0;
-        for live in by_id.values() {
+        for live in by_id.values().filter(|live| !live.ended) {
             match tokens.verify_digest(&live.token) {
                 Ok(Some(_)) => {}
                 Ok(None) => {
@@ -57,12 +135,47 @@ impl LiveSessions {
         }
         closed
     }
+
+    /// The sessions serving now, with their QUIC path as it is at this moment.
+    pub(crate) fn agents(&self) -> Vec<AgentView> {
+        let by_id = self.by_id();
+        let agents = by_id.iter().filter(|(_, live)| !live.ended);
+        agents.map(|(id, live)| view(*id, live)).collect()
+    }
+}
+
+fn view(session: SessionId, live: &Live) -> AgentView {
+    let stats = live.conn.stats();
+    let rtt = stats.path.rtt;
+    AgentView {
+        session,
+        token: live.token_name.clone(),
+        remote: live.conn.remote_address(),
+        connected_since: live.connected_since,
+        // Microseconds, so the figure reads as a short decimal.
+        rtt_ms: rtt.as_micros() as f64 / 1000.0,
+        rtt,
+        lost_packets: stats.path.lost_packets,
+        sent_packets: stats.path.sent_packets,
+        cwnd: stats.path.cwnd,
+        quic_bytes_sent: stats.udp_tx.bytes,
+        quic_bytes_received: stats.udp_rx.bytes,
+        tunnels: live.tunnels.clone(),
+    }
+}
+
+impl Registered {
+    /// The session has ended; `parked` are the ports kept open for its agent to return.
+    pub(crate) fn ended(&mut self, parked: &[u16]) {
+        if let Some(live) = self.sessions.by_id().get_mut(&self.id) {
+            live.ended = true;
+        }
+        self.tunnels.ended(parked);
+    }
 }
 
 impl Drop for Registered {
     fn drop(&mut self) {
-        if let Ok(mut by_id) = self.sessions.by_id.lock() {
-            by_id.remove(&self.id);
-        }
+        self.sessions.by_id().remove(&self.id);
     }
 }

@@ -1,6 +1,10 @@
 //! One public port: accept visitors and carry each over its own stream to the agent.
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use anyhow::Context;
 use burrow_common::{
@@ -90,7 +94,8 @@ pub(crate) async fn accept_until(
 }
 
 /// Carries one visitor across the tunnel.
-/// `admission` is the visitor's place under the caps, held until it has been served.
+/// `admission` is the visitor's place under the caps, held until it has been served. For a
+/// parked visitor, "arrived" is its handover: the wait for the agent is not stream latency.
 pub(crate) async fn forward(
     visitor: TcpStream,
     peer: SocketAddr,
@@ -100,6 +105,8 @@ pub(crate) async fn forward(
     admission: Admission,
 ) {
     let _admission = admission;
+    let arrived = Instant::now();
+    let visit = metrics.traffic.visit(conn.stable_id(), tunnel, peer);
     let (mut send, recv) = match open_stream(&conn).await {
         Ok(stream) => stream,
         Err(e) => {
@@ -114,10 +121,12 @@ pub(crate) async fn forward(
         abort_tcp(visitor);
         return;
     }
+    metrics.stream_open.observe(arrived.elapsed().as_secs_f64());
     match splice(visitor, send, recv).await {
         Ok((up, down)) => {
             metrics.bytes_to_local.inc_by(up);
             metrics.bytes_to_visitor.inc_by(down);
+            visit.finished(up, down);
             tracing::debug!(up, down, "visitor closed");
         }
         Err(e) => tracing::debug!("visitor aborted: {e}"),

@@ -1,0 +1,63 @@
+//! `/api/*`: the relay's live state as JSON, for the dashboard and for scripts. Token names
+//! appear; tokens and their hashes never do.
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Response, StatusCode};
+use serde::Serialize;
+
+use super::{text, with_type};
+use crate::{Shared, tokens::CONFIGURED_TOKEN_NAME};
+
+#[derive(Serialize)]
+struct TokenView {
+    name: String,
+    /// The ports the token may use: its own list, or the relay's whole range.
+    ports: String,
+    limited: bool,
+    /// Unix seconds; unknown for the token from the relay's config.
+    created: Option<u64>,
+}
+
+pub(super) fn respond(shared: &Shared, view: &str) -> Response<Full<Bytes>> {
+    let json = match view {
+        "agents" => serde_json::to_vec(&shared.live.agents()),
+        "tunnels" => serde_json::to_vec(&shared.metrics.traffic.tunnels()),
+        "connections" => serde_json::to_vec(&shared.metrics.traffic.visitors()),
+        "tokens" => match tokens(shared) {
+            Ok(tokens) => serde_json::to_vec(&tokens),
+            Err(e) => {
+                tracing::warn!("admin token list failed: {e:#}");
+                return text(StatusCode::INTERNAL_SERVER_ERROR, "the token store cannot be read\n");
+            }
+        },
+        _ => return text(StatusCode::NOT_FOUND, "not found: try /api/agents, tunnels, connections or tokens\n"),
+    };
+    match json {
+        Ok(json) => with_type(StatusCode::OK, json.into(), "application/json"),
+        Err(e) => {
+            tracing::warn!("admin {view} encoding failed: {e}");
+            text(StatusCode::INTERNAL_SERVER_ERROR, "encoding failed\n")
+        }
+    }
+}
+
+fn tokens(shared: &Shared) -> anyhow::Result<Vec<TokenView>> {
+    let range = shared.config.ports;
+    let configured = shared.config.token.as_ref().map(|_| TokenView {
+        name: CONFIGURED_TOKEN_NAME.into(),
+        ports: range.to_string(),
+        limited: false,
+        created: None,
+    });
+    let stored = shared.tokens.list()?.into_iter().map(|record| {
+        let grant = crate::tokens::Grant { name: record.name, ports: record.ports };
+        TokenView {
+            ports: grant.describe_ports(range),
+            limited: grant.ports.is_some(),
+            name: grant.name,
+            created: Some(record.created),
+        }
+    });
+    Ok(configured.into_iter().chain(stored).collect())
+}

@@ -1,0 +1,125 @@
+//! The admin endpoint: a dashboard at `/`, a JSON view of the relay at `/api/*`, Prometheus
+//! `/metrics`, `/healthz` (the process is alive) and `/readyz` (it serves, and is not
+//! shutting down). It listens on 127.0.0.1 by default; bound beyond loopback it requires the
+//! admin token, as a bearer token or as the password of HTTP Basic authentication.
+//!
+//! Everything is computed when asked for, from the relay's own state: nobody looking costs
+//! nothing.
+
+mod api;
+mod auth;
+
+use std::{convert::Infallible, sync::Arc, time::Duration};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{
+    Method, Request, Response, StatusCode,
+    body::Incoming,
+    header::{self, HeaderValue},
+    service::service_fn,
+};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+use crate::Shared;
+
+/// The dashboard's files, built into the binary so the page needs nothing from elsewhere.
+const DASHBOARD_HTML: &str = include_str!("../../assets/dashboard.html");
+const DASHBOARD_JS: &str = include_str!("../../assets/dashboard.js");
+const DASHBOARD_CSS: &str = include_str!("../../assets/dashboard.css");
+
+/// Only the page's own files and data: an injected script could not send anything away.
+const DASHBOARD_POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; \
+     img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'; form-action 'none'";
+
+/// Serves admin requests until `stop`. `shutdown` is the relay's own cancellation: once it
+/// fires, `/readyz` answers 503 while the relay drains.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+    stop: CancellationToken,
+) {
+    let connections = TaskTracker::new();
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let tcp = match accepted {
+            Ok((tcp, _)) => tcp,
+            Err(e) => {
+                tracing::warn!("admin accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let (shared, shutdown, stop) = (shared.clone(), shutdown.clone(), stop.clone());
+        connections.spawn(async move {
+            let service = service_fn(move |request| {
+                let response = respond(&shared, !shutdown.is_cancelled(), &request);
+                async move { Ok::<_, Infallible>(response) }
+            });
+            let connection = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tcp), service);
+            tokio::select! {
+                _ = stop.cancelled() => {}
+                _ = connection => {}
+            }
+        });
+    }
+    connections.close();
+}
+
+fn respond(shared: &Shared, ready: bool, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+    if let Some(token) = &shared.config.admin_token
+        && !auth::allows(request, token.expose())
+    {
+        return auth::challenge(text(StatusCode::UNAUTHORIZED, "admin token required\n"));
+    }
+    if request.method() != Method::GET {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "only GET is served here\n");
+    }
+    let path = request.uri().path();
+    match path {
+        "/" => dashboard(DASHBOARD_HTML, "text/html; charset=utf-8"),
+        "/dashboard.js" => dashboard(DASHBOARD_JS, "text/javascript; charset=utf-8"),
+        "/dashboard.css" => dashboard(DASHBOARD_CSS, "text/css; charset=utf-8"),
+        "/metrics" => metrics(shared),
+        "/healthz" => text(StatusCode::OK, "ok\n"),
+        "/readyz" if ready => text(StatusCode::OK, "ready\n"),
+        "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n"),
+        _ => match path.strip_prefix("/api/") {
+            Some(view) => api::respond(shared, view),
+            None => text(StatusCode::NOT_FOUND, "not found: try /, /api/agents, /metrics, /healthz or /readyz\n"),
+        },
+    }
+}
+
+fn metrics(shared: &Shared) -> Response<Full<Bytes>> {
+    let page = shared.metrics.encode(&shared.live.agents());
+    with_type(StatusCode::OK, page.into(), "application/openmetrics-text; version=1.0.0; charset=utf-8")
+}
+
+fn dashboard(body: &'static str, content_type: &'static str) -> Response<Full<Bytes>> {
+    let mut response = with_type(StatusCode::OK, Bytes::from_static(body.as_bytes()), content_type);
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(DASHBOARD_POLICY));
+    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    response
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
+    with_type(status, Bytes::from_static(body.as_bytes()), "text/plain; charset=utf-8")
+}
+
+fn with_type(status: StatusCode, body: Bytes, content_type: &'static str) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(body));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    // Every answer describes this moment; a cached one would mislead.
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}

@@ -1,0 +1,243 @@
+//! What each tunnel carries: visitors open now, and visitors and bytes since the relay
+//! started, kept by token and tunnel name so that a tunnel's counts carry on across its
+//! agent's reconnects. A tunnel no session has held for `reservation_ttl` is forgotten, as
+//! its reservation is, so a token that churns through names cannot grow the label set
+//! forever.
+//!
+//! A visitor finds its tunnel by its session's connection and the tunnel id the session
+//! granted: that is all the parked-visitor handover carries. Bytes are counted when a
+//! visitor closes, since the splice reports only its totals.
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{
+        Arc, Mutex, MutexGuard, PoisonError,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family},
+};
+
+#[cfg(test)]
+mod tests;
+mod views;
+
+use crate::{
+    metrics::{LOCAL_TO_VISITOR, VISITOR_TO_LOCAL},
+    reservations::TunnelKey,
+    tokens::now,
+};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct TunnelBytes {
+    token: String,
+    tunnel: String,
+    direction: &'static str,
+}
+
+#[derive(Default)]
+pub(crate) struct Traffic {
+    state: Mutex<State>,
+    pub(crate) bytes: Family<TunnelBytes, Counter>,
+    /// Sessions admitted for a tunnel this relay had carried before.
+    pub(crate) reconnects: Counter,
+    next_visitor: AtomicU64,
+}
+
+#[derive(Default)]
+struct State {
+    tunnels: HashMap<TunnelKey, Held>,
+    routes: HashMap<Route, (Arc<Tunnel>, u16)>,
+    open: HashMap<u64, OpenVisitor>,
+}
+
+/// A session's connection (its stable id) and a tunnel id it granted.
+type Route = (usize, u32);
+
+/// One tunnel's counters, shared by every session that serves it.
+pub(crate) struct Tunnel {
+    key: TunnelKey,
+    to_local: Counter,
+    to_visitor: Counter,
+    visitors: AtomicU64,
+}
+
+/// Who holds a tunnel now, and since when nobody has.
+struct Held {
+    tunnel: Arc<Tunnel>,
+    port: u16,
+    serving: usize,
+    parked: usize,
+    idle_since: Instant,
+}
+
+struct OpenVisitor {
+    tunnel: Arc<Tunnel>,
+    port: u16,
+    peer: SocketAddr,
+    opened_at: u64,
+}
+
+/// A tunnel of one session, as the session registers it.
+pub(crate) struct Granted {
+    pub(crate) id: u32,
+    pub(crate) key: TunnelKey,
+    pub(crate) port: u16,
+}
+
+/// A session's tunnels, held in the counts while the session serves or parks them.
+pub(crate) struct SessionTunnels {
+    traffic: Arc<Traffic>,
+    conn: usize,
+    tunnels: Vec<(Granted, Hold)>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Hold {
+    Serving,
+    Parked,
+    Released,
+}
+
+/// One visitor being carried; dropping it takes the visitor off the open list.
+pub(crate) struct Visit {
+    traffic: Arc<Traffic>,
+    id: u64,
+    tunnel: Option<Arc<Tunnel>>,
+}
+
+impl Traffic {
+    fn state(&self) -> MutexGuard<'_, State> {
+        // Counters stay usable after a panic elsewhere; a count is never worth a crash.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Holds a new session's tunnels in the counts, and counts the session as a reconnect
+    /// if the relay carried any of its tunnels before. `conn` is the session connection's
+    /// `stable_id`.
+    pub(crate) fn open_session(self: &Arc<Self>, conn: usize, granted: Vec<Granted>) -> SessionTunnels {
+        let mut state = self.state();
+        let mut returning = false;
+        for tunnel in &granted {
+            returning |= state.tunnels.contains_key(&tunnel.key);
+            let held = state.tunnels.entry(tunnel.key.clone()).or_insert_with(|| self.new_tunnel(&tunnel.key));
+            held.serving += 1;
+            held.port = tunnel.port;
+            let route = (held.tunnel.clone(), tunnel.port);
+            state.routes.insert((conn, tunnel.id), route);
+        }
+        if returning {
+            self.reconnects.inc();
+        }
+        let tunnels = granted.into_iter().map(|g| (g, Hold::Serving)).collect();
+        SessionTunnels { traffic: self.clone(), conn, tunnels }
+    }
+
+    fn new_tunnel(&self, key: &TunnelKey) -> Held {
+        let labels = |direction| TunnelBytes { token: key.token.clone(), tunnel: key.tunnel.clone(), direction };
+        // One statement each: `get_or_create` returns a guard on the family's lock.
+        let to_local = self.bytes.get_or_create(&labels(VISITOR_TO_LOCAL.direction)).clone();
+        let to_visitor = self.bytes.get_or_create(&labels(LOCAL_TO_VISITOR.direction)).clone();
+        let tunnel = Arc::new(Tunnel { key: key.clone(), to_local, to_visitor, visitors: AtomicU64::new(0) });
+        Held { tunnel, port: 0, serving: 0, parked: 0, idle_since: Instant::now() }
+    }
+
+    /// Puts a visitor on the open list of the tunnel `tunnel` of the session whose
+    /// connection's `stable_id` is `conn`.
+    pub(crate) fn visit(self: &Arc<Self>, conn: usize, tunnel: u32, peer: SocketAddr) -> Visit {
+        let id = self.next_visitor.fetch_add(1, Ordering::Relaxed);
+        let mut state = self.state();
+        // None only for a visitor that raced its session's end; it is carried uncounted.
+        let route = state.routes.get(&(conn, tunnel)).cloned();
+        if let Some((tunnel, port)) = &route {
+            tunnel.visitors.fetch_add(1, Ordering::Relaxed);
+            state.open.insert(id, OpenVisitor { tunnel: tunnel.clone(), port: *port, peer, opened_at: now() });
+        }
+        Visit { traffic: self.clone(), id, tunnel: route.map(|(tunnel, _)| tunnel) }
+    }
+
+    /// Forgets tunnels nobody has held for `ttl`, with their series.
+    pub(crate) fn forget_idle(&self, ttl: Duration) {
+        let mut state = self.state();
+        state.tunnels.retain(|key, held| {
+            let keep = held.serving + held.parked > 0 || held.idle_since.elapsed() < ttl;
+            if !keep {
+                for direction in [VISITOR_TO_LOCAL.direction, LOCAL_TO_VISITOR.direction] {
+                    let labels = TunnelBytes { token: key.token.clone(), tunnel: key.tunnel.clone(), direction };
+                    self.bytes.remove(&labels);
+                }
+            }
+            keep
+        });
+    }
+}
+
+impl SessionTunnels {
+    /// The session has ended: tunnels whose ports are now parked count as parked, the others
+    /// as gone. No new visitor can reach the session's connection any more.
+    pub(crate) fn ended(&mut self, parked: &[u16]) {
+        let mut state = self.traffic.state();
+        for (granted, hold) in &mut self.tunnels {
+            let next = if parked.contains(&granted.port) { Hold::Parked } else { Hold::Released };
+            state.routes.remove(&(self.conn, granted.id));
+            move_hold(&mut state, &granted.key, *hold, next);
+            *hold = next;
+        }
+    }
+
+    /// Names and ports of the session's tunnels.
+    pub(crate) fn granted(&self) -> impl Iterator<Item = &Granted> {
+        self.tunnels.iter().map(|(granted, _)| granted)
+    }
+}
+
+fn move_hold(state: &mut State, key: &TunnelKey, from: Hold, to: Hold) {
+    let Some(held) = state.tunnels.get_mut(key) else { return };
+    match from {
+        Hold::Serving => held.serving -= 1,
+        Hold::Parked => held.parked -= 1,
+        Hold::Released => {}
+    }
+    match to {
+        Hold::Serving => held.serving += 1,
+        Hold::Parked => held.parked += 1,
+        Hold::Released => {}
+    }
+    if held.serving + held.parked == 0 {
+        held.idle_since = Instant::now();
+    }
+}
+
+impl Drop for SessionTunnels {
+    fn drop(&mut self) {
+        let mut state = self.traffic.state();
+        for (granted, hold) in &self.tunnels {
+            state.routes.remove(&(self.conn, granted.id));
+            if *hold != Hold::Released {
+                move_hold(&mut state, &granted.key, *hold, Hold::Released);
+            }
+        }
+    }
+}
+
+impl Visit {
+    pub(crate) fn finished(&self, to_local: u64, to_visitor: u64) {
+        if let Some(tunnel) = &self.tunnel {
+            tunnel.to_local.inc_by(to_local);
+            tunnel.to_visitor.inc_by(to_visitor);
+        }
+    }
+}
+
+impl Drop for Visit {
+    fn drop(&mut self) {
+        if self.tunnel.is_some() {
+            self.traffic.state().open.remove(&self.id);
+        }
+    }
+}

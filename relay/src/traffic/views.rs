@@ -1,0 +1,83 @@
+//! What the admin API shows of the traffic: computed when asked for, under one short lock.
+
+use std::{collections::HashMap, net::SocketAddr, sync::atomic::Ordering};
+
+use serde::Serialize;
+
+use super::Traffic;
+use crate::reservations::TunnelKey;
+
+#[derive(Serialize)]
+pub(crate) struct TunnelView {
+    pub(crate) name: String,
+    pub(crate) token: String,
+    pub(crate) port: u16,
+    pub(crate) state: &'static str,
+    pub(crate) open_visitors: usize,
+    pub(crate) visitors_total: u64,
+    pub(crate) bytes_visitor_to_local: u64,
+    pub(crate) bytes_local_to_visitor: u64,
+}
+
+#[derive(Serialize)]
+pub(crate) struct VisitorView {
+    pub(crate) id: u64,
+    pub(crate) peer: SocketAddr,
+    pub(crate) token: String,
+    pub(crate) tunnel: String,
+    pub(crate) port: u16,
+    pub(crate) opened_at: u64,
+}
+
+impl Traffic {
+    /// The tunnels some session serves or parks now, by token and name.
+    pub(crate) fn tunnels(&self) -> Vec<TunnelView> {
+        let state = self.state();
+        let mut open = HashMap::<&TunnelKey, usize>::new();
+        for visitor in state.open.values() {
+            *open.entry(&visitor.tunnel.key).or_default() += 1;
+        }
+        let mut views: Vec<_> = state
+            .tunnels
+            .iter()
+            .filter_map(|(key, held)| {
+                let now = match (held.serving, held.parked) {
+                    (0, 0) => return None,
+                    (0, _) => "parked",
+                    _ => "serving",
+                };
+                Some(TunnelView {
+                    name: key.tunnel.clone(),
+                    token: key.token.clone(),
+                    port: held.port,
+                    state: now,
+                    open_visitors: open.get(key).copied().unwrap_or(0),
+                    visitors_total: held.tunnel.visitors.load(Ordering::Relaxed),
+                    bytes_visitor_to_local: held.tunnel.to_local.get(),
+                    bytes_local_to_visitor: held.tunnel.to_visitor.get(),
+                })
+            })
+            .collect();
+        views.sort_by(|a, b| (&a.token, &a.name).cmp(&(&b.token, &b.name)));
+        views
+    }
+
+    /// Visitors being carried now, oldest first.
+    pub(crate) fn visitors(&self) -> Vec<VisitorView> {
+        let state = self.state();
+        let mut views: Vec<_> = state
+            .open
+            .iter()
+            .map(|(id, v)| VisitorView {
+                id: *id,
+                peer: v.peer,
+                token: v.tunnel.key.token.clone(),
+                tunnel: v.tunnel.key.tunnel.clone(),
+                port: v.port,
+                opened_at: v.opened_at,
+            })
+            .collect();
+        views.sort_by_key(|v| v.id);
+        views
+    }
+}
