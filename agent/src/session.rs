@@ -6,6 +6,7 @@ use burrow_common::{
     CloseCode, Hello, ServerMsg, TunnelKind, TunnelSpec,
     codes::{close_code, describe_connection_error},
     protocol::{self, MAX_CONTROL_FRAME, PROTOCOL_VERSION},
+    transport,
 };
 use quinn::{Connection, Endpoint};
 use tokio::sync::watch;
@@ -204,11 +205,16 @@ async fn hello(plan: &Plan, conn: &Connection) -> anyhow::Result<(ServerMsg, Con
 /// Accepts the relay's streams until the session ends; returns why it ended.
 async fn serve_streams(conn: &Connection, targets: Arc<Targets>) -> quinn::ConnectionError {
     let streams = TaskTracker::new();
+    let mut limit = transport::AGENT_INITIAL_STREAMS;
     let ended = loop {
         match conn.accept_bi().await {
             Ok((send, recv)) => {
                 let targets = targets.clone();
                 streams.spawn(async move { handle_stream(send, recv, &targets).await });
+                if let Some(raised) = transport::next_stream_limit(streams.len(), limit) {
+                    limit = raised;
+                    conn.set_max_concurrent_bi_streams(quinn::VarInt::from_u32(limit));
+                }
             }
             Err(e) => break e,
         }

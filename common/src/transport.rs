@@ -4,9 +4,25 @@ use std::time::Duration;
 
 use quinn::{TransportConfig, VarInt};
 
-/// Streams the relay may have open to one agent at once. A permitted but unused stream costs
-/// only a map entry, and `open_bi` past the limit would stall a visitor silently.
+/// Streams the relay may have open to one agent at once, at most. `open_bi` past the limit
+/// would stall a visitor silently.
 pub const AGENT_MAX_STREAMS: u32 = 4096;
+
+/// Streams the agent allows at first; it raises the limit as visitors come (see
+/// [`next_stream_limit`]). Every permitted stream costs more than a map entry: quinn keeps a
+/// slot for each, and recycles a finished stream's receive state into the next free slot
+/// with the buffer capacity it grew to (up to about 100 KiB after a fast transfer). With all
+/// 4096 permitted from the start, an agent serving one bulk transfer after another grew by
+/// about 55 KiB per transfer, toward hundreds of MiB. Permitting only what visitors use
+/// bounds that by the session's peak concurrency.
+pub const AGENT_INITIAL_STREAMS: u32 = 64;
+
+/// The stream limit to announce when `open` streams are running under `limit`: doubled once
+/// half are in use, up to [`AGENT_MAX_STREAMS`]; `None` to keep it.
+pub fn next_stream_limit(open: usize, limit: u32) -> Option<u32> {
+    let half_used = open.saturating_mul(2) >= limit as usize;
+    (half_used && limit < AGENT_MAX_STREAMS).then(|| limit.saturating_mul(2).min(AGENT_MAX_STREAMS))
+}
 
 /// Per stream: enough for fast single transfers on ordinary paths.
 const STREAM_RECEIVE_WINDOW: u32 = 2 * 1024 * 1024;
@@ -27,7 +43,7 @@ const SEND_WINDOW: u64 = 32 * STREAM_RECEIVE_WINDOW as u64;
 pub fn agent(keep_alive: Duration, idle_timeout: Duration) -> TransportConfig {
     let mut t = common(idle_timeout);
     t.keep_alive_interval(Some(keep_alive));
-    t.max_concurrent_bidi_streams(VarInt::from_u32(AGENT_MAX_STREAMS));
+    t.max_concurrent_bidi_streams(VarInt::from_u32(AGENT_INITIAL_STREAMS));
     t
 }
 
@@ -55,4 +71,17 @@ fn common(idle_timeout: Duration) -> TransportConfig {
     t.stream_receive_window(VarInt::from_u32(STREAM_RECEIVE_WINDOW));
     t.send_window(SEND_WINDOW);
     t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_stream_limit_doubles_at_half_use_up_to_the_ceiling() {
+        assert_eq!(next_stream_limit(31, 64), None);
+        assert_eq!(next_stream_limit(32, 64), Some(128));
+        assert_eq!(next_stream_limit(3000, 2048), Some(AGENT_MAX_STREAMS));
+        assert_eq!(next_stream_limit(4096, AGENT_MAX_STREAMS), None);
+    }
 }
