@@ -48,7 +48,7 @@ pub struct Flags {
     #[arg(long, value_name = "NAME")]
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub hostname: Vec<String>,
-    /// Admin endpoint (/metrics, /healthz), or `off` [default: 127.0.0.1:9470]
+    /// Admin endpoint (dashboard, /api, /metrics, /healthz, /readyz), or `off` [default: 127.0.0.1:9470]
     #[arg(long, value_name = "ADDR|off")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub admin_listen: Option<String>,
@@ -119,6 +119,7 @@ fn print_banner(relay: &Relay, new_token: Option<&Secret>) -> anyhow::Result<()>
     println!("  data directory      {}", config.data_dir.display());
     println!("  fingerprint         {}", relay.fingerprint());
     if let Some(admin) = relay.admin_addr() {
+        println!("  dashboard           http://{admin}/");
         println!("  metrics             http://{admin}/metrics");
     }
     let token = match new_token {

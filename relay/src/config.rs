@@ -64,7 +64,7 @@ pub struct RelayConfig {
     pub max_visitors_per_ip: usize,
     /// Visitors one parked tunnel may hold waiting; more are reset at once.
     pub max_parked_visitors: usize,
-    /// Address of the admin endpoint (`/metrics`, `/healthz`), or `off`.
+    /// Address of the admin endpoint (dashboard, `/api`, `/metrics`, `/healthz`, `/readyz`), or `off`.
     #[serde(with = "optional_addr")]
     pub admin_listen: Option<SocketAddr>,
     /// Bearer token the admin endpoint requires; mandatory when it listens beyond loopback.
