@@ -1,8 +1,9 @@
 // The relay's dashboard in a browser: it loads with no failed request, shows the agent and
-// its tunnel, and traffic through the tunnel shows on it within about two seconds. With an
-// admin token, the browser gets in with the token as its Basic password.
+// its tunnel, and traffic through the tunnel shows on it within about two seconds, that of
+// a connection still open included. With an admin token, the browser gets in with the token
+// as its Basic password.
 import assert from "node:assert/strict";
-import { STEP_MS, echoServer, exchange, launch, screenshot, startAgent, startRelay } from "./lib.mjs";
+import { STEP_MS, echoServer, echoedAndHeld, exchange, launch, screenshot, startAgent, startRelay } from "./lib.mjs";
 
 const ADMIN_TOKEN = "browser-admin-token-0123456789";
 /** The dashboard polls once a second; traffic must show by the second poll after it. */
@@ -47,9 +48,33 @@ export async function dashboardShowsTheAgentItsTunnelAndNewTraffic() {
     await page.locator("#graph .idle").waitFor({ state: "detached", timeout: TRAFFIC_SHOWS_WITHIN_MS });
     assert.match(await page.innerText("#legend"), /configured\/tcp-\d+/);
     assert.match(await page.innerText("#status"), /^live/);
-    // Two polls more, so the picture shows the rate rise and fall rather than one dot.
-    await page.waitForFunction(() => document.querySelector("#graph polyline").points.numberOfItems >= 3);
-    await screenshot(page, "relay-dashboard");
+
+    // A connection still open: its bytes so far show in its row and in the tunnel's totals.
+    const held = await echoedAndHeld(agent.publicPort, 1 << 20);
+    try {
+      const since = Date.now();
+      await page.waitForFunction(
+        (selector) => {
+          const visitor = document.querySelector("#connections tbody tr .bytes-to-local");
+          return document.querySelector(`${selector} .bytes-to-local`).textContent === "1.0 MiB"
+            && visitor?.textContent === "1.0 MiB"
+            && document.querySelector("#connections tbody tr .bytes-to-visitor").textContent === "1.0 MiB";
+        },
+        TUNNEL_ROW,
+        { timeout: TRAFFIC_SHOWS_WITHIN_MS },
+      );
+      console.log(`        an open connection's bytes showed ${Date.now() - since} ms after its echo`);
+      assert.equal(await page.locator(`${TUNNEL_ROW} td`).nth(4).innerText(), "1");
+      // Two polls more, so the picture shows the rate rise and fall rather than one dot.
+      const points = await page.evaluate(() => document.querySelector("#graph polyline").points.numberOfItems);
+      await page.waitForFunction(
+        (before) => document.querySelector("#graph polyline").points.numberOfItems >= before + 2,
+        points,
+      );
+      await screenshot(page, "relay-dashboard");
+    } finally {
+      held.destroy();
+    }
     assert.deepEqual(failures, []);
   } finally {
     await browser.close();

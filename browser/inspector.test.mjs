@@ -1,8 +1,11 @@
 // The agent's web inspector in a browser: the page loads everything from the agent, and a
-// connection made through the tunnel appears in its list, with its bytes, within a second.
+// connection made through the tunnel appears in its list, with its bytes, within a second;
+// an open connection shows its bytes so far.
 import assert from "node:assert/strict";
-import net from "node:net";
-import { echoServer, exchange, field, launch, screenshot, startAgent, startRelay } from "./lib.mjs";
+import { echoServer, echoedAndHeld, exchange, field, launch, screenshot, startAgent, startRelay } from "./lib.mjs";
+
+/** Bytes move without a change event; the snapshot sent every second carries them. */
+const BYTES_SHOW_WITHIN_MS = 2_500;
 
 export async function inspectorListsATunnelConnectionWithItsBytesLive() {
   const relay = await startRelay();
@@ -39,13 +42,23 @@ export async function inspectorListsATunnelConnectionWithItsBytesLive() {
     assert.match(await page.innerText("#tunnels tbody"), /\b1\b[\s\S]*24 B/);
     assert.match(await page.innerText("#requests"), /once HTTP tunnels exist/);
 
-    // A visitor still connected is listed as open, above the closed one.
-    const held = net.connect(agent.publicPort, "127.0.0.1");
+    // A visitor still connected is listed as open, above the closed one, with its bytes so
+    // far; the tunnel's totals include them.
+    const held = await echoedAndHeld(agent.publicPort, 1 << 20);
     try {
       const open = page.locator('#connections tbody tr[data-state="open"]');
       await open.first().waitFor({ timeout: 1_000 });
       assert.equal(await page.locator("#connections tbody tr").first().getAttribute("data-state"), "open");
-      assert.equal(await open.locator(".to-local").innerText(), "…");
+      await page.waitForFunction(
+        () => {
+          const row = document.querySelector('#connections tbody tr[data-state="open"]');
+          return row?.querySelector(".to-local").textContent === "1.0 MiB"
+            && row.querySelector(".to-visitor").textContent === "1.0 MiB";
+        },
+        null,
+        { timeout: BYTES_SHOW_WITHIN_MS },
+      );
+      assert.match(await page.innerText("#tunnels tbody"), /\b1\b[\s\S]*1\.0 MiB\s+1\.0 MiB/);
       // Past the highlight a new row gets, so the screenshot shows the rows as they stay.
       await page.waitForTimeout(1_500);
       await screenshot(page, "agent-inspector");

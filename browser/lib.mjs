@@ -124,6 +124,25 @@ export function echoServer() {
   });
 }
 
+/**
+ * Sends `size` bytes to 127.0.0.1:`port` and resolves to the socket, still open, once as many
+ * have come back.
+ */
+export function echoedAndHeld(port, size) {
+  return new Promise((resolve, reject) => {
+    const socket = net.connect(port, "127.0.0.1", () => socket.write(Buffer.alloc(size, "x")));
+    let back = 0;
+    socket.on("data", (chunk) => {
+      back += chunk.length;
+      if (back < size) return;
+      socket.setTimeout(0);
+      resolve(socket);
+    });
+    socket.on("error", reject);
+    socket.setTimeout(STEP_MS, () => socket.destroy(new Error("the echo did not come back in time")));
+  });
+}
+
 /** Sends `text` to 127.0.0.1:`port` and resolves to what comes back before the close. */
 export function exchange(port, text) {
   return new Promise((resolve, reject) => {

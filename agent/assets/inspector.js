@@ -6,7 +6,6 @@ const $ = (id) => document.getElementById(id);
 const seen = new Set();
 
 function bytes(n) {
-  if (n === null || n === undefined) return "…";
   const units = ["KiB", "MiB", "GiB", "TiB"];
   if (n < 1024) return `${n} B`;
   let value = n / 1024;

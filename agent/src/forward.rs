@@ -5,7 +5,7 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 use burrow_common::{
     StreamCode, StreamHeader,
     protocol::{MAX_HEADER_FRAME, read_msg},
-    splice::{abort_stream, splice},
+    splice::{Progress, abort_stream, splice},
 };
 use quinn::{RecvStream, SendStream};
 use tokio::net::TcpStream;
@@ -47,11 +47,11 @@ pub(crate) async fn handle_stream(mut send: SendStream, mut recv: RecvStream, ta
     };
     let visit = targets.stats.open(&target.name, target.counters.clone(), header.visitor);
     let span = tracing::debug_span!("stream", id = %recv.id(), visitor = %header.visitor, local = %target.local);
-    let outcome = forward(send, recv, &target.local).instrument(span).await;
+    let outcome = forward(send, recv, &target.local, visit.progress()).instrument(span).await;
     visit.finish(outcome);
 }
 
-async fn forward(mut send: SendStream, mut recv: RecvStream, target: &LocalTarget) -> Outcome {
+async fn forward(mut send: SendStream, mut recv: RecvStream, target: &LocalTarget, progress: &Progress) -> Outcome {
     let local = match within(CONNECT_TIMEOUT, TcpStream::connect((target.host.as_str(), target.port))).await {
         Ok(tcp) => tcp,
         Err(why) => {
@@ -60,10 +60,10 @@ async fn forward(mut send: SendStream, mut recv: RecvStream, target: &LocalTarge
             return Outcome::Failed { reason: format!("local server {target} unreachable: {why}") };
         }
     };
-    match splice(local, send, recv).await {
+    match splice(local, send, recv, progress).await {
         Ok((to_visitor, to_local)) => {
             tracing::debug!(to_local, to_visitor, "stream closed");
-            Outcome::Closed { to_local, to_visitor }
+            Outcome::Closed
         }
         Err(e) => {
             tracing::debug!("stream aborted: {e}");

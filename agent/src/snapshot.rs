@@ -2,6 +2,7 @@
 //! (JSON at `/api/status` and in each `/api/events` event).
 
 use std::{
+    collections::HashMap,
     net::SocketAddr,
     sync::atomic::Ordering::Relaxed,
     time::{Instant, UNIX_EPOCH},
@@ -9,7 +10,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::stats::{Outcome, Record, State, Stats, lock};
+use crate::stats::{Connections, Outcome, Record, State, Stats, lock};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Snapshot {
@@ -68,7 +69,7 @@ pub struct TunnelView {
     pub open: u64,
     pub total: u64,
     pub failed: u64,
-    /// Bytes of finished connections, from visitors to the local server.
+    /// Bytes from visitors to the local server, those of open connections so far included.
     pub to_local: u64,
     pub to_visitor: u64,
 }
@@ -84,9 +85,9 @@ pub struct ConnectionView {
     pub duration_ms: u64,
     /// `open`, `closed` or `failed`.
     pub state: String,
-    /// Known once the connection has closed: the splice counts them as it ends.
-    pub to_local: Option<u64>,
-    pub to_visitor: Option<u64>,
+    /// Bytes so far; final once the connection has ended, failed ones included.
+    pub to_local: u64,
+    pub to_visitor: u64,
     /// Why a failed connection failed.
     pub reason: Option<String>,
 }
@@ -99,29 +100,44 @@ impl Stats {
             let path = session.conn.as_ref().map(path_view);
             (session.relay.clone(), session_state(&session.state, session.since, now), path, session.tunnels.clone())
         };
-        let tunnels = public
-            .iter()
-            .map(|t| {
-                let counters = self.tunnel(&t.name);
-                TunnelView {
-                    name: t.name.clone(),
-                    url: t.url(),
-                    local: t.local.to_string(),
-                    open: counters.open.load(Relaxed),
-                    total: counters.total.load(Relaxed),
-                    failed: counters.failed.load(Relaxed),
-                    to_local: counters.to_local.load(Relaxed),
-                    to_visitor: counters.to_visitor.load(Relaxed),
-                }
-            })
-            .collect();
-        let connections = {
+        let counters: Vec<_> = public.iter().map(|t| (t, self.tunnel(&t.name))).collect();
+        let (tunnels, connections) = {
+            // A close moves a connection's bytes into its tunnel's counters under this lock,
+            // so the two are read together.
             let connections = lock(&self.0.connections);
-            let open = connections.open.values().rev();
-            open.chain(&connections.closed).take(crate::stats::RECENT).map(|r| connection_view(r, now)).collect()
+            let open = open_bytes(&connections);
+            let tunnels = counters
+                .iter()
+                .map(|(t, counters)| {
+                    let (to_local, to_visitor) = open.get(t.name.as_str()).copied().unwrap_or_default();
+                    TunnelView {
+                        name: t.name.clone(),
+                        url: t.url(),
+                        local: t.local.to_string(),
+                        open: counters.open.load(Relaxed),
+                        total: counters.total.load(Relaxed),
+                        failed: counters.failed.load(Relaxed),
+                        to_local: counters.to_local.load(Relaxed) + to_local,
+                        to_visitor: counters.to_visitor.load(Relaxed) + to_visitor,
+                    }
+                })
+                .collect();
+            let listed = connections.open.values().rev().chain(&connections.closed).take(crate::stats::RECENT);
+            (tunnels, listed.map(|r| connection_view(r, now)).collect())
         };
         Snapshot { version: env!("CARGO_PKG_VERSION").into(), relay, state, path, tunnels, connections }
     }
+}
+
+/// Bytes so far of each tunnel's open connections: to the local server, to visitors.
+fn open_bytes(connections: &Connections) -> HashMap<&str, (u64, u64)> {
+    let mut sums = HashMap::<&str, (u64, u64)>::new();
+    for record in connections.open.values() {
+        let (to_visitor, to_local) = record.progress.moved();
+        let sum = sums.entry(record.tunnel.as_str()).or_default();
+        *sum = (sum.0 + to_local, sum.1 + to_visitor);
+    }
+    sums
 }
 
 fn session_state(state: &State, since: Instant, now: Instant) -> SessionState {
@@ -158,13 +174,12 @@ fn path_view(conn: &quinn::Connection) -> PathView {
 
 fn connection_view(record: &Record, now: Instant) -> ConnectionView {
     let opened_at_ms = record.opened_at.duration_since(UNIX_EPOCH).map(millis).unwrap_or_default();
-    let (duration, state, to_local, to_visitor, reason) = match &record.ended {
-        None => (now.saturating_duration_since(record.opened), "open", None, None, None),
-        Some((took, Outcome::Closed { to_local, to_visitor })) => {
-            (*took, "closed", Some(*to_local), Some(*to_visitor), None)
-        }
-        Some((took, Outcome::Failed { reason })) => (*took, "failed", None, None, Some(reason.clone())),
+    let (duration, state, reason) = match &record.ended {
+        None => (now.saturating_duration_since(record.opened), "open", None),
+        Some((took, Outcome::Closed)) => (*took, "closed", None),
+        Some((took, Outcome::Failed { reason })) => (*took, "failed", Some(reason.clone())),
     };
+    let (to_visitor, to_local) = record.progress.moved();
     ConnectionView {
         id: record.id,
         tunnel: record.tunnel.clone(),

@@ -1,6 +1,9 @@
 //! What the agent has carried, kept cheap enough to update on every stream: per-tunnel
 //! counters, the last connections, and the session's state and QUIC connection. The console
 //! and the inspector read it through [`Stats::snapshot`].
+//!
+//! An open connection's bytes live in its own [`Progress`], which its splice bumps as bytes
+//! move; a snapshot adds them to the tunnel's counters, and a close moves them there.
 
 use std::{
     collections::{BTreeMap, HashMap, VecDeque},
@@ -13,6 +16,7 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
+use burrow_common::splice::Progress;
 use tokio::sync::watch;
 
 use crate::{PublicTunnel, Status};
@@ -74,23 +78,24 @@ pub(crate) struct Record {
     pub(crate) visitor: SocketAddr,
     pub(crate) opened_at: SystemTime,
     pub(crate) opened: Instant,
+    /// Local server to visitor, then visitor to local server: the splice's TCP side is the
+    /// local server.
+    pub(crate) progress: Arc<Progress>,
     pub(crate) ended: Option<(Duration, Outcome)>,
 }
 
-/// How a connection ended.
+/// How a connection ended; its bytes are in its record's progress either way.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Outcome {
-    /// Both directions finished; bytes carried to the local server and back to the visitor.
-    Closed {
-        to_local: u64,
-        to_visitor: u64,
-    },
+    /// Both directions finished.
+    Closed,
     Failed {
         reason: String,
     },
 }
 
-/// Counters of one tunnel, by name, so they carry over reconnects.
+/// Counters of one tunnel, by name, so they carry over reconnects. The byte counters hold
+/// ended connections only; a snapshot adds the open ones.
 #[derive(Default)]
 pub(crate) struct TunnelStats {
     pub(crate) open: AtomicU64,
@@ -194,32 +199,34 @@ impl Stats {
         let id = self.0.next_id.fetch_add(1, Relaxed);
         counters.open.fetch_add(1, Relaxed);
         counters.total.fetch_add(1, Relaxed);
+        let progress = Arc::new(Progress::default());
         let record = Record {
             id,
             tunnel: tunnel.to_string(),
             visitor,
             opened_at: SystemTime::now(),
             opened: Instant::now(),
+            progress: progress.clone(),
             ended: None,
         };
         lock(&self.0.connections).open.insert(id, record);
         self.changed();
-        Visit { stats: self.clone(), counters, id, outcome: None }
+        Visit { stats: self.clone(), counters, id, progress, outcome: None }
     }
 
-    fn close(&self, counters: &TunnelStats, id: u64, outcome: Outcome) {
-        match &outcome {
-            Outcome::Closed { to_local, to_visitor } => {
-                counters.to_local.fetch_add(*to_local, Relaxed);
-                counters.to_visitor.fetch_add(*to_visitor, Relaxed);
-            }
-            Outcome::Failed { .. } => {
-                counters.failed.fetch_add(1, Relaxed);
-            }
+    fn close(&self, counters: &TunnelStats, visit: u64, progress: &Progress, outcome: Outcome) {
+        if let Outcome::Failed { .. } = outcome {
+            counters.failed.fetch_add(1, Relaxed);
         }
         {
             let mut connections = lock(&self.0.connections);
-            if let Some(mut record) = connections.open.remove(&id) {
+            // Under the lock a snapshot reads with, so it sees these bytes once: in the open
+            // connection or in the tunnel's counters. A failed connection's bytes stay
+            // counted too, as they were shown while it was open.
+            let (to_visitor, to_local) = progress.moved();
+            counters.to_local.fetch_add(to_local, Relaxed);
+            counters.to_visitor.fetch_add(to_visitor, Relaxed);
+            if let Some(mut record) = connections.open.remove(&visit) {
                 record.ended = Some((record.opened.elapsed(), outcome));
                 connections.closed.push_front(record);
                 connections.closed.truncate(RECENT);
@@ -236,10 +243,16 @@ pub(crate) struct Visit {
     stats: Stats,
     counters: Arc<TunnelStats>,
     id: u64,
+    progress: Arc<Progress>,
     outcome: Option<Outcome>,
 }
 
 impl Visit {
+    /// Where the splice counts the connection's bytes; its TCP side is the local server.
+    pub(crate) fn progress(&self) -> &Progress {
+        &self.progress
+    }
+
     pub(crate) fn finish(mut self, outcome: Outcome) {
         self.outcome = Some(outcome);
     }
@@ -248,7 +261,7 @@ impl Visit {
 impl Drop for Visit {
     fn drop(&mut self) {
         let outcome = self.outcome.take().unwrap_or(Outcome::Failed { reason: "interrupted".into() });
-        self.stats.close(&self.counters, self.id, outcome);
+        self.stats.close(&self.counters, self.id, &self.progress, outcome);
     }
 }
 
@@ -261,21 +274,55 @@ mod tests {
         let stats = Stats::default();
         let web = stats.tunnel("web");
         let visitor = SocketAddr::from(([192, 0, 2, 1], 5000));
-        let _held = stats.open("web", web.clone(), visitor);
+        let held = stats.open("web", web.clone(), visitor);
+        held.progress().add_stream_to_tcp(1000);
         for i in 0..60 {
-            stats.open("web", web.clone(), visitor).finish(Outcome::Closed { to_local: i, to_visitor: 2 * i });
+            let visit = stats.open("web", web.clone(), visitor);
+            visit.progress().add_stream_to_tcp(i);
+            visit.progress().add_tcp_to_stream(2 * i);
+            visit.finish(Outcome::Closed);
         }
-        drop(stats.open("web", web.clone(), visitor));
+        let interrupted = stats.open("web", web.clone(), visitor);
+        interrupted.progress().add_tcp_to_stream(5);
+        drop(interrupted);
 
         let now = stats.snapshot();
         assert_eq!(now.connections.len(), RECENT);
         assert_eq!(now.connections[0].state, "open", "open connections come first");
+        assert_eq!((now.connections[0].to_local, now.connections[0].to_visitor), (1000, 0), "bytes so far");
         assert_eq!(now.connections[1].reason.as_deref(), Some("interrupted"), "a dropped visit is not lost");
-        assert_eq!(now.connections[2].to_local, Some(59), "then the newest closed");
+        assert_eq!(now.connections[1].to_visitor, 5, "with what it carried before");
+        assert_eq!(now.connections[2].to_local, 59, "then the newest closed");
         assert_eq!(web.total.load(Relaxed), 62);
         assert_eq!(web.open.load(Relaxed), 1);
         assert_eq!(web.failed.load(Relaxed), 1);
-        assert_eq!(web.to_local.load(Relaxed), (0..60).sum::<u64>());
-        assert_eq!(web.to_visitor.load(Relaxed), 2 * (0..60).sum::<u64>());
+        assert_eq!(web.to_local.load(Relaxed), (0..60).sum::<u64>(), "ended connections only");
+        assert_eq!(web.to_visitor.load(Relaxed), 2 * (0..60).sum::<u64>() + 5);
+    }
+
+    #[test]
+    fn a_tunnels_bytes_include_its_open_connections_and_stay_put_when_one_closes() {
+        let stats = Stats::default();
+        let local = crate::config::LocalTarget { host: "127.0.0.1".into(), port: 8080 };
+        let web = PublicTunnel { name: "web".into(), host: "192.0.2.9".into(), port: 20001, local };
+        stats.publish(&watch::channel(Status::Connecting).0, Status::Online(vec![web]));
+        let counters = stats.tunnel("web");
+        let visitor = SocketAddr::from(([192, 0, 2, 1], 5000));
+        let shown = |stats: &Stats| {
+            let now = stats.snapshot();
+            (now.tunnels[0].to_local, now.tunnels[0].to_visitor)
+        };
+        let earlier = stats.open("web", counters.clone(), visitor);
+        earlier.progress().add_stream_to_tcp(10);
+        earlier.finish(Outcome::Closed);
+        let open = stats.open("web", counters.clone(), visitor);
+        open.progress().add_stream_to_tcp(1000);
+        open.progress().add_tcp_to_stream(7);
+        assert_eq!(shown(&stats), (1010, 7), "bytes so far of the open connection count");
+        assert_eq!(counters.to_local.load(Relaxed), 10, "the counters hold ended connections only");
+
+        open.finish(Outcome::Closed);
+        assert_eq!(shown(&stats), (1010, 7), "a close neither adds its bytes again nor drops them");
+        assert_eq!((counters.to_local.load(Relaxed), counters.to_visitor.load(Relaxed)), (1010, 7));
     }
 }

@@ -84,6 +84,7 @@ async fn api_and_metrics_report_exactly_the_traffic_made_and_never_a_token() -> 
         (&open[0]["peer"], &open[0]["token"], &open[0]["tunnel"], &open[0]["port"]),
         (&json!(peer), &json!("configured"), &json!("files"), &json!(files.port()))
     );
+    assert_eq!((&open[0]["bytes_visitor_to_local"], &open[0]["bytes_local_to_visitor"]), (&json!(10), &json!(10)));
     assert!((started..=now()).contains(&open[0]["opened_at"].as_u64().expect("unix seconds")));
 
     let listed = api(&relay, "tunnels").await?;
@@ -96,13 +97,13 @@ async fn api_and_metrics_report_exactly_the_traffic_made_and_never_a_token() -> 
             (&json!("configured"), &json!("web"))
         ]
     );
-    // The held visitor is open and counted, its bytes not yet: they are counted at its close.
+    // The held visitor is open and counted, its bytes too: they count as they move.
     assert_tunnels(
         &listed,
         &page,
         [
             ("configured", "web", web.port(), 0, 3, 3000),
-            ("configured", "files", files.port(), 1, 3, 10_000),
+            ("configured", "files", files.port(), 1, 3, 10_010),
             ("alice", "web", alice_tunnels[0].port, 0, 1, 7),
         ],
     );
@@ -125,7 +126,11 @@ async fn api_and_metrics_report_exactly_the_traffic_made_and_never_a_token() -> 
     drop(held);
     settled(&relay, "burrow_visitors", 0.0).await?;
     assert_eq!(api(&relay, "connections").await?, json!([]));
-    assert_eq!(tunnel_of(&api(&relay, "tunnels").await?, "configured", "files")["bytes_visitor_to_local"], 10_010);
+    let closed = tunnel_of(&api(&relay, "tunnels").await?, "configured", "files").clone();
+    assert_eq!(
+        (&closed["bytes_visitor_to_local"], &closed["bytes_local_to_visitor"]),
+        (&json!(10_010), &json!(10_010))
+    );
 
     // Alice's agent leaves and comes back: one reconnect, her tunnel's counts carry on, and
     // the path series of her first session are gone.
@@ -142,6 +147,48 @@ async fn api_and_metrics_report_exactly_the_traffic_made_and_never_a_token() -> 
 
     theirs.stop().await?;
     ours.stop().await?;
+    relay.stop().await
+}
+
+/// Bytes a long-ish transfer sends each way.
+const MIB: u64 = 1 << 20;
+
+/// `/api/tunnels` and `/metrics` show `bytes` each way for the one tunnel, on `port`, with
+/// `open` visitors of the one it carried.
+async fn assert_bytes_everywhere(relay: &TestRelay, port: u16, open: u64, bytes: u64) -> anyhow::Result<()> {
+    let page = metrics(relay).await?;
+    assert_eq!(sample(&page, "burrow_visitors"), Some(open as f64), "{page}");
+    assert_eq!(sample(&page, "burrow_bytes_total{direction=\"visitor_to_local\"}"), Some(bytes as f64));
+    assert_eq!(sample(&page, "burrow_bytes_total{direction=\"local_to_visitor\"}"), Some(bytes as f64));
+    assert_tunnels(&api(relay, "tunnels").await?, &page, [("configured", "web", port, open, 1, bytes)]);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_transfer_counts_in_the_api_and_metrics_while_its_visitor_is_open_and_once_after() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let relay = TestRelay::start(dir.path()).await?;
+    let (agent, tunnels) = TestAgent::start(relay.plan(vec![tunnel("web", echo_server().await?)])).await?;
+    let port = tunnels[0].port;
+    let mut visitor = TcpStream::connect(public_addr(&tunnels[0])).await?;
+    let sent = random_bytes(usize::try_from(MIB)?);
+    assert!(round_trip(&mut visitor, &sent).await? == sent, "the echo differs");
+
+    // The relay counts each chunk before writing it on, so with the echo back the counts are
+    // whole, though the visitor is still open.
+    assert_bytes_everywhere(&relay, port, 1, MIB).await?;
+    let open = api(&relay, "connections").await?;
+    assert_eq!((&open[0]["bytes_visitor_to_local"], &open[0]["bytes_local_to_visitor"]), (&json!(MIB), &json!(MIB)));
+    assert!(round_trip(&mut visitor, &sent[..1000]).await? == sent[..1000], "the echo differs");
+    assert_bytes_everywhere(&relay, port, 1, MIB + 1000).await?;
+
+    visitor.shutdown().await?;
+    let mut rest = Vec::new();
+    tokio::time::timeout(STEP, visitor.read_to_end(&mut rest)).await??;
+    assert!(rest.is_empty(), "nothing more came back");
+    settled(&relay, "burrow_visitors", 0.0).await?;
+    assert_bytes_everywhere(&relay, port, 0, MIB + 1000).await?;
+    agent.stop().await?;
     relay.stop().await
 }
 

@@ -10,6 +10,7 @@ use anyhow::Context;
 use support::{
     STEP, echo_server, exchange,
     processes::{RelayBinary, agent_bin},
+    random_bytes, round_trip,
 };
 use tokio::{
     io::{AsyncBufReadExt, AsyncReadExt, BufReader},
@@ -174,6 +175,16 @@ async fn a_person_sees_the_url_online_and_the_count_move_after_a_visitor() -> an
     assert!(screen.contains("in 5 B") && screen.contains("out 5 B"), "{screen}");
     let row = screen.lines().find(|l| l.contains("closed")).context("the visitor's row")?;
     assert!(row.trim_start().starts_with("127.0.0.1:") && row.contains("5 B"), "{row}");
+
+    // A transfer still open shows its bytes so far, and its tunnel's rate moves.
+    let mut held = tokio::net::TcpStream::connect(public).await?;
+    let sent = random_bytes(1 << 20);
+    assert!(round_trip(&mut held, &sent).await? == sent, "the echo differs");
+    let moving = |line: &str| line.contains("1 open · 2 total · in 1.0 MiB (") && !line.contains("(0 B/s) · out");
+    let so_far = |line: &str| line.ends_with("open") && line.matches("1.0 MiB").count() == 2;
+    // Both on one screen, so a half-drawn frame over an older one does not pass for it.
+    agent.until(|_, screen| screen.lines().any(moving) && screen.lines().any(so_far)).await?;
+    drop(held);
 
     // Redrawn in place: frames keep coming, yet the screen holds one copy of the view.
     let screen = agent.until(|raw, _| raw.matches("burrow agent").count() >= 3).await?;

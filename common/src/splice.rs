@@ -7,8 +7,14 @@
 //! Chunks read from the stream are written to TCP as they are (gathered into one writev), and
 //! TCP reads go through a per-thread scratch buffer into exactly-sized chunks. No buffer is
 //! held while a connection is idle, so a thousand quiet visitors cost almost nothing.
+//!
+//! A [`Progress`] passed in counts the bytes as they move, so dashboards can show a long
+//! transfer while it runs instead of at its end.
 
-use std::io::IoSlice;
+use std::{
+    io::IoSlice,
+    sync::atomic::{AtomicU64, Ordering::Relaxed},
+};
 
 use bytes::Bytes;
 use quinn::{RecvStream, SendStream};
@@ -28,12 +34,47 @@ pub const READ_CHUNK: usize = 64 * 1024;
 /// Bytes moved: `tcp_to_stream` then `stream_to_tcp`.
 pub type Moved = (u64, u64);
 
-/// Splices `tcp` with the stream until both directions have ended.
-pub async fn splice(tcp: TcpStream, mut send: SendStream, mut recv: RecvStream) -> std::io::Result<Moved> {
+/// Bytes a splice has moved so far, readable by others while it runs.
+///
+/// Each chunk is counted just before it is written on, so a peer that has received a byte
+/// finds it counted. Relaxed ordering is enough: readers want a recent figure, not a
+/// synchronisation point, and a splice's own totals come back from [`splice`].
+#[derive(Debug, Default)]
+pub struct Progress {
+    tcp_to_stream: AtomicU64,
+    stream_to_tcp: AtomicU64,
+}
+
+impl Progress {
+    /// Bytes moved so far: `tcp_to_stream` then `stream_to_tcp`.
+    pub fn moved(&self) -> Moved {
+        (self.tcp_to_stream.load(Relaxed), self.stream_to_tcp.load(Relaxed))
+    }
+
+    pub fn add_tcp_to_stream(&self, bytes: u64) {
+        self.tcp_to_stream.fetch_add(bytes, Relaxed);
+    }
+
+    pub fn add_stream_to_tcp(&self, bytes: u64) {
+        self.stream_to_tcp.fetch_add(bytes, Relaxed);
+    }
+}
+
+/// Splices `tcp` with the stream until both directions have ended, counting into `progress`
+/// as it goes. On success `progress` has grown by exactly the totals returned.
+pub async fn splice(
+    tcp: TcpStream,
+    mut send: SendStream,
+    mut recv: RecvStream,
+    progress: &Progress,
+) -> std::io::Result<Moved> {
     // Small writes (keystrokes, requests) must not wait for Nagle's algorithm.
     tcp.set_nodelay(true).ok();
     let (tcp_read, mut tcp_write) = tcp.into_split();
-    let moved = tokio::try_join!(tcp_to_stream(&tcp_read, &mut send), stream_to_tcp(&mut recv, &mut tcp_write));
+    let moved = tokio::try_join!(
+        tcp_to_stream(&tcp_read, &mut send, progress),
+        stream_to_tcp(&mut recv, &mut tcp_write, progress)
+    );
     if moved.is_err() {
         abort_stream(&mut send, &mut recv, StreamCode::Aborted);
         abort_halves(tcp_read, tcp_write);
@@ -41,7 +82,7 @@ pub async fn splice(tcp: TcpStream, mut send: SendStream, mut recv: RecvStream) 
     moved
 }
 
-async fn tcp_to_stream(tcp: &OwnedReadHalf, send: &mut SendStream) -> std::io::Result<u64> {
+async fn tcp_to_stream(tcp: &OwnedReadHalf, send: &mut SendStream, progress: &Progress) -> std::io::Result<u64> {
     let mut total = 0;
     loop {
         tcp.readable().await?;
@@ -59,6 +100,7 @@ async fn tcp_to_stream(tcp: &OwnedReadHalf, send: &mut SendStream) -> std::io::R
             return Ok(total);
         }
         total += chunk.len() as u64;
+        progress.add_tcp_to_stream(chunk.len() as u64);
         send.write_chunk(chunk).await?;
     }
 }
@@ -67,13 +109,15 @@ thread_local! {
     static SCRATCH: std::cell::RefCell<Box<[u8]>> = std::cell::RefCell::new(vec![0; READ_CHUNK].into_boxed_slice());
 }
 
-async fn stream_to_tcp(recv: &mut RecvStream, tcp: &mut OwnedWriteHalf) -> std::io::Result<u64> {
+async fn stream_to_tcp(recv: &mut RecvStream, tcp: &mut OwnedWriteHalf, progress: &Progress) -> std::io::Result<u64> {
     let mut total = 0;
     // Each chunk is about one QUIC frame; gathering many into one writev keeps the number of
     // system calls per byte close to that of a plain copy loop.
     let mut chunks: [Bytes; WRITE_BATCH] = std::array::from_fn(|_| Bytes::new());
     while let Some(count) = recv.read_chunks(&mut chunks).await? {
-        total += chunks[..count].iter().map(|c| c.len() as u64).sum::<u64>();
+        let batch = chunks[..count].iter().map(|c| c.len() as u64).sum::<u64>();
+        total += batch;
+        progress.add_stream_to_tcp(batch);
         write_all_vectored(tcp, &mut chunks[..count]).await?;
         // Written chunks still reference quinn's receive buffers; let them go before waiting.
         chunks[..count].fill_with(Bytes::new);

@@ -1,6 +1,6 @@
 // The relay's dashboard: polls the admin API once a second and draws what it answers. A
-// tunnel's rate is the difference between two successive byte totals; the relay counts a
-// connection's bytes when it closes, so a long transfer shows when it ends.
+// tunnel's rate is the difference between two successive byte totals, which include what
+// open connections have carried so far, so a long transfer shows while it runs.
 "use strict";
 
 const POLL_MS = 1000;
@@ -125,7 +125,15 @@ function tunnelRow(tunnel) {
 
 function connectionRow(visitor) {
   const since = age(seconds() - visitor.opened_at);
-  return tr(td(visitor.peer), td(visitor.token), td(visitor.tunnel), td(String(visitor.port), "num"), td(since));
+  return tr(
+    td(visitor.peer),
+    td(visitor.token),
+    td(visitor.tunnel),
+    td(String(visitor.port), "num"),
+    td(since),
+    td(bytes(visitor.bytes_visitor_to_local), "num bytes-to-local"),
+    td(bytes(visitor.bytes_local_to_visitor), "num bytes-to-visitor"),
+  );
 }
 
 function tokenRow(token) {

@@ -55,8 +55,6 @@ pub(crate) struct Metrics {
     pub(crate) auth_failures: Counter,
     pub(crate) migrations: Counter,
     pub(crate) handshakes_retried: Counter,
-    pub(crate) bytes_to_local: Counter,
-    pub(crate) bytes_to_visitor: Counter,
     pub(crate) stream_open: Histogram,
     pub(crate) traffic: Arc<Traffic>,
     paths: Paths,
@@ -86,8 +84,6 @@ impl Metrics {
             auth_failures: Counter::default(),
             migrations: Counter::default(),
             handshakes_retried: Counter::default(),
-            bytes_to_local: Counter::default(),
-            bytes_to_visitor: Counter::default(),
             // 0.1 ms (a free stream slot opens without a round trip) to 3.3 s (an agent out of
             // slots, near the 5 s stream timeout).
             stream_open: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
@@ -95,13 +91,6 @@ impl Metrics {
             paths: Paths::default(),
             registry: Registry::default(),
         };
-        // Handles into the family, taken once, so finishing a visitor does not look them up.
-        // One statement each: `get_or_create` returns a guard on the family's lock, and a
-        // second call while the first guard lives would wait for it forever.
-        let bytes = Family::<Direction, Counter>::default();
-        let bytes_to_local = bytes.get_or_create(&VISITOR_TO_LOCAL).clone();
-        let bytes_to_visitor = bytes.get_or_create(&LOCAL_TO_VISITOR).clone();
-        let metrics = Self { bytes_to_local, bytes_to_visitor, ..metrics };
         registry.register("sessions", "Agent sessions open now", metrics.sessions.clone());
         registry.register("sessions_admitted", "Agent sessions admitted", metrics.sessions_total.clone());
         registry.register("tunnels", "Tunnels open now", metrics.tunnels.clone());
@@ -126,7 +115,7 @@ impl Metrics {
             "New clients asked to prove their address during a handshake flood",
             metrics.handshakes_retried.clone(),
         );
-        registry.register("bytes", "Bytes carried for visitors that finished", bytes);
+        registry.register("bytes", "Bytes carried for visitors, open ones included", metrics.traffic.all_bytes.clone());
         metrics.register_tunnels_and_paths(&mut registry);
         Self { registry, ..metrics }
     }
@@ -134,7 +123,7 @@ impl Metrics {
     fn register_tunnels_and_paths(&self, registry: &mut Registry) {
         registry.register(
             "tunnel_bytes",
-            "Bytes carried for finished visitors, by token and tunnel",
+            "Bytes carried for visitors, open ones included, by token and tunnel",
             self.traffic.bytes.clone(),
         );
         registry.register(
@@ -157,6 +146,7 @@ impl Metrics {
     pub(crate) fn encode(&self, agents: &[AgentView]) -> String {
         let _scrape = self.paths.scrape.lock().unwrap_or_else(PoisonError::into_inner);
         self.paths.set(agents);
+        self.traffic.catch_up();
         // Read at scrape time: a count that creeps up between scrapes is a task leak.
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             self.runtime_tasks.set(i64::try_from(runtime.metrics().num_alive_tasks()).unwrap_or(i64::MAX));

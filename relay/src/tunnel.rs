@@ -122,13 +122,9 @@ pub(crate) async fn forward(
         return;
     }
     metrics.stream_open.observe(arrived.elapsed().as_secs_f64());
-    match splice(visitor, send, recv).await {
-        Ok((up, down)) => {
-            metrics.bytes_to_local.inc_by(up);
-            metrics.bytes_to_visitor.inc_by(down);
-            visit.finished(up, down);
-            tracing::debug!(up, down, "visitor closed");
-        }
+    // The visit counts the bytes, live and at its drop, whether the splice ends well or not.
+    match splice(visitor, send, recv, visit.progress()).await {
+        Ok((up, down)) => tracing::debug!(up, down, "visitor closed"),
         Err(e) => tracing::debug!("visitor aborted: {e}"),
     }
 }

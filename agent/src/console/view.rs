@@ -145,7 +145,6 @@ fn connections(lines: &mut Vec<String>, connections: &[ConnectionView], paint: P
         .unwrap_or_default();
     for c in connections.iter().take(CONNECTIONS) {
         let ago = format!("{} ago", human::duration_ms(now_ms.saturating_sub(c.opened_at_ms)));
-        let bytes = |n: Option<u64>| n.map_or_else(|| "…".to_string(), human::bytes);
         let state = match (c.state.as_str(), &c.reason) {
             ("open", _) => paint.with("36", "open"),
             (_, Some(why)) => paint.with("31", &format!("{}: {why}", c.state)),
@@ -157,8 +156,8 @@ fn connections(lines: &mut Vec<String>, connections: &[ConnectionView], paint: P
             c.tunnel,
             ago,
             human::duration_ms(c.duration_ms),
-            bytes(c.to_local),
-            bytes(c.to_visitor),
+            human::bytes(c.to_local),
+            human::bytes(c.to_visitor),
         ));
     }
 }
@@ -166,7 +165,7 @@ fn connections(lines: &mut Vec<String>, connections: &[ConnectionView], paint: P
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::snapshot::TunnelView;
+    use crate::snapshot::{ConnectionView, TunnelView};
 
     #[test]
     fn the_view_names_state_url_counts_and_connections() {
@@ -185,7 +184,17 @@ mod tests {
                 to_local: 4200,
                 to_visitor: 12 * 1024 * 1024,
             }],
-            connections: Vec::new(),
+            connections: vec![ConnectionView {
+                id: 7,
+                tunnel: "web".into(),
+                visitor: "198.51.100.4:41000".parse().unwrap(),
+                opened_at_ms: 0,
+                duration_ms: 61_000,
+                state: "open".into(),
+                to_local: 300,
+                to_visitor: 3 * 1024 * 1024,
+                reason: None,
+            }],
         };
         let setup = Setup { embedded: false, also_on: Vec::new(), inspector: Some("http://127.0.0.1:4040".into()) };
         let text = render(&now, &Rates::default(), &setup, Paint(false)).join("\n");
@@ -196,7 +205,8 @@ mod tests {
             "Inspector   http://127.0.0.1:4040",
             "web  tcp://relay.example.com:20001 -> 127.0.0.1:8080",
             "1 open · 12 total · 1 failed · in 4.1 KiB (0 B/s) · out 12.0 MiB (0 B/s)",
-            "(none yet)",
+            "198.51.100.4:41000      web",
+            "300 B   3.0 MiB  open",
         ] {
             assert!(text.contains(shown), "{shown:?} missing from\n{text}");
         }

@@ -201,6 +201,16 @@ pub async fn exchange(addr: SocketAddr, data: &[u8]) -> anyhow::Result<Vec<u8>> 
     Ok(got)
 }
 
+/// Sends `data` on `tcp` and reads as many bytes back, writing and reading at once, and
+/// leaves the connection open.
+pub async fn round_trip(tcp: &mut TcpStream, data: &[u8]) -> anyhow::Result<Vec<u8>> {
+    let (mut r, mut w) = tcp.split();
+    let mut got = vec![0; data.len()];
+    let both = async { tokio::try_join!(w.write_all(data), r.read_exact(&mut got)) };
+    tokio::time::timeout(STEP, both).await.context("round trip hung")??;
+    Ok(got)
+}
+
 pub fn random_bytes(len: usize) -> Vec<u8> {
     let mut data = vec![0; len];
     rand::RngCore::fill_bytes(&mut rand::rng(), &mut data);

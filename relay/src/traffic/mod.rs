@@ -5,8 +5,13 @@
 //! forever.
 //!
 //! A visitor finds its tunnel by its session's connection and the tunnel id the session
-//! granted: that is all the parked-visitor handover carries. Bytes are counted when a
-//! visitor closes, since the splice reports only its totals.
+//! granted: that is all the parked-visitor handover carries.
+//!
+//! Bytes are counted live without the splice touching any shared counter: each visitor's
+//! splice bumps only its own [`Progress`], and whoever reads the counters (a scrape, the
+//! API) first adds what open visitors carried since the last read, under the lock that
+//! also guards a visitor's close. So the per-tunnel and relay-wide counters move during a
+//! long transfer, never go down, and count every byte exactly once.
 
 use std::{
     collections::HashMap,
@@ -18,6 +23,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use burrow_common::splice::{Moved, Progress};
 use prometheus_client::{
     encoding::EncodeLabelSet,
     metrics::{counter::Counter, family::Family},
@@ -28,7 +34,7 @@ mod tests;
 mod views;
 
 use crate::{
-    metrics::{LOCAL_TO_VISITOR, VISITOR_TO_LOCAL},
+    metrics::{Direction, LOCAL_TO_VISITOR, VISITOR_TO_LOCAL},
     reservations::TunnelKey,
     tokens::now,
 };
@@ -40,10 +46,12 @@ pub(crate) struct TunnelBytes {
     direction: &'static str,
 }
 
-#[derive(Default)]
 pub(crate) struct Traffic {
     state: Mutex<State>,
     pub(crate) bytes: Family<TunnelBytes, Counter>,
+    /// Every tunnel's bytes together, by direction.
+    pub(crate) all_bytes: Family<Direction, Counter>,
+    all: Bytes,
     /// Sessions admitted for a tunnel this relay had carried before.
     pub(crate) reconnects: Counter,
     next_visitor: AtomicU64,
@@ -62,9 +70,14 @@ type Route = (usize, u32);
 /// One tunnel's counters, shared by every session that serves it.
 pub(crate) struct Tunnel {
     key: TunnelKey,
+    bytes: Bytes,
+    visitors: AtomicU64,
+}
+
+/// Handles to a pair of byte counters, one per direction.
+struct Bytes {
     to_local: Counter,
     to_visitor: Counter,
-    visitors: AtomicU64,
 }
 
 /// Who holds a tunnel now, and since when nobody has.
@@ -81,6 +94,10 @@ struct OpenVisitor {
     port: u16,
     peer: SocketAddr,
     opened_at: u64,
+    /// Visitor to local, then local to visitor, as the splice counts them.
+    progress: Arc<Progress>,
+    /// How much of `progress` the counters hold already.
+    counted: Moved,
 }
 
 /// A tunnel of one session, as the session registers it.
@@ -104,11 +121,31 @@ enum Hold {
     Released,
 }
 
-/// One visitor being carried; dropping it takes the visitor off the open list.
+/// One visitor being carried; dropping it takes the visitor off the open list and counts
+/// the last of its bytes.
 pub(crate) struct Visit {
     traffic: Arc<Traffic>,
     id: u64,
-    tunnel: Option<Arc<Tunnel>>,
+    progress: Arc<Progress>,
+}
+
+impl Default for Traffic {
+    fn default() -> Self {
+        let all_bytes = Family::<Direction, Counter>::default();
+        // Handles taken once, so counting does not look them up. One statement each:
+        // `get_or_create` returns a guard on the family's lock, and a second call while the
+        // first guard lives would wait for it forever.
+        let to_local = all_bytes.get_or_create(&VISITOR_TO_LOCAL).clone();
+        let to_visitor = all_bytes.get_or_create(&LOCAL_TO_VISITOR).clone();
+        Self {
+            state: Mutex::default(),
+            bytes: Family::default(),
+            all_bytes,
+            all: Bytes { to_local, to_visitor },
+            reconnects: Counter::default(),
+            next_visitor: AtomicU64::new(0),
+        }
+    }
 }
 
 impl Traffic {
@@ -143,7 +180,8 @@ impl Traffic {
         // One statement each: `get_or_create` returns a guard on the family's lock.
         let to_local = self.bytes.get_or_create(&labels(VISITOR_TO_LOCAL.direction)).clone();
         let to_visitor = self.bytes.get_or_create(&labels(LOCAL_TO_VISITOR.direction)).clone();
-        let tunnel = Arc::new(Tunnel { key: key.clone(), to_local, to_visitor, visitors: AtomicU64::new(0) });
+        let bytes = Bytes { to_local, to_visitor };
+        let tunnel = Arc::new(Tunnel { key: key.clone(), bytes, visitors: AtomicU64::new(0) });
         Held { tunnel, port: 0, serving: 0, parked: 0, idle_since: Instant::now() }
     }
 
@@ -151,14 +189,29 @@ impl Traffic {
     /// connection's `stable_id` is `conn`.
     pub(crate) fn visit(self: &Arc<Self>, conn: usize, tunnel: u32, peer: SocketAddr) -> Visit {
         let id = self.next_visitor.fetch_add(1, Ordering::Relaxed);
+        let progress = Arc::new(Progress::default());
         let mut state = self.state();
-        // None only for a visitor that raced its session's end; it is carried uncounted.
-        let route = state.routes.get(&(conn, tunnel)).cloned();
-        if let Some((tunnel, port)) = &route {
+        // None only for a visitor that raced its session's end; only the relay's totals
+        // count it, at its close.
+        if let Some((tunnel, port)) = state.routes.get(&(conn, tunnel)).cloned() {
             tunnel.visitors.fetch_add(1, Ordering::Relaxed);
-            state.open.insert(id, OpenVisitor { tunnel: tunnel.clone(), port: *port, peer, opened_at: now() });
+            let open =
+                OpenVisitor { tunnel, port, peer, opened_at: now(), progress: progress.clone(), counted: (0, 0) };
+            state.open.insert(id, open);
         }
-        Visit { traffic: self.clone(), id, tunnel: route.map(|(tunnel, _)| tunnel) }
+        Visit { traffic: self.clone(), id, progress }
+    }
+
+    /// Brings the byte counters up to what open visitors have carried so far; called before
+    /// the counters are read.
+    pub(crate) fn catch_up(&self) {
+        self.catch_up_in(&mut self.state());
+    }
+
+    fn catch_up_in(&self, state: &mut State) {
+        for visitor in state.open.values_mut() {
+            visitor.count(&self.all);
+        }
     }
 
     /// Forgets tunnels nobody has held for `ttl`, with their series.
@@ -225,19 +278,42 @@ impl Drop for SessionTunnels {
     }
 }
 
-impl Visit {
-    pub(crate) fn finished(&self, to_local: u64, to_visitor: u64) {
-        if let Some(tunnel) = &self.tunnel {
-            tunnel.to_local.inc_by(to_local);
-            tunnel.to_visitor.inc_by(to_visitor);
+impl Bytes {
+    fn add(&self, (to_local, to_visitor): Moved) {
+        self.to_local.inc_by(to_local);
+        self.to_visitor.inc_by(to_visitor);
+    }
+}
+
+impl OpenVisitor {
+    /// Adds what the visitor carried since the counters last saw it.
+    fn count(&mut self, all: &Bytes) {
+        let now = self.progress.moved();
+        // Most open visitors are idle at any read; they cost two loads, not four shared adds.
+        if now == self.counted {
+            return;
         }
+        let new = (now.0.saturating_sub(self.counted.0), now.1.saturating_sub(self.counted.1));
+        self.counted = now;
+        self.tunnel.bytes.add(new);
+        all.add(new);
+    }
+}
+
+impl Visit {
+    /// Where the splice counts the visitor's bytes: visitor to local, then local to visitor.
+    pub(crate) fn progress(&self) -> &Progress {
+        &self.progress
     }
 }
 
 impl Drop for Visit {
     fn drop(&mut self) {
-        if self.tunnel.is_some() {
-            self.traffic.state().open.remove(&self.id);
+        let mut state = self.traffic.state();
+        // Counted and taken off the list under one lock, so no reader sees its bytes twice.
+        match state.open.remove(&self.id) {
+            Some(mut open) => open.count(&self.traffic.all),
+            None => self.traffic.all.add(self.progress.moved()),
         }
     }
 }

@@ -2,7 +2,7 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use prometheus_client::{encoding::text::encode, registry::Registry};
 
-use super::{Granted, Traffic};
+use super::{Granted, Traffic, Visit};
 use crate::reservations::TunnelKey;
 
 fn granted(id: u32, token: &str, tunnel: &str, port: u16) -> Granted {
@@ -11,6 +11,27 @@ fn granted(id: u32, token: &str, tunnel: &str, port: u16) -> Granted {
 
 fn peer() -> SocketAddr {
     "192.0.2.7:50000".parse().unwrap()
+}
+
+/// Counts bytes into `visit` as its splice would.
+fn carry(visit: &Visit, to_local: u64, to_visitor: u64) {
+    visit.progress().add_tcp_to_stream(to_local);
+    visit.progress().add_stream_to_tcp(to_visitor);
+}
+
+/// The metrics page of `traffic`'s byte counters, read as a scrape reads them.
+fn scrape(traffic: &Traffic) -> String {
+    let mut registry = Registry::with_prefix("burrow");
+    registry.register("bytes", "", traffic.all_bytes.clone());
+    registry.register("tunnel_bytes", "", traffic.bytes.clone());
+    traffic.catch_up();
+    let mut text = String::new();
+    encode(&mut text, &registry).unwrap();
+    text
+}
+
+fn sample(page: &str, series: &str) -> Option<u64> {
+    page.lines().find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }
 
 /// (name, state) of each tunnel listed.
@@ -24,7 +45,7 @@ fn a_tunnel_serves_parks_and_goes_and_its_counts_carry_over_to_the_next_session(
     let mut first = traffic.open_session(1, vec![granted(0, "alice", "web", 20001), granted(1, "alice", "ssh", 20002)]);
     let visit = traffic.visit(1, 0, peer());
     assert_eq!(traffic.visitors().iter().map(|v| (v.tunnel.as_str(), v.port)).collect::<Vec<_>>(), [("web", 20001)]);
-    visit.finished(10, 20);
+    carry(&visit, 10, 20);
     drop(visit);
     assert!(traffic.visitors().is_empty());
     assert_eq!(listed(&traffic), [("ssh".into(), "serving"), ("web".into(), "serving")]);
@@ -58,7 +79,7 @@ fn tunnels_nobody_held_for_the_ttl_are_forgotten_with_their_series() {
         text
     };
     let session = traffic.open_session(1, vec![granted(0, "bob", "db", 20003)]);
-    traffic.visit(1, 0, peer()).finished(5, 5);
+    carry(&traffic.visit(1, 0, peer()), 5, 5);
     drop(session);
     traffic.forget_idle(Duration::from_secs(3600));
     assert!(page(&registry).contains("tunnel=\"db\""), "kept while its reservation would be");
@@ -67,4 +88,38 @@ fn tunnels_nobody_held_for_the_ttl_are_forgotten_with_their_series() {
     assert!(!page(&registry).contains("tunnel=\"db\""));
     drop(traffic.open_session(2, vec![granted(0, "bob", "db", 20003)]));
     assert_eq!(traffic.reconnects.get(), 0, "a forgotten tunnel is new again");
+}
+
+#[test]
+fn open_visitors_bytes_count_as_they_move_and_exactly_once_at_their_close() {
+    let traffic = Arc::new(Traffic::default());
+    let _session = traffic.open_session(1, vec![granted(0, "carol", "web", 20004)]);
+    let web = |traffic: &Traffic| {
+        let view = traffic.tunnels().into_iter().next().unwrap();
+        (view.bytes_visitor_to_local, view.bytes_local_to_visitor)
+    };
+    let tunnel = "burrow_tunnel_bytes_total{token=\"carol\",tunnel=\"web\",direction=\"visitor_to_local\"}";
+    let all = "burrow_bytes_total{direction=\"local_to_visitor\"}";
+
+    let visit = traffic.visit(1, 0, peer());
+    carry(&visit, 100, 2000);
+    assert_eq!(web(&traffic), (100, 2000), "read while the visitor is open");
+    let page = scrape(&traffic);
+    assert_eq!((sample(&page, tunnel), sample(&page, all)), (Some(100), Some(2000)), "{page}");
+    let listed = traffic.visitors();
+    assert_eq!((listed[0].bytes_visitor_to_local, listed[0].bytes_local_to_visitor), (100, 2000));
+
+    carry(&visit, 1, 1);
+    assert_eq!(web(&traffic), (101, 2001), "a second read adds only what moved since the first");
+    drop(visit);
+    assert_eq!(web(&traffic), (101, 2001), "the close adds nothing already counted");
+    let page = scrape(&traffic);
+    assert_eq!((sample(&page, tunnel), sample(&page, all)), (Some(101), Some(2001)), "{page}");
+
+    // A visitor whose session ended as it arrived has no tunnel; the relay's totals count it.
+    let stray = traffic.visit(9, 0, peer());
+    carry(&stray, 3, 4);
+    drop(stray);
+    assert_eq!(web(&traffic), (101, 2001));
+    assert_eq!(sample(&scrape(&traffic), all), Some(2005));
 }

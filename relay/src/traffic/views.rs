@@ -27,12 +27,17 @@ pub(crate) struct VisitorView {
     pub(crate) tunnel: String,
     pub(crate) port: u16,
     pub(crate) opened_at: u64,
+    /// Carried so far.
+    pub(crate) bytes_visitor_to_local: u64,
+    pub(crate) bytes_local_to_visitor: u64,
 }
 
 impl Traffic {
-    /// The tunnels some session serves or parks now, by token and name.
+    /// The tunnels some session serves or parks now, by token and name, with the bytes
+    /// their open visitors have carried so far.
     pub(crate) fn tunnels(&self) -> Vec<TunnelView> {
-        let state = self.state();
+        let mut state = self.state();
+        self.catch_up_in(&mut state);
         let mut open = HashMap::<&TunnelKey, usize>::new();
         for visitor in state.open.values() {
             *open.entry(&visitor.tunnel.key).or_default() += 1;
@@ -53,8 +58,8 @@ impl Traffic {
                     state: now,
                     open_visitors: open.get(key).copied().unwrap_or(0),
                     visitors_total: held.tunnel.visitors.load(Ordering::Relaxed),
-                    bytes_visitor_to_local: held.tunnel.to_local.get(),
-                    bytes_local_to_visitor: held.tunnel.to_visitor.get(),
+                    bytes_visitor_to_local: held.tunnel.bytes.to_local.get(),
+                    bytes_local_to_visitor: held.tunnel.bytes.to_visitor.get(),
                 })
             })
             .collect();
@@ -68,13 +73,18 @@ impl Traffic {
         let mut views: Vec<_> = state
             .open
             .iter()
-            .map(|(id, v)| VisitorView {
-                id: *id,
-                peer: v.peer,
-                token: v.tunnel.key.token.clone(),
-                tunnel: v.tunnel.key.tunnel.clone(),
-                port: v.port,
-                opened_at: v.opened_at,
+            .map(|(id, v)| {
+                let (to_local, to_visitor) = v.progress.moved();
+                VisitorView {
+                    id: *id,
+                    peer: v.peer,
+                    token: v.tunnel.key.token.clone(),
+                    tunnel: v.tunnel.key.tunnel.clone(),
+                    port: v.port,
+                    opened_at: v.opened_at,
+                    bytes_visitor_to_local: to_local,
+                    bytes_local_to_visitor: to_visitor,
+                }
             })
             .collect();
         views.sort_by_key(|v| v.id);
