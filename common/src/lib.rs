@@ -13,6 +13,7 @@
 
 pub mod codes;
 pub mod config;
+pub mod http;
 pub mod logging;
 pub mod protocol;
 pub mod signal;

@@ -9,7 +9,6 @@ use std::{
     convert::Infallible,
     io::ErrorKind,
     net::{IpAddr, Ipv4Addr, SocketAddr},
-    time::Duration,
 };
 
 use bytes::Bytes;
@@ -17,9 +16,7 @@ use http_body_util::{BodyExt, Full, combinators::BoxBody};
 use hyper::{
     Method, Request, Response, StatusCode,
     header::{self, HeaderValue},
-    service::service_fn,
 };
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
@@ -64,36 +61,16 @@ pub fn url(addr: SocketAddr) -> String {
 /// Serves the inspector until `cancel`.
 pub async fn serve(listener: TcpListener, stats: Stats, cancel: CancellationToken) {
     let loopback = listener.local_addr().is_ok_and(|a| a.ip().is_loopback());
-    let tasks = TaskTracker::new();
-    loop {
-        let accepted = tokio::select! {
-            _ = cancel.cancelled() => break,
-            accepted = listener.accept() => accepted,
-        };
-        let tcp = match accepted {
-            Ok((tcp, _)) => tcp,
-            Err(e) => {
-                tracing::warn!("inspector accept failed: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let (stats, cancel, feeds) = (stats.clone(), cancel.clone(), tasks.clone());
-        tasks.spawn(async move {
-            let stop = cancel.clone();
-            let service = service_fn(move |request| {
-                let response = respond(&request, &stats, loopback, &feeds, &stop);
-                async move { Ok::<_, Infallible>(response) }
-            });
-            let connection = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tcp), service);
-            tokio::select! {
-                _ = cancel.cancelled() => {}
-                _ = connection => {}
-            }
-        });
-    }
-    tasks.close();
-    tasks.wait().await;
+    // Live feeds outlast their request; they end with `cancel` and are waited for here.
+    let feeds = TaskTracker::new();
+    let stop = cancel.clone();
+    let respond = {
+        let feeds = feeds.clone();
+        move |request: hyper::Request<hyper::body::Incoming>| respond(&request, &stats, loopback, &feeds, &stop)
+    };
+    burrow_common::http::serve(listener, "inspector", cancel, respond).await;
+    feeds.close();
+    feeds.wait().await;
 }
 
 fn respond<B>(

@@ -9,7 +9,7 @@
 mod api;
 mod auth;
 
-use std::{convert::Infallible, sync::Arc, time::Duration};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -17,11 +17,9 @@ use hyper::{
     Method, Request, Response, StatusCode,
     body::Incoming,
     header::{self, HeaderValue},
-    service::service_fn,
 };
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
-use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tokio_util::sync::CancellationToken;
 
 use crate::Shared;
 
@@ -42,34 +40,8 @@ pub(crate) async fn serve(
     shutdown: CancellationToken,
     stop: CancellationToken,
 ) {
-    let connections = TaskTracker::new();
-    loop {
-        let accepted = tokio::select! {
-            _ = stop.cancelled() => break,
-            accepted = listener.accept() => accepted,
-        };
-        let tcp = match accepted {
-            Ok((tcp, _)) => tcp,
-            Err(e) => {
-                tracing::warn!("admin accept failed: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let (shared, shutdown, stop) = (shared.clone(), shutdown.clone(), stop.clone());
-        connections.spawn(async move {
-            let service = service_fn(move |request| {
-                let response = respond(&shared, !shutdown.is_cancelled(), &request);
-                async move { Ok::<_, Infallible>(response) }
-            });
-            let connection = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tcp), service);
-            tokio::select! {
-                _ = stop.cancelled() => {}
-                _ = connection => {}
-            }
-        });
-    }
-    connections.close();
+    let respond = move |request: Request<Incoming>| respond(&shared, !shutdown.is_cancelled(), &request);
+    burrow_common::http::serve(listener, "admin", stop, respond).await;
 }
 
 fn respond(shared: &Shared, ready: bool, request: &Request<Incoming>) -> Response<Full<Bytes>> {
