@@ -156,7 +156,7 @@ async fn visitor_flood(
     let seconds = started.elapsed().as_secs_f64();
     let (tally, peaks, canary) = (tally?, peaks?, canary_rounds.await??);
     let after = relay.settled("burrow_visitors", 0.0).await?;
-    let settled_kib = memory_back_under(relay, baseline_kib + LASTING_GROWTH).await?;
+    let settled_kib = relay.memory_back_under(baseline_kib + LASTING_GROWTH, MEMORY_SETTLE_LIMIT).await?;
     let delta = |series| counter(&after, series) - counter(&before, series);
     Ok(Figures {
         seconds,
@@ -339,19 +339,6 @@ async fn watch_relay(relay: &RelayBinary, stop: &CancellationToken) -> anyhow::R
         peaks.visitors = peaks.visitors.max(visitors);
         peaks.rss_kib = peaks.rss_kib.max(relay.process.vm_rss_kib()?);
         peaks.samples += 1;
-    }
-}
-
-/// The relay's memory once it is at most `bound`, or when `MEMORY_SETTLE_LIMIT` ends.
-async fn memory_back_under(relay: &RelayBinary, bound: u64) -> anyhow::Result<u64> {
-    let deadline = Instant::now() + MEMORY_SETTLE_LIMIT;
-    let mut pace = tokio::time::interval(Duration::from_millis(100));
-    loop {
-        pace.tick().await;
-        let rss = relay.process.vm_rss_kib()?;
-        if rss <= bound || Instant::now() > deadline {
-            return Ok(rss);
-        }
     }
 }
 

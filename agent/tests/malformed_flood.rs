@@ -85,7 +85,7 @@ async fn malformed_sessions_are_closed_fast_and_leave_no_memory_behind() -> anyh
     stop.cancel();
     let rounds = rounds.await??;
     relay.settled("burrow_sessions", 2.0).await?;
-    let after = settle_memory(&relay, baseline + LASTING_GROWTH_KIB).await?;
+    let after = relay.memory_back_under(baseline + LASTING_GROWTH_KIB, Duration::from_secs(15)).await?;
     eprintln!(
         "malformed flood: {closed} sessions closed with `protocol violation`; relay RSS {} -> {} KiB; \
          canary {} round trips, slowest {:?}",
@@ -95,18 +95,4 @@ async fn malformed_sessions_are_closed_fast_and_leave_no_memory_behind() -> anyh
     assert!(rounds.slowest < Duration::from_secs(1), "a canary round trip took {:?}", rounds.slowest);
     assert_eq!(exchange(target, b"still serving").await?, b"still serving");
     Ok(())
-}
-
-/// The relay's memory once it is at most `bound`, or after 15 s (the allocator purges freed
-/// pages after about a second).
-async fn settle_memory(relay: &RelayBinary, bound: u64) -> anyhow::Result<u64> {
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    let mut pace = tokio::time::interval(Duration::from_millis(100));
-    loop {
-        pace.tick().await;
-        let rss = relay.process.vm_rss_kib()?;
-        if rss <= bound || std::time::Instant::now() > deadline {
-            return Ok(rss);
-        }
-    }
 }

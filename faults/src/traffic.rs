@@ -3,10 +3,7 @@
 
 use std::{
     net::SocketAddr,
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -40,12 +37,26 @@ pub fn echo_server(sim: &Sim) -> anyhow::Result<SocketAddr> {
 }
 
 /// Bytes received so far by a running transfer, for watching progress.
-#[derive(Clone, Default)]
-pub struct Progress(Arc<AtomicU64>);
+#[derive(Clone)]
+pub struct Progress(Arc<tokio::sync::watch::Sender<u64>>);
+
+impl Default for Progress {
+    fn default() -> Self {
+        Self(Arc::new(tokio::sync::watch::Sender::new(0)))
+    }
+}
 
 impl Progress {
     pub fn bytes(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
+        *self.0.borrow()
+    }
+
+    /// Waits until at least `bytes` have come back, up to `within`.
+    pub async fn reached(&self, bytes: u64, within: Duration) -> anyhow::Result<()> {
+        let mut received = self.0.subscribe();
+        let waited = tokio::time::timeout(within, received.wait_for(|n| *n >= bytes)).await;
+        anyhow::ensure!(matches!(waited, Ok(Ok(_))), "only {} of {bytes} bytes back after {within:?}", self.bytes());
+        Ok(())
     }
 }
 
@@ -81,7 +92,7 @@ pub async fn echo_transfer(tcp: tokio::net::TcpStream, len: usize, progress: Pro
                 break;
             }
             digest.update(&buf[..n]);
-            progress.0.fetch_add(n as u64, Ordering::Relaxed);
+            progress.0.send_modify(|total| *total += n as u64);
         }
         anyhow::Ok(digest.finish())
     };

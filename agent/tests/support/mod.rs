@@ -443,6 +443,20 @@ pub mod processes {
     }
 
     impl RelayBinary {
+        /// The relay's memory (KiB) once it is at most `bound`, or when `within` ends: the
+        /// allocator returns freed pages about a second after the load that used them.
+        pub async fn memory_back_under(&self, bound: u64, within: std::time::Duration) -> anyhow::Result<u64> {
+            let deadline = std::time::Instant::now() + within;
+            let mut pace = tokio::time::interval(std::time::Duration::from_millis(100));
+            loop {
+                pace.tick().await;
+                let rss = self.process.vm_rss_kib()?;
+                if rss <= bound || std::time::Instant::now() > deadline {
+                    return Ok(rss);
+                }
+            }
+        }
+
         /// Starts `relay` on loopback with a fresh data directory and its admin endpoint on;
         /// `env` sets further keys, such as `BURROW_RELAY_MAX_VISITORS_PER_IP`.
         pub async fn start(env: &[(&str, String)]) -> anyhow::Result<Self> {

@@ -1,8 +1,9 @@
 //! The home NAT misbehaves: it moves the agent to a new outside port or address mid-flow,
 //! or forgets idle mappings.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use anyhow::Context;
 use burrow_faults::{
     sim::Impairment,
     traffic::{Progress, echo_transfer, metric_until},
@@ -59,11 +60,7 @@ async fn without_migration_a_rebinding_stalls_the_transfer() -> anyhow::Result<(
     world.sim.impair(&Impairment { rate: Some(UPLINK_RATE), ..Impairment::default() })?;
     let progress = Progress::default();
     let transfer = tokio::spawn(echo_transfer(world.visit().await?, TRANSFER, progress.clone()));
-    let flowing = Instant::now();
-    while progress.bytes() < (1 << 20) {
-        anyhow::ensure!(flowing.elapsed() < Duration::from_secs(20), "the transfer never started");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    progress.reached(1 << 20, Duration::from_secs(20)).await.context("the transfer never started")?;
     world.sim.rebind_port()?;
     // Let what was already in flight drain, then watch: a stalled transfer moves no byte.
     tokio::time::sleep(Duration::from_secs(2)).await;

@@ -4,6 +4,7 @@
 
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use burrow_faults::{
     sim::Impairment,
     traffic::{Progress, echo_transfer, metric_until, round_trip},
@@ -20,11 +21,7 @@ async fn a_ten_second_outage_is_ridden_out_by_the_same_session() -> anyhow::Resu
     world.sim.impair(&Impairment { rate: Some("40mbit"), ..Impairment::default() })?;
     let progress = Progress::default();
     let transfer = tokio::spawn(echo_transfer(world.visit().await?, 30 << 20, progress.clone()));
-    let flowing = Instant::now();
-    while progress.bytes() < (2 << 20) {
-        anyhow::ensure!(flowing.elapsed() < Duration::from_secs(20), "the transfer never started");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    progress.reached(2 << 20, Duration::from_secs(20)).await.context("the transfer never started")?;
     world.sim.cut()?;
     let cut_at = Instant::now();
     // A visitor who arrives during the outage: the relay accepts it and its bytes wait in
