@@ -24,6 +24,7 @@ mod sessions;
 pub mod tokens;
 mod traffic;
 mod tunnel;
+mod vhost;
 
 use std::{net::SocketAddr, sync::Arc, sync::atomic::AtomicU64, time::Duration};
 
