@@ -11,7 +11,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
     Plan, Status,
-    config::{AgentConfig, LocalTarget, LogFormat, TunnelConfig},
+    config::{AgentConfig, LocalTarget, LogFormat, Protocol, TunnelConfig},
     console, embedded, inspector, logging,
     report::{self, Setup},
 };
@@ -29,14 +29,77 @@ pub struct Cli {
     /// Public port to ask the relay for [default: one the relay picks]
     #[arg(long, value_name = "PORT", requires = "local")]
     pub remote_port: Option<u16>,
-    /// Tunnel name; keeps the same public port across reconnects [default: tcp-<local port>]
+    /// Tunnel name; keeps the same public port or subdomain across reconnects
+    /// [default: the subdomain, or tcp-<local port>]
     #[arg(long, requires = "local")]
     pub name: Option<String>,
+    /// Serve the local server over HTTP and HTTPS at NAME.<relay's domain>; without NAME the
+    /// relay picks a readable one
+    #[arg(long, value_name = "NAME", num_args = 0..=1, default_missing_value = "", requires = "local", conflicts_with_all = ["remote_port", "tls"])]
+    pub http: Option<String>,
+    /// Pass TLS through at NAME.<relay's domain>, routed by SNI: the local server ends the TLS
+    #[arg(long, value_name = "NAME", requires = "local", conflicts_with = "remote_port")]
+    pub tls: Option<String>,
+    #[command(flatten)]
+    pub http_options: HttpFlags,
     /// TOML config file with [[tunnels]] (see deploy/agent.toml)
     #[arg(long, short, env = "BURROW_CONFIG")]
     pub config: Option<PathBuf>,
     #[command(flatten)]
     pub flags: Flags,
+}
+
+/// Options of the `--http` tunnel, as in a `[[tunnels]]` entry of the config file.
+#[derive(Debug, Default, Args)]
+pub struct HttpFlags {
+    /// Visitors must log in with this user name and password (HTTP basic auth)
+    #[arg(long, value_name = "USER:PASS", requires = "http")]
+    pub basic_auth: Option<Secret>,
+    /// Only these source ranges may visit (repeatable), like 203.0.113.0/24
+    #[arg(long, value_name = "CIDR", requires = "http")]
+    pub allow: Vec<ipnet::IpNet>,
+    /// These source ranges may not visit (repeatable)
+    #[arg(long, value_name = "CIDR", requires = "http")]
+    pub deny: Vec<ipnet::IpNet>,
+    /// `rewrite` sends the local address as the Host header, for dev servers that check it;
+    /// any other value is sent as is
+    #[arg(long, value_name = "rewrite|HOST", requires = "http")]
+    pub host_header: Option<String>,
+    /// Add a header to each request (repeatable)
+    #[arg(long, value_name = "NAME: VALUE", value_parser = parse_header, requires = "http")]
+    pub request_header: Vec<(String, String)>,
+    /// Add a header to each response (repeatable)
+    #[arg(long, value_name = "NAME: VALUE", value_parser = parse_header, requires = "http")]
+    pub response_header: Vec<(String, String)>,
+}
+
+fn parse_header(text: &str) -> Result<(String, String), String> {
+    let (name, value) = text
+        .split_once(':')
+        .ok_or_else(|| format!("invalid header {text:?}: expected NAME: VALUE, like X-Env: dev"))?;
+    Ok((name.trim().to_string(), value.trim().to_string()))
+}
+
+/// The tunnel the command line describes with `--local` and its options.
+fn command_line_tunnel(cli: &Cli, local: LocalTarget) -> TunnelConfig {
+    let mut tunnel = TunnelConfig::tcp(local);
+    tunnel.name = cli.name.clone();
+    tunnel.remote_port = cli.remote_port;
+    if let Some(subdomain) = &cli.http {
+        tunnel.protocol = Protocol::Http;
+        tunnel.subdomain = Some(subdomain.clone()).filter(|s| !s.is_empty());
+    } else if let Some(subdomain) = &cli.tls {
+        tunnel.protocol = Protocol::Tls;
+        tunnel.subdomain = Some(subdomain.clone());
+    }
+    let options = &cli.http_options;
+    tunnel.basic_auth = options.basic_auth.clone();
+    tunnel.allow = options.allow.clone();
+    tunnel.deny = options.deny.clone();
+    tunnel.host_header = options.host_header.clone();
+    tunnel.request_headers = options.request_header.iter().cloned().collect();
+    tunnel.response_headers = options.response_header.iter().cloned().collect();
+    tunnel
 }
 
 /// Flags that override the config file and environment (same key names).
@@ -75,8 +138,10 @@ pub struct Flags {
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let mut config = AgentConfig::load(cli.config.as_deref(), &cli.flags)?;
-    if let Some(local) = cli.local {
-        config.tunnels.push(TunnelConfig { name: cli.name, local, remote_port: cli.remote_port });
+    if let Some(local) = cli.local.clone() {
+        let tunnel = command_line_tunnel(&cli, local);
+        tunnel.validate()?;
+        config.tunnels.push(tunnel);
     }
     let live = console::wanted(config.log_format);
     // Log lines go through the console only when they would land on the same terminal.

@@ -1,6 +1,7 @@
 //! The agent's settings: which relay, how to trust it, and which local targets to expose.
 
 use std::{
+    collections::BTreeMap,
     fmt,
     net::SocketAddr,
     path::{Path, PathBuf},
@@ -83,6 +84,9 @@ impl AgentConfig {
         }
         check_duration("idle_timeout", self.idle_timeout, Duration::from_secs(1))?;
         check_duration("keep_alive", self.keep_alive, Duration::from_millis(100))?;
+        for tunnel in &self.tunnels {
+            tunnel.validate()?;
+        }
         check_duration("reconnect_max_delay", self.reconnect_max_delay, Duration::from_millis(100))?;
         anyhow::ensure!(
             self.keep_alive < self.idle_timeout,
@@ -97,18 +101,121 @@ impl AgentConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TunnelConfig {
-    /// Stable name: with the token it keeps the same public port across reconnects.
-    /// Defaults to `tcp-<local port>`.
+    /// Stable name: with the token it keeps the same public port or subdomain across
+    /// reconnects. Defaults to the subdomain, or `PROTOCOL-<local port>`.
     pub name: Option<String>,
     /// `PORT` or `HOST:PORT`; the host defaults to 127.0.0.1.
     pub local: LocalTarget,
-    /// Public port to ask for; the relay picks one when absent.
+    /// `tcp` (a public port), `http` (a subdomain over HTTP and HTTPS) or `tls` (a
+    /// subdomain whose TLS the local server ends).
+    #[serde(default)]
+    pub protocol: Protocol,
+    /// Public port to ask for (TCP); the relay picks one when absent.
     pub remote_port: Option<u16>,
+    /// Subdomain to ask for (HTTP, TLS); the relay picks a readable one when absent.
+    pub subdomain: Option<String>,
+    /// `USER:PASSWORD` visitors must give (HTTP).
+    pub basic_auth: Option<Secret>,
+    /// Source ranges allowed (HTTP), like `203.0.113.0/24`; empty allows all.
+    #[serde(default)]
+    pub allow: Vec<ipnet::IpNet>,
+    /// Source ranges refused (HTTP).
+    #[serde(default)]
+    pub deny: Vec<ipnet::IpNet>,
+    /// `rewrite` sets the Host header to the local address, for dev servers that check it;
+    /// any other value is sent as the Host header as is (HTTP).
+    pub host_header: Option<String>,
+    /// Headers added to each request before it reaches the local server (HTTP).
+    #[serde(default)]
+    pub request_headers: BTreeMap<String, String>,
+    /// Headers added to each response before it leaves for the visitor (HTTP).
+    #[serde(default)]
+    pub response_headers: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    #[default]
+    Tcp,
+    Http,
+    Tls,
 }
 
 impl TunnelConfig {
+    /// A TCP tunnel to `local` with every option at its default.
+    pub fn tcp(local: LocalTarget) -> Self {
+        Self {
+            name: None,
+            local,
+            protocol: Protocol::Tcp,
+            remote_port: None,
+            subdomain: None,
+            basic_auth: None,
+            allow: Vec::new(),
+            deny: Vec::new(),
+            host_header: None,
+            request_headers: BTreeMap::new(),
+            response_headers: BTreeMap::new(),
+        }
+    }
+
     pub fn name(&self) -> String {
-        self.name.clone().unwrap_or_else(|| format!("tcp-{}", self.local.port))
+        let protocol = match self.protocol {
+            Protocol::Tcp => "tcp",
+            Protocol::Http => "http",
+            Protocol::Tls => "tls",
+        };
+        self.name
+            .clone()
+            .or_else(|| self.subdomain.clone())
+            .unwrap_or_else(|| format!("{protocol}-{}", self.local.port))
+    }
+
+    /// Checks the options against the protocol, naming the tunnel and the key at fault.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let name = self.name();
+        let http_only = [
+            ("basic_auth", self.basic_auth.is_some()),
+            ("allow", !self.allow.is_empty()),
+            ("deny", !self.deny.is_empty()),
+            ("host_header", self.host_header.is_some()),
+            ("request_headers", !self.request_headers.is_empty()),
+            ("response_headers", !self.response_headers.is_empty()),
+        ];
+        for (key, given) in http_only {
+            anyhow::ensure!(
+                !given || self.protocol == Protocol::Http,
+                "invalid configuration: tunnel {name:?}: {key} applies to HTTP tunnels only (protocol = \"http\", or --http)"
+            );
+        }
+        anyhow::ensure!(
+            self.remote_port.is_none() || self.protocol == Protocol::Tcp,
+            "invalid configuration: tunnel {name:?}: remote_port applies to TCP tunnels only; HTTP and TLS tunnels get a subdomain"
+        );
+        anyhow::ensure!(
+            self.subdomain.is_none() || self.protocol != Protocol::Tcp,
+            "invalid configuration: tunnel {name:?}: subdomain applies to HTTP and TLS tunnels only (protocol = \"http\" or \"tls\")"
+        );
+        if let Some(credentials) = &self.basic_auth {
+            let (user, _) = credentials.expose().split_once(':').unwrap_or_default();
+            anyhow::ensure!(
+                !user.is_empty(),
+                "invalid configuration: tunnel {name:?}: basic_auth: expected USER:PASSWORD, like alice:s3cret"
+            );
+        }
+        for (key, headers) in [("request_headers", &self.request_headers), ("response_headers", &self.response_headers)]
+        {
+            for (header, value) in headers {
+                let valid = hyper::header::HeaderName::from_bytes(header.as_bytes()).is_ok()
+                    && hyper::header::HeaderValue::from_str(value).is_ok();
+                anyhow::ensure!(
+                    valid,
+                    "invalid configuration: tunnel {name:?}: {key}: {header:?} = {value:?} is not a valid HTTP header"
+                );
+            }
+        }
+        Ok(())
     }
 }
 
@@ -275,7 +382,8 @@ mod tests {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/agent.toml");
         let config = AgentConfig::load(Some(&path), &NoFlags {})?;
         assert_eq!(config.relay, Some("relay.example.com".parse().map_err(anyhow::Error::msg)?));
-        assert_eq!(config.tunnels.len(), 2);
+        assert_eq!(config.tunnels.len(), 3);
+        assert_eq!(config.tunnels[2].protocol, Protocol::Http);
         assert_eq!(config.tunnels[1].name(), "ssh");
         assert_eq!(config.inspect, Some("127.0.0.1:4040".parse()?));
         Ok(())
@@ -295,6 +403,20 @@ mod tests {
             ("[[tunnels]]\nlocal = 80\nremote = 1", ["unknown field `remote`", "remote_port", "tunnels"]),
             ("inspect = \"on\"", ["inspect", "\"on\"", "or off"]),
             ("log_format = \"xml\"", ["log_format", "xml", "json"]),
+            ("[[tunnels]]\nlocal = 80\nprotocol = \"ftp\"", ["protocol", "ftp", "http"]),
+            ("[[tunnels]]\nlocal = 80\nbasic_auth = \"a:b\"", ["tcp-80", "basic_auth", "HTTP tunnels only"]),
+            (
+                "[[tunnels]]\nlocal = 80\nprotocol = \"http\"\nbasic_auth = \"nocolon\"",
+                ["http-80", "basic_auth", "USER:PASSWORD"],
+            ),
+            (
+                "[[tunnels]]\nlocal = 80\nprotocol = \"http\"\nallow = [\"10.0.0/8\"]",
+                ["allow", "10.0.0/8", "invalid IP"],
+            ),
+            (
+                "[[tunnels]]\nlocal = 80\nprotocol = \"http\"\nremote_port = 20000",
+                ["http-80", "remote_port", "TCP tunnels only"],
+            ),
         ] {
             std::fs::write(&path, text)?;
             let err = format!("{:#}", AgentConfig::load(Some(&path), &NoFlags {}).unwrap_err());

@@ -26,9 +26,20 @@ pub fn prepare(config: &AgentConfig, data_dir: PathBuf) -> anyhow::Result<(Plan,
         token: Some(token.clone()),
         // A relay on the same machine may already serve the default admin port.
         admin_listen: None,
+        // Browsers and curl resolve every *.localhost name to this machine, no DNS needed.
+        domain: Some("localhost".into()),
         ..RelayConfig::default()
     };
-    let relay = Relay::bind(relay_config)?;
+    let relay = match Relay::bind(relay_config.clone()) {
+        Ok(relay) => relay,
+        // Another embedded relay may hold the usual HTTP ports; any free ones will do.
+        Err(e) if format!("{e:#}").contains("_listen") => {
+            tracing::debug!("usual HTTP ports taken ({e:#}); using free ones");
+            let any_port = Some(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)));
+            Relay::bind(RelayConfig { http_listen: any_port, https_listen: any_port, ..relay_config })?
+        }
+        Err(e) => return Err(e),
+    };
     let addr = RelayAddr { host: Ipv4Addr::LOCALHOST.to_string(), port: relay.local_addr()?.port() };
     let plan = Plan::new(config, addr, Trust::Pinned(relay.fingerprint()), token);
     Ok((plan, relay))

@@ -6,6 +6,7 @@ use burrow_common::{
     StreamCode, StreamHeader,
     protocol::{MAX_HEADER_FRAME, read_msg},
     splice::{Progress, abort_stream, splice},
+    stream_io::StreamIo,
 };
 use quinn::{RecvStream, SendStream};
 use tokio::net::TcpStream;
@@ -13,6 +14,7 @@ use tracing::Instrument;
 
 use crate::{
     config::LocalTarget,
+    local_http::LocalHttp,
     stats::{Outcome, Stats, TunnelStats},
 };
 
@@ -31,6 +33,9 @@ pub(crate) struct Target {
     pub(crate) name: String,
     pub(crate) local: LocalTarget,
     pub(crate) counters: Arc<TunnelStats>,
+    /// Set for an HTTP tunnel: its streams carry HTTP requests, sent on to the local server
+    /// one by one rather than spliced.
+    pub(crate) http: Option<Arc<LocalHttp>>,
 }
 
 pub(crate) async fn handle_stream(mut send: SendStream, mut recv: RecvStream, targets: &Targets) {
@@ -47,7 +52,13 @@ pub(crate) async fn handle_stream(mut send: SendStream, mut recv: RecvStream, ta
     };
     let visit = targets.stats.open(&target.name, target.counters.clone(), header.visitor);
     let span = tracing::debug_span!("stream", id = %recv.id(), visitor = %header.visitor, local = %target.local);
-    let outcome = forward(send, recv, &target.local, visit.progress()).instrument(span).await;
+    let outcome = match &target.http {
+        Some(http) => {
+            let stream = StreamIo::new(send, recv, visit.shared_progress());
+            http.serve(stream).instrument(span).await
+        }
+        None => forward(send, recv, &target.local, visit.progress()).instrument(span).await,
+    };
     visit.finish(outcome);
 }
 

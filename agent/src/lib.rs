@@ -9,6 +9,7 @@ pub mod embedded;
 mod forward;
 mod human;
 pub mod inspector;
+mod local_http;
 mod logging;
 mod report;
 mod session;
@@ -18,13 +19,13 @@ pub mod stats;
 use std::{fmt, time::Duration};
 
 use anyhow::Context;
-use burrow_common::{Secret, tls, tls::Trust, transport};
+use burrow_common::{HttpAccess, Secret, TunnelKind, tls, tls::Trust, transport};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
     backoff::Backoff,
-    config::{AgentConfig, LocalTarget, RelayAddr},
+    config::{AgentConfig, LocalTarget, Protocol, RelayAddr, TunnelConfig},
     session::Outcome,
     stats::Stats,
 };
@@ -48,6 +49,78 @@ pub struct TunnelPlan {
     pub name: String,
     pub local: LocalTarget,
     pub remote_port: Option<u16>,
+    /// `Tcp` uses `remote_port`; `Http` and `Tls` use `subdomain`.
+    pub protocol: Protocol,
+    pub subdomain: Option<String>,
+    /// Checked by the relay before a request crosses (HTTP).
+    pub access: HttpAccess,
+    /// Applied here, next to the local server (HTTP).
+    pub rewrite: HttpRewrite,
+}
+
+/// What the agent changes in requests and responses on their way to and from the local server.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HttpRewrite {
+    /// The Host header the local server gets instead of the public hostname.
+    pub host_header: Option<String>,
+    pub request_headers: Vec<(String, String)>,
+    pub response_headers: Vec<(String, String)>,
+}
+
+impl TunnelPlan {
+    /// A TCP tunnel on a port the relay picks.
+    pub fn tcp(name: &str, local: LocalTarget) -> Self {
+        Self {
+            name: name.to_string(),
+            local,
+            remote_port: None,
+            protocol: Protocol::Tcp,
+            subdomain: None,
+            access: HttpAccess::default(),
+            rewrite: HttpRewrite::default(),
+        }
+    }
+
+    /// An HTTP tunnel at `subdomain`, or at a name the relay picks.
+    pub fn http(name: &str, local: LocalTarget, subdomain: Option<&str>) -> Self {
+        Self { protocol: Protocol::Http, subdomain: subdomain.map(str::to_string), ..Self::tcp(name, local) }
+    }
+
+    fn from_config(tunnel: &TunnelConfig) -> Self {
+        let host_header = tunnel.host_header.as_ref().map(|host| match host.as_str() {
+            "rewrite" => tunnel.local.to_string(),
+            literal => literal.to_string(),
+        });
+        let pairs = |headers: &std::collections::BTreeMap<String, String>| {
+            headers.iter().map(|(name, value)| (name.clone(), value.clone())).collect()
+        };
+        Self {
+            name: tunnel.name(),
+            local: tunnel.local.clone(),
+            remote_port: tunnel.remote_port,
+            protocol: tunnel.protocol,
+            subdomain: tunnel.subdomain.clone(),
+            access: HttpAccess {
+                basic_auth: tunnel.basic_auth.clone(),
+                allow: tunnel.allow.clone(),
+                deny: tunnel.deny.clone(),
+            },
+            rewrite: HttpRewrite {
+                host_header,
+                request_headers: pairs(&tunnel.request_headers),
+                response_headers: pairs(&tunnel.response_headers),
+            },
+        }
+    }
+
+    /// The tunnel as the Hello asks for it.
+    pub(crate) fn kind(&self) -> TunnelKind {
+        match self.protocol {
+            Protocol::Tcp => TunnelKind::Tcp { port: self.remote_port },
+            Protocol::Http => TunnelKind::Http { subdomain: self.subdomain.clone(), access: self.access.clone() },
+            Protocol::Tls => TunnelKind::Tls { subdomain: self.subdomain.clone() },
+        }
+    }
 }
 
 impl Plan {
@@ -68,11 +141,7 @@ impl Plan {
     }
 
     pub fn new(config: &AgentConfig, relay: RelayAddr, trust: Trust, token: Secret) -> Self {
-        let tunnels = config
-            .tunnels
-            .iter()
-            .map(|t| TunnelPlan { name: t.name(), local: t.local.clone(), remote_port: t.remote_port })
-            .collect();
+        let tunnels = config.tunnels.iter().map(TunnelPlan::from_config).collect();
         Self {
             relay,
             trust,
@@ -104,12 +173,17 @@ pub struct PublicTunnel {
     pub host: String,
     pub port: u16,
     pub local: LocalTarget,
+    /// An HTTP or TLS tunnel's addresses, HTTPS first; empty for TCP.
+    pub urls: Vec<String>,
 }
 
 impl PublicTunnel {
-    /// `tcp://HOST:PORT`, where visitors connect.
+    /// Where visitors go: `tcp://HOST:PORT`, or the first of `urls`.
     pub fn url(&self) -> String {
-        format!("tcp://{}", config::HostPort(&self.host, self.port))
+        match self.urls.first() {
+            Some(url) => url.clone(),
+            None => format!("tcp://{}", config::HostPort(&self.host, self.port)),
+        }
     }
 }
 

@@ -61,7 +61,12 @@ fn announce(tunnels: &[PublicTunnel], shown: &mut Vec<PublicTunnel>, also_on: &[
     }
     for tunnel in tunnels {
         println!("tunnel {}: {tunnel}", tunnel.name);
-        for ip in also_on {
+        for url in tunnel.urls.iter().skip(1) {
+            println!("  also reachable at {url}");
+        }
+        // The LAN addresses of the embedded relay serve its TCP ports; HTTP tunnels are
+        // reached by name.
+        for ip in also_on.iter().filter(|_| tunnel.urls.is_empty()) {
             let ip = if ip.is_ipv6() { format!("[{ip}]") } else { ip.to_string() };
             println!("  also reachable at tcp://{ip}:{}", tunnel.port);
         }

@@ -3,7 +3,7 @@
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use burrow_common::{
-    CloseCode, Hello, ServerMsg, TunnelKind, TunnelSpec,
+    CloseCode, Hello, ServerMsg, TunnelSpec,
     codes::{close_code, describe_connection_error},
     protocol::{self, MAX_CONTROL_FRAME, PROTOCOL_VERSION},
     transport,
@@ -14,7 +14,9 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
     Plan, PublicTunnel, Status,
+    config::Protocol,
     forward::{Target, Targets, handle_stream},
+    local_http::LocalHttp,
 };
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -153,7 +155,13 @@ async fn register_and_serve(
     let mut online = Vec::new();
     for (granted, tunnel) in granted.iter().zip(&plan.tunnels) {
         let host = granted.host.clone().unwrap_or_else(|| plan.relay.host.clone());
-        online.push(PublicTunnel { name: granted.name.clone(), host, port: granted.port, local: tunnel.local.clone() });
+        online.push(PublicTunnel {
+            name: granted.name.clone(),
+            host,
+            port: granted.port,
+            local: tunnel.local.clone(),
+            urls: granted.urls.clone(),
+        });
     }
     plan.stats.publish(status, Status::Online(online));
     let online_since = std::time::Instant::now();
@@ -162,7 +170,9 @@ async fn register_and_serve(
         .iter()
         .zip(&plan.tunnels)
         .map(|(g, t)| {
-            let target = Target { name: g.name.clone(), local: t.local.clone(), counters: plan.stats.tunnel(&g.name) };
+            let http = (t.protocol == Protocol::Http).then(|| Arc::new(LocalHttp::new(&t.local, &t.rewrite)));
+            let target =
+                Target { name: g.name.clone(), local: t.local.clone(), counters: plan.stats.tunnel(&g.name), http };
             (g.id, target)
         })
         .collect();
@@ -190,11 +200,7 @@ async fn hello(plan: &Plan, conn: &Connection) -> anyhow::Result<(ServerMsg, Con
     let tunnels = plan
         .tunnels
         .iter()
-        .map(|t| TunnelSpec {
-            name: t.name.clone(),
-            local: t.local.to_string(),
-            kind: TunnelKind::Tcp { port: t.remote_port },
-        })
+        .map(|t| TunnelSpec { name: t.name.clone(), local: t.local.to_string(), kind: t.kind() })
         .collect();
     let hello = Hello { version: PROTOCOL_VERSION, token: plan.token.clone(), tunnels };
     protocol::write_msg(&mut send, &hello).await?;

@@ -65,6 +65,9 @@ pub struct PathView {
 pub struct TunnelView {
     pub name: String,
     pub url: String,
+    /// More addresses of an HTTP tunnel (plain HTTP besides HTTPS); empty for TCP.
+    #[serde(default)]
+    pub also: Vec<String>,
     pub local: String,
     pub open: u64,
     pub total: u64,
@@ -113,6 +116,7 @@ impl Stats {
                     TunnelView {
                         name: t.name.clone(),
                         url: t.url(),
+                        also: t.urls.iter().skip(1).cloned().collect(),
                         local: t.local.to_string(),
                         open: counters.open.load(Relaxed),
                         total: counters.total.load(Relaxed),

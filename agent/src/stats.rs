@@ -253,6 +253,11 @@ impl Visit {
         &self.progress
     }
 
+    /// The same counts, for I/O that outlives a borrow (an HTTP connection over the stream).
+    pub(crate) fn shared_progress(&self) -> Arc<Progress> {
+        self.progress.clone()
+    }
+
     pub(crate) fn finish(mut self, outcome: Outcome) {
         self.outcome = Some(outcome);
     }
@@ -304,7 +309,7 @@ mod tests {
     fn a_tunnels_bytes_include_its_open_connections_and_stay_put_when_one_closes() {
         let stats = Stats::default();
         let local = crate::config::LocalTarget { host: "127.0.0.1".into(), port: 8080 };
-        let web = PublicTunnel { name: "web".into(), host: "192.0.2.9".into(), port: 20001, local };
+        let web = PublicTunnel { name: "web".into(), host: "192.0.2.9".into(), port: 20001, local, urls: Vec::new() };
         stats.publish(&watch::channel(Status::Connecting).0, Status::Online(vec![web]));
         let counters = stats.tunnel("web");
         let visitor = SocketAddr::from(([192, 0, 2, 1], 5000));

@@ -130,7 +130,9 @@ async fn agent_resets_streams_with_unknown_or_malformed_headers_and_serves_the_r
     let (mut control_send, mut control_recv) = conn.accept_bi().await?;
     let hello: Hello = read_msg(&mut control_recv, MAX_CONTROL_FRAME).await?;
     assert_eq!(hello.tunnels[0].name, "web");
-    let welcome = ServerMsg::Welcome { tunnels: vec![Granted { id: 0, name: "web".into(), port: 1, host: None }] };
+    let welcome = ServerMsg::Welcome {
+        tunnels: vec![Granted { id: 0, name: "web".into(), port: 1, host: None, urls: Vec::new() }],
+    };
     write_msg(&mut control_send, &welcome).await?;
     let visitor = "192.0.2.1:5000".parse()?;
 

@@ -13,15 +13,18 @@
 
 pub mod codes;
 pub mod config;
+pub mod error_page;
 pub mod http;
 pub mod logging;
 pub mod protocol;
 pub mod signal;
 pub mod splice;
+pub mod stream_io;
 pub mod tls;
 pub mod transport;
+pub mod upgrade;
 
 pub use codes::{CloseCode, StreamCode};
 pub use config::{PortRange, Secret};
-pub use protocol::{ALPN, Granted, Hello, Refusal, ServerMsg, StreamHeader, TunnelKind, TunnelSpec};
+pub use protocol::{ALPN, Granted, Hello, HttpAccess, Refusal, ServerMsg, StreamHeader, TunnelKind, TunnelSpec};
 pub use tls::Fingerprint;

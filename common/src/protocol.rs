@@ -58,6 +58,23 @@ pub struct TunnelSpec {
 pub enum TunnelKind {
     /// A public TCP port: the one asked for, or one the relay picks from its range.
     Tcp { port: Option<u16> },
+    /// `SUBDOMAIN.DOMAIN` on the relay's shared HTTP and HTTPS ports, TLS ended at the relay;
+    /// the relay picks a readable name when none is asked for.
+    Http { subdomain: Option<String>, access: HttpAccess },
+    /// `SUBDOMAIN.DOMAIN` on the relay's shared HTTPS port, routed by SNI with the TLS bytes
+    /// passed through untouched: the local server holds the certificate.
+    Tls { subdomain: Option<String> },
+}
+
+/// Who may reach an HTTP tunnel, checked by the relay before a request crosses the tunnel.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HttpAccess {
+    /// `USER:PASSWORD` that visitors must present with HTTP basic auth.
+    pub basic_auth: Option<crate::Secret>,
+    /// Source ranges allowed; empty allows every address not denied.
+    pub allow: Vec<ipnet::IpNet>,
+    /// Source ranges refused, even when also allowed.
+    pub deny: Vec<ipnet::IpNet>,
 }
 
 /// The relay's answer to [`Hello`].
@@ -78,6 +95,9 @@ pub struct Granted {
     /// The relay's configured public hostname, if it has one; otherwise the agent shows the
     /// host it dialed.
     pub host: Option<String>,
+    /// Where visitors reach an HTTP or TLS tunnel, like `https://myapp.relay.example.com`;
+    /// empty for a TCP tunnel, whose address is its host and port.
+    pub urls: Vec<String>,
 }
 
 /// Why a relay refused a session. Typed so each end words it the same way.
@@ -103,6 +123,10 @@ pub enum Refusal {
     TunnelActive { name: String },
     #[error("this token already holds {max} tunnels on the relay, its limit; stop some of them first")]
     TokenTunnelLimit { max: usize },
+    #[error("this relay serves no HTTP or TLS tunnels: it was started without --domain")]
+    NoDomain,
+    #[error("the subdomain {name:?} is held by another agent on this relay; choose another name")]
+    SubdomainTaken { name: String },
 }
 
 impl Refusal {
@@ -187,8 +211,9 @@ mod tests {
     async fn messages_round_trip() -> anyhow::Result<()> {
         let (mut a, mut b) = tokio::io::duplex(1024);
         write_msg(&mut a, &hello()).await?;
-        let welcome =
-            ServerMsg::Welcome { tunnels: vec![Granted { id: 0, name: "web".into(), port: 20080, host: None }] };
+        let welcome = ServerMsg::Welcome {
+            tunnels: vec![Granted { id: 0, name: "web".into(), port: 20080, host: None, urls: Vec::new() }],
+        };
         write_msg(&mut a, &welcome).await?;
         let header = StreamHeader { tunnel: 7, visitor: "[2001:db8::1]:5000".parse()? };
         write_msg(&mut a, &header).await?;

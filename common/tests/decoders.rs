@@ -5,7 +5,8 @@
 use std::net::SocketAddr;
 
 use burrow_common::{
-    Fingerprint, Granted, Hello, PortRange, Refusal, Secret, ServerMsg, StreamHeader, TunnelKind, TunnelSpec,
+    Fingerprint, Granted, Hello, HttpAccess, PortRange, Refusal, Secret, ServerMsg, StreamHeader, TunnelKind,
+    TunnelSpec,
     protocol::{FrameError, MAX_CONTROL_FRAME, MAX_HEADER_FRAME, read_msg, write_msg},
 };
 use proptest::{collection::vec, prelude::*};
@@ -25,12 +26,21 @@ where
     })
 }
 
+fn tunnel_kind() -> impl Strategy<Value = TunnelKind> {
+    let subdomain = || proptest::option::of("[a-z0-9-]{1,63}");
+    let net = (any::<[u8; 4]>(), 0u8..=32)
+        .prop_map(|(ip, prefix)| ipnet::IpNet::from(ipnet::Ipv4Net::new(ip.into(), prefix).expect("prefix <= 32")));
+    let access = (proptest::option::of(".{0,30}"), vec(net.clone(), 0..3), vec(net, 0..3))
+        .prop_map(|(basic_auth, allow, deny)| HttpAccess { basic_auth: basic_auth.map(Secret::new), allow, deny });
+    prop_oneof![
+        proptest::option::of(any::<u16>()).prop_map(|port| TunnelKind::Tcp { port }),
+        (subdomain(), access).prop_map(|(subdomain, access)| TunnelKind::Http { subdomain, access }),
+        subdomain().prop_map(|subdomain| TunnelKind::Tls { subdomain }),
+    ]
+}
+
 fn tunnel_spec() -> impl Strategy<Value = TunnelSpec> {
-    ("[a-z0-9._-]{1,64}", ".{0,40}", proptest::option::of(any::<u16>())).prop_map(|(name, local, port)| TunnelSpec {
-        name,
-        local,
-        kind: TunnelKind::Tcp { port },
-    })
+    ("[a-z0-9._-]{1,64}", ".{0,40}", tunnel_kind()).prop_map(|(name, local, kind)| TunnelSpec { name, local, kind })
 }
 
 fn refusal() -> impl Strategy<Value = Refusal> {
@@ -43,12 +53,14 @@ fn refusal() -> impl Strategy<Value = Refusal> {
         (any::<usize>(), any::<usize>()).prop_map(|(asked, max)| Refusal::TooManyTunnels { asked, max }),
         (".{0,20}", ".{0,40}").prop_map(|(name, why)| Refusal::BadTunnel { name, why }),
         ".{0,20}".prop_map(|name| Refusal::TunnelActive { name }),
+        Just(Refusal::NoDomain),
+        ".{0,20}".prop_map(|name| Refusal::SubdomainTaken { name }),
     ]
 }
 
 fn granted() -> impl Strategy<Value = Granted> {
-    (any::<u32>(), ".{0,20}", any::<u16>(), proptest::option::of(".{0,30}"))
-        .prop_map(|(id, name, port, host)| Granted { id, name, port, host })
+    (any::<u32>(), ".{0,20}", any::<u16>(), proptest::option::of(".{0,30}"), vec(".{0,40}", 0..3))
+        .prop_map(|(id, name, port, host, urls)| Granted { id, name, port, host, urls })
 }
 
 proptest! {

@@ -48,6 +48,18 @@ pub struct Flags {
     #[arg(long, value_name = "NAME")]
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub hostname: Vec<String>,
+    /// Serve HTTP and TLS tunnels at NAME.DOMAIN; needs wildcard DNS *.DOMAIN -> this relay
+    #[arg(long, value_name = "DOMAIN")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub domain: Option<String>,
+    /// Shared plain-HTTP port for HTTP tunnels, or `off` [default: 0.0.0.0:8880]
+    #[arg(long, value_name = "ADDR|off")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http_listen: Option<String>,
+    /// Shared HTTPS port for HTTP and TLS tunnels, or `off` [default: 0.0.0.0:8443]
+    #[arg(long, value_name = "ADDR|off")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub https_listen: Option<String>,
     /// Admin endpoint (dashboard, /api, /metrics, /healthz, /readyz), or `off` [default: 127.0.0.1:9470]
     #[arg(long, value_name = "ADDR|off")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -118,6 +130,13 @@ fn print_banner(relay: &Relay, new_token: Option<&Secret>) -> anyhow::Result<()>
     println!("  public ports        {} on {}", config.ports, config.public_bind);
     println!("  data directory      {}", config.data_dir.display());
     println!("  fingerprint         {}", relay.fingerprint());
+    match (&config.domain, relay.http_addr(), relay.https_addr()) {
+        (Some(domain), http, https) => {
+            let ports = |addr: Option<std::net::SocketAddr>| addr.map_or("off".into(), |a| a.to_string());
+            println!("  HTTP tunnels        NAME.{domain} on http {} and https {}", ports(http), ports(https));
+        }
+        (None, ..) => println!("  HTTP tunnels        off (--domain enables them)"),
+    }
     if let Some(admin) = relay.admin_addr() {
         println!("  dashboard           http://{admin}/");
         println!("  metrics             http://{admin}/metrics");
@@ -133,6 +152,9 @@ fn print_banner(relay: &Relay, new_token: Option<&Secret>) -> anyhow::Result<()>
     println!();
     println!("Expose a local port through this relay with:");
     println!("  BURROW_TOKEN={token} agent --relay {relay_arg} --fingerprint {} --local 8080", relay.fingerprint());
+    if config.domain.is_some() {
+        println!("  (or serve it over HTTP(S) at a subdomain: add --http NAME)");
+    }
     if new_token.is_none() {
         println!("  (invite a teammate with: relay invite NAME)");
     }

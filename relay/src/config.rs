@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 /// Environment variables read by the relay: `BURROW_RELAY_LISTEN`, `BURROW_RELAY_PORTS`, ...
 pub const ENV: EnvSource<'static> =
-    EnvSource { prefix: "BURROW_RELAY", skip: &["BURROW_RELAY_CONFIG"], list_keys: &["hostname"] };
+    EnvSource { prefix: "BURROW_RELAY", skip: &["BURROW_RELAY_CONFIG"], list_keys: &["hostname", "reserved_names"] };
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -75,6 +75,32 @@ pub struct RelayConfig {
     /// Follow an agent whose address changes (NAT rebinding). Off only to prove, in tests,
     /// what it is worth.
     pub migration: bool,
+    /// The domain whose subdomains name HTTP and TLS tunnels (`myapp.DOMAIN`); wildcard DNS
+    /// for it must point here. Without it, only TCP tunnels are served.
+    pub domain: Option<String>,
+    /// TCP address of the shared plain-HTTP port, or `off`.
+    #[serde(with = "optional_addr")]
+    pub http_listen: Option<SocketAddr>,
+    /// TCP address of the shared HTTPS port (TLS ended here, or passed through by SNI), or `off`.
+    #[serde(with = "optional_addr")]
+    pub https_listen: Option<SocketAddr>,
+    /// PEM certificate chain for `*.DOMAIN`, e.g. certbot's fullchain.pem; re-read when it
+    /// changes. Without it a self-signed wildcard certificate is generated.
+    pub https_cert: Option<PathBuf>,
+    /// PEM private key for `https_cert`.
+    pub https_key: Option<PathBuf>,
+    /// Answer plain-HTTP requests with a redirect to HTTPS.
+    pub http_redirect_https: bool,
+    /// Subdomains no agent may take.
+    pub reserved_names: Vec<String>,
+    /// Time a visitor has to send a request's headers (slowloris protection).
+    #[serde(with = "duration")]
+    pub http_header_timeout: Duration,
+    /// Largest request head a visitor may send.
+    pub http_max_header_bytes: usize,
+    /// Time the local server has to start answering a request before the visitor gets a 504.
+    #[serde(with = "duration")]
+    pub http_response_timeout: Duration,
 }
 
 impl Default for RelayConfig {
@@ -104,6 +130,17 @@ impl Default for RelayConfig {
             admin_token: None,
             migration: true,
             retry_handshakes_above: 64,
+            domain: None,
+            // Not 8080 or 8000: those are the dev servers people expose.
+            http_listen: Some(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 8880))),
+            https_listen: Some(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 8443))),
+            https_cert: None,
+            https_key: None,
+            http_redirect_https: false,
+            reserved_names: crate::vhost::default_reserved_names(),
+            http_header_timeout: Duration::from_secs(10),
+            http_max_header_bytes: 64 * 1024,
+            http_response_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -169,12 +206,40 @@ impl RelayConfig {
         }
         check_duration("idle_timeout", self.idle_timeout, Duration::from_secs(1))?;
         check_duration("handshake_timeout", self.handshake_timeout, Duration::from_millis(100))?;
+        self.validate_http()?;
         for name in &self.hostname {
             anyhow::ensure!(
                 !name.is_empty() && !name.contains(['/', ' ', ':']) || name.parse::<IpAddr>().is_ok(),
                 "invalid configuration: hostname = {name:?}: expected a DNS name or IP address, like relay.example.com"
             );
         }
+        Ok(())
+    }
+
+    fn validate_http(&self) -> anyhow::Result<()> {
+        if self.https_cert.is_some() != self.https_key.is_some() {
+            anyhow::bail!("invalid configuration: https_cert and https_key must be given together");
+        }
+        if let Some(domain) = &self.domain {
+            let labels_valid = domain.split('.').all(|label| crate::vhost::check_label(label).is_ok());
+            anyhow::ensure!(
+                labels_valid && domain.parse::<IpAddr>().is_err(),
+                "invalid configuration: domain = {domain:?}: expected a DNS name whose subdomains point at \
+                 this relay, like relay.example.com"
+            );
+        }
+        for name in &self.reserved_names {
+            crate::vhost::check_label(name)
+                .map_err(|e| anyhow::anyhow!("invalid configuration: reserved_names: {e}"))?;
+        }
+        check_duration("http_header_timeout", self.http_header_timeout, Duration::from_millis(100))?;
+        check_duration("http_response_timeout", self.http_response_timeout, Duration::from_millis(100))?;
+        // hyper refuses a read buffer below 8 KiB.
+        anyhow::ensure!(
+            self.http_max_header_bytes >= 8192,
+            "invalid configuration: http_max_header_bytes = {}: expected at least 8192",
+            self.http_max_header_bytes
+        );
         Ok(())
     }
 
@@ -222,6 +287,12 @@ mod tests {
             ("max_parked_visitors = 0", ["max_parked_visitors", "0", "at least 1"]),
             ("admin_listen = \"0.0.0.0:9470\"", ["admin_listen", "0.0.0.0:9470", "admin_token"]),
             ("admin_listen = \"on\"", ["admin_listen", "\"on\"", "or off"]),
+            ("domain = \"not a domain\"", ["domain", "\"not a domain\"", "relay.example.com"]),
+            ("https_listen = \"443\"", ["https_listen", "\"443\"", "IP:PORT"]),
+            ("https_cert = \"/x.pem\"", ["https_cert and https_key", "together", ""]),
+            ("reserved_names = [\"a_b\"]", ["reserved_names", "a_b", "letters, digits or '-'"]),
+            ("http_header_timeout = \"0s\"", ["http_header_timeout", "0s", "at least"]),
+            ("http_max_header_bytes = 100", ["http_max_header_bytes", "100", "at least 8192"]),
         ] {
             std::fs::write(&path, text)?;
             let err = format!("{:#}", RelayConfig::load(Some(&path), &NoFlags {}).unwrap_err());

@@ -33,7 +33,12 @@ use burrow_common::{CloseCode, Fingerprint, tls, transport};
 pub use config::RelayConfig;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-use crate::{auth_limit::FailureLimiter, registry::Registry, reservations::FileReservations, tokens::TokenStore};
+use crate::{
+    auth_limit::FailureLimiter,
+    registry::Registry,
+    reservations::{FileReservations, Reservations},
+    tokens::TokenStore,
+};
 
 /// How often the token file is checked for revocations.
 const TOKEN_CHECK_INTERVAL: Duration = Duration::from_secs(1);
@@ -52,6 +57,8 @@ pub(crate) struct Shared {
     pub(crate) handshakes: limits::Handshakes,
     pub(crate) next_session: AtomicU64,
     pub(crate) live: Arc<sessions::LiveSessions>,
+    /// HTTP and TLS tunnels by subdomain, when the relay has a domain.
+    pub(crate) vhost: Option<vhost::Vhost>,
 }
 
 impl Shared {
@@ -64,6 +71,7 @@ impl Shared {
 pub struct Relay {
     endpoint: quinn::Endpoint,
     admin: Option<tokio::net::TcpListener>,
+    vhost_listeners: Option<vhost::Listeners>,
     shared: Arc<Shared>,
     fingerprint: Fingerprint,
 }
@@ -86,10 +94,12 @@ impl Relay {
         let mut server = tls::server_config(identity, transport::relay(config.idle_timeout))?;
         server.migration(config.migration);
         let endpoint = endpoint::bind(config.listen, server, &keys)?;
-        let reservations =
-            FileReservations::open(&config.data_dir, config.reservation_ttl).context("load port reservations")?;
+        let reservations: Arc<dyn Reservations> = Arc::new(
+            FileReservations::open(&config.data_dir, config.reservation_ttl).context("load port reservations")?,
+        );
         let registry =
-            Registry::new(Arc::new(reservations), config.ports, config.public_bind, config.max_tunnels_per_token);
+            Registry::new(reservations.clone(), config.ports, config.public_bind, config.max_tunnels_per_token);
+        let (vhost, vhost_listeners) = vhost::bind(&config, reservations)?.unzip();
         let admin = config.admin_listen.map(bind_admin).transpose()?;
         let metrics = Arc::new(metrics::Metrics::new());
         let shared = Shared {
@@ -101,9 +111,10 @@ impl Relay {
             metrics,
             handshakes: limits::Handshakes::default(),
             next_session: AtomicU64::new(1),
+            vhost,
             config,
         };
-        Ok(Self { endpoint, admin, shared: Arc::new(shared), fingerprint })
+        Ok(Self { endpoint, admin, vhost_listeners, shared: Arc::new(shared), fingerprint })
     }
 
     pub fn local_addr(&self) -> anyhow::Result<SocketAddr> {
@@ -114,6 +125,16 @@ impl Relay {
     /// the admin endpoint is off.
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.admin.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// The shared plain-HTTP port, when the relay has a domain and the port is on.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.shared.vhost.as_ref().and_then(|v| v.http_addr())
+    }
+
+    /// The shared HTTPS port, when the relay has a domain and the port is on.
+    pub fn https_addr(&self) -> Option<SocketAddr> {
+        self.shared.vhost.as_ref().and_then(|v| v.https_addr())
     }
 
     pub fn fingerprint(&self) -> Fingerprint {
@@ -173,6 +194,9 @@ impl Relay {
         let _stop_admin_on_drop = stop_admin.clone().drop_guard();
         if let Some(listener) = self.admin.take() {
             admin.spawn(admin::serve(listener, self.shared.clone(), cancel.clone(), stop_admin.clone()));
+        }
+        if let Some(listeners) = self.vhost_listeners.take() {
+            sessions.spawn(vhost::serve(listeners, self.shared.clone(), cancel.clone()));
         }
         let mut housekeeping = tokio::time::interval(HOUSEKEEPING_INTERVAL);
         let mut token_check = tokio::time::interval(TOKEN_CHECK_INTERVAL);

@@ -83,7 +83,8 @@ impl Drop for Handshaking {
 /// the open-visitors gauge.
 pub(crate) struct Admission {
     _tunnel: OwnedSemaphorePermit,
-    _ip: IpSlot,
+    /// None for an HTTP visitor, whose connection holds its address slot.
+    _ip: Option<IpSlot>,
     metrics: Arc<Metrics>,
 }
 
@@ -110,7 +111,16 @@ pub(crate) fn admit(
     let ip = per_ip.try_admit(ip).ok_or(REFUSED_IP_LIMIT)?;
     metrics.visitors_total.inc();
     metrics.visitors.inc();
-    Ok(Admission { _tunnel: tunnel, _ip: ip, metrics: metrics.clone() })
+    Ok(Admission { _tunnel: tunnel, _ip: Some(ip), metrics: metrics.clone() })
+}
+
+/// Admits an HTTP visitor's connection to a tunnel, once a request has named it; the
+/// connection took its address slot when it was accepted, before its tunnel was known.
+pub(crate) fn admit_to_tunnel(places: &Places, metrics: &Arc<Metrics>) -> Result<Admission, Reason> {
+    let tunnel = places.open.clone().try_acquire_owned().map_err(|_| places.when_full.clone())?;
+    metrics.visitors_total.inc();
+    metrics.visitors.inc();
+    Ok(Admission { _tunnel: tunnel, _ip: None, metrics: metrics.clone() })
 }
 
 impl Drop for Admission {

@@ -110,7 +110,7 @@ async fn wait_for_successor(
     match next {
         Some(Successor { conn, tunnel }) => {
             metrics.visitors_unparked.inc();
-            forward(visitor, peer, conn, tunnel, metrics, admission).await;
+            forward(visitor, peer, conn, tunnel, metrics, admission, Vec::new()).await;
         }
         None => {
             drop(admission);

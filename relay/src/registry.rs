@@ -20,7 +20,7 @@ use tokio::{
 
 use crate::{
     parking::{Handover, ParkedPort},
-    reservations::{Reservations, TunnelKey},
+    reservations::{Place, Reservations, TunnelKey},
     tokens::Grant,
 };
 
@@ -94,13 +94,25 @@ impl Registry {
         Self { live: Mutex::default(), reservations, range, bind_ip, max_per_token }
     }
 
-    pub(crate) fn claim(&self, who: &Claimant<'_>, requested: Option<u16>) -> Result<Claim, ClaimError> {
+    /// Ports that `token` holds, except `tunnel`'s own: taking that one over adds nothing.
+    pub(crate) fn held_by(&self, token: &str, except_tunnel: &str) -> usize {
+        let Ok(live) = self.live.lock() else { return 0 };
+        live.values().filter(|h| h.key.token == token && h.key.tunnel != except_tunnel).count()
+    }
+
+    /// Gives the claimant a port; `held_elsewhere` counts the token's tunnels on subdomains.
+    pub(crate) fn claim(
+        &self,
+        who: &Claimant<'_>,
+        requested: Option<u16>,
+        held_elsewhere: usize,
+    ) -> Result<Claim, ClaimError> {
         let mut live = self.live.lock().map_err(|_| Refusal::NoFreePort { range: self.range.to_string() })?;
         // The claimant's own tunnel, held by a session it replaces or parked, is not counted:
         // taking it over adds nothing.
         let held_by_token =
             live.values().filter(|h| h.key.token == who.key.token && h.key.tunnel != who.key.tunnel).count();
-        if held_by_token >= self.max_per_token {
+        if held_by_token + held_elsewhere >= self.max_per_token {
             return Err(Refusal::TokenTunnelLimit { max: self.max_per_token }.into());
         }
         let allowed = |port: u16| self.range.contains(port) && who.grant.allows(port);
@@ -110,7 +122,11 @@ impl Registry {
             }
             return self.take(&mut live, who, port)?.ok_or(Refusal::PortTaken { port }.into());
         }
-        if let Some(port) = self.reservations.port_for(who.key).filter(|p| allowed(*p))
+        let reserved = match self.reservations.place_for(who.key) {
+            Some(Place::Port(port)) => Some(port),
+            _ => None,
+        };
+        if let Some(port) = reserved.filter(|p| allowed(*p))
             && let Some(claim) = self.take(&mut live, who, port)?
         {
             return Ok(claim);
@@ -149,7 +165,7 @@ impl Registry {
                 }
             },
             None => {
-                if self.reservations.owner_of(port).is_some_and(|owner| owner != *who.key) {
+                if self.reservations.owner_of(&Place::Port(port)).is_some_and(|owner| owner != *who.key) {
                     return Ok(None);
                 }
                 match self.bind(port) {
@@ -158,7 +174,7 @@ impl Registry {
                 }
             }
         };
-        if let Err(e) = self.reservations.hold(who.key, port) {
+        if let Err(e) = self.reservations.hold(who.key, &Place::Port(port)) {
             tracing::warn!(port, "could not record reservation: {e:#}");
         }
         let state = Held::Serving(who.conn.clone());
@@ -199,7 +215,7 @@ impl Registry {
         let Some(holder) = live.get(&port).filter(|h| h.session == session) else {
             return false;
         };
-        if let Err(e) = self.reservations.release(&holder.key, port) {
+        if let Err(e) = self.reservations.release(&holder.key, &Place::Port(port)) {
             tracing::warn!(port, "could not record reservation release: {e:#}");
         }
         live.remove(&port);

@@ -1,4 +1,5 @@
-//! Which port belongs to which token and tunnel name, across reconnects and restarts.
+//! Which port or subdomain belongs to which token and tunnel name, across reconnects and
+//! restarts.
 //!
 //! Every read and write goes through [`Reservations`], so a shared store (a lease in etcd for
 //! a fleet of relays) can replace the file without touching the session code.
@@ -28,15 +29,23 @@ pub struct TunnelKey {
     pub tunnel: String,
 }
 
+/// What a tunnel occupies on the relay: a public TCP port, or a subdomain of its domain.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Place {
+    Port(u16),
+    Subdomain(String),
+}
+
 pub trait Reservations: Send + Sync {
-    /// The port reserved for `key`, unless it expired.
-    fn port_for(&self, key: &TunnelKey) -> Option<u16>;
-    /// The owner of an unexpired reservation on `port`.
-    fn owner_of(&self, port: u16) -> Option<TunnelKey>;
-    /// `key` is serving on `port` now.
-    fn hold(&self, key: &TunnelKey, port: u16) -> anyhow::Result<()>;
-    /// `key` stopped serving on `port`; the reservation expires after the TTL from now.
-    fn release(&self, key: &TunnelKey, port: u16) -> anyhow::Result<()>;
+    /// The place reserved for `key`, unless it expired.
+    fn place_for(&self, key: &TunnelKey) -> Option<Place>;
+    /// The owner of an unexpired reservation on `place`.
+    fn owner_of(&self, place: &Place) -> Option<TunnelKey>;
+    /// `key` is serving on `place` now.
+    fn hold(&self, key: &TunnelKey, place: &Place) -> anyhow::Result<()>;
+    /// `key` stopped serving on `place`; the reservation expires after the TTL from now.
+    fn release(&self, key: &TunnelKey, place: &Place) -> anyhow::Result<()>;
     /// What to wait for until every change made so far is stored: the change count to
     /// reach and a receiver of the count stored. `None` when changes are stored at once.
     fn save_point(&self) -> Option<(u64, tokio::sync::watch::Receiver<u64>)> {
@@ -48,7 +57,8 @@ pub trait Reservations: Send + Sync {
 struct Entry {
     #[serde(flatten)]
     key: TunnelKey,
-    port: u16,
+    #[serde(flatten)]
+    place: Place,
     /// Unix seconds when the tunnel was last released; ignored while `active`.
     last_seen: u64,
     active: bool,
@@ -179,18 +189,19 @@ fn persist_changes(
 }
 
 impl Reservations for FileReservations {
-    fn port_for(&self, key: &TunnelKey) -> Option<u16> {
-        self.with_entries(|e| e.get(key).filter(|e| self.live(e)).map(|e| e.port)).flatten()
+    fn place_for(&self, key: &TunnelKey) -> Option<Place> {
+        self.with_entries(|e| e.get(key).filter(|e| self.live(e)).map(|e| e.place.clone())).flatten()
     }
 
-    fn owner_of(&self, port: u16) -> Option<TunnelKey> {
-        self.with_entries(|e| e.values().find(|e| e.port == port && self.live(e)).map(|e| e.key.clone())).flatten()
+    fn owner_of(&self, place: &Place) -> Option<TunnelKey> {
+        self.with_entries(|e| e.values().find(|e| e.place == *place && self.live(e)).map(|e| e.key.clone())).flatten()
     }
 
-    fn hold(&self, key: &TunnelKey, port: u16) -> anyhow::Result<()> {
+    fn hold(&self, key: &TunnelKey, place: &Place) -> anyhow::Result<()> {
         self.update(|entries| {
-            entries.retain(|k, e| k == key || e.port != port);
-            entries.insert(key.clone(), Entry { key: key.clone(), port, last_seen: now(), active: true });
+            entries.retain(|k, e| k == key || e.place != *place);
+            let entry = Entry { key: key.clone(), place: place.clone(), last_seen: now(), active: true };
+            entries.insert(key.clone(), entry);
         })
     }
 
@@ -198,9 +209,9 @@ impl Reservations for FileReservations {
         Some((self.changes.load(Ordering::SeqCst), self.saved.clone()))
     }
 
-    fn release(&self, key: &TunnelKey, port: u16) -> anyhow::Result<()> {
+    fn release(&self, key: &TunnelKey, place: &Place) -> anyhow::Result<()> {
         self.update(|entries| {
-            if let Some(e) = entries.get_mut(key).filter(|e| e.port == port) {
+            if let Some(e) = entries.get_mut(key).filter(|e| e.place == *place) {
                 e.active = false;
                 e.last_seen = now();
             }
@@ -216,19 +227,23 @@ mod tests {
         TunnelKey { token: token.into(), tunnel: tunnel.into() }
     }
 
+    fn port(port: u16) -> Place {
+        Place::Port(port)
+    }
+
     #[test]
     fn survives_reopen_and_expires() -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;
         let store = FileReservations::open(dir.path(), Duration::from_secs(3600))?;
-        store.hold(&key("a", "web"), 20001)?;
-        store.release(&key("a", "web"), 20001)?;
-        store.hold(&key("b", "ssh"), 20002)?;
+        store.hold(&key("a", "web"), &port(20001))?;
+        store.release(&key("a", "web"), &port(20001))?;
+        store.hold(&key("b", "ssh"), &port(20002))?;
         drop(store);
 
         let reopened = FileReservations::open(dir.path(), Duration::from_secs(3600))?;
-        assert_eq!(reopened.port_for(&key("a", "web")), Some(20001));
-        assert_eq!(reopened.owner_of(20002), Some(key("b", "ssh")));
-        assert_eq!(reopened.port_for(&key("a", "other")), None);
+        assert_eq!(reopened.place_for(&key("a", "web")), Some(port(20001)));
+        assert_eq!(reopened.owner_of(&port(20002)), Some(key("b", "ssh")));
+        assert_eq!(reopened.place_for(&key("a", "other")), None);
 
         // A reservation released long ago has expired; one active at restart gets a fresh TTL.
         std::fs::write(
@@ -238,9 +253,24 @@ mod tests {
                 {"token":"a","tunnel":"crashed","port":20004,"last_seen":0,"active":true}]}"#,
         )?;
         let restarted = FileReservations::open(dir.path(), Duration::from_secs(3600))?;
-        assert_eq!(restarted.port_for(&key("a", "old")), None);
-        assert_eq!(restarted.owner_of(20003), None);
-        assert_eq!(restarted.port_for(&key("a", "crashed")), Some(20004));
+        assert_eq!(restarted.place_for(&key("a", "old")), None);
+        assert_eq!(restarted.owner_of(&port(20003)), None);
+        assert_eq!(restarted.place_for(&key("a", "crashed")), Some(port(20004)));
+        Ok(())
+    }
+
+    #[test]
+    fn subdomains_are_reserved_like_ports() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let store = FileReservations::open(dir.path(), Duration::from_secs(3600))?;
+        let myapp = Place::Subdomain("myapp".into());
+        store.hold(&key("a", "web"), &myapp)?;
+        store.release(&key("a", "web"), &myapp)?;
+        drop(store);
+        let reopened = FileReservations::open(dir.path(), Duration::from_secs(3600))?;
+        assert_eq!(reopened.place_for(&key("a", "web")), Some(myapp.clone()));
+        assert_eq!(reopened.owner_of(&myapp), Some(key("a", "web")));
+        assert_eq!(reopened.owner_of(&Place::Subdomain("other".into())), None);
         Ok(())
     }
 
@@ -248,10 +278,10 @@ mod tests {
     fn holding_a_port_moves_it() -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;
         let store = FileReservations::open(dir.path(), Duration::from_secs(60))?;
-        store.hold(&key("a", "web"), 20001)?;
-        store.hold(&key("a", "web"), 20005)?;
-        assert_eq!(store.owner_of(20001), None);
-        assert_eq!(store.port_for(&key("a", "web")), Some(20005));
+        store.hold(&key("a", "web"), &port(20001))?;
+        store.hold(&key("a", "web"), &port(20005))?;
+        assert_eq!(store.owner_of(&port(20001)), None);
+        assert_eq!(store.place_for(&key("a", "web")), Some(port(20005)));
         Ok(())
     }
 }

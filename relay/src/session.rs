@@ -4,7 +4,7 @@ use std::{collections::HashSet, sync::Arc, sync::atomic::Ordering};
 
 use anyhow::Context;
 use burrow_common::{
-    CloseCode, Granted, Hello, Refusal, ServerMsg, TunnelKind,
+    CloseCode, Granted, Hello, Refusal, ServerMsg, TunnelKind, TunnelSpec,
     codes::{close_code, describe_connection_error},
     protocol::{self, FrameError, MAX_CONTROL_FRAME, PROTOCOL_VERSION, VALID_NAME, is_valid_name},
 };
@@ -13,12 +13,17 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::Instrument;
 
 use crate::{
-    Shared, liveness, parking,
+    Shared,
+    limits::Places,
+    liveness,
+    metrics::REFUSED_TUNNEL_LIMIT,
+    parking,
     registry::{Claim, ClaimError, Claimant, SessionId},
     reservations::TunnelKey,
     sessions::Admitted,
     tokens::Grant,
     tunnel::{OpenTunnel, accept_visitors},
+    vhost::{Access, Route, RouteKind},
 };
 
 /// Longest a Welcome waits for the tunnels' reservations to reach the disk.
@@ -55,36 +60,75 @@ async fn run(incoming: quinn::Incoming, shared: &Arc<Shared>, cancel: &Cancellat
     };
     drop(handshaking);
     let session = shared.next_session.fetch_add(1, Ordering::Relaxed);
-    let (grant, tunnels) = match admit(shared, &conn, &hello, session).await {
+    let (grant, claimed) = match admit(shared, &conn, &hello, session).await {
         Ok(admitted) => admitted,
         Err(refusal) => return refuse(&conn, &mut send, refusal).await,
     };
-    let (granted, open): (Vec<Granted>, Vec<OpenTunnel>) = tunnels.into_iter().unzip();
     shared.registry.reservations_saved(RESERVATION_SAVE_WAIT).await;
-    let welcome = ServerMsg::Welcome { tunnels: granted };
+    let welcome = ServerMsg::Welcome { tunnels: claimed.granted.clone() };
     let sent = protocol::write_msg(&mut send, &welcome).await;
     if let Err(e) = sent {
-        release(shared, open.iter().map(|t| t.port), session);
+        claimed.release(shared, session);
         return Err(e).context("send Welcome");
     }
-    for (tunnel, spec) in open.iter().zip(&hello.tunnels) {
-        tracing::info!(port = tunnel.port, name = %spec.name, local = %spec.local, "tunnel open");
+    for (granted, spec) in claimed.granted.iter().zip(&hello.tunnels) {
+        match granted.urls.first() {
+            Some(url) => tracing::info!(%url, name = %spec.name, local = %spec.local, "tunnel open"),
+            None => tracing::info!(port = granted.port, name = %spec.name, local = %spec.local, "tunnel open"),
+        }
     }
-    let mut registered = shared.live.register(session, Admitted::new(&grant, &hello, &conn, &open));
+    let mut registered = shared.live.register(session, Admitted::new(&grant, &hello, &conn, &claimed.granted));
     let metrics = &shared.metrics;
-    let tunnel_count = i64::try_from(open.len()).unwrap_or(i64::MAX);
+    let tunnel_count = i64::try_from(claimed.granted.len()).unwrap_or(i64::MAX);
     metrics.sessions.inc();
     metrics.sessions_total.inc();
     metrics.tunnels.inc_by(tunnel_count);
     // The control stream stays open for the life of the session.
     let control = (send, recv);
-    let lost_ports = serve_tunnels(shared, &conn, open, session, cancel).await;
+    let Claimed { ports, subdomains, .. } = claimed;
+    let lost = serve_tunnels(shared, &conn, ports, &subdomains, session, cancel).await;
+    let lost_ports = lost.as_ref().map(|l| l.ports.clone()).unwrap_or_default();
     registered.ended(&lost_ports);
     metrics.tunnels.dec_by(tunnel_count);
     metrics.sessions.dec();
     drop((control, conn));
-    parking::park(shared, lost_ports, session, cancel).await;
+    if let Some(lost) = lost {
+        tokio::join!(
+            parking::park(shared, lost.ports, session, cancel),
+            park_subdomains(shared, lost.subdomains, session, cancel)
+        );
+    }
     Ok(())
+}
+
+/// The places of a session that was lost rather than ended, kept for its agent's return.
+struct Lost {
+    ports: Vec<u16>,
+    subdomains: Vec<String>,
+}
+
+/// Keeps a lost session's subdomains for its agent to come back: requests wait meanwhile.
+/// Past the parking time, the names are freed as if the session had just ended.
+async fn park_subdomains(shared: &Shared, subdomains: Vec<String>, session: SessionId, cancel: &CancellationToken) {
+    let Some(vhost) = shared.vhost.as_ref() else { return };
+    let parked: Vec<String> = subdomains.into_iter().filter(|name| vhost.routes.park(name, session)).collect();
+    if parked.is_empty() {
+        return;
+    }
+    tracing::info!(?parked, "session lost; subdomains kept for the agent to return");
+    tokio::select! {
+        _ = cancel.cancelled() => {}
+        () = tokio::time::sleep(shared.config.park_visitors_for) => {}
+    }
+    release_subdomains(shared, &parked, session);
+}
+
+fn release_subdomains(shared: &Shared, subdomains: &[String], session: SessionId) {
+    if let Some(vhost) = shared.vhost.as_ref() {
+        for name in subdomains {
+            vhost.routes.release(name, session);
+        }
+    }
 }
 
 fn close(conn: &Connection, code: CloseCode) -> anyhow::Error {
@@ -109,54 +153,105 @@ async fn refuse(conn: &Connection, send: &mut SendStream, refusal: Refusal) -> a
     Err(anyhow::anyhow!("refused: {refusal}"))
 }
 
+/// What a session holds once admitted: its tunnels as granted, and where they live.
+struct Claimed {
+    granted: Vec<Granted>,
+    ports: Vec<OpenTunnel>,
+    subdomains: Vec<String>,
+}
+
+impl Claimed {
+    fn release(&self, shared: &Shared, session: SessionId) {
+        release(shared, self.ports.iter().map(|t| t.port), session);
+        release_subdomains(shared, &self.subdomains, session);
+    }
+}
+
 /// Checks the Hello and claims every tunnel, or none.
 async fn admit(
     shared: &Shared,
     conn: &Connection,
     hello: &Hello,
     session: SessionId,
-) -> Result<(Grant, Vec<(Granted, OpenTunnel)>), Refusal> {
+) -> Result<(Grant, Claimed), Refusal> {
     if hello.version != PROTOCOL_VERSION {
         return Err(Refusal::Version { agent: hello.version, relay: PROTOCOL_VERSION });
     }
     let grant = authenticate(shared, conn, hello).await?;
     tracing::Span::current().record("agent", grant.name.as_str());
     check_tunnels(hello, shared.config.max_tunnels_per_session)?;
-    let mut admitted = Vec::new();
+    let mut claimed = Claimed { granted: Vec::new(), ports: Vec::new(), subdomains: Vec::new() };
     for (id, spec) in (0u32..).zip(&hello.tunnels) {
-        let TunnelKind::Tcp { port } = spec.kind;
         let key = TunnelKey { token: grant.name.clone(), tunnel: spec.name.clone() };
-        match claim(shared, &key, &grant, session, conn, port).await {
-            Ok(claim) => {
-                let granted = Granted { id, name: spec.name.clone(), port: claim.port, host: shared.public_host() };
-                let Claim { port, listener, parked } = claim;
-                admitted.push((granted, OpenTunnel { id, port, listener, parked }));
+        let who = |replacing| Claimant { key: &key, grant: &grant, session, conn, replacing };
+        let outcome = match &spec.kind {
+            TunnelKind::Tcp { port } => {
+                let held_elsewhere = shared.vhost.as_ref().map_or(0, |v| v.routes.held_by(&key.token, &key.tunnel));
+                claim(&key, |replacing| shared.registry.claim(&who(replacing), *port, held_elsewhere)).await.map(
+                    |Claim { port, listener, parked }| {
+                        claimed.ports.push(OpenTunnel { id, port, listener, parked });
+                        Granted { id, name: spec.name.clone(), port, host: shared.public_host(), urls: Vec::new() }
+                    },
+                )
             }
+            TunnelKind::Http { subdomain, .. } | TunnelKind::Tls { subdomain } => {
+                claim_subdomain(shared, &key, id, spec, subdomain.as_deref(), who).await.map(|(name, urls)| {
+                    claimed.subdomains.push(name);
+                    Granted { id, name: spec.name.clone(), port: 0, host: shared.public_host(), urls }
+                })
+            }
+        };
+        match outcome {
+            Ok(granted) => claimed.granted.push(granted),
             Err(refusal) => {
-                release(shared, admitted.iter().map(|(_, t)| t.port), session);
+                claimed.release(shared, session);
                 return Err(refusal);
             }
         }
     }
-    Ok((grant, admitted))
+    Ok((grant, claimed))
 }
 
-/// Claims a port for one tunnel. If an older session of the same tunnel holds it, that
-/// session is replaced only if it no longer answers: a crashed agent's successor gets the
-/// port back, while two live agents never knock each other off in turn.
-async fn claim(
+/// Claims the subdomain of an HTTP or TLS tunnel; returns it with the tunnel's public URLs.
+async fn claim_subdomain<'a>(
     shared: &Shared,
     key: &TunnelKey,
-    grant: &Grant,
-    session: SessionId,
-    conn: &Connection,
-    port: Option<u16>,
-) -> Result<Claim, Refusal> {
+    id: u32,
+    spec: &TunnelSpec,
+    subdomain: Option<&str>,
+    who: impl Fn(Option<SessionId>) -> Claimant<'a>,
+) -> Result<(String, Vec<String>), Refusal> {
+    let vhost = shared.vhost.as_ref().ok_or(Refusal::NoDomain)?;
+    let held_elsewhere = shared.registry.held_by(&key.token, &key.tunnel);
+    let route_kind = || match &spec.kind {
+        TunnelKind::Http { access, .. } => RouteKind::Http(Access::new(access)),
+        _ => RouteKind::Tls,
+    };
+    let name = claim(key, |replacing| {
+        let claimant = who(replacing);
+        let route = Route {
+            conn: claimant.conn.clone(),
+            tunnel: id,
+            kind: route_kind(),
+            places: Places::new(shared.config.max_visitors_per_tunnel, REFUSED_TUNNEL_LIMIT),
+        };
+        vhost.routes.claim(&claimant, subdomain, route, held_elsewhere)
+    })
+    .await?;
+    Ok((name.clone(), vhost.urls(&name, &route_kind())))
+}
+
+/// Claims a tunnel's place with `attempt`. If an older session of the same tunnel holds it,
+/// that session is replaced only if it no longer answers: a crashed agent's successor gets
+/// the place back, while two live agents never knock each other off in turn.
+async fn claim<T>(
+    key: &TunnelKey,
+    mut attempt: impl FnMut(Option<SessionId>) -> Result<T, ClaimError>,
+) -> Result<T, Refusal> {
     let mut replacing = None;
     loop {
-        let claimant = Claimant { key, grant, session, conn, replacing };
-        match shared.registry.claim(&claimant, port) {
-            Ok(claim) => return Ok(claim),
+        match attempt(replacing) {
+            Ok(claimed) => return Ok(claimed),
             Err(ClaimError::Refused(refusal)) => return Err(refusal),
             Err(ClaimError::HeldBySameTunnel { conn: holder, session: held_by }) => {
                 if replacing == Some(held_by) || liveness::answers(&holder).await {
@@ -203,15 +298,16 @@ fn check_tunnels(hello: &Hello, max: usize) -> Result<(), Refusal> {
 }
 
 /// Serves visitors until the agent leaves or the relay stops; on a stop, visitors get the
-/// grace period to finish before the agent is told to reconnect. Returns the ports to park
-/// when the session was lost rather than ended.
+/// grace period to finish before the agent is told to reconnect. Returns the places to park
+/// when the session was lost rather than ended; otherwise they are released.
 async fn serve_tunnels(
     shared: &Arc<Shared>,
     conn: &Connection,
     open: Vec<OpenTunnel>,
+    subdomains: &[String],
     session: SessionId,
     cancel: &CancellationToken,
-) -> Vec<u16> {
+) -> Option<Lost> {
     let ports = open.iter().map(|t| t.port).collect::<Vec<_>>();
     let stop = cancel.child_token();
     let visitors = TaskTracker::new();
@@ -230,23 +326,29 @@ async fn serve_tunnels(
     accept_loops.close();
     accept_loops.wait().await;
     match ended {
-        Some(err) => ended_by(shared, &err, ports, session),
+        Some(err) if lost(shared, &err) => Some(Lost { ports, subdomains: subdomains.to_vec() }),
+        Some(_) => {
+            release(shared, ports, session);
+            release_subdomains(shared, subdomains, session);
+            None
+        }
         None => {
             release(shared, ports, session);
+            release_subdomains(shared, subdomains, session);
             visitors.close();
             if tokio::time::timeout(shared.config.grace_period, visitors.wait()).await.is_err() {
                 tracing::info!("grace period over; closing remaining visitors");
             }
             CloseCode::Shutdown.close(conn);
             tracing::info!("session closed for shutdown");
-            Vec::new()
+            None
         }
     }
 }
 
-/// Frees the ports of a session that ended with `err`, or returns them for parking if the
-/// session was lost rather than ended on purpose.
-fn ended_by(shared: &Shared, err: &quinn::ConnectionError, ports: Vec<u16>, session: SessionId) -> Vec<u16> {
+/// Whether a session that ended with `err` was lost rather than ended on purpose, so its
+/// places are kept for its agent's return.
+fn lost(shared: &Shared, err: &quinn::ConnectionError) -> bool {
     let reason = describe_connection_error(err);
     match err {
         // The user chose to stop: visitors are better refused at once than kept waiting.
@@ -256,12 +358,11 @@ fn ended_by(shared: &Shared, err: &quinn::ConnectionError, ports: Vec<u16>, sess
         quinn::ConnectionError::LocallyClosed => tracing::info!("session replaced by a newer one"),
         _ if !shared.config.park_visitors_for.is_zero() => {
             tracing::info!(%reason, "session lost");
-            return ports;
+            return true;
         }
         _ => tracing::info!(%reason, "session lost; tunnels closed"),
     }
-    release(shared, ports, session);
-    Vec::new()
+    false
 }
 
 /// How often the session's path is checked; quinn follows a migration by itself and only

@@ -16,7 +16,6 @@ use crate::{
     reservations::TunnelKey,
     tokens::{Grant, TokenStore, hash, now},
     traffic::{Granted, SessionTunnels, Traffic},
-    tunnel::OpenTunnel,
 };
 
 pub(crate) struct LiveSessions {
@@ -76,10 +75,15 @@ pub(crate) struct AgentTunnel {
 }
 
 impl Admitted {
-    pub(crate) fn new(grant: &Grant, hello: &Hello, conn: &quinn::Connection, open: &[OpenTunnel]) -> Self {
-        let tunnels = open.iter().zip(&hello.tunnels).map(|(tunnel, spec)| Granted {
+    pub(crate) fn new(
+        grant: &Grant,
+        hello: &Hello,
+        conn: &quinn::Connection,
+        granted: &[burrow_common::Granted],
+    ) -> Self {
+        let tunnels = granted.iter().map(|tunnel| Granted {
             id: tunnel.id,
-            key: TunnelKey { token: grant.name.clone(), tunnel: spec.name.clone() },
+            key: TunnelKey { token: grant.name.clone(), tunnel: tunnel.name.clone() },
             port: tunnel.port,
         });
         Self {

@@ -54,7 +54,7 @@ pub(crate) async fn accept_visitors(
     accept_until(&tunnel.listener, &places, &shared, stop.cancelled(), |tcp, peer, admission| {
         // Spawned as is, not wrapped in another async block: a wrapper would hold this future
         // twice, doubling the memory of every open visitor.
-        let served = forward(tcp, peer, conn.clone(), tunnel.id, shared.metrics.clone(), admission);
+        let served = forward(tcp, peer, conn.clone(), tunnel.id, shared.metrics.clone(), admission, Vec::new());
         visitors.spawn(served.instrument(tracing::debug_span!("visitor", %peer)));
     })
     .await;
@@ -96,6 +96,7 @@ pub(crate) async fn accept_until(
 /// Carries one visitor across the tunnel.
 /// `admission` is the visitor's place under the caps, held until it has been served. For a
 /// parked visitor, "arrived" is its handover: the wait for the agent is not stream latency.
+/// `first_bytes` were read from the visitor already (a TLS ClientHello read for its SNI).
 pub(crate) async fn forward(
     visitor: TcpStream,
     peer: SocketAddr,
@@ -103,6 +104,7 @@ pub(crate) async fn forward(
     tunnel: u32,
     metrics: Arc<Metrics>,
     admission: Admission,
+    first_bytes: Vec<u8>,
 ) {
     let _admission = admission;
     let arrived = Instant::now();
@@ -122,6 +124,14 @@ pub(crate) async fn forward(
         return;
     }
     metrics.stream_open.observe(arrived.elapsed().as_secs_f64());
+    if !first_bytes.is_empty() {
+        visit.progress().add_tcp_to_stream(first_bytes.len() as u64);
+        if let Err(e) = send.write_all(&first_bytes).await {
+            tracing::debug!("first bytes not sent: {e}");
+            abort_tcp(visitor);
+            return;
+        }
+    }
     // The visit counts the bytes, live and at its drop, whether the splice ends well or not.
     match splice(visitor, send, recv, visit.progress()).await {
         Ok((up, down)) => tracing::debug!(up, down, "visitor closed"),
@@ -129,7 +139,7 @@ pub(crate) async fn forward(
     }
 }
 
-async fn open_stream(conn: &quinn::Connection) -> anyhow::Result<(quinn::SendStream, quinn::RecvStream)> {
+pub(crate) async fn open_stream(conn: &quinn::Connection) -> anyhow::Result<(quinn::SendStream, quinn::RecvStream)> {
     tokio::time::timeout(OPEN_STREAM_TIMEOUT, conn.open_bi())
         .await
         .context("no stream slot at the agent in time")?

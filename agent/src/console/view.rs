@@ -107,10 +107,16 @@ fn tunnels(lines: &mut Vec<String>, now: &Snapshot, rates: &Rates, also_on: &[Ip
     for tunnel in tunnels.iter().take(TUNNELS) {
         let url = paint.with("1;36", &tunnel.url);
         lines.push(format!("  {:<width$}  {url} -> {}", tunnel.name, tunnel.local));
-        let port = tunnel.url.rsplit(':').next().unwrap_or_default();
-        for ip in also_on {
-            let ip = if ip.is_ipv6() { format!("[{ip}]") } else { ip.to_string() };
-            lines.push(format!("  {:<width$}  also at tcp://{ip}:{port}", ""));
+        for url in &tunnel.also {
+            lines.push(format!("  {:<width$}  also at {url}", ""));
+        }
+        // The LAN addresses of the embedded relay serve its TCP ports; HTTP tunnels are
+        // reached by name.
+        if let Some(port) = tunnel.url.strip_prefix("tcp://").and_then(|u| u.rsplit(':').next()) {
+            for ip in also_on {
+                let ip = if ip.is_ipv6() { format!("[{ip}]") } else { ip.to_string() };
+                lines.push(format!("  {:<width$}  also at tcp://{ip}:{port}", ""));
+            }
         }
         let (to_local, to_visitor) = rates.tunnel(&tunnel.name);
         let failed = if tunnel.failed > 0 { format!(" · {} failed", tunnel.failed) } else { String::new() };
@@ -175,6 +181,7 @@ mod tests {
             state: SessionState::Reconnecting { in_ms: 2_100, attempt: 2, reason: "lost the relay: timed out".into() },
             path: None,
             tunnels: vec![TunnelView {
+                also: Vec::new(),
                 name: "web".into(),
                 url: "tcp://relay.example.com:20001".into(),
                 local: "127.0.0.1:8080".into(),

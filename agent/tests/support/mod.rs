@@ -85,11 +85,7 @@ impl TestRelay {
 }
 
 pub fn tunnel(name: &str, local: SocketAddr) -> TunnelPlan {
-    TunnelPlan {
-        name: name.into(),
-        local: LocalTarget { host: local.ip().to_string(), port: local.port() },
-        remote_port: None,
-    }
+    TunnelPlan::tcp(name, LocalTarget { host: local.ip().to_string(), port: local.port() })
 }
 
 pub struct TestAgent {

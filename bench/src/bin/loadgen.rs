@@ -95,7 +95,7 @@ async fn start_agents(args: &Args, echo: SocketAddr, cancel: &CancellationToken)
     for i in 0..args.agents {
         let mut plan = Plan::new(&config, args.relay.clone(), Trust::Pinned(args.fingerprint), args.token.clone());
         let name = format!("{}-{i}", args.name_prefix);
-        plan.tunnels = vec![TunnelPlan { name, local: local.clone(), remote_port: None }];
+        plan.tunnels = vec![TunnelPlan::tcp(&name, local.clone())];
         let (status, mut watcher) = watch::channel(Status::Connecting);
         let cancel = cancel.clone();
         let permit = handshakes.clone().acquire_owned().await?;

@@ -305,6 +305,11 @@ impl Visit {
     pub(crate) fn progress(&self) -> &Progress {
         &self.progress
     }
+
+    /// The same counts, for I/O that outlives a borrow (an HTTP connection over the stream).
+    pub(crate) fn shared_progress(&self) -> Arc<Progress> {
+        self.progress.clone()
+    }
 }
 
 impl Drop for Visit {

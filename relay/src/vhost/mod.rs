@@ -1,7 +1,255 @@
 //! HTTP and HTTPS tunnels: one public HTTP port and one HTTPS port shared by every agent,
-//! each request routed by its hostname to the tunnel that holds that subdomain.
+//! each request routed by its hostname to the tunnel that holds that subdomain. The HTTPS
+//! port also carries TLS passthrough tunnels, told apart by the SNI before any TLS is ended.
 
+mod access;
+mod body;
 mod certs;
 mod names;
 mod pages;
+mod proxy;
+mod routes;
 mod sni;
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use anyhow::Context;
+use hyper::Uri;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tracing::Instrument;
+
+pub(crate) use self::{
+    access::Access,
+    names::{NameError, default_reserved as default_reserved_names},
+    routes::{Route, RouteKind, Routes},
+};
+use self::{
+    proxy::{Scheme, Visitor},
+    routes::Lookup,
+};
+use crate::{RelayConfig, Shared, limits, metrics::REFUSED_IP_LIMIT, reservations::Reservations, tunnel};
+
+/// Most bytes read while waiting for a TLS ClientHello; real ones are well under 2 KiB.
+const MAX_CLIENT_HELLO: usize = 16 * 1024;
+
+/// Pause after an accept error such as EMFILE, so the loop does not spin.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
+
+/// Checks one DNS label (a subdomain, or a part of the domain).
+pub(crate) fn check_label(label: &str) -> Result<String, NameError> {
+    names::check_subdomain(label, &[])
+}
+
+/// The relay's domain and the tunnels under it.
+pub(crate) struct Vhost {
+    pub(crate) domain: String,
+    pub(crate) routes: Routes,
+    http_addr: Option<SocketAddr>,
+    https_addr: Option<SocketAddr>,
+}
+
+/// The bound public HTTP and HTTPS ports, until the relay runs them.
+pub(crate) struct Listeners {
+    http: Option<TcpListener>,
+    https: Option<(TcpListener, Arc<rustls::ServerConfig>)>,
+}
+
+/// Why a hostname has no session to serve it.
+pub(crate) enum Missing {
+    Unknown,
+    /// Reserved for a tunnel whose agent is not connected.
+    Offline,
+}
+
+/// Binds the HTTP and HTTPS ports if the relay has a domain.
+pub(crate) fn bind(
+    config: &RelayConfig,
+    reservations: Arc<dyn Reservations>,
+) -> anyhow::Result<Option<(Vhost, Listeners)>> {
+    let Some(domain) = config.domain.clone().map(|d| d.to_ascii_lowercase()) else {
+        return Ok(None);
+    };
+    let http = config.http_listen.map(|addr| bind_tcp(addr, "http_listen")).transpose()?;
+    let https = match config.https_listen {
+        None => None,
+        Some(addr) => {
+            let files = config.https_cert.as_deref().zip(config.https_key.as_deref());
+            let cert = certs::HttpsCert::load(&domain, &config.data_dir, files)?;
+            tracing::info!(fingerprint = %cert.fingerprint(), "HTTPS certificate for *.{domain}");
+            Some((bind_tcp(addr, "https_listen")?, cert.server_config()))
+        }
+    };
+    let vhost = Vhost {
+        routes: Routes::new(reservations, config.reserved_names.clone(), config.max_tunnels_per_token),
+        http_addr: http.as_ref().and_then(|l| l.local_addr().ok()),
+        https_addr: https.as_ref().and_then(|(l, _)| l.local_addr().ok()),
+        domain,
+    };
+    Ok(Some((vhost, Listeners { http, https })))
+}
+
+fn bind_tcp(addr: SocketAddr, key: &str) -> anyhow::Result<TcpListener> {
+    let listener = std::net::TcpListener::bind(addr)
+        .with_context(|| format!("bind {key} = {addr} (another server on that port? `off` disables it)"))?;
+    listener.set_nonblocking(true)?;
+    Ok(TcpListener::from_std(listener)?)
+}
+
+impl Vhost {
+    pub(crate) fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_addr
+    }
+
+    pub(crate) fn https_addr(&self) -> Option<SocketAddr> {
+        self.https_addr
+    }
+
+    /// Where visitors reach the tunnel named `name`: HTTPS first, as users should prefer it.
+    pub(crate) fn urls(&self, name: &str, kind: &RouteKind) -> Vec<String> {
+        let host = format!("{name}.{}", self.domain);
+        let https = self.https_addr.map(|addr| url("https", &host, addr.port(), 443));
+        let http = self.http_addr.map(|addr| url("http", &host, addr.port(), 80));
+        match kind {
+            RouteKind::Http(_) => https.into_iter().chain(http).collect(),
+            RouteKind::Tls => https.into_iter().collect(),
+        }
+    }
+
+    /// The HTTPS address of a plain-HTTP request, for the redirect.
+    fn https_url(&self, host: &str, uri: &Uri) -> Option<String> {
+        let path = uri.path_and_query().map_or("/", |p| p.as_str());
+        self.https_addr.map(|addr| format!("{}{path}", url("https", host, addr.port(), 443)))
+    }
+
+    /// The session serving `name`; for one that was lost, waits up to `park_for` for its
+    /// agent to come back.
+    pub(crate) async fn find(&self, name: &str, park_for: Duration) -> Result<Arc<Route>, Missing> {
+        match self.routes.lookup(name) {
+            Lookup::Serving(route) => Ok(route),
+            Lookup::Unknown => Err(Missing::Unknown),
+            Lookup::Offline => Err(Missing::Offline),
+            Lookup::Parked(mut successor) => {
+                match tokio::time::timeout(park_for, successor.wait_for(Option::is_some)).await {
+                    Ok(Ok(route)) => route.clone().ok_or(Missing::Offline),
+                    _ => Err(Missing::Offline),
+                }
+            }
+        }
+    }
+}
+
+fn url(scheme: &str, host: &str, port: u16, default_port: u16) -> String {
+    if port == default_port { format!("{scheme}://{host}") } else { format!("{scheme}://{host}:{port}") }
+}
+
+/// Serves the HTTP and HTTPS ports until `cancel`, then lets open connections finish for the
+/// grace period.
+pub(crate) async fn serve(listeners: Listeners, shared: Arc<Shared>, cancel: CancellationToken) {
+    let connections = TaskTracker::new();
+    let loops = TaskTracker::new();
+    if let Some(listener) = listeners.http {
+        let accepting = accept(listener, None, shared.clone(), connections.clone(), cancel.clone());
+        loops.spawn(accepting.instrument(tracing::info_span!("http")));
+    }
+    if let Some((listener, tls)) = listeners.https {
+        let accepting = accept(listener, Some(tls), shared.clone(), connections.clone(), cancel.clone());
+        loops.spawn(accepting.instrument(tracing::info_span!("https")));
+    }
+    loops.close();
+    loops.wait().await;
+    connections.close();
+    if tokio::time::timeout(shared.config.grace_period, connections.wait()).await.is_err() {
+        tracing::info!("grace period over; closing remaining HTTP visitors");
+    }
+}
+
+async fn accept(
+    listener: TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    shared: Arc<Shared>,
+    connections: TaskTracker,
+    cancel: CancellationToken,
+) {
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = cancel.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                    continue;
+                }
+            },
+        };
+        // The tunnel is known only once a request names it; the address cap applies now.
+        let Some(slot) = shared.per_ip.try_admit(peer.ip()) else {
+            shared.metrics.visitors_refused.get_or_create(&REFUSED_IP_LIMIT).inc();
+            burrow_common::splice::abort_tcp(tcp);
+            continue;
+        };
+        let (shared, cancel) = (shared.clone(), cancel.clone());
+        let tls = tls.clone();
+        let served = async move {
+            let _slot = slot;
+            match tls {
+                None => {
+                    let visitor = Visitor { addr: peer, scheme: Scheme::Http, server_name: None };
+                    proxy::serve(tcp, visitor, shared, cancel).await;
+                }
+                Some(tls) => serve_tls(tcp, peer, tls, shared, cancel).await,
+            }
+        };
+        connections.spawn(served.instrument(tracing::debug_span!("visitor", %peer)));
+    }
+}
+
+/// Reads the ClientHello, then passes the connection through to a TLS tunnel of that name,
+/// or ends the TLS here and serves HTTP.
+async fn serve_tls(
+    mut tcp: TcpStream,
+    peer: SocketAddr,
+    tls: Arc<rustls::ServerConfig>,
+    shared: Arc<Shared>,
+    cancel: CancellationToken,
+) {
+    let timeout = shared.config.http_header_timeout;
+    let hello = match tokio::time::timeout(timeout, sni::read_client_hello(&mut tcp, MAX_CLIENT_HELLO)).await {
+        Ok(Ok(hello)) => hello,
+        Ok(Err(e)) => return tracing::debug!("no TLS ClientHello: {e}"),
+        Err(_) => return tracing::debug!("no TLS ClientHello within {timeout:?}"),
+    };
+    if let Some(route) = passthrough_route(&shared, hello.server_name.as_deref()).await {
+        return pass_through(tcp, peer, hello.bytes, &route, &shared).await;
+    }
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let accepted = tokio::time::timeout(timeout, acceptor.accept(sni::Rewind::new(hello.bytes, tcp))).await;
+    let stream = match accepted {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => return tracing::debug!("TLS handshake failed: {e}"),
+        Err(_) => return tracing::debug!("TLS handshake not done within {timeout:?}"),
+    };
+    let visitor = Visitor { addr: peer, scheme: Scheme::Https, server_name: hello.server_name };
+    proxy::serve(stream, visitor, shared, cancel).await;
+}
+
+/// The TLS passthrough tunnel the SNI names, if there is one.
+async fn passthrough_route(shared: &Shared, server_name: Option<&str>) -> Option<Arc<Route>> {
+    let vhost = shared.vhost.as_ref()?;
+    let name = names::subdomain_of(server_name?, &vhost.domain)?;
+    let route = vhost.find(name, shared.config.park_visitors_for).await.ok()?;
+    matches!(route.kind, RouteKind::Tls).then_some(route)
+}
+
+async fn pass_through(tcp: TcpStream, peer: SocketAddr, client_hello: Vec<u8>, route: &Route, shared: &Shared) {
+    let admission = match limits::admit_to_tunnel(&route.places, &shared.metrics) {
+        Ok(admission) => admission,
+        Err(full) => {
+            shared.metrics.visitors_refused.get_or_create(&full).inc();
+            return burrow_common::splice::abort_tcp(tcp);
+        }
+    };
+    let metrics = shared.metrics.clone();
+    tunnel::forward(tcp, peer, route.conn.clone(), route.tunnel, metrics, admission, client_hello).await;
+}

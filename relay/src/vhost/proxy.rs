@@ -1,0 +1,321 @@
+//! One visitor's HTTP connection: each request is routed by its hostname, checked against
+//! its tunnel's access rules, and forwarded over a stream to the agent. A visitor connection
+//! keeps one stream per tunnel it talks to, so keep-alive holds end to end.
+
+use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Instant};
+
+use burrow_common::{StreamHeader, protocol::write_msg, stream_io::StreamIo, upgrade};
+use bytes::Bytes;
+use http_body_util::{BodyExt, combinators::UnsyncBoxBody};
+use hyper::{
+    HeaderMap, Request, Response, StatusCode,
+    body::Incoming,
+    client::conn::http1::SendRequest,
+    header::{self, HeaderValue},
+    service::service_fn,
+};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    Missing, Vhost,
+    access::Denied,
+    body::{EndSignal, NotifyOnEnd},
+    names,
+    pages::{self, ErrorPage},
+    routes::{Route, RouteKind},
+};
+use crate::{Shared, limits, limits::Admission, metrics::REFUSED_NO_STREAM, traffic::Visit, tunnel::open_stream};
+
+pub(crate) type ProxyBody = UnsyncBoxBody<Bytes, hyper::Error>;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Scheme {
+    Http,
+    Https,
+}
+
+impl Scheme {
+    fn as_str(self) -> &'static str {
+        match self {
+            Scheme::Http => "http",
+            Scheme::Https => "https",
+        }
+    }
+}
+
+/// Who is on the other end of a visitor connection, and how they came in.
+pub(crate) struct Visitor {
+    pub(crate) addr: SocketAddr,
+    pub(crate) scheme: Scheme,
+    /// The TLS server name the visitor asked for; a request for another host is misdirected.
+    pub(crate) server_name: Option<String>,
+}
+
+/// The stream to the tunnel a visitor connection talked to last.
+struct Upstream {
+    name: String,
+    session: usize,
+    sender: SendRequest<NotifyOnEnd<Incoming>>,
+    /// The visitor's place in the tunnel and its byte counts, held while the stream is.
+    held: (Admission, Visit),
+}
+
+struct VisitorConnection {
+    visitor: Visitor,
+    shared: Arc<Shared>,
+    upstream: tokio::sync::Mutex<Option<Upstream>>,
+}
+
+/// Serves one visitor connection (plain or after TLS) until it closes or `stop`.
+pub(crate) async fn serve<IO>(io: IO, visitor: Visitor, shared: Arc<Shared>, stop: CancellationToken)
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(shared.config.http_header_timeout)
+        .max_buf_size(shared.config.http_max_header_bytes);
+    let state = Arc::new(VisitorConnection { visitor, shared, upstream: tokio::sync::Mutex::new(None) });
+    let service = service_fn(move |request| {
+        let state = state.clone();
+        async move { Ok::<_, Infallible>(state.answer(request).await) }
+    });
+    let connection = http.serve_connection(TokioIo::new(io), service).with_upgrades();
+    tokio::pin!(connection);
+    let served = tokio::select! {
+        served = connection.as_mut() => served,
+        _ = stop.cancelled() => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(e) = served {
+        tracing::debug!("visitor connection ended: {e}");
+    }
+}
+
+impl VisitorConnection {
+    fn vhost(&self) -> &Vhost {
+        // A visitor connection exists only on a listener that a domain opened.
+        self.shared.vhost.as_ref().expect("HTTP listeners run only with a domain")
+    }
+
+    async fn answer(&self, request: Request<Incoming>) -> Response<ProxyBody> {
+        let html = pages::wants_html(request.headers());
+        match self.forward(request).await {
+            Ok(response) => response,
+            Err(refusal) => refusal.into_response(html),
+        }
+    }
+
+    async fn forward(&self, mut request: Request<Incoming>) -> Result<Response<ProxyBody>, Refusal> {
+        let sent_host = host_header(&request).ok_or_else(|| pages::bad_request("The request names no host."))?;
+        let host =
+            names::request_host(&sent_host).ok_or_else(|| pages::bad_request("The Host header is malformed."))?;
+        let vhost = self.vhost();
+        if host == vhost.domain {
+            return Err(pages::no_http_tunnels().into());
+        }
+        let name = names::subdomain_of(&host, &vhost.domain).ok_or_else(|| pages::not_found(&host))?.to_string();
+        if self.visitor.server_name.as_ref().is_some_and(|sni| *sni != host) {
+            return Err(pages::misdirected(&host).into());
+        }
+        if self.visitor.scheme == Scheme::Http
+            && self.shared.config.http_redirect_https
+            && let Some(location) = vhost.https_url(&host, request.uri())
+        {
+            return Err(Refusal::Redirect(location));
+        }
+        let route = self.route(&name, &host).await?;
+        let RouteKind::Http(access) = &route.kind else {
+            return Err(pages::bad_request(&format!("{host} is a TLS tunnel: reach it over HTTPS")).into());
+        };
+        match access.check(self.visitor.addr.ip(), request.headers()) {
+            Ok(()) => {}
+            Err(Denied::Address) => return Err(pages::forbidden_ip(self.visitor.addr.ip()).into()),
+            Err(Denied::Credentials) => return Err(Refusal::Unauthorized(host)),
+        }
+        prepare_for_agent(&mut request, &self.visitor, &sent_host, access.requires_credentials());
+        let wants_upgrade = upgrade::requested(request.headers());
+        let visitor_upgrade = wants_upgrade.then(|| hyper::upgrade::on(&mut request));
+        let mut upstream = self.upstream.lock().await;
+        let mut sender = match upstream.take() {
+            Some(open) if open.name == name && open.session == route.conn.stable_id() && !open.sender.is_closed() => {
+                open
+            }
+            _ => self.open_upstream(&name, &host, &route).await?,
+        };
+        let (request, body_sent) = with_end_signal(request);
+        let response = self.exchange(&mut sender.sender, request, body_sent).await;
+        let mut response = response?;
+        if response.status() == StatusCode::SWITCHING_PROTOCOLS
+            && let Some(visitor_side) = visitor_upgrade
+        {
+            let agent_side = hyper::upgrade::on(&mut response);
+            tokio::spawn(async move {
+                // The visitor's place and byte counts last as long as the upgraded connection.
+                let _held = sender.held;
+                match upgrade::join(visitor_side, agent_side).await {
+                    Ok((up, down)) => tracing::debug!(up, down, "upgraded connection closed"),
+                    Err(e) => tracing::debug!("upgraded connection failed: {e:#}"),
+                }
+            });
+        } else {
+            *upstream = Some(sender);
+        }
+        Ok(response.map(BodyExt::boxed_unsync))
+    }
+
+    /// Sends `request` and waits for the response head; the local server's time to answer
+    /// starts once the whole request body has crossed, so a long upload is not cut short.
+    async fn exchange(
+        &self,
+        sender: &mut SendRequest<NotifyOnEnd<Incoming>>,
+        request: Request<NotifyOnEnd<Incoming>>,
+        body_sent: EndSignal,
+    ) -> Result<Response<Incoming>, Refusal> {
+        let limit = self.shared.config.http_response_timeout;
+        sender.ready().await.map_err(|e| tunnel_broke(&e))?;
+        let answered = sender.send_request(request);
+        let too_slow = async {
+            body_sent.await;
+            tokio::time::sleep(limit).await;
+        };
+        tokio::select! {
+            answered = answered => answered.map_err(|e| tunnel_broke(&e)),
+            () = too_slow => Err(pages::gateway_timeout(limit.as_secs()).into()),
+        }
+    }
+
+    /// Finds the session serving `name`, waiting for a lost one's agent to come back.
+    async fn route(&self, name: &str, host: &str) -> Result<Arc<Route>, Refusal> {
+        let found = self.vhost().find(name, self.shared.config.park_visitors_for).await;
+        found.map_err(|missing| match missing {
+            Missing::Unknown => pages::not_found(host).into(),
+            Missing::Offline => pages::tunnel_offline(host).into(),
+        })
+    }
+
+    async fn open_upstream(&self, name: &str, host: &str, route: &Route) -> Result<Upstream, Refusal> {
+        let metrics = &self.shared.metrics;
+        let admission = limits::admit_to_tunnel(&route.places, metrics).map_err(|full| {
+            metrics.visitors_refused.get_or_create(&full).inc();
+            pages::too_many(host)
+        })?;
+        let arrived = Instant::now();
+        let offline = || {
+            metrics.visitors_refused.get_or_create(&REFUSED_NO_STREAM).inc();
+            pages::tunnel_offline(host)
+        };
+        let (mut send, recv) = open_stream(&route.conn).await.map_err(|_| offline())?;
+        let header = StreamHeader { tunnel: route.tunnel, visitor: self.visitor.addr };
+        write_msg(&mut send, &header).await.map_err(|_| offline())?;
+        metrics.stream_open.observe(arrived.elapsed().as_secs_f64());
+        let visit = metrics.traffic.visit(route.conn.stable_id(), route.tunnel, self.visitor.addr);
+        let io = StreamIo::new(send, recv, visit.shared_progress());
+        let (sender, connection) =
+            hyper::client::conn::http1::handshake(TokioIo::new(io)).await.map_err(|e| tunnel_broke(&e))?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.with_upgrades().await {
+                tracing::debug!("stream to the agent ended: {e}");
+            }
+        });
+        Ok(Upstream { name: name.to_string(), session: route.conn.stable_id(), sender, held: (admission, visit) })
+    }
+}
+
+/// What a visitor gets instead of the local server's answer.
+pub(crate) enum Refusal {
+    Page(ErrorPage),
+    /// Basic auth is needed for this host.
+    Unauthorized(String),
+    Redirect(String),
+}
+
+impl From<ErrorPage> for Refusal {
+    fn from(page: ErrorPage) -> Self {
+        Refusal::Page(page)
+    }
+}
+
+impl Refusal {
+    fn into_response(self, html: bool) -> Response<ProxyBody> {
+        let boxed = |page: ErrorPage| page.render(html).map(|body| body.map_err(|never| match never {}).boxed_unsync());
+        match self {
+            Refusal::Page(page) => boxed(page),
+            Refusal::Unauthorized(host) => {
+                let mut response = boxed(pages::unauthorized());
+                let challenge = format!("Basic realm=\"{host}\", charset=\"UTF-8\"");
+                if let Ok(value) = HeaderValue::from_str(&challenge) {
+                    response.headers_mut().insert(header::WWW_AUTHENTICATE, value);
+                }
+                response
+            }
+            Refusal::Redirect(location) => {
+                let mut response =
+                    Response::new(http_body_util::Empty::new().map_err(|never| match never {}).boxed_unsync());
+                *response.status_mut() = StatusCode::PERMANENT_REDIRECT;
+                if let Ok(value) = HeaderValue::from_str(&location) {
+                    response.headers_mut().insert(header::LOCATION, value);
+                }
+                response
+            }
+        }
+    }
+}
+
+fn tunnel_broke(e: &hyper::Error) -> Refusal {
+    tracing::debug!("request to the agent failed: {e}");
+    ErrorPage { status: StatusCode::BAD_GATEWAY, title: "Tunnel error", detail: format!("The tunnel broke off: {e}.") }
+        .into()
+}
+
+/// The Host header, or the authority of an absolute-form request line.
+fn host_header(request: &Request<Incoming>) -> Option<String> {
+    match request.headers().get(header::HOST) {
+        Some(host) => host.to_str().ok().map(str::to_string),
+        None => request.uri().authority().map(|a| a.to_string()),
+    }
+}
+
+/// Rewrites what the agent's local server must not see as the visitor sent it: who the
+/// visitor is comes from the relay alone, since client-sent forwarding headers can be forged.
+fn prepare_for_agent(request: &mut Request<Incoming>, visitor: &Visitor, sent_host: &str, drop_authorization: bool) {
+    if let Some(path) = request.uri().path_and_query().cloned() {
+        *request.uri_mut() = path.into();
+    }
+    let headers = request.headers_mut();
+    set_forwarded(headers, visitor, sent_host);
+    // The relay answered any `Expect: 100-continue` itself when it started reading the body.
+    headers.remove(header::EXPECT);
+    if drop_authorization {
+        // The credentials were the relay's to check; the local server never asked for them.
+        headers.remove(header::AUTHORIZATION);
+    }
+}
+
+fn set_forwarded(headers: &mut HeaderMap, visitor: &Visitor, sent_host: &str) {
+    let ip = visitor.addr.ip().to_canonical();
+    let proto = visitor.scheme.as_str();
+    let node = if ip.is_ipv6() { format!("\"[{ip}]\"") } else { ip.to_string() };
+    let forwarded = format!("for={node};host=\"{}\";proto={proto}", sent_host.replace(['"', '\\'], ""));
+    for (name, value) in [
+        ("x-forwarded-for", ip.to_string()),
+        ("x-forwarded-proto", proto.to_string()),
+        ("x-forwarded-host", sent_host.to_string()),
+        ("forwarded", forwarded),
+    ] {
+        headers.remove(name);
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            headers.insert(name, value);
+        }
+    }
+}
+
+fn with_end_signal(request: Request<Incoming>) -> (Request<NotifyOnEnd<Incoming>>, EndSignal) {
+    let (parts, body) = request.into_parts();
+    let (body, ended) = NotifyOnEnd::new(body);
+    (Request::from_parts(parts, body), ended)
+}

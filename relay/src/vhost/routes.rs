@@ -1,0 +1,185 @@
+//! Which session serves each subdomain right now. The HTTP and HTTPS listeners look every
+//! request's hostname up here; sessions claim, park and release names as they do ports.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, MutexGuard, PoisonError},
+};
+
+use burrow_common::{CloseCode, Refusal};
+use tokio::sync::watch;
+
+use super::{access::Access, names};
+use crate::{
+    limits::Places,
+    registry::{ClaimError, Claimant, SessionId},
+    reservations::{Place, Reservations, TunnelKey},
+};
+
+/// How many random names are tried before giving up; with tens of thousands of names and a
+/// few hundred tunnels, one collision is already rare.
+const RANDOM_NAME_ATTEMPTS: usize = 32;
+
+/// Where a subdomain's visitors go.
+pub(crate) struct Route {
+    pub(crate) conn: quinn::Connection,
+    /// The tunnel id the session granted, carried in each stream header.
+    pub(crate) tunnel: u32,
+    pub(crate) kind: RouteKind,
+    /// The tunnel's cap on visitor connections open at once.
+    pub(crate) places: Places,
+}
+
+pub(crate) enum RouteKind {
+    /// Requests are read here and forwarded one visitor connection per stream.
+    Http(Access),
+    /// TLS bytes are passed through; the agent's local server ends the TLS.
+    Tls,
+}
+
+/// A route that a lost session's successor will hand over, or that never comes.
+pub(crate) type Successor = watch::Receiver<Option<Arc<Route>>>;
+
+pub(crate) enum Lookup {
+    Serving(Arc<Route>),
+    /// The serving session was lost; its agent may be back within the parking time.
+    Parked(Successor),
+    /// Reserved for a tunnel whose agent is gone.
+    Offline,
+    Unknown,
+}
+
+struct Holder {
+    key: TunnelKey,
+    session: SessionId,
+    state: State,
+}
+
+enum State {
+    Serving(Arc<Route>),
+    Parked(watch::Sender<Option<Arc<Route>>>),
+}
+
+pub(crate) struct Routes {
+    live: Mutex<HashMap<String, Holder>>,
+    reservations: Arc<dyn Reservations>,
+    reserved_names: Vec<String>,
+    max_per_token: usize,
+}
+
+impl Routes {
+    pub(crate) fn new(reservations: Arc<dyn Reservations>, reserved_names: Vec<String>, max_per_token: usize) -> Self {
+        Self { live: Mutex::default(), reservations, reserved_names, max_per_token }
+    }
+
+    fn live(&self) -> MutexGuard<'_, HashMap<String, Holder>> {
+        // Every change is one insert or remove, so a panic elsewhere leaves the map usable.
+        self.live.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Names that `token` holds, except `tunnel`'s own: taking that one over adds nothing.
+    pub(crate) fn held_by(&self, token: &str, except_tunnel: &str) -> usize {
+        self.live().values().filter(|h| h.key.token == token && h.key.tunnel != except_tunnel).count()
+    }
+
+    /// Gives the claimant the subdomain it asked for, the one reserved for its tunnel, or a
+    /// fresh random one. `held_elsewhere` counts the token's tunnels on ports.
+    pub(crate) fn claim(
+        &self,
+        who: &Claimant<'_>,
+        requested: Option<&str>,
+        route: Route,
+        held_elsewhere: usize,
+    ) -> Result<String, ClaimError> {
+        let mut live = self.live();
+        let held = live.values().filter(|h| h.key.token == who.key.token && h.key.tunnel != who.key.tunnel).count();
+        if held + held_elsewhere >= self.max_per_token {
+            return Err(Refusal::TokenTunnelLimit { max: self.max_per_token }.into());
+        }
+        let name = match requested {
+            Some(asked) => names::check_subdomain(asked, &self.reserved_names)
+                .map_err(|e| Refusal::BadTunnel { name: who.key.tunnel.clone(), why: e.to_string() })?,
+            None => match self.reservations.place_for(who.key) {
+                Some(Place::Subdomain(name)) => name,
+                _ => self.unused_random_name(&live, &who.key.tunnel)?,
+            },
+        };
+        let parked = match live.get(&name).map(|h| (h.key == *who.key, &h.state, h.session)) {
+            Some((false, ..)) => return Err(Refusal::SubdomainTaken { name }.into()),
+            Some((true, State::Serving(route), session)) if who.replacing != Some(session) => {
+                return Err(ClaimError::HeldBySameTunnel { conn: route.conn.clone(), session });
+            }
+            Some((true, State::Serving(route), _)) => {
+                tracing::info!(%name, "replacing the unresponsive previous session of this tunnel");
+                CloseCode::Replaced.close(&route.conn);
+                None
+            }
+            Some((true, State::Parked(handover), _)) => Some(handover.clone()),
+            None => {
+                let place = Place::Subdomain(name.clone());
+                if self.reservations.owner_of(&place).is_some_and(|owner| owner != *who.key) {
+                    return Err(Refusal::SubdomainTaken { name }.into());
+                }
+                None
+            }
+        };
+        if let Err(e) = self.reservations.hold(who.key, &Place::Subdomain(name.clone())) {
+            tracing::warn!(%name, "could not record reservation: {e:#}");
+        }
+        let route = Arc::new(route);
+        let holder = Holder { key: who.key.clone(), session: who.session, state: State::Serving(route.clone()) };
+        live.insert(name.clone(), holder);
+        if let Some(handover) = parked {
+            tracing::info!(%name, "the tunnel's agent is back; waiting requests go to the new session");
+            handover.send_replace(Some(route));
+        }
+        Ok(name)
+    }
+
+    fn unused_random_name(&self, live: &HashMap<String, Holder>, tunnel: &str) -> Result<String, Refusal> {
+        (0..RANDOM_NAME_ATTEMPTS)
+            .map(|_| names::random_subdomain())
+            .find(|name| {
+                !live.contains_key(name)
+                    && !self.reserved_names.contains(name)
+                    && self.reservations.owner_of(&Place::Subdomain(name.clone())).is_none()
+            })
+            .ok_or_else(|| Refusal::BadTunnel {
+                name: tunnel.to_string(),
+                why: "no unused random subdomain was found; ask for a name of your own".into(),
+            })
+    }
+
+    pub(crate) fn lookup(&self, name: &str) -> Lookup {
+        match self.live().get(name).map(|h| &h.state) {
+            Some(State::Serving(route)) => Lookup::Serving(route.clone()),
+            Some(State::Parked(handover)) => Lookup::Parked(handover.subscribe()),
+            None if self.reservations.owner_of(&Place::Subdomain(name.to_string())).is_some() => Lookup::Offline,
+            None => Lookup::Unknown,
+        }
+    }
+
+    /// Frees `name` if `session` still holds it, serving or parked.
+    pub(crate) fn release(&self, name: &str, session: SessionId) {
+        let mut live = self.live();
+        let Some(holder) = live.get(name).filter(|h| h.session == session) else {
+            return;
+        };
+        if let Err(e) = self.reservations.release(&holder.key, &Place::Subdomain(name.to_string())) {
+            tracing::warn!(%name, "could not record reservation release: {e:#}");
+        }
+        // Dropping a parked holder's handover tells its waiting requests that no one comes.
+        live.remove(name);
+    }
+
+    /// Keeps `name` for the next session of its tunnel if the lost `session` still serves
+    /// it; requests wait for that session meanwhile. Says whether it did.
+    pub(crate) fn park(&self, name: &str, session: SessionId) -> bool {
+        let mut live = self.live();
+        let Some(holder) = live.get_mut(name).filter(|h| h.session == session) else {
+            return false;
+        };
+        holder.state = State::Parked(watch::channel(None).0);
+        true
+    }
+}
