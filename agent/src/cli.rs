@@ -11,7 +11,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
     Plan, Status,
-    config::{AgentConfig, LocalTarget, LogFormat, Protocol, TunnelConfig},
+    config::{AgentConfig, Cidr, LocalTarget, LogFormat, Protocol, TunnelConfig},
     console, embedded, inspector, logging,
     report::{self, Setup},
 };
@@ -57,10 +57,10 @@ pub struct HttpFlags {
     pub basic_auth: Option<Secret>,
     /// Only these source ranges may visit (repeatable), like 203.0.113.0/24
     #[arg(long, value_name = "CIDR", requires = "http")]
-    pub allow: Vec<ipnet::IpNet>,
+    pub allow: Vec<Cidr>,
     /// These source ranges may not visit (repeatable)
     #[arg(long, value_name = "CIDR", requires = "http")]
-    pub deny: Vec<ipnet::IpNet>,
+    pub deny: Vec<Cidr>,
     /// `rewrite` sends the local address as the Host header, for dev servers that check it;
     /// any other value is sent as is
     #[arg(long, value_name = "rewrite|HOST", requires = "http")]

@@ -118,10 +118,10 @@ pub struct TunnelConfig {
     pub basic_auth: Option<Secret>,
     /// Source ranges allowed (HTTP), like `203.0.113.0/24`; empty allows all.
     #[serde(default)]
-    pub allow: Vec<ipnet::IpNet>,
+    pub allow: Vec<Cidr>,
     /// Source ranges refused (HTTP).
     #[serde(default)]
-    pub deny: Vec<ipnet::IpNet>,
+    pub deny: Vec<Cidr>,
     /// `rewrite` sets the Host header to the local address, for dev servers that check it;
     /// any other value is sent as the Host header as is (HTTP).
     pub host_header: Option<String>,
@@ -133,13 +133,35 @@ pub struct TunnelConfig {
     pub response_headers: BTreeMap<String, String>,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Protocol {
     #[default]
     Tcp,
     Http,
     Tls,
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Http => "http",
+            Protocol::Tls => "tls",
+        })
+    }
+}
+
+impl FromStr for Protocol {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "tcp" => Ok(Protocol::Tcp),
+            "http" => Ok(Protocol::Http),
+            "tls" => Ok(Protocol::Tls),
+            _ => Err(format!("invalid protocol {s:?}: expected tcp, http or tls")),
+        }
+    }
 }
 
 impl TunnelConfig {
@@ -242,6 +264,28 @@ impl FromStr for LocalTarget {
     }
 }
 
+/// A source address range, like `203.0.113.0/24`; a bare address is a range of one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr(pub ipnet::IpNet);
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl FromStr for Cidr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let text = s.trim();
+        let range = text.parse::<ipnet::IpNet>().or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
+        range.map(Cidr).map_err(|_| {
+            format!("invalid address range {s:?}: expected an IP or a CIDR range, like 203.0.113.0/24 or 2001:db8::/32")
+        })
+    }
+}
+
 /// The relay's QUIC address as the user wrote it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RelayAddr {
@@ -340,6 +384,8 @@ macro_rules! serde_via_str {
 
 serde_via_str!(LocalTarget);
 serde_via_str!(RelayAddr);
+serde_via_str!(Protocol);
+serde_via_str!(Cidr);
 
 #[cfg(test)]
 mod tests {
@@ -411,7 +457,7 @@ mod tests {
             ),
             (
                 "[[tunnels]]\nlocal = 80\nprotocol = \"http\"\nallow = [\"10.0.0/8\"]",
-                ["allow", "10.0.0/8", "invalid IP"],
+                ["allow", "10.0.0/8", "CIDR range"],
             ),
             (
                 "[[tunnels]]\nlocal = 80\nprotocol = \"http\"\nremote_port = 20000",

@@ -102,8 +102,8 @@ impl TunnelPlan {
             subdomain: tunnel.subdomain.clone(),
             access: HttpAccess {
                 basic_auth: tunnel.basic_auth.clone(),
-                allow: tunnel.allow.clone(),
-                deny: tunnel.deny.clone(),
+                allow: tunnel.allow.iter().map(|c| c.0).collect(),
+                deny: tunnel.deny.iter().map(|c| c.0).collect(),
             },
             rewrite: HttpRewrite {
                 host_header,
