@@ -1,0 +1,176 @@
+//! HTTP tunnels end to end as a user meets them: the compiled relay and agent, and curl as
+//! the visitor, with `--resolve` standing in for the wildcard DNS record.
+//! `scripts/test` installs curl when it is missing.
+
+mod support;
+
+use std::{net::SocketAddr, path::Path};
+
+use anyhow::Context;
+use support::processes::{Binary, agent_bin, relay_bin};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpListener,
+    process::Command,
+};
+
+const PAGE: &str = "served from the laptop";
+
+/// A local web server that answers every request with [`PAGE`] and the forwarding headers it
+/// received, one per line.
+async fn web_server() -> anyhow::Result<u16> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let port = listener.local_addr()?.port();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                while !head.ends_with(b"\r\n\r\n") && head.len() < 16 * 1024 {
+                    head.push(tcp.read_u8().await?);
+                }
+                let head = String::from_utf8_lossy(&head).to_lowercase();
+                let forwarded: Vec<&str> =
+                    head.lines().filter(|l| l.starts_with("x-forwarded-") || l.starts_with("authorization")).collect();
+                let body = format!("{PAGE}\n{}\n", forwarded.join("\n"));
+                let response = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                tcp.write_all(response.as_bytes()).await?;
+                tcp.shutdown().await
+            });
+        }
+    });
+    Ok(port)
+}
+
+/// The value after `label` on a banner line.
+fn field(line: &str, label: &str) -> anyhow::Result<String> {
+    let rest = line.split_once(label).with_context(|| format!("{label:?} in {line:?}"))?.1;
+    Ok(rest.split_whitespace().next().context("value after label")?.to_string())
+}
+
+struct RunningRelay {
+    process: Binary,
+    udp: String,
+    fingerprint: String,
+    token: String,
+    http: SocketAddr,
+    https: SocketAddr,
+    dir: tempfile::TempDir,
+}
+
+async fn start_relay() -> anyhow::Result<RunningRelay> {
+    let dir = tempfile::tempdir()?;
+    let mut command = Command::new(relay_bin()?);
+    command
+        .args(["--listen", "127.0.0.1:0", "--public-bind", "127.0.0.1", "--admin-listen", "off"])
+        .args(["--domain", "burrow.test", "--http-listen", "127.0.0.1:0", "--https-listen", "127.0.0.1:0"])
+        .arg("--data-dir")
+        .arg(dir.path());
+    let mut process = Binary::start(&mut command)?;
+    let udp = field(&process.line_with("agents connect to").await?, "udp")?;
+    let fingerprint = field(&process.line_with("fingerprint").await?, "fingerprint")?;
+    let http_line = process.line_with("HTTP tunnels").await?;
+    let http = field(&http_line, "on http")?.parse()?;
+    let https = field(&http_line, "and https")?.parse()?;
+    let token = field(&process.line_with("new token").await?, "\"default\"")?;
+    process.drain();
+    Ok(RunningRelay { process, udp, fingerprint, token, http, https, dir })
+}
+
+/// Runs curl and returns the status code it saw and the body.
+async fn curl(args: &[&str]) -> anyhow::Result<(u16, String)> {
+    let output = Command::new("curl")
+        .args(["--silent", "--show-error", "--max-time", "20", "--write-out", "\n%{http_code}"])
+        .args(args)
+        .output()
+        .await
+        .context("run curl (scripts/test installs it)")?;
+    let stdout = String::from_utf8(output.stdout)?;
+    anyhow::ensure!(output.status.success(), "curl {args:?} failed: {}", String::from_utf8_lossy(&output.stderr));
+    let (body, code) = stdout.rsplit_once('\n').context("status line from --write-out")?;
+    Ok((code.parse()?, body.to_string()))
+}
+
+fn resolve(host: &str, addr: SocketAddr) -> String {
+    format!("{host}:{}:{}", addr.port(), addr.ip())
+}
+
+fn cacert(dir: &Path) -> String {
+    dir.join("https-cert.pem").display().to_string()
+}
+
+#[tokio::test]
+async fn curl_reaches_the_local_server_over_https_and_http_by_name() -> anyhow::Result<()> {
+    let web = web_server().await?;
+    let relay = start_relay().await?;
+    let mut agent = Binary::start(
+        Command::new(agent_bin())
+            .env("BURROW_TOKEN", &relay.token)
+            .args(["--relay", &relay.udp, "--fingerprint", &relay.fingerprint, "--inspect", "off"])
+            .args(["--local", &web.to_string(), "--http", "myapp", "--basic-auth", "alice:s3cret"]),
+    )?;
+    let line = agent.line_with("tunnel myapp:").await?;
+    let https_url = format!("https://myapp.burrow.test:{}/", relay.https.port());
+    assert!(line.contains(&format!("{} -> 127.0.0.1:{web}", https_url.trim_end_matches('/'))), "{line}");
+    agent.drain();
+
+    let (code, body) = curl(&[
+        "--resolve",
+        &resolve("myapp.burrow.test", relay.https),
+        "--cacert",
+        &cacert(relay.dir.path()),
+        "--user",
+        "alice:s3cret",
+        &https_url,
+    ])
+    .await?;
+    assert_eq!(code, 200, "{body}");
+    assert!(body.starts_with(PAGE), "{body}");
+    assert!(body.contains("x-forwarded-proto: https"), "{body}");
+    assert!(body.contains("x-forwarded-for: 127.0.0.1"), "{body}");
+    assert!(!body.contains("authorization"), "the relay keeps the credentials it checked: {body}");
+
+    let http_url = format!("http://myapp.burrow.test:{}/", relay.http.port());
+    let http_resolve = resolve("myapp.burrow.test", relay.http);
+    let (code, body) = curl(&["--resolve", &http_resolve, "--user", "alice:s3cret", &http_url]).await?;
+    assert_eq!((code, body.contains("x-forwarded-proto: http\n")), (200, true), "{body}");
+
+    let (code, body) = curl(&["--resolve", &http_resolve, &http_url]).await?;
+    assert_eq!(code, 401, "no credentials: {body}");
+    let unknown = format!("http://nope.burrow.test:{}/", relay.http.port());
+    let (code, body) = curl(&["--resolve", &resolve("nope.burrow.test", relay.http), &unknown]).await?;
+    assert_eq!(code, 404);
+    assert!(body.contains("nope.burrow.test"), "the page names the host it got: {body}");
+    drop(agent);
+    drop(relay.process);
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_embedded_relay_serves_http_tunnels_under_localhost() -> anyhow::Result<()> {
+    let web = web_server().await?;
+    let home = tempfile::tempdir()?;
+    let mut agent = Binary::start(Command::new(agent_bin()).env("XDG_DATA_HOME", home.path()).args([
+        "--local",
+        &web.to_string(),
+        "--http",
+        "myapp",
+        "--inspect",
+        "off",
+    ]))?;
+    agent.line_with("tunnel myapp: https://myapp.localhost").await?;
+    // The plain-HTTP address follows on its own line: 8880, or a free port if that is taken.
+    let also = agent.line_with("also reachable at http://myapp.localhost").await?;
+    let url = field(&also, "at")?;
+    let port: u16 = url.rsplit(':').next().context("port")?.parse()?;
+    agent.drain();
+    // curl resolves *.localhost to loopback itself; --resolve keeps the test independent of
+    // the curl version.
+    let local: SocketAddr = ([127, 0, 0, 1], port).into();
+    let (code, body) = curl(&["--resolve", &resolve("myapp.localhost", local), &format!("{url}/")]).await?;
+    assert_eq!(code, 200, "{body}");
+    assert!(body.starts_with(PAGE), "{body}");
+    Ok(())
+}
