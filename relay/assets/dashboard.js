@@ -80,7 +80,7 @@ function wireRate(agent, t) {
 
 function agentRow(agent, t) {
   const loss = agent.sent_packets === 0 ? 0 : (100 * agent.lost_packets) / agent.sent_packets;
-  const tunnels = agent.tunnels.map((t) => `${t.name} :${t.port}`).join(", ");
+  const tunnels = agent.tunnels.map((t) => `${t.name} ${t.url ?? `:${t.port}`}`).join(", ");
   return tr(
     td(agent.token),
     td(`#${agent.session}`),
@@ -111,7 +111,7 @@ function tunnelRow(tunnel) {
   const row = tr(
     name,
     td(tunnel.token),
-    td(String(tunnel.port), "num"),
+    td(tunnel.url ?? String(tunnel.port), tunnel.url ? "" : "num"),
     stateCell,
     td(String(tunnel.open_visitors), "num"),
     td(String(tunnel.visitors_total), "num"),

@@ -85,10 +85,10 @@ async fn run(incoming: quinn::Incoming, shared: &Arc<Shared>, cancel: &Cancellat
     metrics.tunnels.inc_by(tunnel_count);
     // The control stream stays open for the life of the session.
     let control = (send, recv);
-    let Claimed { ports, subdomains, .. } = claimed;
+    let Claimed { granted, ports, subdomains } = claimed;
     let lost = serve_tunnels(shared, &conn, ports, &subdomains, session, cancel).await;
-    let lost_ports = lost.as_ref().map(|l| l.ports.clone()).unwrap_or_default();
-    registered.ended(&lost_ports);
+    let parked: Vec<u32> = if lost.is_some() { granted.iter().map(|g| g.id).collect() } else { Vec::new() };
+    registered.ended(&parked);
     metrics.tunnels.dec_by(tunnel_count);
     metrics.sessions.dec();
     drop((control, conn));

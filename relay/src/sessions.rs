@@ -72,6 +72,8 @@ pub(crate) struct AgentView {
 pub(crate) struct AgentTunnel {
     pub(crate) name: String,
     pub(crate) port: u16,
+    /// An HTTP or TLS tunnel's public address; its port is 0.
+    pub(crate) url: Option<String>,
 }
 
 impl Admitted {
@@ -85,6 +87,7 @@ impl Admitted {
             id: tunnel.id,
             key: TunnelKey { token: grant.name.clone(), tunnel: tunnel.name.clone() },
             port: tunnel.port,
+            url: tunnel.urls.first().cloned(),
         });
         Self {
             token: hash(&hello.token),
@@ -112,7 +115,10 @@ impl LiveSessions {
             token_name: admitted.token_name,
             conn: admitted.conn,
             connected_since: now(),
-            tunnels: tunnels.granted().map(|g| AgentTunnel { name: g.key.tunnel.clone(), port: g.port }).collect(),
+            tunnels: tunnels
+                .granted()
+                .map(|g| AgentTunnel { name: g.key.tunnel.clone(), port: g.port, url: g.url.clone() })
+                .collect(),
             ended: false,
         };
         self.by_id().insert(id, live);
@@ -169,8 +175,9 @@ fn view(session: SessionId, live: &Live) -> AgentView {
 }
 
 impl Registered {
-    /// The session has ended; `parked` are the ports kept open for its agent to return.
-    pub(crate) fn ended(&mut self, parked: &[u16]) {
+    /// The session has ended; `parked` are the ids of the tunnels whose places are kept for
+    /// its agent to return.
+    pub(crate) fn ended(&mut self, parked: &[u32]) {
         if let Some(live) = self.sessions.by_id().get_mut(&self.id) {
             live.ended = true;
         }

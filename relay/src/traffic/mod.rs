@@ -84,6 +84,8 @@ struct Bytes {
 struct Held {
     tunnel: Arc<Tunnel>,
     port: u16,
+    /// An HTTP or TLS tunnel's public address; its port is 0.
+    url: Option<String>,
     serving: usize,
     parked: usize,
     idle_since: Instant,
@@ -105,6 +107,8 @@ pub(crate) struct Granted {
     pub(crate) id: u32,
     pub(crate) key: TunnelKey,
     pub(crate) port: u16,
+    /// An HTTP or TLS tunnel's public address.
+    pub(crate) url: Option<String>,
 }
 
 /// A session's tunnels, held in the counts while the session serves or parks them.
@@ -165,6 +169,7 @@ impl Traffic {
             let held = state.tunnels.entry(tunnel.key.clone()).or_insert_with(|| self.new_tunnel(&tunnel.key));
             held.serving += 1;
             held.port = tunnel.port;
+            held.url.clone_from(&tunnel.url);
             let route = (held.tunnel.clone(), tunnel.port);
             state.routes.insert((conn, tunnel.id), route);
         }
@@ -182,7 +187,7 @@ impl Traffic {
         let to_visitor = self.bytes.get_or_create(&labels(LOCAL_TO_VISITOR.direction)).clone();
         let bytes = Bytes { to_local, to_visitor };
         let tunnel = Arc::new(Tunnel { key: key.clone(), bytes, visitors: AtomicU64::new(0) });
-        Held { tunnel, port: 0, serving: 0, parked: 0, idle_since: Instant::now() }
+        Held { tunnel, port: 0, url: None, serving: 0, parked: 0, idle_since: Instant::now() }
     }
 
     /// Puts a visitor on the open list of the tunnel `tunnel` of the session whose
@@ -231,12 +236,13 @@ impl Traffic {
 }
 
 impl SessionTunnels {
-    /// The session has ended: tunnels whose ports are now parked count as parked, the others
-    /// as gone. No new visitor can reach the session's connection any more.
-    pub(crate) fn ended(&mut self, parked: &[u16]) {
+    /// The session has ended: tunnels whose places (ports, subdomains) are now parked count
+    /// as parked, the others as gone; `parked` holds their ids. No new visitor can reach the
+    /// session's connection any more.
+    pub(crate) fn ended(&mut self, parked: &[u32]) {
         let mut state = self.traffic.state();
         for (granted, hold) in &mut self.tunnels {
-            let next = if parked.contains(&granted.port) { Hold::Parked } else { Hold::Released };
+            let next = if parked.contains(&granted.id) { Hold::Parked } else { Hold::Released };
             state.routes.remove(&(self.conn, granted.id));
             move_hold(&mut state, &granted.key, *hold, next);
             *hold = next;

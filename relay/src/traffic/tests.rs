@@ -6,7 +6,7 @@ use super::{Granted, Traffic, Visit};
 use crate::reservations::TunnelKey;
 
 fn granted(id: u32, token: &str, tunnel: &str, port: u16) -> Granted {
-    Granted { id, key: TunnelKey { token: token.into(), tunnel: tunnel.into() }, port }
+    Granted { id, key: TunnelKey { token: token.into(), tunnel: tunnel.into() }, port, url: None }
 }
 
 fn peer() -> SocketAddr {
@@ -50,7 +50,7 @@ fn a_tunnel_serves_parks_and_goes_and_its_counts_carry_over_to_the_next_session(
     assert!(traffic.visitors().is_empty());
     assert_eq!(listed(&traffic), [("ssh".into(), "serving"), ("web".into(), "serving")]);
 
-    first.ended(&[20001]);
+    first.ended(&[0]);
     assert_eq!(listed(&traffic), [("web".into(), "parked")]);
     drop(traffic.visit(1, 0, peer()));
     assert!(traffic.visitors().is_empty(), "the ended session's connection routes no visitor");

@@ -12,6 +12,8 @@ pub(crate) struct TunnelView {
     pub(crate) name: String,
     pub(crate) token: String,
     pub(crate) port: u16,
+    /// An HTTP or TLS tunnel's public address; its port is 0.
+    pub(crate) url: Option<String>,
     pub(crate) state: &'static str,
     pub(crate) open_visitors: usize,
     pub(crate) visitors_total: u64,
@@ -55,6 +57,7 @@ impl Traffic {
                     name: key.tunnel.clone(),
                     token: key.token.clone(),
                     port: held.port,
+                    url: held.url.clone(),
                     state: now,
                     open_visitors: open.get(key).copied().unwrap_or(0),
                     visitors_total: held.tunnel.visitors.load(Ordering::Relaxed),
