@@ -116,6 +116,111 @@ function renderConnections(connections) {
   $("no-connections").hidden = connections.length > 0;
 }
 
+let selected = null;
+
+function statusClass(status) {
+  if (status === null || status === undefined) return "";
+  if (status >= 500) return "status-error";
+  if (status >= 400) return "status-warn";
+  return "status-ok";
+}
+
+function renderRequests(requests) {
+  const body = $("request-list").tBodies[0];
+  body.replaceChildren();
+  for (const r of requests) {
+    const row = body.insertRow();
+    row.dataset.id = r.id;
+    if (r.id === selected) row.className = "selected";
+    cell(row, new Date(r.started_at).toLocaleTimeString());
+    cell(row, r.tunnel);
+    cell(row, r.replay_of ? `${r.method} (replay)` : r.method, "method");
+    cell(row, r.path, "path");
+    const status = cell(row, r.status ?? "…", `num status ${statusClass(r.status)}`);
+    status.title = r.error ?? "";
+    cell(row, r.duration_ms === null ? "…" : duration(r.duration_ms), "num");
+    cell(row, bytes(r.request_bytes), "num");
+    cell(row, bytes(r.response_bytes), "num");
+    row.onclick = () => showRequest(r.id);
+  }
+  $("no-requests").hidden = requests.length > 0;
+}
+
+function headerRows(id, headers) {
+  const body = $(id).tBodies[0];
+  body.replaceChildren();
+  for (const [name, value] of headers) {
+    const row = body.insertRow();
+    cell(row, name);
+    cell(row, value);
+  }
+}
+
+// JSON is shown indented, other text as it is, binary as hex.
+function bodyText(view) {
+  if (view.size === 0) return "(empty)";
+  let text = view.text ?? view.hex;
+  if (view.text !== null) {
+    try {
+      text = JSON.stringify(JSON.parse(view.text), null, 2);
+    } catch {
+      // Not JSON: shown as sent.
+    }
+  }
+  return view.truncated ? `${text}\n… (${bytes(view.size)} in all; the start is kept)` : text;
+}
+
+async function showRequest(id) {
+  selected = id;
+  for (const row of $("request-list").tBodies[0].rows) row.className = Number(row.dataset.id) === id ? "selected" : "";
+  const answer = await fetch(`/api/requests/${id}`);
+  if (!answer.ok) {
+    $("replay-result").textContent = await answer.text();
+    return;
+  }
+  const r = await answer.json();
+  $("request-detail").hidden = false;
+  $("detail-title").textContent = `${r.method} ${r.path}`;
+  const outcome = r.error ? `failed: ${r.error}` : r.status ? `${r.status}` : "waiting for the response";
+  const took = r.duration_ms === null ? "" : ` in ${duration(r.duration_ms)}`;
+  const from = r.visitor ? ` from ${r.visitor}` : r.replay_of ? ` (replay of #${r.replay_of})` : "";
+  $("detail-summary").textContent = `#${r.id} on ${r.tunnel}${from}: ${outcome}${took}`;
+  headerRows("detail-request-headers", r.request_headers);
+  headerRows("detail-response-headers", r.response_headers);
+  $("detail-request-size").textContent = `(${bytes(r.request_body.size)})`;
+  $("detail-response-size").textContent = `(${bytes(r.response_body.size)})`;
+  $("detail-request-body").textContent = bodyText(r.request_body);
+  $("detail-response-body").textContent = bodyText(r.response_body);
+  $("replay-method").value = r.method;
+  $("replay-path").value = r.path;
+  $("replay-headers").value = r.request_headers.map(([name, value]) => `${name}: ${value}`).join("\n");
+  // A binary or cut-off body is replayed as kept unless it is replaced here.
+  const editable = r.request_body.text !== null && !r.request_body.truncated;
+  $("replay-body").value = editable ? r.request_body.text : "";
+  $("replay-body").placeholder = editable ? "body" : "binary or long body: replayed as kept unless you type a new one";
+  $("replay-body").dataset.editable = editable ? "yes" : "";
+  $("replay-result").textContent = "";
+}
+
+async function replay(event) {
+  event.preventDefault();
+  const headers = $("replay-headers")
+    .value.split("\n")
+    .filter((line) => line.includes(":"))
+    .map((line) => [line.slice(0, line.indexOf(":")).trim(), line.slice(line.indexOf(":") + 1).trim()]);
+  const edit = { method: $("replay-method").value, path: $("replay-path").value, headers };
+  const body = $("replay-body");
+  if (body.dataset.editable || body.value !== "") edit.body = body.value;
+  const answer = await fetch(`/api/requests/${selected}/replay`, {
+    method: "POST",
+    headers: { "Content-Type": "application/json" },
+    body: JSON.stringify(edit),
+  });
+  $("replay-result").textContent = answer.ok ? `sent as #${(await answer.json()).id}` : await answer.text();
+}
+
+$("replay").addEventListener("submit", replay);
+
 function render(snapshot) {
   $("relay").textContent = snapshot.relay;
   $("version").textContent = `agent ${snapshot.version}`;
@@ -123,6 +228,7 @@ function render(snapshot) {
   renderPath(snapshot.path);
   renderTunnels(snapshot.tunnels);
   renderConnections(snapshot.connections);
+  renderRequests(snapshot.requests ?? []);
   document.body.dataset.updated = String(Date.now());
 }
 

@@ -55,7 +55,7 @@ pub(crate) async fn handle_stream(mut send: SendStream, mut recv: RecvStream, ta
     let outcome = match &target.http {
         Some(http) => {
             let stream = StreamIo::new(send, recv, visit.shared_progress());
-            http.serve(stream).instrument(span).await
+            http.serve(stream, header.visitor).instrument(span).await
         }
         None => forward(send, recv, &target.local, visit.progress()).instrument(span).await,
     };

@@ -12,6 +12,7 @@ pub mod inspector;
 mod local_http;
 mod logging;
 mod report;
+pub mod requests;
 mod session;
 pub mod snapshot;
 pub mod stats;

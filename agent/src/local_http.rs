@@ -2,13 +2,13 @@
 //! on to the local server, with the tunnel's rewrites, and a local server that is down is
 //! answered with a page that says so.
 
-use std::{convert::Infallible, time::Duration};
+use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
 
 use burrow_common::{error_page::ErrorPage, error_page::wants_html, stream_io::StreamIo, upgrade};
 use bytes::Bytes;
-use http_body_util::{BodyExt, combinators::UnsyncBoxBody};
+use http_body_util::{BodyExt, Full, combinators::UnsyncBoxBody};
 use hyper::{
-    Request, Response, StatusCode, Uri,
+    Method, Request, Response, StatusCode, Uri,
     body::Incoming,
     header::{self, HeaderName, HeaderValue},
     service::service_fn,
@@ -18,15 +18,33 @@ use hyper_util::{
     rt::{TokioExecutor, TokioIo},
 };
 
-use crate::{HttpRewrite, config::LocalTarget, stats::Outcome};
+use crate::{
+    HttpRewrite,
+    config::LocalTarget,
+    requests::{Exchange, Side, Tap},
+    stats::{Outcome, Stats},
+};
 
 type Body = UnsyncBoxBody<Bytes, hyper::Error>;
 
 /// Idle connections to the local server are kept this long for the next request.
 const POOL_IDLE: Duration = Duration::from_secs(30);
 
+/// What the inspector's user changed before a replay; `None` keeps the original's.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ReplayEdit {
+    pub(crate) method: Option<String>,
+    pub(crate) path: Option<String>,
+    pub(crate) headers: Option<Vec<(String, String)>>,
+    pub(crate) body: Option<String>,
+}
+
 pub(crate) struct LocalHttp {
-    client: Client<HttpConnector, Incoming>,
+    client: Client<HttpConnector, Body>,
+    /// The tunnel's name, under which its requests are listed.
+    tunnel: String,
+    stats: Stats,
     local: LocalTarget,
     host_header: Option<HeaderValue>,
     request_headers: Vec<(HeaderName, HeaderValue)>,
@@ -36,7 +54,7 @@ pub(crate) struct LocalHttp {
 impl LocalHttp {
     /// The rewrites were checked when the configuration was loaded; one that still does not
     /// parse is left out rather than failing every request.
-    pub(crate) fn new(local: &LocalTarget, rewrite: &HttpRewrite) -> Self {
+    pub(crate) fn new(tunnel: &str, local: &LocalTarget, rewrite: &HttpRewrite, stats: &Stats) -> Self {
         let headers = |pairs: &[(String, String)]| {
             pairs
                 .iter()
@@ -50,6 +68,8 @@ impl LocalHttp {
         let client = Client::builder(TokioExecutor::new()).pool_idle_timeout(POOL_IDLE).build(connector);
         Self {
             client,
+            tunnel: tunnel.to_string(),
+            stats: stats.clone(),
             local: local.clone(),
             host_header: rewrite.host_header.as_deref().and_then(|h| HeaderValue::from_str(h).ok()),
             request_headers: headers(&rewrite.request_headers),
@@ -58,8 +78,8 @@ impl LocalHttp {
     }
 
     /// Serves the requests of one visitor connection, as the relay sends them on `stream`.
-    pub(crate) async fn serve(&self, stream: StreamIo) -> Outcome {
-        let service = service_fn(|request| async move { Ok::<_, Infallible>(self.forward(request).await) });
+    pub(crate) async fn serve(&self, stream: StreamIo, visitor: SocketAddr) -> Outcome {
+        let service = service_fn(|request| async move { Ok::<_, Infallible>(self.forward(request, visitor).await) });
         let served = hyper::server::conn::http1::Builder::new()
             .serve_connection(TokioIo::new(stream), service)
             .with_upgrades()
@@ -70,29 +90,13 @@ impl LocalHttp {
         }
     }
 
-    async fn forward(&self, mut request: Request<Incoming>) -> Response<Body> {
-        let html = wants_html(request.headers());
-        let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
-        let uri = match format!("http://{}{path}", self.local).parse::<Uri>() {
-            Ok(uri) => uri,
-            Err(e) => return self.failure(&format!("the request path cannot be sent on: {e}"), html),
-        };
-        *request.uri_mut() = uri;
-        let headers = request.headers_mut();
-        if let Some(host) = &self.host_header {
-            headers.insert(header::HOST, host.clone());
-        }
-        for (name, value) in &self.request_headers {
-            headers.insert(name.clone(), value.clone());
-        }
+    async fn forward(&self, mut request: Request<Incoming>, visitor: SocketAddr) -> Response<Body> {
         let visitor_upgrade = upgrade::requested(request.headers()).then(|| hyper::upgrade::on(&mut request));
-        let mut response = match self.client.request(request).await {
-            Ok(response) => response,
-            Err(e) => return self.failure(&self.describe(&e), html),
-        };
-        for (name, value) in &self.response_headers {
-            response.headers_mut().insert(name.clone(), value.clone());
-        }
+        let (parts, body) = request.into_parts();
+        let exchange = self.stats.requests().start(&self.tunnel, Some(visitor), None, &parts);
+        self.stats.changed();
+        let body = Tap::new(body, exchange.clone(), Side::Request, self.on_change()).boxed_unsync();
+        let mut response = self.send(Request::from_parts(parts, body), &exchange).await;
         if response.status() == StatusCode::SWITCHING_PROTOCOLS
             && let Some(visitor_side) = visitor_upgrade
         {
@@ -104,7 +108,81 @@ impl LocalHttp {
                 }
             });
         }
-        response.map(BodyExt::boxed_unsync)
+        response
+    }
+
+    /// Sends `request` on to the local server with the tunnel's rewrites, recording the
+    /// answer in `exchange`; a failure is answered with a page saying what went wrong.
+    async fn send(&self, mut request: Request<Body>, exchange: &Arc<Exchange>) -> Response<Body> {
+        let html = wants_html(request.headers());
+        let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
+        let uri = match format!("http://{}{path}", self.local).parse::<Uri>() {
+            Ok(uri) => uri,
+            Err(e) => return self.failure(&format!("the request path cannot be sent on: {e}"), html, exchange),
+        };
+        *request.uri_mut() = uri;
+        let headers = request.headers_mut();
+        if let Some(host) = &self.host_header {
+            headers.insert(header::HOST, host.clone());
+        }
+        for (name, value) in &self.request_headers {
+            headers.insert(name.clone(), value.clone());
+        }
+        let mut response = match self.client.request(request).await {
+            Ok(response) => response,
+            Err(e) => return self.failure(&self.describe(&e), html, exchange),
+        };
+        for (name, value) in &self.response_headers {
+            response.headers_mut().insert(name.clone(), value.clone());
+        }
+        exchange.responded(response.status().as_u16(), response.headers());
+        self.stats.changed();
+        let tap = |body| Tap::new(body, exchange.clone(), Side::Response, self.on_change()).boxed_unsync();
+        response.map(tap)
+    }
+
+    /// Tells the inspector and console that a request moved on.
+    fn on_change(&self) -> Box<dyn FnOnce() + Send> {
+        let stats = self.stats.clone();
+        Box::new(move || stats.changed())
+    }
+
+    /// Sends a request recorded earlier to the local server again, with `edit` applied;
+    /// returns the new request's id once its response has begun.
+    pub(crate) async fn replay(&self, original: &Exchange, edit: ReplayEdit) -> Result<u64, String> {
+        let (kept_body, truncated) = original.request_body();
+        if truncated && edit.body.is_none() {
+            return Err(format!(
+                "the original body was larger than the {} KiB kept; edit the body to replay it",
+                crate::requests::CAPTURE / 1024
+            ));
+        }
+        let method = edit.method.as_deref().unwrap_or(&original.method);
+        let method = Method::from_bytes(method.as_bytes()).map_err(|_| format!("invalid method {method:?}"))?;
+        let path = edit.path.as_deref().unwrap_or(&original.path);
+        let headers = edit.headers.as_ref().unwrap_or(&original.request_headers);
+        let body = edit.body.map_or(kept_body, Bytes::from);
+        let mut request = Request::builder().method(method).uri(path);
+        for (name, value) in headers {
+            // The length is the new body's, set below; hop-by-hop headers were the visitor's.
+            if !["content-length", "transfer-encoding", "connection", "upgrade"]
+                .contains(&name.to_ascii_lowercase().as_str())
+            {
+                request = request.header(name.as_str(), value.as_str());
+            }
+        }
+        let body = Full::new(body).map_err(|never| match never {}).boxed_unsync();
+        let request = request.body(body).map_err(|e| format!("invalid request: {e}"))?;
+        let (parts, body) = request.into_parts();
+        let exchange = self.stats.requests().start(&self.tunnel, None, Some(original.id), &parts);
+        self.stats.changed();
+        let body = Tap::new(body, exchange.clone(), Side::Request, self.on_change()).boxed_unsync();
+        let response = self.send(Request::from_parts(parts, body), &exchange).await;
+        // Nobody reads a replay's response but the log: read it here so it is recorded.
+        tokio::spawn(async move {
+            response.into_body().collect().await.ok();
+        });
+        Ok(exchange.id)
     }
 
     /// Words a failed request as the visitor and the console should read it.
@@ -123,8 +201,11 @@ impl LocalHttp {
         }
     }
 
-    fn failure(&self, detail: &str, html: bool) -> Response<Body> {
+    fn failure(&self, detail: &str, html: bool, exchange: &Exchange) -> Response<Body> {
         tracing::warn!("{detail}");
+        exchange.responded(StatusCode::BAD_GATEWAY.as_u16(), &hyper::HeaderMap::new());
+        exchange.ended(Some(detail.to_string()));
+        self.stats.changed();
         let mut sentence = detail.to_string();
         if let Some(first) = sentence.get_mut(0..1) {
             first.make_ascii_uppercase();

@@ -170,7 +170,11 @@ async fn register_and_serve(
         .iter()
         .zip(&plan.tunnels)
         .map(|(g, t)| {
-            let http = (t.protocol == Protocol::Http).then(|| Arc::new(LocalHttp::new(&t.local, &t.rewrite)));
+            let http = (t.protocol == Protocol::Http).then(|| {
+                let local = Arc::new(LocalHttp::new(&g.name, &t.local, &t.rewrite, &plan.stats));
+                plan.stats.set_replayer(&g.name, &local);
+                local
+            });
             let target =
                 Target { name: g.name.clone(), local: t.local.clone(), counters: plan.stats.tunnel(&g.name), http };
             (g.id, target)

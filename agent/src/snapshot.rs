@@ -10,7 +10,13 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::stats::{Connections, Outcome, Record, State, Stats, lock};
+use crate::{
+    requests::RequestSummary,
+    stats::{Connections, Outcome, Record, State, Stats, lock},
+};
+
+/// Requests in each snapshot; the inspector fetches one's details when it is opened.
+const RECENT_REQUESTS: usize = 50;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Snapshot {
@@ -23,6 +29,9 @@ pub struct Snapshot {
     pub tunnels: Vec<TunnelView>,
     /// Open connections, then recently closed ones, newest first.
     pub connections: Vec<ConnectionView>,
+    /// HTTP tunnels' latest requests, newest first.
+    #[serde(default)]
+    pub requests: Vec<RequestSummary>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -129,7 +138,8 @@ impl Stats {
             let listed = connections.open.values().rev().chain(&connections.closed).take(crate::stats::RECENT);
             (tunnels, listed.map(|r| connection_view(r, now)).collect())
         };
-        Snapshot { version: env!("CARGO_PKG_VERSION").into(), relay, state, path, tunnels, connections }
+        let requests = self.requests().recent(RECENT_REQUESTS);
+        Snapshot { version: env!("CARGO_PKG_VERSION").into(), relay, state, path, tunnels, connections, requests }
     }
 }
 

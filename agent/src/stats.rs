@@ -10,7 +10,7 @@ use std::{
     fmt,
     net::SocketAddr,
     sync::{
-        Arc, Mutex, MutexGuard,
+        Arc, Mutex, MutexGuard, Weak,
         atomic::{AtomicU64, Ordering::Relaxed},
     },
     time::{Duration, Instant, SystemTime},
@@ -19,7 +19,7 @@ use std::{
 use burrow_common::splice::Progress;
 use tokio::sync::watch;
 
-use crate::{PublicTunnel, Status};
+use crate::{PublicTunnel, Status, local_http::LocalHttp, requests::RequestLog};
 
 /// Closed connections kept for display; open ones are always kept.
 pub const RECENT: usize = 50;
@@ -32,6 +32,9 @@ pub(crate) struct Shared {
     pub(crate) session: Mutex<Session>,
     pub(crate) tunnels: Mutex<HashMap<String, Arc<TunnelStats>>>,
     pub(crate) connections: Mutex<Connections>,
+    /// HTTP tunnels' requests, and where to replay them, by tunnel name.
+    pub(crate) requests: RequestLog,
+    pub(crate) replayers: Mutex<HashMap<String, Weak<LocalHttp>>>,
     next_id: AtomicU64,
     /// Bumped on every change, so watchers wake without polling.
     changes: watch::Sender<u64>,
@@ -117,6 +120,8 @@ impl Default for Stats {
             }),
             tunnels: Mutex::default(),
             connections: Mutex::default(),
+            requests: RequestLog::default(),
+            replayers: Mutex::default(),
             next_id: AtomicU64::new(1),
             changes: watch::Sender::new(0),
         }))
@@ -141,8 +146,21 @@ impl Stats {
         self.0.changes.subscribe()
     }
 
-    fn changed(&self) {
+    pub(crate) fn changed(&self) {
         self.0.changes.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    pub(crate) fn requests(&self) -> &RequestLog {
+        &self.0.requests
+    }
+
+    /// Where the inspector replays the requests of HTTP tunnel `name`.
+    pub(crate) fn set_replayer(&self, name: &str, local: &Arc<LocalHttp>) {
+        lock(&self.0.replayers).insert(name.to_string(), Arc::downgrade(local));
+    }
+
+    pub(crate) fn replayer(&self, name: &str) -> Option<Arc<LocalHttp>> {
+        lock(&self.0.replayers).get(name).and_then(Weak::upgrade)
     }
 
     pub(crate) fn set_relay(&self, relay: String) {

@@ -13,9 +13,10 @@ const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
 /// Answers each request on `listener` with `respond` until `stop`, then ends every connection
 /// and returns once they are gone. `name` says whose accept failed in the log.
-pub async fn serve<R, B>(listener: TcpListener, name: &'static str, stop: CancellationToken, respond: R)
+pub async fn serve<R, F, B>(listener: TcpListener, name: &'static str, stop: CancellationToken, respond: R)
 where
-    R: Fn(Request<Incoming>) -> Response<B> + Clone + Send + 'static,
+    R: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<B>> + Send + 'static,
     B: hyper::body::Body + Send + 'static,
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -38,7 +39,7 @@ where
         connections.spawn(async move {
             let service = service_fn(move |request| {
                 let response = respond(request);
-                async move { Ok::<_, Infallible>(response) }
+                async move { Ok::<_, Infallible>(response.await) }
             });
             let connection = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tcp), service);
             tokio::select! {

@@ -7,11 +7,14 @@ use super::rates::Rates;
 use crate::{
     human,
     report::Setup,
+    requests::RequestSummary,
     snapshot::{ConnectionView, PathView, SessionState, Snapshot},
 };
 
 /// Connections shown; the inspector lists more.
 const CONNECTIONS: usize = 5;
+/// HTTP requests shown; the inspector lists more.
+const REQUESTS: usize = 5;
 /// Tunnels shown, so the view fits a terminal; the inspector lists them all.
 const TUNNELS: usize = 8;
 
@@ -39,6 +42,10 @@ pub(crate) fn render(now: &Snapshot, rates: &Rates, setup: &Setup, paint: Paint)
     lines.push(String::new());
     tunnels(&mut lines, now, rates, &setup.also_on, paint);
     lines.push(String::new());
+    if !now.requests.is_empty() {
+        requests(&mut lines, &now.requests, paint);
+        lines.push(String::new());
+    }
     connections(&mut lines, &now.connections, paint);
     lines
 }
@@ -136,6 +143,33 @@ fn tunnels(lines: &mut Vec<String>, now: &Snapshot, rates: &Rates, also_on: &[Ip
     }
 }
 
+/// The last HTTP requests, like ngrok's console: what was asked, how it was answered, how long
+/// it took.
+fn requests(lines: &mut Vec<String>, requests: &[RequestSummary], paint: Paint) {
+    lines.push(
+        paint.with("1", &format!("{:<26}{:<12}{:<8}{:>10}{:>10}", "HTTP requests", "tunnel", "status", "took", "out")),
+    );
+    for r in requests.iter().take(REQUESTS) {
+        let mut asked = format!("{} {}", r.method, r.path);
+        if asked.chars().count() > 24 {
+            asked = asked.chars().take(23).chain(['…']).collect();
+        }
+        let status = match (r.status, &r.error) {
+            (_, Some(why)) => paint.with("31", &format!("{} {why}", r.status.map_or("-".into(), |s| s.to_string()))),
+            (Some(status), None) if status >= 400 => paint.with("33", &status.to_string()),
+            (Some(status), None) => status.to_string(),
+            (None, None) => paint.with("36", "…"),
+        };
+        let took = r.duration_ms.map_or("…".into(), human::duration_ms);
+        let replayed = if r.replay_of.is_some() { "  (replay)" } else { "" };
+        lines.push(format!(
+            "  {asked:<24}{:<12}{status:<8}{took:>10}{:>10}{replayed}",
+            r.tunnel,
+            human::bytes(r.response_bytes)
+        ));
+    }
+}
+
 fn connections(lines: &mut Vec<String>, connections: &[ConnectionView], paint: Paint) {
     let header = format!(
         "{:<26}{:<12}{:<12}{:<10}{:>10}{:>10}  state",
@@ -202,6 +236,20 @@ mod tests {
                 to_visitor: 3 * 1024 * 1024,
                 reason: None,
             }],
+            requests: vec![RequestSummary {
+                id: 3,
+                tunnel: "app".into(),
+                visitor: None,
+                replay_of: None,
+                started_at: 0,
+                method: "POST".into(),
+                path: "/api/orders".into(),
+                status: Some(201),
+                duration_ms: Some(12),
+                request_bytes: 40,
+                response_bytes: 2048,
+                error: None,
+            }],
         };
         let setup = Setup { embedded: false, also_on: Vec::new(), inspector: Some("http://127.0.0.1:4040".into()) };
         let text = render(&now, &Rates::default(), &setup, Paint(false)).join("\n");
@@ -214,6 +262,7 @@ mod tests {
             "1 open · 12 total · 1 failed · in 4.1 KiB (0 B/s) · out 12.0 MiB (0 B/s)",
             "198.51.100.4:41000      web",
             "300 B   3.0 MiB  open",
+            "POST /api/orders        app         201",
         ] {
             assert!(text.contains(shown), "{shown:?} missing from\n{text}");
         }

@@ -1,9 +1,10 @@
-//! The web inspector: a page on 127.0.0.1:4040 that lists the tunnels' TCP connections and
-//! the session's QUIC path, kept live with server-sent events. Its HTML, CSS and script are
+//! The web inspector: a page on 127.0.0.1:4040 that lists the tunnels' TCP connections, HTTP
+//! requests (with replay) and the session's QUIC path, kept live with server-sent events. Its HTML, CSS and script are
 //! compiled into the binary; the page fetches nothing from elsewhere.
 
 mod events;
 pub(crate) mod listen;
+mod requests;
 
 use std::{
     convert::Infallible,
@@ -15,6 +16,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full, combinators::BoxBody};
 use hyper::{
     Method, Request, Response, StatusCode,
+    body::Incoming,
     header::{self, HeaderValue},
 };
 use tokio::net::TcpListener;
@@ -66,15 +68,18 @@ pub async fn serve(listener: TcpListener, stats: Stats, cancel: CancellationToke
     let stop = cancel.clone();
     let respond = {
         let feeds = feeds.clone();
-        move |request: hyper::Request<hyper::body::Incoming>| respond(&request, &stats, loopback, &feeds, &stop)
+        move |request: hyper::Request<hyper::body::Incoming>| {
+            let (stats, feeds, stop) = (stats.clone(), feeds.clone(), stop.clone());
+            async move { respond(request, &stats, loopback, &feeds, &stop).await }
+        }
     };
     burrow_common::http::serve(listener, "inspector", cancel, respond).await;
     feeds.close();
     feeds.wait().await;
 }
 
-fn respond<B>(
-    request: &Request<B>,
+async fn respond(
+    request: Request<Incoming>,
     stats: &Stats,
     loopback: bool,
     feeds: &TaskTracker,
@@ -82,23 +87,26 @@ fn respond<B>(
 ) -> Response<Body> {
     // On loopback, a page from elsewhere could still reach us through a DNS name that
     // resolves to 127.0.0.1; only requests addressed to this machine by name are answered.
-    if loopback && !local_host(request) {
+    if loopback && !local_host(&request) {
         return full(StatusCode::FORBIDDEN, "text/plain; charset=utf-8", "use http://127.0.0.1 or localhost\n");
     }
-    if request.method() != Method::GET {
-        return full(StatusCode::METHOD_NOT_ALLOWED, "text/plain; charset=utf-8", "only GET\n");
+    let path = request.uri().path().to_string();
+    if let Some(id) = path.strip_prefix("/api/requests/").and_then(|rest| rest.strip_suffix("/replay")) {
+        return requests::replay(request, id, stats).await;
     }
-    match request.uri().path() {
+    if request.method() != Method::GET {
+        return full(StatusCode::METHOD_NOT_ALLOWED, "text/plain; charset=utf-8", "only GET here\n");
+    }
+    if let Some(id) = path.strip_prefix("/api/requests/") {
+        return requests::detail(id, stats);
+    }
+    match path.as_str() {
         "/" => page(include_str!("../../assets/inspector.html"), "text/html; charset=utf-8"),
         "/inspector.css" => page(include_str!("../../assets/inspector.css"), "text/css; charset=utf-8"),
         "/inspector.js" => page(include_str!("../../assets/inspector.js"), "text/javascript; charset=utf-8"),
-        "/api/status" => match serde_json::to_vec(&stats.snapshot()) {
-            Ok(json) => full(StatusCode::OK, "application/json", json),
-            Err(e) => full(StatusCode::INTERNAL_SERVER_ERROR, "text/plain; charset=utf-8", e.to_string()),
-        },
+        "/api/status" => json(&stats.snapshot()),
         "/api/events" => events::response(stats.clone(), feeds, cancel.clone()),
-        // HTTP requests get their own list (`/api/requests`) once HTTP tunnels exist; TCP
-        // tunnels carry bytes the agent does not parse.
+        "/api/requests" => json(&stats.requests().recent(crate::requests::KEPT)),
         _ => full(StatusCode::NOT_FOUND, "text/plain; charset=utf-8", "not found\n"),
     }
 }
@@ -121,6 +129,13 @@ fn page(body: &'static str, content_type: &'static str) -> Response<Body> {
         HeaderValue::from_static("default-src 'self'; img-src 'self' data:; frame-ancestors 'none'"),
     );
     response
+}
+
+fn json(value: &impl serde::Serialize) -> Response<Body> {
+    match serde_json::to_vec(value) {
+        Ok(json) => full(StatusCode::OK, "application/json", json),
+        Err(e) => full(StatusCode::INTERNAL_SERVER_ERROR, "text/plain; charset=utf-8", e.to_string()),
+    }
 }
 
 fn full(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Body> {

@@ -40,7 +40,10 @@ pub(crate) async fn serve(
     shutdown: CancellationToken,
     stop: CancellationToken,
 ) {
-    let respond = move |request: Request<Incoming>| respond(&shared, !shutdown.is_cancelled(), &request);
+    let respond = move |request: Request<Incoming>| {
+        let response = respond(&shared, !shutdown.is_cancelled(), &request);
+        async move { response }
+    };
     burrow_common::http::serve(listener, "admin", stop, respond).await;
 }
 
