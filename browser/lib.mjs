@@ -111,7 +111,9 @@ export async function startAgent(relay, localPort, args = [], env = {}) {
     { BURROW_TOKEN: TOKEN, ...env },
   );
   const line = await agent.lineWith("tunnel ");
-  agent.publicPort = Number(line.split("tcp://")[1].split(/\s+/)[0].split(":").pop());
+  // `tunnel NAME: URL -> LOCAL`: a TCP tunnel's public port, or an HTTP tunnel's address.
+  agent.url = line.split(": ")[1].split(/\s+/)[0];
+  agent.publicPort = Number(new URL(agent.url).port);
   return agent;
 }
 
