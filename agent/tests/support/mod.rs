@@ -3,6 +3,7 @@
 //! agent publish, never by waiting.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod http;
 use std::{net::SocketAddr, path::Path, time::Duration};
 
 use agent::{
