@@ -10,9 +10,9 @@ use tokio::sync::watch;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
-    Plan, Status,
+    Plan, Status, TunnelPlan,
     config::{AgentConfig, Cidr, LocalTarget, LogFormat, Protocol, TunnelConfig},
-    console, embedded, inspector, logging,
+    console, embedded, inspector, logging, reload,
     report::{self, Setup},
 };
 
@@ -138,24 +138,36 @@ pub struct Flags {
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let mut config = AgentConfig::load(cli.config.as_deref(), &cli.flags)?;
-    if let Some(local) = cli.local.clone() {
-        let tunnel = command_line_tunnel(&cli, local);
+    let command_line = cli.local.clone().map(|local| command_line_tunnel(&cli, local));
+    if let Some(tunnel) = &command_line {
         tunnel.validate()?;
-        config.tunnels.push(tunnel);
+        config.tunnels.push(tunnel.clone());
     }
     let live = console::wanted(config.log_format);
     // Log lines go through the console only when they would land on the same terminal.
     let logs = logging::init(config.log_format, live && std::io::stderr().is_terminal());
     let cancel = CancellationToken::new();
     burrow_common::signal::cancel_on_signal(cancel.clone());
-    let (plan, relay) = plan(&config)?;
+    let (mut plan, relay) = plan(&config)?;
+    let tasks = TaskTracker::new();
+    if let Some(path) = cli.config.clone() {
+        let (lists, reloads) = watch::channel(plan.tunnels.clone());
+        plan.reloads = Some(reloads);
+        let flags = cli.flags;
+        let load = move || {
+            let mut reloaded = AgentConfig::load(Some(&path), &flags)?;
+            reloaded.tunnels.extend(command_line.clone());
+            Ok(reloaded.tunnels.iter().map(TunnelPlan::from_config).collect())
+        };
+        let path = cli.config.clone().unwrap_or_default();
+        tasks.spawn(reload::watch_config(path, load, lists, cancel.clone()));
+    }
     let inspector = inspector::bind(config.inspect).await;
     let setup = Setup {
         embedded: relay.is_some(),
         also_on: if relay.is_some() { embedded::lan_addresses() } else { Vec::new() },
         inspector: inspector.as_ref().and_then(|l| l.local_addr().ok()).map(inspector::url),
     };
-    let tasks = TaskTracker::new();
     if let Some(listener) = inspector {
         tasks.spawn(inspector::serve(listener, plan.stats.clone(), cancel.clone()));
     }

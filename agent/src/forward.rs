@@ -1,6 +1,10 @@
 //! One stream from the relay: read its header, dial the local target, splice.
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    sync::{Arc, PoisonError, RwLock},
+    time::Duration,
+};
 
 use burrow_common::{
     StreamCode, StreamHeader,
@@ -10,6 +14,7 @@ use burrow_common::{
 };
 use quinn::{RecvStream, SendStream};
 use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::{
@@ -24,9 +29,27 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Local targets by the tunnel id the relay granted, and where their traffic is counted.
+/// Tunnels come and go with the config file, so the map changes while streams arrive.
 pub(crate) struct Targets {
     pub(crate) stats: Stats,
-    pub(crate) by_id: HashMap<u32, Target>,
+    pub(crate) by_id: RwLock<HashMap<u32, Arc<Target>>>,
+}
+
+impl Targets {
+    fn get(&self, id: u32) -> Option<Arc<Target>> {
+        self.by_id.read().unwrap_or_else(PoisonError::into_inner).get(&id).cloned()
+    }
+
+    pub(crate) fn insert(&self, id: u32, target: Target) {
+        self.by_id.write().unwrap_or_else(PoisonError::into_inner).insert(id, Arc::new(target));
+    }
+
+    /// Takes a tunnel out and ends its streams; its visitors' connections close.
+    pub(crate) fn remove(&self, id: u32) {
+        if let Some(target) = self.by_id.write().unwrap_or_else(PoisonError::into_inner).remove(&id) {
+            target.closed.cancel();
+        }
+    }
 }
 
 pub(crate) struct Target {
@@ -36,6 +59,8 @@ pub(crate) struct Target {
     /// Set for an HTTP tunnel: its streams carry HTTP requests, sent on to the local server
     /// one by one rather than spliced.
     pub(crate) http: Option<Arc<LocalHttp>>,
+    /// Cancelled when the tunnel is removed while the session goes on.
+    pub(crate) closed: CancellationToken,
 }
 
 pub(crate) async fn handle_stream(mut send: SendStream, mut recv: RecvStream, targets: &Targets) {
@@ -46,18 +71,25 @@ pub(crate) async fn handle_stream(mut send: SendStream, mut recv: RecvStream, ta
             return abort_stream(&mut send, &mut recv, StreamCode::BadHeader);
         }
     };
-    let Some(target) = targets.by_id.get(&header.tunnel) else {
+    let Some(target) = targets.get(header.tunnel) else {
         tracing::warn!(tunnel = header.tunnel, "relay opened a stream for an unknown tunnel");
         return abort_stream(&mut send, &mut recv, StreamCode::UnknownTunnel);
     };
     let visit = targets.stats.open(&target.name, target.counters.clone(), header.visitor);
     let span = tracing::debug_span!("stream", id = %recv.id(), visitor = %header.visitor, local = %target.local);
-    let outcome = match &target.http {
-        Some(http) => {
-            let stream = StreamIo::new(send, recv, visit.shared_progress());
-            http.serve(stream, header.visitor).instrument(span).await
+    let served = async {
+        match &target.http {
+            Some(http) => {
+                let stream = StreamIo::new(send, recv, visit.shared_progress());
+                http.serve(stream, header.visitor).await
+            }
+            None => forward(send, recv, &target.local, visit.progress()).await,
         }
-        None => forward(send, recv, &target.local, visit.progress()).instrument(span).await,
+    };
+    // Dropping the stream's halves on removal resets them, so the visitor sees an abort.
+    let outcome = tokio::select! {
+        outcome = served.instrument(span) => outcome,
+        _ = target.closed.cancelled() => Outcome::Failed { reason: "the tunnel was removed".into() },
     };
     visit.finish(outcome);
 }

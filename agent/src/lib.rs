@@ -11,6 +11,7 @@ mod human;
 pub mod inspector;
 mod local_http;
 mod logging;
+mod reload;
 mod report;
 pub mod requests;
 mod session;
@@ -20,7 +21,7 @@ pub mod stats;
 use std::{fmt, time::Duration};
 
 use anyhow::Context;
-use burrow_common::{HttpAccess, Secret, TunnelKind, tls, tls::Trust, transport};
+use burrow_common::{HttpAccess, Secret, TunnelKind, TunnelSpec, tls, tls::Trust, transport};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -43,6 +44,9 @@ pub struct Plan {
     pub reconnect_max_delay: Duration,
     /// Where the run records what it carries; clone it before `run` to watch.
     pub stats: Stats,
+    /// New tunnel lists, when the config file changes: applied to the live session
+    /// without touching the tunnels that stay, and used by every later session.
+    pub reloads: Option<watch::Receiver<Vec<TunnelPlan>>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,7 +91,7 @@ impl TunnelPlan {
         Self { protocol: Protocol::Http, subdomain: subdomain.map(str::to_string), ..Self::tcp(name, local) }
     }
 
-    fn from_config(tunnel: &TunnelConfig) -> Self {
+    pub(crate) fn from_config(tunnel: &TunnelConfig) -> Self {
         let host_header = tunnel.host_header.as_ref().map(|host| match host.as_str() {
             "rewrite" => tunnel.local.to_string(),
             literal => literal.to_string(),
@@ -114,8 +118,12 @@ impl TunnelPlan {
         }
     }
 
-    /// The tunnel as the Hello asks for it.
-    pub(crate) fn kind(&self) -> TunnelKind {
+    /// The tunnel as the relay is asked for it.
+    pub(crate) fn spec(&self) -> TunnelSpec {
+        TunnelSpec { name: self.name.clone(), local: self.local.to_string(), kind: self.kind() }
+    }
+
+    fn kind(&self) -> TunnelKind {
         match self.protocol {
             Protocol::Tcp => TunnelKind::Tcp { port: self.remote_port },
             Protocol::Http => TunnelKind::Http { subdomain: self.subdomain.clone(), access: self.access.clone() },
@@ -152,6 +160,15 @@ impl Plan {
             idle_timeout: config.idle_timeout,
             reconnect_max_delay: config.reconnect_max_delay,
             stats: Stats::default(),
+            reloads: None,
+        }
+    }
+
+    /// The tunnels to ask for now: the last reloaded list, or the first.
+    pub fn current_tunnels(&self) -> Vec<TunnelPlan> {
+        match &self.reloads {
+            Some(reloads) => reloads.borrow().clone(),
+            None => self.tunnels.clone(),
         }
     }
 }
@@ -206,7 +223,7 @@ pub async fn run(plan: Plan, status: watch::Sender<Status>, cancel: Cancellation
 
 async fn keep_up(plan: Plan, status: watch::Sender<Status>, cancel: CancellationToken) -> anyhow::Result<()> {
     anyhow::ensure!(
-        !plan.tunnels.is_empty(),
+        !plan.current_tunnels().is_empty(),
         "nothing to expose: pass --local PORT or list [[tunnels]] in the config file"
     );
     let client = tls::client_config(&plan.trust, transport::agent(plan.keep_alive, plan.idle_timeout))?;

@@ -3,7 +3,7 @@
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use burrow_common::{
-    CloseCode, Hello, ServerMsg, TunnelSpec,
+    CloseCode, Granted, Hello, ServerMsg,
     codes::{close_code, describe_connection_error},
     protocol::{self, MAX_CONTROL_FRAME, PROTOCOL_VERSION},
     transport,
@@ -13,14 +13,15 @@ use tokio::sync::watch;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
-    Plan, PublicTunnel, Status,
+    Plan, PublicTunnel, Status, TunnelPlan,
     config::Protocol,
     forward::{Target, Targets, handle_stream},
     local_http::LocalHttp,
+    reload,
 };
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-const WELCOME_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const WELCOME_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How a session ended.
 pub(crate) enum Outcome {
@@ -137,7 +138,8 @@ async fn register_and_serve(
     status: &watch::Sender<Status>,
     never_online: bool,
 ) -> Outcome {
-    let (answer, _control) = match hello(plan, conn).await {
+    let asked = plan.current_tunnels();
+    let (answer, mut control) = match hello(plan, &asked, conn).await {
         Ok(answered) => answered,
         Err(e) => {
             return Outcome::Retry { reason: format!("handshake failed: {e:#}"), online_for: None };
@@ -151,37 +153,26 @@ async fn register_and_serve(
         ServerMsg::Refused(refusal) => {
             return Outcome::Retry { reason: refusal.to_string(), online_for: None };
         }
+        ServerMsg::Updated { .. } => {
+            return Outcome::Retry { reason: "the relay answered the Hello out of turn".into(), online_for: None };
+        }
     };
-    let mut online = Vec::new();
-    for (granted, tunnel) in granted.iter().zip(&plan.tunnels) {
-        let host = granted.host.clone().unwrap_or_else(|| plan.relay.host.clone());
-        online.push(PublicTunnel {
-            name: granted.name.clone(),
-            host,
-            port: granted.port,
-            local: tunnel.local.clone(),
-            urls: granted.urls.clone(),
-        });
-    }
-    plan.stats.publish(status, Status::Online(online));
-    let online_since = std::time::Instant::now();
+    let mut live: Vec<(TunnelPlan, Granted)> = asked.into_iter().zip(granted).collect();
     // The relay names each stream's tunnel by the id it granted.
-    let by_id = granted
-        .iter()
-        .zip(&plan.tunnels)
-        .map(|(g, t)| {
-            let http = (t.protocol == Protocol::Http).then(|| {
-                let local = Arc::new(LocalHttp::new(&g.name, &t.local, &t.rewrite, &plan.stats));
-                plan.stats.set_replayer(&g.name, &local);
-                local
-            });
-            let target =
-                Target { name: g.name.clone(), local: t.local.clone(), counters: plan.stats.tunnel(&g.name), http };
-            (g.id, target)
-        })
-        .collect();
-    let targets = Arc::new(Targets { stats: plan.stats.clone(), by_id });
-    let err = serve_streams(conn, targets).await;
+    let targets = Arc::new(Targets { stats: plan.stats.clone(), by_id: Default::default() });
+    for (tunnel, granted) in &live {
+        targets.insert(granted.id, target(plan, tunnel, granted));
+    }
+    plan.stats.publish(status, Status::Online(public(plan, &live)));
+    let online_since = std::time::Instant::now();
+    let err = tokio::select! {
+        err = serve_streams(conn, targets.clone()) => err,
+        failed = reload::follow(plan, &mut control, &targets, &mut live, status) => {
+            // Without a working control stream the tunnels cannot change, but they serve on.
+            tracing::warn!("config reloads stop for this session: {failed:#}");
+            serve_streams(conn, targets).await
+        }
+    };
     match close_code(&err) {
         Some(CloseCode::Replaced) => {
             Outcome::Fatal(anyhow::anyhow!("another agent with the same token and tunnel name took over these tunnels"))
@@ -196,16 +187,41 @@ async fn register_and_serve(
     }
 }
 
-/// The control stream; it stays open for the whole session, since dropping it would finish it.
-type Control = (quinn::SendStream, quinn::RecvStream);
+/// The session's tunnels as shown to the user.
+pub(crate) fn public(plan: &Plan, live: &[(TunnelPlan, Granted)]) -> Vec<PublicTunnel> {
+    live.iter()
+        .map(|(tunnel, granted)| PublicTunnel {
+            name: granted.name.clone(),
+            host: granted.host.clone().unwrap_or_else(|| plan.relay.host.clone()),
+            port: granted.port,
+            local: tunnel.local.clone(),
+            urls: granted.urls.clone(),
+        })
+        .collect()
+}
 
-async fn hello(plan: &Plan, conn: &Connection) -> anyhow::Result<(ServerMsg, Control)> {
+/// Where the streams of a granted tunnel go.
+pub(crate) fn target(plan: &Plan, tunnel: &TunnelPlan, granted: &Granted) -> Target {
+    let http = (tunnel.protocol == Protocol::Http).then(|| {
+        let local = Arc::new(LocalHttp::new(&granted.name, &tunnel.local, &tunnel.rewrite, &plan.stats));
+        plan.stats.set_replayer(&granted.name, &local);
+        local
+    });
+    Target {
+        name: granted.name.clone(),
+        local: tunnel.local.clone(),
+        counters: plan.stats.tunnel(&granted.name),
+        http,
+        closed: CancellationToken::new(),
+    }
+}
+
+/// The control stream; it stays open for the whole session, since dropping it would finish it.
+pub(crate) type Control = (quinn::SendStream, quinn::RecvStream);
+
+async fn hello(plan: &Plan, tunnels: &[TunnelPlan], conn: &Connection) -> anyhow::Result<(ServerMsg, Control)> {
     let (mut send, mut recv) = conn.open_bi().await?;
-    let tunnels = plan
-        .tunnels
-        .iter()
-        .map(|t| TunnelSpec { name: t.name.clone(), local: t.local.to_string(), kind: t.kind() })
-        .collect();
+    let tunnels = tunnels.iter().map(TunnelPlan::spec).collect();
     let hello = Hello { version: PROTOCOL_VERSION, token: plan.token.clone(), tunnels };
     protocol::write_msg(&mut send, &hello).await?;
     let answer = tokio::time::timeout(WELCOME_TIMEOUT, protocol::read_msg(&mut recv, MAX_CONTROL_FRAME)).await??;

@@ -26,5 +26,7 @@ pub mod upgrade;
 
 pub use codes::{CloseCode, StreamCode};
 pub use config::{PortRange, Secret};
-pub use protocol::{ALPN, Granted, Hello, HttpAccess, Refusal, ServerMsg, StreamHeader, TunnelKind, TunnelSpec};
+pub use protocol::{
+    ALPN, AgentMsg, Granted, Hello, HttpAccess, Refusal, ServerMsg, StreamHeader, TunnelKind, TunnelSpec,
+};
 pub use tls::Fingerprint;

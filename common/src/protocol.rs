@@ -77,13 +77,24 @@ pub struct HttpAccess {
     pub deny: Vec<ipnet::IpNet>,
 }
 
-/// The relay's answer to [`Hello`].
+/// The relay's answer to [`Hello`], then to each [`AgentMsg::Update`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ServerMsg {
     /// Every requested tunnel is open, in the order of the Hello.
     Welcome { tunnels: Vec<Granted> },
     /// Nothing is open; the relay closes the session with [`crate::CloseCode::Refused`].
     Refused(Refusal),
+    /// The update is applied: the removed tunnels are closed, and of the added ones these
+    /// are open and these were refused (by tunnel name), each alone.
+    Updated { granted: Vec<Granted>, refused: Vec<(String, Refusal)> },
+}
+
+/// What the agent sends on the control stream after the Welcome: a change of its tunnels
+/// (its config file was edited), applied without touching the others.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AgentMsg {
+    /// Close the tunnels granted with ids `remove`, then open `add`.
+    Update { add: Vec<TunnelSpec>, remove: Vec<u32> },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

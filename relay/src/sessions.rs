@@ -76,6 +76,20 @@ pub(crate) struct AgentTunnel {
     pub(crate) url: Option<String>,
 }
 
+/// A granted tunnel as the traffic counts know it.
+fn counted(grant: &Grant, tunnel: &burrow_common::Granted) -> Granted {
+    Granted {
+        id: tunnel.id,
+        key: TunnelKey { token: grant.name.clone(), tunnel: tunnel.name.clone() },
+        port: tunnel.port,
+        url: tunnel.urls.first().cloned(),
+    }
+}
+
+fn listed(tunnel: &Granted) -> AgentTunnel {
+    AgentTunnel { name: tunnel.key.tunnel.clone(), port: tunnel.port, url: tunnel.url.clone() }
+}
+
 impl Admitted {
     pub(crate) fn new(
         grant: &Grant,
@@ -83,12 +97,7 @@ impl Admitted {
         conn: &quinn::Connection,
         granted: &[burrow_common::Granted],
     ) -> Self {
-        let tunnels = granted.iter().map(|tunnel| Granted {
-            id: tunnel.id,
-            key: TunnelKey { token: grant.name.clone(), tunnel: tunnel.name.clone() },
-            port: tunnel.port,
-            url: tunnel.urls.first().cloned(),
-        });
+        let tunnels = granted.iter().map(|tunnel| counted(grant, tunnel));
         Self {
             token: hash(&hello.token),
             token_name: grant.name.clone(),
@@ -115,10 +124,7 @@ impl LiveSessions {
             token_name: admitted.token_name,
             conn: admitted.conn,
             connected_since: now(),
-            tunnels: tunnels
-                .granted()
-                .map(|g| AgentTunnel { name: g.key.tunnel.clone(), port: g.port, url: g.url.clone() })
-                .collect(),
+            tunnels: tunnels.granted().map(listed).collect(),
             ended: false,
         };
         self.by_id().insert(id, live);
@@ -175,6 +181,23 @@ fn view(session: SessionId, live: &Live) -> AgentView {
 }
 
 impl Registered {
+    /// The session opened another tunnel.
+    pub(crate) fn add(&mut self, grant: &Grant, tunnel: &burrow_common::Granted) {
+        let counted = counted(grant, tunnel);
+        if let Some(live) = self.sessions.by_id().get_mut(&self.id) {
+            live.tunnels.push(listed(&counted));
+        }
+        self.tunnels.add(counted);
+    }
+
+    /// The session closed one of its tunnels.
+    pub(crate) fn remove(&mut self, id: u32, name: &str) {
+        if let Some(live) = self.sessions.by_id().get_mut(&self.id) {
+            live.tunnels.retain(|t| t.name != name);
+        }
+        self.tunnels.remove(id);
+    }
+
     /// The session has ended; `parked` are the ids of the tunnels whose places are kept for
     /// its agent to return.
     pub(crate) fn ended(&mut self, parked: &[u32]) {

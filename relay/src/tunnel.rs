@@ -32,7 +32,6 @@ const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
 pub(crate) struct OpenTunnel {
     pub(crate) id: u32,
-    pub(crate) port: u16,
     pub(crate) listener: Arc<TcpListener>,
     /// Visitors that waited on this port while the tunnel's previous session was lost.
     pub(crate) parked: Option<Handover>,

@@ -165,19 +165,25 @@ impl Traffic {
         let mut state = self.state();
         let mut returning = false;
         for tunnel in &granted {
-            returning |= state.tunnels.contains_key(&tunnel.key);
-            let held = state.tunnels.entry(tunnel.key.clone()).or_insert_with(|| self.new_tunnel(&tunnel.key));
-            held.serving += 1;
-            held.port = tunnel.port;
-            held.url.clone_from(&tunnel.url);
-            let route = (held.tunnel.clone(), tunnel.port);
-            state.routes.insert((conn, tunnel.id), route);
+            returning |= self.serve_in(&mut state, conn, tunnel);
         }
         if returning {
             self.reconnects.inc();
         }
         let tunnels = granted.into_iter().map(|g| (g, Hold::Serving)).collect();
         SessionTunnels { traffic: self.clone(), conn, tunnels }
+    }
+
+    /// Counts `tunnel` as served by the session `conn`; says whether it was known before.
+    fn serve_in(&self, state: &mut State, conn: usize, tunnel: &Granted) -> bool {
+        let known = state.tunnels.contains_key(&tunnel.key);
+        let held = state.tunnels.entry(tunnel.key.clone()).or_insert_with(|| self.new_tunnel(&tunnel.key));
+        held.serving += 1;
+        held.port = tunnel.port;
+        held.url.clone_from(&tunnel.url);
+        let route = (held.tunnel.clone(), tunnel.port);
+        state.routes.insert((conn, tunnel.id), route);
+        known
     }
 
     fn new_tunnel(&self, key: &TunnelKey) -> Held {
@@ -247,6 +253,21 @@ impl SessionTunnels {
             move_hold(&mut state, &granted.key, *hold, next);
             *hold = next;
         }
+    }
+
+    /// A tunnel the session opened after its start (its agent's config changed).
+    pub(crate) fn add(&mut self, tunnel: Granted) {
+        self.traffic.serve_in(&mut self.traffic.state(), self.conn, &tunnel);
+        self.tunnels.push((tunnel, Hold::Serving));
+    }
+
+    /// A tunnel the session closed while it goes on serving the others.
+    pub(crate) fn remove(&mut self, id: u32) {
+        let Some(index) = self.tunnels.iter().position(|(g, _)| g.id == id) else { return };
+        let (granted, hold) = self.tunnels.swap_remove(index);
+        let mut state = self.traffic.state();
+        state.routes.remove(&(self.conn, granted.id));
+        move_hold(&mut state, &granted.key, hold, Hold::Released);
     }
 
     /// Names and ports of the session's tunnels.

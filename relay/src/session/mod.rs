@@ -1,0 +1,126 @@
+//! One agent's session: handshake, open its tunnels, serve until it leaves or the relay stops.
+
+mod admission;
+mod serving;
+
+use std::{sync::Arc, sync::atomic::Ordering};
+
+use anyhow::Context;
+use burrow_common::{
+    CloseCode, Hello, Refusal, ServerMsg,
+    protocol::{self, FrameError, MAX_CONTROL_FRAME},
+};
+use quinn::{Connection, RecvStream, SendStream};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use self::serving::{Lost, Serving};
+use crate::{Shared, parking, registry::SessionId, sessions::Admitted};
+
+/// Longest a Welcome waits for the tunnels' reservations to reach the disk.
+const RESERVATION_SAVE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Serves one incoming QUIC connection to its end, logging how it ended exactly once.
+pub(crate) async fn serve(incoming: quinn::Incoming, shared: Arc<Shared>, cancel: CancellationToken) {
+    let remote = incoming.remote_address();
+    let span = tracing::info_span!("session", %remote, agent = tracing::field::Empty);
+    async move {
+        match run(incoming, &shared, &cancel).await {
+            Ok(()) => {}
+            Err(e) => tracing::info!("session ended: {e:#}"),
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+async fn run(incoming: quinn::Incoming, shared: &Arc<Shared>, cancel: &CancellationToken) -> anyhow::Result<()> {
+    let handshaking = shared.handshakes.enter();
+    let conn = incoming.await.context("QUIC handshake failed")?;
+    let handshake = tokio::time::timeout(shared.config.handshake_timeout, receive_hello(&conn));
+    let (mut send, recv, hello) = tokio::select! {
+        _ = cancel.cancelled() => {
+            CloseCode::Shutdown.close(&conn);
+            return Ok(());
+        }
+        received = handshake => match received {
+            Err(_) => return Err(close(&conn, CloseCode::HandshakeTimeout)).context("no Hello in time"),
+            Ok(Err(e)) => return Err(close(&conn, CloseCode::ProtocolViolation)).context(e),
+            Ok(Ok(received)) => received,
+        },
+    };
+    drop(handshaking);
+    let session = shared.next_session.fetch_add(1, Ordering::Relaxed);
+    let (grant, opened) = match admission::admit(shared, &conn, &hello, session).await {
+        Ok(admitted) => admitted,
+        Err(refusal) => return refuse(&conn, &mut send, refusal).await,
+    };
+    shared.registry.reservations_saved(RESERVATION_SAVE_WAIT).await;
+    let granted: Vec<_> = opened.iter().map(|o| o.granted.clone()).collect();
+    let sent = protocol::write_msg(&mut send, &ServerMsg::Welcome { tunnels: granted.clone() }).await;
+    if let Err(e) = sent {
+        for tunnel in &opened {
+            tunnel.release(shared, session);
+        }
+        return Err(e).context("send Welcome");
+    }
+    let mut registered = shared.live.register(session, Admitted::new(&grant, &hello, &conn, &granted));
+    shared.metrics.sessions.inc();
+    shared.metrics.sessions_total.inc();
+    let mut serving = Serving::new(shared, &conn, &grant, session, &mut registered, cancel);
+    for tunnel in opened {
+        serving.start(tunnel);
+    }
+    // The control stream stays open for the life of the session, and carries updates.
+    let lost = serving.run((send, recv), cancel).await;
+    shared.metrics.sessions.dec();
+    drop(conn);
+    if let Some(Lost { ports, subdomains }) = lost {
+        tokio::join!(
+            parking::park(shared, ports, session, cancel),
+            park_subdomains(shared, subdomains, session, cancel)
+        );
+    }
+    drop(registered);
+    Ok(())
+}
+
+/// Keeps a lost session's subdomains for its agent to come back: requests wait meanwhile.
+/// Past the parking time, the names are freed as if the session had just ended.
+async fn park_subdomains(shared: &Shared, subdomains: Vec<String>, session: SessionId, cancel: &CancellationToken) {
+    let Some(vhost) = shared.vhost.as_ref() else { return };
+    let parked: Vec<String> = subdomains.into_iter().filter(|name| vhost.routes.park(name, session)).collect();
+    if parked.is_empty() {
+        return;
+    }
+    tracing::info!(?parked, "session lost; subdomains kept for the agent to return");
+    tokio::select! {
+        _ = cancel.cancelled() => {}
+        () = tokio::time::sleep(shared.config.park_visitors_for) => {}
+    }
+    for name in &parked {
+        vhost.routes.release(name, session);
+    }
+}
+
+fn close(conn: &Connection, code: CloseCode) -> anyhow::Error {
+    code.close(conn);
+    anyhow::anyhow!("closed: {}", code.describe())
+}
+
+async fn receive_hello(conn: &Connection) -> Result<(SendStream, RecvStream, Hello), FrameError> {
+    let (send, mut recv) = conn.accept_bi().await.map_err(|e| FrameError::Io(e.into()))?;
+    let hello = protocol::read_msg(&mut recv, MAX_CONTROL_FRAME).await?;
+    Ok((send, recv, hello))
+}
+
+async fn refuse(conn: &Connection, send: &mut SendStream, refusal: Refusal) -> anyhow::Result<()> {
+    let answer = protocol::write_msg(send, &ServerMsg::Refused(refusal.clone())).await;
+    if answer.is_ok() {
+        send.finish().ok();
+        // Let the Refused frame reach the agent before the close discards unsent data.
+        tokio::time::timeout(std::time::Duration::from_secs(2), send.stopped()).await.ok();
+    }
+    CloseCode::Refused.close(conn);
+    Err(anyhow::anyhow!("refused: {refusal}"))
+}

@@ -1,0 +1,249 @@
+//! A welcomed session at work: its tunnels accept visitors, its agent may add and remove
+//! tunnels on the control stream, and at the end its places are released or parked.
+
+use std::{collections::BTreeMap, sync::Arc};
+
+use burrow_common::{
+    AgentMsg, CloseCode, Refusal, ServerMsg, TunnelSpec,
+    codes::{close_code, describe_connection_error},
+    protocol::{self, FrameError, MAX_CONTROL_FRAME},
+};
+use quinn::{Connection, RecvStream, SendStream};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tracing::Instrument;
+
+use super::{
+    RESERVATION_SAVE_WAIT,
+    admission::{self, Opened, Place},
+};
+use crate::{Shared, registry::SessionId, sessions::Registered, tokens::Grant, tunnel::accept_visitors};
+
+/// The places of a session that was lost rather than ended, kept for its agent's return.
+pub(super) struct Lost {
+    pub(super) ports: Vec<u16>,
+    pub(super) subdomains: Vec<String>,
+}
+
+/// An open tunnel and what ends it.
+struct Running {
+    opened: Opened,
+    stop: CancellationToken,
+    /// A TCP tunnel's accept loop, which holds its listener until it returns.
+    accepting: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// The session's open tunnels by id, and what runs for each.
+pub(super) struct Serving<'a> {
+    shared: &'a Arc<Shared>,
+    conn: &'a Connection,
+    grant: &'a Grant,
+    session: SessionId,
+    registered: &'a mut Registered,
+    tunnels: BTreeMap<u32, Running>,
+    next_id: u32,
+    /// Ends every accept loop; each tunnel's own token is a child of it.
+    stop: CancellationToken,
+    accept_loops: TaskTracker,
+    visitors: TaskTracker,
+}
+
+impl<'a> Serving<'a> {
+    pub(super) fn new(
+        shared: &'a Arc<Shared>,
+        conn: &'a Connection,
+        grant: &'a Grant,
+        session: SessionId,
+        registered: &'a mut Registered,
+        cancel: &CancellationToken,
+    ) -> Self {
+        Self {
+            shared,
+            conn,
+            grant,
+            session,
+            registered,
+            tunnels: BTreeMap::new(),
+            next_id: 0,
+            stop: cancel.child_token(),
+            accept_loops: TaskTracker::new(),
+            visitors: TaskTracker::new(),
+        }
+    }
+
+    /// Starts serving a claimed tunnel.
+    pub(super) fn start(&mut self, mut opened: Opened) {
+        let id = opened.granted.id;
+        self.next_id = self.next_id.max(id + 1);
+        let stop = self.stop.child_token();
+        let mut accepting = None;
+        if let Place::Port(port, accept) = &mut opened.place
+            && let Some(tunnel) = accept.take()
+        {
+            let span = tracing::info_span!("tunnel", port = *port);
+            let accept =
+                accept_visitors(tunnel, self.conn.clone(), self.shared.clone(), self.visitors.clone(), stop.clone());
+            accepting = Some(self.accept_loops.spawn(accept.instrument(span)));
+        }
+        match opened.granted.urls.first() {
+            Some(url) => tracing::info!(%url, name = %opened.granted.name, "tunnel open"),
+            None => tracing::info!(port = opened.granted.port, name = %opened.granted.name, "tunnel open"),
+        }
+        self.shared.metrics.tunnels.inc();
+        self.tunnels.insert(id, Running { opened, stop, accepting });
+    }
+
+    /// Serves visitors and the agent's updates until the agent leaves or the relay stops;
+    /// on a stop, visitors get the grace period to finish before the agent is told to
+    /// reconnect. Returns the places to park when the session was lost rather than ended;
+    /// otherwise they are released.
+    pub(super) async fn run(
+        mut self,
+        mut control: (SendStream, RecvStream),
+        cancel: &CancellationToken,
+    ) -> Option<Lost> {
+        let mut reading = true;
+        let (conn, shared) = (self.conn, self.shared);
+        let migrations = count_migrations(conn, shared);
+        tokio::pin!(migrations);
+        let ended = loop {
+            tokio::select! {
+                err = conn.closed() => break Some(err),
+                _ = cancel.cancelled() => break None,
+                never = &mut migrations => match never {},
+                // Reading a frame is not cancel-safe, but every other branch ends the loop.
+                msg = protocol::read_msg::<_, AgentMsg>(&mut control.1, MAX_CONTROL_FRAME), if reading => match msg {
+                    Ok(AgentMsg::Update { add, remove }) => {
+                        let answer = self.update(add, remove).await;
+                        if let Err(e) = protocol::write_msg(&mut control.0, &answer).await {
+                            tracing::debug!("update answer not sent: {e}");
+                        }
+                    }
+                    // The agent will send nothing more; its tunnels go on.
+                    Err(FrameError::Eof) => reading = false,
+                    Err(e) => {
+                        tracing::info!("malformed control message: {e}");
+                        CloseCode::ProtocolViolation.close(self.conn);
+                        reading = false;
+                    }
+                },
+            }
+        };
+        self.stop.cancel();
+        self.accept_loops.close();
+        self.accept_loops.wait().await;
+        let ids: Vec<u32> = self.tunnels.keys().copied().collect();
+        let lost = matches!(&ended, Some(err) if lost(self.shared, err));
+        self.registered.ended(if lost { &ids } else { &[] });
+        self.shared.metrics.tunnels.dec_by(i64::try_from(ids.len()).unwrap_or(i64::MAX));
+        let opened = std::mem::take(&mut self.tunnels).into_values().map(|running| running.opened);
+        if lost {
+            let mut places = Lost { ports: Vec::new(), subdomains: Vec::new() };
+            for opened in opened {
+                match opened.place {
+                    Place::Port(port, _) => places.ports.push(port),
+                    Place::Subdomain(name) => places.subdomains.push(name),
+                }
+            }
+            return Some(places);
+        }
+        for tunnel in opened {
+            tunnel.release(self.shared, self.session);
+        }
+        if ended.is_none() {
+            self.visitors.close();
+            if tokio::time::timeout(self.shared.config.grace_period, self.visitors.wait()).await.is_err() {
+                tracing::info!("grace period over; closing remaining visitors");
+            }
+            CloseCode::Shutdown.close(self.conn);
+            tracing::info!("session closed for shutdown");
+        }
+        None
+    }
+
+    /// Closes the tunnels `remove` names, then opens `add`, each on its own: one refused
+    /// tunnel does not stop the others.
+    async fn update(&mut self, add: Vec<TunnelSpec>, remove: Vec<u32>) -> ServerMsg {
+        for id in remove {
+            let Some(Running { opened, stop, accepting }) = self.tunnels.remove(&id) else { continue };
+            stop.cancel();
+            // The port is free for another claim (this tunnel's new settings) only once its
+            // listener is closed.
+            if let Some(accepting) = accepting {
+                accepting.await.ok();
+            }
+            opened.release(self.shared, self.session);
+            self.registered.remove(id, &opened.granted.name);
+            self.shared.metrics.tunnels.dec();
+            tracing::info!(name = %opened.granted.name, "tunnel closed by its agent");
+        }
+        let (mut granted, mut refused) = (Vec::new(), Vec::new());
+        let kept: Vec<String> = self.tunnels.values().map(|r| r.opened.granted.name.clone()).collect();
+        let kept: Vec<&str> = kept.iter().map(String::as_str).collect();
+        let max = self.shared.config.max_tunnels_per_session;
+        for spec in add {
+            let open_now = self.tunnels.len();
+            let checked = if open_now >= max {
+                Err(Refusal::TooManyTunnels { asked: open_now + 1, max })
+            } else {
+                admission::check_names(std::slice::from_ref(&spec), &kept)
+            };
+            let id = self.next_id;
+            let opened = match checked {
+                Ok(()) => admission::open(self.shared, self.grant, self.conn, self.session, id, &spec).await,
+                Err(refusal) => Err(refusal),
+            };
+            match opened {
+                Ok(opened) => {
+                    self.registered.add(self.grant, &opened.granted);
+                    granted.push(opened.granted.clone());
+                    self.start(opened);
+                }
+                Err(refusal) => {
+                    tracing::info!(name = %spec.name, %refusal, "added tunnel refused");
+                    refused.push((spec.name, refusal));
+                }
+            }
+        }
+        self.shared.registry.reservations_saved(RESERVATION_SAVE_WAIT).await;
+        ServerMsg::Updated { granted, refused }
+    }
+}
+
+/// Whether a session that ended with `err` was lost rather than ended on purpose, so its
+/// places are kept for its agent's return.
+fn lost(shared: &Shared, err: &quinn::ConnectionError) -> bool {
+    let reason = describe_connection_error(err);
+    match err {
+        // The user chose to stop: visitors are better refused at once than kept waiting.
+        _ if close_code(err) == Some(CloseCode::AgentExit) => tracing::info!("agent left; tunnels closed"),
+        // While serving, this relay closes a session itself to replace it (the newer session
+        // has the places already) or for a protocol violation.
+        quinn::ConnectionError::LocallyClosed => tracing::info!("session closed by the relay"),
+        _ if !shared.config.park_visitors_for.is_zero() => {
+            tracing::info!(%reason, "session lost");
+            return true;
+        }
+        _ => tracing::info!(%reason, "session lost; tunnels closed"),
+    }
+    false
+}
+
+/// How often the session's path is checked; quinn follows a migration by itself and only
+/// the address it now uses tells that it happened.
+const PATH_CHECK: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Logs and counts each change of the agent's address (a NAT rebinding, a new network).
+/// Runs until the caller drops it with the session.
+async fn count_migrations(conn: &Connection, shared: &Shared) -> std::convert::Infallible {
+    let mut path = conn.remote_address();
+    let mut check = tokio::time::interval(PATH_CHECK);
+    loop {
+        check.tick().await;
+        let now = conn.remote_address();
+        if now != path {
+            tracing::info!(from = %path, to = %now, "agent's address changed; session migrated");
+            shared.metrics.migrations.inc();
+            path = now;
+        }
+    }
+}
