@@ -160,7 +160,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(reloaded.tunnels.iter().map(TunnelPlan::from_config).collect())
         };
         let path = cli.config.clone().unwrap_or_default();
-        tasks.spawn(reload::watch_config(path, load, lists, cancel.clone()));
+        let watch = burrow_common::reload::ConfigWatch::new(&path);
+        tasks.spawn(reload::watch_config(path, watch, load, lists, cancel.clone()));
     }
     let inspector = inspector::bind(config.inspect).await;
     let setup = Setup {

@@ -210,7 +210,9 @@ impl LocalHttp {
         if let Some(first) = sentence.get_mut(0..1) {
             first.make_ascii_uppercase();
         }
-        sentence.push('.');
+        if !sentence.ends_with(['.', '?', '!']) {
+            sentence.push('.');
+        }
         let page = ErrorPage::new(StatusCode::BAD_GATEWAY, "Local server unavailable", sentence);
         page.render(html).map(|body| body.map_err(|never| match never {}).boxed_unsync())
     }

@@ -2,12 +2,10 @@
 //! and each new tunnel list is applied to the live session as one update, so the tunnels that
 //! stay keep their visitors.
 
-use std::{
-    path::PathBuf,
-    time::{Duration, SystemTime},
-};
+use std::path::PathBuf;
 
 use anyhow::Context;
+use burrow_common::reload::ConfigWatch;
 use burrow_common::{
     AgentMsg, Granted, ServerMsg,
     protocol::{self, MAX_CONTROL_FRAME},
@@ -20,9 +18,6 @@ use crate::{
     forward::Targets,
     session::{self, Control, WELCOME_TIMEOUT},
 };
-
-/// How often the config file's modification time is looked at.
-const CHECK_EVERY: Duration = Duration::from_secs(1);
 
 /// The live tunnels to close and the wanted ones to open; a tunnel whose settings changed is
 /// both, since the relay grants a tunnel as a whole.
@@ -98,25 +93,13 @@ async fn apply(
 /// tunnel list. A file that no longer loads is reported and the running tunnels are kept.
 pub(crate) async fn watch_config(
     path: PathBuf,
+    watch: ConfigWatch,
     load: impl Fn() -> anyhow::Result<Vec<TunnelPlan>>,
     lists: watch::Sender<Vec<TunnelPlan>>,
     cancel: CancellationToken,
 ) {
-    let mut hangups = hangup_signals();
-    let mut seen = modified(&path);
-    let mut check = tokio::time::interval(CHECK_EVERY);
-    loop {
-        let asked = tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = check.tick() => false,
-            _ = next_hangup(&mut hangups) => true,
-        };
-        let now = modified(&path);
-        if !asked && now == seen {
-            continue;
-        }
-        seen = now;
-        match load() {
+    watch
+        .run(&cancel, || match load() {
             Ok(tunnels) if tunnels.is_empty() => {
                 tracing::warn!("{} lists no tunnels now; keeping the running ones", path.display());
             }
@@ -131,39 +114,8 @@ pub(crate) async fn watch_config(
                 }
             }
             Err(e) => tracing::warn!("config reload failed, running tunnels kept: {e:#}"),
-        }
-    }
-}
-
-fn modified(path: &std::path::Path) -> Option<(SystemTime, u64)> {
-    std::fs::metadata(path).ok().and_then(|m| Some((m.modified().ok()?, m.len())))
-}
-
-#[cfg(unix)]
-fn hangup_signals() -> Option<tokio::signal::unix::Signal> {
-    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        .inspect_err(|e| tracing::warn!("cannot listen for SIGHUP: {e}"))
-        .ok()
-}
-
-#[cfg(not(unix))]
-fn hangup_signals() -> Option<()> {
-    None
-}
-
-#[cfg(unix)]
-async fn next_hangup(signals: &mut Option<tokio::signal::unix::Signal>) {
-    match signals {
-        Some(signals) => {
-            signals.recv().await;
-        }
-        None => std::future::pending().await,
-    }
-}
-
-#[cfg(not(unix))]
-async fn next_hangup(_: &mut Option<()>) {
-    std::future::pending().await
+        })
+        .await;
 }
 
 #[cfg(test)]

@@ -172,3 +172,105 @@ async fn the_agent_binary_follows_edits_of_its_config_file() -> anyhow::Result<(
     drop(agent);
     relay.stop().await
 }
+
+/// Whether a visitor's connection to `addr` is served (its echo comes back) rather than reset.
+async fn served(addr: std::net::SocketAddr) -> bool {
+    match TcpStream::connect(addr).await {
+        Ok(mut tcp) => round_trip(&mut tcp, b"?").await.is_ok_and(|back| back == b"?"),
+        Err(_) => false,
+    }
+}
+
+#[tokio::test]
+async fn the_relay_applies_edited_limits_and_names_keys_that_need_a_restart() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let config = support::relay_config(dir.path());
+    let relay = relay::Relay::bind(config.clone())?;
+    let reloader = relay.reloader();
+    let (addr, fingerprint) = (relay.local_addr()?, relay.fingerprint());
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let running = tokio::spawn(relay.run(cancel.clone()));
+    let test_relay = TestRelay {
+        addr,
+        admin: None,
+        fingerprint,
+        token: config.token.clone().context("token")?,
+        cancel: cancel.clone(),
+        task: running,
+    };
+    let (agent, tunnels) = TestAgent::start(test_relay.plan(vec![tunnel("web", echo_server().await?)])).await?;
+    let public = public_addr(&tunnels[0]);
+    let mut first = TcpStream::connect(public).await?;
+    assert_eq!(round_trip(&mut first, b"one").await?, b"one");
+    assert!(served(public).await, "a second visitor from the same address is served at first");
+
+    let applied = reloader.apply(relay::RelayConfig {
+        max_visitors_per_ip: 1,
+        listen: "127.0.0.1:1".parse()?,
+        ..config.clone()
+    })?;
+    assert_eq!(applied.changed, ["max_visitors_per_ip: 256 -> 1"]);
+    assert_eq!(applied.needs_restart, ["listen"]);
+    assert!(!served(public).await, "past the new cap, a second visitor is reset");
+    assert_eq!(round_trip(&mut first, b"still").await?, b"still", "the open visitor keeps its place");
+
+    assert!(reloader.apply(relay::RelayConfig { max_visitors_per_tunnel: 0, ..config.clone() }).is_err());
+    reloader.apply(config)?;
+    assert!(served(public).await, "the cap can be raised again");
+    agent.stop().await?;
+    test_relay.stop().await
+}
+
+/// The compiled relay re-reads its config file on SIGHUP.
+#[tokio::test]
+async fn the_relay_binary_reloads_its_config_file_on_sighup() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("relay.toml");
+    let data = dir.path().join("data");
+    let settings = |extra: &str| {
+        format!(
+            "listen = \"127.0.0.1:0\"\npublic_bind = \"127.0.0.1\"\nadmin_listen = \"off\"\ndata_dir = \"{}\"\n\
+             token = \"reload-test-token-0123456789\"\n{extra}",
+            data.display()
+        )
+    };
+    std::fs::write(&file, settings(""))?;
+    let mut relay = Binary::start(Command::new(support::processes::relay_bin()?).arg("--config").arg(&file))?;
+    let udp: std::net::SocketAddr = {
+        let line = relay.line_with("agents connect to").await?;
+        line.split_whitespace().last().context("address")?.parse()?
+    };
+    let fingerprint = {
+        let line = relay.line_with("fingerprint").await?;
+        line.split_whitespace().last().context("fingerprint")?.parse().map_err(anyhow::Error::msg)?
+    };
+    relay.drain();
+    let (cancel, task) = (tokio_util::sync::CancellationToken::new(), tokio::spawn(async { Ok(()) }));
+    let handle = TestRelay {
+        addr: udp,
+        admin: None,
+        fingerprint,
+        token: burrow_common::Secret::new("reload-test-token-0123456789"),
+        cancel,
+        task,
+    };
+    let (agent, tunnels) = TestAgent::start(handle.plan(vec![tunnel("web", echo_server().await?)])).await?;
+    let public = public_addr(&tunnels[0]);
+    let mut first = TcpStream::connect(public).await?;
+    assert_eq!(round_trip(&mut first, b"one").await?, b"one");
+
+    std::fs::write(&file, settings("max_visitors_per_ip = 1\n"))?;
+    Command::new("kill").args(["-HUP", &relay.pid()?.to_string()]).status().await?;
+    // The reload is seen by its effect: a second visitor is refused once it is in force.
+    let refused = tokio::time::timeout(STEP, async {
+        while served(public).await {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    assert!(refused.is_ok(), "the new cap was never applied; stderr: {}", relay.stderr_text());
+    assert!(relay.stderr_text().contains("config reloaded: max_visitors_per_ip: 256 -> 1"), "{}", relay.stderr_text());
+    assert_eq!(round_trip(&mut first, b"still").await?, b"still");
+    agent.stop().await?;
+    Ok(())
+}

@@ -103,7 +103,7 @@ pub enum TokenCommand {
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let config = RelayConfig::load(cli.config.as_deref(), &cli.flags)?;
     match cli.command {
-        None => serve(config).await,
+        None => serve(config, cli.config.map(|path| (path, cli.flags))).await,
         Some(Command::Token(command)) => manage_tokens(&config, command),
         Some(Command::Invite { name, ports }) => {
             let ports = ports.as_deref().map(parse_port_list).transpose().map_err(anyhow::Error::msg)?;
@@ -112,13 +112,27 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-async fn serve(config: RelayConfig) -> anyhow::Result<()> {
+/// Serves until Ctrl-C or SIGTERM. With a config file, edits to it (or SIGHUP) are applied
+/// as the relay runs.
+async fn serve(config: RelayConfig, file: Option<(PathBuf, Flags)>) -> anyhow::Result<()> {
     let tokens = TokenStore::open(&config.data_dir, config.token.as_ref());
     let new_token = if tokens.is_empty()? { Some(tokens.add("default", None)?) } else { None };
     let relay = Relay::bind(config)?;
-    print_banner(&relay, new_token.as_ref())?;
     let cancel = CancellationToken::new();
     burrow_common::signal::cancel_on_signal(cancel.clone());
+    if let Some((path, flags)) = file {
+        let (reloader, stop) = (relay.reloader(), cancel.clone());
+        let watch = burrow_common::reload::ConfigWatch::new(&path);
+        tokio::spawn(async move {
+            watch
+                .run(&stop, || match RelayConfig::load(Some(&path), &flags).and_then(|new| reloader.apply(new)) {
+                    Ok(applied) => crate::reload::log(&applied),
+                    Err(e) => tracing::warn!("config reload failed; the running settings stay: {e:#}"),
+                })
+                .await;
+        });
+    }
+    print_banner(&relay, new_token.as_ref())?;
     relay.run(cancel).await
 }
 
@@ -148,7 +162,7 @@ fn print_banner(relay: &Relay, new_token: Option<&Secret>) -> anyhow::Result<()>
         }
         None => "<TOKEN>".to_string(),
     };
-    let relay_arg = crate::invite::agent_relay_arg(config, listen, "127.0.0.1");
+    let relay_arg = crate::invite::agent_relay_arg(&config, listen, "127.0.0.1");
     println!();
     println!("Expose a local port through this relay with:");
     println!("  BURROW_TOKEN={token} agent --relay {relay_arg} --fingerprint {} --local 8080", relay.fingerprint());

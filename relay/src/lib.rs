@@ -18,6 +18,7 @@ mod liveness;
 mod metrics;
 mod parking;
 pub mod registry;
+pub mod reload;
 pub mod reservations;
 mod session;
 mod sessions;
@@ -26,7 +27,11 @@ mod traffic;
 mod tunnel;
 mod vhost;
 
-use std::{net::SocketAddr, sync::Arc, sync::atomic::AtomicU64, time::Duration};
+use std::{
+    net::SocketAddr,
+    sync::{Arc, PoisonError, RwLock, atomic::AtomicU64},
+    time::Duration,
+};
 
 use anyhow::Context;
 use burrow_common::{CloseCode, Fingerprint, tls, transport};
@@ -48,7 +53,8 @@ const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(60);
 
 /// State every session reads.
 pub(crate) struct Shared {
-    pub(crate) config: RelayConfig,
+    /// Swapped whole when an edited config file is applied; see [`reload`].
+    config: RwLock<Arc<RelayConfig>>,
     pub(crate) tokens: TokenStore,
     pub(crate) limiter: FailureLimiter,
     pub(crate) registry: Registry,
@@ -62,9 +68,14 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// The settings in force now.
+    pub(crate) fn config(&self) -> Arc<RelayConfig> {
+        self.config.read().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
     /// The host shown in public addresses, when the relay knows its own name.
     pub(crate) fn public_host(&self) -> Option<String> {
-        self.config.hostname.first().cloned()
+        self.config().hostname.first().cloned()
     }
 }
 
@@ -112,7 +123,7 @@ impl Relay {
             handshakes: limits::Handshakes::default(),
             next_session: AtomicU64::new(1),
             vhost,
-            config,
+            config: RwLock::new(Arc::new(config)),
         };
         Ok(Self { endpoint, admin, vhost_listeners, shared: Arc::new(shared), fingerprint })
     }
@@ -141,15 +152,21 @@ impl Relay {
         self.fingerprint
     }
 
-    pub fn config(&self) -> &RelayConfig {
-        &self.shared.config
+    /// The settings in force now.
+    pub fn config(&self) -> Arc<RelayConfig> {
+        self.shared.config()
+    }
+
+    /// Applies edited settings to this relay while it runs; see [`reload::Reloader`].
+    pub fn reloader(&self) -> reload::Reloader {
+        reload::Reloader::new(self.shared.clone())
     }
 
     /// Under a flood of handshakes, makes a new client prove its address with a QUIC Retry
     /// before the relay spends a TLS handshake on it; spoofed sources never answer. Returns
     /// the connection to serve now, if any.
     fn validate_under_load(&self, incoming: quinn::Incoming) -> Option<quinn::Incoming> {
-        let busy = self.shared.handshakes.in_progress() >= self.shared.config.retry_handshakes_above;
+        let busy = self.shared.handshakes.in_progress() >= self.shared.config().retry_handshakes_above;
         if !busy || incoming.remote_address_validated() || !incoming.may_retry() {
             return Some(incoming);
         }
@@ -165,7 +182,7 @@ impl Relay {
     /// Forgets quiet addresses, and tunnels whose reservation would have expired.
     fn housekeeping(&self) {
         self.shared.limiter.forget_quiet();
-        self.shared.metrics.traffic.forget_idle(self.shared.config.reservation_ttl);
+        self.shared.metrics.traffic.forget_idle(self.shared.config().reservation_ttl);
     }
 
     /// `relay token revoke` runs as another process and only edits the token file; when the
@@ -219,7 +236,7 @@ impl Relay {
         tracing::info!("shutting down: no new agents or visitors");
         self.endpoint.set_server_config(None);
         sessions.close();
-        let drain = self.shared.config.grace_period + Duration::from_secs(1);
+        let drain = self.shared.config().grace_period + Duration::from_secs(1);
         if tokio::time::timeout(drain, sessions.wait()).await.is_err() {
             tracing::warn!("sessions still open after the grace period");
         }

@@ -16,7 +16,8 @@ use crate::metrics::{Metrics, REFUSED_IP_LIMIT, Reason};
 
 /// Open visitors per source address, across all tunnels.
 pub(crate) struct PerIpLimit {
-    max: usize,
+    /// Changed by a config reload; slots taken already are kept.
+    max: AtomicUsize,
     open: Arc<Mutex<HashMap<IpAddr, usize>>>,
 }
 
@@ -28,13 +29,17 @@ pub(crate) struct IpSlot {
 
 impl PerIpLimit {
     pub(crate) fn new(max: usize) -> Self {
-        Self { max, open: Arc::default() }
+        Self { max: AtomicUsize::new(max), open: Arc::default() }
+    }
+
+    pub(crate) fn set_max(&self, max: usize) {
+        self.max.store(max, Ordering::Relaxed);
     }
 
     pub(crate) fn try_admit(&self, ip: IpAddr) -> Option<IpSlot> {
         let mut open = self.open.lock().ok()?;
         let count = open.entry(ip).or_default();
-        if *count >= self.max {
+        if *count >= self.max.load(Ordering::Relaxed) {
             return None;
         }
         *count += 1;

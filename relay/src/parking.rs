@@ -48,7 +48,7 @@ pub(crate) struct ParkedPort {
 /// Parks a lost session's ports; returns when each has been taken over or released and its
 /// visitors are done.
 pub(crate) async fn park(shared: &Arc<Shared>, ports: Vec<u16>, session: SessionId, cancel: &CancellationToken) {
-    let waiting = duration::format(shared.config.park_visitors_for);
+    let waiting = duration::format(shared.config().park_visitors_for);
     let ports_held = TaskTracker::new();
     for port in ports {
         // None: a newer session of the tunnel already took the port over.
@@ -65,8 +65,8 @@ pub(crate) async fn park(shared: &Arc<Shared>, ports: Vec<u16>, session: Session
 /// deadline passes or the relay stops.
 async fn hold(parked: ParkedPort, port: u16, session: SessionId, shared: Arc<Shared>, cancel: CancellationToken) {
     let ParkedPort { listener, successor } = parked;
-    let deadline = Instant::now() + shared.config.park_visitors_for;
-    let places = Places::new(shared.config.max_parked_visitors, REFUSED_PARK_FULL);
+    let deadline = Instant::now() + shared.config().park_visitors_for;
+    let places = Places::new(shared.config().max_parked_visitors, REFUSED_PARK_FULL);
     let visitors = TaskTracker::new();
     let mut taken = successor.clone();
     let stop = async {
@@ -88,7 +88,7 @@ async fn hold(parked: ParkedPort, port: u16, session: SessionId, shared: Arc<Sha
     if shared.registry.release(port, session) && !cancel.is_cancelled() {
         tracing::info!(parked = visitors.len(), "agent did not return in time; port released");
     }
-    drain(visitors, &cancel, shared.config.grace_period).await;
+    drain(visitors, &cancel, shared.config().grace_period).await;
 }
 
 /// One parked visitor: carried over the tunnel's next session, or closed with a FIN when the

@@ -8,7 +8,10 @@
 use std::{
     collections::HashMap,
     net::{IpAddr, SocketAddr},
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
 };
 
 use burrow_common::{CloseCode, PortRange, Refusal};
@@ -55,7 +58,8 @@ pub(crate) struct Registry {
     reservations: Arc<dyn Reservations>,
     range: PortRange,
     bind_ip: IpAddr,
-    max_per_token: usize,
+    /// Changed by a config reload.
+    max_per_token: AtomicUsize,
 }
 
 /// Who is asking for a port.
@@ -91,7 +95,11 @@ impl Registry {
         bind_ip: IpAddr,
         max_per_token: usize,
     ) -> Self {
-        Self { live: Mutex::default(), reservations, range, bind_ip, max_per_token }
+        Self { live: Mutex::default(), reservations, range, bind_ip, max_per_token: AtomicUsize::new(max_per_token) }
+    }
+
+    pub(crate) fn set_max_per_token(&self, max: usize) {
+        self.max_per_token.store(max, Ordering::Relaxed);
     }
 
     /// Ports that `token` holds, except `tunnel`'s own: taking that one over adds nothing.
@@ -112,8 +120,9 @@ impl Registry {
         // taking it over adds nothing.
         let held_by_token =
             live.values().filter(|h| h.key.token == who.key.token && h.key.tunnel != who.key.tunnel).count();
-        if held_by_token + held_elsewhere >= self.max_per_token {
-            return Err(Refusal::TokenTunnelLimit { max: self.max_per_token }.into());
+        let max = self.max_per_token.load(Ordering::Relaxed);
+        if held_by_token + held_elsewhere >= max {
+            return Err(Refusal::TokenTunnelLimit { max }.into());
         }
         let allowed = |port: u16| self.range.contains(port) && who.grant.allows(port);
         if let Some(port) = requested {

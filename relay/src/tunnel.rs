@@ -49,7 +49,7 @@ pub(crate) async fn accept_visitors(
     if let Some(parked) = tunnel.parked {
         parked.send_replace(Some(Successor { conn: conn.clone(), tunnel: tunnel.id }));
     }
-    let places = Places::new(shared.config.max_visitors_per_tunnel, REFUSED_TUNNEL_LIMIT);
+    let places = Places::new(shared.config().max_visitors_per_tunnel, REFUSED_TUNNEL_LIMIT);
     accept_until(&tunnel.listener, &places, &shared, stop.cancelled(), |tcp, peer, admission| {
         // Spawned as is, not wrapped in another async block: a wrapper would hold this future
         // twice, doubling the memory of every open visitor.

@@ -43,8 +43,8 @@ pub(super) fn respond(shared: &Shared, view: &str) -> Response<Full<Bytes>> {
 }
 
 fn tokens(shared: &Shared) -> anyhow::Result<Vec<TokenView>> {
-    let range = shared.config.ports;
-    let configured = shared.config.token.as_ref().map(|_| TokenView {
+    let range = shared.config().ports;
+    let configured = shared.config().token.as_ref().map(|_| TokenView {
         name: CONFIGURED_TOKEN_NAME.into(),
         ports: range.to_string(),
         limited: false,

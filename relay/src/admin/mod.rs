@@ -48,7 +48,7 @@ pub(crate) async fn serve(
 }
 
 fn respond(shared: &Shared, ready: bool, request: &Request<Incoming>) -> Response<Full<Bytes>> {
-    if let Some(token) = &shared.config.admin_token
+    if let Some(token) = &shared.config().admin_token
         && !auth::allows(request, token.expose())
     {
         return auth::challenge(text(StatusCode::UNAUTHORIZED, "admin token required\n"));

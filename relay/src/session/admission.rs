@@ -62,8 +62,8 @@ pub(super) async fn admit(
     let grant = authenticate(shared, conn, hello).await?;
     tracing::Span::current().record("agent", grant.name.as_str());
     let count = hello.tunnels.len();
-    if count == 0 || count > shared.config.max_tunnels_per_session {
-        return Err(Refusal::TooManyTunnels { asked: count, max: shared.config.max_tunnels_per_session });
+    if count == 0 || count > shared.config().max_tunnels_per_session {
+        return Err(Refusal::TooManyTunnels { asked: count, max: shared.config().max_tunnels_per_session });
     }
     check_names(&hello.tunnels, &[])?;
     let mut opened = Vec::new();
@@ -145,7 +145,7 @@ async fn claim_subdomain<'a>(
             conn: claimant.conn.clone(),
             tunnel: id,
             kind: route_kind(),
-            places: Places::new(shared.config.max_visitors_per_tunnel, REFUSED_TUNNEL_LIMIT),
+            places: Places::new(shared.config().max_visitors_per_tunnel, REFUSED_TUNNEL_LIMIT),
         };
         vhost.routes.claim(&claimant, subdomain, route, held_elsewhere)
     })

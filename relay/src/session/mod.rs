@@ -37,7 +37,7 @@ pub(crate) async fn serve(incoming: quinn::Incoming, shared: Arc<Shared>, cancel
 async fn run(incoming: quinn::Incoming, shared: &Arc<Shared>, cancel: &CancellationToken) -> anyhow::Result<()> {
     let handshaking = shared.handshakes.enter();
     let conn = incoming.await.context("QUIC handshake failed")?;
-    let handshake = tokio::time::timeout(shared.config.handshake_timeout, receive_hello(&conn));
+    let handshake = tokio::time::timeout(shared.config().handshake_timeout, receive_hello(&conn));
     let (mut send, recv, hello) = tokio::select! {
         _ = cancel.cancelled() => {
             CloseCode::Shutdown.close(&conn);
@@ -96,7 +96,7 @@ async fn park_subdomains(shared: &Shared, subdomains: Vec<String>, session: Sess
     tracing::info!(?parked, "session lost; subdomains kept for the agent to return");
     tokio::select! {
         _ = cancel.cancelled() => {}
-        () = tokio::time::sleep(shared.config.park_visitors_for) => {}
+        () = tokio::time::sleep(shared.config().park_visitors_for) => {}
     }
     for name in &parked {
         vhost.routes.release(name, session);

@@ -151,7 +151,7 @@ impl<'a> Serving<'a> {
         }
         if ended.is_none() {
             self.visitors.close();
-            if tokio::time::timeout(self.shared.config.grace_period, self.visitors.wait()).await.is_err() {
+            if tokio::time::timeout(self.shared.config().grace_period, self.visitors.wait()).await.is_err() {
                 tracing::info!("grace period over; closing remaining visitors");
             }
             CloseCode::Shutdown.close(self.conn);
@@ -179,7 +179,7 @@ impl<'a> Serving<'a> {
         let (mut granted, mut refused) = (Vec::new(), Vec::new());
         let kept: Vec<String> = self.tunnels.values().map(|r| r.opened.granted.name.clone()).collect();
         let kept: Vec<&str> = kept.iter().map(String::as_str).collect();
-        let max = self.shared.config.max_tunnels_per_session;
+        let max = self.shared.config().max_tunnels_per_session;
         for spec in add {
             let open_now = self.tunnels.len();
             let checked = if open_now >= max {
@@ -219,7 +219,7 @@ fn lost(shared: &Shared, err: &quinn::ConnectionError) -> bool {
         // While serving, this relay closes a session itself to replace it (the newer session
         // has the places already) or for a protocol violation.
         quinn::ConnectionError::LocallyClosed => tracing::info!("session closed by the relay"),
-        _ if !shared.config.park_visitors_for.is_zero() => {
+        _ if !shared.config().park_visitors_for.is_zero() => {
             tracing::info!(%reason, "session lost");
             return true;
         }

@@ -159,7 +159,7 @@ pub(crate) async fn serve(listeners: Listeners, shared: Arc<Shared>, cancel: Can
     loops.close();
     loops.wait().await;
     connections.close();
-    if tokio::time::timeout(shared.config.grace_period, connections.wait()).await.is_err() {
+    if tokio::time::timeout(shared.config().grace_period, connections.wait()).await.is_err() {
         tracing::info!("grace period over; closing remaining HTTP visitors");
     }
 }
@@ -214,7 +214,7 @@ async fn serve_tls(
     shared: Arc<Shared>,
     cancel: CancellationToken,
 ) {
-    let timeout = shared.config.http_header_timeout;
+    let timeout = shared.config().http_header_timeout;
     let hello = match tokio::time::timeout(timeout, sni::read_client_hello(&mut tcp, MAX_CLIENT_HELLO)).await {
         Ok(Ok(hello)) => hello,
         Ok(Err(e)) => return tracing::debug!("no TLS ClientHello: {e}"),
@@ -238,7 +238,7 @@ async fn serve_tls(
 async fn passthrough_route(shared: &Shared, server_name: Option<&str>) -> Option<Arc<Route>> {
     let vhost = shared.vhost.as_ref()?;
     let name = names::subdomain_of(server_name?, &vhost.domain)?;
-    let route = vhost.find(name, shared.config.park_visitors_for).await.ok()?;
+    let route = vhost.find(name, shared.config().park_visitors_for).await.ok()?;
     matches!(route.kind, RouteKind::Tls).then_some(route)
 }
 

@@ -41,8 +41,9 @@ pub(crate) fn forbidden_ip(ip: IpAddr) -> ErrorPage {
 }
 
 /// The agent took the request, but the service behind it did not start answering in time.
-pub(crate) fn gateway_timeout(secs: u64) -> ErrorPage {
-    let detail = format!("The local server did not answer within {secs}s.");
+pub(crate) fn gateway_timeout(limit: std::time::Duration) -> ErrorPage {
+    let limit = burrow_common::config::duration::format(limit);
+    let detail = format!("The local server did not answer within {limit}.");
     ErrorPage::new(StatusCode::GATEWAY_TIMEOUT, "Local server too slow", detail)
 }
 
@@ -73,7 +74,7 @@ mod tests {
             (misdirected("a.example.com"), StatusCode::MISDIRECTED_REQUEST),
             (unauthorized(), StatusCode::UNAUTHORIZED),
             (forbidden_ip(ip), StatusCode::FORBIDDEN),
-            (gateway_timeout(30), StatusCode::GATEWAY_TIMEOUT),
+            (gateway_timeout(std::time::Duration::from_secs(30)), StatusCode::GATEWAY_TIMEOUT),
             (too_many("a.example.com"), StatusCode::SERVICE_UNAVAILABLE),
             (no_http_tunnels(), StatusCode::NOT_FOUND),
         ] {
@@ -88,7 +89,7 @@ mod tests {
     fn plain_text_is_one_line() {
         let page = not_found("myapp.relay.example.com");
         assert_eq!(page.plain_text(), "404 Tunnel not found: No tunnel is registered for myapp.relay.example.com.\n");
-        let page = gateway_timeout(30);
+        let page = gateway_timeout(std::time::Duration::from_secs(30));
         assert_eq!(page.plain_text(), "504 Local server too slow: The local server did not answer within 30s.\n");
         let page = forbidden_ip("2001:db8::7".parse().unwrap());
         assert_eq!(

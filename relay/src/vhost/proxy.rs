@@ -75,8 +75,11 @@ where
 {
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
-        .header_read_timeout(shared.config.http_header_timeout)
-        .max_buf_size(shared.config.http_max_header_bytes);
+        .header_read_timeout(shared.config().http_header_timeout)
+        // The buffer bounds what is read in one go; the head limit is what hyper checks
+        // exactly against the parsed head.
+        .max_buf_size(shared.config().http_max_header_bytes)
+        .max_header_size(shared.config().http_max_header_bytes);
     let state = Arc::new(VisitorConnection { visitor, shared, upstream: tokio::sync::Mutex::new(None) });
     let service = service_fn(move |request| {
         let state = state.clone();
@@ -123,7 +126,7 @@ impl VisitorConnection {
             return Err(pages::misdirected(&host).into());
         }
         if self.visitor.scheme == Scheme::Http
-            && self.shared.config.http_redirect_https
+            && self.shared.config().http_redirect_https
             && let Some(location) = vhost.https_url(&host, request.uri())
         {
             return Err(Refusal::Redirect(location));
@@ -176,7 +179,7 @@ impl VisitorConnection {
         request: Request<NotifyOnEnd<Incoming>>,
         body_sent: EndSignal,
     ) -> Result<Response<Incoming>, Refusal> {
-        let limit = self.shared.config.http_response_timeout;
+        let limit = self.shared.config().http_response_timeout;
         sender.ready().await.map_err(|e| tunnel_broke(&e))?;
         let answered = sender.send_request(request);
         let too_slow = async {
@@ -185,13 +188,13 @@ impl VisitorConnection {
         };
         tokio::select! {
             answered = answered => answered.map_err(|e| tunnel_broke(&e)),
-            () = too_slow => Err(pages::gateway_timeout(limit.as_secs()).into()),
+            () = too_slow => Err(pages::gateway_timeout(limit).into()),
         }
     }
 
     /// Finds the session serving `name`, waiting for a lost one's agent to come back.
     async fn route(&self, name: &str, host: &str) -> Result<Arc<Route>, Refusal> {
-        let found = self.vhost().find(name, self.shared.config.park_visitors_for).await;
+        let found = self.vhost().find(name, self.shared.config().park_visitors_for).await;
         found.map_err(|missing| match missing {
             Missing::Unknown => pages::not_found(host).into(),
             Missing::Offline => pages::tunnel_offline(host).into(),

@@ -63,13 +63,23 @@ enum State {
 pub(crate) struct Routes {
     live: Mutex<HashMap<String, Holder>>,
     reservations: Arc<dyn Reservations>,
+    /// Changed by a config reload.
+    rules: Mutex<Rules>,
+}
+
+/// The reserved names and the per-token cap, as configured now.
+struct Rules {
     reserved_names: Vec<String>,
     max_per_token: usize,
 }
 
 impl Routes {
     pub(crate) fn new(reservations: Arc<dyn Reservations>, reserved_names: Vec<String>, max_per_token: usize) -> Self {
-        Self { live: Mutex::default(), reservations, reserved_names, max_per_token }
+        Self { live: Mutex::default(), reservations, rules: Mutex::new(Rules { reserved_names, max_per_token }) }
+    }
+
+    pub(crate) fn set_rules(&self, reserved_names: Vec<String>, max_per_token: usize) {
+        *self.rules.lock().unwrap_or_else(PoisonError::into_inner) = Rules { reserved_names, max_per_token };
     }
 
     fn live(&self) -> MutexGuard<'_, HashMap<String, Holder>> {
@@ -91,17 +101,21 @@ impl Routes {
         route: Route,
         held_elsewhere: usize,
     ) -> Result<String, ClaimError> {
+        let (reserved, max) = {
+            let rules = self.rules.lock().unwrap_or_else(PoisonError::into_inner);
+            (rules.reserved_names.clone(), rules.max_per_token)
+        };
         let mut live = self.live();
         let held = live.values().filter(|h| h.key.token == who.key.token && h.key.tunnel != who.key.tunnel).count();
-        if held + held_elsewhere >= self.max_per_token {
-            return Err(Refusal::TokenTunnelLimit { max: self.max_per_token }.into());
+        if held + held_elsewhere >= max {
+            return Err(Refusal::TokenTunnelLimit { max }.into());
         }
         let name = match requested {
-            Some(asked) => names::check_subdomain(asked, &self.reserved_names)
+            Some(asked) => names::check_subdomain(asked, &reserved)
                 .map_err(|e| Refusal::BadTunnel { name: who.key.tunnel.clone(), why: e.to_string() })?,
             None => match self.reservations.place_for(who.key) {
                 Some(Place::Subdomain(name)) => name,
-                _ => self.unused_random_name(&live, &who.key.tunnel)?,
+                _ => self.unused_random_name(&live, &reserved, &who.key.tunnel)?,
             },
         };
         let parked = match live.get(&name).map(|h| (h.key == *who.key, &h.state, h.session)) {
@@ -136,12 +150,17 @@ impl Routes {
         Ok(name)
     }
 
-    fn unused_random_name(&self, live: &HashMap<String, Holder>, tunnel: &str) -> Result<String, Refusal> {
+    fn unused_random_name(
+        &self,
+        live: &HashMap<String, Holder>,
+        reserved: &[String],
+        tunnel: &str,
+    ) -> Result<String, Refusal> {
         (0..RANDOM_NAME_ATTEMPTS)
             .map(|_| names::random_subdomain())
             .find(|name| {
                 !live.contains_key(name)
-                    && !self.reserved_names.contains(name)
+                    && !reserved.contains(name)
                     && self.reservations.owner_of(&Place::Subdomain(name.clone())).is_none()
             })
             .ok_or_else(|| Refusal::BadTunnel {
