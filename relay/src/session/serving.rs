@@ -118,8 +118,9 @@ impl<'a> Serving<'a> {
                             tracing::debug!("update answer not sent: {e}");
                         }
                     }
-                    // The agent will send nothing more; its tunnels go on.
-                    Err(FrameError::Eof) => reading = false,
+                    // The agent will send nothing more, or the session is going: the tunnels go
+                    // on until the connection itself says it has ended.
+                    Err(FrameError::Eof | FrameError::Io(_)) => reading = false,
                     Err(e) => {
                         tracing::info!("malformed control message: {e}");
                         CloseCode::ProtocolViolation.close(self.conn);
