@@ -234,3 +234,40 @@ async fn an_authenticated_agent_cannot_open_streams_beyond_its_control_stream() 
     canary.stop().await?;
     relay.stop().await
 }
+
+/// After the Welcome, the control stream carries tunnel updates: garbage there is a protocol
+/// violation that closes that session (and frees its tunnel), never the relay.
+#[tokio::test]
+async fn a_malformed_update_after_the_welcome_closes_that_session_only() -> anyhow::Result<()> {
+    let (relay, canary, canary_addr, _dir) = relay_with_canary().await?;
+    let endpoint = raw_client(burrow_common::ALPN, &relay)?;
+    let conn = endpoint.connect(relay.addr, "localhost")?.await?;
+    let (mut control, mut answers) = conn.open_bi().await?;
+    let tunnels = vec![burrow_common::TunnelSpec {
+        name: "mangled".into(),
+        local: "127.0.0.1:1".into(),
+        kind: burrow_common::TunnelKind::Tcp { port: None },
+    }];
+    write_msg(
+        &mut control,
+        &Hello { version: burrow_common::protocol::PROTOCOL_VERSION, token: relay.token.clone(), tunnels },
+    )
+    .await?;
+    let ServerMsg::Welcome { tunnels } = read_msg(&mut answers, MAX_CONTROL_FRAME).await? else {
+        anyhow::bail!("no Welcome");
+    };
+    let public = std::net::SocketAddr::from(([127, 0, 0, 1], tunnels[0].port));
+    control.write_all(&[0, 0, 0, 3, 0xff, 0xff, 0xff]).await?;
+    let err = tokio::time::timeout(Duration::from_secs(1), conn.closed()).await?;
+    assert!(closed_with(&err, CloseCode::ProtocolViolation), "{err}");
+    let refused = tokio::time::timeout(STEP, async {
+        while tokio::net::TcpStream::connect(public).await.is_ok() {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    assert!(refused.is_ok(), "the violating session's port is freed");
+    assert_eq!(exchange(canary_addr, b"unaffected").await?, b"unaffected");
+    canary.stop().await?;
+    relay.stop().await
+}

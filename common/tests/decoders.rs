@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 
 use burrow_common::{
-    Fingerprint, Granted, Hello, HttpAccess, PortRange, Refusal, Secret, ServerMsg, StreamHeader, TunnelKind,
+    AgentMsg, Fingerprint, Granted, Hello, HttpAccess, PortRange, Refusal, Secret, ServerMsg, StreamHeader, TunnelKind,
     TunnelSpec,
     protocol::{FrameError, MAX_CONTROL_FRAME, MAX_HEADER_FRAME, read_msg, write_msg},
 };
@@ -70,8 +70,9 @@ proptest! {
             let hello = read_msg::<_, Hello>(&mut bytes.as_slice(), MAX_CONTROL_FRAME).await;
             let answer = read_msg::<_, ServerMsg>(&mut bytes.as_slice(), MAX_CONTROL_FRAME).await;
             let header = read_msg::<_, StreamHeader>(&mut bytes.as_slice(), MAX_HEADER_FRAME).await;
+            let update = read_msg::<_, AgentMsg>(&mut bytes.as_slice(), MAX_CONTROL_FRAME).await;
             // Only the outcome matters here: an error is fine, a panic is not.
-            drop((hello, answer, header));
+            drop((hello, answer, header, update));
         });
     }
 
@@ -98,6 +99,19 @@ proptest! {
         prop_assert_eq!(round_trip(&welcome, MAX_CONTROL_FRAME), welcome);
         let refused = ServerMsg::Refused(refused);
         prop_assert_eq!(round_trip(&refused, MAX_CONTROL_FRAME), refused);
+    }
+
+    #[test]
+    fn updates_and_their_answers_round_trip(
+        add in vec(tunnel_spec(), 0..6),
+        remove in vec(any::<u32>(), 0..6),
+        granted in vec(granted(), 0..6),
+        refused in vec((".{0,20}", refusal()), 0..3),
+    ) {
+        let update = AgentMsg::Update { add, remove };
+        prop_assert_eq!(round_trip(&update, MAX_CONTROL_FRAME), update);
+        let answer = ServerMsg::Updated { granted, refused };
+        prop_assert_eq!(round_trip(&answer, MAX_CONTROL_FRAME), answer);
     }
 
     #[test]
