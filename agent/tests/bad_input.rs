@@ -40,6 +40,27 @@ async fn send_control_bytes(relay: &TestRelay, bytes: &[u8]) -> anyhow::Result<q
     Ok(tokio::time::timeout(Duration::from_secs(1), conn.closed()).await?)
 }
 
+/// A session opened by hand, with one TCP tunnel named `name`, as far as the Welcome.
+async fn welcomed_raw_session(
+    relay: &TestRelay,
+    name: &str,
+) -> anyhow::Result<(quinn::Connection, (quinn::SendStream, quinn::RecvStream), Vec<Granted>)> {
+    let endpoint = raw_client(burrow_common::ALPN, relay)?;
+    let conn = endpoint.connect(relay.addr, "localhost")?.await?;
+    let (mut control, mut answers) = conn.open_bi().await?;
+    let tunnels = vec![burrow_common::TunnelSpec {
+        name: name.into(),
+        local: "127.0.0.1:1".into(),
+        kind: burrow_common::TunnelKind::Tcp { port: None },
+    }];
+    let hello = Hello { version: burrow_common::protocol::PROTOCOL_VERSION, token: relay.token.clone(), tunnels };
+    write_msg(&mut control, &hello).await?;
+    match read_msg(&mut answers, MAX_CONTROL_FRAME).await? {
+        ServerMsg::Welcome { tunnels } => Ok((conn, (control, answers), tunnels)),
+        other => anyhow::bail!("no Welcome: {other:?}"),
+    }
+}
+
 fn closed_with(err: &quinn::ConnectionError, code: CloseCode) -> bool {
     matches!(err, quinn::ConnectionError::ApplicationClosed(c) if c.error_code == code.code())
 }
@@ -210,21 +231,7 @@ async fn agents_get_through_when_the_relay_demands_address_validation() -> anyho
 #[tokio::test]
 async fn an_authenticated_agent_cannot_open_streams_beyond_its_control_stream() -> anyhow::Result<()> {
     let (relay, canary, canary_addr, _dir) = relay_with_canary().await?;
-    let endpoint = raw_client(burrow_common::ALPN, &relay)?;
-    let conn = endpoint.connect(relay.addr, "localhost")?.await?;
-    let (mut control, mut answers) = conn.open_bi().await?;
-    let tunnels = vec![burrow_common::TunnelSpec {
-        name: "hostile".into(),
-        local: "127.0.0.1:1".into(),
-        kind: burrow_common::TunnelKind::Tcp { port: None },
-    }];
-    write_msg(
-        &mut control,
-        &Hello { version: burrow_common::protocol::PROTOCOL_VERSION, token: relay.token.clone(), tunnels },
-    )
-    .await?;
-    let welcome: ServerMsg = read_msg(&mut answers, MAX_CONTROL_FRAME).await?;
-    assert!(matches!(welcome, ServerMsg::Welcome { .. }), "{welcome:?}");
+    let (conn, _control, _tunnels) = welcomed_raw_session(&relay, "hostile").await?;
 
     let extra_bidi = tokio::time::timeout(Duration::from_millis(500), conn.open_bi()).await;
     assert!(extra_bidi.is_err(), "the relay granted a second stream to an agent");
@@ -240,22 +247,7 @@ async fn an_authenticated_agent_cannot_open_streams_beyond_its_control_stream() 
 #[tokio::test]
 async fn a_malformed_update_after_the_welcome_closes_that_session_only() -> anyhow::Result<()> {
     let (relay, canary, canary_addr, _dir) = relay_with_canary().await?;
-    let endpoint = raw_client(burrow_common::ALPN, &relay)?;
-    let conn = endpoint.connect(relay.addr, "localhost")?.await?;
-    let (mut control, mut answers) = conn.open_bi().await?;
-    let tunnels = vec![burrow_common::TunnelSpec {
-        name: "mangled".into(),
-        local: "127.0.0.1:1".into(),
-        kind: burrow_common::TunnelKind::Tcp { port: None },
-    }];
-    write_msg(
-        &mut control,
-        &Hello { version: burrow_common::protocol::PROTOCOL_VERSION, token: relay.token.clone(), tunnels },
-    )
-    .await?;
-    let ServerMsg::Welcome { tunnels } = read_msg(&mut answers, MAX_CONTROL_FRAME).await? else {
-        anyhow::bail!("no Welcome");
-    };
+    let (conn, (mut control, _answers), tunnels) = welcomed_raw_session(&relay, "mangled").await?;
     let public = std::net::SocketAddr::from(([127, 0, 0, 1], tunnels[0].port));
     control.write_all(&[0, 0, 0, 3, 0xff, 0xff, 0xff]).await?;
     let err = tokio::time::timeout(Duration::from_secs(1), conn.closed()).await?;

@@ -187,17 +187,7 @@ async fn the_relay_applies_edited_limits_and_names_keys_that_need_a_restart() ->
     let config = support::relay_config(dir.path());
     let relay = relay::Relay::bind(config.clone())?;
     let reloader = relay.reloader();
-    let (addr, fingerprint) = (relay.local_addr()?, relay.fingerprint());
-    let cancel = tokio_util::sync::CancellationToken::new();
-    let running = tokio::spawn(relay.run(cancel.clone()));
-    let test_relay = TestRelay {
-        addr,
-        admin: None,
-        fingerprint,
-        token: config.token.clone().context("token")?,
-        cancel: cancel.clone(),
-        task: running,
-    };
+    let test_relay = TestRelay::run(relay, config.token.clone().context("token")?)?;
     let (agent, tunnels) = TestAgent::start(test_relay.plan(vec![tunnel("web", echo_server().await?)])).await?;
     let public = public_addr(&tunnels[0]);
     let mut first = TcpStream::connect(public).await?;

@@ -40,7 +40,6 @@ use tokio::{
     sync::Notify,
 };
 use tokio_tungstenite::tungstenite::Message;
-use tokio_util::sync::CancellationToken;
 
 use super::{STEP, TestRelay, local_server, processes, relay_config};
 
@@ -93,16 +92,7 @@ impl HttpRelay {
         let relay = Relay::bind(config)?;
         let http = relay.http_addr().context("the config opens the HTTP port")?;
         let https = relay.https_addr().context("the config opens the HTTPS port")?;
-        let cancel = CancellationToken::new();
-        let relay = TestRelay {
-            addr: relay.local_addr()?,
-            admin: relay.admin_addr(),
-            fingerprint: relay.fingerprint(),
-            token,
-            task: tokio::spawn(relay.run(cancel.clone())),
-            cancel,
-        };
-        Ok(Self { relay, http, https, data_dir })
+        Ok(Self { relay: TestRelay::run(relay, token)?, http, https, data_dir })
     }
 
     /// The self-signed wildcard certificate the relay wrote when it bound its HTTPS port.

@@ -53,7 +53,12 @@ impl TestRelay {
 
     pub async fn start_with(config: RelayConfig) -> anyhow::Result<Self> {
         let token = config.token.clone().context("test relays have a configured token")?;
-        let relay = Relay::bind(config)?;
+        Self::run(Relay::bind(config)?, token)
+    }
+
+    /// Runs a relay bound by the caller, who may keep handles to it (its reloader, its HTTP
+    /// ports) first.
+    pub fn run(relay: Relay, token: Secret) -> anyhow::Result<Self> {
         let cancel = CancellationToken::new();
         Ok(Self {
             addr: relay.local_addr()?,
