@@ -7,7 +7,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use support::{TestAgent, TestRelay, closed_port, http::*, settled};
+use support::{TestAgent, TestRelay, closed_port, http::*, http_apps::*, settled};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpStream,

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use futures_util::{SinkExt, StreamExt};
-use support::{STEP, TestAgent, http::*};
+use support::{STEP, TestAgent, http::*, http_apps::*};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpStream,

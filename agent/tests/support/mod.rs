@@ -4,6 +4,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 pub mod http;
+pub mod http_apps;
 use std::{net::SocketAddr, path::Path, time::Duration};
 
 use agent::{
