@@ -109,14 +109,18 @@ def rss_mib(pid):
 
 
 class Burrow:
-    """A relay and an agent (release binaries) exposing the given local ports."""
+    """A relay and an agent (release binaries) exposing the given local ports as TCP tunnels."""
+
+    RELAY_ARGS = []
+    TUNNEL_OPTIONS = []
+    ANNOUNCED = r"tunnel (\S+): tcp://\S+:(\d+)"
 
     def __init__(self, tunnels, netns_relay=None, netns_agent=None, relay_ip="127.0.0.1"):
         self.dir = tempfile.TemporaryDirectory(prefix="burrow-bench-")
         data = Path(self.dir.name)
         self.relay = Process(
             [str(BIN / "relay"), "--listen", f"{relay_ip}:0", "--public-bind", "127.0.0.1", "--admin-listen", "off",
-             "--data-dir", str(data / "relay")],
+             "--data-dir", str(data / "relay")] + self.RELAY_ARGS,
             env={"RUST_LOG": "warn", **ONE_ADDRESS_LOAD}, netns=netns_relay,
         )
         port = int(self.relay.line(r"agents connect to\s+udp \S+:(\d+)").group(1))
@@ -126,12 +130,13 @@ class Burrow:
         lines = [f'relay = "{relay_ip}:{port}"', f'fingerprint = "{fingerprint}"']
         for name, local in tunnels.items():
             lines += ["[[tunnels]]", f'name = "{name}"', f"local = {local}"]
+            lines += [option.format(name=name) for option in self.TUNNEL_OPTIONS]
         config.write_text("\n".join(lines) + "\n")
         self.agent = Process([str(BIN / "agent"), "--config", str(config)],
                              env={"BURROW_TOKEN": token, "RUST_LOG": "warn"}, netns=netns_agent)
         self.public = {}
         for _ in tunnels:
-            match = self.agent.line(r"tunnel (\S+): tcp://\S+:(\d+)")
+            match = self.agent.line(self.ANNOUNCED)
             self.public[match.group(1)] = int(match.group(2))
         self.relay.drain()
         self.agent.drain()
@@ -144,6 +149,20 @@ class Burrow:
         self.agent.stop()
         self.relay.stop()
         self.dir.cleanup()
+
+
+class BurrowHttp(Burrow):
+    """As Burrow, but each tunnel is an HTTP tunnel at NAME.DOMAIN on the relay's shared HTTP
+    port: the relay parses each request and the agent sends it on with its own HTTP client.
+    `public` maps each name to that shared port; requests pick their tunnel with `host(name)`."""
+
+    DOMAIN = "bench.test"
+    RELAY_ARGS = ["--domain", DOMAIN, "--http-listen", "127.0.0.1:0", "--https-listen", "off"]
+    TUNNEL_OPTIONS = ['protocol = "http"', 'subdomain = "{name}"']
+    ANNOUNCED = rf"tunnel (\S+): http://\S+\.{re.escape(DOMAIN)}:(\d+)"
+
+    def host(self, name):
+        return f"{name}.{self.DOMAIN}:{self.public[name]}"
 
 
 def wait_for_port(port, timeout=10):
@@ -168,22 +187,30 @@ def free_port():
 # --- measurements -------------------------------------------------------------------------
 
 
-def iperf(port, seconds, reverse=False, parallel=1):
-    """Throughput in Gbit/s of iperf3 against 127.0.0.1:port."""
+def iperf(port, seconds, reverse=False, parallel=1, retries=1):
+    """Throughput in Gbit/s of iperf3 against 127.0.0.1:port. A run whose control connection
+    fails is tried again once, and said so: on a busy machine that happens now and then."""
     argv = ["iperf3", "-c", "127.0.0.1", "-p", str(port), "-t", str(seconds), "-J", "-P", str(parallel)]
     if reverse:
         argv.append("-R")
-    out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 30, check=True).stdout
-    return json.loads(out)["end"]["sum_received"]["bits_per_second"] / 1e9
+    out = json.loads(subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 30).stdout)
+    if "error" in out:
+        if not retries:
+            raise RuntimeError(f"iperf3 against port {port} failed: {out['error']}")
+        print(f"iperf3 against port {port} failed ({out['error']}); trying again", file=sys.stderr, flush=True)
+        time.sleep(2)
+        return iperf(port, seconds, reverse, parallel, retries - 1)
+    return out["end"]["sum_received"]["bits_per_second"] / 1e9
 
 
-def wrk(port, path, seconds, pids=()):
-    """req/s, p50 and p99 latency (ms), and CPU per request (µs) of `pids` under wrk -t2 -c50."""
+def wrk(port, path, seconds, pids=(), host=None):
+    """req/s, p50 and p99 latency (ms), and CPU per request (µs) of `pids` under wrk -t2 -c50;
+    `host` replaces the Host header (an HTTP tunnel's name)."""
+    argv = ["wrk", "-t2", "-c50", f"-d{seconds}s", "--latency", f"http://127.0.0.1:{port}{path}"]
+    if host:
+        argv += ["-H", f"Host: {host}"]
     before = sum(cpu_seconds(p) for p in pids)
-    out = subprocess.run(
-        ["wrk", "-t2", "-c50", f"-d{seconds}s", "--latency", f"http://127.0.0.1:{port}{path}"],
-        capture_output=True, text=True, timeout=seconds + 30, check=True,
-    ).stdout
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 30, check=True).stdout
     cpu = sum(cpu_seconds(p) for p in pids) - before
     total = int(re.search(r"(\d+) requests in", out).group(1))
     if total == 0:
@@ -204,7 +231,8 @@ def wrk_latency(out, percentile):
     return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
 
 
-REQUEST = b"GET /1k HTTP/1.1\r\nHost: bench\r\n\r\n"
+def request(host="bench"):
+    return f"GET /1k HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
 
 
 def read_response(sock):
@@ -223,7 +251,7 @@ def sequential_connects(port, count):
     for _ in range(count):
         started = time.perf_counter()
         with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-            sock.sendall(REQUEST)
+            sock.sendall(request())
             read_response(sock)
         times.append((time.perf_counter() - started) * 1e3)
     return percentiles(times)
@@ -234,13 +262,13 @@ def percentiles(samples):
     return {"p50_ms": statistics.median(ordered), "p99_ms": ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]}
 
 
-def held_connections_rss(port, count, pids):
+def held_connections_rss(port, count, pids, host="bench"):
     """RSS (MiB) of each pid with `count` open, verified connections through the tunnel."""
     socks = []
     try:
         for _ in range(count):
             sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-            sock.sendall(REQUEST)
+            sock.sendall(request(host))
             socks.append(sock)
         for sock in socks:
             read_response(sock)
@@ -261,12 +289,24 @@ def measure_path(r, label, args, http_port, iperf_port, pids=()):
     r[f"iperf_up_gbps_{label}"] = iperf(iperf_port, args.seconds)
     r[f"iperf_down_gbps_{label}"] = iperf(iperf_port, args.seconds, reverse=True)
     r[f"iperf_p4_gbps_{label}"] = iperf(iperf_port, args.seconds, parallel=4)
-    for size in ("1k", "1m"):
-        for key, value in wrk(http_port, f"/{size}", args.seconds, pids).items():
-            if value is not None:
-                r[f"http_{size}_{key}_{label}"] = value
+    measure_wrk(r, label, args, http_port, pids)
     for key, value in sequential_connects(http_port, args.connects).items():
         r[f"connect_{key}_{label}"] = value
+
+
+def measure_wrk(r, label, args, port, pids, host=None):
+    for size in ("1k", "1m"):
+        for key, value in wrk(port, f"/{size}", args.seconds, pids, host).items():
+            if value is not None:
+                r[f"http_{size}_{key}_{label}"] = value
+
+
+def measure_relay_memory(r, label, args, relay, port, host="bench"):
+    """The relay's RSS with `args.held` open connections, and what each adds to the idle RSS
+    read before the load."""
+    held = held_connections_rss(port, args.held, [relay], host)[0]
+    r[f"relay_rss_held_mib_{label}"] = held
+    r[f"relay_kib_per_held_connection_{label}"] = (held - r[f"relay_rss_idle_mib_{label}"]) * 1024 / args.held
 
 
 def run_once(args, http_port, iperf_port, systems):
@@ -275,15 +315,27 @@ def run_once(args, http_port, iperf_port, systems):
     for name, start in systems.items():
         system = start({"http": http_port, "iperf": iperf_port})
         try:
-            relay = system.pids[0]
-            r[f"relay_rss_idle_mib_{name}"] = rss_mib(relay)
+            r[f"relay_rss_idle_mib_{name}"] = rss_mib(system.pids[0])
             measure_path(r, name, args, system.public["http"], system.public["iperf"], system.pids)
-            relay_rss = held_connections_rss(system.public["http"], args.held, [relay])[0]
-            r[f"relay_rss_held_mib_{name}"] = relay_rss
-            r[f"relay_kib_per_held_connection_{name}"] = (relay_rss - r[f"relay_rss_idle_mib_{name}"]) * 1024 / args.held
+            measure_relay_memory(r, name, args, system.pids[0], system.public["http"])
         finally:
             system.stop()
+        if name == "burrow" and args.http_tunnel:
+            measure_http_tunnel(r, args, http_port)
     return r
+
+
+def measure_http_tunnel(r, args, http_port):
+    """The wrk and relay memory figures through an HTTP tunnel, keyed `<figure>_burrow_http`.
+    No iperf: an HTTP tunnel carries HTTP, not raw TCP."""
+    system = BurrowHttp({"web": http_port})
+    try:
+        port, host = system.public["web"], system.host("web")
+        r["relay_rss_idle_mib_burrow_http"] = rss_mib(system.relay.pid)
+        measure_wrk(r, "burrow_http", args, port, system.pids, host)
+        measure_relay_memory(r, "burrow_http", args, system.relay.pid, port, host)
+    finally:
+        system.stop()
 
 
 def medians(runs):
@@ -299,6 +351,8 @@ def main():
     parser.add_argument("--held", type=int, default=1000, help="open connections for the memory figure")
     parser.add_argument("--peers", action="store_true", help="also measure bore and rathole (bench/run installs them)")
     parser.add_argument("--no-burst", action="store_true", help="skip the burst over a 50 ms RTT link")
+    parser.add_argument("--no-http-tunnel", dest="http_tunnel", action="store_false",
+                        help="skip the HTTP tunnel (wrk through the relay's shared HTTP port)")
     parser.add_argument("--out", default=str(RESULTS / "latest.json"))
     parser.add_argument("--bin-dir", default=str(RELEASE), help="directory holding relay and agent")
     args = parser.parse_args()
@@ -324,7 +378,10 @@ def main():
     finally:
         iperf_server.stop()
         http.stop()
-    result = {"machine": machine(), "systems": list(systems), "runs": runs, "median": medians(runs),
+    names = list(systems)
+    if args.http_tunnel:
+        names.insert(names.index("burrow") + 1, "burrow_http")
+    result = {"machine": machine(), "systems": names, "runs": runs, "median": medians(runs),
               "settings": vars(args)}
     if not args.no_burst:
         import burst

@@ -18,6 +18,8 @@ COLORS = {"direct": "#9e9e9e", "burrow": "#2e7d32", "bore": "#1565c0", "rathole-
 
 
 LEGEND = {"bore": "bore (unencrypted)"}
+# Column headings of the results table.
+HEADINGS = {"burrow": "burrow TCP tunnel", "burrow_http": "burrow HTTP tunnel"}
 
 
 def fmt(value, digits=1):
@@ -50,7 +52,7 @@ def table(result):
         return (b["p50_ms"], b["p99_ms"]) if b else (None, None)
 
     rows = [
-        "| figure | " + " | ".join(columns) + " |",
+        "| figure | " + " | ".join(HEADINGS.get(s, s) for s in columns) + " |",
         "|---|" + "---:|" * len(columns),
         ratio_row("iperf3 1 stream, visitor -> local (Gbit/s)", "iperf_up_gbps"),
         ratio_row("iperf3 1 stream, local -> visitor (Gbit/s)", "iperf_down_gbps"),
@@ -59,6 +61,8 @@ def table(result):
         pair_row("HTTP 1 KiB latency p50 / p99 (ms)", "http_1k_p50_ms", "http_1k_p99_ms", 2),
         "| relay+agent CPU per 1 KiB request (µs) | - | " + " | ".join(fmt(get("http_1k_cpu_us_per_req", s)) for s in systems) + " |",
         ratio_row("HTTP 1 MiB (req/s)", "http_1m_rps", 0),
+        pair_row("HTTP 1 MiB latency p50 / p99 (ms)", "http_1m_p50_ms", "http_1m_p99_ms", 1),
+        "| relay+agent CPU per 1 MiB request (µs) | - | " + " | ".join(fmt(get("http_1m_cpu_us_per_req", s)) for s in systems) + " |",
         pair_row("new connection + 1 KiB response, sequential, p50 / p99 (ms)", "connect_p50_ms", "connect_p99_ms", 2),
         pair_row("relay RSS idle / with 1000 open connections (MiB)", "relay_rss_idle_mib", "relay_rss_held_mib", 1, True),
         "| relay memory per open connection (KiB) | - | " + " | ".join(fmt(get("relay_kib_per_held_connection", s)) for s in systems) + " |",
@@ -67,6 +71,19 @@ def table(result):
         rows.append(pair_row(f"burst of {burst['burst']} new connections, {burst['rtt_ms']} ms RTT relay<->agent, "
                              "TTFB p50 / p99 (ms)", burst_cell, None, 1))
     return "\n".join(rows)
+
+
+def http_against_tcp(result):
+    """One sentence setting the HTTP tunnel beside the TCP tunnel of the same run."""
+    m = result["median"]
+    if "burrow_http" not in result["systems"]:
+        return ""
+    parts = []
+    for size, label in (("1k", "1 KiB"), ("1m", "1 MiB")):
+        rps = m[f"http_{size}_rps_burrow_http"] / m[f"http_{size}_rps_burrow"]
+        cpu = m[f"http_{size}_cpu_us_per_req_burrow_http"] / m[f"http_{size}_cpu_us_per_req_burrow"]
+        parts.append(f"{label} requests at {rps:.2f}x its req/s and {cpu:.2f}x its CPU per request")
+    return "Against the TCP tunnel in the same run, the HTTP tunnel serves " + "; ".join(parts) + "."
 
 
 def targets(result):
@@ -100,7 +117,9 @@ def targets(result):
 
 def plot(result):
     """Two grouped bar charts as SVG: bulk throughput, and burst TTFB over a 50 ms RTT."""
-    m, systems, burst = result["median"], result["systems"], result.get("burst") or {}
+    m, burst = result["median"], result.get("burst") or {}
+    # An HTTP tunnel has no bulk figures, and no burst.
+    systems = [s for s in result["systems"] if m.get(f"iperf_up_gbps_{s}") is not None]
     width, height, pad = 900, 340, 50
     svg = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="12">',
            '<rect width="100%" height="100%" fill="white"/>']
@@ -255,6 +274,7 @@ def replace_section(text, start, end, body):
 
 def write(result):
     machine = result["machine"]
+    against = http_against_tcp(result)
     section = "\n".join([
         START,
         f"Measured {machine['date']} on {machine['cpus']} cores, Linux {machine['kernel']}, {machine['rustc']}, "
@@ -264,6 +284,7 @@ def write(result):
         "",
         table(result),
         "",
+        *([against, ""] if against else []),
         "![throughput and burst TTFB](bench/results/plot.svg)",
         "",
         "Targets:",
