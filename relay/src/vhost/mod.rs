@@ -183,6 +183,9 @@ async fn accept(
                 }
             },
         };
+        // Responses are written in pieces (head, then body frames); Nagle would hold a small
+        // one back until the visitor's delayed ACK, 40 ms later.
+        tcp.set_nodelay(true).ok();
         // The tunnel is known only once a request names it; the address cap applies now.
         let Some(slot) = shared.per_ip.try_admit(peer.ip()) else {
             shared.metrics.visitors_refused.get_or_create(&REFUSED_IP_LIMIT).inc();
