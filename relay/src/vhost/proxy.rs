@@ -30,9 +30,6 @@ use crate::{Shared, limits, limits::Admission, metrics::REFUSED_NO_STREAM, traff
 
 pub(crate) type ProxyBody = UnsyncBoxBody<Bytes, hyper::Error>;
 
-/// Read buffer for each stream to the agent.
-const UPSTREAM_READ_BUFFER: usize = 64 * 1024;
-
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Scheme {
     Http,
@@ -221,13 +218,8 @@ impl VisitorConnection {
         metrics.stream_open.observe(arrived.elapsed().as_secs_f64());
         let visit = metrics.traffic.visit(route.conn.stable_id(), route.tunnel, self.visitor.addr);
         let io = StreamIo::new(send, recv, visit.shared_progress());
-        // Reads from the stream as large as the stream allows, so the response body reaches
-        // the visitor (with Nagle off) in large writes rather than one per QUIC packet.
-        let (sender, connection) = hyper::client::conn::http1::Builder::new()
-            .read_buf_exact_size(Some(UPSTREAM_READ_BUFFER))
-            .handshake(TokioIo::new(io))
-            .await
-            .map_err(|e| tunnel_broke(&e))?;
+        let (sender, connection) =
+            hyper::client::conn::http1::handshake(TokioIo::new(io)).await.map_err(|e| tunnel_broke(&e))?;
         tokio::spawn(async move {
             if let Err(e) = connection.with_upgrades().await {
                 tracing::debug!("stream to the agent ended: {e}");
