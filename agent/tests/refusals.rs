@@ -160,6 +160,33 @@ async fn one_token_cannot_hold_more_tunnels_than_its_limit_across_sessions() -> 
     relay.stop().await
 }
 
+/// Many sessions asking for the same tunnel name at different places (here subdomains) still
+/// count against the token's limit: only one place of a tunnel may be taken over for free.
+#[tokio::test]
+async fn sessions_repeating_one_tunnel_name_cannot_get_past_the_token_limit() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let config = RelayConfig { max_tunnels_per_token: 2, ..support::http::http_relay_config(dir.path()) };
+    let relay = TestRelay::start_with(config).await?;
+    let echo = echo_server().await?;
+    let mut agents = Vec::new();
+    let refused = loop {
+        anyhow::ensure!(agents.len() <= 3, "{} sessions of one tunnel name were admitted", agents.len());
+        let local = tunnel("same", echo).local;
+        let name = format!("place{}", agents.len());
+        let plan = relay.plan(vec![agent::TunnelPlan::http("same", local, Some(&name))]);
+        let mut agent = TestAgent::spawn(plan);
+        match agent.online().await {
+            Ok(_) => agents.push(agent),
+            Err(e) => break e,
+        }
+    };
+    assert!(format!("{refused:#}").contains("already holds 2 tunnels"), "{refused:#}");
+    for agent in agents {
+        agent.stop().await?;
+    }
+    relay.stop().await
+}
+
 #[tokio::test]
 async fn revoking_a_token_ends_its_sessions_at_once_and_no_other() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;

@@ -102,10 +102,10 @@ impl Registry {
         self.max_per_token.store(max, Ordering::Relaxed);
     }
 
-    /// Ports that `token` holds, except `tunnel`'s own: taking that one over adds nothing.
-    pub(crate) fn held_by(&self, token: &str, except_tunnel: &str) -> usize {
+    /// Ports that `token` holds, serving or parked.
+    pub(crate) fn held_by(&self, token: &str) -> usize {
         let Ok(live) = self.live.lock() else { return 0 };
-        live.values().filter(|h| h.key.token == token && h.key.tunnel != except_tunnel).count()
+        live.values().filter(|h| h.key.token == token).count()
     }
 
     /// Gives the claimant a port; `held_elsewhere` counts the token's tunnels on subdomains.
@@ -116,10 +116,11 @@ impl Registry {
         held_elsewhere: usize,
     ) -> Result<Claim, ClaimError> {
         let mut live = self.live.lock().map_err(|_| Refusal::NoFreePort { range: self.range.to_string() })?;
-        // The claimant's own tunnel, held by a session it replaces or parked, is not counted:
-        // taking it over adds nothing.
-        let held_by_token =
-            live.values().filter(|h| h.key.token == who.key.token && h.key.tunnel != who.key.tunnel).count();
+        // One place of the claimant's own tunnel, held by a session it replaces or parked, is
+        // not counted: taking it over adds nothing. Every other place of the token counts,
+        // however many sessions ask for the same tunnel name.
+        let held_by_token = live.values().filter(|h| h.key.token == who.key.token).count()
+            - usize::from(live.values().any(|h| h.key == *who.key));
         let max = self.max_per_token.load(Ordering::Relaxed);
         if held_by_token + held_elsewhere >= max {
             return Err(Refusal::TokenTunnelLimit { max }.into());

@@ -111,7 +111,7 @@ pub(super) async fn open(
     let granted = |port, urls| Granted { id, name: spec.name.clone(), port, host: shared.public_host(), urls };
     match &spec.kind {
         TunnelKind::Tcp { port } => {
-            let held_elsewhere = shared.vhost.as_ref().map_or(0, |v| v.routes.held_by(&key.token, &key.tunnel));
+            let held_elsewhere = shared.vhost.as_ref().map_or(0, |v| v.routes.held_by(&key.token));
             let Claim { port, listener, parked } =
                 claim(&key, |replacing| shared.registry.claim(&who(replacing), *port, held_elsewhere)).await?;
             let accept = OpenTunnel { id, listener, parked };
@@ -134,7 +134,7 @@ async fn claim_subdomain<'a>(
     who: impl Fn(Option<SessionId>) -> Claimant<'a>,
 ) -> Result<(String, Vec<String>), Refusal> {
     let vhost = shared.vhost.as_ref().ok_or(Refusal::NoDomain)?;
-    let held_elsewhere = shared.registry.held_by(&key.token, &key.tunnel);
+    let held_elsewhere = shared.registry.held_by(&key.token);
     let route_kind = || match &spec.kind {
         TunnelKind::Http { access, .. } => RouteKind::Http(Access::new(access)),
         _ => RouteKind::Tls,

@@ -87,9 +87,9 @@ impl Routes {
         self.live.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Names that `token` holds, except `tunnel`'s own: taking that one over adds nothing.
-    pub(crate) fn held_by(&self, token: &str, except_tunnel: &str) -> usize {
-        self.live().values().filter(|h| h.key.token == token && h.key.tunnel != except_tunnel).count()
+    /// Names that `token` holds, serving or parked.
+    pub(crate) fn held_by(&self, token: &str) -> usize {
+        self.live().values().filter(|h| h.key.token == token).count()
     }
 
     /// Gives the claimant the subdomain it asked for, the one reserved for its tunnel, or a
@@ -106,7 +106,9 @@ impl Routes {
             (rules.reserved_names.clone(), rules.max_per_token)
         };
         let mut live = self.live();
-        let held = live.values().filter(|h| h.key.token == who.key.token && h.key.tunnel != who.key.tunnel).count();
+        // As for ports: one name of the claimant's own tunnel may be taken over for free.
+        let held = live.values().filter(|h| h.key.token == who.key.token).count()
+            - usize::from(live.values().any(|h| h.key == *who.key));
         if held + held_elsewhere >= max {
             return Err(Refusal::TokenTunnelLimit { max }.into());
         }
