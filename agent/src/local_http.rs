@@ -17,6 +17,7 @@ use hyper_util::{
     client::legacy::{Client, connect::HttpConnector},
     rt::{TokioExecutor, TokioIo},
 };
+use tokio_util::sync::CancellationToken;
 
 use crate::{
     HttpRewrite,
@@ -26,6 +27,9 @@ use crate::{
 };
 
 type Body = UnsyncBoxBody<Bytes, hyper::Error>;
+
+/// Longest a replay waits for its answer, and reads its body.
+const REPLAY_LIMIT: Duration = Duration::from_secs(60);
 
 /// Idle connections to the local server are kept this long for the next request.
 const POOL_IDLE: Duration = Duration::from_secs(30);
@@ -45,6 +49,8 @@ pub(crate) struct LocalHttp {
     /// The tunnel's name, under which its requests are listed.
     tunnel: String,
     stats: Stats,
+    /// Cancelled when the tunnel is removed: its upgraded connections end with it.
+    closed: CancellationToken,
     local: LocalTarget,
     host_header: Option<HeaderValue>,
     request_headers: Vec<(HeaderName, HeaderValue)>,
@@ -54,7 +60,13 @@ pub(crate) struct LocalHttp {
 impl LocalHttp {
     /// The rewrites were checked when the configuration was loaded; one that still does not
     /// parse is left out rather than failing every request.
-    pub(crate) fn new(tunnel: &str, local: &LocalTarget, rewrite: &HttpRewrite, stats: &Stats) -> Self {
+    pub(crate) fn new(
+        tunnel: &str,
+        local: &LocalTarget,
+        rewrite: &HttpRewrite,
+        stats: &Stats,
+        closed: CancellationToken,
+    ) -> Self {
         let headers = |pairs: &[(String, String)]| {
             pairs
                 .iter()
@@ -70,6 +82,7 @@ impl LocalHttp {
             client,
             tunnel: tunnel.to_string(),
             stats: stats.clone(),
+            closed,
             local: local.clone(),
             host_header: rewrite.host_header.as_deref().and_then(|h| HeaderValue::from_str(h).ok()),
             request_headers: headers(&rewrite.request_headers),
@@ -101,10 +114,14 @@ impl LocalHttp {
             && let Some(visitor_side) = visitor_upgrade
         {
             let local_side = hyper::upgrade::on(&mut response);
+            let closed = self.closed.clone();
             tokio::spawn(async move {
-                match upgrade::join(visitor_side, local_side).await {
-                    Ok((up, down)) => tracing::debug!(up, down, "upgraded connection closed"),
-                    Err(e) => tracing::debug!("upgraded connection failed: {e:#}"),
+                tokio::select! {
+                    joined = upgrade::join(visitor_side, local_side) => match joined {
+                        Ok((up, down)) => tracing::debug!(up, down, "upgraded connection closed"),
+                        Err(e) => tracing::debug!("upgraded connection failed: {e:#}"),
+                    },
+                    _ = closed.cancelled() => tracing::debug!("upgraded connection closed with its tunnel"),
                 }
             });
         }
@@ -177,10 +194,19 @@ impl LocalHttp {
         let exchange = self.stats.requests().start(&self.tunnel, None, Some(original.id), &parts);
         self.stats.changed();
         let body = Tap::new(body, exchange.clone(), Side::Request, self.on_change()).boxed_unsync();
-        let response = self.send(Request::from_parts(parts, body), &exchange).await;
-        // Nobody reads a replay's response but the log: read it here so it is recorded.
+        let sent = tokio::time::timeout(REPLAY_LIMIT, self.send(Request::from_parts(parts, body), &exchange)).await;
+        let Ok(response) = sent else {
+            exchange.ended(Some(format!("no answer within {REPLAY_LIMIT:?}")));
+            return Err(format!("the local server did not answer the replay within {REPLAY_LIMIT:?}"));
+        };
+        // Nobody reads a replay's response but the log, which keeps its start: the rest is
+        // read and dropped, for a bounded time, so a stream that never ends costs nothing.
         tokio::spawn(async move {
-            response.into_body().collect().await.ok();
+            let mut body = response.into_body();
+            let drained = tokio::time::timeout(REPLAY_LIMIT, async { while let Some(Ok(_)) = body.frame().await {} });
+            if drained.await.is_err() {
+                tracing::debug!("a replay's response still streamed after {REPLAY_LIMIT:?}; dropped");
+            }
         });
         Ok(exchange.id)
     }

@@ -168,9 +168,13 @@ async fn register_and_serve(
     let err = tokio::select! {
         err = serve_streams(conn, targets.clone()) => err,
         failed = reload::follow(plan, &mut control, &targets, &mut live, status) => {
-            // Without a working control stream the tunnels cannot change, but they serve on.
-            tracing::warn!("config reloads stop for this session: {failed:#}");
-            serve_streams(conn, targets).await
+            // The relay may hold tunnels this agent no longer serves, or the reverse: start
+            // over from a Hello with the current list, which the relay answers in full.
+            CloseCode::AgentExit.close(conn);
+            return Outcome::Retry {
+                reason: format!("a tunnel update failed ({failed:#}); reconnecting with the new list"),
+                online_for: Some(online_since.elapsed()),
+            };
         }
     };
     match close_code(&err) {
@@ -202,8 +206,10 @@ pub(crate) fn public(plan: &Plan, live: &[(TunnelPlan, Granted)]) -> Vec<PublicT
 
 /// Where the streams of a granted tunnel go.
 pub(crate) fn target(plan: &Plan, tunnel: &TunnelPlan, granted: &Granted) -> Target {
+    let closed = CancellationToken::new();
     let http = (tunnel.protocol == Protocol::Http).then(|| {
-        let local = Arc::new(LocalHttp::new(&granted.name, &tunnel.local, &tunnel.rewrite, &plan.stats));
+        let local =
+            Arc::new(LocalHttp::new(&granted.name, &tunnel.local, &tunnel.rewrite, &plan.stats, closed.clone()));
         plan.stats.set_replayer(&granted.name, &local);
         local
     });
@@ -212,7 +218,7 @@ pub(crate) fn target(plan: &Plan, tunnel: &TunnelPlan, granted: &Granted) -> Tar
         local: tunnel.local.clone(),
         counters: plan.stats.tunnel(&granted.name),
         http,
-        closed: CancellationToken::new(),
+        closed,
     }
 }
 

@@ -145,6 +145,20 @@ async fn forwarded_headers_name_the_visitor_and_replace_forged_ones() -> anyhow:
     let https_host = format!("myapp.burrow.test:{}", relay.https.port());
     assert_eq!(headers["forwarded"][0], format!("for=127.0.0.1;host=\"{https_host}\";proto=https"));
 
+    // Hop-by-hop headers stay on their hop: one a visitor names in Connection (here the
+    // forwarding header a proxy in front of the local server would trust) does not cross.
+    let hop = [("connection", "x-forwarded-for, x-private"), ("x-private", "1"), ("keep-alive", "timeout=99")];
+    let echoed = visit(relay.http, &sent_host, "/", &hop).await?.json()?;
+    let headers = &echoed["headers"];
+    assert_eq!(headers["x-forwarded-for"], serde_json::json!(["127.0.0.1"]), "{headers}");
+    for gone in ["x-private", "keep-alive", "connection"] {
+        assert!(headers.get(gone).is_none(), "{gone} crossed: {headers}");
+    }
+    // Two Hosts could be routed by one and served by the other.
+    let mut twice = Visitor::connect(relay.http).await?;
+    let answer = twice.get(&sent_host, "/", &[("host", "other.burrow.test")]).await?;
+    assert_eq!(answer.status, 400, "{}", answer.body);
+
     agent.stop().await?;
     relay.stop().await
 }

@@ -8,6 +8,7 @@ use burrow_common::{
     protocol::{PROTOCOL_VERSION, VALID_NAME, is_valid_name},
 };
 use quinn::Connection;
+use tokio_util::task::TaskTracker;
 
 use crate::{
     Shared,
@@ -55,6 +56,7 @@ pub(super) async fn admit(
     conn: &Connection,
     hello: &Hello,
     session: SessionId,
+    visitors: &TaskTracker,
 ) -> Result<(Grant, Vec<Opened>), Refusal> {
     if hello.version != PROTOCOL_VERSION {
         return Err(Refusal::Version { agent: hello.version, relay: PROTOCOL_VERSION });
@@ -68,7 +70,7 @@ pub(super) async fn admit(
     check_names(&hello.tunnels, &[])?;
     let mut opened = Vec::new();
     for (id, spec) in (0u32..).zip(&hello.tunnels) {
-        match open(shared, &grant, conn, session, id, spec).await {
+        match open(shared, &grant, conn, session, id, spec, visitors).await {
             Ok(tunnel) => opened.push(tunnel),
             Err(refusal) => {
                 for tunnel in &opened {
@@ -97,7 +99,8 @@ pub(super) fn check_names(added: &[TunnelSpec], kept: &[&str]) -> Result<(), Ref
     Ok(())
 }
 
-/// Claims the place of one tunnel, granted with `id`.
+/// Claims the place of one tunnel, granted with `id`. Its visitors' work runs on
+/// `visitors`, so the session's drain waits for it.
 pub(super) async fn open(
     shared: &Shared,
     grant: &Grant,
@@ -105,6 +108,7 @@ pub(super) async fn open(
     session: SessionId,
     id: u32,
     spec: &TunnelSpec,
+    visitors: &TaskTracker,
 ) -> Result<Opened, Refusal> {
     let key = TunnelKey { token: grant.name.clone(), tunnel: spec.name.clone() };
     let who = |replacing| Claimant { key: &key, grant, session, conn, replacing };
@@ -118,7 +122,7 @@ pub(super) async fn open(
             Ok(Opened { granted: granted(port, Vec::new()), place: Place::Port(port, Some(accept)) })
         }
         TunnelKind::Http { subdomain, .. } | TunnelKind::Tls { subdomain } => {
-            let (name, urls) = claim_subdomain(shared, &key, id, spec, subdomain.as_deref(), who).await?;
+            let (name, urls) = claim_subdomain(shared, &key, (id, spec), subdomain.as_deref(), who, visitors).await?;
             Ok(Opened { granted: granted(0, urls), place: Place::Subdomain(name) })
         }
     }
@@ -128,10 +132,10 @@ pub(super) async fn open(
 async fn claim_subdomain<'a>(
     shared: &Shared,
     key: &TunnelKey,
-    id: u32,
-    spec: &TunnelSpec,
+    (id, spec): (u32, &TunnelSpec),
     subdomain: Option<&str>,
     who: impl Fn(Option<SessionId>) -> Claimant<'a>,
+    visitors: &TaskTracker,
 ) -> Result<(String, Vec<String>), Refusal> {
     let vhost = shared.vhost.as_ref().ok_or(Refusal::NoDomain)?;
     let held_elsewhere = shared.registry.held_by(&key.token);
@@ -146,6 +150,7 @@ async fn claim_subdomain<'a>(
             tunnel: id,
             kind: route_kind(),
             places: Places::new(shared.config().max_visitors_per_tunnel, REFUSED_TUNNEL_LIMIT),
+            visitors: visitors.clone(),
         };
         vhost.routes.claim(&claimant, subdomain, route, held_elsewhere)
     })

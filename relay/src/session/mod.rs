@@ -11,7 +11,7 @@ use burrow_common::{
     protocol::{self, FrameError, MAX_CONTROL_FRAME},
 };
 use quinn::{Connection, RecvStream, SendStream};
-use tokio_util::sync::CancellationToken;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::Instrument;
 
 use self::serving::{Lost, Serving};
@@ -51,7 +51,10 @@ async fn run(incoming: quinn::Incoming, shared: &Arc<Shared>, cancel: &Cancellat
     };
     drop(handshaking);
     let session = shared.next_session.fetch_add(1, Ordering::Relaxed);
-    let (grant, opened) = match admission::admit(shared, &conn, &hello, session).await {
+    // Every visitor's work for this session (TCP splices, HTTP streams, upgrades) runs here,
+    // so a shutdown can give it the grace period.
+    let visitors = TaskTracker::new();
+    let (grant, opened) = match admission::admit(shared, &conn, &hello, session, &visitors).await {
         Ok(admitted) => admitted,
         Err(refusal) => return refuse(&conn, &mut send, refusal).await,
     };
@@ -67,7 +70,7 @@ async fn run(incoming: quinn::Incoming, shared: &Arc<Shared>, cancel: &Cancellat
     let mut registered = shared.live.register(session, Admitted::new(&grant, &hello, &conn, &granted));
     shared.metrics.sessions.inc();
     shared.metrics.sessions_total.inc();
-    let mut serving = Serving::new(shared, &conn, &grant, session, &mut registered, cancel);
+    let mut serving = Serving::new(shared, &conn, (&grant, session), &mut registered, visitors, cancel);
     for tunnel in opened {
         serving.start(tunnel);
     }

@@ -51,9 +51,9 @@ impl<'a> Serving<'a> {
     pub(super) fn new(
         shared: &'a Arc<Shared>,
         conn: &'a Connection,
-        grant: &'a Grant,
-        session: SessionId,
+        (grant, session): (&'a Grant, SessionId),
         registered: &'a mut Registered,
+        visitors: TaskTracker,
         cancel: &CancellationToken,
     ) -> Self {
         Self {
@@ -66,7 +66,7 @@ impl<'a> Serving<'a> {
             next_id: 0,
             stop: cancel.child_token(),
             accept_loops: TaskTracker::new(),
-            visitors: TaskTracker::new(),
+            visitors,
         }
     }
 
@@ -190,7 +190,9 @@ impl<'a> Serving<'a> {
             };
             let id = self.next_id;
             let opened = match checked {
-                Ok(()) => admission::open(self.shared, self.grant, self.conn, self.session, id, &spec).await,
+                Ok(()) => {
+                    admission::open(self.shared, self.grant, self.conn, self.session, id, &spec, &self.visitors).await
+                }
                 Err(refusal) => Err(refusal),
             };
             match opened {

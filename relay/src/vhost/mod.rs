@@ -28,7 +28,13 @@ use self::{
     proxy::{Scheme, Visitor},
     routes::Lookup,
 };
-use crate::{RelayConfig, Shared, limits, metrics::REFUSED_IP_LIMIT, reservations::Reservations, tunnel};
+use crate::{
+    RelayConfig, Shared,
+    limits::{self, IpSlot},
+    metrics::REFUSED_IP_LIMIT,
+    reservations::Reservations,
+    tunnel,
+};
 
 /// Most bytes read while waiting for a TLS ClientHello; real ones are well under 2 KiB.
 const MAX_CLIENT_HELLO: usize = 16 * 1024;
@@ -195,13 +201,12 @@ async fn accept(
         let (shared, cancel) = (shared.clone(), cancel.clone());
         let tls = tls.clone();
         let served = async move {
-            let _slot = slot;
             match tls {
                 None => {
-                    let visitor = Visitor { addr: peer, scheme: Scheme::Http, server_name: None };
+                    let visitor = Visitor { addr: peer, scheme: Scheme::Http, server_name: None, _slot: slot };
                     proxy::serve(tcp, visitor, shared, cancel).await;
                 }
-                Some(tls) => serve_tls(tcp, peer, tls, shared, cancel).await,
+                Some(tls) => serve_tls(tcp, (peer, slot), tls, shared, cancel).await,
             }
         };
         connections.spawn(served.instrument(tracing::debug_span!("visitor", %peer)));
@@ -212,7 +217,7 @@ async fn accept(
 /// or ends the TLS here and serves HTTP.
 async fn serve_tls(
     mut tcp: TcpStream,
-    peer: SocketAddr,
+    (peer, slot): (SocketAddr, IpSlot),
     tls: Arc<rustls::ServerConfig>,
     shared: Arc<Shared>,
     cancel: CancellationToken,
@@ -233,7 +238,7 @@ async fn serve_tls(
         Ok(Err(e)) => return tracing::debug!("TLS handshake failed: {e}"),
         Err(_) => return tracing::debug!("TLS handshake not done within {timeout:?}"),
     };
-    let visitor = Visitor { addr: peer, scheme: Scheme::Https, server_name: hello.server_name };
+    let visitor = Visitor { addr: peer, scheme: Scheme::Https, server_name: hello.server_name, _slot: slot };
     proxy::serve(stream, visitor, shared, cancel).await;
 }
 
@@ -254,5 +259,7 @@ async fn pass_through(tcp: TcpStream, peer: SocketAddr, client_hello: Vec<u8>, r
         }
     };
     let metrics = shared.metrics.clone();
-    tunnel::forward(tcp, peer, route.conn.clone(), route.tunnel, metrics, admission, client_hello).await;
+    // On the session's tracker, so its drain waits for it.
+    let carried = tunnel::forward(tcp, peer, route.conn.clone(), route.tunnel, metrics, admission, client_hello);
+    route.visitors.spawn(carried).await.ok();
 }

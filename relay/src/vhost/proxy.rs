@@ -26,7 +26,13 @@ use super::{
     pages::{self, ErrorPage},
     routes::{Route, RouteKind},
 };
-use crate::{Shared, limits, limits::Admission, metrics::REFUSED_NO_STREAM, traffic::Visit, tunnel::open_stream};
+use crate::{
+    Shared,
+    limits::{self, Admission, IpSlot},
+    metrics::REFUSED_NO_STREAM,
+    traffic::Visit,
+    tunnel::open_stream,
+};
 
 pub(crate) type ProxyBody = UnsyncBoxBody<Bytes, hyper::Error>;
 
@@ -51,6 +57,9 @@ pub(crate) struct Visitor {
     pub(crate) scheme: Scheme,
     /// The TLS server name the visitor asked for; a request for another host is misdirected.
     pub(crate) server_name: Option<String>,
+    /// The visitor's place under the per-address cap, held as long as anything of its
+    /// connection lives, an upgraded connection included.
+    pub(crate) _slot: IpSlot,
 }
 
 /// The stream to the tunnel a visitor connection talked to last.
@@ -105,7 +114,7 @@ impl VisitorConnection {
         self.shared.vhost.as_ref().expect("HTTP listeners run only with a domain")
     }
 
-    async fn answer(&self, request: Request<Incoming>) -> Response<ProxyBody> {
+    async fn answer(self: &Arc<Self>, request: Request<Incoming>) -> Response<ProxyBody> {
         let html = pages::wants_html(request.headers());
         match self.forward(request).await {
             Ok(response) => response,
@@ -113,7 +122,11 @@ impl VisitorConnection {
         }
     }
 
-    async fn forward(&self, mut request: Request<Incoming>) -> Result<Response<ProxyBody>, Refusal> {
+    async fn forward(self: &Arc<Self>, mut request: Request<Incoming>) -> Result<Response<ProxyBody>, Refusal> {
+        if request.headers().get_all(header::HOST).iter().count() > 1 {
+            // Routed by one and served by the other, two Hosts could reach another app.
+            return Err(pages::bad_request("The request names more than one host.").into());
+        }
         let sent_host = host_header(&request).ok_or_else(|| pages::bad_request("The request names no host."))?;
         let host =
             names::request_host(&sent_host).ok_or_else(|| pages::bad_request("The Host header is malformed."))?;
@@ -140,8 +153,8 @@ impl VisitorConnection {
             Err(Denied::Address) => return Err(pages::forbidden_ip(self.visitor.addr.ip()).into()),
             Err(Denied::Credentials) => return Err(Refusal::Unauthorized(host)),
         }
-        prepare_for_agent(&mut request, &self.visitor, &sent_host, access.requires_credentials());
         let wants_upgrade = upgrade::requested(request.headers());
+        prepare_for_agent(&mut request, &self.visitor, &sent_host, access.requires_credentials(), wants_upgrade);
         let visitor_upgrade = wants_upgrade.then(|| hyper::upgrade::on(&mut request));
         let mut upstream = self.upstream.lock().await;
         let mut sender = match upstream.take() {
@@ -157,9 +170,11 @@ impl VisitorConnection {
             && let Some(visitor_side) = visitor_upgrade
         {
             let agent_side = hyper::upgrade::on(&mut response);
-            tokio::spawn(async move {
-                // The visitor's place and byte counts last as long as the upgraded connection.
-                let _held = sender.held;
+            // The visitor's places and byte counts last as long as the upgraded connection,
+            // and the session's drain waits for it.
+            let connection = self.clone();
+            route.visitors.spawn(async move {
+                let _held = (sender.held, connection);
                 match upgrade::join(visitor_side, agent_side).await {
                     Ok((up, down)) => tracing::debug!(up, down, "upgraded connection closed"),
                     Err(e) => tracing::debug!("upgraded connection failed: {e:#}"),
@@ -168,6 +183,8 @@ impl VisitorConnection {
         } else {
             *upstream = Some(sender);
         }
+        let upgraded = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+        strip_hop_by_hop(response.headers_mut(), upgraded);
         Ok(response.map(BodyExt::boxed_unsync))
     }
 
@@ -220,7 +237,7 @@ impl VisitorConnection {
         let io = StreamIo::new(send, recv, visit.shared_progress());
         let (sender, connection) =
             hyper::client::conn::http1::handshake(TokioIo::new(io)).await.map_err(|e| tunnel_broke(&e))?;
-        tokio::spawn(async move {
+        route.visitors.spawn(async move {
             if let Err(e) = connection.with_upgrades().await {
                 tracing::debug!("stream to the agent ended: {e}");
             }
@@ -285,17 +302,51 @@ fn host_header(request: &Request<Incoming>) -> Option<String> {
 
 /// Rewrites what the agent's local server must not see as the visitor sent it: who the
 /// visitor is comes from the relay alone, since client-sent forwarding headers can be forged.
-fn prepare_for_agent(request: &mut Request<Incoming>, visitor: &Visitor, sent_host: &str, drop_authorization: bool) {
+fn prepare_for_agent(
+    request: &mut Request<Incoming>,
+    visitor: &Visitor,
+    sent_host: &str,
+    drop_authorization: bool,
+    upgrading: bool,
+) {
     if let Some(path) = request.uri().path_and_query().cloned() {
         *request.uri_mut() = path.into();
     }
     let headers = request.headers_mut();
+    strip_hop_by_hop(headers, upgrading);
     set_forwarded(headers, visitor, sent_host);
     // The relay answered any `Expect: 100-continue` itself when it started reading the body.
     headers.remove(header::EXPECT);
     if drop_authorization {
         // The credentials were the relay's to check; the local server never asked for them.
         headers.remove(header::AUTHORIZATION);
+    }
+}
+
+/// Headers about one connection rather than the message (RFC 9110, section 7.6.1): they
+/// belong to the hop they came on, and one named in `Connection` could otherwise strip the
+/// relay's forwarding headers at a proxy in front of the local server.
+fn strip_hop_by_hop(headers: &mut HeaderMap, upgrading: bool) {
+    let named: Vec<header::HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .filter_map(|token| header::HeaderName::from_bytes(token.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        if !(upgrading && name == header::UPGRADE) {
+            headers.remove(name);
+        }
+    }
+    for name in ["keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding"] {
+        headers.remove(name);
+    }
+    if upgrading {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        headers.remove(header::CONNECTION);
+        headers.remove(header::UPGRADE);
     }
 }
 

@@ -28,6 +28,9 @@ pub(crate) struct Route {
     pub(crate) kind: RouteKind,
     /// The tunnel's cap on visitor connections open at once.
     pub(crate) places: Places,
+    /// The session's visitor work: what crosses the tunnel runs here, so the session's drain
+    /// on shutdown waits for it.
+    pub(crate) visitors: tokio_util::task::TaskTracker,
 }
 
 pub(crate) enum RouteKind {
