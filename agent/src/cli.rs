@@ -137,6 +137,8 @@ pub struct Flags {
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    // Watched from before the first read, so an edit made meanwhile is not missed.
+    let config_watch = cli.config.as_deref().map(burrow_common::reload::ConfigWatch::new);
     let mut config = AgentConfig::load(cli.config.as_deref(), &cli.flags)?;
     let command_line = cli.local.clone().map(|local| command_line_tunnel(&cli, local));
     if let Some(tunnel) = &command_line {
@@ -150,18 +152,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     burrow_common::signal::cancel_on_signal(cancel.clone());
     let (mut plan, relay) = plan(&config)?;
     let tasks = TaskTracker::new();
-    if let Some(path) = cli.config.clone() {
+    if let Some((path, config_watch)) = cli.config.clone().zip(config_watch) {
         let (lists, reloads) = watch::channel(plan.tunnels.clone());
         plan.reloads = Some(reloads);
-        let flags = cli.flags;
+        let (flags, file) = (cli.flags, path.clone());
         let load = move || {
-            let mut reloaded = AgentConfig::load(Some(&path), &flags)?;
+            let mut reloaded = AgentConfig::load(Some(&file), &flags)?;
             reloaded.tunnels.extend(command_line.clone());
             Ok(reloaded.tunnels.iter().map(TunnelPlan::from_config).collect())
         };
-        let path = cli.config.clone().unwrap_or_default();
-        let watch = burrow_common::reload::ConfigWatch::new(&path);
-        tasks.spawn(reload::watch_config(path, watch, load, lists, cancel.clone()));
+        tasks.spawn(reload::watch_config(path, config_watch, load, lists, cancel.clone()));
     }
     let inspector = inspector::bind(config.inspect).await;
     let setup = Setup {

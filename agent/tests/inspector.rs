@@ -223,6 +223,20 @@ async fn the_page_is_self_contained_and_answers_only_to_local_names() -> anyhow:
     Ok(())
 }
 
+/// Bound beyond loopback (`--inspect 0.0.0.0:4040`), it answers requests addressed by IP and
+/// still turns away DNS names, which a page elsewhere could rebind to this machine.
+#[tokio::test]
+async fn beyond_loopback_it_answers_only_requests_addressed_by_ip() -> anyhow::Result<()> {
+    let listener = agent::inspector::bind(Some("0.0.0.0:0".parse()?)).await.context("inspector bound")?;
+    let port = listener.local_addr()?.port();
+    tokio::spawn(agent::inspector::serve(listener, Stats::default(), tokio_util::sync::CancellationToken::new()));
+    let inspector = SocketAddr::from(([127, 0, 0, 1], port));
+    assert_eq!(fetch(inspector, "/api/status", &format!("192.0.2.10:{port}")).await?.0, 200);
+    assert_eq!(fetch(inspector, "/api/status", "rebound.example").await?.0, 403);
+    assert_eq!(fetch(inspector, "/api/status", "localhost").await?.0, 200, "no page elsewhere can rebind localhost");
+    Ok(())
+}
+
 #[tokio::test]
 async fn a_taken_inspector_port_gives_way_to_one_of_the_next_nine() -> anyhow::Result<()> {
     let taken = TcpListener::bind("127.0.0.1:0").await?;

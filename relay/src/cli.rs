@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use burrow_common::{Secret, config::parse_port_list};
+use burrow_common::{Secret, config::parse_port_list, reload::ConfigWatch};
 use clap::{Args, Parser, Subcommand};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
@@ -101,9 +101,11 @@ pub enum TokenCommand {
 
 /// Runs the command line's choice until done or, for the server, until Ctrl-C or SIGTERM.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    // Watched from before the first read, so an edit made meanwhile is not missed.
+    let watch = cli.config.as_deref().filter(|_| cli.command.is_none()).map(ConfigWatch::new);
     let config = RelayConfig::load(cli.config.as_deref(), &cli.flags)?;
     match cli.command {
-        None => serve(config, cli.config.map(|path| (path, cli.flags))).await,
+        None => serve(config, cli.config.zip(watch).map(|(path, watch)| (path, watch, cli.flags))).await,
         Some(Command::Token(command)) => manage_tokens(&config, command),
         Some(Command::Invite { name, ports }) => {
             let ports = ports.as_deref().map(parse_port_list).transpose().map_err(anyhow::Error::msg)?;
@@ -114,15 +116,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 
 /// Serves until Ctrl-C or SIGTERM. With a config file, edits to it (or SIGHUP) are applied
 /// as the relay runs.
-async fn serve(config: RelayConfig, file: Option<(PathBuf, Flags)>) -> anyhow::Result<()> {
+async fn serve(config: RelayConfig, file: Option<(PathBuf, ConfigWatch, Flags)>) -> anyhow::Result<()> {
     let tokens = TokenStore::open(&config.data_dir, config.token.as_ref());
     let new_token = if tokens.is_empty()? { Some(tokens.add("default", None)?) } else { None };
     let relay = Relay::bind(config)?;
     let cancel = CancellationToken::new();
     burrow_common::signal::cancel_on_signal(cancel.clone());
-    if let Some((path, flags)) = file {
+    if let Some((path, watch, flags)) = file {
         let (reloader, stop) = (relay.reloader(), cancel.clone());
-        let watch = burrow_common::reload::ConfigWatch::new(&path);
         tokio::spawn(async move {
             watch
                 .run(&stop, || match RelayConfig::load(Some(&path), &flags).and_then(|new| reloader.apply(new)) {

@@ -63,6 +63,9 @@ pub fn url(addr: SocketAddr) -> String {
 /// Serves the inspector until `cancel`.
 pub async fn serve(listener: TcpListener, stats: Stats, cancel: CancellationToken) {
     let loopback = listener.local_addr().is_ok_and(|a| a.ip().is_loopback());
+    if !loopback {
+        tracing::warn!("the inspector listens beyond loopback: anyone who can reach it sees the tunnels' requests");
+    }
     // Live feeds outlast their request; they end with `cancel` and are waited for here.
     let feeds = TaskTracker::new();
     let stop = cancel.clone();
@@ -85,10 +88,14 @@ async fn respond(
     feeds: &TaskTracker,
     cancel: &CancellationToken,
 ) -> Response<Body> {
-    // On loopback, a page from elsewhere could still reach us through a DNS name that
-    // resolves to 127.0.0.1; only requests addressed to this machine by name are answered.
-    if loopback && !local_host(&request) {
-        return full(StatusCode::FORBIDDEN, "text/plain; charset=utf-8", "use http://127.0.0.1 or localhost\n");
+    // A page from elsewhere could reach us through a DNS name it rebinds to this address;
+    // only requests addressed by IP (on loopback, a loopback IP) or as localhost are answered.
+    if !addressed_directly(&request, loopback) {
+        return full(
+            StatusCode::FORBIDDEN,
+            "text/plain; charset=utf-8",
+            "address the inspector by IP (http://127.0.0.1:PORT) or as localhost\n",
+        );
     }
     let path = request.uri().path().to_string();
     if let Some(id) = path.strip_prefix("/api/requests/").and_then(|rest| rest.strip_suffix("/replay")) {
@@ -111,7 +118,7 @@ async fn respond(
     }
 }
 
-fn local_host<B>(request: &Request<B>) -> bool {
+fn addressed_directly<B>(request: &Request<B>, loopback: bool) -> bool {
     let Some(host) = request.headers().get(header::HOST).and_then(|h| h.to_str().ok()) else {
         return false;
     };
@@ -119,7 +126,12 @@ fn local_host<B>(request: &Request<B>) -> bool {
         Some((name, port)) if port.chars().all(|c| c.is_ascii_digit()) => name,
         _ => host,
     };
-    matches!(name, "localhost" | "[::1]") || name.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+    let ip = name.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>();
+    match ip {
+        Ok(ip) => !loopback || ip.is_loopback(),
+        // No page elsewhere can make `localhost` resolve to anything but this machine.
+        Err(_) => name == "localhost",
+    }
 }
 
 fn page(body: &'static str, content_type: &'static str) -> Response<Body> {

@@ -66,6 +66,8 @@ pub(crate) struct Visitor {
 struct Upstream {
     name: String,
     session: usize,
+    /// The tunnel id within the session: a name closed and opened again gets a new one.
+    tunnel: u32,
     sender: SendRequest<NotifyOnEnd<Incoming>>,
     /// The visitor's place in the tunnel and its byte counts, held while the stream is.
     held: (Admission, Visit),
@@ -158,7 +160,12 @@ impl VisitorConnection {
         let visitor_upgrade = wants_upgrade.then(|| hyper::upgrade::on(&mut request));
         let mut upstream = self.upstream.lock().await;
         let mut sender = match upstream.take() {
-            Some(open) if open.name == name && open.session == route.conn.stable_id() && !open.sender.is_closed() => {
+            Some(open)
+                if open.name == name
+                    && open.session == route.conn.stable_id()
+                    && open.tunnel == route.tunnel
+                    && !open.sender.is_closed() =>
+            {
                 open
             }
             _ => self.open_upstream(&name, &host, &route).await?,
@@ -242,7 +249,8 @@ impl VisitorConnection {
                 tracing::debug!("stream to the agent ended: {e}");
             }
         });
-        Ok(Upstream { name: name.to_string(), session: route.conn.stable_id(), sender, held: (admission, visit) })
+        let session = route.conn.stable_id();
+        Ok(Upstream { name: name.to_string(), session, tunnel: route.tunnel, sender, held: (admission, visit) })
     }
 }
 
