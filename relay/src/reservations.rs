@@ -22,6 +22,11 @@ use crate::{files, tokens::now};
 
 const RESERVATIONS_FILE: &str = "reservations.json";
 
+/// Places one token may keep reserved, held or released within the TTL. An agent that opens
+/// and closes tunnels under new names (a config reloaded in a loop) would otherwise reserve
+/// a new one each time, for a day each; past this its oldest released ones are forgotten.
+pub const MAX_RESERVATIONS_PER_TOKEN: usize = 1024;
+
 /// A token name and a tunnel name: what owns a reservation.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct TunnelKey {
@@ -62,6 +67,10 @@ struct Entry {
     /// Unix seconds when the tunnel was last released; ignored while `active`.
     last_seen: u64,
     active: bool,
+    /// Orders releases within one second, for forgetting the oldest; 0 for those loaded
+    /// from the file, which are older than any made since.
+    #[serde(skip)]
+    released_as: u64,
 }
 
 impl Entry {
@@ -162,6 +171,22 @@ impl Drop for FileReservations {
     }
 }
 
+/// Keeps at most [`MAX_RESERVATIONS_PER_TOKEN`] entries of `token`, dropping the ones
+/// released longest ago; held ones are never dropped.
+fn forget_oldest_released(entries: &mut HashMap<TunnelKey, Entry>, token: &str) {
+    let of_token = entries.values().filter(|e| e.key.token == token).count();
+    let Some(excess) = of_token.checked_sub(MAX_RESERVATIONS_PER_TOKEN).filter(|n| *n > 0) else { return };
+    let mut released: Vec<((u64, u64), TunnelKey)> = entries
+        .values()
+        .filter(|e| e.key.token == token && !e.active)
+        .map(|e| ((e.last_seen, e.released_as), e.key.clone()))
+        .collect();
+    released.sort_unstable_by_key(|(when, _)| *when);
+    for (_, key) in released.into_iter().take(excess) {
+        entries.remove(&key);
+    }
+}
+
 fn persist_changes(
     path: &Path,
     entries: &Mutex<HashMap<TunnelKey, Entry>>,
@@ -200,8 +225,10 @@ impl Reservations for FileReservations {
     fn hold(&self, key: &TunnelKey, place: &Place) -> anyhow::Result<()> {
         self.update(|entries| {
             entries.retain(|k, e| k == key || e.place != *place);
-            let entry = Entry { key: key.clone(), place: place.clone(), last_seen: now(), active: true };
+            let entry =
+                Entry { key: key.clone(), place: place.clone(), last_seen: now(), active: true, released_as: 0 };
             entries.insert(key.clone(), entry);
+            forget_oldest_released(entries, &key.token);
         })
     }
 
@@ -210,10 +237,12 @@ impl Reservations for FileReservations {
     }
 
     fn release(&self, key: &TunnelKey, place: &Place) -> anyhow::Result<()> {
+        let released_as = self.changes.load(Ordering::SeqCst) + 1;
         self.update(|entries| {
             if let Some(e) = entries.get_mut(key).filter(|e| e.place == *place) {
                 e.active = false;
                 e.last_seen = now();
+                e.released_as = released_as;
             }
         })
     }
@@ -271,6 +300,27 @@ mod tests {
         assert_eq!(reopened.place_for(&key("a", "web")), Some(myapp.clone()));
         assert_eq!(reopened.owner_of(&myapp), Some(key("a", "web")));
         assert_eq!(reopened.owner_of(&Place::Subdomain("other".into())), None);
+        Ok(())
+    }
+
+    #[test]
+    fn a_token_keeps_a_bounded_number_of_reservations() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let store = FileReservations::open(dir.path(), Duration::from_secs(3600))?;
+        let held = key("churn", "held");
+        store.hold(&held, &Place::Subdomain("held".into()))?;
+        for i in 0..MAX_RESERVATIONS_PER_TOKEN + 10 {
+            let (tunnel, place) = (key("churn", &format!("t{i}")), Place::Subdomain(format!("n{i}")));
+            store.hold(&tunnel, &place)?;
+            store.release(&tunnel, &place)?;
+        }
+        store.hold(&key("other", "web"), &port(20001))?;
+        let kept = |token: &str| store.with_entries(|e| e.values().filter(|e| e.key.token == token).count());
+        assert_eq!(kept("churn"), Some(MAX_RESERVATIONS_PER_TOKEN));
+        assert!(store.place_for(&held).is_some(), "a held place is never forgotten");
+        assert_eq!(store.place_for(&key("churn", "t0")), None, "the oldest released went first");
+        assert!(store.place_for(&key("churn", &format!("t{}", MAX_RESERVATIONS_PER_TOKEN + 9))).is_some());
+        assert_eq!(kept("other"), Some(1), "other tokens are not touched");
         Ok(())
     }
 
