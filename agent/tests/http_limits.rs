@@ -41,6 +41,51 @@ async fn an_unknown_host_gets_404_naming_it_as_text_or_html() -> anyhow::Result<
     relay.stop().await
 }
 
+/// A lost session's name is parked: a request that arrives meanwhile waits and is answered by
+/// the agent that comes back; past `max_parked_visitors` waiting, one is told at once.
+#[tokio::test]
+async fn requests_for_a_lost_session_wait_for_its_agent_within_the_parking_cap() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let config = relay::RelayConfig {
+        idle_timeout: Duration::from_secs(1),
+        max_parked_visitors: 1,
+        ..http_relay_config(dir.path())
+    };
+    let relay = HttpRelay::start_with(config).await?;
+    let app = LocalApp::start("web").await?;
+    let proxy = support::UdpProxy::start(relay.addr).await?;
+    let mut plan = relay.plan(vec![http_tunnel("web", app.addr, Some("myapp"))]);
+    plan.relay.port = proxy.addr.port();
+    plan.keep_alive = Duration::from_millis(200);
+    let (agent, _) = TestAgent::start(plan).await?;
+    proxy.cut();
+    agent.kill().await;
+    settled(&relay, "burrow_sessions", 0.0).await?;
+
+    let (http, name) = (relay.http, host("myapp"));
+    let ask = || {
+        let name = name.clone();
+        tokio::spawn(async move { visit(http, &name, "/", &[]).await })
+    };
+    let (mut first, mut second) = (ask(), ask());
+    // One of the two waits; the other finds the one place taken and is answered at once.
+    let told = tokio::select! {
+        told = &mut first => told,
+        told = &mut second => told,
+    };
+    let told = told??;
+    let waiting = if first.is_finished() { second } else { first };
+    assert_eq!(told.status, 502, "{}", told.body);
+    assert!(told.body.contains("Tunnel offline"), "{}", told.body);
+    assert!(!waiting.is_finished(), "the other request waits for the agent");
+
+    let (back, _) = TestAgent::start(relay.plan(vec![http_tunnel("web", app.addr, Some("myapp"))])).await?;
+    let served = tokio::time::timeout(support::STEP, waiting).await???;
+    assert_eq!(served.status, 200, "{}", served.body);
+    back.stop().await?;
+    relay.stop().await
+}
+
 #[tokio::test]
 async fn a_stopped_agent_leaves_its_name_reserved_and_offline_with_502() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;

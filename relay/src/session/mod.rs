@@ -92,7 +92,9 @@ async fn run(incoming: quinn::Incoming, shared: &Arc<Shared>, cancel: &Cancellat
 /// Past the parking time, the names are freed as if the session had just ended.
 async fn park_subdomains(shared: &Shared, subdomains: Vec<String>, session: SessionId, cancel: &CancellationToken) {
     let Some(vhost) = shared.vhost.as_ref() else { return };
-    let parked: Vec<String> = subdomains.into_iter().filter(|name| vhost.routes.park(name, session)).collect();
+    let max_waiting = shared.config().max_parked_visitors;
+    let parked: Vec<String> =
+        subdomains.into_iter().filter(|name| vhost.routes.park(name, session, max_waiting)).collect();
     if parked.is_empty() {
         return;
     }

@@ -18,6 +18,9 @@ use super::{
 };
 use crate::{Shared, registry::SessionId, sessions::Registered, tokens::Grant, tunnel::accept_visitors};
 
+/// Longest an update's answer may wait for room on the control stream.
+const ANSWER_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The places of a session that was lost rather than ended, kept for its agent's return.
 pub(super) struct Lost {
     pub(super) ports: Vec<u16>,
@@ -114,8 +117,13 @@ impl<'a> Serving<'a> {
                 msg = protocol::read_msg::<_, AgentMsg>(&mut control.1, MAX_CONTROL_FRAME), if reading => match msg {
                     Ok(AgentMsg::Update { add, remove }) => {
                         let answer = self.update(add, remove).await;
-                        if let Err(e) = protocol::write_msg(&mut control.0, &answer).await {
-                            tracing::debug!("update answer not sent: {e}");
+                        // An agent that sends updates but never reads the answers must not
+                        // hold this loop, and with it the session's shutdown.
+                        let sent = tokio::time::timeout(ANSWER_WAIT, protocol::write_msg(&mut control.0, &answer));
+                        if !matches!(sent.await, Ok(Ok(()))) {
+                            tracing::info!("the agent does not take its update answers; closing the session");
+                            CloseCode::ProtocolViolation.close(conn);
+                            reading = false;
                         }
                     }
                     // The agent will send nothing more, or the session is going: the tunnels go

@@ -135,7 +135,9 @@ impl Vhost {
             Lookup::Serving(route) => Ok(route),
             Lookup::Unknown => Err(Missing::Unknown),
             Lookup::Offline => Err(Missing::Offline),
-            Lookup::Parked(mut successor) => {
+            // Past `max_parked_visitors` waiting, more are told at once that the tunnel is away.
+            Lookup::Parked(_, None) => Err(Missing::Offline),
+            Lookup::Parked(mut successor, Some(_waiting)) => {
                 match tokio::time::timeout(park_for, successor.wait_for(Option::is_some)).await {
                     Ok(Ok(route)) => route.clone().ok_or(Missing::Offline),
                     _ => Err(Missing::Offline),

@@ -45,8 +45,9 @@ pub(crate) type Successor = watch::Receiver<Option<Arc<Route>>>;
 
 pub(crate) enum Lookup {
     Serving(Arc<Route>),
-    /// The serving session was lost; its agent may be back within the parking time.
-    Parked(Successor),
+    /// The serving session was lost; its agent may be back within the parking time. The
+    /// permit is the request's place among those waiting; none when they are too many.
+    Parked(Successor, Option<tokio::sync::OwnedSemaphorePermit>),
     /// Reserved for a tunnel whose agent is gone.
     Offline,
     Unknown,
@@ -60,7 +61,8 @@ struct Holder {
 
 enum State {
     Serving(Arc<Route>),
-    Parked(watch::Sender<Option<Arc<Route>>>),
+    /// The handover, and the places of requests waiting for it.
+    Parked(watch::Sender<Option<Arc<Route>>>, Arc<tokio::sync::Semaphore>),
 }
 
 pub(crate) struct Routes {
@@ -133,7 +135,7 @@ impl Routes {
                 CloseCode::Replaced.close(&route.conn);
                 None
             }
-            Some((true, State::Parked(handover), _)) => Some(handover.clone()),
+            Some((true, State::Parked(handover, _), _)) => Some(handover.clone()),
             None => {
                 let place = Place::Subdomain(name.clone());
                 if self.reservations.owner_of(&place).is_some_and(|owner| owner != *who.key) {
@@ -177,7 +179,9 @@ impl Routes {
     pub(crate) fn lookup(&self, name: &str) -> Lookup {
         match self.live().get(name).map(|h| &h.state) {
             Some(State::Serving(route)) => Lookup::Serving(route.clone()),
-            Some(State::Parked(handover)) => Lookup::Parked(handover.subscribe()),
+            Some(State::Parked(handover, waiting)) => {
+                Lookup::Parked(handover.subscribe(), waiting.clone().try_acquire_owned().ok())
+            }
             None if self.reservations.owner_of(&Place::Subdomain(name.to_string())).is_some() => Lookup::Offline,
             None => Lookup::Unknown,
         }
@@ -197,13 +201,14 @@ impl Routes {
     }
 
     /// Keeps `name` for the next session of its tunnel if the lost `session` still serves
-    /// it; requests wait for that session meanwhile. Says whether it did.
-    pub(crate) fn park(&self, name: &str, session: SessionId) -> bool {
+    /// it; up to `max_waiting` requests wait for that session meanwhile. Says whether it did.
+    pub(crate) fn park(&self, name: &str, session: SessionId, max_waiting: usize) -> bool {
         let mut live = self.live();
         let Some(holder) = live.get_mut(name).filter(|h| h.session == session) else {
             return false;
         };
-        holder.state = State::Parked(watch::channel(None).0);
+        let waiting = Arc::new(tokio::sync::Semaphore::new(max_waiting));
+        holder.state = State::Parked(watch::channel(None).0, waiting);
         true
     }
 }
