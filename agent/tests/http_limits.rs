@@ -203,6 +203,18 @@ async fn basic_auth_admits_only_the_right_credentials_and_keeps_them_from_the_lo
     let headers = &right.json()?["headers"];
     assert!(headers.get("authorization").is_none(), "the local server got the credentials: {headers}");
 
+    // Guessing is slowed as token guessing is: past a burst of 10 wrong answers from one
+    // address, one a second. 13 more guesses (14 in all) take at least 3 s.
+    let guessing = Instant::now();
+    for attempt in 0..13 {
+        let wrong = client.get(&url).basic_auth("alice", Some(format!("guess{attempt}"))).send().await?;
+        assert_eq!(wrong.status(), 401);
+    }
+    let took = guessing.elapsed();
+    assert!(took >= Duration::from_millis(2500), "14 wrong guesses took only {took:?}");
+    let right = answer(client.get(&url).basic_auth("alice", Some("s3cret")).send().await?).await?;
+    assert_eq!(right.status, 200, "the right credentials are never slowed");
+
     agent.stop().await?;
     relay.stop().await
 }

@@ -153,7 +153,14 @@ impl VisitorConnection {
         match access.check(self.visitor.addr.ip(), request.headers()) {
             Ok(()) => {}
             Err(Denied::Address) => return Err(pages::forbidden_ip(self.visitor.addr.ip()).into()),
-            Err(Denied::Credentials) => return Err(Refusal::Unauthorized(host)),
+            Err(Denied::Credentials) => {
+                // Wrong credentials (not the browser's first, bare request) are answered at
+                // the pace the relay answers wrong tokens, so guessing is slow.
+                if request.headers().contains_key(header::AUTHORIZATION) {
+                    self.shared.limiter.before_refusal(self.visitor.addr.ip()).await;
+                }
+                return Err(Refusal::Unauthorized(host));
+            }
         }
         let wants_upgrade = upgrade::requested(request.headers());
         prepare_for_agent(&mut request, &self.visitor, &sent_host, access.requires_credentials(), wants_upgrade);
