@@ -1,7 +1,7 @@
 //! One public port: accept visitors and carry each over its own stream to the agent.
 
 use std::{
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -19,7 +19,7 @@ use tracing::Instrument;
 use crate::{
     Shared,
     limits::{self, Admission, Places},
-    metrics::{Metrics, REFUSED_NO_STREAM, REFUSED_TUNNEL_LIMIT},
+    metrics::{Metrics, REFUSED_NO_STREAM, REFUSED_TUNNEL_LIMIT, Reason},
     parking::{Handover, Successor},
 };
 
@@ -66,7 +66,20 @@ pub(crate) async fn accept_until(
     places: &Places,
     shared: &Shared,
     stop: impl Future<Output = ()>,
-    mut serve: impl FnMut(TcpStream, SocketAddr, Admission),
+    serve: impl FnMut(TcpStream, SocketAddr, Admission),
+) {
+    let admit = |ip| limits::admit(places, &shared.per_ip, ip, &shared.metrics);
+    accept_admitted(listener, shared, stop, admit, serve).await;
+}
+
+/// Accepts connections on `listener` until `stop` completes, handing each one `admit` lets in
+/// to `serve` with its place, and resetting the others at once, counted by reason.
+pub(crate) async fn accept_admitted<P>(
+    listener: &TcpListener,
+    shared: &Shared,
+    stop: impl Future<Output = ()>,
+    admit: impl Fn(IpAddr) -> Result<P, Reason>,
+    mut serve: impl FnMut(TcpStream, SocketAddr, P),
 ) {
     tokio::pin!(stop);
     loop {
@@ -76,7 +89,7 @@ pub(crate) async fn accept_until(
             accepted = listener.accept() => accepted,
         };
         match accepted {
-            Ok((tcp, peer)) => match limits::admit(places, &shared.per_ip, peer.ip(), &shared.metrics) {
+            Ok((tcp, peer)) => match admit(peer.ip()) {
                 Ok(admission) => serve(tcp, peer, admission),
                 Err(full) => {
                     tracing::debug!(%peer, reason = full.reason, "visitor refused");

@@ -39,9 +39,6 @@ use crate::{
 /// Most bytes read while waiting for a TLS ClientHello; real ones are well under 2 KiB.
 const MAX_CLIENT_HELLO: usize = 16 * 1024;
 
-/// Pause after an accept error such as EMFILE, so the loop does not spin.
-const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
-
 /// Checks one DNS label (a subdomain, or a part of the domain).
 pub(crate) fn check_label(label: &str) -> Result<String, NameError> {
     names::check_subdomain(label, &[])
@@ -179,29 +176,13 @@ async fn accept(
     connections: TaskTracker,
     cancel: CancellationToken,
 ) {
-    loop {
-        let (tcp, peer) = tokio::select! {
-            _ = cancel.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    tracing::warn!("accept failed: {e}");
-                    tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
-                    continue;
-                }
-            },
-        };
+    // The tunnel is known only once a request names it; the address cap applies now.
+    let admit = |ip| shared.per_ip.try_admit(ip).ok_or(REFUSED_IP_LIMIT);
+    let serve = |tcp: TcpStream, peer: SocketAddr, slot: IpSlot| {
         // Responses are written in pieces (head, then body frames); Nagle would hold a small
         // one back until the visitor's delayed ACK, 40 ms later.
         tcp.set_nodelay(true).ok();
-        // The tunnel is known only once a request names it; the address cap applies now.
-        let Some(slot) = shared.per_ip.try_admit(peer.ip()) else {
-            shared.metrics.visitors_refused.get_or_create(&REFUSED_IP_LIMIT).inc();
-            burrow_common::splice::abort_tcp(tcp);
-            continue;
-        };
-        let (shared, cancel) = (shared.clone(), cancel.clone());
-        let tls = tls.clone();
+        let (shared, cancel, tls) = (shared.clone(), cancel.clone(), tls.clone());
         let served = async move {
             match tls {
                 None => {
@@ -212,7 +193,8 @@ async fn accept(
             }
         };
         connections.spawn(served.instrument(tracing::debug_span!("visitor", %peer)));
-    }
+    };
+    tunnel::accept_admitted(&listener, &shared, cancel.cancelled(), admit, serve).await;
 }
 
 /// Reads the ClientHello, then passes the connection through to a TLS tunnel of that name,
