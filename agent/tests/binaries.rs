@@ -1,9 +1,12 @@
 //! The compiled `relay` and `agent` binaries, run as a user runs them.
 //! Run with `cargo test --workspace --test binaries` (the relay binary is built alongside).
 
-use std::{path::PathBuf, process::Stdio, time::Duration};
+mod support;
+
+use std::{process::Stdio, time::Duration};
 
 use anyhow::Context;
+use support::processes::{agent_bin, relay_bin};
 use tokio::{
     io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, Lines},
     net::{TcpListener, TcpStream},
@@ -12,16 +15,6 @@ use tokio::{
 
 const STEP: Duration = Duration::from_secs(30);
 const PAGE: &str = "<h1>served from the laptop</h1>";
-
-fn agent_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_agent"))
-}
-
-fn relay_bin() -> anyhow::Result<PathBuf> {
-    let path = agent_bin().with_file_name("relay");
-    anyhow::ensure!(path.exists(), "{} is missing: run the tests with `cargo test --workspace`", path.display());
-    Ok(path)
-}
 
 struct Process {
     child: Child,
@@ -87,18 +80,14 @@ async fn web_server() -> anyhow::Result<u16> {
     tokio::spawn(async move {
         while let Ok((mut tcp, _)) = listener.accept().await {
             tokio::spawn(async move {
-                // Read the request head; the page is the same whatever it asks for.
-                let mut head = Vec::new();
-                while !head.ends_with(b"\r\n\r\n") && head.len() < 8192 {
-                    let byte = tcp.read_u8().await?;
-                    head.push(byte);
-                }
+                // The page is the same whatever the request asks for.
+                support::read_head(&mut tcp).await?;
                 let response = format!(
                     "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{PAGE}",
                     PAGE.len()
                 );
                 tcp.write_all(response.as_bytes()).await?;
-                tcp.shutdown().await
+                anyhow::Ok(tcp.shutdown().await?)
             });
         }
     });

@@ -8,11 +8,7 @@ use std::{net::SocketAddr, path::Path};
 
 use anyhow::Context;
 use support::processes::{Binary, agent_bin, relay_bin};
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::TcpListener,
-    process::Command,
-};
+use tokio::{io::AsyncWriteExt, net::TcpListener, process::Command};
 
 const PAGE: &str = "served from the laptop";
 
@@ -24,11 +20,7 @@ async fn web_server() -> anyhow::Result<u16> {
     tokio::spawn(async move {
         while let Ok((mut tcp, _)) = listener.accept().await {
             tokio::spawn(async move {
-                let mut head = Vec::new();
-                while !head.ends_with(b"\r\n\r\n") && head.len() < 16 * 1024 {
-                    head.push(tcp.read_u8().await?);
-                }
-                let head = String::from_utf8_lossy(&head).to_lowercase();
+                let head = support::read_head(&mut tcp).await?.to_lowercase();
                 let forwarded: Vec<&str> =
                     head.lines().filter(|l| l.starts_with("x-forwarded-") || l.starts_with("authorization")).collect();
                 let body = format!("{PAGE}\n{}\n", forwarded.join("\n"));
@@ -37,7 +29,7 @@ async fn web_server() -> anyhow::Result<u16> {
                     body.len()
                 );
                 tcp.write_all(response.as_bytes()).await?;
-                tcp.shutdown().await
+                anyhow::Ok(tcp.shutdown().await?)
             });
         }
     });

@@ -363,10 +363,10 @@ async fn an_upload_that_expects_100_continue_gets_it_and_arrives_whole() -> anyh
     );
     tcp.write_all(head.as_bytes()).await?;
     // Nothing of the body is sent until the interim answer comes.
-    let interim = read_head(&mut tcp).await?;
+    let interim = support::read_head(&mut tcp).await?;
     assert!(interim.starts_with("HTTP/1.1 100 Continue"), "{interim}");
     tcp.write_all(&body).await?;
-    let head = read_head(&mut tcp).await?;
+    let head = support::read_head(&mut tcp).await?;
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     let length: usize = head
         .lines()
@@ -381,20 +381,6 @@ async fn an_upload_that_expects_100_continue_gets_it_and_arrives_whole() -> anyh
 
     agent.stop().await?;
     relay.stop().await
-}
-
-/// Reads a response head up to its blank line, byte by byte so nothing after it is consumed.
-async fn read_head(tcp: &mut TcpStream) -> anyhow::Result<String> {
-    let mut head = Vec::new();
-    let reading = async {
-        while !head.ends_with(b"\r\n\r\n") {
-            anyhow::ensure!(head.len() < 16 * 1024, "the head never ends");
-            head.push(tcp.read_u8().await?);
-        }
-        anyhow::Ok(())
-    };
-    tokio::time::timeout(STEP, reading).await.context("no response head")??;
-    Ok(String::from_utf8(head)?)
 }
 
 #[tokio::test]

@@ -151,6 +151,21 @@ impl TestAgent {
     }
 }
 
+/// Reads an HTTP message head byte by byte, so nothing after it is consumed; it must end
+/// within 16 KiB and [`STEP`].
+pub async fn read_head(tcp: &mut TcpStream) -> anyhow::Result<String> {
+    let mut head = Vec::new();
+    let reading = async {
+        while !head.ends_with(b"\r\n\r\n") {
+            anyhow::ensure!(head.len() < 16 * 1024, "the head never ends");
+            head.push(tcp.read_u8().await?);
+        }
+        anyhow::Ok(())
+    };
+    tokio::time::timeout(STEP, reading).await.context("no message head in time")??;
+    Ok(String::from_utf8(head)?)
+}
+
 pub fn public_addr(tunnel: &PublicTunnel) -> SocketAddr {
     SocketAddr::new(tunnel.host.parse().expect("test relays publish IP hosts"), tunnel.port)
 }
