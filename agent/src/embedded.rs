@@ -33,12 +33,13 @@ pub fn prepare(config: &AgentConfig, data_dir: PathBuf) -> anyhow::Result<(Plan,
     let relay = match Relay::bind(relay_config.clone()) {
         Ok(relay) => relay,
         // Another embedded relay may hold the usual HTTP ports; any free ones will do.
-        Err(e) if format!("{e:#}").contains("_listen") => {
+        Err(e) if e.is_http_port_unavailable() => {
+            let e = anyhow::Error::from(e);
             tracing::debug!("usual HTTP ports taken ({e:#}); using free ones");
             let any_port = Some(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)));
             Relay::bind(RelayConfig { http_listen: any_port, https_listen: any_port, ..relay_config })?
         }
-        Err(e) => return Err(e),
+        Err(e) => return Err(e.into()),
     };
     let addr = RelayAddr { host: Ipv4Addr::LOCALHOST.to_string(), port: relay.local_addr()?.port() };
     let plan = Plan::new(config, addr, Trust::Pinned(relay.fingerprint()), token);

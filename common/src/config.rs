@@ -3,7 +3,11 @@
 //! Every config struct denies unknown fields and parses each value into its final type at
 //! load, so a bad value stops start-up with the key, the value and the expected form.
 
-use std::{fmt, path::Path, str::FromStr};
+use std::{
+    fmt,
+    path::{Path, PathBuf},
+    str::FromStr,
+};
 
 use config::{Config, Environment, File, FileFormat};
 use serde::{Deserialize, Deserializer, Serialize, Serializer, de::DeserializeOwned};
@@ -18,8 +22,38 @@ pub struct EnvSource<'a> {
     pub list_keys: &'a [&'a str],
 }
 
+/// Why a layered configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("config file {} does not exist", .0.display())]
+    MissingFile(PathBuf),
+    /// A value in one of the layers is malformed; the source names the key, the value and
+    /// the expected form.
+    #[error("invalid configuration ({origin})")]
+    Invalid { origin: String, source: config::ConfigError },
+    /// The command-line values could not be turned into a layer: a bug, not a user error.
+    #[error("read the command-line flags")]
+    Flags(#[source] config::ConfigError),
+}
+
+/// A value outside what its key accepts; the message names the key and the expected form.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingError {
+    #[error(
+        "invalid configuration: {key} is {len} characters long: expected at least {MIN_TOKEN_LEN} \
+         (`relay token add NAME` makes a strong one)"
+    )]
+    ShortToken { key: &'static str, len: usize },
+    #[error("invalid configuration: {key} = {value}: expected at least {min}")]
+    BelowMinimum { key: &'static str, value: String, min: String },
+    #[error("invalid configuration: {first} and {second} must be given together")]
+    Unpaired { first: &'static str, second: &'static str },
+    #[error("invalid configuration: {key} = {value}: expected {expected}")]
+    Unexpected { key: &'static str, value: String, expected: &'static str },
+}
+
 /// Loads `T` from defaults, the optional TOML file, the environment and `flags` (highest).
-pub fn load<T, F>(file: Option<&Path>, env: &EnvSource<'_>, flags: &F) -> anyhow::Result<T>
+pub fn load<T, F>(file: Option<&Path>, env: &EnvSource<'_>, flags: &F) -> Result<T, LoadError>
 where
     T: DeserializeOwned,
     F: Serialize,
@@ -27,7 +61,7 @@ where
     let mut builder = Config::builder();
     if let Some(path) = file {
         if !path.exists() {
-            anyhow::bail!("config file {} does not exist", path.display());
+            return Err(LoadError::MissingFile(path.to_path_buf()));
         }
         builder = builder.add_source(File::from(path).format(FileFormat::Toml));
     }
@@ -44,14 +78,14 @@ where
     }
     let layers = builder
         .add_source(environment)
-        .add_source(Config::try_from(flags)?)
+        .add_source(Config::try_from(flags).map_err(LoadError::Flags)?)
         .build()
         .and_then(Config::try_deserialize::<T>);
-    let origin = match file {
+    let origin = || match file {
         Some(path) => format!("{}, {}_* environment variables or flags", path.display(), env.prefix),
         None => format!("{}_* environment variables or flags", env.prefix),
     };
-    layers.map_err(|e| anyhow::anyhow!("invalid configuration ({origin}): {e}"))
+    layers.map_err(|source| LoadError::Invalid { origin: origin(), source })
 }
 
 /// A value that must never reach a log: Debug and Display print `<redacted>`.
@@ -69,13 +103,11 @@ impl Secret {
     }
 
     /// Rejects tokens short enough to guess; `key` names the setting in the error.
-    pub fn check_token(&self, key: &str) -> anyhow::Result<()> {
+    pub fn check_token(&self, key: &'static str) -> Result<(), SettingError> {
         let len = self.0.chars().count();
-        anyhow::ensure!(
-            len >= MIN_TOKEN_LEN,
-            "invalid configuration: {key} is {len} characters long: expected at least {MIN_TOKEN_LEN} \
-             (`relay token add NAME` makes a strong one)"
-        );
+        if len < MIN_TOKEN_LEN {
+            return Err(SettingError::ShortToken { key, len });
+        }
         Ok(())
     }
 }
@@ -84,13 +116,14 @@ impl Secret {
 pub const MIN_TOKEN_LEN: usize = 16;
 
 /// Checks that a duration setting is at least `min`, naming the key on failure.
-pub fn check_duration(key: &str, value: std::time::Duration, min: std::time::Duration) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        value >= min,
-        "invalid configuration: {key} = {}: expected at least {}",
-        duration::format(value),
-        duration::format(min)
-    );
+pub fn check_duration(
+    key: &'static str,
+    value: std::time::Duration,
+    min: std::time::Duration,
+) -> Result<(), SettingError> {
+    if value < min {
+        return Err(SettingError::BelowMinimum { key, value: duration::format(value), min: duration::format(min) });
+    }
     Ok(())
 }
 
@@ -268,7 +301,12 @@ mod tests {
         let dir = tempfile::tempdir()?;
         let path = dir.path().join("sample.toml");
         std::fs::write(&path, text)?;
-        load(Some(&path), &env(), &NoFlags::default())
+        Ok(load(Some(&path), &env(), &NoFlags::default())?)
+    }
+
+    /// The error as the binaries print it: every cause, outermost first.
+    fn printed(result: anyhow::Result<Sample>) -> String {
+        result.map_or_else(|e| format!("{e:#}"), |sample| format!("loaded {sample:?}"))
     }
 
     #[test]
@@ -288,11 +326,11 @@ mod tests {
         assert_eq!(ok.ports, Some(PortRange { start: 1000, end: 2000 }));
         assert_eq!(ok.wait, std::time::Duration::from_secs(5));
 
-        let err = load_toml("wait = \"soon\"\n").unwrap_err().to_string();
+        let err = printed(load_toml("wait = \"soon\"\n"));
         assert!(err.contains("wait") && err.contains("\"soon\"") && err.contains("like 500ms"), "{err}");
-        let err = load_toml("ports = \"1-x\"\n").unwrap_err().to_string();
+        let err = printed(load_toml("ports = \"1-x\"\n"));
         assert!(err.contains("ports") && err.contains("START-END"), "{err}");
-        let err = load_toml("nmae = \"x\"\n").unwrap_err().to_string();
+        let err = printed(load_toml("nmae = \"x\"\n"));
         assert!(err.contains("unknown field `nmae`"), "{err}");
         Ok(())
     }

@@ -21,6 +21,7 @@ pub mod reload;
 pub mod signal;
 pub mod splice;
 pub mod stream_io;
+pub mod sync;
 pub mod tls;
 pub mod transport;
 pub mod upgrade;

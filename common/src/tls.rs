@@ -5,12 +5,14 @@
 
 use std::{fmt, path::Path, str::FromStr, sync::Arc};
 
-use anyhow::Context;
 use rustls::{
     DigitallySignedStruct, SignatureScheme,
     client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
     crypto::CryptoProvider,
-    pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime, pem::PemObject},
+    pki_types::{
+        CertificateDer, PrivateKeyDer, ServerName, UnixTime,
+        pem::{self, PemObject},
+    },
 };
 use serde::Deserialize;
 use subtle::ConstantTimeEq;
@@ -90,13 +92,38 @@ pub struct SelfSigned {
     pub key_pem: String,
 }
 
+/// Why a self-signed certificate could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum GenerateError {
+    #[error("generate key pair")]
+    KeyPair(#[source] rcgen::Error),
+    #[error("certificate names {0:?}")]
+    Names(Vec<String>, #[source] rcgen::Error),
+    #[error("self-sign certificate")]
+    Sign(#[source] rcgen::Error),
+}
+
 /// Generates a P-256 certificate for `names`; names that parse as IPs become IP SANs.
-pub fn self_signed(names: &[String]) -> anyhow::Result<SelfSigned> {
-    let key = rcgen::KeyPair::generate().context("generate key pair")?;
-    let mut params = rcgen::CertificateParams::new(names.to_vec()).context("certificate names")?;
+pub fn self_signed(names: &[String]) -> Result<SelfSigned, GenerateError> {
+    let key = rcgen::KeyPair::generate().map_err(GenerateError::KeyPair)?;
+    let mut params =
+        rcgen::CertificateParams::new(names.to_vec()).map_err(|e| GenerateError::Names(names.to_vec(), e))?;
     params.distinguished_name.push(rcgen::DnType::CommonName, "burrow relay");
-    let cert = params.self_signed(&key).context("self-sign certificate")?;
+    let cert = params.self_signed(&key).map_err(GenerateError::Sign)?;
     Ok(SelfSigned { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
+}
+
+/// Why a certificate chain or its key could not be read from PEM.
+#[derive(Debug, thiserror::Error)]
+pub enum PemError {
+    #[error("parse certificate PEM")]
+    Certificate(#[source] pem::Error),
+    #[error("no certificate in PEM")]
+    NoCertificate,
+    #[error("no private key in PEM")]
+    NoKey,
+    #[error("parse private key PEM")]
+    Key(#[source] pem::Error),
 }
 
 /// A certificate chain and its key, read from PEM.
@@ -106,11 +133,16 @@ pub struct Identity {
 }
 
 impl Identity {
-    pub fn from_pem(cert_pem: &[u8], key_pem: &[u8]) -> anyhow::Result<Self> {
+    pub fn from_pem(cert_pem: &[u8], key_pem: &[u8]) -> Result<Self, PemError> {
         let chain =
-            CertificateDer::pem_slice_iter(cert_pem).collect::<Result<Vec<_>, _>>().context("parse certificate PEM")?;
-        anyhow::ensure!(!chain.is_empty(), "no certificate in PEM");
-        let key = PrivateKeyDer::from_pem_slice(key_pem).context("parse private key PEM")?;
+            CertificateDer::pem_slice_iter(cert_pem).collect::<Result<Vec<_>, _>>().map_err(PemError::Certificate)?;
+        if chain.is_empty() {
+            return Err(PemError::NoCertificate);
+        }
+        let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| match e {
+            pem::Error::NoItemsFound => PemError::NoKey,
+            e => PemError::Key(e),
+        })?;
         Ok(Self { chain, key })
     }
 
@@ -119,8 +151,38 @@ impl Identity {
     }
 }
 
+/// Why a TLS or QUIC config could not be built from the given certificates.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("relay certificate and key do not match")]
+    KeyMismatch(#[source] rustls::Error),
+    /// Only a broken crypto provider gets here.
+    #[error("no TLS 1.3 support")]
+    Tls13(#[source] rustls::Error),
+    #[error("no cipher suite usable for QUIC")]
+    Quic(#[from] quinn::crypto::rustls::NoInitialCipherSuite),
+    #[error(transparent)]
+    CaFile(#[from] CaFileError),
+}
+
+/// Why the agent's `--ca` file cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum CaFileError {
+    #[error("read CA file {}", path.display())]
+    Read { path: std::path::PathBuf, source: pem::Error },
+    #[error("parse CA file {}", path.display())]
+    Parse { path: std::path::PathBuf, source: pem::Error },
+    #[error("use a certificate of CA file {}", path.display())]
+    Unusable { path: std::path::PathBuf, source: rustls::Error },
+    #[error("CA file {} holds no certificate", .0.display())]
+    Empty(std::path::PathBuf),
+}
+
 /// The relay's QUIC server config.
-pub fn server_config(identity: Identity, transport: quinn::TransportConfig) -> anyhow::Result<quinn::ServerConfig> {
+pub fn server_config(
+    identity: Identity,
+    transport: quinn::TransportConfig,
+) -> Result<quinn::ServerConfig, ConfigError> {
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(server_tls(identity)?)?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     config.transport_config(Arc::new(transport));
@@ -128,12 +190,13 @@ pub fn server_config(identity: Identity, transport: quinn::TransportConfig) -> a
 }
 
 /// The rustls half of [`server_config`], with the burrow ALPN set.
-pub fn server_tls(identity: Identity) -> anyhow::Result<rustls::ServerConfig> {
+pub fn server_tls(identity: Identity) -> Result<rustls::ServerConfig, ConfigError> {
     let mut tls = rustls::ServerConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(ConfigError::Tls13)?
         .with_no_client_auth()
         .with_single_cert(identity.chain, identity.key)
-        .context("relay certificate and key do not match")?;
+        .map_err(ConfigError::KeyMismatch)?;
     tls.alpn_protocols = vec![ALPN.to_vec()];
     Ok(tls)
 }
@@ -152,7 +215,7 @@ pub enum Trust {
 }
 
 /// The agent's QUIC client config.
-pub fn client_config(trust: &Trust, transport: quinn::TransportConfig) -> anyhow::Result<quinn::ClientConfig> {
+pub fn client_config(trust: &Trust, transport: quinn::TransportConfig) -> Result<quinn::ClientConfig, ConfigError> {
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(client_tls(trust)?)?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
     config.transport_config(Arc::new(transport));
@@ -160,9 +223,10 @@ pub fn client_config(trust: &Trust, transport: quinn::TransportConfig) -> anyhow
 }
 
 /// The rustls half of [`client_config`], with the burrow ALPN set.
-pub fn client_tls(trust: &Trust) -> anyhow::Result<rustls::ClientConfig> {
-    let builder =
-        rustls::ClientConfig::builder_with_provider(provider()).with_protocol_versions(&[&rustls::version::TLS13])?;
+pub fn client_tls(trust: &Trust) -> Result<rustls::ClientConfig, ConfigError> {
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(ConfigError::Tls13)?;
     let verifier = |pin| Arc::new(PinVerifier { pin, provider: provider() });
     let mut tls = match trust {
         Trust::Pinned(pin) => {
@@ -179,13 +243,17 @@ pub fn client_tls(trust: &Trust) -> anyhow::Result<rustls::ClientConfig> {
     Ok(tls)
 }
 
-fn roots_from(path: &Path) -> anyhow::Result<rustls::RootCertStore> {
+fn roots_from(path: &Path) -> Result<rustls::RootCertStore, CaFileError> {
+    let path_buf = || path.to_path_buf();
     let mut roots = rustls::RootCertStore::empty();
-    let certs = CertificateDer::pem_file_iter(path).with_context(|| format!("read CA file {}", path.display()))?;
+    let certs = CertificateDer::pem_file_iter(path).map_err(|source| CaFileError::Read { path: path_buf(), source })?;
     for cert in certs {
-        roots.add(cert.with_context(|| format!("parse CA file {}", path.display()))?)?;
+        let cert = cert.map_err(|source| CaFileError::Parse { path: path_buf(), source })?;
+        roots.add(cert).map_err(|source| CaFileError::Unusable { path: path_buf(), source })?;
     }
-    anyhow::ensure!(!roots.is_empty(), "CA file {} holds no certificate", path.display());
+    if roots.is_empty() {
+        return Err(CaFileError::Empty(path_buf()));
+    }
     Ok(roots)
 }
 

@@ -8,7 +8,7 @@ use std::{
 
 use burrow_common::{
     PortRange, Secret,
-    config::{EnvSource, check_duration, duration, parsed},
+    config::{EnvSource, SettingError, check_duration, duration, parsed},
 };
 use serde::{Deserialize, Serialize};
 
@@ -174,12 +174,22 @@ pub fn default_data_dir() -> PathBuf {
     dirs::data_dir().unwrap_or_else(|| PathBuf::from(".")).join("burrow").join("relay")
 }
 
+/// Why the relay's settings cannot be used together; each message names the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error(transparent)]
+    Setting(#[from] SettingError),
+    #[error(
+        "invalid configuration: admin_listen = {0} is reachable beyond this machine: \
+         set admin_token, or listen on 127.0.0.1"
+    )]
+    ExposedAdmin(SocketAddr),
+}
+
 impl RelayConfig {
     /// Checks what serde cannot: relations between values.
-    pub fn validate(&self) -> anyhow::Result<()> {
-        if self.tls_cert.is_some() != self.tls_key.is_some() {
-            anyhow::bail!("invalid configuration: tls_cert and tls_key must be given together");
-        }
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        paired(("tls_cert", &self.tls_cert), ("tls_key", &self.tls_key))?;
         for (key, value) in [
             ("max_tunnels_per_session", self.max_tunnels_per_session),
             ("max_tunnels_per_token", self.max_tunnels_per_token),
@@ -187,7 +197,7 @@ impl RelayConfig {
             ("max_visitors_per_ip", self.max_visitors_per_ip),
             ("max_parked_visitors", self.max_parked_visitors),
         ] {
-            anyhow::ensure!(value > 0, "invalid configuration: {key} = 0: expected at least 1");
+            at_least(key, value, 1)?;
         }
         if let Some(token) = &self.token {
             token.check_token("token")?;
@@ -199,48 +209,39 @@ impl RelayConfig {
             && !addr.ip().is_loopback()
             && self.admin_token.is_none()
         {
-            anyhow::bail!(
-                "invalid configuration: admin_listen = {addr} is reachable beyond this machine: \
-                 set admin_token, or listen on 127.0.0.1"
-            );
+            return Err(ConfigError::ExposedAdmin(addr));
         }
         check_duration("idle_timeout", self.idle_timeout, Duration::from_secs(1))?;
         check_duration("handshake_timeout", self.handshake_timeout, Duration::from_millis(100))?;
         self.validate_http()?;
         for name in &self.hostname {
-            anyhow::ensure!(
-                !name.is_empty() && !name.contains(['/', ' ', ':']) || name.parse::<IpAddr>().is_ok(),
-                "invalid configuration: hostname = {name:?}: expected a DNS name or IP address, like relay.example.com"
-            );
+            let valid = !name.is_empty() && !name.contains(['/', ' ', ':']) || name.parse::<IpAddr>().is_ok();
+            if !valid {
+                return Err(unexpected("hostname", name, "a DNS name or IP address, like relay.example.com").into());
+            }
         }
         Ok(())
     }
 
-    fn validate_http(&self) -> anyhow::Result<()> {
-        if self.https_cert.is_some() != self.https_key.is_some() {
-            anyhow::bail!("invalid configuration: https_cert and https_key must be given together");
-        }
+    fn validate_http(&self) -> Result<(), SettingError> {
+        paired(("https_cert", &self.https_cert), ("https_key", &self.https_key))?;
         if let Some(domain) = &self.domain {
             let labels_valid = domain.split('.').all(|label| crate::vhost::check_label(label).is_ok());
-            anyhow::ensure!(
-                labels_valid && domain.parse::<IpAddr>().is_err(),
-                "invalid configuration: domain = {domain:?}: expected a DNS name whose subdomains point at \
-                 this relay, like relay.example.com"
-            );
+            if !labels_valid || domain.parse::<IpAddr>().is_ok() {
+                let expected = "a DNS name whose subdomains point at this relay, like relay.example.com";
+                return Err(unexpected("domain", domain, expected));
+            }
         }
         for name in &self.reserved_names {
-            crate::vhost::check_label(name)
-                .map_err(|e| anyhow::anyhow!("invalid configuration: reserved_names: {e}"))?;
+            if crate::vhost::check_label(name).is_err() {
+                let expected = "names of 1-63 letters, digits or '-', not starting or ending with '-'";
+                return Err(unexpected("reserved_names", name, expected));
+            }
         }
         check_duration("http_header_timeout", self.http_header_timeout, Duration::from_millis(100))?;
         check_duration("http_response_timeout", self.http_response_timeout, Duration::from_millis(100))?;
         // hyper refuses a read buffer below 8 KiB.
-        anyhow::ensure!(
-            self.http_max_header_bytes >= 8192,
-            "invalid configuration: http_max_header_bytes = {}: expected at least 8192",
-            self.http_max_header_bytes
-        );
-        Ok(())
+        at_least("http_max_header_bytes", self.http_max_header_bytes, 8192)
     }
 
     pub fn path(&self, file: &str) -> PathBuf {
@@ -248,11 +249,30 @@ impl RelayConfig {
     }
 
     /// Loads layered config; `flags` are the command-line values that were given.
+    /// For the binary: a file being applied by a reload reports errors the same way.
     pub fn load(file: Option<&Path>, flags: &impl Serialize) -> anyhow::Result<Self> {
         let config: Self = burrow_common::config::load(file, &ENV, flags)?;
         config.validate()?;
         Ok(config)
     }
+}
+
+fn paired<T>(first: (&'static str, &Option<T>), second: (&'static str, &Option<T>)) -> Result<(), SettingError> {
+    if first.1.is_some() != second.1.is_some() {
+        return Err(SettingError::Unpaired { first: first.0, second: second.0 });
+    }
+    Ok(())
+}
+
+fn at_least(key: &'static str, value: usize, min: usize) -> Result<(), SettingError> {
+    if value < min {
+        return Err(SettingError::BelowMinimum { key, value: value.to_string(), min: min.to_string() });
+    }
+    Ok(())
+}
+
+fn unexpected(key: &'static str, value: &str, expected: &'static str) -> SettingError {
+    SettingError::Unexpected { key, value: format!("{value:?}"), expected }
 }
 
 #[cfg(test)]

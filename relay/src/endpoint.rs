@@ -2,10 +2,9 @@
 
 use std::{net::SocketAddr, sync::Arc};
 
-use anyhow::Context;
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::{cid::SignedConnectionIds, identity::QuicKeys};
+use crate::{BindError, cid::SignedConnectionIds, identity::QuicKeys};
 
 /// Socket buffer size. At Linux's 208 KiB default a fast bulk transfer drops packets in the
 /// kernel before quinn reads them.
@@ -15,16 +14,16 @@ pub(crate) fn bind(
     listen: SocketAddr,
     server: quinn::ServerConfig,
     keys: &QuicKeys,
-) -> anyhow::Result<quinn::Endpoint> {
-    let socket = udp_socket(listen).with_context(|| format!("bind UDP {listen} for agents"))?;
+) -> Result<quinn::Endpoint, BindError> {
+    let socket = udp_socket(listen).map_err(|source| BindError::Listen { addr: listen, source })?;
     let mut endpoint_config = quinn::EndpointConfig::new(keys.reset.clone());
     let cid_key = keys.connection_id;
     endpoint_config.cid_generator(move || Box::new(SignedConnectionIds::new(cid_key)));
     quinn::Endpoint::new(endpoint_config, Some(server), socket, Arc::new(quinn::TokioRuntime))
-        .context("start QUIC endpoint")
+        .map_err(BindError::Endpoint)
 }
 
-fn udp_socket(listen: SocketAddr) -> anyhow::Result<std::net::UdpSocket> {
+fn udp_socket(listen: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
     let socket = Socket::new(Domain::for_address(listen), Type::DGRAM, Some(Protocol::UDP))?;
     if listen.is_ipv6() {
         // Serve IPv4 agents on `[::]` too where the system allows it.

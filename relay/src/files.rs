@@ -2,28 +2,44 @@
 
 use std::{
     fs,
-    io::Write,
+    io::{self, Write},
     path::{Path, PathBuf},
 };
 
-use anyhow::Context;
+/// Which step on which file failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    #[error("create directory {}", path.display())]
+    CreateDir { path: PathBuf, source: io::Error },
+    #[error("create {}", path.display())]
+    Create { path: PathBuf, source: io::Error },
+    #[error("write {}", path.display())]
+    Write { path: PathBuf, source: io::Error },
+    #[error("replace {}", path.display())]
+    Replace { path: PathBuf, source: io::Error },
+    #[error("read {}", path.display())]
+    Read { path: PathBuf, source: io::Error },
+}
 
 /// Writes `bytes` to `path` through a temporary file and a rename, with mode 0600.
-pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> Result<(), FileError> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    create_private_dir(dir)?;
+    create_private_dir(dir).map_err(|source| FileError::CreateDir { path: dir.to_path_buf(), source })?;
     let tmp = temporary_sibling(path);
     let mut options = fs::OpenOptions::new();
     options.write(true).create(true).truncate(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options.open(&tmp).with_context(|| format!("create {}", tmp.display()))?;
-    file.write_all(bytes).and_then(|()| file.sync_all()).with_context(|| format!("write {}", tmp.display()))?;
-    fs::rename(&tmp, path).with_context(|| format!("replace {}", path.display()))
+    let mut file = options.open(&tmp).map_err(|source| FileError::Create { path: tmp.clone(), source })?;
+    file.write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .map_err(|source| FileError::Write { path: tmp.clone(), source })?;
+    fs::rename(&tmp, path).map_err(|source| FileError::Replace { path: path.to_path_buf(), source })
 }
 
-/// Creates the data directory, readable by its owner only.
-pub(crate) fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
+/// Creates the data directory, readable by its owner only; the caller names the directory in
+/// its error.
+pub(crate) fn create_private_dir(dir: &Path) -> io::Result<()> {
     if dir.is_dir() {
         warn_if_shared(dir);
         return Ok(());
@@ -32,7 +48,7 @@ pub(crate) fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
     builder.recursive(true);
     #[cfg(unix)]
     std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
-    builder.create(dir).with_context(|| format!("create data directory {}", dir.display()))
+    builder.create(dir)
 }
 
 /// The files inside are 0600 anyway; a readable directory still shows which exist.
@@ -55,11 +71,11 @@ fn temporary_sibling(path: &Path) -> PathBuf {
 }
 
 /// Reads a file that may not exist yet.
-pub(crate) fn read_optional(path: &Path) -> anyhow::Result<Option<Vec<u8>>> {
+pub(crate) fn read_optional(path: &Path) -> Result<Option<Vec<u8>>, FileError> {
     match fs::read(path) {
         Ok(bytes) => Ok(Some(bytes)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e).with_context(|| format!("read {}", path.display())),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(FileError::Read { path: path.to_path_buf(), source }),
     }
 }
 

@@ -5,35 +5,57 @@
 //! and answer with a stateless reset, so agents learn of the restart at their next packet
 //! instead of after the idle timeout.
 
-use std::sync::Arc;
+use std::{io, path::PathBuf, sync::Arc};
 
-use anyhow::Context;
-use burrow_common::tls::{self, Identity};
+use burrow_common::tls::{self, GenerateError, Identity, PemError};
 use rand::RngCore;
 
-use crate::{RelayConfig, files};
+use crate::{
+    RelayConfig,
+    files::{self, FileError},
+};
 
 const CERT_FILE: &str = "cert.pem";
 const KEY_FILE: &str = "key.pem";
 const QUIC_KEYS_FILE: &str = "quic-keys";
 const RESET_KEY_LEN: usize = 64;
 
+/// Why the relay's QUIC certificate could not be loaded or made.
+#[derive(Debug, thiserror::Error)]
+pub enum CertificateError {
+    #[error("read {setting} {}", path.display())]
+    Read { setting: &'static str, path: PathBuf, source: io::Error },
+    #[error("load tls_cert / tls_key")]
+    Configured(#[source] PemError),
+    #[error("load {}", .0.display())]
+    Stored(PathBuf, #[source] PemError),
+    #[error(transparent)]
+    Generate(#[from] GenerateError),
+    #[error(transparent)]
+    File(#[from] FileError),
+}
+
 /// Loads the configured certificate, or the generated one, creating it on first start.
-pub(crate) fn load_or_create_certificate(config: &RelayConfig) -> anyhow::Result<Identity> {
+pub(crate) fn load_or_create_certificate(config: &RelayConfig) -> Result<Identity, CertificateError> {
     if let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) {
-        let cert_pem = std::fs::read(cert).with_context(|| format!("read tls_cert {}", cert.display()))?;
-        let key_pem = std::fs::read(key).with_context(|| format!("read tls_key {}", key.display()))?;
-        return Identity::from_pem(&cert_pem, &key_pem).context("load tls_cert / tls_key");
+        let read = |setting, path: &PathBuf| {
+            std::fs::read(path).map_err(|source| CertificateError::Read { setting, path: path.clone(), source })
+        };
+        let (cert_pem, key_pem) = (read("tls_cert", cert)?, read("tls_key", key)?);
+        return Identity::from_pem(&cert_pem, &key_pem).map_err(CertificateError::Configured);
     }
     let (cert_path, key_path) = (config.path(CERT_FILE), config.path(KEY_FILE));
+    let stored = |cert: &[u8], key: &[u8]| {
+        Identity::from_pem(cert, key).map_err(|e| CertificateError::Stored(cert_path.clone(), e))
+    };
     if let (Some(cert), Some(key)) = (files::read_optional(&cert_path)?, files::read_optional(&key_path)?) {
-        return Identity::from_pem(&cert, &key).with_context(|| format!("load {}", cert_path.display()));
+        return stored(&cert, &key);
     }
     let generated = tls::self_signed(&certificate_names(config))?;
     files::write_private(&key_path, generated.key_pem.as_bytes())?;
     files::write_private(&cert_path, generated.cert_pem.as_bytes())?;
     tracing::info!(path = %cert_path.display(), "generated a self-signed certificate");
-    Identity::from_pem(generated.cert_pem.as_bytes(), generated.key_pem.as_bytes())
+    stored(generated.cert_pem.as_bytes(), generated.key_pem.as_bytes())
 }
 
 fn certificate_names(config: &RelayConfig) -> Vec<String> {
@@ -52,24 +74,29 @@ pub(crate) struct QuicKeys {
     pub(crate) connection_id: u64,
 }
 
-pub(crate) fn load_or_create_quic_keys(config: &RelayConfig) -> anyhow::Result<QuicKeys> {
+/// The stateless-reset key followed by the connection-ID key, as stored.
+type KeyBytes = [u8; RESET_KEY_LEN + 8];
+
+pub(crate) fn load_or_create_quic_keys(config: &RelayConfig) -> Result<QuicKeys, FileError> {
     let path = config.path(QUIC_KEYS_FILE);
-    let bytes = match files::read_optional(&path)? {
-        Some(bytes) if bytes.len() == RESET_KEY_LEN + 8 => bytes,
-        existing => {
-            if existing.is_some() {
+    let existing = files::read_optional(&path)?;
+    let bytes = match existing.as_deref().map(KeyBytes::try_from) {
+        Some(Ok(bytes)) => bytes,
+        wrong_or_none => {
+            if wrong_or_none.is_some() {
                 tracing::warn!(path = %path.display(), "QUIC key file has the wrong size; replacing it");
             }
-            let mut fresh = vec![0; RESET_KEY_LEN + 8];
+            let mut fresh = [0; RESET_KEY_LEN + 8];
             rand::rng().fill_bytes(&mut fresh);
             files::write_private(&path, &fresh)?;
             fresh
         }
     };
     let (reset, cid) = bytes.split_at(RESET_KEY_LEN);
-    let cid: [u8; 8] = cid.try_into().context("connection-ID key length")?;
+    let mut cid_bytes = [0; 8];
+    cid_bytes.copy_from_slice(cid);
     Ok(QuicKeys {
         reset: Arc::new(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, reset)),
-        connection_id: u64::from_le_bytes(cid),
+        connection_id: u64::from_le_bytes(cid_bytes),
     })
 }

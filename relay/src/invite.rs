@@ -1,6 +1,7 @@
 //! `relay invite NAME`: a new token for a teammate, printed as a ready-to-paste agent command
 //! and the equivalent `agent.toml`, with this relay's address and certificate fingerprint.
 
+use anyhow::Context;
 use burrow_common::{PortRange, Secret, protocol::DEFAULT_RELAY_PORT};
 
 use crate::{RelayConfig, files, identity, tokens::TokenStore};
@@ -9,7 +10,8 @@ use crate::{RelayConfig, files, identity, tokens::TokenStore};
 const ADDRESS_PLACEHOLDER: &str = "RELAY_ADDRESS";
 
 pub(crate) fn invite(config: &RelayConfig, name: &str, ports: Option<Vec<PortRange>>) -> anyhow::Result<()> {
-    files::create_private_dir(&config.data_dir)?;
+    let dir = &config.data_dir;
+    files::create_private_dir(dir).with_context(|| format!("create data directory {}", dir.display()))?;
     // The certificate the relay will serve: created now if the relay has never run.
     let fingerprint = identity::load_or_create_certificate(config)?.fingerprint();
     let token = TokenStore::open(&config.data_dir, None).add(name, ports)?;

@@ -6,6 +6,7 @@
 
 mod admin;
 mod auth_limit;
+pub mod bind_error;
 mod cid;
 pub mod cli;
 pub mod config;
@@ -33,7 +34,7 @@ use std::{
     time::Duration,
 };
 
-use anyhow::Context;
+pub use bind_error::BindError;
 use burrow_common::{CloseCode, Fingerprint, tls, transport};
 pub use config::RelayConfig;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
@@ -87,26 +88,28 @@ pub struct Relay {
     fingerprint: Fingerprint,
 }
 
-fn bind_admin(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
-    let listener = std::net::TcpListener::bind(addr)
-        .with_context(|| format!("bind the admin endpoint on {addr} (admin_listen; `off` disables it)"))?;
-    listener.set_nonblocking(true)?;
-    Ok(tokio::net::TcpListener::from_std(listener)?)
+fn bind_admin(addr: SocketAddr) -> Result<tokio::net::TcpListener, BindError> {
+    let bound = std::net::TcpListener::bind(addr)
+        .and_then(|listener| listener.set_nonblocking(true).map(|()| listener))
+        .and_then(tokio::net::TcpListener::from_std);
+    bound.map_err(|source| BindError::AdminListen { addr, source })
 }
 
 impl Relay {
     /// Prepares the data directory and binds the QUIC endpoint. Needs a tokio runtime.
-    pub fn bind(config: RelayConfig) -> anyhow::Result<Self> {
+    pub fn bind(config: RelayConfig) -> Result<Self, BindError> {
         config.validate()?;
-        files::create_private_dir(&config.data_dir)?;
+        files::create_private_dir(&config.data_dir)
+            .map_err(|source| BindError::DataDir { path: config.data_dir.clone(), source })?;
         let identity = identity::load_or_create_certificate(&config)?;
         let fingerprint = identity.fingerprint();
-        let keys = identity::load_or_create_quic_keys(&config)?;
+        let keys = identity::load_or_create_quic_keys(&config).map_err(BindError::QuicKeys)?;
         let mut server = tls::server_config(identity, transport::relay(config.idle_timeout))?;
         server.migration(config.migration);
         let endpoint = endpoint::bind(config.listen, server, &keys)?;
         let reservations: Arc<dyn Reservations> = Arc::new(
-            FileReservations::open(&config.data_dir, config.reservation_ttl).context("load port reservations")?,
+            FileReservations::open(&config.data_dir, config.reservation_ttl)
+                .map_err(|e| BindError::Reservations(e.into()))?,
         );
         let registry =
             Registry::new(reservations.clone(), config.ports, config.public_bind, config.max_tunnels_per_token);

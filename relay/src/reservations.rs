@@ -203,7 +203,7 @@ fn persist_changes(
         };
         let written = serde_json::to_vec_pretty(&snapshot)
             .map_err(anyhow::Error::from)
-            .and_then(|bytes| files::write_private(path, &bytes));
+            .and_then(|bytes| Ok(files::write_private(path, &bytes)?));
         match written {
             Ok(()) => {
                 stored.send_replace(upto);

@@ -113,7 +113,7 @@ impl TokenStore {
     }
 
     fn write(&self, file: &TokenFile) -> anyhow::Result<()> {
-        files::write_private(&self.path, &serde_json::to_vec_pretty(file)?)
+        Ok(files::write_private(&self.path, &serde_json::to_vec_pretty(file)?)?)
     }
 
     /// Creates a token named `name` and returns it; only its hash is stored.

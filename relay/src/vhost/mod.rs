@@ -13,12 +13,12 @@ mod sni;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use anyhow::Context;
 use hyper::Uri;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::Instrument;
 
+pub use self::certs::HttpsCertError;
 pub(crate) use self::{
     access::Access,
     names::{NameError, default_reserved as default_reserved_names},
@@ -29,7 +29,7 @@ use self::{
     routes::Lookup,
 };
 use crate::{
-    RelayConfig, Shared,
+    BindError, RelayConfig, Shared,
     limits::{self, IpSlot},
     metrics::REFUSED_IP_LIMIT,
     reservations::Reservations,
@@ -69,18 +69,20 @@ pub(crate) enum Missing {
 pub(crate) fn bind(
     config: &RelayConfig,
     reservations: Arc<dyn Reservations>,
-) -> anyhow::Result<Option<(Vhost, Listeners)>> {
+) -> Result<Option<(Vhost, Listeners)>, BindError> {
     let Some(domain) = config.domain.clone().map(|d| d.to_ascii_lowercase()) else {
         return Ok(None);
     };
-    let http = config.http_listen.map(|addr| bind_tcp(addr, "http_listen")).transpose()?;
+    let http = config.http_listen.map(|addr| bind_tcp(addr, |source| BindError::HttpListen { addr, source }));
+    let http = http.transpose()?;
     let https = match config.https_listen {
         None => None,
         Some(addr) => {
             let files = config.https_cert.as_deref().zip(config.https_key.as_deref());
             let cert = certs::HttpsCert::load(&domain, &config.data_dir, files)?;
             tracing::info!(fingerprint = %cert.fingerprint(), "HTTPS certificate for *.{domain}");
-            Some((bind_tcp(addr, "https_listen")?, cert.server_config()))
+            let listener = bind_tcp(addr, |source| BindError::HttpsListen { addr, source })?;
+            Some((listener, cert.server_config()))
         }
     };
     let vhost = Vhost {
@@ -92,11 +94,12 @@ pub(crate) fn bind(
     Ok(Some((vhost, Listeners { http, https })))
 }
 
-fn bind_tcp(addr: SocketAddr, key: &str) -> anyhow::Result<TcpListener> {
-    let listener = std::net::TcpListener::bind(addr)
-        .with_context(|| format!("bind {key} = {addr} (another server on that port? `off` disables it)"))?;
-    listener.set_nonblocking(true)?;
-    Ok(TcpListener::from_std(listener)?)
+/// Binds `addr`; `failed` names the setting in the error.
+fn bind_tcp(addr: SocketAddr, failed: impl FnOnce(std::io::Error) -> BindError) -> Result<TcpListener, BindError> {
+    std::net::TcpListener::bind(addr)
+        .and_then(|listener| listener.set_nonblocking(true).map(|()| listener))
+        .and_then(TcpListener::from_std)
+        .map_err(failed)
 }
 
 impl Vhost {
