@@ -3,6 +3,7 @@
 //! Peers exchange only these numbers; each end turns them into the words below for its logs.
 
 use quinn::VarInt;
+use rustls::AlertDescription;
 
 /// Why a session (QUIC connection) was closed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -129,6 +130,33 @@ pub fn close_code(err: &quinn::ConnectionError) -> Option<CloseCode> {
     }
 }
 
+/// The TLS alerts rustls raises when it refuses a peer's certificate (RFC 8446, section 6.2),
+/// `DecryptError` being a handshake signature the certificate's key did not make.
+const CERTIFICATE_ALERTS: [AlertDescription; 9] = [
+    AlertDescription::BadCertificate,
+    AlertDescription::UnsupportedCertificate,
+    AlertDescription::CertificateRevoked,
+    AlertDescription::CertificateExpired,
+    AlertDescription::CertificateUnknown,
+    AlertDescription::UnknownCA,
+    AlertDescription::AccessDenied,
+    AlertDescription::DecryptError,
+    AlertDescription::BadCertificateStatusResponse,
+];
+
+/// Whether this end refused the peer's certificate in the handshake (a pinned fingerprint or
+/// CA it does not match), told by the TLS alert it raised, not by the error's words.
+///
+/// A TLS alert travels as QUIC transport error `0x100 + alert` (RFC 9001, section 4.8); a
+/// [`quinn::ConnectionError::TransportError`] is one this end raised, while one the peer
+/// sent arrives as `ConnectionClosed`.
+pub fn refused_peer_certificate(err: &quinn::ConnectionError) -> bool {
+    let quinn::ConnectionError::TransportError(error) = err else {
+        return false;
+    };
+    CERTIFICATE_ALERTS.into_iter().any(|alert| error.code == quinn::TransportErrorCode::crypto(u8::from(alert)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -142,5 +170,18 @@ mod tests {
             assert_eq!(StreamCode::from_code(c.code()), Some(c));
         }
         assert_eq!(CloseCode::from_code(VarInt::from_u32(0)), None);
+    }
+
+    #[test]
+    fn a_refused_certificate_is_told_by_its_alert() {
+        let raised = |code: quinn::TransportErrorCode| quinn::ConnectionError::TransportError(code.into());
+        let pin_mismatch = u8::from(AlertDescription::AccessDenied);
+        assert!(refused_peer_certificate(&raised(quinn::TransportErrorCode::crypto(pin_mismatch))));
+        let unknown_ca = u8::from(AlertDescription::UnknownCA);
+        assert!(refused_peer_certificate(&raised(quinn::TransportErrorCode::crypto(unknown_ca))));
+        let no_alpn = u8::from(AlertDescription::NoApplicationProtocol);
+        assert!(!refused_peer_certificate(&raised(quinn::TransportErrorCode::crypto(no_alpn))));
+        assert!(!refused_peer_certificate(&raised(quinn::TransportErrorCode::PROTOCOL_VIOLATION)));
+        assert!(!refused_peer_certificate(&quinn::ConnectionError::TimedOut));
     }
 }
