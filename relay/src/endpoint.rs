@@ -1,4 +1,4 @@
-//! The relay's one UDP socket and QUIC endpoint.
+//! The relay's sockets: its one UDP socket and QUIC endpoint, and its TCP listeners.
 
 use std::{net::SocketAddr, sync::Arc};
 
@@ -21,6 +21,18 @@ pub(crate) fn bind(
     endpoint_config.cid_generator(move || Box::new(SignedConnectionIds::new(cid_key)));
     quinn::Endpoint::new(endpoint_config, Some(server), socket, Arc::new(quinn::TokioRuntime))
         .map_err(BindError::Endpoint)
+}
+
+/// Binds a TCP listener for the admin, HTTP or HTTPS port; `failed` names the setting in the
+/// error. Synchronous like the UDP socket, so `Relay::bind` needs no `.await`.
+pub(crate) fn bind_tcp(
+    addr: SocketAddr,
+    failed: impl FnOnce(std::io::Error) -> BindError,
+) -> Result<tokio::net::TcpListener, BindError> {
+    std::net::TcpListener::bind(addr)
+        .and_then(|listener| listener.set_nonblocking(true).map(|()| listener))
+        .and_then(tokio::net::TcpListener::from_std)
+        .map_err(failed)
 }
 
 fn udp_socket(listen: SocketAddr) -> std::io::Result<std::net::UdpSocket> {

@@ -89,14 +89,12 @@ pub struct Relay {
 }
 
 fn bind_admin(addr: SocketAddr) -> Result<tokio::net::TcpListener, BindError> {
-    let bound = std::net::TcpListener::bind(addr)
-        .and_then(|listener| listener.set_nonblocking(true).map(|()| listener))
-        .and_then(tokio::net::TcpListener::from_std);
-    bound.map_err(|source| BindError::AdminListen { addr, source })
+    endpoint::bind_tcp(addr, |source| BindError::AdminListen { addr, source })
 }
 
 impl Relay {
-    /// Prepares the data directory and binds the QUIC endpoint. Needs a tokio runtime.
+    /// Prepares the data directory and binds the QUIC endpoint. Needs a tokio runtime. On
+    /// failure, the [`BindError`] names the setting, listener or file at fault.
     pub fn bind(config: RelayConfig) -> Result<Self, BindError> {
         config.validate()?;
         files::create_private_dir(&config.data_dir)

@@ -30,6 +30,7 @@ use self::{
 };
 use crate::{
     BindError, RelayConfig, Shared,
+    endpoint::bind_tcp,
     limits::{self, IpSlot},
     metrics::REFUSED_IP_LIMIT,
     reservations::Reservations,
@@ -92,14 +93,6 @@ pub(crate) fn bind(
         domain,
     };
     Ok(Some((vhost, Listeners { http, https })))
-}
-
-/// Binds `addr`; `failed` names the setting in the error.
-fn bind_tcp(addr: SocketAddr, failed: impl FnOnce(std::io::Error) -> BindError) -> Result<TcpListener, BindError> {
-    std::net::TcpListener::bind(addr)
-        .and_then(|listener| listener.set_nonblocking(true).map(|()| listener))
-        .and_then(TcpListener::from_std)
-        .map_err(failed)
 }
 
 impl Vhost {
