@@ -5,6 +5,7 @@ mod backoff;
 pub mod cli;
 pub mod config;
 mod console;
+mod dial;
 pub mod embedded;
 mod forward;
 mod human;
@@ -24,11 +25,12 @@ use anyhow::Context;
 use burrow_common::{HttpAccess, Secret, TunnelKind, TunnelSpec, tls, tls::Trust, transport};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::{
     backoff::Backoff,
     config::{AgentConfig, LocalTarget, Protocol, RelayAddr, TunnelConfig},
-    session::Outcome,
+    session::SessionEnd,
     stats::Stats,
 };
 
@@ -232,10 +234,11 @@ async fn keep_up(plan: Plan, status: watch::Sender<Status>, cancel: Cancellation
     let mut never_online = true;
     loop {
         plan.stats.publish(&status, Status::Connecting);
-        match session::run(&plan, &client, &status, never_online, &cancel).await {
-            Outcome::Stopped => return Ok(()),
-            Outcome::Fatal(e) => return Err(e),
-            Outcome::Retry { reason, online_for } => {
+        let span = tracing::info_span!("session", relay = %plan.relay, attempt = backoff.attempt());
+        match session::run(&plan, &client, &status, never_online, &cancel).instrument(span).await {
+            SessionEnd::Stopped => return Ok(()),
+            SessionEnd::Fatal(e) => return Err(e),
+            SessionEnd::Retry { reason, online_for } => {
                 never_online &= online_for.is_none();
                 // Only a session that lasted resets the backoff, so a relay that welcomes
                 // and then drops agents is not hammered with reconnects.
