@@ -2,12 +2,51 @@
 
 use std::{net::SocketAddr, time::Duration};
 
-use burrow_common::link::{LinkError, QuicLink};
+use burrow_common::{
+    link::{LinkError, QuicLink},
+    tls, transport,
+};
 use quinn::{ConnectionError, Endpoint, TransportErrorCode};
 
 use crate::Plan;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a session's end waits for its close to reach the relay.
+const CLOSE_WAIT: Duration = Duration::from_secs(1);
+
+/// Dials links to the relay with the plan's trust and transport settings.
+pub(crate) struct Dialer {
+    client: quinn::ClientConfig,
+}
+
+/// A link just dialed, with what must outlive it.
+pub(crate) struct Dialed {
+    pub(crate) link: QuicLink,
+    endpoint: Endpoint,
+}
+
+impl Dialer {
+    pub(crate) fn new(plan: &Plan) -> anyhow::Result<Self> {
+        let client = tls::client_config(&plan.trust, transport::agent(plan.keep_alive, plan.idle_timeout))?;
+        Ok(Self { client })
+    }
+
+    pub(crate) async fn dial(&self, plan: &Plan) -> Result<Dialed, Failure> {
+        let (endpoint, link) = quic(plan, &self.client).await?;
+        Ok(Dialed { link, endpoint })
+    }
+}
+
+impl Dialed {
+    /// Waits, briefly, for the link's close to reach the relay, so it frees the tunnels at
+    /// once. The link is held meanwhile: dropping its last handle would close it with no code.
+    pub(crate) async fn settle(self) {
+        let Dialed { link, endpoint } = self;
+        tokio::time::timeout(CLOSE_WAIT, endpoint.wait_idle()).await.ok();
+        drop(link);
+    }
+}
 
 /// Why no link came up.
 pub(crate) enum Failure {
@@ -18,7 +57,7 @@ pub(crate) enum Failure {
 
 /// Dials the relay over QUIC. The endpoint comes back with the link: it must outlive it, and
 /// waiting on it lets a close reach the relay.
-pub(crate) async fn quic(plan: &Plan, client: &quinn::ClientConfig) -> Result<(Endpoint, QuicLink), Failure> {
+async fn quic(plan: &Plan, client: &quinn::ClientConfig) -> Result<(Endpoint, QuicLink), Failure> {
     let relay = &plan.relay;
     let addrs: Vec<SocketAddr> = tokio::net::lookup_host((relay.host.as_str(), relay.port))
         .await

@@ -22,7 +22,7 @@ pub mod stats;
 use std::{fmt, time::Duration};
 
 use anyhow::Context;
-use burrow_common::{HttpAccess, Secret, TunnelKind, TunnelSpec, tls, tls::Trust, transport};
+use burrow_common::{HttpAccess, Secret, TunnelKind, TunnelSpec, tls::Trust};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -228,14 +228,14 @@ async fn keep_up(plan: Plan, status: watch::Sender<Status>, cancel: Cancellation
         !plan.current_tunnels().is_empty(),
         "nothing to expose: pass --local PORT or list [[tunnels]] in the config file"
     );
-    let client = tls::client_config(&plan.trust, transport::agent(plan.keep_alive, plan.idle_timeout))?;
+    let dialer = dial::Dialer::new(&plan)?;
     let mut backoff = Backoff::new(plan.reconnect_max_delay);
     // Until the first Welcome, a refusal or an untrusted certificate is a setup mistake.
     let mut never_online = true;
     loop {
         plan.stats.publish(&status, Status::Connecting);
         let span = tracing::info_span!("session", relay = %plan.relay, attempt = backoff.attempt());
-        match session::run(&plan, &client, &status, never_online, &cancel).instrument(span).await {
+        match session::run(&plan, &dialer, &status, never_online, &cancel).instrument(span).await {
             SessionEnd::Stopped => return Ok(()),
             SessionEnd::Fatal(e) => return Err(e),
             SessionEnd::Retry { reason, online_for } => {

@@ -14,14 +14,11 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     Plan, PublicTunnel, Status, TunnelPlan,
     config::Protocol,
-    dial::{self, Failure},
+    dial::{Dialer, Failure},
     forward::{Target, Targets, accept_streams},
     local_http::LocalHttp,
     reload,
 };
-
-/// How long a stopping agent waits for its close to reach the relay.
-const CLOSE_WAIT: Duration = Duration::from_secs(1);
 
 /// How a session ended.
 pub(crate) enum SessionEnd {
@@ -37,7 +34,7 @@ pub(crate) enum SessionEnd {
 /// certificate mismatch is a configuration error rather than a passing condition.
 pub(crate) async fn run(
     plan: &Plan,
-    client: &quinn::ClientConfig,
+    dialer: &Dialer,
     status: &watch::Sender<Status>,
     never_online: bool,
     cancel: &CancellationToken,
@@ -45,15 +42,16 @@ pub(crate) async fn run(
     // Ctrl-C must not wait out a connect attempt to an unreachable relay.
     let dialed = tokio::select! {
         _ = cancel.cancelled() => return SessionEnd::Stopped,
-        dialed = dial::quic(plan, client) => dialed,
+        dialed = dialer.dial(plan) => dialed,
     };
-    let (endpoint, link) = match dialed {
+    let dialed = match dialed {
         Ok(dialed) => dialed,
         Err(Failure::Trust(reason)) if never_online => return SessionEnd::Fatal(anyhow::anyhow!(reason)),
         Err(Failure::Trust(reason) | Failure::Unreachable(reason)) => {
             return SessionEnd::Retry { reason, online_for: None };
         }
     };
+    let link = dialed.link.clone();
     plan.stats.set_link(Some(Box::new(link.clone())));
     let targets = Arc::new(Targets::new(plan.stats.clone()));
     let end = tokio::select! {
@@ -65,8 +63,7 @@ pub(crate) async fn run(
         link.close(CloseCode::AgentExit);
     }
     targets.end().await;
-    // Lets the close reach the relay, so it frees the tunnels at once.
-    tokio::time::timeout(CLOSE_WAIT, endpoint.wait_idle()).await.ok();
+    dialed.settle().await;
     end
 }
 
