@@ -92,6 +92,8 @@ pub(crate) async fn accept_streams<L: Link>(link: &L, targets: &Arc<Targets>) ->
         };
         let for_stream = targets.clone();
         targets.tasks.spawn(async move { handle_stream(send, recv, &for_stream).await });
+        // The session's tasks stand for its open streams: an upgraded connection still holds
+        // its stream, and replays are few.
         if let Some(raised) = transport::next_stream_limit(targets.tasks.len(), limit) {
             limit = raised;
             link.allow_streams(limit);
