@@ -1,4 +1,5 @@
-//! One stream from the relay: read its header, dial the local target, splice.
+//! The relay's streams: accept them on each link, read each one's header, and carry it to its
+//! tunnel's local target.
 
 use std::{
     collections::HashMap,
@@ -7,35 +8,44 @@ use std::{
 };
 
 use burrow_common::{
-    StreamCode, StreamHeader,
-    protocol::{MAX_HEADER_FRAME, read_msg},
+    StreamCode,
+    link::{Link, LinkError, StreamReader, StreamWriter},
+    protocol::conversation::read_stream_header,
     splice::{Progress, abort_stream, splice},
     stream_io::StreamIo,
+    transport,
 };
-use quinn::{RecvStream, SendStream};
 use tokio::net::TcpStream;
-use tokio_util::sync::CancellationToken;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::Instrument;
 
 use crate::{
     config::LocalTarget,
     local_http::LocalHttp,
-    stats::{Outcome, Stats, TunnelStats},
+    stats::{Stats, TunnelStats, VisitEnd},
 };
 
-/// The relay writes the header as soon as it opens the stream, so a slow one is broken.
-const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// A local server that does not accept within this is treated as down.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Local targets by the tunnel id the relay granted, and where their traffic is counted.
-/// Tunnels come and go with the config file, so the map changes while streams arrive.
+/// Local targets by the tunnel id the relay granted, and where their traffic is counted: one
+/// per session, shared by the stream acceptors of all its links. Tunnels come and go with the
+/// config file, so the map changes while streams arrive.
 pub(crate) struct Targets {
     pub(crate) stats: Stats,
-    pub(crate) by_id: RwLock<HashMap<u32, Arc<Target>>>,
+    by_id: RwLock<HashMap<u32, Arc<Target>>>,
+    /// Every task the session's visitors need: streams, upgraded connections, replays.
+    pub(crate) tasks: TaskTracker,
+    /// Cancelled when the session ends, for the tasks that would outlive its streams.
+    pub(crate) ended: CancellationToken,
 }
 
 impl Targets {
+    pub(crate) fn new(stats: Stats) -> Self {
+        let (tasks, ended) = (TaskTracker::new(), CancellationToken::new());
+        Self { stats, by_id: RwLock::default(), tasks, ended }
+    }
+
     fn get(&self, id: u32) -> Option<Arc<Target>> {
         self.by_id.read().unwrap_or_else(PoisonError::into_inner).get(&id).cloned()
     }
@@ -50,6 +60,14 @@ impl Targets {
             target.closed.cancel();
         }
     }
+
+    /// Waits for every task of the session, once its links are gone: streams fail at their
+    /// next read or write, and the rest are told to stop.
+    pub(crate) async fn end(&self) {
+        self.ended.cancel();
+        self.tasks.close();
+        self.tasks.wait().await;
+    }
 }
 
 pub(crate) struct Target {
@@ -63,8 +81,28 @@ pub(crate) struct Target {
     pub(crate) closed: CancellationToken,
 }
 
-pub(crate) async fn handle_stream(mut send: SendStream, mut recv: RecvStream, targets: &Targets) {
-    let header = match within(HEADER_TIMEOUT, read_msg::<_, StreamHeader>(&mut recv, MAX_HEADER_FRAME)).await {
+/// Accepts the streams the relay opens on `link` until the link ends, and says why it ended.
+/// One runs per link; all feed the session's `targets`.
+pub(crate) async fn accept_streams<L: Link>(link: &L, targets: &Arc<Targets>) -> LinkError {
+    let mut limit = transport::AGENT_INITIAL_STREAMS;
+    loop {
+        let (send, recv) = match link.accept().await {
+            Ok(stream) => stream,
+            Err(ended) => return ended,
+        };
+        let for_stream = targets.clone();
+        targets.tasks.spawn(async move { handle_stream(send, recv, &for_stream).await });
+        // The session's tasks stand for its open streams: an upgraded connection still holds
+        // its stream, and replays are few.
+        if let Some(raised) = transport::next_stream_limit(targets.tasks.len(), limit) {
+            limit = raised;
+            link.allow_streams(limit);
+        }
+    }
+}
+
+async fn handle_stream<W: StreamWriter, R: StreamReader>(mut send: W, mut recv: R, targets: &Targets) {
+    let header = match read_stream_header(&mut recv).await {
         Ok(header) => header,
         Err(why) => {
             tracing::warn!("bad stream header from relay: {why}");
@@ -76,7 +114,7 @@ pub(crate) async fn handle_stream(mut send: SendStream, mut recv: RecvStream, ta
         return abort_stream(&mut send, &mut recv, StreamCode::UnknownTunnel);
     };
     let visit = targets.stats.open(&target.name, target.counters.clone(), header.visitor);
-    let span = tracing::debug_span!("stream", id = %recv.id(), visitor = %header.visitor, local = %target.local);
+    let span = tracing::debug_span!("stream", id = recv.stream_id(), visitor = %header.visitor, local = %target.local);
     let served = async {
         match &target.http {
             Some(http) => {
@@ -87,41 +125,40 @@ pub(crate) async fn handle_stream(mut send: SendStream, mut recv: RecvStream, ta
         }
     };
     // Dropping the stream's halves on removal resets them, so the visitor sees an abort.
-    let outcome = tokio::select! {
-        outcome = served.instrument(span) => outcome,
-        _ = target.closed.cancelled() => Outcome::Failed { reason: "the tunnel was removed".into() },
+    let end = tokio::select! {
+        end = served.instrument(span) => end,
+        _ = target.closed.cancelled() => VisitEnd::Failed { reason: "the tunnel was removed".into() },
     };
-    visit.finish(outcome);
+    visit.finish(end);
 }
 
-async fn forward(mut send: SendStream, mut recv: RecvStream, target: &LocalTarget, progress: &Progress) -> Outcome {
-    let local = match within(CONNECT_TIMEOUT, TcpStream::connect((target.host.as_str(), target.port))).await {
-        Ok(tcp) => tcp,
-        Err(why) => {
+async fn forward<W: StreamWriter, R: StreamReader>(
+    mut send: W,
+    mut recv: R,
+    target: &LocalTarget,
+    progress: &Progress,
+) -> VisitEnd {
+    let connect = TcpStream::connect((target.host.as_str(), target.port));
+    let local = match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
+        Ok(Ok(tcp)) => tcp,
+        failed => {
+            let why = match failed {
+                Ok(Err(e)) => e.to_string(),
+                _ => format!("no answer within {CONNECT_TIMEOUT:?}"),
+            };
             tracing::warn!("local server {target} unreachable: {why}");
             abort_stream(&mut send, &mut recv, StreamCode::LocalUnreachable);
-            return Outcome::Failed { reason: format!("local server {target} unreachable: {why}") };
+            return VisitEnd::Failed { reason: format!("local server {target} unreachable: {why}") };
         }
     };
     match splice(local, send, recv, progress).await {
         Ok((to_visitor, to_local)) => {
             tracing::debug!(to_local, to_visitor, "stream closed");
-            Outcome::Closed
+            VisitEnd::Closed
         }
         Err(e) => {
             tracing::debug!("stream aborted: {e}");
-            Outcome::Failed { reason: format!("aborted: {e}") }
+            VisitEnd::Failed { reason: format!("aborted: {e}") }
         }
-    }
-}
-
-/// Runs `step` for at most `limit`; a timeout and a failure both come back as the reason.
-async fn within<T, E: std::fmt::Display>(
-    limit: Duration,
-    step: impl std::future::Future<Output = Result<T, E>>,
-) -> Result<T, String> {
-    match tokio::time::timeout(limit, step).await {
-        Ok(done) => done.map_err(|e| e.to_string()),
-        Err(_) => Err(format!("no answer within {limit:?}")),
     }
 }

@@ -5,6 +5,7 @@ mod backoff;
 pub mod cli;
 pub mod config;
 mod console;
+mod dial;
 pub mod embedded;
 mod forward;
 mod human;
@@ -21,14 +22,15 @@ pub mod stats;
 use std::{fmt, time::Duration};
 
 use anyhow::Context;
-use burrow_common::{HttpAccess, Secret, TunnelKind, TunnelSpec, tls, tls::Trust, transport};
+use burrow_common::{HttpAccess, Secret, TunnelKind, TunnelSpec, tls::Trust};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::{
     backoff::Backoff,
     config::{AgentConfig, LocalTarget, Protocol, RelayAddr, TunnelConfig},
-    session::Outcome,
+    session::SessionEnd,
     stats::Stats,
 };
 
@@ -226,16 +228,17 @@ async fn keep_up(plan: Plan, status: watch::Sender<Status>, cancel: Cancellation
         !plan.current_tunnels().is_empty(),
         "nothing to expose: pass --local PORT or list [[tunnels]] in the config file"
     );
-    let client = tls::client_config(&plan.trust, transport::agent(plan.keep_alive, plan.idle_timeout))?;
+    let dialer = dial::Dialer::new(&plan)?;
     let mut backoff = Backoff::new(plan.reconnect_max_delay);
     // Until the first Welcome, a refusal or an untrusted certificate is a setup mistake.
     let mut never_online = true;
     loop {
         plan.stats.publish(&status, Status::Connecting);
-        match session::run(&plan, &client, &status, never_online, &cancel).await {
-            Outcome::Stopped => return Ok(()),
-            Outcome::Fatal(e) => return Err(e),
-            Outcome::Retry { reason, online_for } => {
+        let span = tracing::info_span!("session", relay = %plan.relay, attempt = backoff.attempt());
+        match session::run(&plan, &dialer, &status, never_online, &cancel).instrument(span).await {
+            SessionEnd::Stopped => return Ok(()),
+            SessionEnd::Fatal(e) => return Err(e),
+            SessionEnd::Retry { reason, online_for } => {
                 never_online &= online_for.is_none();
                 // Only a session that lasted resets the backoff, so a relay that welcomes
                 // and then drops agents is not hammered with reconnects.

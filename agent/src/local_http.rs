@@ -4,7 +4,12 @@
 
 use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
 
-use burrow_common::{error_page::ErrorPage, error_page::wants_html, stream_io::StreamIo, upgrade};
+use burrow_common::{
+    error_page::{ErrorPage, wants_html},
+    link::{StreamReader, StreamWriter},
+    stream_io::StreamIo,
+    upgrade,
+};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, combinators::UnsyncBoxBody};
 use hyper::{
@@ -17,13 +22,13 @@ use hyper_util::{
     client::legacy::{Client, connect::HttpConnector},
     rt::{TokioExecutor, TokioIo},
 };
-use tokio_util::sync::CancellationToken;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
     HttpRewrite,
     config::LocalTarget,
     requests::{Exchange, Side, Tap},
-    stats::{Outcome, Stats},
+    stats::{Stats, VisitEnd},
 };
 
 type Body = UnsyncBoxBody<Bytes, hyper::Error>;
@@ -49,8 +54,12 @@ pub(crate) struct LocalHttp {
     /// The tunnel's name, under which its requests are listed.
     tunnel: String,
     stats: Stats,
+    /// The session's: upgraded connections and replays run here, so none outlives it.
+    tasks: TaskTracker,
     /// Cancelled when the tunnel is removed: its upgraded connections end with it.
     closed: CancellationToken,
+    /// Cancelled when the session ends: its replays stop waiting for their responses.
+    session_ended: CancellationToken,
     local: LocalTarget,
     host_header: Option<HeaderValue>,
     request_headers: Vec<(HeaderName, HeaderValue)>,
@@ -59,13 +68,15 @@ pub(crate) struct LocalHttp {
 
 impl LocalHttp {
     /// The rewrites were checked when the configuration was loaded; one that still does not
-    /// parse is left out rather than failing every request.
+    /// parse is left out rather than failing every request. `closed` ends with the tunnel,
+    /// `session_ended` with its session.
     pub(crate) fn new(
         tunnel: &str,
         local: &LocalTarget,
         rewrite: &HttpRewrite,
         stats: &Stats,
-        closed: CancellationToken,
+        tasks: &TaskTracker,
+        (closed, session_ended): (CancellationToken, CancellationToken),
     ) -> Self {
         let headers = |pairs: &[(String, String)]| {
             pairs
@@ -82,7 +93,9 @@ impl LocalHttp {
             client,
             tunnel: tunnel.to_string(),
             stats: stats.clone(),
+            tasks: tasks.clone(),
             closed,
+            session_ended,
             local: local.clone(),
             host_header: rewrite.host_header.as_deref().and_then(|h| HeaderValue::from_str(h).ok()),
             request_headers: headers(&rewrite.request_headers),
@@ -91,15 +104,19 @@ impl LocalHttp {
     }
 
     /// Serves the requests of one visitor connection, as the relay sends them on `stream`.
-    pub(crate) async fn serve(&self, stream: StreamIo, visitor: SocketAddr) -> Outcome {
+    pub(crate) async fn serve<W, R>(&self, stream: StreamIo<W, R>, visitor: SocketAddr) -> VisitEnd
+    where
+        W: StreamWriter,
+        R: StreamReader,
+    {
         let service = service_fn(|request| async move { Ok::<_, Infallible>(self.forward(request, visitor).await) });
         let served = hyper::server::conn::http1::Builder::new()
             .serve_connection(TokioIo::new(stream), service)
             .with_upgrades()
             .await;
         match served {
-            Ok(()) => Outcome::Closed,
-            Err(e) => Outcome::Failed { reason: format!("HTTP stream failed: {e}") },
+            Ok(()) => VisitEnd::Closed,
+            Err(e) => VisitEnd::Failed { reason: format!("HTTP stream failed: {e}") },
         }
     }
 
@@ -114,14 +131,15 @@ impl LocalHttp {
             && let Some(visitor_side) = visitor_upgrade
         {
             let local_side = hyper::upgrade::on(&mut response);
-            let closed = self.closed.clone();
-            tokio::spawn(async move {
+            let (closed, session_ended) = (self.closed.clone(), self.session_ended.clone());
+            self.tasks.spawn(async move {
                 tokio::select! {
                     joined = upgrade::join(visitor_side, local_side) => match joined {
                         Ok((up, down)) => tracing::debug!(up, down, "upgraded connection closed"),
                         Err(e) => tracing::debug!("upgraded connection failed: {e:#}"),
                     },
                     _ = closed.cancelled() => tracing::debug!("upgraded connection closed with its tunnel"),
+                    _ = session_ended.cancelled() => tracing::debug!("upgraded connection closed with its session"),
                 }
             });
         }
@@ -201,11 +219,15 @@ impl LocalHttp {
         };
         // Nobody reads a replay's response but the log, which keeps its start: the rest is
         // read and dropped, for a bounded time, so a stream that never ends costs nothing.
-        tokio::spawn(async move {
+        let session_ended = self.session_ended.clone();
+        self.tasks.spawn(async move {
             let mut body = response.into_body();
             let drained = tokio::time::timeout(REPLAY_LIMIT, async { while let Some(Ok(_)) = body.frame().await {} });
-            if drained.await.is_err() {
-                tracing::debug!("a replay's response still streamed after {REPLAY_LIMIT:?}; dropped");
+            tokio::select! {
+                drained = drained => if drained.is_err() {
+                    tracing::debug!("a replay's response still streamed after {REPLAY_LIMIT:?}; dropped");
+                },
+                _ = session_ended.cancelled() => tracing::debug!("a replay's response dropped with its session"),
             }
         });
         Ok(exchange.id)
@@ -214,11 +236,7 @@ impl LocalHttp {
     /// Words a failed request as the visitor and the console should read it.
     fn describe(&self, error: &hyper_util::client::legacy::Error) -> String {
         let local = &self.local;
-        let refused = std::error::Error::source(error)
-            .and_then(|source| source.downcast_ref::<std::io::Error>())
-            .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused)
-            || format!("{error:?}").contains("ConnectionRefused");
-        if refused {
+        if io_error_kind(error) == Some(std::io::ErrorKind::ConnectionRefused) {
             format!("the local server at {local} refused the connection; is it running?")
         } else if error.is_connect() {
             format!("the local server at {local} cannot be reached: {error}")
@@ -241,5 +259,45 @@ impl LocalHttp {
         }
         let page = ErrorPage::new(StatusCode::BAD_GATEWAY, "Local server unavailable", sentence);
         page.render(html).map(|body| body.map_err(|never| match never {}).boxed_unsync())
+    }
+}
+
+/// The kind of the I/O error at the root of `error`, found down its chain of sources (hyper's
+/// client wraps the connector's error, which wraps the socket's).
+fn io_error_kind(error: &(dyn std::error::Error + 'static)) -> Option<std::io::ErrorKind> {
+    let mut cause = Some(error);
+    while let Some(error) = cause {
+        if let Some(io) = error.downcast_ref::<std::io::Error>() {
+            return Some(io.kind());
+        }
+        cause = error.source();
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug)]
+    struct Wrapper(std::io::Error);
+
+    impl std::fmt::Display for Wrapper {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("connect failed")
+        }
+    }
+
+    impl std::error::Error for Wrapper {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn the_io_error_is_found_down_the_chain() {
+        let refused = Wrapper(std::io::ErrorKind::ConnectionRefused.into());
+        assert_eq!(io_error_kind(&refused), Some(std::io::ErrorKind::ConnectionRefused));
+        assert_eq!(io_error_kind(&std::fmt::Error), None);
     }
 }

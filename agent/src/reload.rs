@@ -5,19 +5,18 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use burrow_common::reload::ConfigWatch;
 use burrow_common::{
-    AgentMsg, Granted, ServerMsg,
-    protocol::{self, MAX_CONTROL_FRAME},
+    Granted,
+    protocol::conversation::{AgentControl, UpdateAnswer},
+    reload::ConfigWatch,
 };
-use tokio::sync::watch;
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    sync::watch,
+};
 use tokio_util::sync::CancellationToken;
 
-use crate::{
-    Plan, Status, TunnelPlan,
-    forward::Targets,
-    session::{self, Control, WELCOME_TIMEOUT},
-};
+use crate::{Plan, Status, TunnelPlan, forward::Targets, session};
 
 /// The live tunnels to close and the wanted ones to open; a tunnel whose settings changed is
 /// both, since the relay grants a tunnel as a whole.
@@ -28,13 +27,17 @@ pub(crate) fn diff(live: &[(TunnelPlan, Granted)], wanted: &[TunnelPlan]) -> (Ve
 }
 
 /// Applies every new tunnel list to the session; returns only if the control stream fails.
-pub(crate) async fn follow(
+pub(crate) async fn follow<W, R>(
     plan: &Plan,
-    control: &mut Control,
+    control: &mut AgentControl<W, R>,
     targets: &Targets,
     live: &mut Vec<(TunnelPlan, Granted)>,
     status: &watch::Sender<Status>,
-) -> anyhow::Error {
+) -> anyhow::Error
+where
+    W: AsyncWrite + Unpin + Send,
+    R: AsyncRead + Unpin + Send,
+{
     let Some(mut reloads) = plan.reloads.clone() else {
         return std::future::pending().await;
     };
@@ -52,13 +55,17 @@ pub(crate) async fn follow(
     }
 }
 
-async fn apply(
+async fn apply<W, R>(
     plan: &Plan,
-    control: &mut Control,
+    control: &mut AgentControl<W, R>,
     targets: &Targets,
     live: &mut Vec<(TunnelPlan, Granted)>,
     wanted: &[TunnelPlan],
-) -> anyhow::Result<()> {
+) -> anyhow::Result<()>
+where
+    W: AsyncWrite + Unpin + Send,
+    R: AsyncRead + Unpin + Send,
+{
     let (remove, add) = diff(live, wanted);
     if remove.is_empty() && add.is_empty() {
         return Ok(());
@@ -68,18 +75,12 @@ async fn apply(
         targets.remove(*id);
     }
     live.retain(|(_, granted)| !remove.contains(&granted.id));
-    let update = AgentMsg::Update { add: add.iter().map(TunnelPlan::spec).collect(), remove: remove.clone() };
-    protocol::write_msg(&mut control.0, &update).await.context("send the tunnel update")?;
-    let answer = tokio::time::timeout(WELCOME_TIMEOUT, protocol::read_msg(&mut control.1, MAX_CONTROL_FRAME))
-        .await
-        .context("no answer to the tunnel update")??;
-    let ServerMsg::Updated { granted, refused } = answer else {
-        anyhow::bail!("the relay answered the tunnel update out of turn");
-    };
+    let UpdateAnswer { granted, refused } =
+        control.update(add.iter().map(TunnelPlan::spec).collect(), remove.clone()).await.context("tunnel update")?;
     let opened = granted.len();
     for granted in granted {
         let Some(tunnel) = add.iter().find(|t| t.name == granted.name) else { continue };
-        targets.insert(granted.id, session::target(plan, tunnel, &granted));
+        targets.insert(granted.id, session::target(plan, tunnel, &granted, targets));
         live.push((tunnel.clone(), granted));
     }
     for (name, refusal) in &refused {

@@ -1,30 +1,27 @@
-//! One session with the relay: connect, say Hello, then serve the relay's streams.
+//! One session with the relay: dial a link, say Hello, then serve the relay's streams and
+//! follow the config file until the link ends or the user stops the agent.
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use burrow_common::{
-    CloseCode, Granted, Hello, ServerMsg,
-    codes::{close_code, describe_connection_error},
-    protocol::{self, MAX_CONTROL_FRAME, PROTOCOL_VERSION},
-    transport,
+    CloseCode, Granted,
+    link::{Link, LinkError},
+    protocol::conversation::{AgentControl, AgentControlOn, ConversationError, HelloAnswer},
 };
-use quinn::{Connection, Endpoint};
 use tokio::sync::watch;
-use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tokio_util::sync::CancellationToken;
 
 use crate::{
     Plan, PublicTunnel, Status, TunnelPlan,
     config::Protocol,
-    forward::{Target, Targets, handle_stream},
+    dial::{Dialer, Failure},
+    forward::{Target, Targets, accept_streams},
     local_http::LocalHttp,
     reload,
 };
 
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-pub(crate) const WELCOME_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// How a session ended.
-pub(crate) enum Outcome {
+pub(crate) enum SessionEnd {
     /// The user stopped the agent; the relay has been told.
     Stopped,
     /// Try again after a backoff; `online_for` is how long the session served, if it did.
@@ -37,157 +34,111 @@ pub(crate) enum Outcome {
 /// certificate mismatch is a configuration error rather than a passing condition.
 pub(crate) async fn run(
     plan: &Plan,
-    client: &quinn::ClientConfig,
+    dialer: &Dialer,
     status: &watch::Sender<Status>,
     never_online: bool,
     cancel: &CancellationToken,
-) -> Outcome {
+) -> SessionEnd {
     // Ctrl-C must not wait out a connect attempt to an unreachable relay.
-    let connected = tokio::select! {
-        _ = cancel.cancelled() => return Outcome::Stopped,
-        connected = connect(plan, client) => connected,
+    let dialed = tokio::select! {
+        _ = cancel.cancelled() => return SessionEnd::Stopped,
+        dialed = dialer.dial(plan) => dialed,
     };
-    let (endpoint, conn) = match connected {
-        Ok(connected) => connected,
-        Err(Failure::Trust(reason)) if never_online => {
-            return Outcome::Fatal(anyhow::anyhow!(reason));
-        }
+    let dialed = match dialed {
+        Ok(dialed) => dialed,
+        Err(Failure::Trust(reason)) if never_online => return SessionEnd::Fatal(anyhow::anyhow!(reason)),
         Err(Failure::Trust(reason) | Failure::Unreachable(reason)) => {
-            return Outcome::Retry { reason, online_for: None };
+            return SessionEnd::Retry { reason, online_for: None };
         }
     };
-    plan.stats.set_connection(Some(conn.clone()));
-    let outcome = tokio::select! {
-        _ = cancel.cancelled() => Outcome::Stopped,
-        outcome = register_and_serve(plan, &conn, status, never_online) => outcome,
+    let link = dialed.link.clone();
+    plan.stats.set_link(Some(Box::new(link.clone())));
+    let targets = Arc::new(Targets::new(plan.stats.clone()));
+    let end = tokio::select! {
+        _ = cancel.cancelled() => SessionEnd::Stopped,
+        end = register_and_serve(plan, &link, &targets, status, never_online) => end,
     };
-    plan.stats.set_connection(None);
-    if matches!(outcome, Outcome::Stopped) {
-        CloseCode::AgentExit.close(&conn);
+    plan.stats.set_link(None);
+    if matches!(end, SessionEnd::Stopped) {
+        link.close(CloseCode::AgentExit);
     }
-    // Lets the close reach the relay, so it frees the tunnels at once.
-    tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await.ok();
-    outcome
+    targets.end().await;
+    dialed.settle().await;
+    end
 }
 
-enum Failure {
-    /// The relay answered but could not be trusted, or speaks another protocol.
-    Trust(String),
-    Unreachable(String),
-}
-
-async fn connect(plan: &Plan, client: &quinn::ClientConfig) -> Result<(Endpoint, Connection), Failure> {
-    let relay = &plan.relay;
-    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((relay.host.as_str(), relay.port))
-        .await
-        .map_err(|e| Failure::Unreachable(format!("cannot resolve {}: {e}", relay.host)))?
-        .collect();
-    // IPv4 first: a relay on a VPS is reachable over it far more often than over IPv6.
-    let addr = addrs
-        .iter()
-        .find(|a| a.is_ipv4())
-        .or(addrs.first())
-        .copied()
-        .ok_or_else(|| Failure::Unreachable(format!("{} has no address", relay.host)))?;
-    let local = if addr.is_ipv6() {
-        SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0))
-    } else {
-        SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, 0))
-    };
-    let mut endpoint =
-        Endpoint::client(local).map_err(|e| Failure::Unreachable(format!("cannot open a UDP socket: {e}")))?;
-    endpoint.set_default_client_config(client.clone());
-    if matches!(plan.trust, burrow_common::tls::Trust::Insecure) {
-        tracing::warn!("--insecure: the relay's certificate is NOT checked; anyone on the path can read this tunnel");
-    }
-    let connecting = endpoint
-        .connect(addr, &relay.host)
-        .map_err(|e| Failure::Unreachable(format!("cannot connect to {addr}: {e}")))?;
-    match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
-        Err(_) => Err(Failure::Unreachable(format!("no answer from the relay at {addr} (UDP {})", relay.port))),
-        Ok(Ok(conn)) => Ok((endpoint, conn)),
-        Ok(Err(e)) => Err(classify_handshake_error(&e, addr)),
-    }
-}
-
-fn classify_handshake_error(e: &quinn::ConnectionError, addr: SocketAddr) -> Failure {
-    use quinn::ConnectionError as E;
-    // TLS alerts travel as QUIC transport errors 0x100-0x1ff (RFC 9001, section 4.8).
-    let crypto = |code: quinn::TransportErrorCode| (0x100..0x200).contains(&u64::from(code));
-    match e {
-        E::TransportError(t) if t.reason.contains("invalid peer certificate") => Failure::Trust(format!(
-            "the relay at {addr} presented a certificate that does not match --fingerprint / --ca ({})",
-            t.reason
-        )),
-        E::ConnectionClosed(c) if crypto(c.error_code) => Failure::Trust(format!(
-            "the relay at {addr} rejected the TLS handshake ({}); is it a burrow relay of the same version?",
-            c.error_code
-        )),
-        E::TransportError(t) if crypto(t.code) => {
-            Failure::Trust(format!("TLS handshake with {addr} failed: {}", t.reason))
-        }
-        other => {
-            Failure::Unreachable(format!("cannot reach the relay at {addr}: {}", describe_connection_error(other)))
-        }
-    }
-}
-
-async fn register_and_serve(
+/// Says Hello on `link`, then serves the granted tunnels: the link's streams, and the config
+/// file's changes on its control stream.
+async fn register_and_serve<L: Link>(
     plan: &Plan,
-    conn: &Connection,
+    link: &L,
+    targets: &Arc<Targets>,
     status: &watch::Sender<Status>,
     never_online: bool,
-) -> Outcome {
+) -> SessionEnd {
     let asked = plan.current_tunnels();
-    let (answer, mut control) = match hello(plan, &asked, conn).await {
-        Ok(answered) => answered,
-        Err(e) => {
-            return Outcome::Retry { reason: format!("handshake failed: {e:#}"), online_for: None };
-        }
-    };
-    let granted = match answer {
-        ServerMsg::Welcome { tunnels } => tunnels,
-        ServerMsg::Refused(refusal) if never_online || !refusal.is_transient() => {
-            return Outcome::Fatal(anyhow::anyhow!("the relay refused: {refusal}"));
-        }
-        ServerMsg::Refused(refusal) => {
-            return Outcome::Retry { reason: refusal.to_string(), online_for: None };
-        }
-        ServerMsg::Updated { .. } => {
-            return Outcome::Retry { reason: "the relay answered the Hello out of turn".into(), online_for: None };
-        }
+    let (granted, mut control) = match hello(plan, link, &asked, never_online).await {
+        Ok(welcomed) => welcomed,
+        Err(end) => return end,
     };
     let mut live: Vec<(TunnelPlan, Granted)> = asked.into_iter().zip(granted).collect();
     // The relay names each stream's tunnel by the id it granted.
-    let targets = Arc::new(Targets { stats: plan.stats.clone(), by_id: Default::default() });
     for (tunnel, granted) in &live {
-        targets.insert(granted.id, target(plan, tunnel, granted));
+        targets.insert(granted.id, target(plan, tunnel, granted, targets));
     }
     plan.stats.publish(status, Status::Online(public(plan, &live)));
     let online_since = std::time::Instant::now();
-    let err = tokio::select! {
-        err = serve_streams(conn, targets.clone()) => err,
-        failed = reload::follow(plan, &mut control, &targets, &mut live, status) => {
+    let ended = tokio::select! {
+        ended = accept_streams(link, targets) => ended,
+        failed = reload::follow(plan, &mut control, targets, &mut live, status) => {
             // The relay may hold tunnels this agent no longer serves, or the reverse: start
             // over from a Hello with the current list, which the relay answers in full.
-            CloseCode::AgentExit.close(conn);
-            return Outcome::Retry {
+            link.close(CloseCode::AgentExit);
+            return SessionEnd::Retry {
                 reason: format!("a tunnel update failed ({failed:#}); reconnecting with the new list"),
                 online_for: Some(online_since.elapsed()),
             };
         }
     };
-    match close_code(&err) {
-        Some(CloseCode::Replaced) => {
-            Outcome::Fatal(anyhow::anyhow!("another agent with the same token and tunnel name took over these tunnels"))
+    link_ended(&ended, online_since.elapsed())
+}
+
+/// Opens the control stream and asks for `tunnels`; the control stream stays open for the
+/// whole session, since dropping it would finish it. A refusal ends the session.
+async fn hello<L: Link>(
+    plan: &Plan,
+    link: &L,
+    tunnels: &[TunnelPlan],
+    never_online: bool,
+) -> Result<(Vec<Granted>, AgentControlOn<L>), SessionEnd> {
+    let specs = tunnels.iter().map(TunnelPlan::spec).collect();
+    let answered = async {
+        let mut control = AgentControl::open(link).await?;
+        let answer = control.hello(&plan.token, specs).await?;
+        Ok::<_, ConversationError>((answer, control))
+    };
+    match answered.await {
+        Ok((HelloAnswer::Welcome(granted), control)) => Ok((granted, control)),
+        Ok((HelloAnswer::Refused(refusal), _)) if never_online || !refusal.is_transient() => {
+            Err(SessionEnd::Fatal(anyhow::anyhow!("the relay refused: {refusal}")))
         }
-        Some(CloseCode::Revoked) => Outcome::Fatal(anyhow::anyhow!(
+        Ok((HelloAnswer::Refused(refusal), _)) => {
+            Err(SessionEnd::Retry { reason: refusal.to_string(), online_for: None })
+        }
+        Err(e) => Err(SessionEnd::Retry { reason: format!("handshake failed: {e:#}"), online_for: None }),
+    }
+}
+
+/// How a session that was online ends when its link does.
+fn link_ended(ended: &LinkError, online_for: Duration) -> SessionEnd {
+    match ended.peer_code() {
+        Some(CloseCode::Replaced) => SessionEnd::Fatal(anyhow::anyhow!(
+            "another agent with the same token and tunnel name took over these tunnels"
+        )),
+        Some(CloseCode::Revoked) => SessionEnd::Fatal(anyhow::anyhow!(
             "the relay's operator revoked this agent's token; ask them for a new one (relay invite NAME)"
         )),
-        _ => Outcome::Retry {
-            reason: format!("lost the relay: {}", describe_connection_error(&err)),
-            online_for: Some(online_since.elapsed()),
-        },
+        _ => SessionEnd::Retry { reason: format!("lost the relay: {ended}"), online_for: Some(online_for) },
     }
 }
 
@@ -205,11 +156,12 @@ pub(crate) fn public(plan: &Plan, live: &[(TunnelPlan, Granted)]) -> Vec<PublicT
 }
 
 /// Where the streams of a granted tunnel go.
-pub(crate) fn target(plan: &Plan, tunnel: &TunnelPlan, granted: &Granted) -> Target {
+pub(crate) fn target(plan: &Plan, tunnel: &TunnelPlan, granted: &Granted, targets: &Targets) -> Target {
     let closed = CancellationToken::new();
     let http = (tunnel.protocol == Protocol::Http).then(|| {
+        let ends = (closed.clone(), targets.ended.clone());
         let local =
-            Arc::new(LocalHttp::new(&granted.name, &tunnel.local, &tunnel.rewrite, &plan.stats, closed.clone()));
+            Arc::new(LocalHttp::new(&granted.name, &tunnel.local, &tunnel.rewrite, &plan.stats, &targets.tasks, ends));
         plan.stats.set_replayer(&granted.name, &local);
         local
     });
@@ -220,40 +172,4 @@ pub(crate) fn target(plan: &Plan, tunnel: &TunnelPlan, granted: &Granted) -> Tar
         http,
         closed,
     }
-}
-
-/// The control stream; it stays open for the whole session, since dropping it would finish it.
-pub(crate) type Control = (quinn::SendStream, quinn::RecvStream);
-
-async fn hello(plan: &Plan, tunnels: &[TunnelPlan], conn: &Connection) -> anyhow::Result<(ServerMsg, Control)> {
-    let (mut send, mut recv) = conn.open_bi().await?;
-    let tunnels = tunnels.iter().map(TunnelPlan::spec).collect();
-    let hello = Hello { version: PROTOCOL_VERSION, token: plan.token.clone(), tunnels };
-    protocol::write_msg(&mut send, &hello).await?;
-    let answer = tokio::time::timeout(WELCOME_TIMEOUT, protocol::read_msg(&mut recv, MAX_CONTROL_FRAME)).await??;
-    Ok((answer, (send, recv)))
-}
-
-/// Accepts the relay's streams until the session ends; returns why it ended.
-async fn serve_streams(conn: &Connection, targets: Arc<Targets>) -> quinn::ConnectionError {
-    let streams = TaskTracker::new();
-    let mut limit = transport::AGENT_INITIAL_STREAMS;
-    let ended = loop {
-        match conn.accept_bi().await {
-            Ok((send, recv)) => {
-                let targets = targets.clone();
-                streams.spawn(async move { handle_stream(send, recv, &targets).await });
-                if let Some(raised) = transport::next_stream_limit(streams.len(), limit) {
-                    limit = raised;
-                    conn.set_max_concurrent_bi_streams(quinn::VarInt::from_u32(limit));
-                }
-            }
-            Err(e) => break e,
-        }
-    };
-    // With the session gone every stream fails at its next read or write; wait for that so
-    // no stream task outlives its session.
-    streams.close();
-    streams.wait().await;
-    ended
 }

@@ -8,11 +8,12 @@ use std::{
     time::{Instant, UNIX_EPOCH},
 };
 
+use burrow_common::link::LinkStatus;
 use serde::{Deserialize, Serialize};
 
 use crate::{
     requests::RequestSummary,
-    stats::{Connections, Outcome, Record, State, Stats, lock},
+    stats::{Connections, Record, State, Stats, VisitEnd, lock},
 };
 
 /// Requests in each snapshot; the inspector fetches one's details when it is opened.
@@ -24,7 +25,7 @@ pub struct Snapshot {
     /// The relay as configured, `HOST:PORT`.
     pub relay: String,
     pub state: SessionState,
-    /// The QUIC path to the relay while a session is up.
+    /// The path to the relay while a session is up.
     pub path: Option<PathView>,
     pub tunnels: Vec<TunnelView>,
     /// Open connections, then recently closed ones, newest first.
@@ -109,7 +110,7 @@ impl Stats {
         let now = Instant::now();
         let (relay, state, path, public) = {
             let session = lock(&self.0.session);
-            let path = session.conn.as_ref().map(path_view);
+            let path = session.link.as_deref().map(path_view);
             (session.relay.clone(), session_state(&session.state, session.since, now), path, session.tunnels.clone())
         };
         let counters: Vec<_> = public.iter().map(|t| (t, self.tunnel(&t.name))).collect();
@@ -172,17 +173,17 @@ fn session_state(state: &State, since: Instant, now: Instant) -> SessionState {
     }
 }
 
-fn path_view(conn: &quinn::Connection) -> PathView {
-    let stats = conn.stats();
+fn path_view(link: &dyn LinkStatus) -> PathView {
+    let path = link.path();
     PathView {
-        remote: conn.remote_address(),
-        rtt_ms: stats.path.rtt.as_secs_f64() * 1000.0,
-        lost_packets: stats.path.lost_packets,
-        sent_packets: stats.path.sent_packets,
-        congestion_window: stats.path.cwnd,
-        mtu: stats.path.current_mtu,
-        sent_bytes: stats.udp_tx.bytes,
-        received_bytes: stats.udp_rx.bytes,
+        remote: link.peer(),
+        rtt_ms: path.rtt.as_secs_f64() * 1000.0,
+        lost_packets: path.lost_packets,
+        sent_packets: path.sent_packets,
+        congestion_window: path.congestion_window,
+        mtu: path.mtu,
+        sent_bytes: path.sent_bytes,
+        received_bytes: path.received_bytes,
     }
 }
 
@@ -190,8 +191,8 @@ fn connection_view(record: &Record, now: Instant) -> ConnectionView {
     let opened_at_ms = record.opened_at.duration_since(UNIX_EPOCH).map(millis).unwrap_or_default();
     let (duration, state, reason) = match &record.ended {
         None => (now.saturating_duration_since(record.opened), "open", None),
-        Some((took, Outcome::Closed)) => (*took, "closed", None),
-        Some((took, Outcome::Failed { reason })) => (*took, "failed", Some(reason.clone())),
+        Some((took, VisitEnd::Closed)) => (*took, "closed", None),
+        Some((took, VisitEnd::Failed { reason })) => (*took, "failed", Some(reason.clone())),
     };
     let (to_visitor, to_local) = record.progress.moved();
     ConnectionView {

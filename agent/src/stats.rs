@@ -1,5 +1,5 @@
 //! What the agent has carried, kept cheap enough to update on every stream: per-tunnel
-//! counters, the last connections, and the session's state and QUIC connection. The console
+//! counters, the last connections, and the session's state and its link to the relay. The console
 //! and the inspector read it through [`Stats::snapshot`].
 //!
 //! An open connection's bytes live in its own [`Progress`], which its splice bumps as bytes
@@ -16,7 +16,7 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use burrow_common::splice::Progress;
+use burrow_common::{link::LinkStatus, splice::Progress};
 use tokio::sync::watch;
 
 use crate::{PublicTunnel, Status, local_http::LocalHttp, requests::RequestLog};
@@ -44,7 +44,8 @@ pub(crate) struct Session {
     pub(crate) relay: String,
     pub(crate) state: State,
     pub(crate) since: Instant,
-    pub(crate) conn: Option<quinn::Connection>,
+    /// The link whose path the console shows, while a session is up.
+    pub(crate) link: Option<Box<dyn LinkStatus>>,
     /// The tunnels of the last Welcome, kept while reconnecting so they stay on screen.
     pub(crate) tunnels: Vec<PublicTunnel>,
 }
@@ -84,12 +85,12 @@ pub(crate) struct Record {
     /// Local server to visitor, then visitor to local server: the splice's TCP side is the
     /// local server.
     pub(crate) progress: Arc<Progress>,
-    pub(crate) ended: Option<(Duration, Outcome)>,
+    pub(crate) ended: Option<(Duration, VisitEnd)>,
 }
 
-/// How a connection ended; its bytes are in its record's progress either way.
+/// How a visitor's connection ended; its bytes are in its record's progress either way.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Outcome {
+pub(crate) enum VisitEnd {
     /// Both directions finished.
     Closed,
     Failed {
@@ -115,7 +116,7 @@ impl Default for Stats {
                 relay: String::new(),
                 state: State::Connecting { retry: None },
                 since: Instant::now(),
-                conn: None,
+                link: None,
                 tunnels: Vec::new(),
             }),
             tunnels: Mutex::default(),
@@ -196,14 +197,14 @@ impl Stats {
             let mut session = lock(&self.0.session);
             session.state = State::Stopped { error };
             session.since = Instant::now();
-            session.conn = None;
+            session.link = None;
         }
         self.changed();
     }
 
-    /// The QUIC connection whose path statistics are shown, or none between sessions.
-    pub(crate) fn set_connection(&self, conn: Option<quinn::Connection>) {
-        lock(&self.0.session).conn = conn;
+    /// The link whose path statistics are shown, or none between sessions.
+    pub(crate) fn set_link(&self, link: Option<Box<dyn LinkStatus>>) {
+        lock(&self.0.session).link = link;
         self.changed();
     }
 
@@ -232,8 +233,8 @@ impl Stats {
         Visit { stats: self.clone(), counters, id, progress, outcome: None }
     }
 
-    fn close(&self, counters: &TunnelStats, visit: u64, progress: &Progress, outcome: Outcome) {
-        if let Outcome::Failed { .. } = outcome {
+    fn close(&self, counters: &TunnelStats, visit: u64, progress: &Progress, outcome: VisitEnd) {
+        if let VisitEnd::Failed { .. } = outcome {
             counters.failed.fetch_add(1, Relaxed);
         }
         {
@@ -262,7 +263,7 @@ pub(crate) struct Visit {
     counters: Arc<TunnelStats>,
     id: u64,
     progress: Arc<Progress>,
-    outcome: Option<Outcome>,
+    outcome: Option<VisitEnd>,
 }
 
 impl Visit {
@@ -276,14 +277,14 @@ impl Visit {
         self.progress.clone()
     }
 
-    pub(crate) fn finish(mut self, outcome: Outcome) {
+    pub(crate) fn finish(mut self, outcome: VisitEnd) {
         self.outcome = Some(outcome);
     }
 }
 
 impl Drop for Visit {
     fn drop(&mut self) {
-        let outcome = self.outcome.take().unwrap_or(Outcome::Failed { reason: "interrupted".into() });
+        let outcome = self.outcome.take().unwrap_or(VisitEnd::Failed { reason: "interrupted".into() });
         self.stats.close(&self.counters, self.id, &self.progress, outcome);
     }
 }
@@ -303,7 +304,7 @@ mod tests {
             let visit = stats.open("web", web.clone(), visitor);
             visit.progress().add_stream_to_tcp(i);
             visit.progress().add_tcp_to_stream(2 * i);
-            visit.finish(Outcome::Closed);
+            visit.finish(VisitEnd::Closed);
         }
         let interrupted = stats.open("web", web.clone(), visitor);
         interrupted.progress().add_tcp_to_stream(5);
@@ -337,14 +338,14 @@ mod tests {
         };
         let earlier = stats.open("web", counters.clone(), visitor);
         earlier.progress().add_stream_to_tcp(10);
-        earlier.finish(Outcome::Closed);
+        earlier.finish(VisitEnd::Closed);
         let open = stats.open("web", counters.clone(), visitor);
         open.progress().add_stream_to_tcp(1000);
         open.progress().add_tcp_to_stream(7);
         assert_eq!(shown(&stats), (1010, 7), "bytes so far of the open connection count");
         assert_eq!(counters.to_local.load(Relaxed), 10, "the counters hold ended connections only");
 
-        open.finish(Outcome::Closed);
+        open.finish(VisitEnd::Closed);
         assert_eq!(shown(&stats), (1010, 7), "a close neither adds its bytes again nor drops them");
         assert_eq!((counters.to_local.load(Relaxed), counters.to_visitor.load(Relaxed)), (1010, 7));
     }

@@ -1,20 +1,36 @@
 //! What the burrow relay and agent must agree on.
 //!
 //! # Glossary
-//! - **relay**: the public server. It accepts agents over QUIC and visitors over TCP.
-//! - **agent**: the program next to a local server. It dials the relay and forwards streams
-//!   to a local target such as `127.0.0.1:8080`.
-//! - **session**: one agent's QUIC connection to the relay.
-//! - **tunnel**: one public port on the relay mapped to one local target of an agent.
-//! - **visitor**: an outside TCP client connecting to a tunnel's public port.
-//! - **stream**: one QUIC bidirectional stream, opened by the relay, carrying one visitor.
+//! - **relay**: the public server. It accepts agents' links and visitors' connections.
+//! - **agent**: the program next to a local server. It dials the relay and carries the
+//!   relay's streams to local targets such as `127.0.0.1:8080`.
+//! - **link**: one transport connection between an agent and a relay: a QUIC connection
+//!   today, TLS over TCP next; code sees it through [`link::Link`].
+//! - **session**: one agent's admitted presence at a relay, from its Hello to its end,
+//!   carried by one or more links (one today).
+//! - **tunnel**: what an agent exposes through its session: a public TCP port, or a name
+//!   (a subdomain of the relay's domain, for HTTP or passed-through TLS).
+//! - **place**: where visitors reach a tunnel: its public port or its hostname.
+//! - **claim**: a tunnel's hold on its place; it is serving, parked or reserved.
+//! - **park**: keep a lost session's claims, with their visitors waiting, for a while, so its
+//!   agent can come back to them.
+//! - **handover**: passing a parked claim and its waiting visitors to the session that takes it
+//!   back.
+//! - **reservation**: the place a token and tunnel name get back after a reconnect or a relay
+//!   restart (a reserved claim).
+//! - **grant**: what a valid token allows (its name, the ports it may hold); a [`Granted`]
+//!   tunnel is one the relay opened for a session, with the id its streams carry.
+//! - **route**: where a name's visitors go now: the serving session's link and tunnel id.
+//! - **visitor**: an outside client of a tunnel.
+//! - **stream**: one bidirectional stream on a link, opened by the relay, carrying one visitor
+//!   (a TCP tunnel) or one visitor connection's requests (an HTTP tunnel).
 //! - **token**: the secret an agent presents; the relay keeps only its hash.
-//! - **reservation**: the port a token and tunnel name get back after a reconnect or restart.
 
 pub mod codes;
 pub mod config;
 pub mod error_page;
 pub mod http;
+pub mod link;
 pub mod logging;
 pub mod protocol;
 pub mod reload;

@@ -1,7 +1,7 @@
-//! Carrying bytes between a TCP connection and a QUIC stream, with both ends' closes mapped.
+//! Carrying bytes between a TCP connection and a link's stream, with both ends' closes mapped.
 //!
 //! A TCP FIN becomes a stream finish and back. An error on either side must not look like a
-//! clean end, so it becomes a stream reset on the QUIC side and an RST (zero linger) on the
+//! clean end, so it becomes a stream reset on the link's side and an RST (zero linger) on the
 //! TCP side.
 //!
 //! Chunks read from the stream are written to TCP as they are (gathered into one writev), and
@@ -17,7 +17,6 @@ use std::{
 };
 
 use bytes::Bytes;
-use quinn::{RecvStream, SendStream};
 use tokio::{
     io::AsyncWriteExt,
     net::{
@@ -26,7 +25,10 @@ use tokio::{
     },
 };
 
-use crate::StreamCode;
+use crate::{
+    StreamCode,
+    link::{StreamReader, StreamWriter},
+};
 
 /// Most bytes taken from TCP in one read.
 pub const READ_CHUNK: usize = 64 * 1024;
@@ -62,10 +64,10 @@ impl Progress {
 
 /// Splices `tcp` with the stream until both directions have ended, counting into `progress`
 /// as it goes. On success `progress` has grown by exactly the totals returned.
-pub async fn splice(
+pub async fn splice<W: StreamWriter, R: StreamReader>(
     tcp: TcpStream,
-    mut send: SendStream,
-    mut recv: RecvStream,
+    mut send: W,
+    mut recv: R,
     progress: &Progress,
 ) -> std::io::Result<Moved> {
     // Small writes (keystrokes, requests) must not wait for Nagle's algorithm.
@@ -82,7 +84,11 @@ pub async fn splice(
     moved
 }
 
-async fn tcp_to_stream(tcp: &OwnedReadHalf, send: &mut SendStream, progress: &Progress) -> std::io::Result<u64> {
+async fn tcp_to_stream<W: StreamWriter>(
+    tcp: &OwnedReadHalf,
+    send: &mut W,
+    progress: &Progress,
+) -> std::io::Result<u64> {
     let mut total = 0;
     loop {
         tcp.readable().await?;
@@ -109,9 +115,13 @@ thread_local! {
     static SCRATCH: std::cell::RefCell<Box<[u8]>> = std::cell::RefCell::new(vec![0; READ_CHUNK].into_boxed_slice());
 }
 
-async fn stream_to_tcp(recv: &mut RecvStream, tcp: &mut OwnedWriteHalf, progress: &Progress) -> std::io::Result<u64> {
+async fn stream_to_tcp<R: StreamReader>(
+    recv: &mut R,
+    tcp: &mut OwnedWriteHalf,
+    progress: &Progress,
+) -> std::io::Result<u64> {
     let mut total = 0;
-    // Each chunk is about one QUIC frame; gathering many into one writev keeps the number of
+    // Each chunk is about one transport frame; gathering many into one writev keeps the number of
     // system calls per byte close to that of a plain copy loop.
     let mut chunks: [Bytes; WRITE_BATCH] = std::array::from_fn(|_| Bytes::new());
     while let Some(count) = recv.read_chunks(&mut chunks).await? {
@@ -149,10 +159,9 @@ async fn write_all_vectored(tcp: &mut OwnedWriteHalf, mut chunks: &mut [Bytes]) 
 }
 
 /// Ends both halves of a stream with `code`; the peer sees a reset, not a clean EOF.
-pub fn abort_stream(send: &mut SendStream, recv: &mut RecvStream, code: StreamCode) {
-    // Either half may already be closed by the peer; that is the outcome we want anyway.
-    send.reset(code.code()).ok();
-    recv.stop(code.code()).ok();
+pub fn abort_stream(send: &mut impl StreamWriter, recv: &mut impl StreamReader, code: StreamCode) {
+    send.abort(code);
+    recv.abort(code);
 }
 
 /// Drops a TCP connection with an RST, so the peer sees an abort instead of a clean FIN.

@@ -1,4 +1,4 @@
-//! A QUIC stream's two halves as one byte stream, for protocols (HTTP) that run over it
+//! A link stream's two halves as one byte stream, for protocols (HTTP) that run over it
 //! rather than being spliced, with the bytes counted as the splice counts them.
 
 use std::{
@@ -8,26 +8,28 @@ use std::{
     task::{Context, Poll},
 };
 
-use quinn::{RecvStream, SendStream};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use crate::splice::Progress;
+use crate::{
+    link::{StreamReader, StreamWriter},
+    splice::Progress,
+};
 
 /// Reads from `recv` and writes to `send`. Bytes written count as `tcp_to_stream` and bytes
 /// read as `stream_to_tcp`, whichever end of the tunnel uses it.
-pub struct StreamIo {
-    send: SendStream,
-    recv: RecvStream,
+pub struct StreamIo<W, R> {
+    send: W,
+    recv: R,
     progress: Arc<Progress>,
 }
 
-impl StreamIo {
-    pub fn new(send: SendStream, recv: RecvStream, progress: Arc<Progress>) -> Self {
+impl<W: StreamWriter, R: StreamReader> StreamIo<W, R> {
+    pub fn new(send: W, recv: R, progress: Arc<Progress>) -> Self {
         Self { send, recv, progress }
     }
 }
 
-impl AsyncRead for StreamIo {
+impl<W: StreamWriter, R: StreamReader> AsyncRead for StreamIo<W, R> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let polled = AsyncRead::poll_read(Pin::new(&mut self.recv), cx, buf);
@@ -38,7 +40,7 @@ impl AsyncRead for StreamIo {
     }
 }
 
-impl AsyncWrite for StreamIo {
+impl<W: StreamWriter, R: StreamReader> AsyncWrite for StreamIo<W, R> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let polled = AsyncWrite::poll_write(Pin::new(&mut self.send), cx, buf);
         if let Poll::Ready(Ok(written)) = polled {

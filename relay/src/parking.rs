@@ -110,7 +110,8 @@ async fn wait_for_successor(
     match next {
         Some(Successor { conn, tunnel }) => {
             metrics.visitors_unparked.inc();
-            forward(visitor, peer, conn, tunnel, metrics, admission, Vec::new()).await;
+            forward(visitor, peer, burrow_common::link::QuicLink::from(conn), tunnel, metrics, admission, Vec::new())
+                .await;
         }
         None => {
             drop(admission);

@@ -6,10 +6,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::Context;
 use burrow_common::{
     StreamHeader,
-    protocol::write_msg,
+    link::{Link, QuicLink},
+    protocol::conversation::{FirstBytes, open_visitor_stream},
     splice::{abort_tcp, splice},
 };
 use tokio::net::{TcpListener, TcpStream};
@@ -22,10 +22,6 @@ use crate::{
     metrics::{Metrics, REFUSED_NO_STREAM, REFUSED_TUNNEL_LIMIT, Reason},
     parking::{Handover, Successor},
 };
-
-/// How long a visitor waits for a stream slot before it is reset; past this the agent is
-/// overloaded or gone, and a hanging connection helps no one.
-const OPEN_STREAM_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Pause after an accept error such as EMFILE, so the loop does not spin.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
@@ -49,11 +45,12 @@ pub(crate) async fn accept_visitors(
     if let Some(parked) = tunnel.parked {
         parked.send_replace(Some(Successor { conn: conn.clone(), tunnel: tunnel.id }));
     }
+    let link = QuicLink::from(conn);
     let places = Places::new(shared.config().max_visitors_per_tunnel, REFUSED_TUNNEL_LIMIT);
     accept_until(&tunnel.listener, &places, &shared, stop.cancelled(), |tcp, peer, admission| {
         // Spawned as is, not wrapped in another async block: a wrapper would hold this future
         // twice, doubling the memory of every open visitor.
-        let served = forward(tcp, peer, conn.clone(), tunnel.id, shared.metrics.clone(), admission, Vec::new());
+        let served = forward(tcp, peer, link.clone(), tunnel.id, shared.metrics.clone(), admission, Vec::new());
         visitors.spawn(served.instrument(tracing::debug_span!("visitor", %peer)));
     })
     .await;
@@ -109,10 +106,10 @@ pub(crate) async fn accept_admitted<P>(
 /// `admission` is the visitor's place under the caps, held until it has been served. For a
 /// parked visitor, "arrived" is its handover: the wait for the agent is not stream latency.
 /// `first_bytes` were read from the visitor already (a TLS ClientHello read for its SNI).
-pub(crate) async fn forward(
+pub(crate) async fn forward<L: Link>(
     visitor: TcpStream,
     peer: SocketAddr,
-    conn: quinn::Connection,
+    link: L,
     tunnel: u32,
     metrics: Arc<Metrics>,
     admission: Admission,
@@ -120,40 +117,28 @@ pub(crate) async fn forward(
 ) {
     let _admission = admission;
     let arrived = Instant::now();
-    let visit = metrics.traffic.visit(conn.stable_id(), tunnel, peer);
-    let (mut send, recv) = match open_stream(&conn).await {
+    let visit = metrics.traffic.visit(link.stable_id(), tunnel, peer);
+    let header = StreamHeader { tunnel, visitor: peer };
+    let first = FirstBytes { bytes: &first_bytes, progress: visit.progress() };
+    let (send, recv) = match open_visitor_stream(&link, header, Some(first)).await {
         Ok(stream) => stream,
         Err(e) => {
-            tracing::debug!("visitor refused: {e:#}");
-            metrics.visitors_refused.get_or_create(&REFUSED_NO_STREAM).inc();
+            if e.is_no_stream() {
+                tracing::debug!("visitor refused: {e:#}");
+                metrics.visitors_refused.get_or_create(&REFUSED_NO_STREAM).inc();
+            } else {
+                tracing::debug!("stream header or first bytes not sent: {e}");
+            }
             abort_tcp(visitor);
             return;
         }
     };
-    if let Err(e) = write_msg(&mut send, &StreamHeader { tunnel, visitor: peer }).await {
-        tracing::debug!("stream header not sent: {e}");
-        abort_tcp(visitor);
-        return;
-    }
+    // Sent: the splice need not hold them.
+    drop(first_bytes);
     metrics.stream_open.observe(arrived.elapsed().as_secs_f64());
-    if !first_bytes.is_empty() {
-        visit.progress().add_tcp_to_stream(first_bytes.len() as u64);
-        if let Err(e) = send.write_all(&first_bytes).await {
-            tracing::debug!("first bytes not sent: {e}");
-            abort_tcp(visitor);
-            return;
-        }
-    }
     // The visit counts the bytes, live and at its drop, whether the splice ends well or not.
     match splice(visitor, send, recv, visit.progress()).await {
         Ok((up, down)) => tracing::debug!(up, down, "visitor closed"),
         Err(e) => tracing::debug!("visitor aborted: {e}"),
     }
-}
-
-pub(crate) async fn open_stream(conn: &quinn::Connection) -> anyhow::Result<(quinn::SendStream, quinn::RecvStream)> {
-    tokio::time::timeout(OPEN_STREAM_TIMEOUT, conn.open_bi())
-        .await
-        .context("no stream slot at the agent in time")?
-        .context("open stream to agent")
 }

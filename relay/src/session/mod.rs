@@ -7,10 +7,10 @@ use std::{sync::Arc, sync::atomic::Ordering};
 
 use anyhow::Context;
 use burrow_common::{
-    CloseCode, Hello, Refusal, ServerMsg,
-    protocol::{self, FrameError, MAX_CONTROL_FRAME},
+    CloseCode,
+    link::{Link, QuicLink},
+    protocol::conversation::{ConversationError, receive_hello},
 };
-use quinn::{Connection, RecvStream, SendStream};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::Instrument;
 
@@ -37,16 +37,18 @@ pub(crate) async fn serve(incoming: quinn::Incoming, shared: Arc<Shared>, cancel
 async fn run(incoming: quinn::Incoming, shared: &Arc<Shared>, cancel: &CancellationToken) -> anyhow::Result<()> {
     let handshaking = shared.handshakes.enter();
     let conn = incoming.await.context("QUIC handshake failed")?;
-    let handshake = tokio::time::timeout(shared.config().handshake_timeout, receive_hello(&conn));
-    let (mut send, recv, hello) = tokio::select! {
+    let link = QuicLink::from(conn.clone());
+    let (hello, mut control) = tokio::select! {
         _ = cancel.cancelled() => {
-            CloseCode::Shutdown.close(&conn);
+            link.close(CloseCode::Shutdown);
             return Ok(());
         }
-        received = handshake => match received {
-            Err(_) => return Err(close(&conn, CloseCode::HandshakeTimeout)).context("no Hello in time"),
-            Ok(Err(e)) => return Err(close(&conn, CloseCode::ProtocolViolation)).context(e),
-            Ok(Ok(received)) => received,
+        received = receive_hello(&link, shared.config().handshake_timeout) => match received {
+            Ok(received) => received,
+            Err(e @ ConversationError::Timeout { .. }) => {
+                return Err(close(&link, CloseCode::HandshakeTimeout)).context(e);
+            }
+            Err(e) => return Err(close(&link, CloseCode::ProtocolViolation)).context(e),
         },
     };
     drop(handshaking);
@@ -56,12 +58,15 @@ async fn run(incoming: quinn::Incoming, shared: &Arc<Shared>, cancel: &Cancellat
     let visitors = TaskTracker::new();
     let (grant, opened) = match admission::admit(shared, &conn, &hello, session, &visitors).await {
         Ok(admitted) => admitted,
-        Err(refusal) => return refuse(&conn, &mut send, refusal).await,
+        Err(refusal) => {
+            let why = anyhow::anyhow!("refused: {refusal}");
+            control.refuse(refusal, &link).await;
+            return Err(why);
+        }
     };
     shared.registry.reservations_saved(RESERVATION_SAVE_WAIT).await;
     let granted: Vec<_> = opened.iter().map(|o| o.granted.clone()).collect();
-    let sent = protocol::write_msg(&mut send, &ServerMsg::Welcome { tunnels: granted.clone() }).await;
-    if let Err(e) = sent {
+    if let Err(e) = control.welcome(granted.clone()).await {
         for tunnel in &opened {
             tunnel.release(shared, session);
         }
@@ -75,7 +80,7 @@ async fn run(incoming: quinn::Incoming, shared: &Arc<Shared>, cancel: &Cancellat
         serving.start(tunnel);
     }
     // The control stream stays open for the life of the session, and carries updates.
-    let lost = serving.run((send, recv), cancel).await;
+    let lost = serving.run(control, cancel).await;
     shared.metrics.sessions.dec();
     drop(conn);
     if let Some(Lost { ports, subdomains }) = lost {
@@ -108,24 +113,7 @@ async fn park_subdomains(shared: &Shared, subdomains: Vec<String>, session: Sess
     }
 }
 
-fn close(conn: &Connection, code: CloseCode) -> anyhow::Error {
-    code.close(conn);
+fn close(link: &QuicLink, code: CloseCode) -> anyhow::Error {
+    link.close(code);
     anyhow::anyhow!("closed: {}", code.describe())
-}
-
-async fn receive_hello(conn: &Connection) -> Result<(SendStream, RecvStream, Hello), FrameError> {
-    let (send, mut recv) = conn.accept_bi().await.map_err(|e| FrameError::Io(e.into()))?;
-    let hello = protocol::read_msg(&mut recv, MAX_CONTROL_FRAME).await?;
-    Ok((send, recv, hello))
-}
-
-async fn refuse(conn: &Connection, send: &mut SendStream, refusal: Refusal) -> anyhow::Result<()> {
-    let answer = protocol::write_msg(send, &ServerMsg::Refused(refusal.clone())).await;
-    if answer.is_ok() {
-        send.finish().ok();
-        // Let the Refused frame reach the agent before the close discards unsent data.
-        tokio::time::timeout(std::time::Duration::from_secs(2), send.stopped()).await.ok();
-    }
-    CloseCode::Refused.close(conn);
-    Err(anyhow::anyhow!("refused: {refusal}"))
 }

@@ -4,11 +4,12 @@
 use std::{collections::BTreeMap, sync::Arc};
 
 use burrow_common::{
-    AgentMsg, CloseCode, Refusal, ServerMsg, TunnelSpec,
+    AgentMsg, CloseCode, Refusal, TunnelSpec,
     codes::{close_code, describe_connection_error},
-    protocol::{self, FrameError, MAX_CONTROL_FRAME},
+    link::QuicLink,
+    protocol::conversation::{RelayControlOn, UpdateAnswer},
 };
-use quinn::{Connection, RecvStream, SendStream};
+use quinn::Connection;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::Instrument;
 
@@ -17,9 +18,6 @@ use super::{
     admission::{self, Opened, Place},
 };
 use crate::{Shared, registry::SessionId, sessions::Registered, tokens::Grant, tunnel::accept_visitors};
-
-/// Longest an update's answer may wait for room on the control stream.
-const ANSWER_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The places of a session that was lost rather than ended, kept for its agent's return.
 pub(super) struct Lost {
@@ -101,7 +99,7 @@ impl<'a> Serving<'a> {
     /// otherwise they are released.
     pub(super) async fn run(
         mut self,
-        mut control: (SendStream, RecvStream),
+        mut control: RelayControlOn<QuicLink>,
         cancel: &CancellationToken,
     ) -> Option<Lost> {
         let mut reading = true;
@@ -114,13 +112,10 @@ impl<'a> Serving<'a> {
                 _ = cancel.cancelled() => break None,
                 never = &mut migrations => match never {},
                 // Reading a frame is not cancel-safe, but every other branch ends the loop.
-                msg = protocol::read_msg::<_, AgentMsg>(&mut control.1, MAX_CONTROL_FRAME), if reading => match msg {
-                    Ok(AgentMsg::Update { add, remove }) => {
+                msg = control.next_update(), if reading => match msg {
+                    Ok(Some(AgentMsg::Update { add, remove })) => {
                         let answer = self.update(add, remove).await;
-                        // An agent that sends updates but never reads the answers must not
-                        // hold this loop, and with it the session's shutdown.
-                        let sent = tokio::time::timeout(ANSWER_WAIT, protocol::write_msg(&mut control.0, &answer));
-                        if !matches!(sent.await, Ok(Ok(()))) {
+                        if control.answer_update(answer).await.is_err() {
                             tracing::info!("the agent does not take its update answers; closing the session");
                             CloseCode::ProtocolViolation.close(conn);
                             reading = false;
@@ -128,7 +123,7 @@ impl<'a> Serving<'a> {
                     }
                     // The agent will send nothing more, or the session is going: the tunnels go
                     // on until the connection itself says it has ended.
-                    Err(FrameError::Eof | FrameError::Io(_)) => reading = false,
+                    Ok(None) => reading = false,
                     Err(e) => {
                         tracing::info!("malformed control message: {e}");
                         CloseCode::ProtocolViolation.close(self.conn);
@@ -171,7 +166,7 @@ impl<'a> Serving<'a> {
 
     /// Closes the tunnels `remove` names, then opens `add`, each on its own: one refused
     /// tunnel does not stop the others.
-    async fn update(&mut self, add: Vec<TunnelSpec>, remove: Vec<u32>) -> ServerMsg {
+    async fn update(&mut self, add: Vec<TunnelSpec>, remove: Vec<u32>) -> UpdateAnswer {
         for id in remove {
             let Some(Running { opened, stop, accepting }) = self.tunnels.remove(&id) else { continue };
             stop.cancel();
@@ -216,7 +211,7 @@ impl<'a> Serving<'a> {
             }
         }
         self.shared.registry.reservations_saved(RESERVATION_SAVE_WAIT).await;
-        ServerMsg::Updated { granted, refused }
+        UpdateAnswer { granted, refused }
     }
 }
 

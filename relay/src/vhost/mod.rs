@@ -240,6 +240,7 @@ async fn pass_through(tcp: TcpStream, peer: SocketAddr, client_hello: Vec<u8>, r
     };
     let metrics = shared.metrics.clone();
     // On the session's tracker, so its drain waits for it.
-    let carried = tunnel::forward(tcp, peer, route.conn.clone(), route.tunnel, metrics, admission, client_hello);
+    let link = burrow_common::link::QuicLink::from(route.conn.clone());
+    let carried = tunnel::forward(tcp, peer, link, route.tunnel, metrics, admission, client_hello);
     route.visitors.spawn(carried).await.ok();
 }

@@ -4,15 +4,18 @@
 
 use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Instant};
 
-use burrow_common::{StreamHeader, protocol::write_msg, stream_io::StreamIo, upgrade};
+use burrow_common::{
+    StreamHeader, link::QuicLink, protocol::conversation::open_visitor_stream, stream_io::StreamIo, upgrade,
+};
 use bytes::Bytes;
 use http_body_util::{BodyExt, combinators::UnsyncBoxBody};
 use hyper::{
-    HeaderMap, Request, Response, StatusCode,
+    Request, Response, StatusCode,
     body::Incoming,
     client::conn::http1::SendRequest,
     header::{self, HeaderValue},
     service::service_fn,
+    upgrade::OnUpgrade,
 };
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -31,8 +34,11 @@ use crate::{
     limits::{self, Admission, IpSlot},
     metrics::REFUSED_NO_STREAM,
     traffic::Visit,
-    tunnel::open_stream,
 };
+
+mod headers;
+
+use self::headers::{host_header, prepare_for_agent, strip_hop_by_hop};
 
 pub(crate) type ProxyBody = UnsyncBoxBody<Bytes, hyper::Error>;
 
@@ -60,6 +66,13 @@ pub(crate) struct Visitor {
     /// The visitor's place under the per-address cap, held as long as anything of its
     /// connection lives, an upgraded connection included.
     pub(crate) _slot: IpSlot,
+}
+
+/// The tunnel a request is for: its subdomain, its hostname, and the Host header as sent.
+struct Addressed {
+    name: String,
+    host: String,
+    sent_host: String,
 }
 
 /// The stream to the tunnel a visitor connection talked to last.
@@ -124,46 +137,12 @@ impl VisitorConnection {
         }
     }
 
-    async fn forward(self: &Arc<Self>, mut request: Request<Incoming>) -> Result<Response<ProxyBody>, Refusal> {
-        if request.headers().get_all(header::HOST).iter().count() > 1 {
-            // Routed by one and served by the other, two Hosts could reach another app.
-            return Err(pages::bad_request("The request names more than one host.").into());
-        }
-        let sent_host = host_header(&request).ok_or_else(|| pages::bad_request("The request names no host."))?;
-        let host =
-            names::request_host(&sent_host).ok_or_else(|| pages::bad_request("The Host header is malformed."))?;
-        let vhost = self.vhost();
-        if host == vhost.domain {
-            return Err(pages::no_http_tunnels().into());
-        }
-        let name = names::subdomain_of(&host, &vhost.domain).ok_or_else(|| pages::not_found(&host))?.to_string();
-        if self.visitor.server_name.as_ref().is_some_and(|sni| *sni != host) {
-            return Err(pages::misdirected(&host).into());
-        }
-        if self.visitor.scheme == Scheme::Http
-            && self.shared.config().http_redirect_https
-            && let Some(location) = vhost.https_url(&host, request.uri())
-        {
-            return Err(Refusal::Redirect(location));
-        }
+    async fn forward(self: &Arc<Self>, mut request: Request<Incoming>) -> Result<Response<ProxyBody>, RelayAnswer> {
+        let Addressed { name, host, sent_host } = self.address(&request)?;
         let route = self.route(&name, &host).await?;
-        let RouteKind::Http(access) = &route.kind else {
-            return Err(pages::bad_request(&format!("{host} is a TLS tunnel: reach it over HTTPS")).into());
-        };
-        match access.check(self.visitor.addr.ip(), request.headers()) {
-            Ok(()) => {}
-            Err(Denied::Address) => return Err(pages::forbidden_ip(self.visitor.addr.ip()).into()),
-            Err(Denied::Credentials) => {
-                // Wrong credentials (not the browser's first, bare request) are answered at
-                // the pace the relay answers wrong tokens, so guessing is slow.
-                if request.headers().contains_key(header::AUTHORIZATION) {
-                    self.shared.limiter.before_refusal(self.visitor.addr.ip()).await;
-                }
-                return Err(Refusal::Unauthorized(host));
-            }
-        }
+        let drop_authorization = self.check_access(&request, &route, &host).await?;
         let wants_upgrade = upgrade::requested(request.headers());
-        prepare_for_agent(&mut request, &self.visitor, &sent_host, access.requires_credentials(), wants_upgrade);
+        prepare_for_agent(&mut request, &self.visitor, &sent_host, drop_authorization, wants_upgrade);
         let visitor_upgrade = wants_upgrade.then(|| hyper::upgrade::on(&mut request));
         let mut upstream = self.upstream.lock().await;
         let mut sender = match upstream.take() {
@@ -178,28 +157,80 @@ impl VisitorConnection {
             _ => self.open_upstream(&name, &host, &route).await?,
         };
         let (request, body_sent) = with_end_signal(request);
-        let response = self.exchange(&mut sender.sender, request, body_sent).await;
-        let mut response = response?;
-        if response.status() == StatusCode::SWITCHING_PROTOCOLS
-            && let Some(visitor_side) = visitor_upgrade
-        {
-            let agent_side = hyper::upgrade::on(&mut response);
-            // The visitor's places and byte counts last as long as the upgraded connection,
-            // and the session's drain waits for it.
-            let connection = self.clone();
-            route.visitors.spawn(async move {
-                let _held = (sender.held, connection);
-                match upgrade::join(visitor_side, agent_side).await {
-                    Ok((up, down)) => tracing::debug!(up, down, "upgraded connection closed"),
-                    Err(e) => tracing::debug!("upgraded connection failed: {e:#}"),
-                }
-            });
-        } else {
-            *upstream = Some(sender);
-        }
+        let mut response = self.exchange(&mut sender.sender, request, body_sent).await?;
         let upgraded = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+        match visitor_upgrade {
+            Some(visitor_side) if upgraded => self.join_upgraded(&route, sender, visitor_side, &mut response),
+            _ => *upstream = Some(sender),
+        }
         strip_hop_by_hop(response.headers_mut(), upgraded);
         Ok(response.map(BodyExt::boxed_unsync))
+    }
+
+    /// Which tunnel the request is for, by its Host header, or why none is.
+    fn address(&self, request: &Request<Incoming>) -> Result<Addressed, RelayAnswer> {
+        if request.headers().get_all(header::HOST).iter().count() > 1 {
+            // Routed by one and served by the other, two Hosts could reach another app.
+            return Err(pages::bad_request("The request names more than one host.").into());
+        }
+        let sent_host = host_header(request).ok_or_else(|| pages::bad_request("The request names no host."))?;
+        let host =
+            names::request_host(&sent_host).ok_or_else(|| pages::bad_request("The Host header is malformed."))?;
+        let vhost = self.vhost();
+        if host == vhost.domain {
+            return Err(pages::no_http_tunnels().into());
+        }
+        let name = names::subdomain_of(&host, &vhost.domain).ok_or_else(|| pages::not_found(&host))?.to_string();
+        if self.visitor.server_name.as_ref().is_some_and(|sni| *sni != host) {
+            return Err(pages::misdirected(&host).into());
+        }
+        if self.visitor.scheme == Scheme::Http
+            && self.shared.config().http_redirect_https
+            && let Some(location) = vhost.https_url(&host, request.uri())
+        {
+            return Err(RelayAnswer::Redirect(location));
+        }
+        Ok(Addressed { name, host, sent_host })
+    }
+
+    /// Whether the visitor may reach the HTTP tunnel `route`; `Ok(true)` when the request's
+    /// credentials were the relay's to check and are to be dropped.
+    async fn check_access(&self, request: &Request<Incoming>, route: &Route, host: &str) -> Result<bool, RelayAnswer> {
+        let RouteKind::Http(access) = &route.kind else {
+            return Err(pages::bad_request(&format!("{host} is a TLS tunnel: reach it over HTTPS")).into());
+        };
+        match access.check(self.visitor.addr.ip(), request.headers()) {
+            Ok(()) => Ok(access.requires_credentials()),
+            Err(Denied::Address) => Err(pages::forbidden_ip(self.visitor.addr.ip()).into()),
+            Err(Denied::Credentials) => {
+                // Wrong credentials (not the browser's first, bare request) are answered at
+                // the pace the relay answers wrong tokens, so guessing is slow.
+                if request.headers().contains_key(header::AUTHORIZATION) {
+                    self.shared.limiter.before_refusal(self.visitor.addr.ip()).await;
+                }
+                Err(RelayAnswer::Unauthorized(host.to_string()))
+            }
+        }
+    }
+
+    /// Joins the visitor's and the agent's ends of an upgraded connection. The visitor's
+    /// places and byte counts last as long as it does, and the session's drain waits for it.
+    fn join_upgraded(
+        self: &Arc<Self>,
+        route: &Route,
+        upstream: Upstream,
+        visitor_side: OnUpgrade,
+        response: &mut Response<Incoming>,
+    ) {
+        let agent_side = hyper::upgrade::on(response);
+        let connection = self.clone();
+        route.visitors.spawn(async move {
+            let _held = (upstream.held, connection);
+            match upgrade::join(visitor_side, agent_side).await {
+                Ok((up, down)) => tracing::debug!(up, down, "upgraded connection closed"),
+                Err(e) => tracing::debug!("upgraded connection failed: {e:#}"),
+            }
+        });
     }
 
     /// Sends `request` and waits for the response head; the local server's time to answer
@@ -209,7 +240,7 @@ impl VisitorConnection {
         sender: &mut SendRequest<NotifyOnEnd<Incoming>>,
         request: Request<NotifyOnEnd<Incoming>>,
         body_sent: EndSignal,
-    ) -> Result<Response<Incoming>, Refusal> {
+    ) -> Result<Response<Incoming>, RelayAnswer> {
         let limit = self.shared.config().http_response_timeout;
         sender.ready().await.map_err(|e| tunnel_broke(&e))?;
         let answered = sender.send_request(request);
@@ -224,7 +255,7 @@ impl VisitorConnection {
     }
 
     /// Finds the session serving `name`, waiting for a lost one's agent to come back.
-    async fn route(&self, name: &str, host: &str) -> Result<Arc<Route>, Refusal> {
+    async fn route(&self, name: &str, host: &str) -> Result<Arc<Route>, RelayAnswer> {
         let found = self.vhost().find(name, self.shared.config().park_visitors_for).await;
         found.map_err(|missing| match missing {
             Missing::Unknown => pages::not_found(host).into(),
@@ -232,7 +263,7 @@ impl VisitorConnection {
         })
     }
 
-    async fn open_upstream(&self, name: &str, host: &str, route: &Route) -> Result<Upstream, Refusal> {
+    async fn open_upstream(&self, name: &str, host: &str, route: &Route) -> Result<Upstream, RelayAnswer> {
         let metrics = &self.shared.metrics;
         let admission = limits::admit_to_tunnel(&route.places, metrics).map_err(|full| {
             metrics.visitors_refused.get_or_create(&full).inc();
@@ -243,9 +274,9 @@ impl VisitorConnection {
             metrics.visitors_refused.get_or_create(&REFUSED_NO_STREAM).inc();
             pages::tunnel_offline(host)
         };
-        let (mut send, recv) = open_stream(&route.conn).await.map_err(|_| offline())?;
+        let link = QuicLink::from(route.conn.clone());
         let header = StreamHeader { tunnel: route.tunnel, visitor: self.visitor.addr };
-        write_msg(&mut send, &header).await.map_err(|_| offline())?;
+        let (send, recv) = open_visitor_stream(&link, header, None).await.map_err(|_| offline())?;
         metrics.stream_open.observe(arrived.elapsed().as_secs_f64());
         let visit = metrics.traffic.visit(route.conn.stable_id(), route.tunnel, self.visitor.addr);
         let io = StreamIo::new(send, recv, visit.shared_progress());
@@ -261,26 +292,26 @@ impl VisitorConnection {
     }
 }
 
-/// What a visitor gets instead of the local server's answer.
-pub(crate) enum Refusal {
+/// What the relay answers a visitor itself, instead of the local server.
+pub(crate) enum RelayAnswer {
     Page(ErrorPage),
     /// Basic auth is needed for this host.
     Unauthorized(String),
     Redirect(String),
 }
 
-impl From<ErrorPage> for Refusal {
+impl From<ErrorPage> for RelayAnswer {
     fn from(page: ErrorPage) -> Self {
-        Refusal::Page(page)
+        RelayAnswer::Page(page)
     }
 }
 
-impl Refusal {
+impl RelayAnswer {
     fn into_response(self, html: bool) -> Response<ProxyBody> {
         let boxed = |page: ErrorPage| page.render(html).map(|body| body.map_err(|never| match never {}).boxed_unsync());
         match self {
-            Refusal::Page(page) => boxed(page),
-            Refusal::Unauthorized(host) => {
+            RelayAnswer::Page(page) => boxed(page),
+            RelayAnswer::Unauthorized(host) => {
                 let mut response = boxed(pages::unauthorized());
                 let challenge = format!("Basic realm=\"{host}\", charset=\"UTF-8\"");
                 if let Ok(value) = HeaderValue::from_str(&challenge) {
@@ -288,7 +319,7 @@ impl Refusal {
                 }
                 response
             }
-            Refusal::Redirect(location) => {
+            RelayAnswer::Redirect(location) => {
                 let mut response =
                     Response::new(http_body_util::Empty::new().map_err(|never| match never {}).boxed_unsync());
                 *response.status_mut() = StatusCode::PERMANENT_REDIRECT;
@@ -301,86 +332,10 @@ impl Refusal {
     }
 }
 
-fn tunnel_broke(e: &hyper::Error) -> Refusal {
+fn tunnel_broke(e: &hyper::Error) -> RelayAnswer {
     tracing::debug!("request to the agent failed: {e}");
     ErrorPage { status: StatusCode::BAD_GATEWAY, title: "Tunnel error", detail: format!("The tunnel broke off: {e}.") }
         .into()
-}
-
-/// The Host header, or the authority of an absolute-form request line.
-fn host_header(request: &Request<Incoming>) -> Option<String> {
-    match request.headers().get(header::HOST) {
-        Some(host) => host.to_str().ok().map(str::to_string),
-        None => request.uri().authority().map(|a| a.to_string()),
-    }
-}
-
-/// Rewrites what the agent's local server must not see as the visitor sent it: who the
-/// visitor is comes from the relay alone, since client-sent forwarding headers can be forged.
-fn prepare_for_agent(
-    request: &mut Request<Incoming>,
-    visitor: &Visitor,
-    sent_host: &str,
-    drop_authorization: bool,
-    upgrading: bool,
-) {
-    if let Some(path) = request.uri().path_and_query().cloned() {
-        *request.uri_mut() = path.into();
-    }
-    let headers = request.headers_mut();
-    strip_hop_by_hop(headers, upgrading);
-    set_forwarded(headers, visitor, sent_host);
-    // The relay answered any `Expect: 100-continue` itself when it started reading the body.
-    headers.remove(header::EXPECT);
-    if drop_authorization {
-        // The credentials were the relay's to check; the local server never asked for them.
-        headers.remove(header::AUTHORIZATION);
-    }
-}
-
-/// Headers about one connection rather than the message (RFC 9110, section 7.6.1): they
-/// belong to the hop they came on, and one named in `Connection` could otherwise strip the
-/// relay's forwarding headers at a proxy in front of the local server.
-fn strip_hop_by_hop(headers: &mut HeaderMap, upgrading: bool) {
-    let named: Vec<header::HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
-        .filter_map(|token| header::HeaderName::from_bytes(token.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        if !(upgrading && name == header::UPGRADE) {
-            headers.remove(name);
-        }
-    }
-    for name in ["keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding"] {
-        headers.remove(name);
-    }
-    if upgrading {
-        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    } else {
-        headers.remove(header::CONNECTION);
-        headers.remove(header::UPGRADE);
-    }
-}
-
-fn set_forwarded(headers: &mut HeaderMap, visitor: &Visitor, sent_host: &str) {
-    let ip = visitor.addr.ip().to_canonical();
-    let proto = visitor.scheme.as_str();
-    let node = if ip.is_ipv6() { format!("\"[{ip}]\"") } else { ip.to_string() };
-    let forwarded = format!("for={node};host=\"{}\";proto={proto}", sent_host.replace(['"', '\\'], ""));
-    for (name, value) in [
-        ("x-forwarded-for", ip.to_string()),
-        ("x-forwarded-proto", proto.to_string()),
-        ("x-forwarded-host", sent_host.to_string()),
-        ("forwarded", forwarded),
-    ] {
-        headers.remove(name);
-        if let Ok(value) = HeaderValue::from_str(&value) {
-            headers.insert(name, value);
-        }
-    }
 }
 
 fn with_end_signal(request: Request<Incoming>) -> (Request<NotifyOnEnd<Incoming>>, EndSignal) {

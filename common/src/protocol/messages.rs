@@ -1,0 +1,125 @@
+//! The messages relay and agent exchange, as serde types; [`super::frame`] gives them their
+//! bytes and [`super::conversation`] their order.
+
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+/// First message of a session, sent by the agent on the control stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Hello {
+    pub version: u32,
+    pub token: crate::Secret,
+    pub tunnels: Vec<TunnelSpec>,
+}
+
+/// One tunnel an agent asks for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TunnelSpec {
+    /// Stable name; with the token it keys the port reservation.
+    pub name: String,
+    /// The agent's local target, shown in relay logs only.
+    pub local: String,
+    pub kind: TunnelKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TunnelKind {
+    /// A public TCP port: the one asked for, or one the relay picks from its range.
+    Tcp { port: Option<u16> },
+    /// `SUBDOMAIN.DOMAIN` on the relay's shared HTTP and HTTPS ports, TLS ended at the relay;
+    /// the relay picks a readable name when none is asked for.
+    Http { subdomain: Option<String>, access: HttpAccess },
+    /// `SUBDOMAIN.DOMAIN` on the relay's shared HTTPS port, routed by SNI with the TLS bytes
+    /// passed through untouched: the local server holds the certificate.
+    Tls { subdomain: Option<String> },
+}
+
+/// Who may reach an HTTP tunnel, checked by the relay before a request crosses the tunnel.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HttpAccess {
+    /// `USER:PASSWORD` that visitors must present with HTTP basic auth.
+    pub basic_auth: Option<crate::Secret>,
+    /// Source ranges allowed; empty allows every address not denied.
+    pub allow: Vec<ipnet::IpNet>,
+    /// Source ranges refused, even when also allowed.
+    pub deny: Vec<ipnet::IpNet>,
+}
+
+/// The relay's answer to [`Hello`], then to each [`AgentMsg::Update`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ServerMsg {
+    /// Every requested tunnel is open, in the order of the Hello.
+    Welcome { tunnels: Vec<Granted> },
+    /// Nothing is open; the relay closes the session with [`crate::CloseCode::Refused`].
+    Refused(Refusal),
+    /// The update is applied: the removed tunnels are closed, and of the added ones these
+    /// are open and these were refused (by tunnel name), each alone.
+    Updated { granted: Vec<Granted>, refused: Vec<(String, Refusal)> },
+}
+
+/// What the agent sends on the control stream after the Welcome: a change of its tunnels
+/// (its config file was edited), applied without touching the others.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AgentMsg {
+    /// Close the tunnels granted with ids `remove`, then open `add`.
+    Update { add: Vec<TunnelSpec>, remove: Vec<u32> },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Granted {
+    /// Carried in each [`StreamHeader`] for this tunnel.
+    pub id: u32,
+    pub name: String,
+    pub port: u16,
+    /// The relay's configured public hostname, if it has one; otherwise the agent shows the
+    /// host it dialed.
+    pub host: Option<String>,
+    /// Where visitors reach an HTTP or TLS tunnel, like `https://myapp.relay.example.com`;
+    /// empty for a TCP tunnel, whose address is its host and port.
+    pub urls: Vec<String>,
+}
+
+/// Why a relay refused a session. Typed so each end words it the same way.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum Refusal {
+    #[error("the relay rejected the token (check --token or BURROW_TOKEN)")]
+    BadToken,
+    #[error("protocol version {agent} is not supported by this relay (it speaks {relay})")]
+    Version { agent: u32, relay: u32 },
+    #[error("port {port} is already in use on the relay")]
+    PortTaken { port: u16 },
+    #[error("port {port} is outside the ports this relay or token allows ({allowed})")]
+    PortNotAllowed { port: u16, allowed: String },
+    #[error("no free port left in the relay's range {range}")]
+    NoFreePort { range: String },
+    #[error("too many tunnels in one session: {asked} asked, at most {max} allowed")]
+    TooManyTunnels { asked: usize, max: usize },
+    #[error("invalid tunnel {name:?}: {why}")]
+    BadTunnel { name: String, why: String },
+    #[error(
+        "another agent with this token is serving tunnel {name:?} right now; stop it, or give this one another --name"
+    )]
+    TunnelActive { name: String },
+    #[error("this token already holds {max} tunnels on the relay, its limit; stop some of them first")]
+    TokenTunnelLimit { max: usize },
+    #[error("this relay serves no HTTP or TLS tunnels: it was started without --domain")]
+    NoDomain,
+    #[error("the subdomain {name:?} is held by another agent on this relay; choose another name")]
+    SubdomainTaken { name: String },
+}
+
+impl Refusal {
+    /// Whether the same Hello may succeed later without the user changing anything.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Refusal::PortTaken { .. } | Refusal::NoFreePort { .. } | Refusal::TunnelActive { .. })
+    }
+}
+
+/// Written by the relay at the start of every stream it opens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamHeader {
+    pub tunnel: u32,
+    /// The visitor's IP and port; an IPv6 scope id or flow label is not carried.
+    pub visitor: SocketAddr,
+}

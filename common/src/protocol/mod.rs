@@ -1,0 +1,53 @@
+//! The wire protocol: what relay and agent say to each other, in which order, with which caps
+//! and timeouts.
+//!
+//! The whole exchange, on one [`crate::link::Link`]:
+//! 1. The agent opens the **control stream** and sends [`Hello`] (its token and tunnels).
+//! 2. The relay answers [`ServerMsg::Welcome`] (the granted tunnels, each with an id) or
+//!    [`ServerMsg::Refused`], after which it closes the link with
+//!    [`crate::CloseCode::Refused`].
+//! 3. For as long as the session lasts the control stream stays open: the agent may send
+//!    [`AgentMsg::Update`] (its config changed) and the relay answers each with
+//!    [`ServerMsg::Updated`].
+//! 4. For every visitor the relay opens a stream, writes a [`StreamHeader`] (tunnel id and
+//!    visitor address) and the visitor's bytes right behind it; the agent reads the header and
+//!    carries the rest to the tunnel's local target.
+//!
+//! [`messages`] holds the types, [`frame`] their one framing and [`conversation`] the functions
+//! each end calls for each step above: callers say what to send, never how.
+
+pub mod conversation;
+pub mod frame;
+pub mod messages;
+
+pub use self::{
+    frame::{FrameError, read_msg, write_msg},
+    messages::{AgentMsg, Granted, Hello, HttpAccess, Refusal, ServerMsg, StreamHeader, TunnelKind, TunnelSpec},
+};
+
+/// The QUIC ALPN id; its suffix is the protocol version, so mismatched peers fail in the TLS
+/// handshake with a clear "no application protocol" error instead of misreading frames.
+pub const ALPN: &[u8] = b"burrow/1";
+
+/// Version carried in [`Hello`], for changes that stay wire-compatible within one ALPN.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The relay's QUIC port when an address names none.
+pub const DEFAULT_RELAY_PORT: u16 = 4443;
+
+/// Token and tunnel names: 1-64 letters, digits, `-`, `_` or `.`; they appear in file
+/// names, logs and metrics labels.
+pub fn is_valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+/// What [`is_valid_name`] accepts, for error messages.
+pub const VALID_NAME: &str = "1-64 letters, digits, '-', '_' or '.'";
+
+/// Largest control-stream frame (Hello, Welcome, Refused, updates and their answers).
+pub const MAX_CONTROL_FRAME: usize = 64 * 1024;
+
+/// Largest stream header frame.
+pub const MAX_HEADER_FRAME: usize = 512;
