@@ -12,9 +12,10 @@ use burrow_common::{CloseCode, Hello};
 use serde::Serialize;
 
 use crate::{
-    registry::SessionId,
-    reservations::TunnelKey,
-    tokens::{Grant, TokenStore, hash, now},
+    claims::{SessionId, TunnelKey},
+    session::SessionLink,
+    store::Store,
+    tokens::{Grant, hash, now},
     traffic::{Granted, SessionTunnels, Traffic},
 };
 
@@ -27,7 +28,7 @@ struct Live {
     /// The SHA-256 of the session's token: enough to check it again, useless to a thief.
     token: [u8; 32],
     token_name: String,
-    conn: quinn::Connection,
+    link: SessionLink,
     connected_since: u64,
     tunnels: Vec<AgentTunnel>,
     /// An ended session stays registered while its ports are parked, but is no agent any more.
@@ -38,7 +39,7 @@ struct Live {
 pub(crate) struct Admitted {
     pub(crate) token: [u8; 32],
     pub(crate) token_name: String,
-    pub(crate) conn: quinn::Connection,
+    pub(crate) link: SessionLink,
     pub(crate) tunnels: Vec<Granted>,
 }
 
@@ -91,17 +92,12 @@ fn listed(tunnel: &Granted) -> AgentTunnel {
 }
 
 impl Admitted {
-    pub(crate) fn new(
-        grant: &Grant,
-        hello: &Hello,
-        conn: &quinn::Connection,
-        granted: &[burrow_common::Granted],
-    ) -> Self {
+    pub(crate) fn new(grant: &Grant, hello: &Hello, link: &SessionLink, granted: &[burrow_common::Granted]) -> Self {
         let tunnels = granted.iter().map(|tunnel| counted(grant, tunnel));
         Self {
             token: hash(&hello.token),
             token_name: grant.name.clone(),
-            conn: conn.clone(),
+            link: link.clone(),
             tunnels: tunnels.collect(),
         }
     }
@@ -118,11 +114,11 @@ impl LiveSessions {
     }
 
     pub(crate) fn register(self: &Arc<Self>, id: SessionId, admitted: Admitted) -> Registered {
-        let tunnels = self.traffic.open_session(admitted.conn.stable_id(), admitted.tunnels);
+        let tunnels = self.traffic.open_session(admitted.link.stable_id(), admitted.tunnels);
         let live = Live {
             token: admitted.token,
             token_name: admitted.token_name,
-            conn: admitted.conn,
+            link: admitted.link,
             connected_since: now(),
             tunnels: tunnels.granted().map(listed).collect(),
             ended: false,
@@ -133,14 +129,15 @@ impl LiveSessions {
 
     /// Closes every session whose token the store no longer accepts; returns how many.
     /// An unreadable store closes nothing: a bad edit must not cut off every agent.
-    pub(crate) fn close_revoked(&self, tokens: &TokenStore) -> usize {
-        let by_id = self.by_id();
+    pub(crate) async fn close_revoked(&self, store: &dyn Store) -> usize {
+        let serving: Vec<([u8; 32], SessionLink)> =
+            self.by_id().values().filter(|live| !live.ended).map(|live| (live.token, live.link.clone())).collect();
         let mut closed = 0;
-        for live in by_id.values().filter(|live| !live.ended) {
-            match tokens.verify_digest(&live.token) {
+        for (token, link) in serving {
+            match store.verify_token(token).await {
                 Ok(Some(_)) => {}
                 Ok(None) => {
-                    CloseCode::Revoked.close(&live.conn);
+                    link.close(CloseCode::Revoked);
                     closed += 1;
                 }
                 Err(e) => {
@@ -161,21 +158,21 @@ impl LiveSessions {
 }
 
 fn view(session: SessionId, live: &Live) -> AgentView {
-    let stats = live.conn.stats();
-    let rtt = stats.path.rtt;
+    let path = live.link.path();
+    let rtt = path.rtt;
     AgentView {
         session,
         token: live.token_name.clone(),
-        remote: live.conn.remote_address(),
+        remote: live.link.remote_address(),
         connected_since: live.connected_since,
         // Microseconds, so the figure reads as a short decimal.
         rtt_ms: rtt.as_micros() as f64 / 1000.0,
         rtt,
-        lost_packets: stats.path.lost_packets,
-        sent_packets: stats.path.sent_packets,
-        cwnd: stats.path.cwnd,
-        quic_bytes_sent: stats.udp_tx.bytes,
-        quic_bytes_received: stats.udp_rx.bytes,
+        lost_packets: path.lost_packets,
+        sent_packets: path.sent_packets,
+        cwnd: path.cwnd,
+        quic_bytes_sent: path.bytes_sent,
+        quic_bytes_received: path.bytes_received,
         tunnels: live.tunnels.clone(),
     }
 }

@@ -6,55 +6,40 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::Context;
 use burrow_common::{
     StreamHeader,
     protocol::write_msg,
     splice::{abort_tcp, splice},
 };
 use tokio::net::{TcpListener, TcpStream};
-use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::{
     Shared,
+    claims::Route,
     limits::{self, Admission, Places},
-    metrics::{Metrics, REFUSED_NO_STREAM, REFUSED_TUNNEL_LIMIT, Reason},
-    parking::{Handover, Successor},
+    metrics::{Metrics, REFUSED_NO_STREAM, Reason},
+    session::SessionLink,
 };
-
-/// How long a visitor waits for a stream slot before it is reset; past this the agent is
-/// overloaded or gone, and a hanging connection helps no one.
-const OPEN_STREAM_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Pause after an accept error such as EMFILE, so the loop does not spin.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
-pub(crate) struct OpenTunnel {
-    pub(crate) id: u32,
-    pub(crate) listener: Arc<TcpListener>,
-    /// Visitors that waited on this port while the tunnel's previous session was lost.
-    pub(crate) parked: Option<Handover>,
-}
-
-/// Accepts visitors until `stop`; each visitor runs on `visitors` so a drain can wait for it.
+/// Accepts the visitors of a port claim serving `route` until `stop`; each visitor runs on
+/// the route's tracker so the relay's drain can wait for it.
 pub(crate) async fn accept_visitors(
-    tunnel: OpenTunnel,
-    conn: quinn::Connection,
+    listener: Arc<TcpListener>,
+    route: Arc<Route>,
     shared: Arc<Shared>,
-    visitors: TaskTracker,
     stop: CancellationToken,
 ) {
-    // Only now, with the agent welcomed, may streams for its parked visitors arrive.
-    if let Some(parked) = tunnel.parked {
-        parked.send_replace(Some(Successor { conn: conn.clone(), tunnel: tunnel.id }));
-    }
-    let places = Places::new(shared.config().max_visitors_per_tunnel, REFUSED_TUNNEL_LIMIT);
-    accept_until(&tunnel.listener, &places, &shared, stop.cancelled(), |tcp, peer, admission| {
+    accept_until(&listener, &route.places, &shared, stop.cancelled(), |tcp, peer, admission| {
         // Spawned as is, not wrapped in another async block: a wrapper would hold this future
         // twice, doubling the memory of every open visitor.
-        let served = forward(tcp, peer, conn.clone(), tunnel.id, shared.metrics.clone(), admission, Vec::new());
-        visitors.spawn(served.instrument(tracing::debug_span!("visitor", %peer)));
+        let link = route.link.clone();
+        let served = forward(tcp, peer, link, route.tunnel, shared.metrics.clone(), admission, Vec::new());
+        route.visitors.spawn(served.instrument(tracing::debug_span!("visitor", %peer)));
     })
     .await;
 }
@@ -112,7 +97,7 @@ pub(crate) async fn accept_admitted<P>(
 pub(crate) async fn forward(
     visitor: TcpStream,
     peer: SocketAddr,
-    conn: quinn::Connection,
+    link: SessionLink,
     tunnel: u32,
     metrics: Arc<Metrics>,
     admission: Admission,
@@ -120,8 +105,8 @@ pub(crate) async fn forward(
 ) {
     let _admission = admission;
     let arrived = Instant::now();
-    let visit = metrics.traffic.visit(conn.stable_id(), tunnel, peer);
-    let (mut send, recv) = match open_stream(&conn).await {
+    let visit = metrics.traffic.visit(link.stable_id(), tunnel, peer);
+    let (mut send, recv) = match link.open_stream().await {
         Ok(stream) => stream,
         Err(e) => {
             tracing::debug!("visitor refused: {e:#}");
@@ -149,11 +134,4 @@ pub(crate) async fn forward(
         Ok((up, down)) => tracing::debug!(up, down, "visitor closed"),
         Err(e) => tracing::debug!("visitor aborted: {e}"),
     }
-}
-
-pub(crate) async fn open_stream(conn: &quinn::Connection) -> anyhow::Result<(quinn::SendStream, quinn::RecvStream)> {
-    tokio::time::timeout(OPEN_STREAM_TIMEOUT, conn.open_bi())
-        .await
-        .context("no stream slot at the agent in time")?
-        .context("open stream to agent")
 }

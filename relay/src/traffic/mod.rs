@@ -34,8 +34,8 @@ mod tests;
 mod views;
 
 use crate::{
+    claims::TunnelKey,
     metrics::{Direction, LOCAL_TO_VISITOR, VISITOR_TO_LOCAL},
-    reservations::TunnelKey,
     tokens::now,
 };
 

@@ -3,7 +3,7 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 use prometheus_client::{encoding::text::encode, registry::Registry};
 
 use super::{Granted, Traffic, Visit};
-use crate::reservations::TunnelKey;
+use crate::claims::TunnelKey;
 
 fn granted(id: u32, token: &str, tunnel: &str, port: u16) -> Granted {
     Granted { id, key: TunnelKey { token: token.into(), tunnel: tunnel.into() }, port, url: None }

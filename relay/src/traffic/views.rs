@@ -5,7 +5,7 @@ use std::{collections::HashMap, net::SocketAddr, sync::atomic::Ordering};
 use serde::Serialize;
 
 use super::Traffic;
-use crate::reservations::TunnelKey;
+use crate::claims::TunnelKey;
 
 #[derive(Serialize)]
 pub(crate) struct TunnelView {

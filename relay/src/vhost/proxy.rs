@@ -24,14 +24,13 @@ use super::{
     body::{EndSignal, NotifyOnEnd},
     names,
     pages::{self, ErrorPage},
-    routes::{Route, RouteKind},
 };
 use crate::{
     Shared,
+    claims::{Route, RouteKind},
     limits::{self, Admission, IpSlot},
     metrics::REFUSED_NO_STREAM,
     traffic::Visit,
-    tunnel::open_stream,
 };
 
 pub(crate) type ProxyBody = UnsyncBoxBody<Bytes, hyper::Error>;
@@ -169,7 +168,7 @@ impl VisitorConnection {
         let mut sender = match upstream.take() {
             Some(open)
                 if open.name == name
-                    && open.session == route.conn.stable_id()
+                    && open.session == route.link.stable_id()
                     && open.tunnel == route.tunnel
                     && !open.sender.is_closed() =>
             {
@@ -243,11 +242,11 @@ impl VisitorConnection {
             metrics.visitors_refused.get_or_create(&REFUSED_NO_STREAM).inc();
             pages::tunnel_offline(host)
         };
-        let (mut send, recv) = open_stream(&route.conn).await.map_err(|_| offline())?;
+        let (mut send, recv) = route.link.open_stream().await.map_err(|_| offline())?;
         let header = StreamHeader { tunnel: route.tunnel, visitor: self.visitor.addr };
         write_msg(&mut send, &header).await.map_err(|_| offline())?;
         metrics.stream_open.observe(arrived.elapsed().as_secs_f64());
-        let visit = metrics.traffic.visit(route.conn.stable_id(), route.tunnel, self.visitor.addr);
+        let visit = metrics.traffic.visit(route.link.stable_id(), route.tunnel, self.visitor.addr);
         let io = StreamIo::new(send, recv, visit.shared_progress());
         let (sender, connection) =
             hyper::client::conn::http1::handshake(TokioIo::new(io)).await.map_err(|e| tunnel_broke(&e))?;
@@ -256,7 +255,7 @@ impl VisitorConnection {
                 tracing::debug!("stream to the agent ended: {e}");
             }
         });
-        let session = route.conn.stable_id();
+        let session = route.link.stable_id();
         Ok(Upstream { name: name.to_string(), session, tunnel: route.tunnel, sender, held: (admission, visit) })
     }
 }
