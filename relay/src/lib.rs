@@ -188,7 +188,8 @@ impl Relay {
     /// Forgets quiet addresses, and tunnels whose reservation would have expired.
     fn housekeeping(&self) {
         self.shared.limiter.forget_quiet();
-        self.shared.metrics.traffic.forget_idle(self.shared.config().reservation_ttl);
+        let claimed = self.shared.claims.held();
+        self.shared.metrics.traffic.forget_idle(self.shared.config().reservation_ttl, &claimed);
     }
 
     /// Serves until `cancel`, then stops accepting, lets visitors finish for the grace period

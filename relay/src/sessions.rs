@@ -195,13 +195,12 @@ impl Registered {
         self.tunnels.remove(id);
     }
 
-    /// The session has ended; `parked` are the ids of the tunnels whose places are kept for
-    /// its agent to return.
-    pub(crate) fn ended(&mut self, parked: &[u32]) {
+    /// The session has ended; its claims may stay parked for its agent to return.
+    pub(crate) fn ended(&mut self) {
         if let Some(live) = self.sessions.by_id().get_mut(&self.id) {
             live.ended = true;
         }
-        self.tunnels.ended(parked);
+        self.tunnels.ended();
     }
 }
 

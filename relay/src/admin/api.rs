@@ -22,7 +22,7 @@ struct TokenView {
 pub(super) async fn respond(shared: &Shared, view: &str) -> Response<Full<Bytes>> {
     let json = match view {
         "agents" => serde_json::to_vec(&shared.live.agents()),
-        "tunnels" => serde_json::to_vec(&shared.metrics.traffic.tunnels()),
+        "tunnels" => serde_json::to_vec(&shared.metrics.traffic.tunnels(&shared.claims.held())),
         "connections" => serde_json::to_vec(&shared.metrics.traffic.visitors()),
         "tokens" => match tokens(shared).await {
             Ok(tokens) => serde_json::to_vec(&tokens),

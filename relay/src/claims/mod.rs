@@ -108,6 +108,22 @@ pub(crate) enum Lookup<R> {
     Vacant,
 }
 
+/// Where a held claim stands, as the views show it; a serving claim outranks a parked one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum ClaimState {
+    Parked,
+    Serving,
+}
+
+impl ClaimState {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            ClaimState::Parked => "parked",
+            ClaimState::Serving => "serving",
+        }
+    }
+}
+
 /// The table's figures for the metrics page.
 pub(crate) struct Counts {
     pub(crate) serving: usize,
@@ -152,6 +168,17 @@ impl<R: Holder> Claims<R> {
         let mut entries = self.entries();
         entries.get(place).filter(|e| e.session == session)?;
         entries.remove(place).map(|e| e.key)
+    }
+
+    /// Every tunnel holding a claim now, and how; claims still being decided are left out.
+    pub(crate) fn held(&self) -> Vec<(TunnelKey, ClaimState)> {
+        let entries = self.entries();
+        let state = |entry: &Entry<R>| match entry.state {
+            State::Serving(_) => Some(ClaimState::Serving),
+            State::Parked(_) => Some(ClaimState::Parked),
+            State::Claiming(_) => None,
+        };
+        entries.values().filter_map(|entry| Some((entry.key.clone(), state(entry)?))).collect()
     }
 
     pub(crate) fn counts(&self) -> Counts {

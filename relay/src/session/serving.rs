@@ -138,9 +138,8 @@ impl<'a> Serving<'a> {
         self.stop.cancel();
         self.accept_loops.close();
         self.accept_loops.wait().await;
-        let ids: Vec<u32> = self.tunnels.keys().copied().collect();
         let lost = matches!(&ended, Some(err) if lost(self.shared, err));
-        self.registered.ended(if lost { &ids } else { &[] });
+        self.registered.ended();
         let places = std::mem::take(&mut self.tunnels).into_values().map(|running| running.opened.claimed.place);
         if lost {
             return Some(places.collect());
