@@ -16,7 +16,7 @@ use crate::{
     session::SessionLink,
     store::Store,
     tokens::{Grant, hash, now},
-    traffic::{Granted, SessionTunnels, Traffic},
+    traffic::{CountedTunnel, SessionTunnels, Traffic},
 };
 
 pub(crate) struct LiveSessions {
@@ -40,7 +40,7 @@ pub(crate) struct Admitted {
     pub(crate) token: [u8; 32],
     pub(crate) token_name: String,
     pub(crate) link: SessionLink,
-    pub(crate) tunnels: Vec<Granted>,
+    pub(crate) tunnels: Vec<CountedTunnel>,
 }
 
 /// A session's entry; dropping it removes the entry.
@@ -78,8 +78,8 @@ pub(crate) struct AgentTunnel {
 }
 
 /// A granted tunnel as the traffic counts know it.
-fn counted(grant: &Grant, tunnel: &burrow_common::Granted) -> Granted {
-    Granted {
+fn counted(grant: &Grant, tunnel: &burrow_common::Granted) -> CountedTunnel {
+    CountedTunnel {
         id: tunnel.id,
         key: TunnelKey { token: grant.name.clone(), tunnel: tunnel.name.clone() },
         port: tunnel.port,
@@ -87,7 +87,7 @@ fn counted(grant: &Grant, tunnel: &burrow_common::Granted) -> Granted {
     }
 }
 
-fn listed(tunnel: &Granted) -> AgentTunnel {
+fn listed(tunnel: &CountedTunnel) -> AgentTunnel {
     AgentTunnel { name: tunnel.key.tunnel.clone(), port: tunnel.port, url: tunnel.url.clone() }
 }
 

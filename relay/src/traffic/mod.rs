@@ -102,7 +102,7 @@ struct OpenVisitor {
 }
 
 /// A tunnel of one session, as the session registers it.
-pub(crate) struct Granted {
+pub(crate) struct CountedTunnel {
     pub(crate) id: u32,
     pub(crate) key: TunnelKey,
     pub(crate) port: u16,
@@ -114,7 +114,7 @@ pub(crate) struct Granted {
 pub(crate) struct SessionTunnels {
     traffic: Arc<Traffic>,
     conn: usize,
-    tunnels: Vec<Granted>,
+    tunnels: Vec<CountedTunnel>,
 }
 
 /// One visitor being carried; dropping it takes the visitor off the open list and counts
@@ -153,7 +153,7 @@ impl Traffic {
     /// Holds a new session's tunnels in the counts, and counts the session as a reconnect
     /// if the relay carried any of its tunnels before. `conn` is the session connection's
     /// `stable_id`.
-    pub(crate) fn open_session(self: &Arc<Self>, conn: usize, granted: Vec<Granted>) -> SessionTunnels {
+    pub(crate) fn open_session(self: &Arc<Self>, conn: usize, granted: Vec<CountedTunnel>) -> SessionTunnels {
         let mut state = self.state();
         let mut returning = false;
         for tunnel in &granted {
@@ -166,7 +166,7 @@ impl Traffic {
     }
 
     /// Counts `tunnel` as served by the session `conn`; says whether it was known before.
-    fn serve_in(&self, state: &mut State, conn: usize, tunnel: &Granted) -> bool {
+    fn serve_in(&self, state: &mut State, conn: usize, tunnel: &CountedTunnel) -> bool {
         let known = state.tunnels.contains_key(&tunnel.key);
         let held = state.tunnels.entry(tunnel.key.clone()).or_insert_with(|| self.new_tunnel(&tunnel.key));
         held.last_held = Instant::now();
@@ -249,7 +249,7 @@ impl SessionTunnels {
     }
 
     /// A tunnel the session opened after its start (its agent's config changed).
-    pub(crate) fn add(&mut self, tunnel: Granted) {
+    pub(crate) fn add(&mut self, tunnel: CountedTunnel) {
         self.traffic.serve_in(&mut self.traffic.state(), self.conn, &tunnel);
         self.tunnels.push(tunnel);
     }
@@ -262,7 +262,7 @@ impl SessionTunnels {
     }
 
     /// Names and ports of the session's tunnels.
-    pub(crate) fn granted(&self) -> impl Iterator<Item = &Granted> {
+    pub(crate) fn granted(&self) -> impl Iterator<Item = &CountedTunnel> {
         self.tunnels.iter()
     }
 }

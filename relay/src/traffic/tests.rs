@@ -2,11 +2,11 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use prometheus_client::{encoding::text::encode, registry::Registry};
 
-use super::{Granted, Traffic, Visit};
+use super::{CountedTunnel, Traffic, Visit};
 use crate::claims::{ClaimState, TunnelKey};
 
-fn granted(id: u32, token: &str, tunnel: &str, port: u16) -> Granted {
-    Granted { id, key: TunnelKey { token: token.into(), tunnel: tunnel.into() }, port, url: None }
+fn granted(id: u32, token: &str, tunnel: &str, port: u16) -> CountedTunnel {
+    CountedTunnel { id, key: TunnelKey { token: token.into(), tunnel: tunnel.into() }, port, url: None }
 }
 
 fn peer() -> SocketAddr {
