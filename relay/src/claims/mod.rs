@@ -1,13 +1,13 @@
 //! The claims table: who holds each public place (TCP port, subdomain) on this relay now.
 //!
 //! One entry per place, one state machine for every kind of place:
-//!
-//! ```text
-//!   free ──claim──▶ claiming ──store CAS won──▶ serving ──session lost──▶ parked
-//!     ▲               │ lost                      │  ▲ takeover             │ │
-//!     │               ▼                           │  └──────────(claiming)─┘ │
-//!     └──────── released (reserved in the store) ◀┴── session ended ──────────┘ deadline
-//! ```
+//! - free → *claiming*: decided under the table's lock (per-token limit, takeover rule);
+//! - claiming → *serving*: the store's compare-and-set agreed; otherwise the entry goes;
+//! - serving → *parked*: the session was lost; visitors wait on the claim's handover;
+//! - parked → claiming → serving: the tunnel's next session took the claim over (so does a
+//!   serving claim whose session no longer answers);
+//! - serving or parked → free: the session ended, or the parking deadline passed. The store
+//!   keeps the place *reserved* for the same tunnel for `reservation_ttl`.
 //!
 //! A claim is decided under the table's short lock (one per-token limit, one takeover
 //! rule), marked as being claimed, confirmed by the [`Store`](crate::store::Store)'s

@@ -19,7 +19,7 @@ pub(crate) use self::link::SessionLink;
 use self::serving::Serving;
 use crate::{Shared, parking, sessions::Admitted};
 
-/// Longest a Welcome waits for the tunnels' reservations to reach the disk.
+/// Longest a Welcome waits for the tunnels' reservations to be stored durably.
 const RESERVATION_SAVE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Serves one incoming QUIC connection to its end, logging how it ended exactly once.

@@ -58,8 +58,8 @@ struct ReservationFile {
 /// Reservations in `reservations.json` in the data directory.
 ///
 /// Claims and releases update memory under a short lock; a writer thread persists the
-/// latest state, so a burst of reconnecting agents never waits on disk (or fsync) while
-/// holding the registry's lock, and a burst of changes costs one write.
+/// latest state, so a burst of reconnecting agents never waits on disk (or fsync) to claim,
+/// and a burst of changes costs one write.
 pub(super) struct FileReservations {
     ttl: Duration,
     entries: Arc<Mutex<HashMap<TunnelKey, Entry>>>,

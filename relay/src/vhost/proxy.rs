@@ -184,7 +184,7 @@ impl VisitorConnection {
         {
             let agent_side = hyper::upgrade::on(&mut response);
             // The visitor's places and byte counts last as long as the upgraded connection,
-            // and the session's drain waits for it.
+            // and the relay's drain waits for it.
             let connection = self.clone();
             route.visitors.spawn(async move {
                 let _held = (sender.held, connection);
