@@ -8,6 +8,7 @@ mod admin;
 mod auth_limit;
 pub mod bind_error;
 mod cid;
+mod claims;
 pub mod cli;
 pub mod config;
 mod endpoint;
@@ -18,11 +19,10 @@ mod limits;
 mod liveness;
 mod metrics;
 mod parking;
-pub mod registry;
 pub mod reload;
-pub mod reservations;
 mod session;
 mod sessions;
+mod store;
 pub mod tokens;
 mod traffic;
 mod tunnel;
@@ -41,31 +41,37 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
     auth_limit::FailureLimiter,
-    registry::Registry,
-    reservations::{FileReservations, Reservations},
-    tokens::TokenStore,
+    claims::{Claims, Route},
+    store::{FileStore, Store},
 };
-
-/// How often the token file is checked for revocations.
-const TOKEN_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
 /// How often idle bookkeeping (forgetting quiet addresses) runs.
 const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(60);
+
+/// How long sessions get, once visitors are drained, to tell their agents to reconnect.
+const SESSIONS_CLOSE_WAIT: Duration = Duration::from_secs(1);
 
 /// State every session reads.
 pub(crate) struct Shared {
     /// Swapped whole when an edited config file is applied; see [`reload`].
     config: RwLock<Arc<RelayConfig>>,
-    pub(crate) tokens: TokenStore,
+    /// Tokens and reservations; never called under a lock.
+    pub(crate) store: Arc<dyn Store>,
+    /// Who holds each public place now.
+    pub(crate) claims: Arc<Claims<Route>>,
     pub(crate) limiter: FailureLimiter,
-    pub(crate) registry: Registry,
     pub(crate) per_ip: limits::PerIpLimit,
     pub(crate) metrics: Arc<metrics::Metrics>,
     pub(crate) handshakes: limits::Handshakes,
     pub(crate) next_session: AtomicU64,
     pub(crate) live: Arc<sessions::LiveSessions>,
-    /// HTTP and TLS tunnels by subdomain, when the relay has a domain.
+    /// The relay's domain and its HTTP and HTTPS ports, when it has a domain.
     pub(crate) vhost: Option<vhost::Vhost>,
+    /// Every visitor's work (TCP splices, HTTP connections, upgrades, parked visitors): the
+    /// relay's one drain waits for it on shutdown.
+    pub(crate) visitors: TaskTracker,
+    /// Fired when the drain is over: sessions then tell their agents to reconnect.
+    pub(crate) drained: CancellationToken,
 }
 
 impl Shared {
@@ -105,25 +111,26 @@ impl Relay {
         let mut server = tls::server_config(identity, transport::relay(config.idle_timeout))?;
         server.migration(config.migration);
         let endpoint = endpoint::bind(config.listen, server, &keys)?;
-        let reservations: Arc<dyn Reservations> = Arc::new(
-            FileReservations::open(&config.data_dir, config.reservation_ttl)
+        let store: Arc<dyn Store> = Arc::new(
+            FileStore::open(&config.data_dir, config.token.as_ref(), config.reservation_ttl)
                 .map_err(|e| BindError::Reservations(e.into()))?,
         );
-        let registry =
-            Registry::new(reservations.clone(), config.ports, config.public_bind, config.max_tunnels_per_token);
-        let (vhost, vhost_listeners) = vhost::bind(&config, reservations)?.unzip();
+        let claims = Arc::new(Claims::new(config.max_tunnels_per_token));
+        let (vhost, vhost_listeners) = vhost::bind(&config, claims.clone(), store.clone())?.unzip();
         let admin = config.admin_listen.map(bind_admin).transpose()?;
         let metrics = Arc::new(metrics::Metrics::new());
         let shared = Shared {
-            tokens: TokenStore::open(&config.data_dir, config.token.as_ref()),
+            store,
+            claims,
             limiter: FailureLimiter::new(),
-            registry,
             per_ip: limits::PerIpLimit::new(config.max_visitors_per_ip),
             live: Arc::new(sessions::LiveSessions::new(metrics.traffic.clone())),
             metrics,
             handshakes: limits::Handshakes::default(),
             next_session: AtomicU64::new(1),
             vhost,
+            visitors: TaskTracker::new(),
+            drained: CancellationToken::new(),
             config: RwLock::new(Arc::new(config)),
         };
         Ok(Self { endpoint, admin, vhost_listeners, shared: Arc::new(shared), fingerprint })
@@ -183,27 +190,17 @@ impl Relay {
     /// Forgets quiet addresses, and tunnels whose reservation would have expired.
     fn housekeeping(&self) {
         self.shared.limiter.forget_quiet();
-        self.shared.metrics.traffic.forget_idle(self.shared.config().reservation_ttl);
-    }
-
-    /// `relay token revoke` runs as another process and only edits the token file; when the
-    /// file changes, sessions whose token it no longer holds are closed.
-    fn close_sessions_of_revoked_tokens(&self, seen: &mut Option<std::time::SystemTime>) {
-        let now = self.shared.tokens.modified();
-        if now == *seen {
-            return;
-        }
-        *seen = now;
-        let closed = self.shared.live.close_revoked(&self.shared.tokens);
-        if closed > 0 {
-            tracing::info!(closed, "closed the sessions of revoked tokens");
-        }
+        let claimed = self.shared.claims.held();
+        self.shared.metrics.traffic.forget_idle(self.shared.config().reservation_ttl, &claimed);
     }
 
     /// Serves until `cancel`, then stops accepting, lets visitors finish for the grace period
     /// and closes every session with [`CloseCode::Shutdown`] so agents reconnect.
     pub async fn run(mut self, cancel: CancellationToken) -> anyhow::Result<()> {
         let sessions = TaskTracker::new();
+        // Should this future be dropped instead of finishing, sessions waiting for the drain
+        // end anyway.
+        let _drained_on_drop = self.shared.drained.clone().drop_guard();
         // The admin endpoint outlives `cancel` until the drain is over, so `/readyz` can say
         // that the relay is shutting down.
         let admin = TaskTracker::new();
@@ -216,9 +213,8 @@ impl Relay {
         if let Some(listeners) = self.vhost_listeners.take() {
             sessions.spawn(vhost::serve(listeners, self.shared.clone(), cancel.clone()));
         }
+        sessions.spawn(close_sessions_of_revoked_tokens(self.shared.clone(), cancel.clone()));
         let mut housekeeping = tokio::time::interval(HOUSEKEEPING_INTERVAL);
-        let mut token_check = tokio::time::interval(TOKEN_CHECK_INTERVAL);
-        let mut tokens_seen = self.shared.tokens.modified();
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => break,
@@ -231,14 +227,13 @@ impl Relay {
                     None => break,
                 },
                 _ = housekeeping.tick() => self.housekeeping(),
-                _ = token_check.tick() => self.close_sessions_of_revoked_tokens(&mut tokens_seen),
             }
         }
         tracing::info!("shutting down: no new agents or visitors");
         self.endpoint.set_server_config(None);
+        self.drain().await;
         sessions.close();
-        let drain = self.shared.config().grace_period + Duration::from_secs(1);
-        if tokio::time::timeout(drain, sessions.wait()).await.is_err() {
+        if tokio::time::timeout(SESSIONS_CLOSE_WAIT, sessions.wait()).await.is_err() {
             tracing::warn!("sessions still open after the grace period");
         }
         self.endpoint.close(CloseCode::Shutdown.code(), CloseCode::Shutdown.describe().as_bytes());
@@ -248,5 +243,30 @@ impl Relay {
         admin.wait().await;
         tracing::info!("relay stopped");
         Ok(())
+    }
+
+    /// The one drain: every visitor, whatever carried it in, gets the same grace period.
+    async fn drain(&self) {
+        let visitors = &self.shared.visitors;
+        visitors.close();
+        if tokio::time::timeout(self.shared.config().grace_period, visitors.wait()).await.is_err() {
+            tracing::info!("grace period over; closing remaining visitors");
+        }
+        self.shared.drained.cancel();
+    }
+}
+
+/// `relay token revoke` may run as another process, and a fleet shares its tokens: when the
+/// store reports a change, sessions whose token it no longer accepts are closed.
+async fn close_sessions_of_revoked_tokens(shared: Arc<Shared>, cancel: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            () = shared.store.token_changes() => {}
+        }
+        let closed = shared.live.close_revoked(shared.store.as_ref()).await;
+        if closed > 0 {
+            tracing::info!(closed, "closed the sessions of revoked tokens");
+        }
     }
 }

@@ -4,27 +4,30 @@
 
 use std::time::Duration;
 
+use burrow_common::link::{DatagramError, Link};
 use bytes::Bytes;
 
 /// A live agent acknowledges within its ACK delay (25 ms) plus a round trip.
 const PROBE_TIMEOUT: Duration = Duration::from_millis(1500);
 const POLL: Duration = Duration::from_millis(10);
 
-/// Sends an ack-eliciting DATAGRAM and waits for any packet back from the peer.
-pub(crate) async fn answers(conn: &quinn::Connection) -> bool {
-    if conn.close_reason().is_some() {
+/// Sends an ack-eliciting datagram and waits for any packet back from the peer.
+pub(crate) async fn answers(link: &impl Link) -> bool {
+    if link.close_reason().is_some() {
         return false;
     }
-    let before = conn.stats().udp_rx.datagrams;
-    if conn.send_datagram(Bytes::from_static(&[0])).is_err() {
+    let before = link.path().received_packets;
+    match link.send_datagram(Bytes::from_static(&[0])) {
+        Ok(()) => {}
+        Err(DatagramError::Lost(_)) => return false,
         // Without datagram support we cannot tell; treat the holder as alive.
-        return true;
+        Err(DatagramError::TooLarge | DatagramError::Unsupported) => return true,
     }
     let heard = async {
         let mut poll = tokio::time::interval(POLL);
-        while conn.stats().udp_rx.datagrams == before && conn.close_reason().is_none() {
+        while link.path().received_packets == before && link.close_reason().is_none() {
             poll.tick().await;
         }
     };
-    tokio::time::timeout(PROBE_TIMEOUT, heard).await.is_ok() && conn.close_reason().is_none()
+    tokio::time::timeout(PROBE_TIMEOUT, heard).await.is_ok() && link.close_reason().is_none()
 }

@@ -13,7 +13,11 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::{registry::SessionId, sessions::AgentView, traffic::Traffic};
+use crate::{
+    claims::{Counts, SessionId},
+    sessions::AgentView,
+    traffic::Traffic,
+};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct Reason {
@@ -45,10 +49,12 @@ pub(crate) struct Metrics {
     registry: Registry,
     pub(crate) sessions: Gauge,
     pub(crate) sessions_total: Counter,
+    /// Set from the claims table at every scrape.
     pub(crate) tunnels: Gauge,
     pub(crate) visitors: Gauge,
     pub(crate) visitors_total: Counter,
     pub(crate) visitors_refused: Family<Reason, Counter>,
+    /// Set from the claims table at every scrape.
     pub(crate) parked_visitors: Gauge,
     pub(crate) visitors_unparked: Counter,
     runtime_tasks: Gauge,
@@ -142,10 +148,13 @@ impl Metrics {
         registry.register("session_cwnd_bytes", "Congestion window of each live session", paths.cwnd.clone());
     }
 
-    /// The metrics page, with `agents` as the live sessions' paths.
-    pub(crate) fn encode(&self, agents: &[AgentView]) -> String {
+    /// The metrics page, with `agents` as the live sessions' paths and `claims` as the
+    /// claims table counts them now.
+    pub(crate) fn encode(&self, agents: &[AgentView], claims: &Counts) -> String {
         let _scrape = self.paths.scrape.lock().unwrap_or_else(PoisonError::into_inner);
         self.paths.set(agents);
+        self.tunnels.set(saturating_i64(claims.serving as u64));
+        self.parked_visitors.set(saturating_i64(claims.parked_visitors as u64));
         self.traffic.catch_up();
         // Read at scrape time: a count that creeps up between scrapes is a task leak.
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {

@@ -1,8 +1,9 @@
-//! Parked ports: when an agent's session is lost (not ended by the agent, not replaced, not
-//! stopped by the relay), each of its tunnels' ports stays bound for `park_visitors_for`.
-//! Visitors that arrive meanwhile wait, and are carried over the tunnel's next session once
-//! the agent is back; past the deadline they get a FIN and the port is released as if the
-//! session had just ended.
+//! A lost session's claims, parked: when an agent's session is lost (not ended by the agent,
+//! not replaced, not stopped by the relay), each of its claims stays for `park_visitors_for`
+//! (see [`crate::claims`]). A parked port keeps accepting: its visitors wait here. A parked
+//! subdomain's requests wait in the HTTP listeners. All are carried over the tunnel's next
+//! session once the agent is back; past the deadline they get a clean end and the claims
+//! are released as if the session had just ended.
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -10,7 +11,7 @@ use burrow_common::config::duration;
 use tokio::{
     io::AsyncWriteExt,
     net::{TcpListener, TcpStream},
-    sync::watch,
+    sync::Semaphore,
     time::Instant,
 };
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
@@ -18,9 +19,9 @@ use tracing::Instrument;
 
 use crate::{
     Shared,
+    claims::{Parked, Place, Route, SessionId, Successor, until_taken_over},
     limits::{Admission, Places},
     metrics::{Metrics, REFUSED_PARK_FULL},
-    registry::SessionId,
     tunnel::{accept_until, forward},
 };
 
@@ -28,46 +29,54 @@ use crate::{
 /// close with unread data by a reset, and these visitors should see a plain end of stream.
 const CLOSE_LINGER: Duration = Duration::from_secs(1);
 
-/// The session that serves a parked port's visitors next, and the tunnel id it granted.
-#[derive(Clone)]
-pub(crate) struct Successor {
-    pub(crate) conn: quinn::Connection,
-    pub(crate) tunnel: u32,
-}
-
-/// Sending the successor on it resumes every visitor parked on a port; dropping it closes
-/// them. The registry holds it while the port is parked, then the claim that takes the port.
-pub(crate) type Handover = watch::Sender<Option<Successor>>;
-
-/// A port the registry has parked, for the task that keeps accepting on it.
-pub(crate) struct ParkedPort {
-    pub(crate) listener: Arc<TcpListener>,
-    pub(crate) successor: watch::Receiver<Option<Successor>>,
-}
-
-/// Parks a lost session's ports; returns when each has been taken over or released and its
-/// visitors are done.
-pub(crate) async fn park(shared: &Arc<Shared>, ports: Vec<u16>, session: SessionId, cancel: &CancellationToken) {
-    let waiting = duration::format(shared.config().park_visitors_for);
-    let ports_held = TaskTracker::new();
-    for port in ports {
-        // None: a newer session of the tunnel already took the port over.
-        let Some(parked) = shared.registry.park(port, session) else { continue };
-        tracing::info!(port, %waiting, "session lost; port kept open for the agent to return");
-        let span = tracing::info_span!("tunnel", port);
-        ports_held.spawn(hold(parked, port, session, shared.clone(), cancel.clone()).instrument(span));
+/// Parks a lost session's claims; returns when each has been taken over or released.
+pub(crate) async fn park(shared: &Arc<Shared>, places: &[Place], session: SessionId, cancel: &CancellationToken) {
+    let config = shared.config();
+    let parked: Vec<Parked<Route>> =
+        places.iter().filter_map(|place| shared.claims.park(place, session, config.max_parked_visitors)).collect();
+    if parked.is_empty() {
+        return;
     }
-    ports_held.close();
-    ports_held.wait().await;
+    let kept: Vec<String> = parked.iter().map(|claim| claim.place.to_string()).collect();
+    let waiting = duration::format(config.park_visitors_for);
+    tracing::info!(?kept, %waiting, "session lost; places kept for the agent to return");
+    let deadline = Instant::now() + config.park_visitors_for;
+    let accepting = TaskTracker::new();
+    for claim in &parked {
+        if let Some(listener) = claim.listener.clone() {
+            let (successor, waiting) = (claim.successor.clone(), claim.waiting.clone());
+            let span = tracing::info_span!("tunnel", place = %claim.place);
+            let accept = accept_parked(listener, (successor, waiting), deadline, shared.clone(), cancel.clone());
+            accepting.spawn(accept.instrument(span));
+        }
+    }
+    until_taken_over(&parked, deadline, cancel).await;
+    accepting.close();
+    accepting.wait().await;
+    for Parked { place, listener, .. } in parked {
+        // Closed before the waiting visitors hear the end: one that reconnects at once must
+        // be refused, not queued on a listener about to close.
+        drop(listener);
+        let Some(key) = shared.claims.release(&place, session) else { continue };
+        if let Err(e) = shared.store.release(&key, &place).await {
+            tracing::warn!(%place, "the store could not record a release: {e:#}");
+        }
+        if !cancel.is_cancelled() {
+            tracing::info!(%place, "agent did not return in time; place released");
+        }
+    }
 }
 
-/// Accepts visitors on one parked port until the tunnel's next session takes it, the
+/// Accepts visitors on a parked port until the tunnel's next session takes it, the
 /// deadline passes or the relay stops.
-async fn hold(parked: ParkedPort, port: u16, session: SessionId, shared: Arc<Shared>, cancel: CancellationToken) {
-    let ParkedPort { listener, successor } = parked;
-    let deadline = Instant::now() + shared.config().park_visitors_for;
-    let places = Places::new(shared.config().max_parked_visitors, REFUSED_PARK_FULL);
-    let visitors = TaskTracker::new();
+async fn accept_parked(
+    listener: Arc<TcpListener>,
+    (successor, waiting): (Successor<Route>, Arc<Semaphore>),
+    deadline: Instant,
+    shared: Arc<Shared>,
+    cancel: CancellationToken,
+) {
+    let places = Places { open: waiting, when_full: REFUSED_PARK_FULL };
     let mut taken = successor.clone();
     let stop = async {
         tokio::select! {
@@ -79,39 +88,29 @@ async fn hold(parked: ParkedPort, port: u16, session: SessionId, shared: Arc<Sha
     accept_until(&listener, &places, &shared, stop, |tcp, peer, admission| {
         let waiting =
             wait_for_successor(tcp, peer, successor.clone(), shared.metrics.clone(), admission, cancel.clone());
-        visitors.spawn(waiting.instrument(tracing::debug_span!("visitor", %peer)));
+        shared.visitors.spawn(waiting.instrument(tracing::debug_span!("visitor", %peer)));
     })
     .await;
-    // Closed before the waiting visitors hear the end: one that reconnects at once must be
-    // refused, not queued on a listener about to close.
-    drop(listener);
-    if shared.registry.release(port, session) && !cancel.is_cancelled() {
-        tracing::info!(parked = visitors.len(), "agent did not return in time; port released");
-    }
-    drain(visitors, &cancel, shared.config().grace_period).await;
 }
 
 /// One parked visitor: carried over the tunnel's next session, or closed with a FIN when the
-/// port is released or the relay stops.
+/// claim is released or the relay stops.
 async fn wait_for_successor(
     visitor: TcpStream,
     peer: SocketAddr,
-    mut successor: watch::Receiver<Option<Successor>>,
+    mut successor: Successor<Route>,
     metrics: Arc<Metrics>,
     admission: Admission,
     cancel: CancellationToken,
 ) {
-    metrics.parked_visitors.inc();
     let next = tokio::select! {
         _ = cancel.cancelled() => None,
         next = successor.wait_for(Option::is_some) => next.ok().and_then(|next| next.clone()),
     };
-    metrics.parked_visitors.dec();
     match next {
-        Some(Successor { conn, tunnel }) => {
+        Some(route) => {
             metrics.visitors_unparked.inc();
-            forward(visitor, peer, burrow_common::link::QuicLink::from(conn), tunnel, metrics, admission, Vec::new())
-                .await;
+            forward(visitor, peer, route.link.pick(), route.tunnel, metrics, admission, Vec::new()).await;
         }
         None => {
             drop(admission);
@@ -129,16 +128,4 @@ async fn close_gently(mut visitor: TcpStream) {
     }
     let mut sink = tokio::io::sink();
     tokio::time::timeout(CLOSE_LINGER, tokio::io::copy(&mut visitor, &mut sink)).await.ok();
-}
-
-/// Waits for the port's visitors, some perhaps now carried over the next session; once the
-/// relay stops, for the grace period at most, as a session's own visitors get.
-async fn drain(visitors: TaskTracker, cancel: &CancellationToken, grace: Duration) {
-    visitors.close();
-    tokio::select! {
-        () = visitors.wait() => {}
-        () = cancel.cancelled() => {
-            tokio::time::timeout(grace, visitors.wait()).await.ok();
-        }
-    }
 }

@@ -67,10 +67,7 @@ impl Reloader {
         }
         let merged: RelayConfig = serde_json::from_value(serde_json::Value::Object(merged))?;
         shared.per_ip.set_max(merged.max_visitors_per_ip);
-        shared.registry.set_max_per_token(merged.max_tunnels_per_token);
-        if let Some(vhost) = &shared.vhost {
-            vhost.routes.set_rules(merged.reserved_names.clone(), merged.max_tunnels_per_token);
-        }
+        shared.claims.set_max_per_token(merged.max_tunnels_per_token);
         *shared.config.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(merged);
         Ok(applied)
     }

@@ -12,10 +12,11 @@ use burrow_common::{CloseCode, Hello};
 use serde::Serialize;
 
 use crate::{
-    registry::SessionId,
-    reservations::TunnelKey,
-    tokens::{Grant, TokenStore, hash, now},
-    traffic::{Granted, SessionTunnels, Traffic},
+    claims::{SessionId, TunnelKey},
+    session::SessionLink,
+    store::Store,
+    tokens::{Grant, hash, now},
+    traffic::{CountedTunnel, SessionTunnels, Traffic},
 };
 
 pub(crate) struct LiveSessions {
@@ -27,7 +28,7 @@ struct Live {
     /// The SHA-256 of the session's token: enough to check it again, useless to a thief.
     token: [u8; 32],
     token_name: String,
-    conn: quinn::Connection,
+    link: SessionLink,
     connected_since: u64,
     tunnels: Vec<AgentTunnel>,
     /// An ended session stays registered while its ports are parked, but is no agent any more.
@@ -38,8 +39,8 @@ struct Live {
 pub(crate) struct Admitted {
     pub(crate) token: [u8; 32],
     pub(crate) token_name: String,
-    pub(crate) conn: quinn::Connection,
-    pub(crate) tunnels: Vec<Granted>,
+    pub(crate) link: SessionLink,
+    pub(crate) tunnels: Vec<CountedTunnel>,
 }
 
 /// A session's entry; dropping it removes the entry.
@@ -77,8 +78,8 @@ pub(crate) struct AgentTunnel {
 }
 
 /// A granted tunnel as the traffic counts know it.
-fn counted(grant: &Grant, tunnel: &burrow_common::Granted) -> Granted {
-    Granted {
+fn counted(grant: &Grant, tunnel: &burrow_common::Granted) -> CountedTunnel {
+    CountedTunnel {
         id: tunnel.id,
         key: TunnelKey { token: grant.name.clone(), tunnel: tunnel.name.clone() },
         port: tunnel.port,
@@ -86,22 +87,17 @@ fn counted(grant: &Grant, tunnel: &burrow_common::Granted) -> Granted {
     }
 }
 
-fn listed(tunnel: &Granted) -> AgentTunnel {
+fn listed(tunnel: &CountedTunnel) -> AgentTunnel {
     AgentTunnel { name: tunnel.key.tunnel.clone(), port: tunnel.port, url: tunnel.url.clone() }
 }
 
 impl Admitted {
-    pub(crate) fn new(
-        grant: &Grant,
-        hello: &Hello,
-        conn: &quinn::Connection,
-        granted: &[burrow_common::Granted],
-    ) -> Self {
+    pub(crate) fn new(grant: &Grant, hello: &Hello, link: &SessionLink, granted: &[burrow_common::Granted]) -> Self {
         let tunnels = granted.iter().map(|tunnel| counted(grant, tunnel));
         Self {
             token: hash(&hello.token),
             token_name: grant.name.clone(),
-            conn: conn.clone(),
+            link: link.clone(),
             tunnels: tunnels.collect(),
         }
     }
@@ -118,11 +114,11 @@ impl LiveSessions {
     }
 
     pub(crate) fn register(self: &Arc<Self>, id: SessionId, admitted: Admitted) -> Registered {
-        let tunnels = self.traffic.open_session(admitted.conn.stable_id(), admitted.tunnels);
+        let tunnels = self.traffic.open_session(admitted.link.stable_id(), admitted.tunnels);
         let live = Live {
             token: admitted.token,
             token_name: admitted.token_name,
-            conn: admitted.conn,
+            link: admitted.link,
             connected_since: now(),
             tunnels: tunnels.granted().map(listed).collect(),
             ended: false,
@@ -133,14 +129,15 @@ impl LiveSessions {
 
     /// Closes every session whose token the store no longer accepts; returns how many.
     /// An unreadable store closes nothing: a bad edit must not cut off every agent.
-    pub(crate) fn close_revoked(&self, tokens: &TokenStore) -> usize {
-        let by_id = self.by_id();
+    pub(crate) async fn close_revoked(&self, store: &dyn Store) -> usize {
+        let serving: Vec<([u8; 32], SessionLink)> =
+            self.by_id().values().filter(|live| !live.ended).map(|live| (live.token, live.link.clone())).collect();
         let mut closed = 0;
-        for live in by_id.values().filter(|live| !live.ended) {
-            match tokens.verify_digest(&live.token) {
+        for (token, link) in serving {
+            match store.verify_token(token).await {
                 Ok(Some(_)) => {}
                 Ok(None) => {
-                    CloseCode::Revoked.close(&live.conn);
+                    link.close(CloseCode::Revoked);
                     closed += 1;
                 }
                 Err(e) => {
@@ -161,21 +158,21 @@ impl LiveSessions {
 }
 
 fn view(session: SessionId, live: &Live) -> AgentView {
-    let stats = live.conn.stats();
-    let rtt = stats.path.rtt;
+    let path = live.link.path();
+    let rtt = path.rtt;
     AgentView {
         session,
         token: live.token_name.clone(),
-        remote: live.conn.remote_address(),
+        remote: live.link.remote_address(),
         connected_since: live.connected_since,
         // Microseconds, so the figure reads as a short decimal.
         rtt_ms: rtt.as_micros() as f64 / 1000.0,
         rtt,
-        lost_packets: stats.path.lost_packets,
-        sent_packets: stats.path.sent_packets,
-        cwnd: stats.path.cwnd,
-        quic_bytes_sent: stats.udp_tx.bytes,
-        quic_bytes_received: stats.udp_rx.bytes,
+        lost_packets: path.lost_packets,
+        sent_packets: path.sent_packets,
+        cwnd: path.congestion_window,
+        quic_bytes_sent: path.sent_bytes,
+        quic_bytes_received: path.received_bytes,
         tunnels: live.tunnels.clone(),
     }
 }
@@ -198,13 +195,12 @@ impl Registered {
         self.tunnels.remove(id);
     }
 
-    /// The session has ended; `parked` are the ids of the tunnels whose places are kept for
-    /// its agent to return.
-    pub(crate) fn ended(&mut self, parked: &[u32]) {
+    /// The session has ended; its claims may stay parked for its agent to return.
+    pub(crate) fn ended(&mut self) {
         if let Some(live) = self.sessions.by_id().get_mut(&self.id) {
             live.ended = true;
         }
-        self.tunnels.ended(parked);
+        self.tunnels.ended();
     }
 }
 

@@ -8,50 +8,38 @@ use std::{
 
 use burrow_common::{
     StreamHeader,
-    link::{Link, QuicLink},
+    link::Link,
     protocol::conversation::{FirstBytes, open_visitor_stream},
     splice::{abort_tcp, splice},
 };
 use tokio::net::{TcpListener, TcpStream};
-use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::{
     Shared,
+    claims::Route,
     limits::{self, Admission, Places},
-    metrics::{Metrics, REFUSED_NO_STREAM, REFUSED_TUNNEL_LIMIT, Reason},
-    parking::{Handover, Successor},
+    metrics::{Metrics, REFUSED_NO_STREAM, Reason},
 };
 
 /// Pause after an accept error such as EMFILE, so the loop does not spin.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
-pub(crate) struct OpenTunnel {
-    pub(crate) id: u32,
-    pub(crate) listener: Arc<TcpListener>,
-    /// Visitors that waited on this port while the tunnel's previous session was lost.
-    pub(crate) parked: Option<Handover>,
-}
-
-/// Accepts visitors until `stop`; each visitor runs on `visitors` so a drain can wait for it.
+/// Accepts the visitors of a port claim serving `route` until `stop`; each visitor runs on
+/// the route's tracker so the relay's drain can wait for it.
 pub(crate) async fn accept_visitors(
-    tunnel: OpenTunnel,
-    conn: quinn::Connection,
+    listener: Arc<TcpListener>,
+    route: Arc<Route>,
     shared: Arc<Shared>,
-    visitors: TaskTracker,
     stop: CancellationToken,
 ) {
-    // Only now, with the agent welcomed, may streams for its parked visitors arrive.
-    if let Some(parked) = tunnel.parked {
-        parked.send_replace(Some(Successor { conn: conn.clone(), tunnel: tunnel.id }));
-    }
-    let link = QuicLink::from(conn);
-    let places = Places::new(shared.config().max_visitors_per_tunnel, REFUSED_TUNNEL_LIMIT);
-    accept_until(&tunnel.listener, &places, &shared, stop.cancelled(), |tcp, peer, admission| {
+    accept_until(&listener, &route.places, &shared, stop.cancelled(), |tcp, peer, admission| {
         // Spawned as is, not wrapped in another async block: a wrapper would hold this future
         // twice, doubling the memory of every open visitor.
-        let served = forward(tcp, peer, link.clone(), tunnel.id, shared.metrics.clone(), admission, Vec::new());
-        visitors.spawn(served.instrument(tracing::debug_span!("visitor", %peer)));
+        let link = route.link.pick();
+        let served = forward(tcp, peer, link, route.tunnel, shared.metrics.clone(), admission, Vec::new());
+        route.visitors.spawn(served.instrument(tracing::debug_span!("visitor", %peer)));
     })
     .await;
 }

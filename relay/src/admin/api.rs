@@ -19,12 +19,12 @@ struct TokenView {
     created: Option<u64>,
 }
 
-pub(super) fn respond(shared: &Shared, view: &str) -> Response<Full<Bytes>> {
+pub(super) async fn respond(shared: &Shared, view: &str) -> Response<Full<Bytes>> {
     let json = match view {
         "agents" => serde_json::to_vec(&shared.live.agents()),
-        "tunnels" => serde_json::to_vec(&shared.metrics.traffic.tunnels()),
+        "tunnels" => serde_json::to_vec(&shared.metrics.traffic.tunnels(&shared.claims.held())),
         "connections" => serde_json::to_vec(&shared.metrics.traffic.visitors()),
-        "tokens" => match tokens(shared) {
+        "tokens" => match tokens(shared).await {
             Ok(tokens) => serde_json::to_vec(&tokens),
             Err(e) => {
                 tracing::warn!("admin token list failed: {e:#}");
@@ -42,7 +42,7 @@ pub(super) fn respond(shared: &Shared, view: &str) -> Response<Full<Bytes>> {
     }
 }
 
-fn tokens(shared: &Shared) -> anyhow::Result<Vec<TokenView>> {
+async fn tokens(shared: &Shared) -> anyhow::Result<Vec<TokenView>> {
     let range = shared.config().ports;
     let configured = shared.config().token.as_ref().map(|_| TokenView {
         name: CONFIGURED_TOKEN_NAME.into(),
@@ -50,7 +50,7 @@ fn tokens(shared: &Shared) -> anyhow::Result<Vec<TokenView>> {
         limited: false,
         created: None,
     });
-    let stored = shared.tokens.list()?.into_iter().map(|record| {
+    let stored = shared.store.list_tokens().await?.into_iter().map(|record| {
         let grant = crate::tokens::Grant { name: record.name, ports: record.ports };
         TokenView {
             ports: grant.describe_ports(range),

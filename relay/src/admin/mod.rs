@@ -41,13 +41,13 @@ pub(crate) async fn serve(
     stop: CancellationToken,
 ) {
     let respond = move |request: Request<Incoming>| {
-        let response = respond(&shared, !shutdown.is_cancelled(), &request);
-        async move { response }
+        let (shared, ready) = (shared.clone(), !shutdown.is_cancelled());
+        async move { respond(&shared, ready, &request).await }
     };
     burrow_common::http::serve(listener, "admin", stop, respond).await;
 }
 
-fn respond(shared: &Shared, ready: bool, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+async fn respond(shared: &Shared, ready: bool, request: &Request<Incoming>) -> Response<Full<Bytes>> {
     if let Some(token) = &shared.config().admin_token
         && !auth::allows(request, token.expose())
     {
@@ -66,14 +66,14 @@ fn respond(shared: &Shared, ready: bool, request: &Request<Incoming>) -> Respons
         "/readyz" if ready => text(StatusCode::OK, "ready\n"),
         "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n"),
         _ => match path.strip_prefix("/api/") {
-            Some(view) => api::respond(shared, view),
+            Some(view) => api::respond(shared, view).await,
             None => text(StatusCode::NOT_FOUND, "not found: try /, /api/agents, /metrics, /healthz or /readyz\n"),
         },
     }
 }
 
 fn metrics(shared: &Shared) -> Response<Full<Bytes>> {
-    let page = shared.metrics.encode(&shared.live.agents());
+    let page = shared.metrics.encode(&shared.live.agents(), &shared.claims.counts());
     with_type(StatusCode::OK, page.into(), "application/openmetrics-text; version=1.0.0; charset=utf-8")
 }
 

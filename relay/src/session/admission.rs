@@ -1,67 +1,48 @@
 //! Who may open which tunnels: the Hello is checked and every tunnel claimed, or none; a
 //! later update claims each added tunnel on its own.
 
-use std::collections::HashSet;
+use std::{collections::HashSet, sync::Arc};
 
 use burrow_common::{
     Granted, Hello, Refusal, TunnelKind, TunnelSpec,
     protocol::{PROTOCOL_VERSION, VALID_NAME, is_valid_name},
 };
-use quinn::Connection;
-use tokio_util::task::TaskTracker;
 
+use super::SessionLink;
 use crate::{
     Shared,
+    claims::{self, Claimant, Claimed, Place, Route, RouteKind, SessionId, TunnelKey, with_takeover},
     limits::Places,
-    liveness,
     metrics::REFUSED_TUNNEL_LIMIT,
-    registry::{Claim, ClaimError, Claimant, SessionId},
-    reservations::TunnelKey,
-    tokens::Grant,
-    tunnel::OpenTunnel,
-    vhost::{Access, Route, RouteKind},
+    tokens::{self, Grant},
+    vhost::Access,
 };
 
-/// Where one tunnel of a session lives.
-pub(super) enum Place {
-    /// A public port, and its listener until the tunnel's accept loop takes it.
-    Port(u16, Option<OpenTunnel>),
-    Subdomain(String),
-}
-
-/// One tunnel a session holds: as granted to the agent, and where it lives.
+/// One tunnel a session holds: as granted to the agent, what serves its visitors, and its
+/// claim until the session starts serving it.
 pub(super) struct Opened {
     pub(super) granted: Granted,
-    pub(super) place: Place,
+    pub(super) route: Arc<Route>,
+    pub(super) claimed: Claimed<Route>,
 }
 
 impl Opened {
-    pub(super) fn release(&self, shared: &Shared, session: SessionId) {
-        match &self.place {
-            Place::Port(port, _) => {
-                shared.registry.release(*port, session);
-            }
-            Place::Subdomain(name) => {
-                if let Some(vhost) = shared.vhost.as_ref() {
-                    vhost.routes.release(name, session);
-                }
-            }
-        }
+    pub(super) async fn release(&self, shared: &Shared, session: SessionId) {
+        claims::release(shared, &self.claimed.place, session).await;
     }
 }
 
 /// Checks the Hello and claims every tunnel, or none.
 pub(super) async fn admit(
     shared: &Shared,
-    conn: &Connection,
+    link: &SessionLink,
     hello: &Hello,
     session: SessionId,
-    visitors: &TaskTracker,
 ) -> Result<(Grant, Vec<Opened>), Refusal> {
     if hello.version != PROTOCOL_VERSION {
         return Err(Refusal::Version { agent: hello.version, relay: PROTOCOL_VERSION });
     }
-    let grant = authenticate(shared, conn, hello).await?;
+    let grant = authenticate(shared, link, hello).await?;
     tracing::Span::current().record("agent", grant.name.as_str());
     let count = hello.tunnels.len();
     if count == 0 || count > shared.config().max_tunnels_per_session {
@@ -70,11 +51,11 @@ pub(super) async fn admit(
     check_names(&hello.tunnels, &[])?;
     let mut opened = Vec::new();
     for (id, spec) in (0u32..).zip(&hello.tunnels) {
-        match open(shared, &grant, conn, session, id, spec, visitors).await {
+        match open(shared, &grant, link, session, id, spec).await {
             Ok(tunnel) => opened.push(tunnel),
             Err(refusal) => {
                 for tunnel in &opened {
-                    tunnel.release(shared, session);
+                    tunnel.release(shared, session).await;
                 }
                 return Err(refusal);
             }
@@ -99,93 +80,66 @@ pub(super) fn check_names(added: &[TunnelSpec], kept: &[&str]) -> Result<(), Ref
     Ok(())
 }
 
-/// Claims the place of one tunnel, granted with `id`. Its visitors' work runs on
-/// `visitors`, so the session's drain waits for it.
+/// Claims the place of one tunnel, granted with `id`.
 pub(super) async fn open(
     shared: &Shared,
     grant: &Grant,
-    conn: &Connection,
+    link: &SessionLink,
     session: SessionId,
     id: u32,
     spec: &TunnelSpec,
-    visitors: &TaskTracker,
 ) -> Result<Opened, Refusal> {
     let key = TunnelKey { token: grant.name.clone(), tunnel: spec.name.clone() };
-    let who = |replacing| Claimant { key: &key, grant, session, conn, replacing };
+    let route = Arc::new(Route {
+        link: link.clone(),
+        session,
+        tunnel: id,
+        kind: route_kind(&spec.kind),
+        places: Places::new(shared.config().max_visitors_per_tunnel, REFUSED_TUNNEL_LIMIT),
+        visitors: shared.visitors.clone(),
+    });
+    let who = |replacing| Claimant { key: &key, session, replacing };
     let granted = |port, urls| Granted { id, name: spec.name.clone(), port, host: shared.public_host(), urls };
-    match &spec.kind {
+    let serving = &route;
+    let claimed = match &spec.kind {
         TunnelKind::Tcp { port } => {
-            let held_elsewhere = shared.vhost.as_ref().map_or(0, |v| v.routes.held_by(&key.token));
-            let Claim { port, listener, parked } =
-                claim(&key, |replacing| shared.registry.claim(&who(replacing), *port, held_elsewhere)).await?;
-            let accept = OpenTunnel { id, listener, parked };
-            Ok(Opened { granted: granted(port, Vec::new()), place: Place::Port(port, Some(accept)) })
+            with_takeover(&key.tunnel, |replacing| {
+                let who = who(replacing);
+                async move { claims::claim_port(shared, &who, grant, *port, serving).await }
+            })
+            .await?
         }
         TunnelKind::Http { subdomain, .. } | TunnelKind::Tls { subdomain } => {
-            let (name, urls) = claim_subdomain(shared, &key, (id, spec), subdomain.as_deref(), who, visitors).await?;
-            Ok(Opened { granted: granted(0, urls), place: Place::Subdomain(name) })
+            shared.vhost.as_ref().ok_or(Refusal::NoDomain)?;
+            with_takeover(&key.tunnel, |replacing| {
+                let who = who(replacing);
+                async move { claims::claim_subdomain(shared, &who, subdomain.as_deref(), serving).await }
+            })
+            .await?
         }
-    }
-}
-
-/// Claims the subdomain of an HTTP or TLS tunnel; returns it with the tunnel's public URLs.
-async fn claim_subdomain<'a>(
-    shared: &Shared,
-    key: &TunnelKey,
-    (id, spec): (u32, &TunnelSpec),
-    subdomain: Option<&str>,
-    who: impl Fn(Option<SessionId>) -> Claimant<'a>,
-    visitors: &TaskTracker,
-) -> Result<(String, Vec<String>), Refusal> {
-    let vhost = shared.vhost.as_ref().ok_or(Refusal::NoDomain)?;
-    let held_elsewhere = shared.registry.held_by(&key.token);
-    let route_kind = || match &spec.kind {
-        TunnelKind::Http { access, .. } => RouteKind::Http(Access::new(access)),
-        _ => RouteKind::Tls,
     };
-    let name = claim(key, |replacing| {
-        let claimant = who(replacing);
-        let route = Route {
-            conn: claimant.conn.clone(),
-            tunnel: id,
-            kind: route_kind(),
-            places: Places::new(shared.config().max_visitors_per_tunnel, REFUSED_TUNNEL_LIMIT),
-            visitors: visitors.clone(),
-        };
-        vhost.routes.claim(&claimant, subdomain, route, held_elsewhere)
-    })
-    .await?;
-    Ok((name.clone(), vhost.urls(&name, &route_kind())))
+    let granted = match (&claimed.place, shared.vhost.as_ref()) {
+        (Place::Port(port), _) => granted(*port, Vec::new()),
+        (Place::Subdomain(name), Some(vhost)) => granted(0, vhost.urls(name, &route.kind)),
+        (Place::Subdomain(_), None) => granted(0, Vec::new()),
+    };
+    Ok(Opened { granted, route, claimed })
 }
 
-/// Claims a tunnel's place with `attempt`. If an older session of the same tunnel holds it,
-/// that session is replaced only if it no longer answers: a crashed agent's successor gets
-/// the place back, while two live agents never knock each other off in turn.
-async fn claim<T>(
-    key: &TunnelKey,
-    mut attempt: impl FnMut(Option<SessionId>) -> Result<T, ClaimError>,
-) -> Result<T, Refusal> {
-    let mut replacing = None;
-    loop {
-        match attempt(replacing) {
-            Ok(claimed) => return Ok(claimed),
-            Err(ClaimError::Refused(refusal)) => return Err(refusal),
-            Err(ClaimError::HeldBySameTunnel { conn: holder, session: held_by }) => {
-                if replacing == Some(held_by) || liveness::answers(&holder).await {
-                    return Err(Refusal::TunnelActive { name: key.tunnel.clone() });
-                }
-                replacing = Some(held_by);
-            }
-        }
+fn route_kind(kind: &TunnelKind) -> RouteKind {
+    match kind {
+        TunnelKind::Tcp { .. } => RouteKind::Tcp,
+        TunnelKind::Http { access, .. } => RouteKind::Http(Access::new(access)),
+        TunnelKind::Tls { .. } => RouteKind::Tls,
     }
 }
 
-async fn authenticate(shared: &Shared, conn: &Connection, hello: &Hello) -> Result<Grant, Refusal> {
-    match shared.tokens.verify(&hello.token) {
+async fn authenticate(shared: &Shared, link: &SessionLink, hello: &Hello) -> Result<Grant, Refusal> {
+    match shared.store.verify_token(tokens::hash(&hello.token)).await {
         Ok(Some(grant)) => Ok(grant),
         Ok(None) => {
             shared.metrics.auth_failures.inc();
-            shared.limiter.before_refusal(conn.remote_address().ip()).await;
+            shared.limiter.before_refusal(link.remote_address().ip()).await;
             Err(Refusal::BadToken)
         }
         Err(e) => {

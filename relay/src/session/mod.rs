@@ -1,6 +1,7 @@
 //! One agent's session: handshake, open its tunnels, serve until it leaves or the relay stops.
 
 mod admission;
+mod link;
 mod serving;
 
 use std::{sync::Arc, sync::atomic::Ordering};
@@ -11,13 +12,14 @@ use burrow_common::{
     link::{Link, QuicLink},
     protocol::conversation::{ConversationError, receive_hello},
 };
-use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use self::serving::{Lost, Serving};
-use crate::{Shared, parking, registry::SessionId, sessions::Admitted};
+pub(crate) use self::link::SessionLink;
+use self::serving::Serving;
+use crate::{Shared, parking, sessions::Admitted};
 
-/// Longest a Welcome waits for the tunnels' reservations to reach the disk.
+/// Longest a Welcome waits for the tunnels' reservations to be stored durably.
 const RESERVATION_SAVE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Serves one incoming QUIC connection to its end, logging how it ended exactly once.
@@ -37,79 +39,63 @@ pub(crate) async fn serve(incoming: quinn::Incoming, shared: Arc<Shared>, cancel
 async fn run(incoming: quinn::Incoming, shared: &Arc<Shared>, cancel: &CancellationToken) -> anyhow::Result<()> {
     let handshaking = shared.handshakes.enter();
     let conn = incoming.await.context("QUIC handshake failed")?;
-    let link = QuicLink::from(conn.clone());
+    let quic = QuicLink::from(conn);
     let (hello, mut control) = tokio::select! {
         _ = cancel.cancelled() => {
-            link.close(CloseCode::Shutdown);
+            quic.close(CloseCode::Shutdown);
             return Ok(());
         }
-        received = receive_hello(&link, shared.config().handshake_timeout) => match received {
+        received = receive_hello(&quic, shared.config().handshake_timeout) => match received {
             Ok(received) => received,
             Err(e @ ConversationError::Timeout { .. }) => {
-                return Err(close(&link, CloseCode::HandshakeTimeout)).context(e);
+                return Err(close(&quic, CloseCode::HandshakeTimeout)).context(e);
             }
-            Err(e) => return Err(close(&link, CloseCode::ProtocolViolation)).context(e),
+            Err(e) => return Err(close(&quic, CloseCode::ProtocolViolation)).context(e),
         },
     };
     drop(handshaking);
     let session = shared.next_session.fetch_add(1, Ordering::Relaxed);
-    // Every visitor's work for this session (TCP splices, HTTP streams, upgrades) runs here,
-    // so a shutdown can give it the grace period.
-    let visitors = TaskTracker::new();
-    let (grant, opened) = match admission::admit(shared, &conn, &hello, session, &visitors).await {
+    let link = SessionLink::new(quic.clone());
+    let (grant, opened) = match admission::admit(shared, &link, &hello, session).await {
         Ok(admitted) => admitted,
         Err(refusal) => {
             let why = anyhow::anyhow!("refused: {refusal}");
-            control.refuse(refusal, &link).await;
+            control.refuse(refusal, &quic).await;
             return Err(why);
         }
     };
-    shared.registry.reservations_saved(RESERVATION_SAVE_WAIT).await;
+    durable(shared).await;
     let granted: Vec<_> = opened.iter().map(|o| o.granted.clone()).collect();
     if let Err(e) = control.welcome(granted.clone()).await {
         for tunnel in &opened {
-            tunnel.release(shared, session);
+            tunnel.release(shared, session).await;
         }
         return Err(e).context("send Welcome");
     }
-    let mut registered = shared.live.register(session, Admitted::new(&grant, &hello, &conn, &granted));
+    let mut registered = shared.live.register(session, Admitted::new(&grant, &hello, &link, &granted));
     shared.metrics.sessions.inc();
     shared.metrics.sessions_total.inc();
-    let mut serving = Serving::new(shared, &conn, (&grant, session), &mut registered, visitors, cancel);
+    let mut serving = Serving::new(shared, &link, (&grant, session), &mut registered, cancel);
     for tunnel in opened {
         serving.start(tunnel);
     }
     // The control stream stays open for the life of the session, and carries updates.
     let lost = serving.run(control, cancel).await;
     shared.metrics.sessions.dec();
-    drop(conn);
-    if let Some(Lost { ports, subdomains }) = lost {
-        tokio::join!(
-            parking::park(shared, ports, session, cancel),
-            park_subdomains(shared, subdomains, session, cancel)
-        );
+    drop((quic, link));
+    if let Some(places) = lost {
+        parking::park(shared, &places, session, cancel).await;
     }
     drop(registered);
     Ok(())
 }
 
-/// Keeps a lost session's subdomains for its agent to come back: requests wait meanwhile.
-/// Past the parking time, the names are freed as if the session had just ended.
-async fn park_subdomains(shared: &Shared, subdomains: Vec<String>, session: SessionId, cancel: &CancellationToken) {
-    let Some(vhost) = shared.vhost.as_ref() else { return };
-    let max_waiting = shared.config().max_parked_visitors;
-    let parked: Vec<String> =
-        subdomains.into_iter().filter(|name| vhost.routes.park(name, session, max_waiting)).collect();
-    if parked.is_empty() {
-        return;
-    }
-    tracing::info!(?parked, "session lost; subdomains kept for the agent to return");
-    tokio::select! {
-        _ = cancel.cancelled() => {}
-        () = tokio::time::sleep(shared.config().park_visitors_for) => {}
-    }
-    for name in &parked {
-        vhost.routes.release(name, session);
+/// Waits until the tunnels' reservations are stored, so a relay killed right after welcoming
+/// an agent still gives it the same places when it comes back. Bounded: a slow store delays
+/// a Welcome by [`RESERVATION_SAVE_WAIT`] at most, never blocks it.
+async fn durable(shared: &Shared) {
+    if !shared.store.durable(RESERVATION_SAVE_WAIT).await {
+        tracing::warn!("reservations not yet stored; welcoming the agent anyway");
     }
 }
 

@@ -5,25 +5,24 @@ use std::{collections::BTreeMap, sync::Arc};
 
 use burrow_common::{
     AgentMsg, CloseCode, Refusal, TunnelSpec,
-    codes::{close_code, describe_connection_error},
-    link::QuicLink,
+    link::{LinkError, QuicLink},
     protocol::conversation::{RelayControlOn, UpdateAnswer},
 };
-use quinn::Connection;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::Instrument;
 
 use super::{
-    RESERVATION_SAVE_WAIT,
-    admission::{self, Opened, Place},
+    SessionLink,
+    admission::{self, Opened},
+    durable,
 };
-use crate::{Shared, registry::SessionId, sessions::Registered, tokens::Grant, tunnel::accept_visitors};
-
-/// The places of a session that was lost rather than ended, kept for its agent's return.
-pub(super) struct Lost {
-    pub(super) ports: Vec<u16>,
-    pub(super) subdomains: Vec<String>,
-}
+use crate::{
+    Shared,
+    claims::{Place, SessionId},
+    sessions::Registered,
+    tokens::Grant,
+    tunnel::accept_visitors,
+};
 
 /// An open tunnel and what ends it.
 struct Running {
@@ -36,7 +35,7 @@ struct Running {
 /// The session's open tunnels by id, and what runs for each.
 pub(super) struct Serving<'a> {
     shared: &'a Arc<Shared>,
-    conn: &'a Connection,
+    link: &'a SessionLink,
     grant: &'a Grant,
     session: SessionId,
     registered: &'a mut Registered,
@@ -45,21 +44,19 @@ pub(super) struct Serving<'a> {
     /// Ends every accept loop; each tunnel's own token is a child of it.
     stop: CancellationToken,
     accept_loops: TaskTracker,
-    visitors: TaskTracker,
 }
 
 impl<'a> Serving<'a> {
     pub(super) fn new(
         shared: &'a Arc<Shared>,
-        conn: &'a Connection,
+        link: &'a SessionLink,
         (grant, session): (&'a Grant, SessionId),
         registered: &'a mut Registered,
-        visitors: TaskTracker,
         cancel: &CancellationToken,
     ) -> Self {
         Self {
             shared,
-            conn,
+            link,
             grant,
             session,
             registered,
@@ -67,29 +64,28 @@ impl<'a> Serving<'a> {
             next_id: 0,
             stop: cancel.child_token(),
             accept_loops: TaskTracker::new(),
-            visitors,
         }
     }
 
-    /// Starts serving a claimed tunnel.
+    /// Starts serving a claimed tunnel: only now, with the agent welcomed, may streams for
+    /// its visitors arrive, those that waited on a parked claim first.
     pub(super) fn start(&mut self, mut opened: Opened) {
         let id = opened.granted.id;
         self.next_id = self.next_id.max(id + 1);
         let stop = self.stop.child_token();
+        if let Some(handover) = opened.claimed.handover.take() {
+            handover.send_replace(Some(opened.route.clone()));
+        }
         let mut accepting = None;
-        if let Place::Port(port, accept) = &mut opened.place
-            && let Some(tunnel) = accept.take()
-        {
-            let span = tracing::info_span!("tunnel", port = *port);
-            let accept =
-                accept_visitors(tunnel, self.conn.clone(), self.shared.clone(), self.visitors.clone(), stop.clone());
+        if let Some(listener) = opened.claimed.listener.take() {
+            let span = tracing::info_span!("tunnel", port = opened.granted.port);
+            let accept = accept_visitors(listener, opened.route.clone(), self.shared.clone(), stop.clone());
             accepting = Some(self.accept_loops.spawn(accept.instrument(span)));
         }
         match opened.granted.urls.first() {
             Some(url) => tracing::info!(%url, name = %opened.granted.name, "tunnel open"),
             None => tracing::info!(port = opened.granted.port, name = %opened.granted.name, "tunnel open"),
         }
-        self.shared.metrics.tunnels.inc();
         self.tunnels.insert(id, Running { opened, stop, accepting });
     }
 
@@ -101,14 +97,14 @@ impl<'a> Serving<'a> {
         mut self,
         mut control: RelayControlOn<QuicLink>,
         cancel: &CancellationToken,
-    ) -> Option<Lost> {
+    ) -> Option<Vec<Place>> {
         let mut reading = true;
-        let (conn, shared) = (self.conn, self.shared);
-        let migrations = count_migrations(conn, shared);
+        let (link, shared) = (self.link, self.shared);
+        let migrations = count_migrations(link, shared);
         tokio::pin!(migrations);
         let ended = loop {
             tokio::select! {
-                err = conn.closed() => break Some(err),
+                err = link.closed() => break Some(err),
                 _ = cancel.cancelled() => break None,
                 never = &mut migrations => match never {},
                 // Reading a frame is not cancel-safe, but every other branch ends the loop.
@@ -117,7 +113,7 @@ impl<'a> Serving<'a> {
                         let answer = self.update(add, remove).await;
                         if control.answer_update(answer).await.is_err() {
                             tracing::info!("the agent does not take its update answers; closing the session");
-                            CloseCode::ProtocolViolation.close(conn);
+                            link.close(CloseCode::ProtocolViolation);
                             reading = false;
                         }
                     }
@@ -126,7 +122,7 @@ impl<'a> Serving<'a> {
                     Ok(None) => reading = false,
                     Err(e) => {
                         tracing::info!("malformed control message: {e}");
-                        CloseCode::ProtocolViolation.close(self.conn);
+                        link.close(CloseCode::ProtocolViolation);
                         reading = false;
                     }
                 },
@@ -135,30 +131,20 @@ impl<'a> Serving<'a> {
         self.stop.cancel();
         self.accept_loops.close();
         self.accept_loops.wait().await;
-        let ids: Vec<u32> = self.tunnels.keys().copied().collect();
         let lost = matches!(&ended, Some(err) if lost(self.shared, err));
-        self.registered.ended(if lost { &ids } else { &[] });
-        self.shared.metrics.tunnels.dec_by(i64::try_from(ids.len()).unwrap_or(i64::MAX));
-        let opened = std::mem::take(&mut self.tunnels).into_values().map(|running| running.opened);
+        self.registered.ended();
+        let places = std::mem::take(&mut self.tunnels).into_values().map(|running| running.opened.claimed.place);
         if lost {
-            let mut places = Lost { ports: Vec::new(), subdomains: Vec::new() };
-            for opened in opened {
-                match opened.place {
-                    Place::Port(port, _) => places.ports.push(port),
-                    Place::Subdomain(name) => places.subdomains.push(name),
-                }
-            }
-            return Some(places);
+            return Some(places.collect());
         }
-        for tunnel in opened {
-            tunnel.release(self.shared, self.session);
+        for place in places {
+            crate::claims::release(self.shared, &place, self.session).await;
         }
         if ended.is_none() {
-            self.visitors.close();
-            if tokio::time::timeout(self.shared.config().grace_period, self.visitors.wait()).await.is_err() {
-                tracing::info!("grace period over; closing remaining visitors");
-            }
-            CloseCode::Shutdown.close(self.conn);
+            // Visitors finish within the relay's one grace period; then the agent is told to
+            // reconnect.
+            self.shared.drained.cancelled().await;
+            self.link.close(CloseCode::Shutdown);
             tracing::info!("session closed for shutdown");
         }
         None
@@ -175,9 +161,8 @@ impl<'a> Serving<'a> {
             if let Some(accepting) = accepting {
                 accepting.await.ok();
             }
-            opened.release(self.shared, self.session);
+            opened.release(self.shared, self.session).await;
             self.registered.remove(id, &opened.granted.name);
-            self.shared.metrics.tunnels.dec();
             tracing::info!(name = %opened.granted.name, "tunnel closed by its agent");
         }
         let (mut granted, mut refused) = (Vec::new(), Vec::new());
@@ -193,9 +178,7 @@ impl<'a> Serving<'a> {
             };
             let id = self.next_id;
             let opened = match checked {
-                Ok(()) => {
-                    admission::open(self.shared, self.grant, self.conn, self.session, id, &spec, &self.visitors).await
-                }
+                Ok(()) => admission::open(self.shared, self.grant, self.link, self.session, id, &spec).await,
                 Err(refusal) => Err(refusal),
             };
             match opened {
@@ -210,26 +193,25 @@ impl<'a> Serving<'a> {
                 }
             }
         }
-        self.shared.registry.reservations_saved(RESERVATION_SAVE_WAIT).await;
+        durable(self.shared).await;
         UpdateAnswer { granted, refused }
     }
 }
 
 /// Whether a session that ended with `err` was lost rather than ended on purpose, so its
 /// places are kept for its agent's return.
-fn lost(shared: &Shared, err: &quinn::ConnectionError) -> bool {
-    let reason = describe_connection_error(err);
+fn lost(shared: &Shared, err: &LinkError) -> bool {
     match err {
         // The user chose to stop: visitors are better refused at once than kept waiting.
-        _ if close_code(err) == Some(CloseCode::AgentExit) => tracing::info!("agent left; tunnels closed"),
+        LinkError::Closed(CloseCode::AgentExit) => tracing::info!("agent left; tunnels closed"),
         // While serving, this relay closes a session itself to replace it (the newer session
         // has the places already) or for a protocol violation.
-        quinn::ConnectionError::LocallyClosed => tracing::info!("session closed by the relay"),
+        LinkError::LocallyClosed => tracing::info!("session closed by the relay"),
         _ if !shared.config().park_visitors_for.is_zero() => {
-            tracing::info!(%reason, "session lost");
+            tracing::info!(reason = %err, "session lost");
             return true;
         }
-        _ => tracing::info!(%reason, "session lost; tunnels closed"),
+        _ => tracing::info!(reason = %err, "session lost; tunnels closed"),
     }
     false
 }
@@ -240,12 +222,12 @@ const PATH_CHECK: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// Logs and counts each change of the agent's address (a NAT rebinding, a new network).
 /// Runs until the caller drops it with the session.
-async fn count_migrations(conn: &Connection, shared: &Shared) -> std::convert::Infallible {
-    let mut path = conn.remote_address();
+async fn count_migrations(link: &SessionLink, shared: &Shared) -> std::convert::Infallible {
+    let mut path = link.remote_address();
     let mut check = tokio::time::interval(PATH_CHECK);
     loop {
         check.tick().await;
-        let now = conn.remote_address();
+        let now = link.remote_address();
         if now != path {
             tracing::info!(from = %path, to = %now, "agent's address changed; session migrated");
             shared.metrics.migrations.inc();

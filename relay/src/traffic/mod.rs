@@ -1,11 +1,12 @@
 //! What each tunnel carries: visitors open now, and visitors and bytes since the relay
 //! started, kept by token and tunnel name so that a tunnel's counts carry on across its
-//! agent's reconnects. A tunnel no session has held for `reservation_ttl` is forgotten, as
-//! its reservation is, so a token that churns through names cannot grow the label set
-//! forever.
+//! agent's reconnects. Whether a tunnel is serving or parked is the claims table's to say
+//! (see [`crate::claims`]); the views here join it with the counts. A tunnel the table has
+//! not held for `reservation_ttl` is forgotten, as its reservation is, so a token that
+//! churns through names cannot grow the label set forever.
 //!
-//! A visitor finds its tunnel by its session's connection and the tunnel id the session
-//! granted: that is all the parked-visitor handover carries.
+//! A visitor finds its tunnel by its session's link and the tunnel id the session granted,
+//! as a claim's route carries them.
 //!
 //! Bytes are counted live without the splice touching any shared counter: each visitor's
 //! splice bumps only its own [`Progress`], and whoever reads the counters (a scrape, the
@@ -14,7 +15,7 @@
 //! long transfer, never go down, and count every byte exactly once.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     net::SocketAddr,
     sync::{
         Arc, Mutex, MutexGuard, PoisonError,
@@ -34,8 +35,8 @@ mod tests;
 mod views;
 
 use crate::{
+    claims::{ClaimState, TunnelKey},
     metrics::{Direction, LOCAL_TO_VISITOR, VISITOR_TO_LOCAL},
-    reservations::TunnelKey,
     tokens::now,
 };
 
@@ -80,15 +81,13 @@ struct Bytes {
     to_visitor: Counter,
 }
 
-/// Who holds a tunnel now, and since when nobody has.
+/// A tunnel as last granted, and when a claim of it was last seen.
 struct Held {
     tunnel: Arc<Tunnel>,
     port: u16,
     /// An HTTP or TLS tunnel's public address; its port is 0.
     url: Option<String>,
-    serving: usize,
-    parked: usize,
-    idle_since: Instant,
+    last_held: Instant,
 }
 
 struct OpenVisitor {
@@ -103,7 +102,7 @@ struct OpenVisitor {
 }
 
 /// A tunnel of one session, as the session registers it.
-pub(crate) struct Granted {
+pub(crate) struct CountedTunnel {
     pub(crate) id: u32,
     pub(crate) key: TunnelKey,
     pub(crate) port: u16,
@@ -111,18 +110,11 @@ pub(crate) struct Granted {
     pub(crate) url: Option<String>,
 }
 
-/// A session's tunnels, held in the counts while the session serves or parks them.
+/// A session's tunnels: while the session serves, its visitors are counted to them.
 pub(crate) struct SessionTunnels {
     traffic: Arc<Traffic>,
     conn: usize,
-    tunnels: Vec<(Granted, Hold)>,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Hold {
-    Serving,
-    Parked,
-    Released,
+    tunnels: Vec<CountedTunnel>,
 }
 
 /// One visitor being carried; dropping it takes the visitor off the open list and counts
@@ -161,7 +153,7 @@ impl Traffic {
     /// Holds a new session's tunnels in the counts, and counts the session as a reconnect
     /// if the relay carried any of its tunnels before. `conn` is the session connection's
     /// `stable_id`.
-    pub(crate) fn open_session(self: &Arc<Self>, conn: usize, granted: Vec<Granted>) -> SessionTunnels {
+    pub(crate) fn open_session(self: &Arc<Self>, conn: usize, granted: Vec<CountedTunnel>) -> SessionTunnels {
         let mut state = self.state();
         let mut returning = false;
         for tunnel in &granted {
@@ -170,15 +162,14 @@ impl Traffic {
         if returning {
             self.reconnects.inc();
         }
-        let tunnels = granted.into_iter().map(|g| (g, Hold::Serving)).collect();
-        SessionTunnels { traffic: self.clone(), conn, tunnels }
+        SessionTunnels { traffic: self.clone(), conn, tunnels: granted }
     }
 
     /// Counts `tunnel` as served by the session `conn`; says whether it was known before.
-    fn serve_in(&self, state: &mut State, conn: usize, tunnel: &Granted) -> bool {
+    fn serve_in(&self, state: &mut State, conn: usize, tunnel: &CountedTunnel) -> bool {
         let known = state.tunnels.contains_key(&tunnel.key);
         let held = state.tunnels.entry(tunnel.key.clone()).or_insert_with(|| self.new_tunnel(&tunnel.key));
-        held.serving += 1;
+        held.last_held = Instant::now();
         held.port = tunnel.port;
         held.url.clone_from(&tunnel.url);
         let route = (held.tunnel.clone(), tunnel.port);
@@ -193,7 +184,7 @@ impl Traffic {
         let to_visitor = self.bytes.get_or_create(&labels(LOCAL_TO_VISITOR.direction)).clone();
         let bytes = Bytes { to_local, to_visitor };
         let tunnel = Arc::new(Tunnel { key: key.clone(), bytes, visitors: AtomicU64::new(0) });
-        Held { tunnel, port: 0, url: None, serving: 0, parked: 0, idle_since: Instant::now() }
+        Held { tunnel, port: 0, url: None, last_held: Instant::now() }
     }
 
     /// Puts a visitor on the open list of the tunnel `tunnel` of the session whose
@@ -225,11 +216,18 @@ impl Traffic {
         }
     }
 
-    /// Forgets tunnels nobody has held for `ttl`, with their series.
-    pub(crate) fn forget_idle(&self, ttl: Duration) {
+    /// Forgets tunnels no claim has held for `ttl`, with their series; `claimed` are the
+    /// tunnels the claims table holds now.
+    pub(crate) fn forget_idle(&self, ttl: Duration, claimed: &[(TunnelKey, ClaimState)]) {
+        let claimed: HashSet<&TunnelKey> = claimed.iter().map(|(key, _)| key).collect();
         let mut state = self.state();
+        let now = Instant::now();
         state.tunnels.retain(|key, held| {
-            let keep = held.serving + held.parked > 0 || held.idle_since.elapsed() < ttl;
+            if claimed.contains(key) {
+                held.last_held = now;
+                return true;
+            }
+            let keep = now.duration_since(held.last_held) < ttl;
             if !keep {
                 for direction in [VISITOR_TO_LOCAL.direction, LOCAL_TO_VISITOR.direction] {
                     let labels = TunnelBytes { token: key.token.clone(), tunnel: key.tunnel.clone(), direction };
@@ -242,66 +240,36 @@ impl Traffic {
 }
 
 impl SessionTunnels {
-    /// The session has ended: tunnels whose places (ports, subdomains) are now parked count
-    /// as parked, the others as gone; `parked` holds their ids. No new visitor can reach the
-    /// session's connection any more.
-    pub(crate) fn ended(&mut self, parked: &[u32]) {
+    /// The session has ended: no new visitor can reach its connection any more.
+    pub(crate) fn ended(&mut self) {
         let mut state = self.traffic.state();
-        for (granted, hold) in &mut self.tunnels {
-            let next = if parked.contains(&granted.id) { Hold::Parked } else { Hold::Released };
+        for granted in &self.tunnels {
             state.routes.remove(&(self.conn, granted.id));
-            move_hold(&mut state, &granted.key, *hold, next);
-            *hold = next;
         }
     }
 
     /// A tunnel the session opened after its start (its agent's config changed).
-    pub(crate) fn add(&mut self, tunnel: Granted) {
+    pub(crate) fn add(&mut self, tunnel: CountedTunnel) {
         self.traffic.serve_in(&mut self.traffic.state(), self.conn, &tunnel);
-        self.tunnels.push((tunnel, Hold::Serving));
+        self.tunnels.push(tunnel);
     }
 
     /// A tunnel the session closed while it goes on serving the others.
     pub(crate) fn remove(&mut self, id: u32) {
-        let Some(index) = self.tunnels.iter().position(|(g, _)| g.id == id) else { return };
-        let (granted, hold) = self.tunnels.swap_remove(index);
-        let mut state = self.traffic.state();
-        state.routes.remove(&(self.conn, granted.id));
-        move_hold(&mut state, &granted.key, hold, Hold::Released);
+        let Some(index) = self.tunnels.iter().position(|g| g.id == id) else { return };
+        let granted = self.tunnels.swap_remove(index);
+        self.traffic.state().routes.remove(&(self.conn, granted.id));
     }
 
     /// Names and ports of the session's tunnels.
-    pub(crate) fn granted(&self) -> impl Iterator<Item = &Granted> {
-        self.tunnels.iter().map(|(granted, _)| granted)
-    }
-}
-
-fn move_hold(state: &mut State, key: &TunnelKey, from: Hold, to: Hold) {
-    let Some(held) = state.tunnels.get_mut(key) else { return };
-    match from {
-        Hold::Serving => held.serving -= 1,
-        Hold::Parked => held.parked -= 1,
-        Hold::Released => {}
-    }
-    match to {
-        Hold::Serving => held.serving += 1,
-        Hold::Parked => held.parked += 1,
-        Hold::Released => {}
-    }
-    if held.serving + held.parked == 0 {
-        held.idle_since = Instant::now();
+    pub(crate) fn granted(&self) -> impl Iterator<Item = &CountedTunnel> {
+        self.tunnels.iter()
     }
 }
 
 impl Drop for SessionTunnels {
     fn drop(&mut self) {
-        let mut state = self.traffic.state();
-        for (granted, hold) in &self.tunnels {
-            state.routes.remove(&(self.conn, granted.id));
-            if *hold != Hold::Released {
-                move_hold(&mut state, &granted.key, *hold, Hold::Released);
-            }
-        }
+        self.ended();
     }
 }
 

@@ -2,11 +2,11 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use prometheus_client::{encoding::text::encode, registry::Registry};
 
-use super::{Granted, Traffic, Visit};
-use crate::reservations::TunnelKey;
+use super::{CountedTunnel, Traffic, Visit};
+use crate::claims::{ClaimState, TunnelKey};
 
-fn granted(id: u32, token: &str, tunnel: &str, port: u16) -> Granted {
-    Granted { id, key: TunnelKey { token: token.into(), tunnel: tunnel.into() }, port, url: None }
+fn granted(id: u32, token: &str, tunnel: &str, port: u16) -> CountedTunnel {
+    CountedTunnel { id, key: TunnelKey { token: token.into(), tunnel: tunnel.into() }, port, url: None }
 }
 
 fn peer() -> SocketAddr {
@@ -34,9 +34,13 @@ fn sample(page: &str, series: &str) -> Option<u64> {
     page.lines().find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }
 
-/// (name, state) of each tunnel listed.
-fn listed(traffic: &Traffic) -> Vec<(String, &'static str)> {
-    traffic.tunnels().into_iter().map(|t| (t.name, t.state)).collect()
+fn key(token: &str, tunnel: &str) -> TunnelKey {
+    TunnelKey { token: token.into(), tunnel: tunnel.into() }
+}
+
+/// (name, state) of each tunnel listed while the claims table holds `claimed`.
+fn listed(traffic: &Traffic, claimed: &[(TunnelKey, ClaimState)]) -> Vec<(String, &'static str)> {
+    traffic.tunnels(claimed).into_iter().map(|t| (t.name, t.state)).collect()
 }
 
 #[test]
@@ -48,24 +52,29 @@ fn a_tunnel_serves_parks_and_goes_and_its_counts_carry_over_to_the_next_session(
     carry(&visit, 10, 20);
     drop(visit);
     assert!(traffic.visitors().is_empty());
-    assert_eq!(listed(&traffic), [("ssh".into(), "serving"), ("web".into(), "serving")]);
+    let (web, ssh) = (key("alice", "web"), key("alice", "ssh"));
+    let both = [(web.clone(), ClaimState::Serving), (ssh.clone(), ClaimState::Serving)];
+    assert_eq!(listed(&traffic, &both), [("ssh".into(), "serving"), ("web".into(), "serving")]);
 
-    first.ended(&[0]);
-    assert_eq!(listed(&traffic), [("web".into(), "parked")]);
+    first.ended();
+    let parked = [(web.clone(), ClaimState::Parked)];
+    assert_eq!(listed(&traffic, &parked), [("web".into(), "parked")]);
     drop(traffic.visit(1, 0, peer()));
     assert!(traffic.visitors().is_empty(), "the ended session's connection routes no visitor");
 
     let second = traffic.open_session(2, vec![granted(0, "alice", "web", 20001)]);
     assert_eq!(traffic.reconnects.get(), 1);
-    let web = traffic.tunnels().into_iter().find(|t| t.name == "web").unwrap();
+    let serving = [(web.clone(), ClaimState::Serving)];
+    let view = traffic.tunnels(&serving).into_iter().find(|t| t.name == "web").unwrap();
     assert_eq!(
-        (web.state, web.visitors_total, web.bytes_visitor_to_local, web.bytes_local_to_visitor),
+        (view.state, view.visitors_total, view.bytes_visitor_to_local, view.bytes_local_to_visitor),
         ("serving", 1, 10, 20)
     );
     drop(first);
-    assert_eq!(listed(&traffic), [("web".into(), "serving")]);
+    let moved = [(web.clone(), ClaimState::Parked), (web, ClaimState::Serving)];
+    assert_eq!(listed(&traffic, &moved), [("web".into(), "serving")], "serving outranks parked");
     drop(second);
-    assert!(listed(&traffic).is_empty());
+    assert!(listed(&traffic, &[]).is_empty());
 }
 
 #[test]
@@ -81,10 +90,12 @@ fn tunnels_nobody_held_for_the_ttl_are_forgotten_with_their_series() {
     let session = traffic.open_session(1, vec![granted(0, "bob", "db", 20003)]);
     carry(&traffic.visit(1, 0, peer()), 5, 5);
     drop(session);
-    traffic.forget_idle(Duration::from_secs(3600));
+    traffic.forget_idle(Duration::ZERO, &[(key("bob", "db"), ClaimState::Parked)]);
+    assert!(page(&registry).contains("tunnel=\"db\""), "kept while a claim holds it");
+    traffic.forget_idle(Duration::from_secs(3600), &[]);
     assert!(page(&registry).contains("tunnel=\"db\""), "kept while its reservation would be");
 
-    traffic.forget_idle(Duration::ZERO);
+    traffic.forget_idle(Duration::ZERO, &[]);
     assert!(!page(&registry).contains("tunnel=\"db\""));
     drop(traffic.open_session(2, vec![granted(0, "bob", "db", 20003)]));
     assert_eq!(traffic.reconnects.get(), 0, "a forgotten tunnel is new again");
@@ -95,7 +106,7 @@ fn open_visitors_bytes_count_as_they_move_and_exactly_once_at_their_close() {
     let traffic = Arc::new(Traffic::default());
     let _session = traffic.open_session(1, vec![granted(0, "carol", "web", 20004)]);
     let web = |traffic: &Traffic| {
-        let view = traffic.tunnels().into_iter().next().unwrap();
+        let view = traffic.tunnels(&[(key("carol", "web"), ClaimState::Serving)]).into_iter().next().unwrap();
         (view.bytes_visitor_to_local, view.bytes_local_to_visitor)
     };
     let tunnel = "burrow_tunnel_bytes_total{token=\"carol\",tunnel=\"web\",direction=\"visitor_to_local\"}";

@@ -5,7 +5,7 @@ use std::{collections::HashMap, net::SocketAddr, sync::atomic::Ordering};
 use serde::Serialize;
 
 use super::Traffic;
-use crate::reservations::TunnelKey;
+use crate::claims::{ClaimState, TunnelKey};
 
 #[derive(Serialize)]
 pub(crate) struct TunnelView {
@@ -35,30 +35,32 @@ pub(crate) struct VisitorView {
 }
 
 impl Traffic {
-    /// The tunnels some session serves or parks now, by token and name, with the bytes
-    /// their open visitors have carried so far.
-    pub(crate) fn tunnels(&self) -> Vec<TunnelView> {
+    /// The tunnels the claims table holds now (`claimed`), by token and name, with the
+    /// bytes their open visitors have carried so far.
+    pub(crate) fn tunnels(&self, claimed: &[(TunnelKey, ClaimState)]) -> Vec<TunnelView> {
         let mut state = self.state();
         self.catch_up_in(&mut state);
         let mut open = HashMap::<&TunnelKey, usize>::new();
         for visitor in state.open.values() {
             *open.entry(&visitor.tunnel.key).or_default() += 1;
         }
-        let mut views: Vec<_> = state
-            .tunnels
-            .iter()
-            .filter_map(|(key, held)| {
-                let now = match (held.serving, held.parked) {
-                    (0, 0) => return None,
-                    (0, _) => "parked",
-                    _ => "serving",
-                };
+        // A tunnel that moved to another kind of place may be parked on the old one while it
+        // serves on the new: it is serving.
+        let mut claims = HashMap::<&TunnelKey, ClaimState>::new();
+        for (key, claim) in claimed {
+            let now = claims.entry(key).or_insert(*claim);
+            *now = (*now).max(*claim);
+        }
+        let mut views: Vec<_> = claims
+            .into_iter()
+            .filter_map(|(key, claim)| {
+                let held = state.tunnels.get(key)?;
                 Some(TunnelView {
                     name: key.tunnel.clone(),
                     token: key.token.clone(),
                     port: held.port,
                     url: held.url.clone(),
-                    state: now,
+                    state: claim.as_str(),
                     open_visitors: open.get(key).copied().unwrap_or(0),
                     visitors_total: held.tunnel.visitors.load(Ordering::Relaxed),
                     bytes_visitor_to_local: held.tunnel.bytes.to_local.get(),

@@ -8,7 +8,6 @@ mod certs;
 mod names;
 mod pages;
 mod proxy;
-mod routes;
 mod sni;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
@@ -19,21 +18,18 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::Instrument;
 
 pub use self::certs::HttpsCertError;
+use self::proxy::{Scheme, Visitor};
 pub(crate) use self::{
     access::Access,
-    names::{NameError, default_reserved as default_reserved_names},
-    routes::{Route, RouteKind, Routes},
-};
-use self::{
-    proxy::{Scheme, Visitor},
-    routes::Lookup,
+    names::{NameError, check_subdomain, default_reserved as default_reserved_names, random_subdomain},
 };
 use crate::{
     BindError, RelayConfig, Shared,
+    claims::{Claims, Lookup, Place, Route, RouteKind},
     endpoint::bind_tcp,
     limits::{self, IpSlot},
     metrics::REFUSED_IP_LIMIT,
-    reservations::Reservations,
+    store::Store,
     tunnel,
 };
 
@@ -45,10 +41,11 @@ pub(crate) fn check_label(label: &str) -> Result<String, NameError> {
     names::check_subdomain(label, &[])
 }
 
-/// The relay's domain and the tunnels under it.
+/// The relay's domain, and where the tunnels under it are looked up.
 pub(crate) struct Vhost {
     pub(crate) domain: String,
-    pub(crate) routes: Routes,
+    claims: Arc<Claims<Route>>,
+    store: Arc<dyn Store>,
     http_addr: Option<SocketAddr>,
     https_addr: Option<SocketAddr>,
 }
@@ -69,7 +66,8 @@ pub(crate) enum Missing {
 /// Binds the HTTP and HTTPS ports if the relay has a domain.
 pub(crate) fn bind(
     config: &RelayConfig,
-    reservations: Arc<dyn Reservations>,
+    claims: Arc<Claims<Route>>,
+    store: Arc<dyn Store>,
 ) -> Result<Option<(Vhost, Listeners)>, BindError> {
     let Some(domain) = config.domain.clone().map(|d| d.to_ascii_lowercase()) else {
         return Ok(None);
@@ -87,7 +85,8 @@ pub(crate) fn bind(
         }
     };
     let vhost = Vhost {
-        routes: Routes::new(reservations, config.reserved_names.clone(), config.max_tunnels_per_token),
+        claims,
+        store,
         http_addr: http.as_ref().and_then(|l| l.local_addr().ok()),
         https_addr: https.as_ref().and_then(|(l, _)| l.local_addr().ok()),
         domain,
@@ -112,6 +111,7 @@ impl Vhost {
         match kind {
             RouteKind::Http(_) => https.into_iter().chain(http).collect(),
             RouteKind::Tls => https.into_iter().collect(),
+            RouteKind::Tcp => Vec::new(),
         }
     }
 
@@ -124,10 +124,13 @@ impl Vhost {
     /// The session serving `name`; for one that was lost, waits up to `park_for` for its
     /// agent to come back.
     pub(crate) async fn find(&self, name: &str, park_for: Duration) -> Result<Arc<Route>, Missing> {
-        match self.routes.lookup(name) {
+        let place = Place::Subdomain(name.to_string());
+        match self.claims.lookup(&place) {
             Lookup::Serving(route) => Ok(route),
-            Lookup::Unknown => Err(Missing::Unknown),
-            Lookup::Offline => Err(Missing::Offline),
+            Lookup::Vacant => match self.store.owner_of(&place).await {
+                Ok(Some(_)) => Err(Missing::Offline),
+                _ => Err(Missing::Unknown),
+            },
             // Past `max_parked_visitors` waiting, more are told at once that the tunnel is away.
             Lookup::Parked(_, None) => Err(Missing::Offline),
             Lookup::Parked(mut successor, Some(_waiting)) => {
@@ -144,25 +147,21 @@ fn url(scheme: &str, host: &str, port: u16, default_port: u16) -> String {
     if port == default_port { format!("{scheme}://{host}") } else { format!("{scheme}://{host}:{port}") }
 }
 
-/// Serves the HTTP and HTTPS ports until `cancel`, then lets open connections finish for the
-/// grace period.
+/// Serves the HTTP and HTTPS ports until `cancel`. Each visitor connection runs on the
+/// relay's visitor tracker, so the relay's drain gives it the grace period.
 pub(crate) async fn serve(listeners: Listeners, shared: Arc<Shared>, cancel: CancellationToken) {
-    let connections = TaskTracker::new();
+    let connections = shared.visitors.clone();
     let loops = TaskTracker::new();
     if let Some(listener) = listeners.http {
         let accepting = accept(listener, None, shared.clone(), connections.clone(), cancel.clone());
         loops.spawn(accepting.instrument(tracing::info_span!("http")));
     }
     if let Some((listener, tls)) = listeners.https {
-        let accepting = accept(listener, Some(tls), shared.clone(), connections.clone(), cancel.clone());
+        let accepting = accept(listener, Some(tls), shared.clone(), connections, cancel.clone());
         loops.spawn(accepting.instrument(tracing::info_span!("https")));
     }
     loops.close();
     loops.wait().await;
-    connections.close();
-    if tokio::time::timeout(shared.config().grace_period, connections.wait()).await.is_err() {
-        tracing::info!("grace period over; closing remaining HTTP visitors");
-    }
 }
 
 async fn accept(
@@ -239,8 +238,7 @@ async fn pass_through(tcp: TcpStream, peer: SocketAddr, client_hello: Vec<u8>, r
         }
     };
     let metrics = shared.metrics.clone();
-    // On the session's tracker, so its drain waits for it.
-    let link = burrow_common::link::QuicLink::from(route.conn.clone());
-    let carried = tunnel::forward(tcp, peer, link, route.tunnel, metrics, admission, client_hello);
+    // On the visitor tracker, so the relay's drain waits for it.
+    let carried = tunnel::forward(tcp, peer, route.link.pick(), route.tunnel, metrics, admission, client_hello);
     route.visitors.spawn(carried).await.ok();
 }

@@ -4,9 +4,7 @@
 
 use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Instant};
 
-use burrow_common::{
-    StreamHeader, link::QuicLink, protocol::conversation::open_visitor_stream, stream_io::StreamIo, upgrade,
-};
+use burrow_common::{StreamHeader, protocol::conversation::open_visitor_stream, stream_io::StreamIo, upgrade};
 use bytes::Bytes;
 use http_body_util::{BodyExt, combinators::UnsyncBoxBody};
 use hyper::{
@@ -27,10 +25,10 @@ use super::{
     body::{EndSignal, NotifyOnEnd},
     names,
     pages::{self, ErrorPage},
-    routes::{Route, RouteKind},
 };
 use crate::{
     Shared,
+    claims::{Route, RouteKind},
     limits::{self, Admission, IpSlot},
     metrics::REFUSED_NO_STREAM,
     traffic::Visit,
@@ -148,7 +146,7 @@ impl VisitorConnection {
         let mut sender = match upstream.take() {
             Some(open)
                 if open.name == name
-                    && open.session == route.conn.stable_id()
+                    && open.session == route.link.stable_id()
                     && open.tunnel == route.tunnel
                     && !open.sender.is_closed() =>
             {
@@ -274,11 +272,11 @@ impl VisitorConnection {
             metrics.visitors_refused.get_or_create(&REFUSED_NO_STREAM).inc();
             pages::tunnel_offline(host)
         };
-        let link = QuicLink::from(route.conn.clone());
+        let link = route.link.pick();
         let header = StreamHeader { tunnel: route.tunnel, visitor: self.visitor.addr };
         let (send, recv) = open_visitor_stream(&link, header, None).await.map_err(|_| offline())?;
         metrics.stream_open.observe(arrived.elapsed().as_secs_f64());
-        let visit = metrics.traffic.visit(route.conn.stable_id(), route.tunnel, self.visitor.addr);
+        let visit = metrics.traffic.visit(route.link.stable_id(), route.tunnel, self.visitor.addr);
         let io = StreamIo::new(send, recv, visit.shared_progress());
         let (sender, connection) =
             hyper::client::conn::http1::handshake(TokioIo::new(io)).await.map_err(|e| tunnel_broke(&e))?;
@@ -287,7 +285,7 @@ impl VisitorConnection {
                 tracing::debug!("stream to the agent ended: {e}");
             }
         });
-        let session = route.conn.stable_id();
+        let session = route.link.stable_id();
         Ok(Upstream { name: name.to_string(), session, tunnel: route.tunnel, sender, held: (admission, visit) })
     }
 }

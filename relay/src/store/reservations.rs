@@ -1,8 +1,5 @@
-//! Which port or subdomain belongs to which token and tunnel name, across reconnects and
-//! restarts.
-//!
-//! Every read and write goes through [`Reservations`], so a shared store (a lease in etcd for
-//! a fleet of relays) can replace the file without touching the session code.
+//! Reservations in `reservations.json` in the data directory: which place belongs to which
+//! token and tunnel name, across reconnects and restarts. The file half of [`super::FileStore`].
 
 use std::{
     collections::HashMap,
@@ -18,45 +15,18 @@ use std::{
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
-use crate::{files, tokens::now};
+use crate::{
+    claims::{Place, TunnelKey},
+    files,
+    tokens::now,
+};
 
 const RESERVATIONS_FILE: &str = "reservations.json";
 
 /// Places one token may keep reserved, held or released within the TTL. An agent that opens
 /// and closes tunnels under new names (a config reloaded in a loop) would otherwise reserve
 /// a new one each time, for a day each; past this its oldest released ones are forgotten.
-pub const MAX_RESERVATIONS_PER_TOKEN: usize = 1024;
-
-/// A token name and a tunnel name: what owns a reservation.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct TunnelKey {
-    pub token: String,
-    pub tunnel: String,
-}
-
-/// What a tunnel occupies on the relay: a public TCP port, or a subdomain of its domain.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Place {
-    Port(u16),
-    Subdomain(String),
-}
-
-pub trait Reservations: Send + Sync {
-    /// The place reserved for `key`, unless it expired.
-    fn place_for(&self, key: &TunnelKey) -> Option<Place>;
-    /// The owner of an unexpired reservation on `place`.
-    fn owner_of(&self, place: &Place) -> Option<TunnelKey>;
-    /// `key` is serving on `place` now.
-    fn hold(&self, key: &TunnelKey, place: &Place) -> anyhow::Result<()>;
-    /// `key` stopped serving on `place`; the reservation expires after the TTL from now.
-    fn release(&self, key: &TunnelKey, place: &Place) -> anyhow::Result<()>;
-    /// What to wait for until every change made so far is stored: the change count to
-    /// reach and a receiver of the count stored. `None` when changes are stored at once.
-    fn save_point(&self) -> Option<(u64, tokio::sync::watch::Receiver<u64>)> {
-        None
-    }
-}
+const MAX_RESERVATIONS_PER_TOKEN: usize = 1024;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Entry {
@@ -88,9 +58,9 @@ struct ReservationFile {
 /// Reservations in `reservations.json` in the data directory.
 ///
 /// Claims and releases update memory under a short lock; a writer thread persists the
-/// latest state, so a burst of reconnecting agents never waits on disk (or fsync) while
-/// holding the registry's lock, and a burst of changes costs one write.
-pub struct FileReservations {
+/// latest state, so a burst of reconnecting agents never waits on disk (or fsync) to claim,
+/// and a burst of changes costs one write.
+pub(super) struct FileReservations {
     ttl: Duration,
     entries: Arc<Mutex<HashMap<TunnelKey, Entry>>>,
     dirty: Option<mpsc::SyncSender<()>>,
@@ -104,7 +74,7 @@ pub struct FileReservations {
 impl FileReservations {
     /// Loads the file. Tunnels that were active when the relay stopped start their TTL now,
     /// so a relay that was down for a while does not hand their ports to someone else.
-    pub fn open(data_dir: &Path, ttl: Duration) -> anyhow::Result<Self> {
+    pub(super) fn open(data_dir: &Path, ttl: Duration) -> anyhow::Result<Self> {
         let path = data_dir.join(RESERVATIONS_FILE);
         let file: ReservationFile = match files::read_optional(&path)? {
             None => ReservationFile::default(),
@@ -171,6 +141,14 @@ impl Drop for FileReservations {
     }
 }
 
+/// Records that `key` serves on `place`, moving its reservation there.
+fn hold(entries: &mut HashMap<TunnelKey, Entry>, key: &TunnelKey, place: &Place) {
+    entries.retain(|k, e| k == key || e.place != *place);
+    let entry = Entry { key: key.clone(), place: place.clone(), last_seen: now(), active: true, released_as: 0 };
+    entries.insert(key.clone(), entry);
+    forget_oldest_released(entries, &key.token);
+}
+
 /// Keeps at most [`MAX_RESERVATIONS_PER_TOKEN`] entries of `token`, dropping the ones
 /// released longest ago; held ones are never dropped.
 fn forget_oldest_released(entries: &mut HashMap<TunnelKey, Entry>, token: &str) {
@@ -213,30 +191,42 @@ fn persist_changes(
     }
 }
 
-impl Reservations for FileReservations {
-    fn place_for(&self, key: &TunnelKey) -> Option<Place> {
+impl FileReservations {
+    pub(super) fn place_for(&self, key: &TunnelKey) -> Option<Place> {
         self.with_entries(|e| e.get(key).filter(|e| self.live(e)).map(|e| e.place.clone())).flatten()
     }
 
-    fn owner_of(&self, place: &Place) -> Option<TunnelKey> {
+    pub(super) fn owner_of(&self, place: &Place) -> Option<TunnelKey> {
         self.with_entries(|e| e.values().find(|e| e.place == *place && self.live(e)).map(|e| e.key.clone())).flatten()
     }
 
-    fn hold(&self, key: &TunnelKey, place: &Place) -> anyhow::Result<()> {
+    /// Compare-and-set: `key` holds `place` unless another tunnel holds or reserves it.
+    pub(super) fn claim(&self, key: &TunnelKey, place: &Place) -> anyhow::Result<bool> {
+        let mut won = false;
         self.update(|entries| {
-            entries.retain(|k, e| k == key || e.place != *place);
-            let entry =
-                Entry { key: key.clone(), place: place.clone(), last_seen: now(), active: true, released_as: 0 };
-            entries.insert(key.clone(), entry);
-            forget_oldest_released(entries, &key.token);
-        })
+            let at = now();
+            let taken = entries.values().any(|e| e.place == *place && e.key != *key && e.unexpired(at, self.ttl));
+            if !taken {
+                hold(entries, key, place);
+                won = true;
+            }
+        })?;
+        Ok(won)
     }
 
-    fn save_point(&self) -> Option<(u64, tokio::sync::watch::Receiver<u64>)> {
-        Some((self.changes.load(Ordering::SeqCst), self.saved.clone()))
+    /// `key` is serving on `place` now, whoever reserved it.
+    #[cfg(test)]
+    fn hold(&self, key: &TunnelKey, place: &Place) -> anyhow::Result<()> {
+        self.update(|entries| hold(entries, key, place))
     }
 
-    fn release(&self, key: &TunnelKey, place: &Place) -> anyhow::Result<()> {
+    /// Waits until the changes made so far are in the file, for `within` at most.
+    pub(super) async fn saved(&self, within: Duration) -> bool {
+        let (target, mut saved) = (self.changes.load(Ordering::SeqCst), self.saved.clone());
+        tokio::time::timeout(within, saved.wait_for(|stored| *stored >= target)).await.is_ok()
+    }
+
+    pub(super) fn release(&self, key: &TunnelKey, place: &Place) -> anyhow::Result<()> {
         let released_as = self.changes.load(Ordering::SeqCst) + 1;
         self.update(|entries| {
             if let Some(e) = entries.get_mut(key).filter(|e| e.place == *place) {
@@ -321,6 +311,20 @@ mod tests {
         assert_eq!(store.place_for(&key("churn", "t0")), None, "the oldest released went first");
         assert!(store.place_for(&key("churn", &format!("t{}", MAX_RESERVATIONS_PER_TOKEN + 9))).is_some());
         assert_eq!(kept("other"), Some(1), "other tokens are not touched");
+        Ok(())
+    }
+
+    #[test]
+    fn a_claim_wins_only_a_place_free_or_already_the_claimants() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let store = FileReservations::open(dir.path(), Duration::from_secs(3600))?;
+        assert!(store.claim(&key("a", "web"), &port(20001))?);
+        assert!(!store.claim(&key("b", "web"), &port(20001))?, "held by a");
+        store.release(&key("a", "web"), &port(20001))?;
+        assert!(!store.claim(&key("b", "web"), &port(20001))?, "reserved for a");
+        assert!(store.claim(&key("a", "web"), &port(20001))?, "a's own reservation");
+        assert!(store.claim(&key("a", "web"), &port(20002))?);
+        assert_eq!(store.owner_of(&port(20001)), None, "a claim moves the claimant's reservation");
         Ok(())
     }
 

@@ -1,0 +1,150 @@
+//! Which places a tunnel of each kind may claim, in which order, and what it is told when
+//! none is free: the relay's side of the claims table.
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+};
+
+use burrow_common::Refusal;
+use rand::Rng;
+use tokio::net::TcpSocket;
+
+use super::{Bound, ClaimError, Claimant, Claimed, Place, Route, SessionId};
+use crate::{Shared, tokens::Grant, vhost};
+
+const LISTEN_BACKLOG: u32 = 1024;
+
+/// How many random names are tried before giving up; with tens of thousands of names and a
+/// few hundred tunnels, one collision is already rare.
+const RANDOM_NAME_ATTEMPTS: usize = 32;
+
+type Claim = Result<Claimed<Route>, ClaimError<Route>>;
+
+/// Claims the port asked for, the one reserved for the tunnel, or a free one of the range
+/// that the token may use.
+pub(crate) async fn claim_port(
+    shared: &Shared,
+    who: &Claimant<'_>,
+    grant: &Grant,
+    requested: Option<u16>,
+    route: &Arc<Route>,
+) -> Claim {
+    let config = shared.config();
+    shared.claims.within_limit(who.key)?;
+    let range = config.ports;
+    let allowed = |port: u16| range.contains(port) && grant.allows(port);
+    let bind = |place: &Place| bind_port(config.public_bind, place);
+    let (claims, store) = (&shared.claims, shared.store.as_ref());
+    if let Some(port) = requested {
+        if !allowed(port) {
+            return Err(Refusal::PortNotAllowed { port, allowed: grant.describe_ports(range) }.into());
+        }
+        let claimed = claims.try_place(store, who, &Place::Port(port), route, bind).await?;
+        return claimed.ok_or(Refusal::PortTaken { port }.into());
+    }
+    if let Ok(Some(Place::Port(port))) = store.reserved_for(who.key).await
+        && allowed(port)
+        && let Some(claimed) = claims.try_place(store, who, &Place::Port(port), route, bind).await?
+    {
+        return Ok(claimed);
+    }
+    let offset = rand::rng().random_range(0..range.len());
+    let ports = (0..range.len())
+        .filter_map(|i| u16::try_from(usize::from(range.start) + (offset + i) % range.len()).ok())
+        .filter(|port| allowed(*port));
+    for port in ports {
+        let place = Place::Port(port);
+        // Cheap checks first, so a scan does not bind every port reserved for someone else.
+        if claims.is_held(&place) || owned_by_another(shared, who, &place).await {
+            continue;
+        }
+        match claims.try_place(store, who, &place, route, bind).await {
+            Ok(Some(claimed)) => return Ok(claimed),
+            Ok(None) | Err(ClaimError::HeldBySameTunnel(_)) => {}
+            Err(refused) => return Err(refused),
+        }
+    }
+    Err(Refusal::NoFreePort { range: grant.describe_ports(range) }.into())
+}
+
+/// Claims the subdomain asked for, the one reserved for the tunnel, or a fresh random one.
+pub(crate) async fn claim_subdomain(
+    shared: &Shared,
+    who: &Claimant<'_>,
+    requested: Option<&str>,
+    route: &Arc<Route>,
+) -> Claim {
+    let reserved_names = shared.config().reserved_names.clone();
+    shared.claims.within_limit(who.key)?;
+    let name = match requested {
+        Some(asked) => vhost::check_subdomain(asked, &reserved_names)
+            .map_err(|e| Refusal::BadTunnel { name: who.key.tunnel.clone(), why: e.to_string() })?,
+        None => match shared.store.reserved_for(who.key).await {
+            Ok(Some(Place::Subdomain(name))) => name,
+            _ => return claim_random_subdomain(shared, who, &reserved_names, route).await,
+        },
+    };
+    let place = Place::Subdomain(name.clone());
+    let claimed = shared.claims.try_place(shared.store.as_ref(), who, &place, route, |_| Bound::NotNeeded).await?;
+    claimed.ok_or(Refusal::SubdomainTaken { name }.into())
+}
+
+async fn claim_random_subdomain(
+    shared: &Shared,
+    who: &Claimant<'_>,
+    reserved_names: &[String],
+    route: &Arc<Route>,
+) -> Claim {
+    for _ in 0..RANDOM_NAME_ATTEMPTS {
+        let name = vhost::random_subdomain();
+        let place = Place::Subdomain(name.clone());
+        if reserved_names.contains(&name) || shared.claims.is_held(&place) || owned(shared, &place).await {
+            continue;
+        }
+        let store = shared.store.as_ref();
+        if let Some(claimed) = shared.claims.try_place(store, who, &place, route, |_| Bound::NotNeeded).await? {
+            return Ok(claimed);
+        }
+    }
+    Err(Refusal::BadTunnel {
+        name: who.key.tunnel.clone(),
+        why: "no unused random subdomain was found; ask for a name of your own".into(),
+    }
+    .into())
+}
+
+/// Frees `place` if `session` still holds it, here and in the store.
+pub(crate) async fn release(shared: &Shared, place: &Place, session: SessionId) {
+    let Some(key) = shared.claims.release(place, session) else { return };
+    if let Err(e) = shared.store.release(&key, place).await {
+        tracing::warn!(%place, "the store could not record a release: {e:#}");
+    }
+}
+
+async fn owned(shared: &Shared, place: &Place) -> bool {
+    matches!(shared.store.owner_of(place).await, Ok(Some(_)))
+}
+
+async fn owned_by_another(shared: &Shared, who: &Claimant<'_>, place: &Place) -> bool {
+    matches!(shared.store.owner_of(place).await, Ok(Some(owner)) if owner != *who.key)
+}
+
+fn bind_port(bind_ip: IpAddr, place: &Place) -> Bound {
+    let Place::Port(port) = *place else { return Bound::NotNeeded };
+    let addr = SocketAddr::new(bind_ip, port);
+    let socket = if addr.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() };
+    let bound = socket.and_then(|s| {
+        // Lets a restarted relay rebind ports that still have connections in TIME_WAIT.
+        s.set_reuseaddr(true)?;
+        s.bind(addr)?;
+        s.listen(LISTEN_BACKLOG)
+    });
+    match bound {
+        Ok(listener) => Bound::Listener(Arc::new(listener)),
+        Err(e) => {
+            tracing::debug!(port, "cannot bind public port: {e}");
+            Bound::Failed
+        }
+    }
+}

@@ -1,0 +1,72 @@
+//! Where the relay keeps what must outlive a session or the relay itself: which tokens are
+//! valid, and which place is reserved for which tunnel. Everything above reaches it through
+//! [`Store`], never under a lock, so a store on the network (etcd, for a fleet of relays)
+//! replaces the files in the data directory without touching the session or claims code.
+
+mod file;
+mod reservations;
+
+use std::{future::Future, pin::Pin, time::Duration};
+
+pub(crate) use self::file::FileStore;
+use crate::{
+    claims::{Place, TunnelKey},
+    tokens::{Grant, TokenRecord},
+};
+
+/// What every [`Store`] method returns: a boxed future, so the trait stays usable as `dyn`.
+pub(crate) type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Tokens and reservations, as one relay (or every relay of a fleet) shares them.
+///
+/// The contract, which the files meet for one relay and a distributed store must meet for
+/// many:
+/// - **A claim is one atomic compare-and-set.** [`Store::claim`] succeeds only if no other
+///   tunnel holds or has an unexpired reservation on the place, and records in the same step
+///   that the claimant holds it (moving the claimant's own reservation there). Two relays
+///   racing for one place cannot both succeed. The relay decides a claim in its own table
+///   first, marks the place as being claimed, calls `claim` outside any lock, then finishes
+///   or undoes its decision.
+/// - **A live claim is bound to a lease its holder renews.** Each store handle holds one
+///   lease for as long as it lives (the relay process); every claim made through it is
+///   bound to that lease. [`Store::release`] turns a held claim into a reservation that
+///   expires `reservation_ttl` later. When the lease is lost (the relay crashed or was cut
+///   off), its held claims become reservations whose TTL starts then: the same token and
+///   tunnel name get their place back within the TTL, from whichever relay they reach.
+///   The files meet this by turning claims still held at the relay's start into
+///   reservations that expire a TTL after it.
+/// - **Revocations are watched.** [`Store::token_changes`] completes after the set of valid
+///   tokens has changed, within about a second of the change, so the relay can close the
+///   sessions of revoked tokens at once rather than at their next reconnect.
+/// - **A Welcome follows durability.** [`Store::durable`] waits, for `within` at most,
+///   until every change made so far would survive a crash of this relay.
+pub(crate) trait Store: Send + Sync {
+    /// The grant of a token known by its SHA-256, if the token is valid now.
+    fn verify_token(&self, digest: [u8; 32]) -> StoreFuture<'_, anyhow::Result<Option<Grant>>>;
+
+    /// The tokens kept in the store; never the tokens themselves, only what they grant.
+    fn list_tokens(&self) -> StoreFuture<'_, anyhow::Result<Vec<TokenRecord>>>;
+
+    /// Completes once the set of valid tokens has changed since the last time it completed
+    /// (or since the store was opened). Cancel-safe only between changes: keep one such
+    /// future alive while waiting.
+    fn token_changes(&self) -> StoreFuture<'_, ()>;
+
+    /// The place reserved for `key`, unless its reservation expired.
+    fn reserved_for<'a>(&'a self, key: &'a TunnelKey) -> StoreFuture<'a, anyhow::Result<Option<Place>>>;
+
+    /// The tunnel that holds `place` or has an unexpired reservation on it.
+    fn owner_of<'a>(&'a self, place: &'a Place) -> StoreFuture<'a, anyhow::Result<Option<TunnelKey>>>;
+
+    /// Compare-and-set: `key` holds `place` from now on if no other tunnel holds or reserves
+    /// it; returns whether it does.
+    fn claim<'a>(&'a self, key: &'a TunnelKey, place: &'a Place) -> StoreFuture<'a, anyhow::Result<bool>>;
+
+    /// `key` stopped holding `place`; the reservation expires a TTL from now. Releasing a
+    /// place `key` does not hold changes nothing.
+    fn release<'a>(&'a self, key: &'a TunnelKey, place: &'a Place) -> StoreFuture<'a, anyhow::Result<()>>;
+
+    /// Waits until every change made so far is stored durably, for `within` at most; says
+    /// whether it is.
+    fn durable(&self, within: Duration) -> StoreFuture<'_, bool>;
+}
