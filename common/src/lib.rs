@@ -17,6 +17,7 @@ pub mod error_page;
 pub mod http;
 pub mod logging;
 pub mod protocol;
+pub mod ready;
 pub mod reload;
 pub mod signal;
 pub mod splice;
