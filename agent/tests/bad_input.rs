@@ -1,8 +1,6 @@
 //! Bad input closes only the connection or stream that carried it; everything else keeps
 //! working. Run with `cargo test -p burrow-agent --test bad_input`.
 
-mod support;
-
 use std::{sync::Arc, time::Duration};
 
 use burrow_common::{
@@ -11,7 +9,7 @@ use burrow_common::{
     tls::{self, Trust},
     transport,
 };
-use support::*;
+use testkit::*;
 
 /// A relay with one working tunnel, to show that it keeps serving.
 async fn relay_with_canary() -> anyhow::Result<(TestRelay, TestAgent, std::net::SocketAddr, tempfile::TempDir)> {

@@ -1,12 +1,10 @@
 //! Stable public addresses: across relay restarts, agent restarts and duplicate agents.
 //! Run with `cargo test -p burrow-agent --test reconnect`.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
 use agent::Status;
-use support::*;
+use testkit::*;
 use tokio::io::AsyncWriteExt;
 
 #[tokio::test]

@@ -1,13 +1,11 @@
 //! What HTTP tunnels refuse, and how they say it: error pages with their status (plain text
 //! for scripts, HTML for browsers), access rules, a stalled visitor cut off, subdomains that
 //! cannot be had, names kept across restarts, and the per-tunnel connection cap.
-//! Run with `cargo test -p burrow-agent --test http_limits`.
-
-mod support;
+//! Run with `cargo test -p burrow-relay --test http_limits`.
 
 use std::time::{Duration, Instant};
 
-use support::{TestAgent, TestRelay, closed_port, http::*, http_apps::*, settled};
+use testkit::{TestAgent, TestRelay, closed_port, http::*, http_apps::*, settled};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpStream,
@@ -53,7 +51,7 @@ async fn requests_for_a_lost_session_wait_for_its_agent_within_the_parking_cap()
     };
     let relay = HttpRelay::start_with(config).await?;
     let app = LocalApp::start("web").await?;
-    let proxy = support::UdpProxy::start(relay.addr).await?;
+    let proxy = testkit::UdpProxy::start(relay.addr).await?;
     let mut plan = relay.plan(vec![http_tunnel("web", app.addr, Some("myapp"))]);
     plan.relay.port = proxy.addr.port();
     plan.keep_alive = Duration::from_millis(200);
@@ -80,7 +78,7 @@ async fn requests_for_a_lost_session_wait_for_its_agent_within_the_parking_cap()
     assert!(!waiting.is_finished(), "the other request waits for the agent");
 
     let (back, _) = TestAgent::start(relay.plan(vec![http_tunnel("web", app.addr, Some("myapp"))])).await?;
-    let served = tokio::time::timeout(support::STEP, waiting).await???;
+    let served = tokio::time::timeout(testkit::STEP, waiting).await???;
     assert_eq!(served.status, 200, "{}", served.body);
     back.stop().await?;
     relay.stop().await

@@ -1,8 +1,6 @@
 //! Visitors that arrive while an agent's session is lost wait for the agent to come back,
 //! instead of being refused; a clean agent exit still frees the port at once.
-//! Run with `cargo test -p burrow-agent --test parking`.
-
-mod support;
+//! Run with `cargo test -p burrow-relay --test parking`.
 
 use std::{
     io::ErrorKind,
@@ -13,7 +11,7 @@ use std::{
 
 use agent::{Plan, TunnelPlan};
 use relay::RelayConfig;
-use support::*;
+use testkit::*;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpStream,

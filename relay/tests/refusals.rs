@@ -1,13 +1,11 @@
 //! Setup mistakes end the agent with an error that names the problem, and never disturb
-//! other agents. Run with `cargo test -p burrow-agent --test refusals`.
-
-mod support;
+//! other agents. Run with `cargo test -p burrow-relay --test refusals`.
 
 use std::time::{Duration, Instant};
 
 use burrow_common::{Secret, tls::Trust};
 use relay::RelayConfig;
-use support::*;
+use testkit::*;
 
 #[tokio::test]
 async fn wrong_token_is_refused_with_a_clear_error() -> anyhow::Result<()> {
@@ -165,7 +163,7 @@ async fn one_token_cannot_hold_more_tunnels_than_its_limit_across_sessions() -> 
 #[tokio::test]
 async fn sessions_repeating_one_tunnel_name_cannot_get_past_the_token_limit() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let config = RelayConfig { max_tunnels_per_token: 2, ..support::http::http_relay_config(dir.path()) };
+    let config = RelayConfig { max_tunnels_per_token: 2, ..testkit::http::http_relay_config(dir.path()) };
     let relay = TestRelay::start_with(config).await?;
     let echo = echo_server().await?;
     let mut agents = Vec::new();

@@ -1,0 +1,69 @@
+//! Where a launched binary writes its `--ready-file`, and waiting for it.
+
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use anyhow::Context;
+use serde::de::DeserializeOwned;
+
+use super::{Binary, binary::STARTUP};
+
+/// How often the file's existence is checked while waiting: the wait ends within this of
+/// the rename that creates it.
+const LOOK_EVERY: Duration = Duration::from_millis(10);
+
+/// A path in a fresh private directory, removed with this value.
+pub struct ReadyFile {
+    dir: tempfile::TempDir,
+}
+
+impl ReadyFile {
+    pub fn new() -> anyhow::Result<Self> {
+        Ok(Self { dir: tempfile::tempdir()? })
+    }
+
+    pub fn path(&self) -> PathBuf {
+        self.dir.path().join("ready.json")
+    }
+
+    /// The file's contents once `process` has written them. Fails at once if the process
+    /// exits first (quoting its stderr), and after [`STARTUP`] at the latest.
+    pub async fn wait<T: DeserializeOwned>(&self, process: &mut Binary) -> anyhow::Result<T> {
+        self.wait_until(process, |_: &T| true).await
+    }
+
+    /// The file's contents once they pass `test`: an agent rewrites its file when its
+    /// tunnels change.
+    pub async fn wait_until<T: DeserializeOwned>(
+        &self,
+        process: &mut Binary,
+        test: impl Fn(&T) -> bool,
+    ) -> anyhow::Result<T> {
+        let path = self.path();
+        let mut look = tokio::time::interval(LOOK_EVERY);
+        let waiting = async {
+            loop {
+                look.tick().await;
+                if let Some(contents) = read_if_there::<T>(&path)?
+                    && test(&contents)
+                {
+                    return Ok(contents);
+                }
+                anyhow::ensure!(process.running(), "the process exited before its ready file said so");
+            }
+        };
+        let waited = tokio::time::timeout(STARTUP, waiting)
+            .await
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("no such ready file {} within {STARTUP:?}", path.display())));
+        waited.with_context(|| format!("stderr:\n{}", process.stderr_text()))
+    }
+}
+
+fn read_if_there<T: DeserializeOwned>(path: &Path) -> anyhow::Result<Option<T>> {
+    if !path.exists() {
+        return Ok(None);
+    }
+    Ok(Some(burrow_common::ready::read(path)?))
+}
