@@ -50,7 +50,7 @@ pub struct TunnelReady {
     pub local: String,
     /// Where visitors go: `tcp://HOST:PORT`, or the first of `urls`.
     pub url: String,
-    /// The public host and port (for an HTTP tunnel, those of its first URL).
+    /// The public host and port the relay granted: where a TCP tunnel's visitors connect.
     pub host: String,
     pub port: u16,
     /// An HTTP or TLS tunnel's addresses, HTTPS first; empty for TCP.

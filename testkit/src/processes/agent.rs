@@ -49,3 +49,27 @@ pub fn tcp_addr(tunnel: &TunnelReady) -> anyhow::Result<SocketAddr> {
     let ip = tunnel.host.parse().with_context(|| format!("{:?} is an IP address", tunnel.host))?;
     Ok(SocketAddr::new(ip, tunnel.port))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tunnel(host: &str) -> TunnelReady {
+        let url = format!("tcp://{host}:20417");
+        TunnelReady {
+            name: "app".into(),
+            local: "127.0.0.1:8080".into(),
+            url,
+            host: host.into(),
+            port: 20417,
+            urls: vec![],
+        }
+    }
+
+    #[test]
+    fn a_tunnel_on_an_ip_host_has_a_socket_address() -> anyhow::Result<()> {
+        assert_eq!(tcp_addr(&tunnel("10.80.0.1"))?, "10.80.0.1:20417".parse()?);
+        assert!(tcp_addr(&tunnel("relay.example.com")).is_err());
+        Ok(())
+    }
+}

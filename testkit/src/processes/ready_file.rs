@@ -67,3 +67,40 @@ fn read_if_there<T: DeserializeOwned>(path: &Path) -> anyhow::Result<Option<T>> 
     }
     Ok(Some(burrow_common::ready::read(path)?))
 }
+
+#[cfg(test)]
+mod tests {
+    use burrow_common::ready::AgentReady;
+    use tokio::process::Command;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_process_that_exits_without_its_file_fails_the_wait_at_once() -> anyhow::Result<()> {
+        let file = ReadyFile::new()?;
+        let mut process = Binary::start(Command::new("sh").args(["-c", "echo gave up >&2"]))?;
+        let waited = tokio::time::timeout(STARTUP / 2, file.wait::<AgentReady>(&mut process)).await?;
+        let error = format!("{:#}", waited.err().context("no file was written")?);
+        assert!(error.contains("exited before its ready file") && error.contains("gave up"), "{error}");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn the_wait_returns_the_file_once_it_passes_the_test() -> anyhow::Result<()> {
+        let file = ReadyFile::new()?;
+        let mut process = Binary::start(Command::new("sleep").arg("30"))?;
+        let first = AgentReady { pid: 1, inspector: None, tunnels: Vec::new(), relay: None };
+        burrow_common::ready::write(&file.path(), &first)?;
+        assert_eq!(file.wait::<AgentReady>(&mut process).await?, first);
+        let later = AgentReady { pid: 2, ..first };
+        let path = file.path();
+        let writer = async {
+            tokio::task::yield_now().await;
+            burrow_common::ready::write(&path, &later)
+        };
+        let (waited, written) = tokio::join!(file.wait_until(&mut process, |r: &AgentReady| r.pid == 2), writer);
+        written?;
+        assert_eq!(waited?, later);
+        Ok(())
+    }
+}
