@@ -118,4 +118,15 @@ mod left_out {
     pub fn lan_addresses() -> Vec<IpAddr> {
         Vec::new()
     }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn without_the_feature_no_relay_means_a_clear_error() {
+            let refused = prepare(&AgentConfig::default(), PathBuf::from("unused")).err().map(|e| e.to_string());
+            assert!(refused.is_some_and(|e| e.contains("built without an embedded relay") && e.contains("--relay")));
+        }
+    }
 }

@@ -148,7 +148,8 @@ async fn register_and_serve(
     let granted = match answer {
         ServerMsg::Welcome { tunnels } => tunnels,
         ServerMsg::Refused(refusal) if never_online || !refusal.is_transient() => {
-            return Outcome::Fatal(anyhow::anyhow!("the relay refused: {refusal}"));
+            // Kept as a value in the chain, so callers can tell refusals apart by type.
+            return Outcome::Fatal(anyhow::Error::new(refusal).context("the relay refused"));
         }
         ServerMsg::Refused(refusal) => {
             return Outcome::Retry { reason: refusal.to_string(), online_for: None };

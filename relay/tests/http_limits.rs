@@ -5,7 +5,8 @@
 
 use std::time::{Duration, Instant};
 
-use testkit::{TestAgent, TestRelay, closed_port, http::*, http_apps::*, settled};
+use burrow_common::Refusal;
+use testkit::{TestAgent, TestRelay, closed_port, http::*, http_apps::*, refusal, settled};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpStream,
@@ -321,7 +322,7 @@ async fn a_subdomain_held_by_another_token_is_refused_and_stays_with_its_holder(
     holder.stop().await?;
     settled(&relay, "burrow_sessions", 0.0).await?;
     let err = TestAgent::spawn(rival).finished().await?.unwrap_err();
-    assert!(format!("{err:#}").contains("is held by another agent"), "{err:#}");
+    assert_eq!(refusal(&err), Some(&Refusal::SubdomainTaken { name: "myapp".into() }), "{err:#}");
     relay.stop().await
 }
 
@@ -345,9 +346,10 @@ async fn invalid_and_reserved_subdomains_are_refused_with_the_reason() -> anyhow
     ] {
         let plan = relay.plan(vec![http_tunnel("web", app.addr, Some(subdomain))]);
         let err = TestAgent::spawn(plan).finished().await?.unwrap_err();
-        let message = format!("{err:#}");
-        assert!(message.starts_with("the relay refused: invalid tunnel \"web\": "), "{message}");
-        assert!(message.contains(reason), "{subdomain}: {message}");
+        let Some(Refusal::BadTunnel { name, why }) = refusal(&err) else { anyhow::bail!("{subdomain}: {err:#}") };
+        assert_eq!(name, "web");
+        // The reason is text the user reads.
+        assert!(why.contains(reason), "{subdomain}: {why}");
     }
     relay.stop().await
 }
@@ -401,7 +403,7 @@ async fn subdomains_are_kept_across_agent_and_relay_restarts() -> anyhow::Result
     let mut rival = relay.plan(vec![http_tunnel("web", app.addr, Some("myapp"))]);
     rival.token = other_token;
     let err = TestAgent::spawn(rival).finished().await?.unwrap_err();
-    assert!(format!("{err:#}").contains("\"myapp\" is held by another agent"), "{err:#}");
+    assert_eq!(refusal(&err), Some(&Refusal::SubdomainTaken { name: "myapp".into() }), "{err:#}");
     let (agent, granted) = TestAgent::start(relay.plan(tunnels())).await?;
     assert_eq!(names(&granted)?, first, "after the relay restarted");
     let answer = visit(relay.http, &host(&random), "/", &[]).await?;

@@ -8,7 +8,7 @@ use agent::{
     config::{AgentConfig, LocalTarget, RelayAddr},
 };
 use anyhow::Context;
-use burrow_common::{Fingerprint, Secret, tls::Trust};
+use burrow_common::{Fingerprint, Refusal, Secret, tls::Trust};
 use relay::{Relay, RelayConfig};
 use tokio::{sync::watch, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
@@ -139,6 +139,11 @@ impl TestAgent {
         // The task's end is known: it was cancelled (or had already returned).
         self.task.await.ok();
     }
+}
+
+/// The relay's refusal that ended an agent's run, if that is what ended it.
+pub fn refusal(err: &anyhow::Error) -> Option<&Refusal> {
+    err.downcast_ref::<Refusal>()
 }
 
 pub fn public_addr(tunnel: &PublicTunnel) -> SocketAddr {

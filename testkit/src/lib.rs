@@ -19,7 +19,7 @@ pub mod udp_proxy;
 use std::time::Duration;
 
 pub use admin::{api, get, get_authorized, metrics, sample, settled};
-pub use in_process::{TestAgent, TestRelay, public_addr, relay_config, tunnel};
+pub use in_process::{TestAgent, TestRelay, public_addr, refusal, relay_config, tunnel};
 pub use inspector::{event_where, snapshot_when, start_inspector};
 pub use probes::{closed_port, echo_server, exchange, local_server, random_bytes, read_head, round_trip};
 pub use udp_proxy::UdpProxy;
