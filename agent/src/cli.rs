@@ -182,9 +182,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let relay = relay.map(|relay| tasks.spawn(relay.run(cancel.clone())));
     let done = CancellationToken::new();
     let output = if live {
-        tokio::spawn(console::run(plan.stats.clone(), setup, logs, done.clone()))
+        tasks.spawn(console::run(plan.stats.clone(), setup, logs, done.clone()))
     } else {
-        tokio::spawn(report::run(watcher, plan.stats.clone(), setup, done.clone()))
+        tasks.spawn(report::run(watcher, plan.stats.clone(), setup, done.clone()))
     };
     let result = crate::run(plan, status, cancel.clone()).await;
     cancel.cancel();

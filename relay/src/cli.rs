@@ -6,7 +6,7 @@ use anyhow::Context;
 use burrow_common::{Secret, config::parse_port_list, ready::RelayReady, reload::ConfigWatch};
 use clap::{Args, Parser, Subcommand};
 use serde::Serialize;
-use tokio_util::sync::CancellationToken;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{Relay, RelayConfig, tokens::TokenStore};
 
@@ -134,9 +134,10 @@ async fn serve(
     let relay = Relay::bind(config)?;
     let cancel = CancellationToken::new();
     burrow_common::signal::cancel_on_signal(cancel.clone());
+    let tasks = TaskTracker::new();
     if let Some((path, watch, flags)) = file {
         let (reloader, stop) = (relay.reloader(), cancel.clone());
-        tokio::spawn(async move {
+        tasks.spawn(async move {
             watch
                 .run(&stop, || match RelayConfig::load(Some(&path), &flags).and_then(|new| reloader.apply(new)) {
                     Ok(applied) => crate::reload::log(&applied),
@@ -149,7 +150,12 @@ async fn serve(
     if let Some(path) = ready_file {
         burrow_common::ready::write(path, &ready(&relay, new_token.as_ref())?)?;
     }
-    relay.run(cancel).await
+    let served = relay.run(cancel.clone()).await;
+    // The config watcher stops with the relay.
+    cancel.cancel();
+    tasks.close();
+    tasks.wait().await;
+    served
 }
 
 /// What the ready file says about a bound relay; `new_token` is the token made at this start.

@@ -1,8 +1,11 @@
-//! One child process with its output kept for the test: stdout lines on a channel (so the
-//! child never stalls on a full pipe, and a test can wait for what a user would read) and
-//! stderr lines with when they were printed.
+//! One child process with its output kept for the test: stdout lines on a channel (so a test
+//! can wait for what a user would read) and stderr lines with when they were printed. Both
+//! are read on threads of their own, so a child never stalls on a full pipe, even while the
+//! test's runtime is busy generating load.
 
 use std::{
+    io::BufRead,
+    os::fd::OwnedFd,
     process::Stdio,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
@@ -11,9 +14,8 @@ use std::{
 use anyhow::Context;
 use nix::{sys::signal::Signal, unistd::Pid};
 use tokio::{
-    io::{AsyncBufReadExt, AsyncRead, BufReader},
     process::{Child, Command},
-    sync::mpsc,
+    sync::{mpsc, oneshot},
 };
 
 /// Upper bound for a process to start, print or exit; a hang guard only.
@@ -23,7 +25,7 @@ pub struct Binary {
     child: Child,
     stdout: mpsc::UnboundedReceiver<String>,
     stderr: Arc<Mutex<Vec<(Instant, String)>>>,
-    stderr_reader: tokio::task::JoinHandle<()>,
+    stderr_read: oneshot::Receiver<()>,
 }
 
 impl Binary {
@@ -36,17 +38,17 @@ impl Binary {
             .spawn()
             .context("start process")?;
         let (lines, stdout) = mpsc::unbounded_channel();
-        let out = child.stdout.take().context("stdout is piped")?;
-        tokio::spawn(each_line(out, move |line| drop(lines.send(line))));
+        let out = child.stdout.take().context("stdout is piped")?.into_owned_fd()?;
+        each_line(out, move |line| drop(lines.send(line)));
         let stderr = Arc::new(Mutex::new(Vec::new()));
         let log = stderr.clone();
-        let err = child.stderr.take().context("stderr is piped")?;
-        let stderr_reader = tokio::spawn(each_line(err, move |line| {
+        let err = child.stderr.take().context("stderr is piped")?.into_owned_fd()?;
+        let stderr_read = each_line(err, move |line| {
             if let Ok(mut log) = log.lock() {
                 log.push((Instant::now(), line));
             }
-        }));
-        Ok(Self { child, stdout, stderr, stderr_reader })
+        });
+        Ok(Self { child, stdout, stderr, stderr_read })
     }
 
     /// Waits for a stdout line containing `marker` and returns it: for what a user reads,
@@ -112,7 +114,8 @@ impl Binary {
     /// Waits for the process to exit by itself; returns its exit code and all of its stderr.
     pub async fn exit(mut self, within: Duration) -> anyhow::Result<(i32, String)> {
         let status = tokio::time::timeout(within, self.child.wait()).await.context("still running")??;
-        tokio::time::timeout(within, &mut self.stderr_reader).await.context("stderr still open")??;
+        // An error means the reading thread is gone, and with it any more stderr.
+        tokio::time::timeout(within, &mut self.stderr_read).await.context("stderr still open")?.ok();
         Ok((status.code().context("ended by a signal")?, self.stderr_text()))
     }
 
@@ -122,11 +125,18 @@ impl Binary {
     }
 }
 
-async fn each_line(stream: impl AsyncRead + Unpin, mut handle: impl FnMut(String)) {
-    let mut lines = BufReader::new(stream).lines();
-    while let Ok(Some(line)) = lines.next_line().await {
-        handle(line);
-    }
+/// Hands each line of `stream` to `handle` on a thread that ends at end of stream (the
+/// child's exit); the receiver resolves then.
+fn each_line(stream: OwnedFd, mut handle: impl FnMut(String) + Send + 'static) -> oneshot::Receiver<()> {
+    let (read, finished) = oneshot::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(std::fs::File::from(stream)).lines() {
+            let Ok(line) = line else { break };
+            handle(line);
+        }
+        read.send(()).ok();
+    });
+    finished
 }
 
 /// Resident memory (VmRSS) of a process, in KiB.
