@@ -25,7 +25,8 @@ pub struct Binary {
     child: Child,
     stdout: mpsc::UnboundedReceiver<String>,
     stderr: Arc<Mutex<Vec<(Instant, String)>>>,
-    stderr_read: oneshot::Receiver<()>,
+    /// Resolves once stderr has been read to its end; taken by the first wait for it.
+    stderr_read: Option<oneshot::Receiver<()>>,
 }
 
 impl Binary {
@@ -48,7 +49,7 @@ impl Binary {
                 log.push((Instant::now(), line));
             }
         });
-        Ok(Self { child, stdout, stderr, stderr_read })
+        Ok(Self { child, stdout, stderr, stderr_read: Some(stderr_read) })
     }
 
     /// Waits for a stdout line containing `marker` and returns it: for what a user reads,
@@ -114,9 +115,18 @@ impl Binary {
     /// Waits for the process to exit by itself; returns its exit code and all of its stderr.
     pub async fn exit(mut self, within: Duration) -> anyhow::Result<(i32, String)> {
         let status = tokio::time::timeout(within, self.child.wait()).await.context("still running")??;
-        // An error means the reading thread is gone, and with it any more stderr.
-        tokio::time::timeout(within, &mut self.stderr_read).await.context("stderr still open")?.ok();
+        self.stderr_to_the_end(within).await?;
         Ok((status.code().context("ended by a signal")?, self.stderr_text()))
+    }
+
+    /// Waits until all the process wrote to stderr has been read: once it has exited, the
+    /// last lines may still be on their way.
+    pub async fn stderr_to_the_end(&mut self, within: Duration) -> anyhow::Result<()> {
+        if let Some(read) = self.stderr_read.take() {
+            // An error means the reading thread is gone, and with it any more stderr.
+            tokio::time::timeout(within, read).await.context("stderr still open")?.ok();
+        }
+        Ok(())
     }
 
     /// Whether the process is still running.

@@ -51,7 +51,10 @@ impl ReadyFile {
                 {
                     return Ok(contents);
                 }
-                anyhow::ensure!(process.running(), "the process exited before its ready file said so");
+                if !process.running() {
+                    process.stderr_to_the_end(STARTUP).await?;
+                    anyhow::bail!("the process exited before its ready file said so");
+                }
             }
         };
         let waited = tokio::time::timeout(STARTUP, waiting)
