@@ -88,7 +88,7 @@ async fn the_relay_binary_reloads_its_config_file_on_sighup() -> anyhow::Result<
     })
     .await;
     assert!(refused.is_ok(), "the new cap was never applied; stderr: {}", relay.stderr_text());
-    assert!(relay.stderr_text().contains("config reloaded: max_visitors_per_ip: 256 -> 1"), "{}", relay.stderr_text());
+    relay.stderr_line_with("config reloaded: max_visitors_per_ip: 256 -> 1").await?;
     assert_eq!(round_trip(&mut first, b"still").await?, b"still");
     agent.stop().await?;
     Ok(())

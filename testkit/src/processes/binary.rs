@@ -7,7 +7,7 @@ use std::{
     io::BufRead,
     os::fd::OwnedFd,
     process::Stdio,
-    sync::{Arc, Mutex},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -15,7 +15,7 @@ use anyhow::Context;
 use nix::{sys::signal::Signal, unistd::Pid};
 use tokio::{
     process::{Child, Command},
-    sync::{mpsc, oneshot},
+    sync::{mpsc, oneshot, watch},
 };
 
 /// Upper bound for a process to start, print or exit; a hang guard only.
@@ -24,7 +24,7 @@ pub(crate) const STARTUP: Duration = Duration::from_secs(30);
 pub struct Binary {
     child: Child,
     stdout: mpsc::UnboundedReceiver<String>,
-    stderr: Arc<Mutex<Vec<(Instant, String)>>>,
+    stderr: Arc<watch::Sender<Vec<(Instant, String)>>>,
     /// Resolves once stderr has been read to its end; taken by the first wait for it.
     stderr_read: Option<oneshot::Receiver<()>>,
 }
@@ -41,14 +41,10 @@ impl Binary {
         let (lines, stdout) = mpsc::unbounded_channel();
         let out = child.stdout.take().context("stdout is piped")?.into_owned_fd()?;
         each_line(out, move |line| drop(lines.send(line)));
-        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let stderr = Arc::new(watch::Sender::new(Vec::new()));
         let log = stderr.clone();
         let err = child.stderr.take().context("stderr is piped")?.into_owned_fd()?;
-        let stderr_read = each_line(err, move |line| {
-            if let Ok(mut log) = log.lock() {
-                log.push((Instant::now(), line));
-            }
-        });
+        let stderr_read = each_line(err, move |line| log.send_modify(|lines| lines.push((Instant::now(), line))));
         Ok(Self { child, stdout, stderr, stderr_read: Some(stderr_read) })
     }
 
@@ -70,15 +66,23 @@ impl Binary {
         }
     }
 
-    /// Stderr lines containing `marker`, with when they were printed.
+    /// Stderr lines containing `marker` so far, with when they were printed.
     pub fn stderr_lines_with(&self, marker: &str) -> Vec<(Instant, String)> {
-        let log = self.stderr.lock().map(|log| log.clone()).unwrap_or_default();
-        log.into_iter().filter(|(_, line)| line.contains(marker)).collect()
+        self.stderr.borrow().iter().filter(|(_, line)| line.contains(marker)).cloned().collect()
+    }
+
+    /// Waits for a stderr line containing `marker` (a log line reaches the test a little
+    /// after what it reports has happened) and returns it.
+    pub async fn stderr_line_with(&self, marker: &str) -> anyhow::Result<String> {
+        let mut lines = self.stderr.subscribe();
+        let found = tokio::time::timeout(STARTUP, lines.wait_for(|log| log.iter().any(|(_, l)| l.contains(marker))))
+            .await
+            .map(|log| log.ok().and_then(|log| log.iter().map(|(_, l)| l.clone()).find(|l| l.contains(marker))));
+        found.ok().flatten().with_context(|| format!("no stderr line with {marker:?}; stderr:\n{}", self.stderr_text()))
     }
 
     pub fn stderr_text(&self) -> String {
-        let log = self.stderr.lock().map(|log| log.clone()).unwrap_or_default();
-        log.into_iter().map(|(_, line)| line + "\n").collect()
+        self.stderr.borrow().iter().map(|(_, line)| format!("{line}\n")).collect()
     }
 
     pub fn pid(&self) -> anyhow::Result<u32> {
