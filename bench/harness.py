@@ -33,9 +33,13 @@ ONE_ADDRESS_LOAD = {"BURROW_RELAY_MAX_VISITORS_PER_IP": "1000000"}
 
 
 class Process:
-    """A child process whose stdout is read line by line for readiness markers."""
+    """A child process whose stdout is read line by line for readiness markers, or which says
+    it is ready in a `--ready-file` (relay and agent)."""
 
-    def __init__(self, argv, env=None, netns=None, quiet=False, stdin=False):
+    def __init__(self, argv, env=None, netns=None, quiet=False, stdin=False, ready_file=False):
+        self.ready_dir = tempfile.TemporaryDirectory(prefix="burrow-ready-") if ready_file else None
+        if ready_file:
+            argv = argv + ["--ready-file", str(Path(self.ready_dir.name) / "ready.json")]
         if netns:
             argv = ["ip", "netns", "exec", netns] + argv
         self.argv = argv
@@ -67,6 +71,24 @@ class Process:
             if match:
                 return match
         raise TimeoutError(f"no line matching {pattern!r} from {self.argv}")
+
+    def ready(self, until=lambda ready: True, timeout=30):
+        """The JSON object of the process's ready file once it exists and passes `until`,
+        waiting at most `timeout` seconds; fails at once if the process exits first."""
+        path = Path(self.ready_dir.name) / "ready.json"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            # The binaries write the file whole and rename it into place, so any file seen
+            # is complete.
+            if path.exists():
+                ready = json.loads(path.read_text())
+                if until(ready):
+                    return ready
+            if self.proc.poll() is not None:
+                self.log.seek(0)
+                raise RuntimeError(f"{self.argv} exited: {self.log.read()[-2000:]}")
+            time.sleep(0.01)
+        raise TimeoutError(f"no ready file from {self.argv} within {timeout} s")
 
     def send(self, line):
         self.proc.stdin.write(line + "\n")
@@ -113,7 +135,6 @@ class Burrow:
 
     RELAY_ARGS = []
     TUNNEL_OPTIONS = []
-    ANNOUNCED = r"tunnel (\S+): tcp://\S+:(\d+)"
 
     def __init__(self, tunnels, netns_relay=None, netns_agent=None, relay_ip="127.0.0.1"):
         self.dir = tempfile.TemporaryDirectory(prefix="burrow-bench-")
@@ -121,11 +142,11 @@ class Burrow:
         self.relay = Process(
             [str(BIN / "relay"), "--listen", f"{relay_ip}:0", "--public-bind", "127.0.0.1", "--admin-listen", "off",
              "--data-dir", str(data / "relay")] + self.RELAY_ARGS,
-            env={"RUST_LOG": "warn", **ONE_ADDRESS_LOAD}, netns=netns_relay,
+            env={"RUST_LOG": "warn", **ONE_ADDRESS_LOAD}, netns=netns_relay, quiet=True, ready_file=True,
         )
-        port = int(self.relay.line(r"agents connect to\s+udp \S+:(\d+)").group(1))
-        fingerprint = self.relay.line(r"fingerprint\s+(\S+)").group(1)
-        token = self.relay.line(r'new token "default" (\S+)').group(1)
+        relay = self.relay.ready()
+        port = port_of(relay["quic"])
+        fingerprint, token = relay["fingerprint"], relay["token"]
         config = data / "agent.toml"
         lines = [f'relay = "{relay_ip}:{port}"', f'fingerprint = "{fingerprint}"']
         for name, local in tunnels.items():
@@ -133,13 +154,15 @@ class Burrow:
             lines += [option.format(name=name) for option in self.TUNNEL_OPTIONS]
         config.write_text("\n".join(lines) + "\n")
         self.agent = Process([str(BIN / "agent"), "--config", str(config)],
-                             env={"BURROW_TOKEN": token, "RUST_LOG": "warn"}, netns=netns_agent)
-        self.public = {}
-        for _ in tunnels:
-            match = self.agent.line(self.ANNOUNCED)
-            self.public[match.group(1)] = int(match.group(2))
-        self.relay.drain()
-        self.agent.drain()
+                             env={"BURROW_TOKEN": token, "RUST_LOG": "warn"}, netns=netns_agent,
+                             quiet=True, ready_file=True)
+        online = self.agent.ready(until=lambda ready: {t["name"] for t in ready["tunnels"]} >= set(tunnels))
+        self.public = {t["name"]: self.public_port(t) for t in online["tunnels"]}
+
+    @staticmethod
+    def public_port(tunnel):
+        """Where the benchmark's clients reach `tunnel` (one entry of the agent's ready file)."""
+        return tunnel["port"]
 
     @property
     def pids(self):
@@ -159,10 +182,19 @@ class BurrowHttp(Burrow):
     DOMAIN = "bench.test"
     RELAY_ARGS = ["--domain", DOMAIN, "--http-listen", "127.0.0.1:0", "--https-listen", "off"]
     TUNNEL_OPTIONS = ['protocol = "http"', 'subdomain = "{name}"']
-    ANNOUNCED = rf"tunnel (\S+): http://\S+\.{re.escape(DOMAIN)}:(\d+)"
+
+    @staticmethod
+    def public_port(tunnel):
+        """The port of the tunnel's plain-HTTP address, the relay's shared HTTP port."""
+        return next(port_of(url) for url in tunnel["urls"] if url.startswith("http://"))
 
     def host(self, name):
         return f"{name}.{self.DOMAIN}:{self.public[name]}"
+
+
+def port_of(address):
+    """The port at the end of `HOST:PORT` or `SCHEME://HOST:PORT`."""
+    return int(address.rsplit(":", 1)[1].rstrip("/"))
 
 
 def wait_for_port(port, timeout=10):

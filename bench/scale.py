@@ -45,12 +45,12 @@ def main():
             [str(harness.RELEASE / "relay"), "--listen", "127.0.0.1:0", "--public-bind", "127.0.0.1", "--admin-listen", "off",
              "--data-dir", data],
             env={"BURROW_RELAY_TOKEN": token, "RUST_LOG": "warn", **harness.ONE_ADDRESS_LOAD},
+            quiet=True, ready_file=True,
         )
         loads = []
         try:
-            port = int(relay.line(r"agents connect to\s+udp \S+:(\d+)").group(1))
-            fingerprint = relay.line(r"fingerprint\s+(\S+)").group(1)
-            relay.drain()
+            ready = relay.ready()
+            port, fingerprint = harness.port_of(ready["quic"]), ready["fingerprint"]
             report["relay_idle"] = sample(relay.pid)
             for i in range(shards):
                 agents = args.agents // shards + (i < args.agents % shards)

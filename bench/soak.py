@@ -245,27 +245,23 @@ class System:
         self.relay = harness.Process(
             [str(harness.RELEASE / "relay"), "--listen", "127.0.0.1:0", "--public-bind", "127.0.0.1",
              "--admin-listen", "127.0.0.1:0", "--data-dir", str(data / "relay")],
-            env={"RUST_LOG": "warn"},
+            env={"RUST_LOG": "warn"}, quiet=True, ready_file=True,
         )
         self.agent = None
         try:
-            port = int(self.relay.line(r"agents connect to\s+udp \S+:(\d+)").group(1))
-            fingerprint = self.relay.line(r"fingerprint\s+(\S+)").group(1)
-            self.admin = self.relay.line(r"metrics\s+(http://\S+/metrics)").group(1)
-            token = self.relay.line(r'new token "default" (\S+)').group(1)
-            self.relay.drain()
+            relay = self.relay.ready()
+            port = harness.port_of(relay["quic"])
+            fingerprint, token = relay["fingerprint"], relay["token"]
+            self.admin = f"http://{relay['admin']}/metrics"
             config = data / "agent.toml"
             lines = [f'relay = "127.0.0.1:{port}"', f'fingerprint = "{fingerprint}"']
             for name, local in tunnels.items():
                 lines += ["[[tunnels]]", f'name = "{name}"', f"local = {local}"]
             config.write_text("\n".join(lines) + "\n")
             self.agent = harness.Process([str(harness.RELEASE / "agent"), "--config", str(config)],
-                                         env={"BURROW_TOKEN": token, "RUST_LOG": "warn"})
-            self.public = {}
-            for _ in tunnels:
-                match = self.agent.line(r"tunnel (\S+): tcp://\S+:(\d+)")
-                self.public[match.group(1)] = int(match.group(2))
-            self.agent.drain()
+                                         env={"BURROW_TOKEN": token, "RUST_LOG": "warn"}, quiet=True, ready_file=True)
+            online = self.agent.ready(until=lambda ready: {t["name"] for t in ready["tunnels"]} >= set(tunnels))
+            self.public = {t["name"]: t["port"] for t in online["tunnels"]}
         except BaseException:
             self.stop()
             raise

@@ -2,7 +2,7 @@
 // connection made through the tunnel appears in its list, with its bytes, within a second;
 // an open connection shows its bytes so far.
 import assert from "node:assert/strict";
-import { echoServer, echoedAndHeld, exchange, field, launch, screenshot, startAgent, startRelay } from "./lib.mjs";
+import { echoServer, echoedAndHeld, exchange, launch, screenshot, startAgent, startRelay } from "./lib.mjs";
 
 /** Bytes move without a change event; the snapshot sent every second carries them. */
 const BYTES_SHOW_WITHIN_MS = 2_500;
@@ -10,7 +10,7 @@ const BYTES_SHOW_WITHIN_MS = 2_500;
 export async function inspectorListsATunnelConnectionWithItsBytesLive() {
   const relay = await startRelay();
   const agent = await startAgent(relay, await echoServer(), ["--inspect", "127.0.0.1:0"]);
-  const url = field(await agent.lineWith("inspector:"), "inspector:");
+  const url = agent.ready.inspector;
   const origin = new URL(url).origin;
   const browser = await launch();
   try {

@@ -2,7 +2,7 @@
 // processes on loopback, a local echo server, and screenshots kept as artefacts.
 
 import { spawn } from "node:child_process";
-import { mkdirSync, mkdtempSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readFileSync } from "node:fs";
 import net from "node:net";
 import os from "node:os";
 import path from "node:path";
@@ -11,7 +11,7 @@ import { fileURLToPath } from "node:url";
 import { chromium } from "playwright-core";
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
-const TARGET = path.resolve(HERE, "..", "target", "debug");
+const TARGET = path.join(process.env.CARGO_TARGET_DIR ?? path.resolve(HERE, "..", "target"), "debug");
 export const ARTIFACTS = path.join(HERE, "artifacts");
 export const TOKEN = "browser-test-token-0123456789";
 /** Upper bound for any single step; a hang guard, not a synchroniser. */
@@ -82,37 +82,48 @@ export function start(binary, args, env = {}) {
   return child;
 }
 
-/** The word after `label` on a line. */
-export function field(line, label) {
-  return line.slice(line.indexOf(label) + label.length).trim().split(/\s+/)[0];
+/**
+ * Starts `binary` with `--ready-file` and resolves to the child once it has written the file,
+ * with the file's JSON object as `child.ready`. The binaries write it whole and rename it into
+ * place, so a file that exists is complete.
+ */
+export async function startReady(binary, args, env = {}) {
+  const file = path.join(mkdtempSync(path.join(os.tmpdir(), "burrow-ready-")), "ready.json");
+  const child = start(binary, [...args, "--ready-file", file], env);
+  const deadline = Date.now() + STEP_MS;
+  while (!existsSync(file)) {
+    if (child.exitCode !== null) throw new Error(`${binary} exited before its ready file; stderr:\n${child.stderrText()}`);
+    if (Date.now() > deadline) throw new Error(`${binary}: no ready file; stderr:\n${child.stderrText()}`);
+    await new Promise((resolve) => setTimeout(resolve, 10));
+  }
+  child.ready = JSON.parse(readFileSync(file, "utf8"));
+  return child;
 }
 
 /** A relay on loopback with its admin endpoint on an ephemeral port. */
 export async function startRelay(env = {}) {
   const dataDir = mkdtempSync(path.join(os.tmpdir(), "burrow-browser-"));
-  const relay = start(
+  const relay = await startReady(
     "relay",
     ["--listen", "127.0.0.1:0", "--public-bind", "127.0.0.1", "--admin-listen", "127.0.0.1:0", "--data-dir", dataDir],
     { BURROW_RELAY_TOKEN: TOKEN, ...env },
   );
-  const udp = field(await relay.lineWith("agents connect to"), "udp");
-  relay.address = udp;
-  relay.fingerprint = field(await relay.lineWith("fingerprint"), "fingerprint");
-  relay.admin = field(await relay.lineWith("metrics"), "metrics").replace(/\/metrics$/, "");
+  relay.address = relay.ready.quic;
+  relay.fingerprint = relay.ready.fingerprint;
+  relay.admin = `http://${relay.ready.admin}`;
   relay.dataDir = dataDir;
   return relay;
 }
 
 /** An agent exposing `localPort` through `relay`; resolves once its tunnel is online. */
 export async function startAgent(relay, localPort, args = [], env = {}) {
-  const agent = start(
+  const agent = await startReady(
     "agent",
     ["--relay", relay.address, "--fingerprint", relay.fingerprint, "--local", String(localPort), ...args],
     { BURROW_TOKEN: TOKEN, ...env },
   );
-  const line = await agent.lineWith("tunnel ");
-  // `tunnel NAME: URL -> LOCAL`: a TCP tunnel's public port, or an HTTP tunnel's address.
-  agent.url = line.split(": ")[1].split(/\s+/)[0];
+  // A TCP tunnel's `tcp://HOST:PORT`, or an HTTP tunnel's address.
+  agent.url = agent.ready.tunnels[0].url;
   agent.publicPort = Number(new URL(agent.url).port);
   return agent;
 }

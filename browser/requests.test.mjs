@@ -3,7 +3,7 @@
 // replay sends it to the local server again.
 import assert from "node:assert/strict";
 import http from "node:http";
-import { STEP_MS, field, launch, screenshot, startAgent, startRelay } from "./lib.mjs";
+import { STEP_MS, launch, screenshot, startAgent, startRelay } from "./lib.mjs";
 
 /** A local web app that counts the requests it gets and answers each with JSON. */
 function countingApp() {
@@ -50,11 +50,11 @@ export async function inspectorListsHttpRequestsShowsTheirDetailAndReplaysThem()
     BURROW_RELAY_HTTP_LISTEN: "127.0.0.1:0",
     BURROW_RELAY_HTTPS_LISTEN: "off",
   });
-  const relayHttp = field(await relay.lineWith("HTTP tunnels"), "on http");
+  const relayHttp = relay.ready.http;
   const app = await countingApp();
   const agent = await startAgent(relay, app.port, ["--http", "myapp", "--inspect", "127.0.0.1:0"]);
   assert.equal(agent.url, `http://myapp.burrow.test:${relayHttp.split(":").pop()}`);
-  const inspector = field(await agent.lineWith("inspector:"), "inspector:");
+  const inspector = agent.ready.inspector;
   const browser = await launch();
   try {
     const page = await browser.newPage({ viewport: { width: 1200, height: 1100 } });

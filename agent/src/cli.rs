@@ -3,7 +3,7 @@
 use std::{io::IsTerminal, path::PathBuf};
 
 use anyhow::Context;
-use burrow_common::Secret;
+use burrow_common::{Secret, ready::AgentReady};
 use clap::{Args, Parser};
 use serde::Serialize;
 use tokio::sync::watch;
@@ -12,7 +12,9 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use crate::{
     Plan, Status, TunnelPlan,
     config::{AgentConfig, Cidr, LocalTarget, LogFormat, Protocol, TunnelConfig},
-    console, embedded, inspector, logging, reload,
+    console,
+    embedded::{self, EmbeddedRelay},
+    inspector, logging, ready, reload,
     report::{self, Setup},
 };
 
@@ -45,6 +47,10 @@ pub struct Cli {
     /// TOML config file with [[tunnels]] (see deploy/agent.toml)
     #[arg(long, short, env = "BURROW_CONFIG")]
     pub config: Option<PathBuf>,
+    /// Once the tunnels are online, write the pid, inspector URL and each tunnel's public
+    /// address here as JSON (for scripts and tests; rewritten whole when the tunnels change)
+    #[arg(long, value_name = "PATH")]
+    pub ready_file: Option<PathBuf>,
     #[command(flatten)]
     pub flags: Flags,
 }
@@ -153,15 +159,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let (mut plan, relay) = plan(&config)?;
     let tasks = TaskTracker::new();
     if let Some((path, config_watch)) = cli.config.clone().zip(config_watch) {
-        let (lists, reloads) = watch::channel(plan.tunnels.clone());
-        plan.reloads = Some(reloads);
-        let (flags, file) = (cli.flags, path.clone());
-        let load = move || {
-            let mut reloaded = AgentConfig::load(Some(&file), &flags)?;
-            reloaded.tunnels.extend(command_line.clone());
-            Ok(reloaded.tunnels.iter().map(TunnelPlan::from_config).collect())
-        };
-        tasks.spawn(reload::watch_config(path, config_watch, load, lists, cancel.clone()));
+        let reloads = Reloads { path, config_watch, flags: cli.flags, command_line };
+        plan.reloads = Some(reloads.spawn(&tasks, plan.tunnels.clone(), &cancel));
     }
     let inspector = inspector::bind(config.inspect).await;
     let setup = Setup {
@@ -172,30 +171,86 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     if let Some(listener) = inspector {
         tasks.spawn(inspector::serve(listener, plan.stats.clone(), cancel.clone()));
     }
-    let relay = relay.map(|relay| tasks.spawn(relay.run(cancel.clone())));
     let (status, watcher) = watch::channel(Status::Connecting);
+    let ready = match cli.ready_file {
+        Some(path) => {
+            let template = ready_template(&setup, relay.as_ref())?;
+            Some(tasks.spawn(ready::run(path, template, watcher.clone(), cancel.clone())))
+        }
+        None => None,
+    };
+    let relay = relay.map(|relay| tasks.spawn(relay.run(cancel.clone())));
     let done = CancellationToken::new();
     let output = if live {
-        tokio::spawn(console::run(plan.stats.clone(), setup, logs, done.clone()))
+        tasks.spawn(console::run(plan.stats.clone(), setup, logs, done.clone()))
     } else {
-        tokio::spawn(report::run(watcher, plan.stats.clone(), setup, done.clone()))
+        tasks.spawn(report::run(watcher, plan.stats.clone(), setup, done.clone()))
     };
     let result = crate::run(plan, status, cancel.clone()).await;
     cancel.cancel();
-    let relay_result = match relay {
-        Some(relay) => relay.await.context("embedded relay")?,
-        None => Ok(()),
-    };
+    let relay_result = finished(relay, "embedded relay").await?;
+    let ready_result = finished(ready, "ready file").await?;
     // The output draws the final state before the error, if any, is printed below it.
     done.cancel();
     output.await.context("output")?;
     tasks.close();
     tasks.wait().await;
-    relay_result.and(result)
+    ready_result.and(relay_result).and(result)
+}
+
+/// The result of an optional task, once it has ended.
+async fn finished(
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    what: &'static str,
+) -> anyhow::Result<anyhow::Result<()>> {
+    match task {
+        Some(task) => task.await.context(what),
+        None => Ok(Ok(())),
+    }
+}
+
+/// What the config file's edits need to become new tunnel lists.
+struct Reloads {
+    path: PathBuf,
+    config_watch: burrow_common::reload::ConfigWatch,
+    flags: Flags,
+    /// The `--local` tunnel, which every reloaded list keeps.
+    command_line: Option<TunnelConfig>,
+}
+
+impl Reloads {
+    /// Watches the config file from `tunnels` on; returns where the new lists arrive.
+    fn spawn(
+        self,
+        tasks: &TaskTracker,
+        tunnels: Vec<TunnelPlan>,
+        cancel: &CancellationToken,
+    ) -> watch::Receiver<Vec<TunnelPlan>> {
+        let (lists, reloads) = watch::channel(tunnels);
+        let Self { path, config_watch, flags, command_line } = self;
+        let file = path.clone();
+        let load = move || {
+            let mut reloaded = AgentConfig::load(Some(&file), &flags)?;
+            reloaded.tunnels.extend(command_line.clone());
+            Ok(reloaded.tunnels.iter().map(TunnelPlan::from_config).collect())
+        };
+        tasks.spawn(reload::watch_config(path, config_watch, load, lists, cancel.clone()));
+        reloads
+    }
+}
+
+/// The ready file's contents but for the tunnels, which come with the first session.
+fn ready_template(setup: &Setup, relay: Option<&EmbeddedRelay>) -> anyhow::Result<AgentReady> {
+    Ok(AgentReady {
+        pid: std::process::id(),
+        inspector: setup.inspector.clone(),
+        tunnels: Vec::new(),
+        relay: relay.map(EmbeddedRelay::ready).transpose()?,
+    })
 }
 
 /// The plan for the configured relay, or for one inside the agent when none is configured.
-fn plan(config: &AgentConfig) -> anyhow::Result<(Plan, Option<relay::Relay>)> {
+fn plan(config: &AgentConfig) -> anyhow::Result<(Plan, Option<EmbeddedRelay>)> {
     match config.relay.clone() {
         Some(relay) => Ok((Plan::for_relay(config, relay)?, None)),
         None => {

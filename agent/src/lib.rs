@@ -12,6 +12,7 @@ mod human;
 pub mod inspector;
 mod local_http;
 mod logging;
+mod ready;
 mod reload;
 mod report;
 pub mod requests;

@@ -120,7 +120,8 @@ async fn hello<L: Link>(
     match answered.await {
         Ok((HelloAnswer::Welcome(granted), control)) => Ok((granted, control)),
         Ok((HelloAnswer::Refused(refusal), _)) if never_online || !refusal.is_transient() => {
-            Err(SessionEnd::Fatal(anyhow::anyhow!("the relay refused: {refusal}")))
+            // Kept as a value in the chain, so callers can tell refusals apart by type.
+            Err(SessionEnd::Fatal(anyhow::Error::new(refusal).context("the relay refused")))
         }
         Ok((HelloAnswer::Refused(refusal), _)) => {
             Err(SessionEnd::Retry { reason: refusal.to_string(), online_for: None })

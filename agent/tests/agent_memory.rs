@@ -3,11 +3,9 @@
 //! into a slot for every stream the agent permits; the agent permits only what visitors use.
 //! Run with `cargo build --workspace --bins && cargo test -p burrow-agent --test agent_memory`.
 
-mod support;
-
 use std::time::Duration;
 
-use support::{echo_server, processes::RelayBinary, random_bytes};
+use testkit::{echo_server, processes::RelayBinary, random_bytes};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Large enough that each stream's receive state grows to its largest, so the warm-up fills
@@ -26,7 +24,7 @@ async fn agent_memory_is_flat_across_sequential_bulk_visitors() -> anyhow::Resul
     let mut after_warm_up = 0;
     for i in 0..WARM_UP + MEASURED {
         if i == WARM_UP {
-            after_warm_up = agent.vm_rss_kib()?;
+            after_warm_up = agent.process.vm_rss_kib()?;
         }
         let tcp = tokio::net::TcpStream::connect(public).await?;
         let (mut read, mut write) = tcp.into_split();
@@ -40,7 +38,7 @@ async fn agent_memory_is_flat_across_sequential_bulk_visitors() -> anyhow::Resul
         writer.await??;
         assert!(back == payload, "transfer {i} came back different");
     }
-    let at_end = agent.vm_rss_kib()?;
+    let at_end = agent.process.vm_rss_kib()?;
     eprintln!("agent RSS after {WARM_UP} transfers {after_warm_up} KiB, after {MEASURED} more {at_end} KiB");
     assert!(
         at_end <= after_warm_up + MOST_GROWTH_KIB,

@@ -1,77 +1,18 @@
 //! The compiled `relay` and `agent` binaries, run as a user runs them.
-//! Run with `cargo test --workspace --test binaries` (the relay binary is built alongside).
+//! Run with `cargo build --workspace --bins && cargo test -p burrow-agent --test binaries`.
 
-mod support;
-
-use std::{process::Stdio, time::Duration};
+use std::{net::SocketAddr, time::Duration};
 
 use anyhow::Context;
-use support::processes::{agent_bin, relay_bin};
+use testkit::processes::{AgentBinary, Binary, RelayBinary, agent_bin, relay_bin};
 use tokio::{
-    io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, Lines},
+    io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
-    process::{Child, ChildStdout, Command},
+    process::Command,
 };
 
 const STEP: Duration = Duration::from_secs(30);
 const PAGE: &str = "<h1>served from the laptop</h1>";
-
-struct Process {
-    child: Child,
-    lines: Lines<BufReader<ChildStdout>>,
-}
-
-impl Process {
-    fn start(mut command: Command) -> anyhow::Result<Self> {
-        let mut child = command.stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true).spawn()?;
-        let stdout = child.stdout.take().context("stdout is piped")?;
-        Ok(Self { child, lines: BufReader::new(stdout).lines() })
-    }
-
-    /// Reads stdout until a line contains `marker`; returns that line.
-    async fn line_with(&mut self, marker: &str) -> anyhow::Result<String> {
-        let wait = async {
-            while let Some(line) = self.lines.next_line().await? {
-                if line.contains(marker) {
-                    return Ok(line);
-                }
-            }
-            anyhow::bail!("stdout ended before a line with {marker:?}")
-        };
-        match tokio::time::timeout(STEP, wait).await {
-            Ok(Ok(line)) => Ok(line),
-            Ok(Err(e)) => Err(e.context(self.stderr().await)),
-            Err(_) => anyhow::bail!("no line with {marker:?} in time"),
-        }
-    }
-
-    async fn stderr(&mut self) -> String {
-        self.child.start_kill().ok();
-        let mut text = String::new();
-        if let Some(mut err) = self.child.stderr.take() {
-            err.read_to_string(&mut text).await.ok();
-        }
-        text
-    }
-
-    /// Sends SIGTERM and returns the exit code.
-    async fn terminate(mut self) -> anyhow::Result<i32> {
-        let pid = self.child.id().context("process still running")?;
-        Command::new("kill").args(["-TERM", &pid.to_string()]).status().await?;
-        let status = tokio::time::timeout(STEP, self.child.wait()).await??;
-        status.code().context("exited by signal")
-    }
-
-    /// Waits for the process to exit by itself; returns its code and stderr.
-    async fn exit(mut self) -> anyhow::Result<(i32, String)> {
-        let status = tokio::time::timeout(STEP, self.child.wait()).await??;
-        let mut text = String::new();
-        if let Some(mut err) = self.child.stderr.take() {
-            err.read_to_string(&mut text).await?;
-        }
-        Ok((status.code().context("exited by signal")?, text))
-    }
-}
 
 /// Serves one small page to every request.
 async fn web_server() -> anyhow::Result<u16> {
@@ -81,7 +22,7 @@ async fn web_server() -> anyhow::Result<u16> {
         while let Ok((mut tcp, _)) = listener.accept().await {
             tokio::spawn(async move {
                 // The page is the same whatever the request asks for.
-                support::read_head(&mut tcp).await?;
+                testkit::read_head(&mut tcp).await?;
                 let response = format!(
                     "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{PAGE}",
                     PAGE.len()
@@ -102,72 +43,32 @@ async fn http_get(port: u16) -> anyhow::Result<String> {
     Ok(response)
 }
 
-/// The value after `label` on a banner line.
-fn field(line: &str, label: &str) -> anyhow::Result<String> {
-    let rest = line.split_once(label).with_context(|| format!("{label:?} in {line:?}"))?.1;
-    Ok(rest.split_whitespace().next().context("value after label")?.to_string())
-}
-
-/// The public port in an agent line such as `tunnel web: tcp://127.0.0.1:20001 -> ...`.
-fn public_port(line: &str) -> anyhow::Result<u16> {
-    let url = field(line, "tcp://")?;
-    Ok(url.rsplit(':').next().context("port")?.parse()?)
-}
-
-struct RunningRelay {
-    process: Process,
-    udp_port: u16,
-    fingerprint: String,
-    token: String,
-    _dir: tempfile::TempDir,
-}
-
-async fn start_relay() -> anyhow::Result<RunningRelay> {
-    let dir = tempfile::tempdir()?;
-    let mut command = Command::new(relay_bin()?);
-    command
-        .args(["--listen", "127.0.0.1:0", "--public-bind", "127.0.0.1", "--admin-listen", "127.0.0.1:0", "--data-dir"])
-        .arg(dir.path());
-    let mut process = Process::start(command)?;
-    let udp = process.line_with("agents connect to").await?;
-    let udp_port = field(&udp, "udp")?.rsplit(':').next().context("port")?.parse()?;
-    let fingerprint = field(&process.line_with("fingerprint").await?, "fingerprint")?;
-    let token = field(&process.line_with("new token").await?, "\"default\"")?;
-    Ok(RunningRelay { process, udp_port, fingerprint, token, _dir: dir })
-}
-
-fn agent_command(relay: &RunningRelay, token: &str, local: u16) -> Command {
-    let mut command = Command::new(agent_bin());
-    command.env("BURROW_TOKEN", token).args(["--relay", &format!("127.0.0.1:{}", relay.udp_port)]).args([
-        "--fingerprint",
-        &relay.fingerprint,
-        "--local",
-        &local.to_string(),
-    ]);
-    command
+fn loopback(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
 }
 
 #[tokio::test]
 async fn relay_and_agent_binaries_serve_a_web_page() -> anyhow::Result<()> {
     let web = web_server().await?;
-    let relay = start_relay().await?;
-    let mut agent = Process::start(agent_command(&relay, &relay.token, web))?;
-    let line = agent.line_with("tunnel tcp-").await?;
+    let relay = RelayBinary::start(&[]).await?;
+    let mut agent = AgentBinary::launch(&mut relay.agent_command(loopback(web))?).await?;
+    let line = agent.process.line_with("tunnel tcp-").await?;
     assert!(line.ends_with(&format!("-> 127.0.0.1:{web}")), "{line}");
 
-    let response = http_get(public_port(&line)?).await?;
+    let response = http_get(agent.public_addr()?.port()).await?;
     assert!(response.starts_with("HTTP/1.1 200 OK") && response.ends_with(PAGE), "{response}");
 
-    assert_eq!(agent.terminate().await?, 0, "agent exits 0 on SIGTERM");
+    assert_eq!(agent.process.terminate().await?, 0, "agent exits 0 on SIGTERM");
     assert_eq!(relay.process.terminate().await?, 0, "relay exits 0 on SIGTERM");
     Ok(())
 }
 
 #[tokio::test]
 async fn agent_binary_with_a_wrong_token_exits_non_zero_naming_the_problem() -> anyhow::Result<()> {
-    let relay = start_relay().await?;
-    let agent = Process::start(agent_command(&relay, "brw_wrong_but_long_enough_0123456789", 8080))?;
-    let (code, stderr) = agent.exit().await?;
+    let relay = RelayBinary::start(&[]).await?;
+    let mut agent = relay.agent_command(loopback(8080))?;
+    let (code, stderr) =
+        Binary::start(agent.env("BURROW_TOKEN", "brw_wrong_but_long_enough_0123456789"))?.exit(STEP).await?;
     assert_eq!(code, 1);
     assert!(stderr.contains("error: the relay refused: the relay rejected the token"), "{stderr}");
     assert!(!stderr.contains("brw_wrong_but_long_enough_0123456789"), "the token must not be printed");
@@ -177,9 +78,9 @@ async fn agent_binary_with_a_wrong_token_exits_non_zero_naming_the_problem() -> 
 
 #[tokio::test]
 async fn agent_binary_refuses_a_guessable_token_before_connecting() -> anyhow::Result<()> {
-    let mut agent = Command::new(agent_bin());
+    let mut agent = Command::new(agent_bin()?);
     agent.env("BURROW_TOKEN", "").args(["--local", "8080", "--relay", "127.0.0.1:9"]);
-    let (code, stderr) = Process::start(agent)?.exit().await?;
+    let (code, stderr) = Binary::start(&mut agent)?.exit(STEP).await?;
     assert_eq!(code, 1);
     assert!(stderr.contains("token is 0 characters long: expected at least 16"), "{stderr}");
     Ok(())
@@ -189,16 +90,20 @@ async fn agent_binary_refuses_a_guessable_token_before_connecting() -> anyhow::R
 async fn agent_binary_without_relay_serves_through_an_embedded_one() -> anyhow::Result<()> {
     let web = web_server().await?;
     let home = tempfile::tempdir()?;
-    let mut command = Command::new(agent_bin());
+    let mut command = Command::new(agent_bin()?);
     command.env("XDG_DATA_HOME", home.path()).args(["--local", &web.to_string()]);
-    let mut agent = Process::start(command)?;
-    let line = agent.line_with("tunnel tcp-").await?;
+    let mut agent = AgentBinary::launch(&mut command).await?;
+    let line = agent.process.line_with("tunnel tcp-").await?;
     assert!(line.contains("tcp://127.0.0.1:"), "{line}");
 
-    let response = http_get(public_port(&line)?).await?;
+    let response = http_get(agent.public_addr()?.port()).await?;
     assert!(response.ends_with(PAGE), "{response}");
     assert!(home.path().join("burrow/embedded/cert.pem").exists(), "certificate generated and kept");
-    assert_eq!(agent.terminate().await?, 0);
+    let embedded = agent.ready.relay.clone().context("the ready file describes the embedded relay")?;
+    assert_eq!(embedded.data_dir, home.path().join("burrow/embedded"));
+    assert_eq!(embedded.pid, agent.process.pid()?, "the relay runs inside the agent's process");
+    assert!(embedded.token.is_some(), "the embedded relay's token is made at each start");
+    assert_eq!(agent.process.terminate().await?, 0);
     Ok(())
 }
 
@@ -207,13 +112,13 @@ async fn bad_config_values_stop_startup_naming_key_value_and_form() -> anyhow::R
     let dir = tempfile::tempdir()?;
     let mut relay = Command::new(relay_bin()?);
     relay.args(["--ports", "9-1", "--data-dir"]).arg(dir.path());
-    let (code, stderr) = Process::start(relay)?.exit().await?;
+    let (code, stderr) = Binary::start(&mut relay)?.exit(STEP).await?;
     assert_eq!(code, 1);
     assert!(stderr.contains("invalid port range \"9-1\"") && stderr.contains("key `ports`"), "{stderr}");
 
-    let mut agent = Command::new(agent_bin());
+    let mut agent = Command::new(agent_bin()?);
     agent.env("BURROW_KEEP_ALIVE", "often").args(["--local", "8080", "--relay", "127.0.0.1"]);
-    let (code, stderr) = Process::start(agent)?.exit().await?;
+    let (code, stderr) = Binary::start(&mut agent)?.exit(STEP).await?;
     assert_eq!(code, 1);
     assert!(stderr.contains("invalid duration \"often\"") && stderr.contains("key `keep_alive`"), "{stderr}");
     Ok(())
@@ -241,18 +146,17 @@ async fn an_invitation_works_as_printed_both_as_a_command_and_as_agent_toml() ->
 
     let mut relay = Command::new(relay_bin()?);
     relay.args(relay_args).arg(dir.path());
-    let mut relay = Process::start(relay)?;
-    let fingerprint = field(&relay.line_with("fingerprint").await?, "fingerprint")?;
+    let relay = RelayBinary::launch(&mut relay).await?;
+    let fingerprint = relay.fingerprint.to_string();
     assert_eq!(after("--fingerprint"), Some(fingerprint.as_str()), "the invitation names the relay's certificate");
 
     // Pasted as printed, but exposing this test's web server instead of port 8080.
     let local_flag = words.iter().position(|w| *w == "--local").context("--local")?;
-    let mut agent = Command::new(agent_bin());
+    let mut agent = Command::new(agent_bin()?);
     agent.env("BURROW_TOKEN", token).args(&words[2..local_flag]).args(["--local", &web.to_string()]);
-    let mut agent = Process::start(agent)?;
-    let line = agent.line_with("tunnel tcp-").await?;
-    assert!(http_get(public_port(&line)?).await?.ends_with(PAGE));
-    assert_eq!(agent.terminate().await?, 0);
+    let agent = AgentBinary::launch(&mut agent).await?;
+    assert!(http_get(agent.public_addr()?.port()).await?.ends_with(PAGE));
+    assert_eq!(agent.process.terminate().await?, 0);
 
     let toml: String = printed
         .lines()
@@ -261,12 +165,34 @@ async fn an_invitation_works_as_printed_both_as_a_command_and_as_agent_toml() ->
         .collect();
     let config = dir.path().join("agent.toml");
     std::fs::write(&config, toml)?;
-    let mut from_file = Command::new(agent_bin());
+    let mut from_file = Command::new(agent_bin()?);
     from_file.env_remove("BURROW_TOKEN").arg("--config").arg(&config);
-    let mut from_file = Process::start(from_file)?;
-    let line = from_file.line_with("tunnel tcp-").await?;
-    assert!(http_get(public_port(&line)?).await?.ends_with(PAGE));
-    assert_eq!(from_file.terminate().await?, 0);
-    assert_eq!(relay.terminate().await?, 0);
+    let from_file = AgentBinary::launch(&mut from_file).await?;
+    assert!(http_get(from_file.public_addr()?.port()).await?.ends_with(PAGE));
+    assert_eq!(from_file.process.terminate().await?, 0);
+    assert_eq!(relay.process.terminate().await?, 0);
+    Ok(())
+}
+
+/// `--ready-file` tells a script what the printed lines tell a person: the agent's pid, its
+/// inspector and each tunnel's public address, once the tunnels are online.
+#[tokio::test]
+async fn the_agent_ready_file_lists_its_tunnels_as_printed() -> anyhow::Result<()> {
+    let web = web_server().await?;
+    let relay = RelayBinary::start(&[]).await?;
+    let mut command = relay.agent_command(loopback(web))?;
+    let mut agent = AgentBinary::launch(command.args(["--name", "site", "--inspect", "127.0.0.1:0"])).await?;
+    let ready = agent.ready.clone();
+    assert_eq!(ready.pid, agent.process.pid()?);
+    assert_eq!(ready.relay, None, "an agent given --relay runs no relay of its own");
+    let inspector = ready.inspector.context("the inspector listens")?;
+    assert_eq!(agent.process.line_with("inspector:").await?, format!("inspector: {inspector}"));
+    let [tunnel] = ready.tunnels.as_slice() else { anyhow::bail!("one tunnel expected: {:?}", ready.tunnels) };
+    assert_eq!((tunnel.name.as_str(), tunnel.local.as_str()), ("site", format!("127.0.0.1:{web}").as_str()));
+    assert_eq!(tunnel.url, format!("tcp://127.0.0.1:{}", tunnel.port));
+    let line = agent.process.line_with("tunnel site:").await?;
+    assert_eq!(line, format!("tunnel site: {} -> 127.0.0.1:{web}", tunnel.url), "the file and the output agree");
+    assert!(http_get(tunnel.port).await?.ends_with(PAGE));
+    assert_eq!(agent.process.terminate().await?, 0);
     Ok(())
 }

@@ -2,12 +2,10 @@
 //! live view in place; piped, or asked for JSON logs, it prints plain lines and no escapes.
 //! Run with `cargo build --workspace --bins && cargo test -p burrow-agent --test console`.
 
-mod support;
-
 use std::{net::SocketAddr, process::Stdio};
 
 use anyhow::Context;
-use support::{
+use testkit::{
     STEP, echo_server, exchange,
     processes::{RelayBinary, agent_bin},
     random_bytes, round_trip,
@@ -35,12 +33,12 @@ struct OnTerminal {
 impl OnTerminal {
     fn start(relay: &RelayBinary, args: &[String]) -> anyhow::Result<Self> {
         // `exec` makes the agent the direct child of `script`, so the test can signal it.
-        let command = format!("exec {} {}", agent_bin().display(), args.join(" "));
+        let command = format!("exec {} {}", agent_bin()?.display(), args.join(" "));
         let mut script = Command::new("script")
             .args(["-qfec", &command, "/dev/null"])
             .env("SHELL", "/bin/sh")
             .env("TERM", "xterm-256color")
-            .env("BURROW_TOKEN", &relay.token)
+            .env("BURROW_TOKEN", relay.token()?)
             .env("RUST_LOG", "info")
             .env_remove("NO_COLOR")
             .stdin(Stdio::piped())
@@ -200,9 +198,9 @@ async fn a_person_sees_the_url_online_and_the_count_move_after_a_visitor() -> an
 async fn piped_output_is_plain_lines_with_the_tunnel_line_and_no_escapes() -> anyhow::Result<()> {
     let relay = RelayBinary::start(&[]).await?;
     let echo = echo_server().await?;
-    let mut agent = Command::new(agent_bin())
+    let mut agent = Command::new(agent_bin()?)
         .args(agent_args(&relay, echo))
-        .env("BURROW_TOKEN", &relay.token)
+        .env("BURROW_TOKEN", relay.token()?)
         .env("RUST_LOG", "info")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -2,12 +2,10 @@
 //! the visitor, with `--resolve` standing in for the wildcard DNS record.
 //! `scripts/test` installs curl when it is missing.
 
-mod support;
-
 use std::{net::SocketAddr, path::Path};
 
 use anyhow::Context;
-use support::processes::{Binary, agent_bin, relay_bin};
+use testkit::processes::{AgentBinary, RelayBinary, agent_bin};
 use tokio::{io::AsyncWriteExt, net::TcpListener, process::Command};
 
 const PAGE: &str = "served from the laptop";
@@ -20,7 +18,7 @@ async fn web_server() -> anyhow::Result<u16> {
     tokio::spawn(async move {
         while let Ok((mut tcp, _)) = listener.accept().await {
             tokio::spawn(async move {
-                let head = support::read_head(&mut tcp).await?.to_lowercase();
+                let head = testkit::read_head(&mut tcp).await?.to_lowercase();
                 let forwarded: Vec<&str> =
                     head.lines().filter(|l| l.starts_with("x-forwarded-") || l.starts_with("authorization")).collect();
                 let body = format!("{PAGE}\n{}\n", forwarded.join("\n"));
@@ -36,17 +34,8 @@ async fn web_server() -> anyhow::Result<u16> {
     Ok(port)
 }
 
-/// The value after `label` on a banner line.
-fn field(line: &str, label: &str) -> anyhow::Result<String> {
-    let rest = line.split_once(label).with_context(|| format!("{label:?} in {line:?}"))?.1;
-    Ok(rest.split_whitespace().next().context("value after label")?.to_string())
-}
-
 struct RunningRelay {
-    process: Binary,
-    udp: String,
-    fingerprint: String,
-    token: String,
+    binary: RelayBinary,
     http: SocketAddr,
     https: SocketAddr,
     dir: tempfile::TempDir,
@@ -54,21 +43,17 @@ struct RunningRelay {
 
 async fn start_relay() -> anyhow::Result<RunningRelay> {
     let dir = tempfile::tempdir()?;
-    let mut command = Command::new(relay_bin()?);
-    command
-        .args(["--listen", "127.0.0.1:0", "--public-bind", "127.0.0.1", "--admin-listen", "off"])
-        .args(["--domain", "burrow.test", "--http-listen", "127.0.0.1:0", "--https-listen", "127.0.0.1:0"])
-        .arg("--data-dir")
-        .arg(dir.path());
-    let mut process = Binary::start(&mut command)?;
-    let udp = field(&process.line_with("agents connect to").await?, "udp")?;
-    let fingerprint = field(&process.line_with("fingerprint").await?, "fingerprint")?;
-    let http_line = process.line_with("HTTP tunnels").await?;
-    let http = field(&http_line, "on http")?.parse()?;
-    let https = field(&http_line, "and https")?.parse()?;
-    let token = field(&process.line_with("new token").await?, "\"default\"")?;
-    process.drain();
-    Ok(RunningRelay { process, udp, fingerprint, token, http, https, dir })
+    let mut command = RelayBinary::loopback_command(dir.path())?;
+    command.args(["--admin-listen", "off", "--domain", "burrow.test"]).args([
+        "--http-listen",
+        "127.0.0.1:0",
+        "--https-listen",
+        "127.0.0.1:0",
+    ]);
+    let binary = RelayBinary::launch(&mut command).await?;
+    let http = binary.ready.http.context("the HTTP port is on")?;
+    let https = binary.ready.https.context("the HTTPS port is on")?;
+    Ok(RunningRelay { binary, http, https, dir })
 }
 
 /// Runs curl and returns the status code it saw and the body.
@@ -97,16 +82,19 @@ fn cacert(dir: &Path) -> String {
 async fn curl_reaches_the_local_server_over_https_and_http_by_name() -> anyhow::Result<()> {
     let web = web_server().await?;
     let relay = start_relay().await?;
-    let mut agent = Binary::start(
-        Command::new(agent_bin())
-            .env("BURROW_TOKEN", &relay.token)
-            .args(["--relay", &relay.udp, "--fingerprint", &relay.fingerprint, "--inspect", "off"])
-            .args(["--local", &web.to_string(), "--http", "myapp", "--basic-auth", "alice:s3cret"]),
-    )?;
-    let line = agent.line_with("tunnel myapp:").await?;
+    let mut agent = AgentBinary::launch(relay.binary.agent_command(([127, 0, 0, 1], web).into())?.args([
+        "--inspect",
+        "off",
+        "--http",
+        "myapp",
+        "--basic-auth",
+        "alice:s3cret",
+    ]))
+    .await?;
     let https_url = format!("https://myapp.burrow.test:{}/", relay.https.port());
+    assert_eq!(agent.ready.tunnels[0].url, https_url.trim_end_matches('/'));
+    let line = agent.process.line_with("tunnel myapp:").await?;
     assert!(line.contains(&format!("{} -> 127.0.0.1:{web}", https_url.trim_end_matches('/'))), "{line}");
-    agent.drain();
 
     let (code, body) = curl(&[
         "--resolve",
@@ -136,7 +124,7 @@ async fn curl_reaches_the_local_server_over_https_and_http_by_name() -> anyhow::
     assert_eq!(code, 404);
     assert!(body.contains("nope.burrow.test"), "the page names the host it got: {body}");
     drop(agent);
-    drop(relay.process);
+    drop(relay.binary);
     Ok(())
 }
 
@@ -144,20 +132,21 @@ async fn curl_reaches_the_local_server_over_https_and_http_by_name() -> anyhow::
 async fn the_embedded_relay_serves_http_tunnels_under_localhost() -> anyhow::Result<()> {
     let web = web_server().await?;
     let home = tempfile::tempdir()?;
-    let mut agent = Binary::start(Command::new(agent_bin()).env("XDG_DATA_HOME", home.path()).args([
+    let mut agent = AgentBinary::launch(Command::new(agent_bin()?).env("XDG_DATA_HOME", home.path()).args([
         "--local",
         &web.to_string(),
         "--http",
         "myapp",
         "--inspect",
         "off",
-    ]))?;
-    agent.line_with("tunnel myapp: https://myapp.localhost").await?;
+    ]))
+    .await?;
+    agent.process.line_with("tunnel myapp: https://myapp.localhost").await?;
     // The plain-HTTP address follows on its own line: 8880, or a free port if that is taken.
-    let also = agent.line_with("also reachable at http://myapp.localhost").await?;
-    let url = field(&also, "at")?;
+    agent.process.line_with("also reachable at http://myapp.localhost").await?;
+    let url = agent.ready.tunnels[0].urls.get(1).context("the plain-HTTP address")?.clone();
+    assert!(url.starts_with("http://myapp.localhost:"), "{url}");
     let port: u16 = url.rsplit(':').next().context("port")?.parse()?;
-    agent.drain();
     // curl resolves *.localhost to loopback itself; --resolve keeps the test independent of
     // the curl version.
     let local: SocketAddr = ([127, 0, 0, 1], port).into();

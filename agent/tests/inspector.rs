@@ -2,8 +2,6 @@
 //! and its event stream all agree with what the test's visitors sent and received.
 //! Run with `cargo test -p burrow-agent --test inspector`.
 
-mod support;
-
 use std::net::SocketAddr;
 
 use agent::{
@@ -12,7 +10,7 @@ use agent::{
     stats::Stats,
 };
 use anyhow::Context;
-use support::*;
+use testkit::*;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},

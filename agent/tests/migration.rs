@@ -2,11 +2,9 @@
 //! every tunneled connection intact; with migration off the same scenario stalls, which
 //! shows the first test exercises migration. Run with `cargo test -p burrow-agent --test migration`.
 
-mod support;
-
 use std::time::Duration;
 
-use support::*;
+use testkit::*;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpStream,

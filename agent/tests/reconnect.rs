@@ -1,12 +1,10 @@
 //! Stable public addresses: across relay restarts, agent restarts and duplicate agents.
 //! Run with `cargo test -p burrow-agent --test reconnect`.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
 use agent::Status;
-use support::*;
+use testkit::*;
 use tokio::io::AsyncWriteExt;
 
 #[tokio::test]
@@ -59,7 +57,7 @@ async fn a_second_live_agent_cannot_take_a_tunnel_from_a_live_one() -> anyhow::R
     let (first, tunnels) = TestAgent::start(relay.plan(vec![tunnel("web", first_server)])).await?;
 
     let err = TestAgent::spawn(relay.plan(vec![tunnel("web", echo_server().await?)])).finished().await?.unwrap_err();
-    assert!(format!("{err:#}").contains("another agent with this token is serving tunnel \"web\""), "{err:#}");
+    assert_eq!(refusal(&err), Some(&burrow_common::Refusal::TunnelActive { name: "web".into() }), "{err:#}");
     assert_eq!(exchange(public_addr(&tunnels[0]), b"").await?, b"first");
     assert!(!first.task.is_finished(), "the live agent keeps its tunnel");
     first.stop().await?;

@@ -1,15 +1,13 @@
 //! Tunnels added and removed while the agent runs (its config file edited): the new tunnel
 //! appears, the removed one's visitors are closed, and the others' connections carry on.
 
-mod support;
-
 use std::time::Duration;
 
 use agent::{Status, TunnelPlan};
 use anyhow::Context;
-use support::{
+use testkit::{
     STEP, TestAgent, TestRelay, echo_server,
-    processes::{Binary, agent_bin},
+    processes::{AgentBinary, agent_bin, tcp_addr},
     public_addr, round_trip, tunnel,
 };
 use tokio::{io::AsyncReadExt, net::TcpStream, process::Command, sync::watch};
@@ -88,7 +86,7 @@ async fn a_reload_opens_added_tunnels_and_closes_only_the_removed_ones() -> anyh
     assert!(closes_within(&mut web, STEP).await, "a replaced tunnel's visitors are closed");
     assert_eq!(round_trip(&mut db, b"db untouched").await?, b"db untouched");
 
-    let api = support::api(&relay, "agents").await?;
+    let api = testkit::api(&relay, "agents").await?;
     let listed: Vec<&str> =
         api[0]["tunnels"].as_array().context("tunnels")?.iter().filter_map(|t| t["name"].as_str()).collect();
     assert_eq!(listed.len(), 2, "the relay's API follows the update: {listed:?}");
@@ -143,20 +141,15 @@ async fn the_agent_binary_follows_edits_of_its_config_file() -> anyhow::Result<(
         std::fs::write(&config, text)
     };
     write(&[("one", one.port())], None)?;
-    let mut agent = Binary::start(
-        Command::new(agent_bin()).env("BURROW_TOKEN", relay.token.expose()).arg("--config").arg(&config),
-    )?;
-    let line = agent.line_with("tunnel one:").await?;
-    let port = |line: &str| -> anyhow::Result<u16> {
-        let url = line.split("tcp://").nth(1).context("tcp:// in line")?.split_whitespace().next().context("url")?;
-        Ok(url.rsplit(':').next().context("port")?.parse()?)
-    };
-    let mut first = TcpStream::connect(("127.0.0.1", port(&line)?)).await?;
+    let mut agent = AgentBinary::launch(
+        Command::new(agent_bin()?).env("BURROW_TOKEN", relay.token.expose()).arg("--config").arg(&config),
+    )
+    .await?;
+    let mut first = TcpStream::connect(tcp_addr(&agent.tunnel("one").await?)?).await?;
     assert_eq!(round_trip(&mut first, b"one").await?, b"one");
 
     write(&[("one", one.port()), ("two", two.port())], None)?;
-    let line = agent.line_with("tunnel two:").await?;
-    let mut second = TcpStream::connect(("127.0.0.1", port(&line)?)).await?;
+    let mut second = TcpStream::connect(tcp_addr(&agent.tunnel("two").await?)?).await?;
     assert_eq!(round_trip(&mut second, b"two").await?, b"two");
     assert_eq!(round_trip(&mut first, b"one again").await?, b"one again", "tunnel one was not touched");
 
@@ -166,101 +159,9 @@ async fn the_agent_binary_follows_edits_of_its_config_file() -> anyhow::Result<(
     let modified = before.modified()?;
     assert_eq!(std::fs::metadata(&config)?.len(), before.len());
     std::fs::File::options().write(true).open(&config)?.set_modified(modified)?;
-    Command::new("kill").args(["-HUP", &agent.pid()?.to_string()]).status().await?;
+    Command::new("kill").args(["-HUP", &agent.process.pid()?.to_string()]).status().await?;
     assert!(closes_within(&mut first, STEP).await, "tunnel one was removed");
     assert_eq!(round_trip(&mut second, b"two again").await?, b"two again");
     drop(agent);
     relay.stop().await
-}
-
-/// Whether a visitor's connection to `addr` is served (its echo comes back) rather than reset.
-async fn served(addr: std::net::SocketAddr) -> bool {
-    match TcpStream::connect(addr).await {
-        Ok(mut tcp) => round_trip(&mut tcp, b"?").await.is_ok_and(|back| back == b"?"),
-        Err(_) => false,
-    }
-}
-
-#[tokio::test]
-async fn the_relay_applies_edited_limits_and_names_keys_that_need_a_restart() -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let config = support::relay_config(dir.path());
-    let relay = relay::Relay::bind(config.clone())?;
-    let reloader = relay.reloader();
-    let test_relay = TestRelay::run(relay, config.token.clone().context("token")?)?;
-    let (agent, tunnels) = TestAgent::start(test_relay.plan(vec![tunnel("web", echo_server().await?)])).await?;
-    let public = public_addr(&tunnels[0]);
-    let mut first = TcpStream::connect(public).await?;
-    assert_eq!(round_trip(&mut first, b"one").await?, b"one");
-    assert!(served(public).await, "a second visitor from the same address is served at first");
-
-    let applied = reloader.apply(relay::RelayConfig {
-        max_visitors_per_ip: 1,
-        listen: "127.0.0.1:1".parse()?,
-        ..config.clone()
-    })?;
-    assert_eq!(applied.changed, ["max_visitors_per_ip: 256 -> 1"]);
-    assert_eq!(applied.needs_restart, ["listen"]);
-    assert!(!served(public).await, "past the new cap, a second visitor is reset");
-    assert_eq!(round_trip(&mut first, b"still").await?, b"still", "the open visitor keeps its place");
-
-    assert!(reloader.apply(relay::RelayConfig { max_visitors_per_tunnel: 0, ..config.clone() }).is_err());
-    reloader.apply(config)?;
-    assert!(served(public).await, "the cap can be raised again");
-    agent.stop().await?;
-    test_relay.stop().await
-}
-
-/// The compiled relay re-reads its config file on SIGHUP.
-#[tokio::test]
-async fn the_relay_binary_reloads_its_config_file_on_sighup() -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let file = dir.path().join("relay.toml");
-    let data = dir.path().join("data");
-    let settings = |extra: &str| {
-        format!(
-            "listen = \"127.0.0.1:0\"\npublic_bind = \"127.0.0.1\"\nadmin_listen = \"off\"\ndata_dir = \"{}\"\n\
-             token = \"reload-test-token-0123456789\"\n{extra}",
-            data.display()
-        )
-    };
-    std::fs::write(&file, settings(""))?;
-    let mut relay = Binary::start(Command::new(support::processes::relay_bin()?).arg("--config").arg(&file))?;
-    let udp: std::net::SocketAddr = {
-        let line = relay.line_with("agents connect to").await?;
-        line.split_whitespace().last().context("address")?.parse()?
-    };
-    let fingerprint = {
-        let line = relay.line_with("fingerprint").await?;
-        line.split_whitespace().last().context("fingerprint")?.parse().map_err(anyhow::Error::msg)?
-    };
-    relay.drain();
-    let (cancel, task) = (tokio_util::sync::CancellationToken::new(), tokio::spawn(async { Ok(()) }));
-    let handle = TestRelay {
-        addr: udp,
-        admin: None,
-        fingerprint,
-        token: burrow_common::Secret::new("reload-test-token-0123456789"),
-        cancel,
-        task,
-    };
-    let (agent, tunnels) = TestAgent::start(handle.plan(vec![tunnel("web", echo_server().await?)])).await?;
-    let public = public_addr(&tunnels[0]);
-    let mut first = TcpStream::connect(public).await?;
-    assert_eq!(round_trip(&mut first, b"one").await?, b"one");
-
-    std::fs::write(&file, settings("max_visitors_per_ip = 1\n"))?;
-    Command::new("kill").args(["-HUP", &relay.pid()?.to_string()]).status().await?;
-    // The reload is seen by its effect: a second visitor is refused once it is in force.
-    let refused = tokio::time::timeout(STEP, async {
-        while served(public).await {
-            tokio::task::yield_now().await;
-        }
-    })
-    .await;
-    assert!(refused.is_ok(), "the new cap was never applied; stderr: {}", relay.stderr_text());
-    assert!(relay.stderr_text().contains("config reloaded: max_visitors_per_ip: 256 -> 1"), "{}", relay.stderr_text());
-    assert_eq!(round_trip(&mut first, b"still").await?, b"still");
-    agent.stop().await?;
-    Ok(())
 }

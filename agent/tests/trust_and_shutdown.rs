@@ -1,11 +1,9 @@
 //! Trusting a relay with a CA-issued certificate, and draining on shutdown.
 //! Run with `cargo test -p burrow-agent --test trust_and_shutdown`.
 
-mod support;
-
 use agent::Status;
 use burrow_common::tls::Trust;
-use support::*;
+use testkit::*;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpStream,

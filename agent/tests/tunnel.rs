@@ -1,11 +1,9 @@
 //! End-to-end behaviour of TCP tunnels, with relay, agent and local servers in one process.
 //! Run with `cargo test -p burrow-agent --test tunnel`.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
-use support::*;
+use testkit::*;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpStream,

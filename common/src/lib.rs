@@ -33,6 +33,7 @@ pub mod http;
 pub mod link;
 pub mod logging;
 pub mod protocol;
+pub mod ready;
 pub mod reload;
 pub mod signal;
 pub mod splice;

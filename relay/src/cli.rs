@@ -2,10 +2,11 @@
 
 use std::path::PathBuf;
 
-use burrow_common::{Secret, config::parse_port_list, reload::ConfigWatch};
+use anyhow::Context;
+use burrow_common::{Secret, config::parse_port_list, ready::RelayReady, reload::ConfigWatch};
 use clap::{Args, Parser, Subcommand};
 use serde::Serialize;
-use tokio_util::sync::CancellationToken;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{Relay, RelayConfig, tokens::TokenStore};
 
@@ -16,6 +17,10 @@ pub struct Cli {
     /// TOML config file (keys as in deploy/relay.toml).
     #[arg(long, short, global = true, env = "BURROW_RELAY_CONFIG")]
     pub config: Option<PathBuf>,
+    /// Once serving, write the listen addresses, fingerprint and any new token here as JSON
+    /// (for scripts and tests; the file is replaced whole, never half-written)
+    #[arg(long, value_name = "PATH")]
+    pub ready_file: Option<PathBuf>,
     #[command(flatten)]
     pub flags: Flags,
     #[command(subcommand)]
@@ -105,7 +110,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let watch = cli.config.as_deref().filter(|_| cli.command.is_none()).map(ConfigWatch::new);
     let config = RelayConfig::load(cli.config.as_deref(), &cli.flags)?;
     match cli.command {
-        None => serve(config, cli.config.zip(watch).map(|(path, watch)| (path, watch, cli.flags))).await,
+        None => {
+            let file = cli.config.zip(watch).map(|(path, watch)| (path, watch, cli.flags));
+            serve(config, file, cli.ready_file.as_deref()).await
+        }
         Some(Command::Token(command)) => manage_tokens(&config, command),
         Some(Command::Invite { name, ports }) => {
             let ports = ports.as_deref().map(parse_port_list).transpose().map_err(anyhow::Error::msg)?;
@@ -116,15 +124,20 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 
 /// Serves until Ctrl-C or SIGTERM. With a config file, edits to it (or SIGHUP) are applied
 /// as the relay runs.
-async fn serve(config: RelayConfig, file: Option<(PathBuf, ConfigWatch, Flags)>) -> anyhow::Result<()> {
+async fn serve(
+    config: RelayConfig,
+    file: Option<(PathBuf, ConfigWatch, Flags)>,
+    ready_file: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
     let tokens = TokenStore::open(&config.data_dir, config.token.as_ref());
     let new_token = if tokens.is_empty()? { Some(tokens.add("default", None)?) } else { None };
     let relay = Relay::bind(config)?;
     let cancel = CancellationToken::new();
     burrow_common::signal::cancel_on_signal(cancel.clone());
+    let tasks = TaskTracker::new();
     if let Some((path, watch, flags)) = file {
         let (reloader, stop) = (relay.reloader(), cancel.clone());
-        tokio::spawn(async move {
+        tasks.spawn(async move {
             watch
                 .run(&stop, || match RelayConfig::load(Some(&path), &flags).and_then(|new| reloader.apply(new)) {
                     Ok(applied) => crate::reload::log(&applied),
@@ -134,7 +147,29 @@ async fn serve(config: RelayConfig, file: Option<(PathBuf, ConfigWatch, Flags)>)
         });
     }
     print_banner(&relay, new_token.as_ref())?;
-    relay.run(cancel).await
+    if let Some(path) = ready_file {
+        burrow_common::ready::write(path, &ready(&relay, new_token.as_ref())?)?;
+    }
+    let served = relay.run(cancel.clone()).await;
+    // The config watcher stops with the relay.
+    cancel.cancel();
+    tasks.close();
+    tasks.wait().await;
+    served
+}
+
+/// What the ready file says about a bound relay; `new_token` is the token made at this start.
+pub fn ready(relay: &Relay, new_token: Option<&Secret>) -> anyhow::Result<RelayReady> {
+    Ok(RelayReady {
+        pid: std::process::id(),
+        quic: relay.local_addr().context("the relay's QUIC address")?,
+        admin: relay.admin_addr(),
+        http: relay.http_addr(),
+        https: relay.https_addr(),
+        fingerprint: relay.fingerprint(),
+        token: new_token.map(|token| token.expose().to_string()),
+        data_dir: relay.config().data_dir.clone(),
+    })
 }
 
 fn print_banner(relay: &Relay, new_token: Option<&Secret>) -> anyhow::Result<()> {

@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use burrow_faults::{
     sim::Impairment,
-    traffic::{Progress, echo_transfer, round_trip},
+    traffic::{Progress, echo_transfer, timed_round_trip},
 };
 
 use crate::{SCENARIO, World};
@@ -23,7 +23,7 @@ async fn parallel_transfers_over_a_lossy_slow_path_arrive_intact_and_the_canary_
     };
     world.sim.impair(&Impairment { delay_ms: 25, loss_percent: 1.0, rate: None })?;
     let mut canary = world.visit().await?;
-    round_trip(&mut canary, b"warm-up").await?;
+    timed_round_trip(&mut canary, b"warm-up").await?;
     let started = Instant::now();
     let mut transfers = tokio::task::JoinSet::new();
     for _ in 0..PARALLEL {
@@ -39,7 +39,7 @@ async fn parallel_transfers_over_a_lossy_slow_path_arrive_intact_and_the_canary_
                     if let Some(done) = done { done??; }
                 }
                 _ = every.tick() => {
-                    let took = round_trip(&mut canary, b"ping").await?;
+                    let took = timed_round_trip(&mut canary, b"ping").await?;
                     slowest = slowest.max(took);
                     canary_trips += 1;
                 }

@@ -51,7 +51,7 @@ impl World {
     async fn one_echo(&self) -> anyhow::Result<Duration> {
         let started = std::time::Instant::now();
         let mut tcp = self.visit().await?;
-        traffic::round_trip(&mut tcp, b"are you there?").await?;
+        traffic::timed_round_trip(&mut tcp, b"are you there?").await?;
         Ok(started.elapsed())
     }
 

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use burrow_faults::{
     sim::Impairment,
-    traffic::{Progress, echo_transfer, metric_until, round_trip},
+    traffic::{Progress, echo_transfer, metric_until, timed_round_trip},
 };
 use tokio::io::AsyncReadExt;
 
@@ -27,7 +27,7 @@ async fn a_ten_second_outage_is_ridden_out_by_the_same_session() -> anyhow::Resu
     // A visitor who arrives during the outage: the relay accepts it and its bytes wait in
     // the session until the path is back, instead of hanging or being refused.
     let mut during = world.visit().await?;
-    let waiting = tokio::spawn(async move { round_trip(&mut during, b"sent during the outage").await });
+    let waiting = tokio::spawn(async move { timed_round_trip(&mut during, b"sent during the outage").await });
     tokio::time::sleep(Duration::from_secs(10)).await;
     world.sim.heal()?;
     let healed = Instant::now();
@@ -59,7 +59,7 @@ async fn visitors_who_arrive_while_the_session_is_lost_are_parked_and_served_aft
     metric_until(&world.sim, "burrow_sessions", Duration::from_secs(15), |open| open == 0.0).await?;
     let mut parked = world.visit().await?;
     metric_until(&world.sim, "burrow_parked_visitors", Duration::from_secs(5), |n| n == 1.0).await?;
-    let answer = tokio::spawn(async move { round_trip(&mut parked, b"parked until the agent is back").await });
+    let answer = tokio::spawn(async move { timed_round_trip(&mut parked, b"parked until the agent is back").await });
     world.sim.heal()?;
     let healed = Instant::now();
     tokio::time::timeout(Duration::from_secs(20), answer).await???;

@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use burrow_faults::{
-    process::{AgentProcess, Daemon, RelayProcess},
+    process::{AgentProcess, Binary, RelayProcess},
     traffic::{self, metric_until},
 };
 
@@ -75,7 +75,7 @@ async fn an_agent_killed_and_restarted_gets_its_port_back_and_another_token_neve
     let other = add_token(&sim, data.path(), "other").await?;
     let mut command = AgentProcess::command(&sim, &relay.fingerprint, echo, &[("BURROW_TOKEN", &other)])?;
     command.args(["--remote-port", &port.port().to_string()]);
-    let (code, stderr) = Daemon::start(command)?.exit(Duration::from_secs(20)).await?;
+    let (code, stderr) = Binary::start(&mut command)?.exit(Duration::from_secs(20)).await?;
     assert_eq!(code, 1, "an agent with another token must be refused the port: {stderr}");
     assert!(stderr.contains(&port.port().to_string()), "the refusal should name the port: {stderr}");
 

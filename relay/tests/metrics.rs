@@ -1,10 +1,8 @@
 //! The relay's admin endpoint: counters in `/metrics` match what the test did.
-//! Run with `cargo test -p burrow-agent --test metrics`.
-
-mod support;
+//! Run with `cargo test -p burrow-relay --test metrics`.
 
 use burrow_common::Secret;
-use support::*;
+use testkit::*;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpStream,

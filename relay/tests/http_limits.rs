@@ -1,13 +1,12 @@
 //! What HTTP tunnels refuse, and how they say it: error pages with their status (plain text
 //! for scripts, HTML for browsers), access rules, a stalled visitor cut off, subdomains that
 //! cannot be had, names kept across restarts, and the per-tunnel connection cap.
-//! Run with `cargo test -p burrow-agent --test http_limits`.
-
-mod support;
+//! Run with `cargo test -p burrow-relay --test http_limits`.
 
 use std::time::{Duration, Instant};
 
-use support::{TestAgent, TestRelay, closed_port, http::*, http_apps::*, settled};
+use burrow_common::Refusal;
+use testkit::{TestAgent, TestRelay, closed_port, http::*, http_apps::*, refusal, settled};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpStream,
@@ -53,7 +52,7 @@ async fn requests_for_a_lost_session_wait_for_its_agent_within_the_parking_cap()
     };
     let relay = HttpRelay::start_with(config).await?;
     let app = LocalApp::start("web").await?;
-    let proxy = support::UdpProxy::start(relay.addr).await?;
+    let proxy = testkit::UdpProxy::start(relay.addr).await?;
     let mut plan = relay.plan(vec![http_tunnel("web", app.addr, Some("myapp"))]);
     plan.relay.port = proxy.addr.port();
     plan.keep_alive = Duration::from_millis(200);
@@ -80,7 +79,7 @@ async fn requests_for_a_lost_session_wait_for_its_agent_within_the_parking_cap()
     assert!(!waiting.is_finished(), "the other request waits for the agent");
 
     let (back, _) = TestAgent::start(relay.plan(vec![http_tunnel("web", app.addr, Some("myapp"))])).await?;
-    let served = tokio::time::timeout(support::STEP, waiting).await???;
+    let served = tokio::time::timeout(testkit::STEP, waiting).await???;
     assert_eq!(served.status, 200, "{}", served.body);
     back.stop().await?;
     relay.stop().await
@@ -323,7 +322,7 @@ async fn a_subdomain_held_by_another_token_is_refused_and_stays_with_its_holder(
     holder.stop().await?;
     settled(&relay, "burrow_sessions", 0.0).await?;
     let err = TestAgent::spawn(rival).finished().await?.unwrap_err();
-    assert!(format!("{err:#}").contains("is held by another agent"), "{err:#}");
+    assert_eq!(refusal(&err), Some(&Refusal::SubdomainTaken { name: "myapp".into() }), "{err:#}");
     relay.stop().await
 }
 
@@ -347,9 +346,10 @@ async fn invalid_and_reserved_subdomains_are_refused_with_the_reason() -> anyhow
     ] {
         let plan = relay.plan(vec![http_tunnel("web", app.addr, Some(subdomain))]);
         let err = TestAgent::spawn(plan).finished().await?.unwrap_err();
-        let message = format!("{err:#}");
-        assert!(message.starts_with("the relay refused: invalid tunnel \"web\": "), "{message}");
-        assert!(message.contains(reason), "{subdomain}: {message}");
+        let Some(Refusal::BadTunnel { name, why }) = refusal(&err) else { anyhow::bail!("{subdomain}: {err:#}") };
+        assert_eq!(name, "web");
+        // The reason is text the user reads.
+        assert!(why.contains(reason), "{subdomain}: {why}");
     }
     relay.stop().await
 }
@@ -403,7 +403,7 @@ async fn subdomains_are_kept_across_agent_and_relay_restarts() -> anyhow::Result
     let mut rival = relay.plan(vec![http_tunnel("web", app.addr, Some("myapp"))]);
     rival.token = other_token;
     let err = TestAgent::spawn(rival).finished().await?.unwrap_err();
-    assert!(format!("{err:#}").contains("\"myapp\" is held by another agent"), "{err:#}");
+    assert_eq!(refusal(&err), Some(&Refusal::SubdomainTaken { name: "myapp".into() }), "{err:#}");
     let (agent, granted) = TestAgent::start(relay.plan(tunnels())).await?;
     assert_eq!(names(&granted)?, first, "after the relay restarted");
     let answer = visit(relay.http, &host(&random), "/", &[]).await?;

@@ -16,7 +16,7 @@ use agent::{
     config::{AgentConfig, LocalTarget, Protocol, RelayAddr},
 };
 use anyhow::Context;
-use burrow_common::{Fingerprint, Secret, tls::Trust};
+use burrow_common::{Secret, tls::Trust};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::{HeaderMap, Request, StatusCode, client::conn::http1::SendRequest};
@@ -24,7 +24,7 @@ use hyper_util::rt::TokioIo;
 use relay::{Relay, RelayConfig};
 use tokio::net::TcpStream;
 
-use super::{STEP, TestRelay, processes, relay_config};
+use crate::{STEP, TestRelay, processes, relay_config};
 
 /// The relays' domain: two labels, since webpki ignores a wildcard right under a single one.
 pub const DOMAIN: &str = "burrow.test";
@@ -223,47 +223,31 @@ pub async fn answer(response: reqwest::Response) -> anyhow::Result<Answer> {
 
 /// The compiled relay with a domain and both shared ports, for tests that read its memory.
 pub struct HttpRelayProcess {
-    pub process: processes::Binary,
-    pub addr: SocketAddr,
+    pub relay: processes::RelayBinary,
     pub http: SocketAddr,
     pub https: SocketAddr,
-    pub fingerprint: Fingerprint,
-    pub token: Secret,
     _dir: tempfile::TempDir,
 }
 
 impl HttpRelayProcess {
     pub async fn start() -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
-        let mut command = tokio::process::Command::new(processes::relay_bin()?);
-        command.env("RUST_LOG", "warn").args(["--listen", "127.0.0.1:0", "--public-bind", "127.0.0.1"]);
+        let mut command = processes::RelayBinary::loopback_command(dir.path())?;
         command.args(["--admin-listen", "off", "--domain", DOMAIN]);
         command.args(["--http-listen", "127.0.0.1:0", "--https-listen", "127.0.0.1:0"]);
-        let mut process = processes::Binary::start(command.arg("--data-dir").arg(dir.path()))?;
-        // The banner's lines, in the order it prints them.
-        let addr = word_after(&process.line_with("agents connect to").await?, "udp")?.parse()?;
-        let fingerprint = word_after(&process.line_with("fingerprint").await?, "fingerprint")?;
-        let ports = process.line_with("HTTP tunnels").await?;
-        let (http, https) = (word_after(&ports, " http ")?.parse()?, word_after(&ports, " https ")?.parse()?);
-        let token = Secret::new(word_after(&process.line_with("new token").await?, "\"default\"")?);
-        process.drain();
-        let fingerprint = fingerprint.parse().map_err(anyhow::Error::msg)?;
-        Ok(Self { process, addr, http, https, fingerprint, token, _dir: dir })
+        let relay = processes::RelayBinary::launch(&mut command).await?;
+        let http = relay.ready.http.context("the HTTP port is on")?;
+        let https = relay.ready.https.context("the HTTPS port is on")?;
+        Ok(Self { relay, http, https, _dir: dir })
     }
 
     /// A plan that reaches this relay with its token and pin.
-    pub fn plan(&self, tunnels: Vec<TunnelPlan>) -> Plan {
+    pub fn plan(&self, tunnels: Vec<TunnelPlan>) -> anyhow::Result<Plan> {
         let config = AgentConfig { reconnect_max_delay: Duration::from_millis(400), ..AgentConfig::default() };
-        let relay = RelayAddr { host: self.addr.ip().to_string(), port: self.addr.port() };
-        let mut plan = Plan::new(&config, relay, Trust::Pinned(self.fingerprint), self.token.clone());
+        let relay = RelayAddr { host: self.relay.addr.ip().to_string(), port: self.relay.addr.port() };
+        let token = Secret::new(self.relay.token()?);
+        let mut plan = Plan::new(&config, relay, Trust::Pinned(self.relay.fingerprint), token);
         plan.tunnels = tunnels;
-        plan
+        Ok(plan)
     }
-}
-
-/// The whitespace-separated word after `label` in a banner line.
-fn word_after(line: &str, label: &str) -> anyhow::Result<String> {
-    let rest = line.split_once(label).with_context(|| format!("{label:?} in {line:?}"))?.1;
-    let word = rest.split_whitespace().next().with_context(|| format!("a value after {label:?} in {line:?}"))?;
-    Ok(word.to_string())
 }

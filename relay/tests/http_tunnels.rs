@@ -2,15 +2,13 @@
 //! with the relay's wildcard certificate, forwarded headers, large streamed bodies,
 //! WebSocket, server-sent events, keep-alive and TLS passthrough. Relay, agents and local
 //! servers run in one process, except the memory test, which reads the compiled relay's RSS.
-//! Run with `cargo build -p burrow-relay --bin relay && cargo test -p burrow-agent --test http_tunnels`.
-
-mod support;
+//! Run with `cargo test -p burrow-relay --test http_tunnels` (which builds the relay binary too).
 
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use futures_util::{SinkExt, StreamExt};
-use support::{STEP, TestAgent, http::*, http_apps::*};
+use testkit::{STEP, TestAgent, http::*, http_apps::*};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpStream,
@@ -196,7 +194,7 @@ const RELAY_GROWTH_LIMIT_KIB: u64 = 25 * 1024;
 async fn fifty_megabytes_each_way_stream_through_while_relay_memory_stays_flat() -> anyhow::Result<()> {
     let relay = HttpRelayProcess::start().await?;
     let app = LocalApp::start("bulk").await?;
-    let (agent, _) = TestAgent::start(relay.plan(vec![http_tunnel("bulk", app.addr, Some("bulk"))])).await?;
+    let (agent, _) = TestAgent::start(relay.plan(vec![http_tunnel("bulk", app.addr, Some("bulk"))])?).await?;
     let client = reqwest::Client::builder().no_proxy().resolve(&host("bulk"), relay.http).build()?;
     let base = format!("http://bulk.burrow.test:{}", relay.http.port());
     // The first requests allocate what later ones reuse; the baseline is taken after them.
@@ -205,7 +203,7 @@ async fn fifty_megabytes_each_way_stream_through_while_relay_memory_stays_flat()
         assert_eq!(warm.status(), 200);
         warm.bytes().await?;
     }
-    let baseline = relay.process.vm_rss_kib()?;
+    let baseline = relay.relay.process.vm_rss_kib()?;
     let expected = sha256_hex(pattern(BIG));
     let started = Instant::now();
 
@@ -238,7 +236,7 @@ async fn fifty_megabytes_each_way_stream_through_while_relay_memory_stays_flat()
     loop {
         tokio::select! {
             done = &mut transfers => break done.context("the transfers hung")??,
-            _ = pace.tick() => peak = peak.max(relay.process.vm_rss_kib()?),
+            _ = pace.tick() => peak = peak.max(relay.relay.process.vm_rss_kib()?),
         }
     }
     eprintln!(
@@ -268,7 +266,7 @@ async fn websocket_messages_cross_the_tunnel_both_ways() -> anyhow::Result<()> {
     let greeting = tokio::time::timeout(STEP, ws.next()).await?.context("the socket closed")??;
     assert_eq!(greeting, Message::text("hello from the local server"));
 
-    let binary = support::random_bytes(200 * 1024);
+    let binary = testkit::random_bytes(200 * 1024);
     let messages = [Message::text("ping ☂"), Message::binary(binary), Message::text("x".repeat(70_000))];
     for message in messages {
         ws.send(message.clone()).await?;
@@ -354,7 +352,7 @@ async fn an_upload_that_expects_100_continue_gets_it_and_arrives_whole() -> anyh
     let relay = HttpRelay::start(dir.path()).await?;
     let app = LocalApp::start("web").await?;
     let (agent, _) = TestAgent::start(relay.plan(vec![http_tunnel("web", app.addr, Some("myapp"))])).await?;
-    let body = support::random_bytes(300 * 1024);
+    let body = testkit::random_bytes(300 * 1024);
 
     let mut tcp = TcpStream::connect(relay.http).await?;
     let head = format!(
@@ -363,10 +361,10 @@ async fn an_upload_that_expects_100_continue_gets_it_and_arrives_whole() -> anyh
     );
     tcp.write_all(head.as_bytes()).await?;
     // Nothing of the body is sent until the interim answer comes.
-    let interim = support::read_head(&mut tcp).await?;
+    let interim = testkit::read_head(&mut tcp).await?;
     assert!(interim.starts_with("HTTP/1.1 100 Continue"), "{interim}");
     tcp.write_all(&body).await?;
-    let head = support::read_head(&mut tcp).await?;
+    let head = testkit::read_head(&mut tcp).await?;
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     let length: usize = head
         .lines()
@@ -394,7 +392,7 @@ async fn a_tls_tunnel_passes_the_handshake_through_to_the_local_server() -> anyh
     assert_eq!(granted[0].urls, [format!("https://secure.burrow.test:{}", relay.https.port())]);
 
     // Trusting only the local server's certificate: the relay cannot have ended this TLS.
-    let message = support::random_bytes(100 * 1024);
+    let message = testkit::random_bytes(100 * 1024);
     let echoed = tls_round_trip(relay.https, &host("secure"), local.cert.clone(), message.clone()).await?;
     assert!(echoed == message, "the echo through the TLS tunnel differs");
     // A client that trusts the relay's certificate instead is refused by the local server's.

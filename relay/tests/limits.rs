@@ -1,11 +1,9 @@
 //! Visitor caps: per tunnel and per source address. A visitor past a cap is reset at once,
-//! and others are served as before. Run with `cargo test -p burrow-agent --test limits`.
-
-mod support;
+//! and others are served as before. Run with `cargo test -p burrow-relay --test limits`.
 
 use std::net::SocketAddr;
 
-use support::*;
+use testkit::*;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpSocket, TcpStream},

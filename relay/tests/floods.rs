@@ -2,10 +2,8 @@
 //! addresses, then hundreds of QUIC clients that finish their handshake and never say Hello.
 //! The caps hold and every refusal is counted, another agent's tunnel keeps answering within
 //! a second, a new agent still gets in, and the relay's memory comes back down.
-//! Run with `cargo build --workspace --bins && cargo test -p burrow-agent --test floods -- --nocapture`
+//! Run with `cargo build --workspace --bins && cargo test -p burrow-relay --test floods -- --nocapture`
 //! (`--nocapture` shows the measured figures).
-
-mod support;
 
 use std::{
     net::{Ipv4Addr, SocketAddr},
@@ -22,7 +20,7 @@ use burrow_common::{
     tls::{self, Trust},
     transport,
 };
-use support::{
+use testkit::{
     STEP, echo_server, exchange,
     processes::{Canary, RelayBinary, Rounds},
     sample,

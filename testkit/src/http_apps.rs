@@ -30,7 +30,7 @@ use tokio::{
 };
 use tokio_tungstenite::tungstenite::Message;
 
-use super::{STEP, http::loopback, local_server};
+use crate::{STEP, http::loopback, local_server};
 
 type AppBody = BoxBody<Bytes, Infallible>;
 

@@ -1,9 +1,7 @@
 //! A thousand authenticated-looking sessions that send malformed control frames at the
 //! compiled relay: each is closed with `protocol violation` within a second, the relay's
 //! memory comes back, and another agent's tunnel keeps answering throughout.
-//! Run with `cargo build --workspace --bins && cargo test -p burrow-agent --test malformed_flood`.
-
-mod support;
+//! Run with `cargo build --workspace --bins && cargo test -p burrow-relay --test malformed_flood`.
 
 use std::{sync::Arc, time::Duration};
 
@@ -13,7 +11,7 @@ use burrow_common::{
     tls::{self, Trust},
     transport,
 };
-use support::{
+use testkit::{
     echo_server, exchange,
     processes::{Canary, RelayBinary},
 };

@@ -1,8 +1,6 @@
 //! Visitors that arrive while an agent's session is lost wait for the agent to come back,
 //! instead of being refused; a clean agent exit still frees the port at once.
-//! Run with `cargo test -p burrow-agent --test parking`.
-
-mod support;
+//! Run with `cargo test -p burrow-relay --test parking`.
 
 use std::{
     io::ErrorKind,
@@ -12,8 +10,9 @@ use std::{
 };
 
 use agent::{Plan, TunnelPlan};
+use burrow_common::Refusal;
 use relay::RelayConfig;
-use support::*;
+use testkit::*;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpStream,
@@ -104,7 +103,7 @@ async fn no_other_tunnel_can_take_a_parked_port() -> anyhow::Result<()> {
     let mut asking = tunnel("other", echo);
     asking.remote_port = Some(public.port());
     let err = TestAgent::spawn(plan_for(&relay, asking)).finished().await?.unwrap_err();
-    assert!(format!("{err:#}").contains("already in use"), "{err:#}");
+    assert_eq!(refusal(&err), Some(&Refusal::PortTaken { port: public.port() }), "{err:#}");
     let (other, tunnels) = TestAgent::start(plan_for(&relay, tunnel("other", echo))).await?;
     assert_ne!(tunnels[0].port, public.port(), "a parked port is not free");
     assert_eq!(sample(&metrics(&relay).await?, "burrow_parked_visitors"), Some(1.0));

@@ -1,15 +1,13 @@
 //! The relay's admin API: `/api/*` and `/metrics` report exactly the traffic a test made,
 //! name tokens without ever showing one, `/readyz` follows the relay's shutdown, and the admin
 //! token guards everything when the endpoint listens beyond loopback.
-//! Run with `cargo test -p burrow-agent --test admin_api`.
-
-mod support;
+//! Run with `cargo test -p burrow-relay --test admin_api`.
 
 use std::net::SocketAddr;
 
 use burrow_common::{Secret, tls::sha256};
 use serde_json::{Value, json};
-use support::*;
+use testkit::*;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpStream,

@@ -1,0 +1,28 @@
+//! What burrow's tests share (linkerd's integration-test crate is the model): a relay and
+//! agents in the test's own process ([`in_process`]), the compiled binaries as child
+//! processes known by their `--ready-file` ([`processes`]), local servers and probes that
+//! send traffic through tunnels ([`probes`], [`http`], [`http_apps`]), and readers of what
+//! the relay and agent publish ([`admin`], [`inspector`]).
+//!
+//! The relay's tests (relay/tests), the agent's (agent/tests) and the fault suite (faults/)
+//! all use it. Everything binds `127.0.0.1:0`; nothing waits by sleeping.
+
+pub mod admin;
+pub mod http;
+pub mod http_apps;
+pub mod in_process;
+pub mod inspector;
+pub mod probes;
+pub mod processes;
+pub mod udp_proxy;
+
+use std::time::Duration;
+
+pub use admin::{api, get, get_authorized, metrics, sample, settled};
+pub use in_process::{TestAgent, TestRelay, public_addr, refusal, relay_config, tunnel};
+pub use inspector::{event_where, snapshot_when, start_inspector};
+pub use probes::{closed_port, echo_server, exchange, local_server, random_bytes, read_head, round_trip};
+pub use udp_proxy::UdpProxy;
+
+/// Upper bound for any single step; a hang guard, not a synchroniser.
+pub const STEP: Duration = Duration::from_secs(20);

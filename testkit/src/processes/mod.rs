@@ -1,0 +1,38 @@
+//! The compiled `relay` and `agent` binaries as child processes: for tests that read a
+//! process's memory, signal it, or need it apart from the test's own runtime, and for the
+//! fault suite and its network namespaces. Launchers learn addresses, fingerprint and token
+//! from each binary's `--ready-file`, never from its banner.
+
+mod agent;
+mod binary;
+mod canary;
+mod ready_file;
+mod relay;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+
+pub use agent::{AgentBinary, tcp_addr};
+pub use binary::{Binary, vm_rss_kib};
+pub use canary::{Canary, Rounds};
+pub use ready_file::ReadyFile;
+pub use relay::RelayBinary;
+
+/// A binary built by `cargo build --workspace --bins`, found from the running test: test
+/// executables live in `target/<profile>/deps`, the workspace's binaries one level up.
+pub fn binary_path(name: &str) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let dir = exe.parent().and_then(Path::parent).context("target directory")?;
+    let path = dir.join(name);
+    anyhow::ensure!(path.exists(), "{} is missing: run `cargo build --workspace --bins` first", path.display());
+    Ok(path)
+}
+
+pub fn relay_bin() -> anyhow::Result<PathBuf> {
+    binary_path("relay")
+}
+
+pub fn agent_bin() -> anyhow::Result<PathBuf> {
+    binary_path("agent")
+}
