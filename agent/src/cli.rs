@@ -155,9 +155,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     // Log lines go through the console only when they would land on the same terminal.
     let logs = logging::init(config.log_format, live && std::io::stderr().is_terminal());
     let cancel = CancellationToken::new();
-    burrow_common::signal::cancel_on_signal(cancel.clone());
-    let (mut plan, relay) = plan(&config)?;
     let tasks = TaskTracker::new();
+    tasks.spawn(burrow_common::signal::cancel_on_signal(cancel.clone()));
+    let (mut plan, relay) = plan(&config)?;
     if let Some((path, config_watch)) = cli.config.clone().zip(config_watch) {
         let reloads = Reloads { path, config_watch, flags: cli.flags, command_line };
         plan.reloads = Some(reloads.spawn(&tasks, plan.tunnels.clone(), &cancel));

@@ -1,13 +1,18 @@
 //! Process signals that end a run.
 
-/// Cancels `token` on the first SIGINT (Ctrl-C) or SIGTERM.
-pub fn cancel_on_signal(token: tokio_util::sync::CancellationToken) {
-    tokio::spawn(async move {
-        if let Err(e) = shutdown_signal().await {
-            tracing::error!("cannot listen for shutdown signals: {e}");
+/// Cancels `token` on the first SIGINT (Ctrl-C) or SIGTERM. Returns once `token` is
+/// cancelled, by a signal or by anything else, so it runs on the caller's task tracker and
+/// ends with the run instead of outliving it.
+pub async fn cancel_on_signal(token: tokio_util::sync::CancellationToken) {
+    tokio::select! {
+        () = token.cancelled() => {}
+        signalled = shutdown_signal() => {
+            if let Err(e) = signalled {
+                tracing::error!("cannot listen for shutdown signals: {e}");
+            }
+            token.cancel();
         }
-        token.cancel();
-    });
+    }
 }
 
 /// Resolves on the first SIGINT (Ctrl-C) or SIGTERM.

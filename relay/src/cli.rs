@@ -133,8 +133,8 @@ async fn serve(
     let new_token = if tokens.is_empty()? { Some(tokens.add("default", None)?) } else { None };
     let relay = Relay::bind(config)?;
     let cancel = CancellationToken::new();
-    burrow_common::signal::cancel_on_signal(cancel.clone());
     let tasks = TaskTracker::new();
+    tasks.spawn(burrow_common::signal::cancel_on_signal(cancel.clone()));
     if let Some((path, watch, flags)) = file {
         let (reloader, stop) = (relay.reloader(), cancel.clone());
         tasks.spawn(async move {
