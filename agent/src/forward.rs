@@ -3,7 +3,7 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, PoisonError, RwLock},
+    sync::{Arc, RwLock},
     time::Duration,
 };
 
@@ -13,7 +13,7 @@ use burrow_common::{
     protocol::conversation::read_stream_header,
     splice::{Progress, abort_stream, splice},
     stream_io::StreamIo,
-    transport,
+    sync, transport,
 };
 use tokio::net::TcpStream;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
@@ -47,16 +47,16 @@ impl Targets {
     }
 
     fn get(&self, id: u32) -> Option<Arc<Target>> {
-        self.by_id.read().unwrap_or_else(PoisonError::into_inner).get(&id).cloned()
+        sync::read(&self.by_id).get(&id).cloned()
     }
 
     pub(crate) fn insert(&self, id: u32, target: Target) {
-        self.by_id.write().unwrap_or_else(PoisonError::into_inner).insert(id, Arc::new(target));
+        sync::write(&self.by_id).insert(id, Arc::new(target));
     }
 
     /// Takes a tunnel out and ends its streams; its visitors' connections close.
     pub(crate) fn remove(&self, id: u32) {
-        if let Some(target) = self.by_id.write().unwrap_or_else(PoisonError::into_inner).remove(&id) {
+        if let Some(target) = sync::write(&self.by_id).remove(&id) {
             target.closed.cancel();
         }
     }

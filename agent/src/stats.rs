@@ -10,7 +10,7 @@ use std::{
     fmt,
     net::SocketAddr,
     sync::{
-        Arc, Mutex, MutexGuard, Weak,
+        Arc, Mutex, Weak,
         atomic::{AtomicU64, Ordering::Relaxed},
     },
     time::{Duration, Instant, SystemTime},
@@ -135,11 +135,7 @@ impl fmt::Debug for Stats {
     }
 }
 
-/// A poisoned lock only means another thread panicked mid-update of a display counter;
-/// the data is still good enough to show.
-pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
+pub(crate) use burrow_common::sync::lock;
 
 impl Stats {
     /// Wakes on every change: a connection opened or closed, a new session state.

@@ -30,12 +30,12 @@ mod vhost;
 
 use std::{
     net::SocketAddr,
-    sync::{Arc, PoisonError, RwLock, atomic::AtomicU64},
+    sync::{Arc, RwLock, atomic::AtomicU64},
     time::Duration,
 };
 
 pub use bind_error::BindError;
-use burrow_common::{CloseCode, Fingerprint, tls, transport};
+use burrow_common::{CloseCode, Fingerprint, sync, tls, transport};
 pub use config::RelayConfig;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
@@ -77,7 +77,7 @@ pub(crate) struct Shared {
 impl Shared {
     /// The settings in force now.
     pub(crate) fn config(&self) -> Arc<RelayConfig> {
-        self.config.read().unwrap_or_else(PoisonError::into_inner).clone()
+        sync::read(&self.config).clone()
     }
 
     /// The host shown in public addresses, when the relay knows its own name.

@@ -1,6 +1,7 @@
 //! Caps on concurrent visitors, so one tunnel or one source address cannot take every
 //! stream slot, file descriptor or byte of memory the relay has.
 
+use burrow_common::sync;
 use std::{
     collections::HashMap,
     net::IpAddr,
@@ -37,7 +38,7 @@ impl PerIpLimit {
     }
 
     pub(crate) fn try_admit(&self, ip: IpAddr) -> Option<IpSlot> {
-        let mut open = self.open.lock().ok()?;
+        let mut open = sync::lock(&self.open);
         let count = open.entry(ip).or_default();
         if *count >= self.max.load(Ordering::Relaxed) {
             return None;
@@ -49,9 +50,8 @@ impl PerIpLimit {
 
 impl Drop for IpSlot {
     fn drop(&mut self) {
-        if let Ok(mut open) = self.open.lock()
-            && let Some(count) = open.get_mut(&self.ip)
-        {
+        let mut open = sync::lock(&self.open);
+        if let Some(count) = open.get_mut(&self.ip) {
             *count -= 1;
             if *count == 0 {
                 open.remove(&self.ip);

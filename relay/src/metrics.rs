@@ -1,6 +1,7 @@
 //! The relay's counters, in Prometheus text format at the admin endpoint's `/metrics`.
 
-use std::sync::{Arc, Mutex, PoisonError, atomic::AtomicU64};
+use burrow_common::sync;
+use std::sync::{Arc, Mutex, atomic::AtomicU64};
 
 use prometheus_client::{
     encoding::EncodeLabelSet,
@@ -151,7 +152,7 @@ impl Metrics {
     /// The metrics page, with `agents` as the live sessions' paths and `claims` as the
     /// claims table counts them now.
     pub(crate) fn encode(&self, agents: &[AgentView], claims: &Counts) -> String {
-        let _scrape = self.paths.scrape.lock().unwrap_or_else(PoisonError::into_inner);
+        let _scrape = sync::lock(&self.paths.scrape);
         self.paths.set(agents);
         self.tunnels.set(saturating_i64(claims.serving as u64));
         self.parked_visitors.set(saturating_i64(claims.parked_visitors as u64));

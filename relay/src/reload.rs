@@ -2,7 +2,8 @@
 //! timeouts and reserved names take effect for what comes next, without dropping anyone.
 //! Keys that decide what the relay is bound to or who it is need a restart, and say so.
 
-use std::sync::{Arc, PoisonError};
+use burrow_common::sync;
+use std::sync::Arc;
 
 use crate::{RelayConfig, Shared};
 
@@ -68,7 +69,7 @@ impl Reloader {
         let merged: RelayConfig = serde_json::from_value(serde_json::Value::Object(merged))?;
         shared.per_ip.set_max(merged.max_visitors_per_ip);
         shared.claims.set_max_per_token(merged.max_tunnels_per_token);
-        *shared.config.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(merged);
+        *sync::write(&shared.config) = Arc::new(merged);
         Ok(applied)
     }
 }

@@ -4,11 +4,11 @@
 use std::{
     collections::BTreeMap,
     net::SocketAddr,
-    sync::{Arc, Mutex, MutexGuard, PoisonError},
+    sync::{Arc, Mutex, MutexGuard},
     time::Duration,
 };
 
-use burrow_common::{CloseCode, Hello};
+use burrow_common::{CloseCode, Hello, sync};
 use serde::Serialize;
 
 use crate::{
@@ -110,7 +110,7 @@ impl LiveSessions {
 
     fn by_id(&self) -> MutexGuard<'_, BTreeMap<SessionId, Live>> {
         // The map stays consistent at every step, so a panic elsewhere leaves it usable.
-        self.by_id.lock().unwrap_or_else(PoisonError::into_inner)
+        sync::lock(&self.by_id)
     }
 
     pub(crate) fn register(self: &Arc<Self>, id: SessionId, admitted: Admitted) -> Registered {

@@ -25,10 +25,11 @@ mod route;
 #[cfg(test)]
 mod tests;
 
+use burrow_common::sync;
 use std::{
     collections::HashMap,
     sync::{
-        Arc, Mutex, MutexGuard, PoisonError,
+        Arc, Mutex, MutexGuard,
         atomic::{AtomicUsize, Ordering},
     },
 };
@@ -143,7 +144,7 @@ impl<R: Holder> Claims<R> {
     fn entries(&self) -> MutexGuard<'_, HashMap<Place, Entry<R>>> {
         // Every change is one insert, remove or state swap, so a panic elsewhere leaves the
         // table usable.
-        self.entries.lock().unwrap_or_else(PoisonError::into_inner)
+        sync::lock(&self.entries)
     }
 
     pub(crate) fn lookup(&self, place: &Place) -> Lookup<R> {

@@ -5,9 +5,10 @@
 //! add` and `revoke`, run as other processes, take effect at once; revocations are noticed
 //! by the file's modification time, checked every second.
 
+use burrow_common::sync;
 use std::{
     path::Path,
-    sync::{Mutex, PoisonError},
+    sync::Mutex,
     time::{Duration, SystemTime},
 };
 
@@ -42,7 +43,7 @@ impl FileStore {
     /// Whether the token file changed since last asked.
     fn tokens_changed(&self) -> bool {
         let now = self.tokens.modified();
-        let mut seen = self.tokens_seen.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut seen = sync::lock(&self.tokens_seen);
         let changed = *seen != now;
         *seen = now;
         changed

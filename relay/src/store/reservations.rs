@@ -1,6 +1,7 @@
 //! Reservations in `reservations.json` in the data directory: which place belongs to which
 //! token and tunnel name, across reconnects and restarts. The file half of [`super::FileStore`].
 
+use burrow_common::sync;
 use std::{
     collections::HashMap,
     path::Path,
@@ -112,7 +113,7 @@ impl FileReservations {
     }
 
     fn update(&self, change: impl FnOnce(&mut HashMap<TunnelKey, Entry>)) -> anyhow::Result<()> {
-        let mut entries = self.entries.lock().map_err(|_| anyhow::anyhow!("reservations poisoned"))?;
+        let mut entries = sync::lock(&self.entries);
         change(&mut entries);
         let at = now();
         entries.retain(|_, e| e.unexpired(at, self.ttl));
@@ -125,7 +126,7 @@ impl FileReservations {
     }
 
     fn with_entries<T>(&self, read: impl FnOnce(&HashMap<TunnelKey, Entry>) -> T) -> Option<T> {
-        self.entries.lock().ok().map(|e| read(&e))
+        Some(read(&sync::lock(&self.entries)))
     }
 }
 
@@ -173,11 +174,9 @@ fn persist_changes(
     stored: &tokio::sync::watch::Sender<u64>,
 ) {
     while wake.recv().is_ok() {
-        let (snapshot, upto) = match entries.lock() {
-            Ok(entries) => {
-                (ReservationFile { reservations: entries.values().cloned().collect() }, changes.load(Ordering::SeqCst))
-            }
-            Err(_) => return,
+        let (snapshot, upto) = {
+            let entries = sync::lock(entries);
+            (ReservationFile { reservations: entries.values().cloned().collect() }, changes.load(Ordering::SeqCst))
         };
         let written = serde_json::to_vec_pretty(&snapshot)
             .map_err(anyhow::Error::from)

@@ -14,11 +14,12 @@
 //! also guards a visitor's close. So the per-tunnel and relay-wide counters move during a
 //! long transfer, never go down, and count every byte exactly once.
 
+use burrow_common::sync;
 use std::{
     collections::{HashMap, HashSet},
     net::SocketAddr,
     sync::{
-        Arc, Mutex, MutexGuard, PoisonError,
+        Arc, Mutex, MutexGuard,
         atomic::{AtomicU64, Ordering},
     },
     time::{Duration, Instant},
@@ -147,7 +148,7 @@ impl Default for Traffic {
 impl Traffic {
     fn state(&self) -> MutexGuard<'_, State> {
         // Counters stay usable after a panic elsewhere; a count is never worth a crash.
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        sync::lock(&self.state)
     }
 
     /// Holds a new session's tunnels in the counts, and counts the session as a reconnect
