@@ -3,6 +3,7 @@
 use std::{net::SocketAddr, time::Duration};
 
 use burrow_common::{
+    codes::refused_peer_certificate,
     link::{LinkError, QuicLink},
     tls, transport,
 };
@@ -96,22 +97,13 @@ fn tls_alert(code: TransportErrorCode) -> Option<u8> {
     u64::from(code).checked_sub(0x100).and_then(|alert| u8::try_from(alert).ok())
 }
 
-/// The TLS alerts (RFC 8446, section 6.2) that say a certificate was rejected, as rustls sends
-/// them for a certificate error: bad, unsupported, revoked, expired or unknown certificate,
-/// unknown CA, and access denied (a pinned fingerprint that does not match).
-fn rejects_certificate(alert: u8) -> bool {
-    matches!(alert, 42..=46 | 48 | 49)
-}
-
 fn classify_handshake_error(e: ConnectionError, addr: SocketAddr) -> Failure {
     match e {
         // Raised here: this agent did not accept the relay's certificate.
-        ConnectionError::TransportError(t) if tls_alert(t.code).is_some_and(rejects_certificate) => {
-            Failure::Trust(format!(
-                "the relay at {addr} presented a certificate that does not match --fingerprint / --ca ({})",
-                t.reason
-            ))
-        }
+        ConnectionError::TransportError(ref t) if refused_peer_certificate(&e) => Failure::Trust(format!(
+            "the relay at {addr} presented a certificate that does not match --fingerprint / --ca ({})",
+            t.reason
+        )),
         ConnectionError::ConnectionClosed(c) if tls_alert(c.error_code).is_some() => Failure::Trust(format!(
             "the relay at {addr} rejected the TLS handshake ({}); is it a burrow relay of the same version?",
             c.error_code
@@ -128,12 +120,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn certificate_alerts_are_told_from_other_tls_failures() {
+    fn tls_alerts_are_told_from_other_transport_errors() {
         let access_denied = TransportErrorCode::crypto(49);
         assert_eq!(tls_alert(access_denied), Some(49));
-        assert!(rejects_certificate(49), "a pin that does not match");
-        assert!(rejects_certificate(48), "a certificate no CA signed");
-        assert!(!rejects_certificate(120), "no application protocol is not about the certificate");
         assert_eq!(tls_alert(TransportErrorCode::PROTOCOL_VIOLATION), None);
     }
 }

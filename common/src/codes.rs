@@ -62,11 +62,6 @@ impl CloseCode {
             CloseCode::Revoked => "the relay's operator revoked this agent's token",
         }
     }
-
-    /// Closes `conn` with this code; the reason bytes repeat the description for packet dumps.
-    pub fn close(self, conn: &quinn::Connection) {
-        conn.close(self.code(), self.describe().as_bytes());
-    }
 }
 
 /// Why a stream was reset or stopped.
@@ -106,27 +101,6 @@ impl StreamCode {
             StreamCode::BadHeader => "bad stream header",
             StreamCode::Aborted => "connection aborted",
         }
-    }
-}
-
-/// Words for a connection error as a user should read them in logs.
-pub fn describe_connection_error(err: &quinn::ConnectionError) -> String {
-    match err {
-        quinn::ConnectionError::ApplicationClosed(close) => match CloseCode::from_code(close.error_code) {
-            Some(code) => code.describe().to_string(),
-            None => format!("closed by peer with unknown code {}", close.error_code),
-        },
-        quinn::ConnectionError::TimedOut => "no answer from the peer within the idle timeout".into(),
-        quinn::ConnectionError::Reset => "the peer restarted and no longer knows this session".into(),
-        other => other.to_string(),
-    }
-}
-
-/// The [`CloseCode`] a peer closed with, if it closed with one of ours.
-pub fn close_code(err: &quinn::ConnectionError) -> Option<CloseCode> {
-    match err {
-        quinn::ConnectionError::ApplicationClosed(close) => CloseCode::from_code(close.error_code),
-        _ => None,
     }
 }
 
