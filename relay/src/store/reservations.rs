@@ -125,8 +125,8 @@ impl FileReservations {
         Ok(())
     }
 
-    fn with_entries<T>(&self, read: impl FnOnce(&HashMap<TunnelKey, Entry>) -> T) -> Option<T> {
-        Some(read(&sync::lock(&self.entries)))
+    fn with_entries<T>(&self, read: impl FnOnce(&HashMap<TunnelKey, Entry>) -> T) -> T {
+        read(&sync::lock(&self.entries))
     }
 }
 
@@ -192,11 +192,11 @@ fn persist_changes(
 
 impl FileReservations {
     pub(super) fn place_for(&self, key: &TunnelKey) -> Option<Place> {
-        self.with_entries(|e| e.get(key).filter(|e| self.live(e)).map(|e| e.place.clone())).flatten()
+        self.with_entries(|e| e.get(key).filter(|e| self.live(e)).map(|e| e.place.clone()))
     }
 
     pub(super) fn owner_of(&self, place: &Place) -> Option<TunnelKey> {
-        self.with_entries(|e| e.values().find(|e| e.place == *place && self.live(e)).map(|e| e.key.clone())).flatten()
+        self.with_entries(|e| e.values().find(|e| e.place == *place && self.live(e)).map(|e| e.key.clone()))
     }
 
     /// Compare-and-set: `key` holds `place` unless another tunnel holds or reserves it.
@@ -305,11 +305,11 @@ mod tests {
         }
         store.hold(&key("other", "web"), &port(20001))?;
         let kept = |token: &str| store.with_entries(|e| e.values().filter(|e| e.key.token == token).count());
-        assert_eq!(kept("churn"), Some(MAX_RESERVATIONS_PER_TOKEN));
+        assert_eq!(kept("churn"), MAX_RESERVATIONS_PER_TOKEN);
         assert!(store.place_for(&held).is_some(), "a held place is never forgotten");
         assert_eq!(store.place_for(&key("churn", "t0")), None, "the oldest released went first");
         assert!(store.place_for(&key("churn", &format!("t{}", MAX_RESERVATIONS_PER_TOKEN + 9))).is_some());
-        assert_eq!(kept("other"), Some(1), "other tokens are not touched");
+        assert_eq!(kept("other"), 1, "other tokens are not touched");
         Ok(())
     }
 
