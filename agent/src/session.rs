@@ -119,7 +119,9 @@ async fn hello<L: Link>(
     };
     match answered.await {
         Ok((HelloAnswer::Welcome(granted), control)) => Ok((granted, control)),
-        Ok((HelloAnswer::Refused(refusal), _)) if never_online || !refusal.is_transient() => {
+        Ok((HelloAnswer::Refused(refusal), _))
+            if !refusal.is_retryable() && (never_online || !refusal.is_transient()) =>
+        {
             // Kept as a value in the chain, so callers can tell refusals apart by type.
             Err(SessionEnd::Fatal(anyhow::Error::new(refusal).context("the relay refused")))
         }

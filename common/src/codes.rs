@@ -22,10 +22,13 @@ pub enum CloseCode {
     HandshakeTimeout,
     /// The operator revoked the session's token; retrying cannot help.
     Revoked,
+    /// An update removed the session's last tunnel: an empty session would hold the relay's
+    /// resources for nothing.
+    NoTunnels,
 }
 
 impl CloseCode {
-    const ALL: [CloseCode; 7] = [
+    const ALL: [CloseCode; 8] = [
         CloseCode::Shutdown,
         CloseCode::AgentExit,
         CloseCode::Refused,
@@ -33,6 +36,7 @@ impl CloseCode {
         CloseCode::Replaced,
         CloseCode::HandshakeTimeout,
         CloseCode::Revoked,
+        CloseCode::NoTunnels,
     ];
 
     pub fn code(self) -> VarInt {
@@ -44,6 +48,7 @@ impl CloseCode {
             CloseCode::Replaced => 5,
             CloseCode::HandshakeTimeout => 6,
             CloseCode::Revoked => 7,
+            CloseCode::NoTunnels => 8,
         })
     }
 
@@ -60,6 +65,7 @@ impl CloseCode {
             CloseCode::Replaced => "replaced by a newer agent session with the same token and tunnel",
             CloseCode::HandshakeTimeout => "handshake timed out",
             CloseCode::Revoked => "the relay's operator revoked this agent's token",
+            CloseCode::NoTunnels => "the session's last tunnel was removed",
         }
     }
 }

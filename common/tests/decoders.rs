@@ -30,8 +30,14 @@ fn tunnel_kind() -> impl Strategy<Value = TunnelKind> {
     let subdomain = || proptest::option::of("[a-z0-9-]{1,63}");
     let net = (any::<[u8; 4]>(), 0u8..=32)
         .prop_map(|(ip, prefix)| ipnet::IpNet::from(ipnet::Ipv4Net::new(ip.into(), prefix).expect("prefix <= 32")));
-    let access = (proptest::option::of(".{0,30}"), vec(net.clone(), 0..3), vec(net, 0..3))
-        .prop_map(|(basic_auth, allow, deny)| HttpAccess { basic_auth: basic_auth.map(Secret::new), allow, deny });
+    let access = (proptest::option::of(".{0,30}"), vec(net.clone(), 0..3), vec(net, 0..3)).prop_map(
+        |(basic_auth, allow, deny)| HttpAccess {
+            basic_auth: basic_auth.map(Secret::new),
+            allow,
+            deny,
+            upgrades: Vec::new(),
+        },
+    );
     prop_oneof![
         proptest::option::of(any::<u16>()).prop_map(|port| TunnelKind::Tcp { port }),
         (subdomain(), access).prop_map(|(subdomain, access)| TunnelKind::Http { subdomain, access }),

@@ -44,6 +44,10 @@ pub struct HttpAccess {
     pub allow: Vec<ipnet::IpNet>,
     /// Source ranges refused, even when also allowed.
     pub deny: Vec<ipnet::IpNet>,
+    /// `Upgrade` protocols (lowercase) that may switch besides `websocket`, which always may;
+    /// any other upgrade is forwarded as a plain request, so a visitor cannot smuggle a raw
+    /// byte stream past the relay's HTTP handling.
+    pub upgrades: Vec<String>,
 }
 
 /// The relay's answer to [`Hello`], then to each [`AgentMsg::Update`].
@@ -107,12 +111,33 @@ pub enum Refusal {
     NoDomain,
     #[error("the subdomain {name:?} is held by another agent on this relay; choose another name")]
     SubdomainTaken { name: String },
+    /// Nothing is wrong with the Hello, but the relay cannot answer it now: its token store is
+    /// unreadable, this address made too many failed attempts, or the relay is full.
+    #[error("the relay cannot take this session right now ({why}); retrying")]
+    TryLater { why: String },
+    #[error("this token already has {max} agent sessions on the relay, its limit; stop some agents first")]
+    TokenSessionLimit { max: usize },
+    #[error("the subdomain {name:?} is outside the names this token allows ({allowed})")]
+    SubdomainNotAllowed { name: String, allowed: String },
 }
 
 impl Refusal {
     /// Whether the same Hello may succeed later without the user changing anything.
     pub fn is_transient(&self) -> bool {
-        matches!(self, Refusal::PortTaken { .. } | Refusal::NoFreePort { .. } | Refusal::TunnelActive { .. })
+        self.is_retryable()
+            || matches!(
+                self,
+                Refusal::PortTaken { .. }
+                    | Refusal::NoFreePort { .. }
+                    | Refusal::TunnelActive { .. }
+                    | Refusal::TokenSessionLimit { .. }
+            )
+    }
+
+    /// Whether the agent retries even before it was ever online: the refusal says nothing
+    /// about the agent's config, only about the relay's state at this moment.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Refusal::TryLater { .. })
     }
 }
 

@@ -27,7 +27,7 @@ pub use self::{
 
 /// The QUIC ALPN id; its suffix is the protocol version, so mismatched peers fail in the TLS
 /// handshake with a clear "no application protocol" error instead of misreading frames.
-pub const ALPN: &[u8] = b"burrow/1";
+pub const ALPN: &[u8] = b"burrow/2";
 
 /// Version carried in [`Hello`], for changes that stay wire-compatible within one ALPN.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -45,6 +45,10 @@ pub fn is_valid_name(name: &str) -> bool {
 
 /// What [`is_valid_name`] accepts, for error messages.
 pub const VALID_NAME: &str = "1-64 letters, digits, '-', '_' or '.'";
+
+/// Shortest basic-auth password a tunnel may set: the relay refuses a shorter one, since a
+/// tunnel's password faces every stranger who learns its URL.
+pub const MIN_BASIC_AUTH_PASSWORD: usize = 12;
 
 /// Largest control-stream frame (Hello, Welcome, Refused, updates and their answers).
 pub const MAX_CONTROL_FRAME: usize = 64 * 1024;

@@ -65,6 +65,7 @@ mod tests {
             basic_auth: auth.map(burrow_common::Secret::new),
             allow: nets(allow),
             deny: nets(deny),
+            upgrades: Vec::new(),
         })
     }
 
