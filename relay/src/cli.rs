@@ -3,12 +3,15 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use burrow_common::{Secret, config::parse_port_list, ready::RelayReady, reload::ConfigWatch};
+use burrow_common::{PortRange, Secret, config::parse_port_list, ready::RelayReady, reload::ConfigWatch};
 use clap::{Args, Parser, Subcommand};
 use serde::Serialize;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-use crate::{Relay, RelayConfig, tokens::TokenStore};
+use crate::{
+    Relay, RelayConfig,
+    tokens::{self, Limits, NamePattern, TokenStore},
+};
 
 /// burrow relay: makes agents' local servers reachable on this machine's public ports.
 #[derive(Debug, Parser)]
@@ -83,10 +86,44 @@ pub enum Command {
     /// Create a token for a teammate and print the agent command (and agent.toml) to send them.
     Invite {
         name: String,
-        /// Ports this token may use, e.g. `22,8000-8100` [default: the relay's whole range]
-        #[arg(long, value_name = "LIST")]
-        ports: Option<String>,
+        #[command(flatten)]
+        limits: LimitArgs,
     },
+}
+
+/// What a new token may use.
+#[derive(Debug, Args)]
+pub struct LimitArgs {
+    /// Ports this token may use, e.g. `22,8000-8100`, or `none` [default: the relay's whole range]
+    #[arg(long, value_name = "LIST")]
+    ports: Option<String>,
+    /// Subdomains this token may claim, e.g. `app-*,docs` (`*` is one or more letters, digits
+    /// or hyphens), or `none` [default: any]
+    #[arg(long, value_name = "PATTERNS")]
+    subdomains: Option<String>,
+}
+
+/// [`LimitArgs`] parsed: `None` for no limit of that kind.
+struct ParsedLimits {
+    ports: Option<Vec<PortRange>>,
+    subdomains: Option<Vec<NamePattern>>,
+}
+
+impl LimitArgs {
+    fn parse(&self) -> anyhow::Result<ParsedLimits> {
+        let ports = self.ports.as_deref().map(|text| match text.trim() {
+            tokens::NONE => Ok(Vec::new()),
+            list => parse_port_list(list).map_err(anyhow::Error::msg),
+        });
+        let subdomains = self.subdomains.as_deref().map(tokens::parse_patterns);
+        Ok(ParsedLimits { ports: ports.transpose()?, subdomains: subdomains.transpose()? })
+    }
+}
+
+impl ParsedLimits {
+    fn borrowed(&self) -> Limits<'_> {
+        Limits { ports: self.ports.as_deref(), subdomains: self.subdomains.as_deref() }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -94,11 +131,10 @@ pub enum TokenCommand {
     /// Create a token and print it once.
     Add {
         name: String,
-        /// Ports this token may use, e.g. `22,8000-8100` [default: the relay's whole range]
-        #[arg(long, value_name = "LIST")]
-        ports: Option<String>,
+        #[command(flatten)]
+        limits: LimitArgs,
     },
-    /// List token names and their port limits (never the tokens).
+    /// List token names and the ports and subdomains each may use (never the tokens).
     List,
     /// Delete a token; a running relay closes the sessions using it within a second.
     Revoke { name: String },
@@ -115,10 +151,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             serve(config, file, cli.ready_file.as_deref()).await
         }
         Some(Command::Token(command)) => manage_tokens(&config, command),
-        Some(Command::Invite { name, ports }) => {
-            let ports = ports.as_deref().map(parse_port_list).transpose().map_err(anyhow::Error::msg)?;
-            crate::invite::invite(&config, &name, ports)
-        }
+        Some(Command::Invite { name, limits }) => crate::invite::invite(&config, &name, limits.parse()?.borrowed()),
     }
 }
 
@@ -129,8 +162,9 @@ async fn serve(
     file: Option<(PathBuf, ConfigWatch, Flags)>,
     ready_file: Option<&std::path::Path>,
 ) -> anyhow::Result<()> {
-    let tokens = TokenStore::open(&config.data_dir, config.token.as_ref());
-    let new_token = if tokens.is_empty()? { Some(tokens.add("default", None)?) } else { None };
+    let tokens = TokenStore::open(&config.data_dir);
+    let no_token = config.token.is_none() && tokens.is_empty()?;
+    let new_token = if no_token { Some(tokens.add("default", Limits::default())?) } else { None };
     let relay = Relay::bind(config)?;
     let cancel = CancellationToken::new();
     let tasks = TaskTracker::new();
@@ -215,19 +249,22 @@ fn print_banner(relay: &Relay, new_token: Option<&Secret>) -> anyhow::Result<()>
 }
 
 fn manage_tokens(config: &RelayConfig, command: TokenCommand) -> anyhow::Result<()> {
-    let store = TokenStore::open(&config.data_dir, None);
+    let store = TokenStore::open(&config.data_dir);
     match command {
-        TokenCommand::Add { name, ports } => {
-            let ports = ports.as_deref().map(parse_port_list).transpose().map_err(anyhow::Error::msg)?;
-            let token = store.add(&name, ports)?;
+        TokenCommand::Add { name, limits } => {
+            let token = store.add(&name, limits.parse()?.borrowed())?;
             println!("{}", token.expose());
             eprintln!("token {name:?} created; it is shown only now and stored hashed");
         }
         TokenCommand::List => {
             for record in store.list()? {
-                let ports =
-                    record.ports.map_or("all".to_string(), |ranges| burrow_common::config::format_port_list(&ranges));
-                println!("{}\tports: {ports}", record.name);
+                let ports = match record.ports.as_deref() {
+                    None => "all".to_string(),
+                    Some([]) => tokens::NONE.to_string(),
+                    Some(ranges) => burrow_common::config::format_port_list(ranges),
+                };
+                let subdomains = tokens::describe_patterns(record.subdomains.as_deref());
+                println!("{}\tports: {ports}\tsubdomains: {subdomains}", record.name);
             }
         }
         TokenCommand::Revoke { name } => {

@@ -2,21 +2,25 @@
 //! and the equivalent `agent.toml`, with this relay's address and certificate fingerprint.
 
 use anyhow::Context;
-use burrow_common::{PortRange, Secret, protocol::DEFAULT_RELAY_PORT};
+use burrow_common::{Secret, protocol::DEFAULT_RELAY_PORT};
 
-use crate::{RelayConfig, files, identity, tokens::TokenStore};
+use crate::{
+    RelayConfig, files, identity,
+    tokens::{self, Limits, TokenStore},
+};
 
 /// Stands in for the relay's address when the configuration does not name it.
 const ADDRESS_PLACEHOLDER: &str = "RELAY_ADDRESS";
 
-pub(crate) fn invite(config: &RelayConfig, name: &str, ports: Option<Vec<PortRange>>) -> anyhow::Result<()> {
+pub(crate) fn invite(config: &RelayConfig, name: &str, limits: Limits<'_>) -> anyhow::Result<()> {
     let dir = &config.data_dir;
     files::create_private_dir(dir).with_context(|| format!("create data directory {}", dir.display()))?;
     // The certificate the relay will serve: created now if the relay has never run.
     let fingerprint = identity::load_or_create_certificate(config)?.fingerprint();
-    let token = TokenStore::open(&config.data_dir, None).add(name, ports)?;
+    let token = TokenStore::open(&config.data_dir).add(name, limits)?;
     let relay = agent_relay_arg(config, config.listen, ADDRESS_PLACEHOLDER);
-    print!("{}", invitation(name, &relay, &fingerprint.to_string(), &token));
+    let allowed = allowed_places(config, limits);
+    print!("{}", invitation(name, &allowed, &relay, &fingerprint.to_string(), &token));
     if config.hostname.is_empty() && config.listen.ip().is_unspecified() {
         eprintln!(
             "replace {ADDRESS_PLACEHOLDER} with this relay's public name or IP (set `hostname` to have it filled in)"
@@ -41,10 +45,17 @@ pub(crate) fn agent_relay_arg(config: &RelayConfig, listen: std::net::SocketAddr
     }
 }
 
-fn invitation(name: &str, relay: &str, fingerprint: &str, token: &Secret) -> String {
+/// What the token may use, for the operator to pass on with the invitation.
+fn allowed_places(config: &RelayConfig, limits: Limits<'_>) -> String {
+    let ports = tokens::describe_ports(limits.ports, config.ports);
+    format!("This token may use ports {ports} and subdomains {}.", tokens::describe_patterns(limits.subdomains))
+}
+
+fn invitation(name: &str, allowed: &str, relay: &str, fingerprint: &str, token: &Secret) -> String {
     let token = token.expose();
     format!(
         "Invitation for {name:?}. The token is shown only now; the relay keeps only its hash.\n\
+         {allowed}\n\
          \n\
          Run, with the local port to expose:\n\
          \n  BURROW_TOKEN={token} agent --relay {relay} --fingerprint {fingerprint} --local 8080\n\

@@ -72,6 +72,8 @@ pub(crate) struct Shared {
     pub(crate) visitors: TaskTracker,
     /// Fired when the drain is over: sessions then tell their agents to reconnect.
     pub(crate) drained: CancellationToken,
+    /// Fired when a reload changed the configured token: its sessions are checked again.
+    pub(crate) token_reloaded: tokio::sync::Notify,
 }
 
 impl Shared {
@@ -131,6 +133,7 @@ impl Relay {
             vhost,
             visitors: TaskTracker::new(),
             drained: CancellationToken::new(),
+            token_reloaded: tokio::sync::Notify::new(),
             config: RwLock::new(Arc::new(config)),
         };
         Ok(Self { endpoint, admin, vhost_listeners, shared: Arc::new(shared), fingerprint })
@@ -257,14 +260,17 @@ impl Relay {
 }
 
 /// `relay token revoke` may run as another process, and a fleet shares its tokens: when the
-/// store reports a change, sessions whose token it no longer accepts are closed.
+/// store reports a change, or a reload changes the configured token, sessions whose token is
+/// no longer valid are closed.
 async fn close_sessions_of_revoked_tokens(shared: Arc<Shared>, cancel: CancellationToken) {
+    let mut store_changed = shared.store.token_changes();
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
-            () = shared.store.token_changes() => {}
+            () = &mut store_changed => store_changed = shared.store.token_changes(),
+            () = shared.token_reloaded.notified() => {}
         }
-        let closed = shared.live.close_revoked(shared.store.as_ref()).await;
+        let closed = shared.live.close_revoked(&shared).await;
         if closed > 0 {
             tracing::info!(closed, "closed the sessions of revoked tokens");
         }

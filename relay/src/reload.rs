@@ -14,7 +14,6 @@ const RESTART_KEYS: &[&str] = &[
     "ports",
     "data_dir",
     "hostname",
-    "token",
     "tls_cert",
     "tls_key",
     "reservation_ttl",
@@ -28,6 +27,9 @@ const RESTART_KEYS: &[&str] = &[
     "https_cert",
     "https_key",
 ];
+
+/// Keys whose values never reach the log.
+const SECRET_KEYS: &[&str] = &["token", "admin_token"];
 
 /// Applies edited settings to one relay.
 #[derive(Clone)]
@@ -62,6 +64,8 @@ impl Reloader {
             if RESTART_KEYS.contains(&key.as_str()) {
                 applied.needs_restart.push(key.clone());
                 *new_value = old_value.clone();
+            } else if SECRET_KEYS.contains(&key.as_str()) {
+                applied.changed.push(format!("{key}: changed"));
             } else {
                 applied.changed.push(format!("{key}: {old_value} -> {new_value}"));
             }
@@ -69,7 +73,12 @@ impl Reloader {
         let merged: RelayConfig = serde_json::from_value(serde_json::Value::Object(merged))?;
         shared.per_ip.set_max(merged.max_visitors_per_ip);
         shared.claims.set_max_per_token(merged.max_tunnels_per_token);
+        let token_changed = merged.token != old.token;
         *sync::write(&shared.config) = Arc::new(merged);
+        if token_changed {
+            // Stored as a permit if the sweep is busy, so the change is never missed.
+            shared.token_reloaded.notify_one();
+        }
         Ok(applied)
     }
 }

@@ -12,10 +12,10 @@ use burrow_common::{CloseCode, Hello, sync};
 use serde::Serialize;
 
 use crate::{
+    Shared,
     claims::{SessionId, TunnelKey},
     session::SessionLink,
-    store::Store,
-    tokens::{Grant, hash, now},
+    tokens::{self, Grant, hash, now},
     traffic::{CountedTunnel, SessionTunnels, Traffic},
 };
 
@@ -81,7 +81,7 @@ pub(crate) struct AgentTunnel {
 fn counted(grant: &Grant, tunnel: &burrow_common::Granted) -> CountedTunnel {
     CountedTunnel {
         id: tunnel.id,
-        key: TunnelKey { token: grant.name.clone(), tunnel: tunnel.name.clone() },
+        key: TunnelKey::new(grant, &tunnel.name),
         port: tunnel.port,
         url: tunnel.urls.first().cloned(),
     }
@@ -127,14 +127,14 @@ impl LiveSessions {
         Registered { id, sessions: self.clone(), tunnels }
     }
 
-    /// Closes every session whose token the store no longer accepts; returns how many.
+    /// Closes every session whose token is no longer valid; returns how many.
     /// An unreadable store closes nothing: a bad edit must not cut off every agent.
-    pub(crate) async fn close_revoked(&self, store: &dyn Store) -> usize {
+    pub(crate) async fn close_revoked(&self, shared: &Shared) -> usize {
         let serving: Vec<([u8; 32], SessionLink)> =
             self.by_id().values().filter(|live| !live.ended).map(|live| (live.token, live.link.clone())).collect();
         let mut closed = 0;
         for (token, link) in serving {
-            match store.verify_token(token).await {
+            match tokens::verify(shared, token).await {
                 Ok(Some(_)) => {}
                 Ok(None) => {
                     link.close(CloseCode::Revoked);

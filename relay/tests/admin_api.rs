@@ -56,8 +56,9 @@ fn tunnel_of<'a>(tunnels: &'a Value, token: &str, name: &str) -> &'a Value {
 async fn api_and_metrics_report_exactly_the_traffic_made_and_never_a_token() -> anyhow::Result<()> {
     let started = now();
     let dir = tempfile::tempdir()?;
-    let alice_ports = vec!["21000-21999".parse().map_err(anyhow::Error::msg)?];
-    let alice = relay::tokens::TokenStore::open(dir.path(), None).add("alice", Some(alice_ports))?;
+    let alice_ports = ["21000-21999".parse().map_err(anyhow::Error::msg)?];
+    let alice_limits = relay::tokens::Limits { ports: Some(&alice_ports), subdomains: None };
+    let alice = relay::tokens::TokenStore::open(dir.path()).add("alice", alice_limits)?;
     let relay = TestRelay::start(dir.path()).await?;
     let admin = relay.admin.expect("enabled");
     let plan = relay.plan(vec![tunnel("web", echo_server().await?), tunnel("files", echo_server().await?)]);

@@ -304,7 +304,7 @@ async fn a_request_head_over_the_configured_size_is_refused_with_431() -> anyhow
 #[tokio::test]
 async fn a_subdomain_held_by_another_token_is_refused_and_stays_with_its_holder() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let other_token = relay::tokens::TokenStore::open(dir.path(), None).add("other", None)?;
+    let other_token = relay::tokens::TokenStore::open(dir.path()).add("other", Default::default())?;
     let relay = HttpRelay::start(dir.path()).await?;
     let app = LocalApp::start("mine").await?;
     let (holder, _) = TestAgent::start(relay.plan(vec![http_tunnel("web", app.addr, Some("myapp"))])).await?;
@@ -373,7 +373,7 @@ async fn a_relay_without_a_domain_refuses_http_and_tls_tunnels() -> anyhow::Resu
 #[tokio::test]
 async fn subdomains_are_kept_across_agent_and_relay_restarts() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let other_token = relay::tokens::TokenStore::open(dir.path(), None).add("other", None)?;
+    let other_token = relay::tokens::TokenStore::open(dir.path()).add("other", Default::default())?;
     let app = LocalApp::start("web").await?;
     let tunnels = || vec![http_tunnel("picked", app.addr, None), http_tunnel("named", app.addr, Some("myapp"))];
     let names = |granted: &[agent::PublicTunnel]| -> anyhow::Result<Vec<String>> {

@@ -93,8 +93,9 @@ async fn token_limited_to_ports_cannot_take_others() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let free = tokio::net::TcpListener::bind("127.0.0.1:0").await?.local_addr()?.port();
     let outside = free.checked_sub(1).filter(|p| *p > 0).unwrap_or(free + 1);
-    let store = relay::tokens::TokenStore::open(dir.path(), None);
-    let limited = store.add("limited", Some(vec![format!("{free}").parse().map_err(anyhow::Error::msg)?]))?;
+    let store = relay::tokens::TokenStore::open(dir.path());
+    let ports = [format!("{free}").parse().map_err(anyhow::Error::msg)?];
+    let limited = store.add("limited", relay::tokens::Limits { ports: Some(&ports), subdomains: None })?;
     let mut config = relay_config(dir.path());
     config.ports = format!("{}-{}", free.min(outside), free.max(outside)).parse().map_err(anyhow::Error::msg)?;
     let relay = TestRelay::start_with(config).await?;
@@ -192,8 +193,8 @@ async fn sessions_repeating_one_tunnel_name_cannot_get_past_the_token_limit() ->
 async fn revoking_a_token_ends_its_sessions_at_once_and_no_other() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let relay = TestRelay::start(dir.path()).await?;
-    let store = relay::tokens::TokenStore::open(dir.path(), None);
-    let teammate_token = store.add("teammate", None)?;
+    let store = relay::tokens::TokenStore::open(dir.path());
+    let teammate_token = store.add("teammate", Default::default())?;
     let echo = echo_server().await?;
     let mut teammate_plan = relay.plan(vec![tunnel("theirs", echo)]);
     teammate_plan.token = teammate_token;
@@ -209,5 +210,92 @@ async fn revoking_a_token_ends_its_sessions_at_once_and_no_other() -> anyhow::Re
     assert!(took < Duration::from_secs(3), "the revoked session lasted {took:?}");
     assert_eq!(exchange(public_addr(&others[0]), b"still here").await?, b"still here");
     other.stop().await?;
+    relay.stop().await
+}
+
+/// Two consecutive ports free on loopback now, for a relay range of exactly two.
+async fn two_free_ports() -> anyhow::Result<(u16, u16)> {
+    for _ in 0..64 {
+        let first = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let port = first.local_addr()?.port();
+        if port < u16::MAX && tokio::net::TcpListener::bind(("127.0.0.1", port + 1)).await.is_ok() {
+            return Ok((port, port + 1));
+        }
+    }
+    anyhow::bail!("no two consecutive free ports found")
+}
+
+/// Places belong to a token, not to its name: a new token under a revoked token's name is
+/// another token, so the revoked one's reservations are not handed to whoever gets the name.
+#[tokio::test]
+async fn a_token_added_again_under_a_revoked_name_does_not_get_its_reservations() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (low, high) = two_free_ports().await?;
+    let mut config = relay_config(dir.path());
+    config.ports = format!("{low}-{high}").parse().map_err(anyhow::Error::msg)?;
+    let relay = TestRelay::start_with(config).await?;
+    let store = relay::tokens::TokenStore::open(dir.path());
+    let echo = echo_server().await?;
+    let mut plan = relay.plan(vec![tunnel("web", echo)]);
+    plan.token = store.add("team", Default::default())?;
+    let (first, tunnels) = TestAgent::start(plan.clone()).await?;
+    let reserved = tunnels[0].port;
+    first.stop().await?;
+
+    assert!(store.revoke("team")?);
+    plan.token = store.add("team", Default::default())?;
+    let (second, tunnels) = TestAgent::start(plan).await?;
+    assert_ne!(tunnels[0].port, reserved, "the new token got the revoked token's reserved port");
+    assert_eq!(exchange(public_addr(&tunnels[0]), b"its own").await?, b"its own");
+    second.stop().await?;
+    relay.stop().await
+}
+
+/// Replaces the subdomains a stored token may claim, as an operator editing tokens.json would.
+fn restrict_subdomains(data_dir: &std::path::Path, token: &str, patterns: &[&str]) -> anyhow::Result<()> {
+    let path = data_dir.join("tokens.json");
+    let mut file: serde_json::Value = serde_json::from_slice(&std::fs::read(&path)?)?;
+    let tokens = file["tokens"].as_array_mut().ok_or_else(|| anyhow::anyhow!("a token list"))?;
+    for record in tokens.iter_mut().filter(|t| t["name"] == token) {
+        record["subdomains"] = serde_json::json!(patterns);
+    }
+    Ok(std::fs::write(&path, serde_json::to_vec(&file)?)?)
+}
+
+/// A token limited to `app-*,docs` gets only such names: asked for, drawn at random, or
+/// reserved before the limit was set.
+#[tokio::test]
+async fn a_token_limited_to_subdomains_cannot_take_others() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let relay = TestRelay::start_with(testkit::http::http_relay_config(dir.path())).await?;
+    let store = relay::tokens::TokenStore::open(dir.path());
+    let local = testkit::http::loopback();
+    let plan = |name: &str, subdomain: Option<&str>, token: &Secret| {
+        let mut plan = relay.plan(vec![testkit::http::http_tunnel(name, local, subdomain)]);
+        plan.token = token.clone();
+        plan
+    };
+    let token = store.add("limited", Default::default())?;
+    let (before, _) = TestAgent::start(plan("web", Some("blog"), &token)).await?;
+    before.stop().await?;
+    restrict_subdomains(dir.path(), "limited", &["app-*", "docs"])?;
+
+    let err = TestAgent::spawn(plan("other", Some("other"), &token)).finished().await?.unwrap_err();
+    let expected = Refusal::SubdomainNotAllowed { name: "other".into(), allowed: "app-*,docs".into() };
+    assert_eq!(refusal(&err), Some(&expected), "{err:#}");
+
+    let (docs, granted) = TestAgent::start(plan("docs", Some("docs"), &token)).await?;
+    assert_eq!(testkit::http::subdomain_in(&granted[0].url())?, "docs");
+    // "web" had "blog" reserved; the limit now keeps it from there, so it draws an `app-` name.
+    let (web, granted) = TestAgent::start(plan("web", None, &token)).await?;
+    let drawn = testkit::http::subdomain_in(&granted[0].url())?;
+    assert!(drawn.starts_with("app-") && drawn.len() > 4, "{drawn}");
+
+    let exact_only = store.add("exact", Default::default())?;
+    restrict_subdomains(dir.path(), "exact", &["docs"])?;
+    let err = TestAgent::spawn(plan("random", None, &exact_only)).finished().await?.unwrap_err();
+    assert!(format!("{err:#}").contains("may use only the subdomains docs"), "{err:#}");
+    docs.stop().await?;
+    web.stop().await?;
     relay.stop().await
 }

@@ -93,3 +93,33 @@ async fn the_relay_binary_reloads_its_config_file_on_sighup() -> anyhow::Result<
     agent.stop().await?;
     Ok(())
 }
+
+/// The configured token is revoked by editing the config: the sessions that used it end at
+/// once, told why, and the new token is accepted without a restart.
+#[tokio::test]
+async fn changing_the_configured_token_ends_its_sessions() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let config = relay_config(dir.path());
+    let relay = relay::Relay::bind(config.clone())?;
+    let reloader = relay.reloader();
+    let test_relay = TestRelay::run(relay, config.token.clone().context("token")?)?;
+    let echo = echo_server().await?;
+    let (old, _) = TestAgent::start(test_relay.plan(vec![tunnel("web", echo)])).await?;
+
+    let new_token = burrow_common::Secret::new("the-new-configured-token-0123456789");
+    let applied = reloader.apply(relay::RelayConfig { token: Some(new_token.clone()), ..config })?;
+    assert_eq!(applied.changed, ["token: changed"], "applied at once, and never logged");
+    assert!(applied.needs_restart.is_empty());
+    let changed = std::time::Instant::now();
+    let err = old.finished().await?.unwrap_err();
+    let took = changed.elapsed();
+    assert!(format!("{err:#}").contains("revoked this agent's token"), "{err:#}");
+    assert!(took < std::time::Duration::from_secs(3), "the old session lasted {took:?}");
+
+    let mut plan = test_relay.plan(vec![tunnel("web", echo)]);
+    plan.token = new_token;
+    let (new, tunnels) = TestAgent::start(plan).await?;
+    assert_eq!(round_trip(&mut TcpStream::connect(public_addr(&tunnels[0])).await?, b"new").await?, b"new");
+    new.stop().await?;
+    test_relay.stop().await
+}

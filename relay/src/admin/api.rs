@@ -15,6 +15,8 @@ struct TokenView {
     /// The ports the token may use: its own list, or the relay's whole range.
     ports: String,
     limited: bool,
+    /// The subdomains the token may claim: `all`, `none` or its patterns (`app-*,docs`).
+    subdomains: String,
     /// Unix seconds; unknown for the token from the relay's config.
     created: Option<u64>,
 }
@@ -48,16 +50,15 @@ async fn tokens(shared: &Shared) -> anyhow::Result<Vec<TokenView>> {
         name: CONFIGURED_TOKEN_NAME.into(),
         ports: range.to_string(),
         limited: false,
+        subdomains: crate::tokens::describe_patterns(None),
         created: None,
     });
-    let stored = shared.store.list_tokens().await?.into_iter().map(|record| {
-        let grant = crate::tokens::Grant { name: record.name, ports: record.ports };
-        TokenView {
-            ports: grant.describe_ports(range),
-            limited: grant.ports.is_some(),
-            name: grant.name,
-            created: Some(record.created),
-        }
+    let stored = shared.store.list_tokens().await?.into_iter().map(|record| TokenView {
+        ports: crate::tokens::describe_ports(record.ports.as_deref(), range),
+        limited: record.ports.is_some(),
+        subdomains: crate::tokens::describe_patterns(record.subdomains.as_deref()),
+        name: record.name,
+        created: Some(record.created),
     });
     Ok(configured.into_iter().chain(stored).collect())
 }

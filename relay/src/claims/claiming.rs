@@ -172,7 +172,7 @@ impl<R: Holder> Claims<R> {
 /// counted: taking it over adds nothing. Every other place of the token counts, whatever its
 /// kind, however many sessions ask for the same tunnel name.
 fn within_limit<R>(entries: &HashMap<Place, Entry<R>>, key: &TunnelKey, max: usize) -> Result<(), Refusal> {
-    let of_token = entries.values().filter(|e| e.key.token == key.token).count();
+    let of_token = entries.values().filter(|e| e.key.token_id == key.token_id).count();
     let own = entries.values().any(|e| e.key == *key);
     if of_token - usize::from(own) >= max {
         return Err(Refusal::TokenTunnelLimit { max });

@@ -68,21 +68,29 @@ pub(crate) async fn claim_port(
     Err(Refusal::NoFreePort { range: grant.describe_ports(range) }.into())
 }
 
-/// Claims the subdomain asked for, the one reserved for the tunnel, or a fresh random one.
+/// Claims the subdomain asked for, the one reserved for the tunnel, or a fresh random one,
+/// among the names the token may use.
 pub(crate) async fn claim_subdomain(
     shared: &Shared,
     who: &Claimant<'_>,
+    grant: &Grant,
     requested: Option<&str>,
     route: &Arc<Route>,
 ) -> Claim {
     let reserved_names = shared.config().reserved_names.clone();
     shared.claims.within_limit(who.key)?;
     let name = match requested {
-        Some(asked) => vhost::check_subdomain(asked, &reserved_names)
-            .map_err(|e| Refusal::BadTunnel { name: who.key.tunnel.clone(), why: e.to_string() })?,
+        Some(asked) => {
+            let name = vhost::check_subdomain(asked, &reserved_names)
+                .map_err(|e| Refusal::BadTunnel { name: who.key.tunnel.clone(), why: e.to_string() })?;
+            if !grant.allows_subdomain(&name) {
+                return Err(Refusal::SubdomainNotAllowed { name, allowed: grant.describe_subdomains() }.into());
+            }
+            name
+        }
         None => match shared.store.reserved_for(who.key).await {
-            Ok(Some(Place::Subdomain(name))) => name,
-            _ => return claim_random_subdomain(shared, who, &reserved_names, route).await,
+            Ok(Some(Place::Subdomain(name))) if grant.allows_subdomain(&name) => name,
+            _ => return claim_random_subdomain(shared, who, grant, &reserved_names, route).await,
         },
     };
     let place = Place::Subdomain(name.clone());
@@ -93,11 +101,20 @@ pub(crate) async fn claim_subdomain(
 async fn claim_random_subdomain(
     shared: &Shared,
     who: &Claimant<'_>,
+    grant: &Grant,
     reserved_names: &[String],
     route: &Arc<Route>,
 ) -> Claim {
+    let refused = |why: String| Refusal::BadTunnel { name: who.key.tunnel.clone(), why };
     for _ in 0..RANDOM_NAME_ATTEMPTS {
-        let name = vhost::random_subdomain();
+        let name = match random_name_for(grant) {
+            RandomName::Drawn(name) => name,
+            RandomName::Unfit => continue,
+            RandomName::NotAllowed => {
+                let allowed = grant.describe_subdomains();
+                return Err(refused(format!("this token may use only the subdomains {allowed}: ask for one")).into());
+            }
+        };
         let place = Place::Subdomain(name.clone());
         if reserved_names.contains(&name) || shared.claims.is_held(&place) || owned(shared, &place).await {
             continue;
@@ -107,11 +124,26 @@ async fn claim_random_subdomain(
             return Ok(claimed);
         }
     }
-    Err(Refusal::BadTunnel {
-        name: who.key.tunnel.clone(),
-        why: "no unused random subdomain was found; ask for a name of your own".into(),
+    Err(refused("no unused random subdomain was found; ask for a name of your own".into()).into())
+}
+
+enum RandomName {
+    Drawn(String),
+    /// The draw does not fit its pattern (too long a label): draw again.
+    Unfit,
+    /// The token's patterns have no `*`: no name can be drawn for it.
+    NotAllowed,
+}
+
+/// A random name the token may use: any, or one of its patterns with a random `*`.
+fn random_name_for(grant: &Grant) -> RandomName {
+    let Some(patterns) = &grant.subdomains else { return RandomName::Drawn(vhost::random_subdomain()) };
+    let wildcards: Vec<_> = patterns.iter().filter(|p| p.is_wildcard()).collect();
+    if wildcards.is_empty() {
+        return RandomName::NotAllowed;
     }
-    .into())
+    let pattern = wildcards[rand::rng().random_range(0..wildcards.len())];
+    pattern.fill(&vhost::random_subdomain()).map_or(RandomName::Unfit, RandomName::Drawn)
 }
 
 /// Frees `place` if `session` still holds it, here and in the store.

@@ -3,11 +3,46 @@
 
 use serde::{Deserialize, Serialize};
 
-/// A token name and a tunnel name: what holds a claim and owns a reservation.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+/// A token and a tunnel name: what holds a claim and owns a reservation.
+///
+/// Two keys are the same tunnel when their token *id* and tunnel name are: a token added
+/// again under a revoked token's name is another token, and inherits none of its places.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct TunnelKey {
+    /// The token's name, for people (metrics, the admin API); not part of the identity.
     pub(crate) token: String,
+    /// The token's id (see [`crate::tokens::Grant::id`]). Empty only in a reservation file
+    /// written before keys had ids, until the store maps it.
+    #[serde(default)]
+    pub(crate) token_id: String,
     pub(crate) tunnel: String,
+}
+
+impl TunnelKey {
+    pub(crate) fn new(grant: &crate::tokens::Grant, tunnel: &str) -> Self {
+        Self { token: grant.name.clone(), token_id: grant.id.clone(), tunnel: tunnel.into() }
+    }
+
+    /// A key whose token id is its name, for tests.
+    #[cfg(test)]
+    pub(crate) fn of(token: &str, tunnel: &str) -> Self {
+        Self { token: token.into(), token_id: token.into(), tunnel: tunnel.into() }
+    }
+}
+
+impl PartialEq for TunnelKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.token_id == other.token_id && self.tunnel == other.tunnel
+    }
+}
+
+impl Eq for TunnelKey {}
+
+impl std::hash::Hash for TunnelKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.token_id.hash(state);
+        self.tunnel.hash(state);
+    }
 }
 
 /// A public name a tunnel can hold on the relay: a TCP port, or a subdomain of its domain.

@@ -43,7 +43,7 @@ fn session(id: SessionId) -> Arc<FakeSession> {
 }
 
 fn key(token: &str, tunnel: &str) -> TunnelKey {
-    TunnelKey { token: token.into(), tunnel: tunnel.into() }
+    TunnelKey::of(token, tunnel)
 }
 
 fn name(name: &str) -> Place {

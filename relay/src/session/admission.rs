@@ -89,7 +89,7 @@ pub(super) async fn open(
     id: u32,
     spec: &TunnelSpec,
 ) -> Result<Opened, Refusal> {
-    let key = TunnelKey { token: grant.name.clone(), tunnel: spec.name.clone() };
+    let key = TunnelKey::new(grant, &spec.name);
     let route = Arc::new(Route {
         link: link.clone(),
         session,
@@ -113,7 +113,7 @@ pub(super) async fn open(
             shared.vhost.as_ref().ok_or(Refusal::NoDomain)?;
             with_takeover(&key.tunnel, |replacing| {
                 let who = who(replacing);
-                async move { claims::claim_subdomain(shared, &who, subdomain.as_deref(), serving).await }
+                async move { claims::claim_subdomain(shared, &who, grant, subdomain.as_deref(), serving).await }
             })
             .await?
         }
@@ -135,7 +135,7 @@ fn route_kind(kind: &TunnelKind) -> RouteKind {
 }
 
 async fn authenticate(shared: &Shared, link: &SessionLink, hello: &Hello) -> Result<Grant, Refusal> {
-    match shared.store.verify_token(tokens::hash(&hello.token)).await {
+    match tokens::verify(shared, tokens::hash(&hello.token)).await {
         Ok(Some(grant)) => Ok(grant),
         Ok(None) => {
             shared.metrics.auth_failures.inc();

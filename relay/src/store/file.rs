@@ -3,14 +3,11 @@
 //! Reservations live in memory and reach the file through a writer thread, so a claim never
 //! waits on the disk. Tokens are read from their small file at every check, so `relay token
 //! add` and `revoke`, run as other processes, take effect at once; revocations are noticed
-//! by the file's modification time, checked every second.
+//! by a hash of the file's bytes, checked every second: a modification time can stay the
+//! same across a change (a coarse clock, a copy that keeps times, a restored backup).
 
 use burrow_common::sync;
-use std::{
-    path::Path,
-    sync::Mutex,
-    time::{Duration, SystemTime},
-};
+use std::{collections::HashMap, path::Path, sync::Mutex, time::Duration};
 
 use anyhow::Context;
 use burrow_common::Secret;
@@ -18,7 +15,7 @@ use burrow_common::Secret;
 use super::{Store, StoreFuture, reservations::FileReservations};
 use crate::{
     claims::{Place, TunnelKey},
-    tokens::{Grant, TokenRecord, TokenStore},
+    tokens::{CONFIGURED_TOKEN_NAME, Grant, TokenRecord, TokenStore, hash, token_id},
 };
 
 /// How often the token file is checked for changes.
@@ -27,27 +24,37 @@ const TOKEN_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 pub(crate) struct FileStore {
     tokens: TokenStore,
     reservations: FileReservations,
-    /// The token file's modification time when a change was last reported.
-    tokens_seen: Mutex<Option<SystemTime>>,
+    /// The hash of the token file's bytes when a change was last reported.
+    tokens_seen: Mutex<Option<[u8; 32]>>,
 }
 
 impl FileStore {
-    /// Opens the files in `data_dir`; `configured` is the token from the relay's config.
+    /// Opens the files in `data_dir`. `configured`, the token from the relay's config, only
+    /// names the owner of its reservations in a file written before they were kept by id.
     pub(crate) fn open(data_dir: &Path, configured: Option<&Secret>, ttl: Duration) -> anyhow::Result<Self> {
-        let tokens = TokenStore::open(data_dir, configured);
-        let reservations = FileReservations::open(data_dir, ttl).context("load port reservations")?;
-        let tokens_seen = Mutex::new(tokens.modified());
+        let tokens = TokenStore::open(data_dir);
+        let ids = ids_by_name(&tokens, configured).context("read the tokens to key old reservations")?;
+        let reservations = FileReservations::open(data_dir, ttl, &ids).context("load port reservations")?;
+        let tokens_seen = Mutex::new(tokens.content_hash().ok().flatten());
         Ok(Self { tokens, reservations, tokens_seen })
     }
 
-    /// Whether the token file changed since last asked.
+    /// Whether the token file changed since last asked. An unreadable file is no change:
+    /// its next readable state is compared with the last one seen.
     fn tokens_changed(&self) -> bool {
-        let now = self.tokens.modified();
+        let Ok(now) = self.tokens.content_hash() else { return false };
         let mut seen = sync::lock(&self.tokens_seen);
         let changed = *seen != now;
         *seen = now;
         changed
     }
+}
+
+/// The id of every token that has a name now, the configured one included.
+fn ids_by_name(tokens: &TokenStore, configured: Option<&Secret>) -> anyhow::Result<HashMap<String, String>> {
+    let stored = tokens.list()?.into_iter().filter_map(|record| Some((record.name.clone(), record.id()?)));
+    let configured = configured.map(|token| (CONFIGURED_TOKEN_NAME.to_string(), token_id(&hash(token))));
+    Ok(stored.chain(configured).collect())
 }
 
 impl Store for FileStore {
@@ -90,5 +97,32 @@ impl Store for FileStore {
 
     fn durable(&self, within: Duration) -> StoreFuture<'_, bool> {
         Box::pin(self.reservations.saved(within))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fs::File;
+
+    use super::*;
+    use crate::tokens::{Limits, TOKENS_FILE};
+
+    #[test]
+    fn a_revoke_with_an_unchanged_mtime_is_noticed() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let tokens = TokenStore::open(dir.path());
+        tokens.add("alice", Limits::default())?;
+        tokens.add("bob", Limits::default())?;
+        let path = dir.path().join(TOKENS_FILE);
+        let before = std::fs::metadata(&path)?.modified()?;
+        let store = FileStore::open(dir.path(), None, Duration::from_secs(60))?;
+        assert!(!store.tokens_changed());
+
+        tokens.revoke("bob")?;
+        File::options().write(true).open(&path)?.set_modified(before)?;
+        assert_eq!(std::fs::metadata(&path)?.modified()?, before);
+        assert!(store.tokens_changed(), "the revoke changed the file's bytes");
+        assert!(!store.tokens_changed(), "reported once");
+        Ok(())
     }
 }

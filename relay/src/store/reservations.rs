@@ -75,7 +75,9 @@ pub(super) struct FileReservations {
 impl FileReservations {
     /// Loads the file. Tunnels that were active when the relay stopped start their TTL now,
     /// so a relay that was down for a while does not hand their ports to someone else.
-    pub(super) fn open(data_dir: &Path, ttl: Duration) -> anyhow::Result<Self> {
+    /// Entries written before keys had token ids get the id of the token that has their
+    /// name now (`ids`, name to id), or go if no token has it.
+    pub(super) fn open(data_dir: &Path, ttl: Duration, ids: &HashMap<String, String>) -> anyhow::Result<Self> {
         let path = data_dir.join(RESERVATIONS_FILE);
         let file: ReservationFile = match files::read_optional(&path)? {
             None => ReservationFile::default(),
@@ -85,6 +87,7 @@ impl FileReservations {
         let entries = file
             .reservations
             .into_iter()
+            .filter_map(|e| keyed_by_id(e, ids))
             .map(|mut e| {
                 if e.active {
                     e.active = false;
@@ -142,22 +145,30 @@ impl Drop for FileReservations {
     }
 }
 
+/// `entry`, with its token id filled in from its token name if the file predates ids.
+fn keyed_by_id(mut entry: Entry, ids: &HashMap<String, String>) -> Option<Entry> {
+    if entry.key.token_id.is_empty() {
+        entry.key.token_id = ids.get(&entry.key.token)?.clone();
+    }
+    Some(entry)
+}
+
 /// Records that `key` serves on `place`, moving its reservation there.
 fn hold(entries: &mut HashMap<TunnelKey, Entry>, key: &TunnelKey, place: &Place) {
     entries.retain(|k, e| k == key || e.place != *place);
     let entry = Entry { key: key.clone(), place: place.clone(), last_seen: now(), active: true, released_as: 0 };
     entries.insert(key.clone(), entry);
-    forget_oldest_released(entries, &key.token);
+    forget_oldest_released(entries, &key.token_id);
 }
 
-/// Keeps at most [`MAX_RESERVATIONS_PER_TOKEN`] entries of `token`, dropping the ones
+/// Keeps at most [`MAX_RESERVATIONS_PER_TOKEN`] entries of the token `token_id`, dropping the ones
 /// released longest ago; held ones are never dropped.
-fn forget_oldest_released(entries: &mut HashMap<TunnelKey, Entry>, token: &str) {
-    let of_token = entries.values().filter(|e| e.key.token == token).count();
+fn forget_oldest_released(entries: &mut HashMap<TunnelKey, Entry>, token_id: &str) {
+    let of_token = entries.values().filter(|e| e.key.token_id == token_id).count();
     let Some(excess) = of_token.checked_sub(MAX_RESERVATIONS_PER_TOKEN).filter(|n| *n > 0) else { return };
     let mut released: Vec<((u64, u64), TunnelKey)> = entries
         .values()
-        .filter(|e| e.key.token == token && !e.active)
+        .filter(|e| e.key.token_id == token_id && !e.active)
         .map(|e| ((e.last_seen, e.released_as), e.key.clone()))
         .collect();
     released.sort_unstable_by_key(|(when, _)| *when);
@@ -242,7 +253,7 @@ mod tests {
     use super::*;
 
     fn key(token: &str, tunnel: &str) -> TunnelKey {
-        TunnelKey { token: token.into(), tunnel: tunnel.into() }
+        TunnelKey::of(token, tunnel)
     }
 
     fn port(port: u16) -> Place {
@@ -252,13 +263,13 @@ mod tests {
     #[test]
     fn survives_reopen_and_expires() -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;
-        let store = FileReservations::open(dir.path(), Duration::from_secs(3600))?;
+        let store = FileReservations::open(dir.path(), Duration::from_secs(3600), &HashMap::new())?;
         store.hold(&key("a", "web"), &port(20001))?;
         store.release(&key("a", "web"), &port(20001))?;
         store.hold(&key("b", "ssh"), &port(20002))?;
         drop(store);
 
-        let reopened = FileReservations::open(dir.path(), Duration::from_secs(3600))?;
+        let reopened = FileReservations::open(dir.path(), Duration::from_secs(3600), &HashMap::new())?;
         assert_eq!(reopened.place_for(&key("a", "web")), Some(port(20001)));
         assert_eq!(reopened.owner_of(&port(20002)), Some(key("b", "ssh")));
         assert_eq!(reopened.place_for(&key("a", "other")), None);
@@ -267,10 +278,10 @@ mod tests {
         std::fs::write(
             dir.path().join(RESERVATIONS_FILE),
             r#"{"reservations":[
-                {"token":"a","tunnel":"old","port":20003,"last_seen":0,"active":false},
-                {"token":"a","tunnel":"crashed","port":20004,"last_seen":0,"active":true}]}"#,
+                {"token":"a","token_id":"a","tunnel":"old","port":20003,"last_seen":0,"active":false},
+                {"token":"a","token_id":"a","tunnel":"crashed","port":20004,"last_seen":0,"active":true}]}"#,
         )?;
-        let restarted = FileReservations::open(dir.path(), Duration::from_secs(3600))?;
+        let restarted = FileReservations::open(dir.path(), Duration::from_secs(3600), &HashMap::new())?;
         assert_eq!(restarted.place_for(&key("a", "old")), None);
         assert_eq!(restarted.owner_of(&port(20003)), None);
         assert_eq!(restarted.place_for(&key("a", "crashed")), Some(port(20004)));
@@ -278,14 +289,31 @@ mod tests {
     }
 
     #[test]
+    fn a_file_keyed_by_token_name_is_keyed_by_id_on_open() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        std::fs::write(
+            dir.path().join(RESERVATIONS_FILE),
+            r#"{"reservations":[
+                {"token":"kept","tunnel":"web","port":20001,"last_seen":0,"active":true},
+                {"token":"gone","tunnel":"web","port":20002,"last_seen":0,"active":true}]}"#,
+        )?;
+        let ids = HashMap::from([("kept".to_string(), "0011223344556677".to_string())]);
+        let store = FileReservations::open(dir.path(), Duration::from_secs(3600), &ids)?;
+        let kept = TunnelKey { token: "kept".into(), token_id: "0011223344556677".into(), tunnel: "web".into() };
+        assert_eq!(store.place_for(&kept), Some(port(20001)));
+        assert_eq!(store.owner_of(&port(20002)), None, "no token has that name any more");
+        Ok(())
+    }
+
+    #[test]
     fn subdomains_are_reserved_like_ports() -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;
-        let store = FileReservations::open(dir.path(), Duration::from_secs(3600))?;
+        let store = FileReservations::open(dir.path(), Duration::from_secs(3600), &HashMap::new())?;
         let myapp = Place::Subdomain("myapp".into());
         store.hold(&key("a", "web"), &myapp)?;
         store.release(&key("a", "web"), &myapp)?;
         drop(store);
-        let reopened = FileReservations::open(dir.path(), Duration::from_secs(3600))?;
+        let reopened = FileReservations::open(dir.path(), Duration::from_secs(3600), &HashMap::new())?;
         assert_eq!(reopened.place_for(&key("a", "web")), Some(myapp.clone()));
         assert_eq!(reopened.owner_of(&myapp), Some(key("a", "web")));
         assert_eq!(reopened.owner_of(&Place::Subdomain("other".into())), None);
@@ -295,7 +323,7 @@ mod tests {
     #[test]
     fn a_token_keeps_a_bounded_number_of_reservations() -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;
-        let store = FileReservations::open(dir.path(), Duration::from_secs(3600))?;
+        let store = FileReservations::open(dir.path(), Duration::from_secs(3600), &HashMap::new())?;
         let held = key("churn", "held");
         store.hold(&held, &Place::Subdomain("held".into()))?;
         for i in 0..MAX_RESERVATIONS_PER_TOKEN + 10 {
@@ -304,7 +332,7 @@ mod tests {
             store.release(&tunnel, &place)?;
         }
         store.hold(&key("other", "web"), &port(20001))?;
-        let kept = |token: &str| store.with_entries(|e| e.values().filter(|e| e.key.token == token).count());
+        let kept = |token: &str| store.with_entries(|e| e.values().filter(|e| e.key.token_id == token).count());
         assert_eq!(kept("churn"), MAX_RESERVATIONS_PER_TOKEN);
         assert!(store.place_for(&held).is_some(), "a held place is never forgotten");
         assert_eq!(store.place_for(&key("churn", "t0")), None, "the oldest released went first");
@@ -316,7 +344,7 @@ mod tests {
     #[test]
     fn a_claim_wins_only_a_place_free_or_already_the_claimants() -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;
-        let store = FileReservations::open(dir.path(), Duration::from_secs(3600))?;
+        let store = FileReservations::open(dir.path(), Duration::from_secs(3600), &HashMap::new())?;
         assert!(store.claim(&key("a", "web"), &port(20001))?);
         assert!(!store.claim(&key("b", "web"), &port(20001))?, "held by a");
         store.release(&key("a", "web"), &port(20001))?;
@@ -330,7 +358,7 @@ mod tests {
     #[test]
     fn holding_a_port_moves_it() -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;
-        let store = FileReservations::open(dir.path(), Duration::from_secs(60))?;
+        let store = FileReservations::open(dir.path(), Duration::from_secs(60), &HashMap::new())?;
         store.hold(&key("a", "web"), &port(20001))?;
         store.hold(&key("a", "web"), &port(20005))?;
         assert_eq!(store.owner_of(&port(20001)), None);

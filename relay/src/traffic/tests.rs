@@ -6,7 +6,7 @@ use super::{CountedTunnel, Traffic, Visit};
 use crate::claims::{ClaimState, TunnelKey};
 
 fn granted(id: u32, token: &str, tunnel: &str, port: u16) -> CountedTunnel {
-    CountedTunnel { id, key: TunnelKey { token: token.into(), tunnel: tunnel.into() }, port, url: None }
+    CountedTunnel { id, key: TunnelKey::of(token, tunnel), port, url: None }
 }
 
 fn peer() -> SocketAddr {
@@ -35,7 +35,7 @@ fn sample(page: &str, series: &str) -> Option<u64> {
 }
 
 fn key(token: &str, tunnel: &str) -> TunnelKey {
-    TunnelKey { token: token.into(), tunnel: tunnel.into() }
+    TunnelKey::of(token, tunnel)
 }
 
 /// (name, state) of each tunnel listed while the claims table holds `claimed`.
