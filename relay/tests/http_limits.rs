@@ -386,7 +386,7 @@ async fn subdomains_are_kept_across_agent_and_relay_restarts() -> anyhow::Result
     let random = first[0].clone();
     assert_eq!(first[1], "myapp");
     let words: Vec<&str> = random.split('-').collect();
-    assert!(matches!(words.as_slice(), [_, _, n] if n.len() == 4), "a readable random name: {random}");
+    assert!(matches!(words.as_slice(), [_, _, n] if n.len() == 8), "a readable random name: {random}");
     assert_eq!(visit(relay.http, &host(&random), "/", &[]).await?.status, 200);
 
     // The agent restarts: the same names.

@@ -150,8 +150,8 @@ pub fn target(local: SocketAddr) -> LocalTarget {
     LocalTarget { host: local.ip().to_string(), port: local.port() }
 }
 
-/// The subdomain in a tunnel's URL, such as `brave-otter-4821` in
-/// `https://brave-otter-4821.burrow.test:41234`.
+/// The subdomain in a tunnel's URL, such as `brave-otter-k3x9m2qa` in
+/// `https://brave-otter-k3x9m2qa.burrow.test:41234`.
 pub fn subdomain_in(url: &str) -> anyhow::Result<String> {
     let authority = url.split_once("://").context("a scheme")?.1;
     let hostname = authority.split(':').next().unwrap_or(authority);

@@ -129,14 +129,27 @@ const NOUNS: [&str; 64] = [
     "island", "glacier", "lantern",
 ];
 
-/// A name for an agent that asked for none, easy to read aloud: "brave-otter-4821". About
-/// 37 million of them, so a clash with a name in use is rare and the caller can draw again.
+/// The symbols of a random name's last part: lowercase letters and digits, without 0, o, 1
+/// and l, which read alike.
+const SUFFIX_ALPHABET: &[u8; 32] = b"23456789abcdefghijkmnpqrstuvwxyz";
+const SUFFIX_LEN: usize = 8;
+
+/// The randomness of one name: enough that a stranger cannot find a tunnel by guessing names
+/// (2^52 of them, against the relay's pace for unknown names), while the words keep it
+/// readable.
+const RANDOM_NAME_BITS: u32 =
+    ADJECTIVES.len().ilog2() + NOUNS.len().ilog2() + SUFFIX_LEN as u32 * SUFFIX_ALPHABET.len().ilog2();
+// A shorter list or suffix would not build.
+const _: () = assert!(RANDOM_NAME_BITS >= 48, "random names need at least 48 random bits");
+
+/// A name for an agent that asked for none, easy to read aloud: "brave-otter-k3x9m2qa".
 pub(crate) fn random_subdomain() -> String {
     let mut rng = rand::rng();
     let adjective = ADJECTIVES[rng.random_range(0..ADJECTIVES.len())];
     let noun = NOUNS[rng.random_range(0..NOUNS.len())];
-    let number: u16 = rng.random_range(1000..=9999);
-    format!("{adjective}-{noun}-{number}")
+    let suffix: String =
+        (0..SUFFIX_LEN).map(|_| char::from(SUFFIX_ALPHABET[rng.random_range(0..SUFFIX_ALPHABET.len())])).collect();
+    format!("{adjective}-{noun}-{suffix}")
 }
 
 #[cfg(test)]
@@ -257,10 +270,28 @@ mod tests {
         for name in &names {
             assert_eq!(check_subdomain(name, &reserved).as_ref(), Ok(name), "{name}");
             let parts: Vec<&str> = name.split('-').collect();
-            assert!(matches!(parts.as_slice(), [_, _, number] if number.len() == 4), "{name}");
+            assert!(matches!(parts.as_slice(), [_, _, suffix] if suffix.len() == SUFFIX_LEN), "{name}");
         }
         let distinct: HashSet<&String> = names.iter().collect();
         assert!(distinct.len() > 990, "only {} distinct names in 1000", distinct.len());
+    }
+
+    #[test]
+    fn random_names_carry_at_least_48_bits() {
+        // Each list's length is a power of two, so every draw carries exactly its log2.
+        for len in [ADJECTIVES.len(), NOUNS.len(), SUFFIX_ALPHABET.len()] {
+            assert!(len.is_power_of_two(), "{len}");
+        }
+        assert_eq!(RANDOM_NAME_BITS, 52, "6 + 6 + 8 * 5; at least 48 is also checked at build");
+        assert_eq!(SUFFIX_ALPHABET.iter().collect::<HashSet<_>>().len(), SUFFIX_ALPHABET.len());
+        assert!(!SUFFIX_ALPHABET.iter().any(|b| b"0o1l".contains(b)), "no symbols that read alike");
+        for _ in 0..200 {
+            let name = random_subdomain();
+            let parts: Vec<&str> = name.split('-').collect();
+            let [adjective, noun, suffix] = parts.as_slice() else { panic!("three parts: {name}") };
+            assert!(ADJECTIVES.contains(adjective) && NOUNS.contains(noun), "{name}");
+            assert!(suffix.len() == SUFFIX_LEN && suffix.bytes().all(|b| SUFFIX_ALPHABET.contains(&b)), "{name}");
+        }
     }
 
     #[test]
