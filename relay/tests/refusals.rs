@@ -110,8 +110,13 @@ async fn token_limited_to_ports_cannot_take_others() -> anyhow::Result<()> {
     assert_eq!(refusal(&err), Some(&expected), "{err:#}");
 
     // With no port asked for, the relay picks the only one the token may use.
-    let (agent, tunnels) = TestAgent::start(plan).await?;
+    let (agent, tunnels) = TestAgent::start(plan.clone()).await?;
     assert_eq!(tunnels[0].port, free);
+
+    // `--ports none` closes TCP tunnels to a token.
+    plan.token = store.add("no-ports", relay::tokens::Limits { ports: Some(&[]), subdomains: None })?;
+    let err = TestAgent::spawn(plan).finished().await?.unwrap_err();
+    assert!(format!("{err:#}").contains("may open no TCP tunnels"), "{err:#}");
     agent.stop().await?;
     relay.stop().await
 }
@@ -295,6 +300,10 @@ async fn a_token_limited_to_subdomains_cannot_take_others() -> anyhow::Result<()
     restrict_subdomains(dir.path(), "exact", &["docs"])?;
     let err = TestAgent::spawn(plan("random", None, &exact_only)).finished().await?.unwrap_err();
     assert!(format!("{err:#}").contains("may use only the subdomains docs"), "{err:#}");
+    let closed = store.add("closed", Default::default())?;
+    restrict_subdomains(dir.path(), "closed", &[])?;
+    let err = TestAgent::spawn(plan("docs", Some("docs"), &closed)).finished().await?.unwrap_err();
+    assert!(format!("{err:#}").contains("may open no HTTP or TLS tunnels"), "{err:#}");
     docs.stop().await?;
     web.stop().await?;
     relay.stop().await

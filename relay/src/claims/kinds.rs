@@ -30,6 +30,9 @@ pub(crate) async fn claim_port(
     requested: Option<u16>,
     route: &Arc<Route>,
 ) -> Claim {
+    if grant.ports.as_ref().is_some_and(Vec::is_empty) {
+        return Err(closed_kind(who, "TCP", "ports").into());
+    }
     let config = shared.config();
     shared.claims.within_limit(who.key)?;
     let range = config.ports;
@@ -77,6 +80,9 @@ pub(crate) async fn claim_subdomain(
     requested: Option<&str>,
     route: &Arc<Route>,
 ) -> Claim {
+    if grant.subdomains.as_ref().is_some_and(Vec::is_empty) {
+        return Err(closed_kind(who, "HTTP or TLS", "subdomains").into());
+    }
     let reserved_names = shared.config().reserved_names.clone();
     shared.claims.within_limit(who.key)?;
     let name = match requested {
@@ -144,6 +150,12 @@ fn random_name_for(grant: &Grant) -> RandomName {
     }
     let pattern = wildcards[rand::rng().random_range(0..wildcards.len())];
     pattern.fill(&vhost::random_subdomain()).map_or(RandomName::Unfit, RandomName::Drawn)
+}
+
+/// The refusal for a kind of tunnel the token's limits close with `none`.
+fn closed_kind(who: &Claimant<'_>, kind: &str, limit: &str) -> Refusal {
+    let why = format!("this token may open no {kind} tunnels (its {limit} are `none`)");
+    Refusal::BadTunnel { name: who.key.tunnel.clone(), why }
 }
 
 /// Frees `place` if `session` still holds it, here and in the store.

@@ -33,8 +33,8 @@ impl FileStore {
     /// names the owner of its reservations in a file written before they were kept by id.
     pub(crate) fn open(data_dir: &Path, configured: Option<&Secret>, ttl: Duration) -> anyhow::Result<Self> {
         let tokens = TokenStore::open(data_dir);
-        let ids = ids_by_name(&tokens, configured).context("read the tokens to key old reservations")?;
-        let reservations = FileReservations::open(data_dir, ttl, &ids).context("load port reservations")?;
+        let ids = || ids_by_name(&tokens, configured);
+        let reservations = FileReservations::open(data_dir, ttl, ids).context("load port reservations")?;
         let tokens_seen = Mutex::new(tokens.content_hash().ok().flatten());
         Ok(Self { tokens, reservations, tokens_seen })
     }

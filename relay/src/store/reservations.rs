@@ -76,18 +76,26 @@ impl FileReservations {
     /// Loads the file. Tunnels that were active when the relay stopped start their TTL now,
     /// so a relay that was down for a while does not hand their ports to someone else.
     /// Entries written before keys had token ids get the id of the token that has their
-    /// name now (`ids`, name to id), or go if no token has it.
-    pub(super) fn open(data_dir: &Path, ttl: Duration, ids: &HashMap<String, String>) -> anyhow::Result<Self> {
+    /// name now (`ids` lists them, name to id, read only for such a file), or go if no token
+    /// has it.
+    pub(super) fn open(
+        data_dir: &Path,
+        ttl: Duration,
+        ids: impl FnOnce() -> anyhow::Result<HashMap<String, String>>,
+    ) -> anyhow::Result<Self> {
         let path = data_dir.join(RESERVATIONS_FILE);
         let file: ReservationFile = match files::read_optional(&path)? {
             None => ReservationFile::default(),
             Some(bytes) => serde_json::from_slice(&bytes).with_context(|| format!("parse {}", path.display()))?,
         };
+        let by_name = file.reservations.iter().any(|e| e.key.token_id.is_empty());
+        let ids =
+            if by_name { ids().context("read the tokens to key reservations by token id")? } else { HashMap::new() };
         let started = now();
         let entries = file
             .reservations
             .into_iter()
-            .filter_map(|e| keyed_by_id(e, ids))
+            .filter_map(|e| keyed_by_id(e, &ids))
             .map(|mut e| {
                 if e.active {
                     e.active = false;
@@ -256,6 +264,11 @@ mod tests {
         TunnelKey::of(token, tunnel)
     }
 
+    /// Opens a file whose keys all have ids, as the relay writes them.
+    fn open(dir: &Path, ttl: Duration) -> anyhow::Result<FileReservations> {
+        FileReservations::open(dir, ttl, || anyhow::bail!("the token ids are asked for only by a file keyed by name"))
+    }
+
     fn port(port: u16) -> Place {
         Place::Port(port)
     }
@@ -263,13 +276,13 @@ mod tests {
     #[test]
     fn survives_reopen_and_expires() -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;
-        let store = FileReservations::open(dir.path(), Duration::from_secs(3600), &HashMap::new())?;
+        let store = open(dir.path(), Duration::from_secs(3600))?;
         store.hold(&key("a", "web"), &port(20001))?;
         store.release(&key("a", "web"), &port(20001))?;
         store.hold(&key("b", "ssh"), &port(20002))?;
         drop(store);
 
-        let reopened = FileReservations::open(dir.path(), Duration::from_secs(3600), &HashMap::new())?;
+        let reopened = open(dir.path(), Duration::from_secs(3600))?;
         assert_eq!(reopened.place_for(&key("a", "web")), Some(port(20001)));
         assert_eq!(reopened.owner_of(&port(20002)), Some(key("b", "ssh")));
         assert_eq!(reopened.place_for(&key("a", "other")), None);
@@ -281,7 +294,7 @@ mod tests {
                 {"token":"a","token_id":"a","tunnel":"old","port":20003,"last_seen":0,"active":false},
                 {"token":"a","token_id":"a","tunnel":"crashed","port":20004,"last_seen":0,"active":true}]}"#,
         )?;
-        let restarted = FileReservations::open(dir.path(), Duration::from_secs(3600), &HashMap::new())?;
+        let restarted = open(dir.path(), Duration::from_secs(3600))?;
         assert_eq!(restarted.place_for(&key("a", "old")), None);
         assert_eq!(restarted.owner_of(&port(20003)), None);
         assert_eq!(restarted.place_for(&key("a", "crashed")), Some(port(20004)));
@@ -298,7 +311,7 @@ mod tests {
                 {"token":"gone","tunnel":"web","port":20002,"last_seen":0,"active":true}]}"#,
         )?;
         let ids = HashMap::from([("kept".to_string(), "0011223344556677".to_string())]);
-        let store = FileReservations::open(dir.path(), Duration::from_secs(3600), &ids)?;
+        let store = FileReservations::open(dir.path(), Duration::from_secs(3600), || Ok(ids))?;
         let kept = TunnelKey { token: "kept".into(), token_id: "0011223344556677".into(), tunnel: "web".into() };
         assert_eq!(store.place_for(&kept), Some(port(20001)));
         assert_eq!(store.owner_of(&port(20002)), None, "no token has that name any more");
@@ -308,12 +321,12 @@ mod tests {
     #[test]
     fn subdomains_are_reserved_like_ports() -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;
-        let store = FileReservations::open(dir.path(), Duration::from_secs(3600), &HashMap::new())?;
+        let store = open(dir.path(), Duration::from_secs(3600))?;
         let myapp = Place::Subdomain("myapp".into());
         store.hold(&key("a", "web"), &myapp)?;
         store.release(&key("a", "web"), &myapp)?;
         drop(store);
-        let reopened = FileReservations::open(dir.path(), Duration::from_secs(3600), &HashMap::new())?;
+        let reopened = open(dir.path(), Duration::from_secs(3600))?;
         assert_eq!(reopened.place_for(&key("a", "web")), Some(myapp.clone()));
         assert_eq!(reopened.owner_of(&myapp), Some(key("a", "web")));
         assert_eq!(reopened.owner_of(&Place::Subdomain("other".into())), None);
@@ -323,7 +336,7 @@ mod tests {
     #[test]
     fn a_token_keeps_a_bounded_number_of_reservations() -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;
-        let store = FileReservations::open(dir.path(), Duration::from_secs(3600), &HashMap::new())?;
+        let store = open(dir.path(), Duration::from_secs(3600))?;
         let held = key("churn", "held");
         store.hold(&held, &Place::Subdomain("held".into()))?;
         for i in 0..MAX_RESERVATIONS_PER_TOKEN + 10 {
@@ -344,7 +357,7 @@ mod tests {
     #[test]
     fn a_claim_wins_only_a_place_free_or_already_the_claimants() -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;
-        let store = FileReservations::open(dir.path(), Duration::from_secs(3600), &HashMap::new())?;
+        let store = open(dir.path(), Duration::from_secs(3600))?;
         assert!(store.claim(&key("a", "web"), &port(20001))?);
         assert!(!store.claim(&key("b", "web"), &port(20001))?, "held by a");
         store.release(&key("a", "web"), &port(20001))?;
@@ -358,7 +371,7 @@ mod tests {
     #[test]
     fn holding_a_port_moves_it() -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;
-        let store = FileReservations::open(dir.path(), Duration::from_secs(60), &HashMap::new())?;
+        let store = open(dir.path(), Duration::from_secs(60))?;
         store.hold(&key("a", "web"), &port(20001))?;
         store.hold(&key("a", "web"), &port(20005))?;
         assert_eq!(store.owner_of(&port(20001)), None);
