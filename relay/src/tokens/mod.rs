@@ -54,15 +54,15 @@ pub struct TokenRecord {
 impl TokenRecord {
     /// What this token grants; `None` if its stored hash is damaged.
     pub(crate) fn grant(&self) -> Option<Grant> {
-        let digest = decode_hash(&self.sha256)?;
         Some(Grant {
-            id: token_id(&digest),
+            id: self.id()?,
             name: self.name.clone(),
             ports: self.ports.clone(),
             subdomains: self.subdomains.clone(),
         })
     }
 
+    /// The token's id (see [`Grant::id`]); `None` if its stored hash is damaged.
     pub(crate) fn id(&self) -> Option<String> {
         decode_hash(&self.sha256).map(|digest| token_id(&digest))
     }
