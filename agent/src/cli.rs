@@ -44,6 +44,10 @@ pub struct Cli {
     pub tls: Option<String>,
     #[command(flatten)]
     pub http_options: HttpFlags,
+    /// Close a visitor's connection once no bytes have moved either way for this long, like
+    /// 10m (TCP, TLS) [default: off]
+    #[arg(long, value_name = "DURATION", value_parser = burrow_common::config::duration::parse, requires = "local", conflicts_with = "http")]
+    pub tcp_idle_timeout: Option<std::time::Duration>,
     /// TOML config file with [[tunnels]] (see deploy/agent.toml)
     #[arg(long, short, env = "BURROW_CONFIG")]
     pub config: Option<PathBuf>,
@@ -105,6 +109,7 @@ fn command_line_tunnel(cli: &Cli, local: LocalTarget) -> TunnelConfig {
     tunnel.host_header = options.host_header.clone();
     tunnel.request_headers = options.request_header.iter().cloned().collect();
     tunnel.response_headers = options.response_header.iter().cloned().collect();
+    tunnel.tcp_idle_timeout = cli.tcp_idle_timeout;
     tunnel
 }
 

@@ -9,7 +9,7 @@ use std::{
 
 use burrow_common::{
     Fingerprint, Secret,
-    config::{EnvSource, check_duration, duration},
+    config::{EnvSource, check_duration, duration, optional_duration},
 };
 use serde::{Deserialize, Serialize};
 
@@ -134,6 +134,10 @@ pub struct TunnelConfig {
     /// Headers added to each response before it leaves for the visitor (HTTP).
     #[serde(default)]
     pub response_headers: BTreeMap<String, String>,
+    /// Close a visitor's connection once no bytes have moved either way for this long, or
+    /// `off` (TCP, TLS).
+    #[serde(default, with = "optional_duration")]
+    pub tcp_idle_timeout: Option<Duration>,
 }
 
 impl TunnelConfig {
@@ -151,6 +155,7 @@ impl TunnelConfig {
             host_header: None,
             request_headers: BTreeMap::new(),
             response_headers: BTreeMap::new(),
+            tcp_idle_timeout: None,
         }
     }
 
@@ -198,6 +203,7 @@ impl TunnelConfig {
                 "invalid configuration: tunnel {name:?}: basic_auth: expected USER:PASSWORD, like alice:s3cret"
             );
         }
+        self.validate_idle(&name)?;
         for (key, headers) in [("request_headers", &self.request_headers), ("response_headers", &self.response_headers)]
         {
             for (header, value) in headers {
@@ -209,6 +215,18 @@ impl TunnelConfig {
                 );
             }
         }
+        Ok(())
+    }
+}
+
+impl TunnelConfig {
+    fn validate_idle(&self, name: &str) -> anyhow::Result<()> {
+        let Some(idle) = self.tcp_idle_timeout else { return Ok(()) };
+        anyhow::ensure!(
+            self.protocol != Protocol::Http,
+            "invalid configuration: tunnel {name:?}: tcp_idle_timeout applies to TCP and TLS tunnels only"
+        );
+        check_duration("tcp_idle_timeout", idle, Duration::from_secs(1))?;
         Ok(())
     }
 }
@@ -288,6 +306,12 @@ mod tests {
             (
                 "[[tunnels]]\nlocal = 80\nprotocol = \"http\"\nremote_port = 20000",
                 ["http-80", "remote_port", "TCP tunnels only"],
+            ),
+            ("[[tunnels]]\nlocal = 80\ntcp_idle_timeout = \"soon\"", ["tcp_idle_timeout", "soon", "or off"]),
+            ("[[tunnels]]\nlocal = 80\ntcp_idle_timeout = \"5ms\"", ["tcp_idle_timeout", "5ms", "at least 1s"]),
+            (
+                "[[tunnels]]\nlocal = 80\nprotocol = \"http\"\ntcp_idle_timeout = \"5m\"",
+                ["http-80", "tcp_idle_timeout", "TCP and TLS tunnels only"],
             ),
         ] {
             std::fs::write(&path, text)?;
