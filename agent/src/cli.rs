@@ -141,6 +141,11 @@ pub struct Flags {
     #[arg(long, value_name = "ADDR|off")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub inspect: Option<String>,
+    /// Token the inspector requires beyond loopback, as a bearer token or a Basic password
+    /// (prefer BURROW_INSPECT_TOKEN or the config file: arguments are visible to other users)
+    #[arg(long, value_name = "TOKEN")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub inspect_token: Option<Secret>,
     /// Log lines as text or JSON; json also turns off the live console [default: text]
     #[arg(long, value_name = "FORMAT")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -174,7 +179,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         inspector: inspector.as_ref().and_then(|l| l.local_addr().ok()).map(inspector::url),
     };
     if let Some(listener) = inspector {
-        tasks.spawn(inspector::serve(listener, plan.stats.clone(), cancel.clone()));
+        tasks.spawn(inspector::serve(listener, plan.stats.clone(), config.inspect_token.clone(), cancel.clone()));
     }
     let (status, watcher) = watch::channel(Status::Connecting);
     let ready = match cli.ready_file {

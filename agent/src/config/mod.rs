@@ -49,6 +49,9 @@ pub struct AgentConfig {
     /// Address of the web inspector, or `off`; the next 9 ports are tried if it is taken.
     #[serde(with = "crate::inspector::listen")]
     pub inspect: Option<SocketAddr>,
+    /// Token the inspector requires, as a bearer token or a Basic password; mandatory when
+    /// it listens beyond loopback, where others could read the tunnels' requests.
+    pub inspect_token: Option<Secret>,
     /// `text`, or `json` for log collectors (which also turns off the live console).
     pub log_format: LogFormat,
     pub tunnels: Vec<TunnelConfig>,
@@ -67,6 +70,7 @@ impl Default for AgentConfig {
             idle_timeout: Duration::from_secs(30),
             reconnect_max_delay: Duration::from_secs(30),
             inspect: Some(crate::inspector::DEFAULT_ADDR),
+            inspect_token: None,
             log_format: LogFormat::Text,
             tunnels: Vec::new(),
         }
@@ -85,6 +89,7 @@ impl AgentConfig {
         if let Some(token) = &self.token {
             token.check_token("token")?;
         }
+        self.validate_inspector()?;
         check_duration("idle_timeout", self.idle_timeout, Duration::from_secs(1))?;
         check_duration("keep_alive", self.keep_alive, Duration::from_millis(100))?;
         for tunnel in &self.tunnels {
@@ -219,6 +224,22 @@ impl TunnelConfig {
     }
 }
 
+impl AgentConfig {
+    fn validate_inspector(&self) -> anyhow::Result<()> {
+        if let Some(token) = &self.inspect_token {
+            token.check_token("inspect_token")?;
+        }
+        if let Some(addr) = self.inspect {
+            anyhow::ensure!(
+                addr.ip().is_loopback() || self.inspect_token.is_some(),
+                "invalid configuration: inspect = {addr} is reachable beyond this machine: \
+                 set inspect_token (or BURROW_INSPECT_TOKEN), or listen on 127.0.0.1"
+            );
+        }
+        Ok(())
+    }
+}
+
 impl TunnelConfig {
     fn validate_idle(&self, name: &str) -> anyhow::Result<()> {
         let Some(idle) = self.tcp_idle_timeout else { return Ok(()) };
@@ -292,6 +313,8 @@ mod tests {
             ("[[tunnels]]\nlocal = \"x:y\"", ["tunnels", "x:y", "HOST:PORT"]),
             ("[[tunnels]]\nlocal = 80\nremote = 1", ["unknown field `remote`", "remote_port", "tunnels"]),
             ("inspect = \"on\"", ["inspect", "\"on\"", "or off"]),
+            ("inspect = \"0.0.0.0:4040\"", ["inspect = 0.0.0.0:4040", "beyond this machine", "inspect_token"]),
+            ("inspect_token = \"short\"", ["inspect_token", "5 characters", "at least 16"]),
             ("log_format = \"xml\"", ["log_format", "xml", "json"]),
             ("[[tunnels]]\nlocal = 80\nprotocol = \"ftp\"", ["protocol", "ftp", "http"]),
             ("[[tunnels]]\nlocal = 80\nbasic_auth = \"a:b\"", ["tcp-80", "basic_auth", "HTTP tunnels only"]),
