@@ -53,7 +53,8 @@ async fn respond(shared: &Shared, ready: bool, request: &Request<Incoming>) -> R
     let config = shared.config();
     let loopback_only = config.admin_listen.is_some_and(|addr| addr.ip().is_loopback());
     if !addressed_directly(request, loopback_only, &config.hostname) {
-        let hint = "address the admin endpoint by IP, as localhost, or by one of the relay's hostnames\n";
+        let hint =
+            "address the admin endpoint by IP, as localhost, or by a name listed in the relay's hostname setting\n";
         return text(StatusCode::FORBIDDEN, hint);
     }
     if let Some(token) = &config.admin_token
