@@ -33,12 +33,13 @@ fn timed_out(what: &str, limit: Duration) -> io::Error {
 
 /// Runs one write, failing with `TimedOut` if it waits longer than `limit`.
 pub async fn write_within<T>(limit: Option<Duration>, write: impl Future<Output = io::Result<T>>) -> io::Result<T> {
-    match limit {
-        None => write.await,
-        Some(limit) => {
-            tokio::time::timeout(limit, write).await.unwrap_or_else(|_| Err(timed_out("the peer took no bytes", limit)))
-        }
+    let Some(limit) = limit else { return write.await };
+    // Most writes complete at once: only one that waits pays for a timer.
+    let mut write = std::pin::pin!(write);
+    if let Poll::Ready(done) = std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await {
+        return done;
     }
+    tokio::time::timeout(limit, write).await.unwrap_or_else(|_| Err(timed_out("the peer took no bytes", limit)))
 }
 
 /// When a connection last moved a byte, for its idle deadline. Both directions touch it, so
