@@ -44,6 +44,10 @@ pub struct Cli {
     pub tls: Option<String>,
     #[command(flatten)]
     pub http_options: HttpFlags,
+    /// Close a visitor's connection once no bytes have moved either way for this long, like
+    /// 10m (TCP, TLS) [default: off]
+    #[arg(long, value_name = "DURATION", value_parser = burrow_common::config::duration::parse, requires = "local", conflicts_with = "http")]
+    pub tcp_idle_timeout: Option<std::time::Duration>,
     /// TOML config file with [[tunnels]] (see deploy/agent.toml)
     #[arg(long, short, env = "BURROW_CONFIG")]
     pub config: Option<PathBuf>,
@@ -105,6 +109,7 @@ fn command_line_tunnel(cli: &Cli, local: LocalTarget) -> TunnelConfig {
     tunnel.host_header = options.host_header.clone();
     tunnel.request_headers = options.request_header.iter().cloned().collect();
     tunnel.response_headers = options.response_header.iter().cloned().collect();
+    tunnel.tcp_idle_timeout = cli.tcp_idle_timeout;
     tunnel
 }
 
@@ -136,6 +141,11 @@ pub struct Flags {
     #[arg(long, value_name = "ADDR|off")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub inspect: Option<String>,
+    /// Token the inspector requires beyond loopback, as a bearer token or a Basic password
+    /// (prefer BURROW_INSPECT_TOKEN or the config file: arguments are visible to other users)
+    #[arg(long, value_name = "TOKEN")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub inspect_token: Option<Secret>,
     /// Log lines as text or JSON; json also turns off the live console [default: text]
     #[arg(long, value_name = "FORMAT")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -169,7 +179,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         inspector: inspector.as_ref().and_then(|l| l.local_addr().ok()).map(inspector::url),
     };
     if let Some(listener) = inspector {
-        tasks.spawn(inspector::serve(listener, plan.stats.clone(), cancel.clone()));
+        tasks.spawn(inspector::serve(listener, plan.stats.clone(), config.inspect_token.clone(), cancel.clone()));
     }
     let (status, watcher) = watch::channel(Status::Connecting);
     let ready = match cli.ready_file {

@@ -9,6 +9,7 @@ use std::{
 
 use burrow_common::{
     StreamCode,
+    deadline::StallLimits,
     link::{Link, LinkError, StreamReader, StreamWriter},
     protocol::conversation::read_stream_header,
     splice::{Progress, abort_stream, splice},
@@ -79,6 +80,8 @@ pub(crate) struct Target {
     pub(crate) http: Option<Arc<LocalHttp>>,
     /// Cancelled when the tunnel is removed while the session goes on.
     pub(crate) closed: CancellationToken,
+    /// Visitors quiet both ways for this long are closed (`tcp_idle_timeout`).
+    pub(crate) idle: Option<Duration>,
 }
 
 /// Accepts the streams the relay opens on `link` until the link ends, and says why it ended.
@@ -121,7 +124,7 @@ async fn handle_stream<W: StreamWriter, R: StreamReader>(mut send: W, mut recv: 
                 let stream = StreamIo::new(send, recv, visit.shared_progress());
                 http.serve(stream, header.visitor).await
             }
-            None => forward(send, recv, &target.local, visit.progress()).await,
+            None => forward(send, recv, &target, visit.progress()).await,
         }
     };
     // Dropping the stream's halves on removal resets them, so the visitor sees an abort.
@@ -135,23 +138,25 @@ async fn handle_stream<W: StreamWriter, R: StreamReader>(mut send: W, mut recv: 
 async fn forward<W: StreamWriter, R: StreamReader>(
     mut send: W,
     mut recv: R,
-    target: &LocalTarget,
+    target: &Target,
     progress: &Progress,
 ) -> VisitEnd {
-    let connect = TcpStream::connect((target.host.as_str(), target.port));
-    let local = match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
+    let (local, idle) = (&target.local, target.idle);
+    let connect = TcpStream::connect((local.host.as_str(), local.port));
+    let local_tcp = match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
         Ok(Ok(tcp)) => tcp,
         failed => {
             let why = match failed {
                 Ok(Err(e)) => e.to_string(),
                 _ => format!("no answer within {CONNECT_TIMEOUT:?}"),
             };
-            tracing::warn!("local server {target} unreachable: {why}");
+            tracing::warn!("local server {local} unreachable: {why}");
             abort_stream(&mut send, &mut recv, StreamCode::LocalUnreachable);
-            return VisitEnd::Failed { reason: format!("local server {target} unreachable: {why}") };
+            return VisitEnd::Failed { reason: format!("local server {local} unreachable: {why}") };
         }
     };
-    match splice(local, send, recv, progress).await {
+    // The local server is the agent's own, so only the visitor's quiet is bounded here.
+    match splice(local_tcp, send, recv, progress, StallLimits { write_stall: None, idle }).await {
         Ok((to_visitor, to_local)) => {
             tracing::debug!(to_local, to_visitor, "stream closed");
             VisitEnd::Closed

@@ -64,6 +64,8 @@ pub struct TunnelPlan {
     pub access: HttpAccess,
     /// Applied here, next to the local server (HTTP).
     pub rewrite: HttpRewrite,
+    /// Visitors quiet both ways for this long are closed here (TCP, TLS).
+    pub tcp_idle_timeout: Option<Duration>,
 }
 
 /// What the agent changes in requests and responses on their way to and from the local server.
@@ -86,6 +88,7 @@ impl TunnelPlan {
             subdomain: None,
             access: HttpAccess::default(),
             rewrite: HttpRewrite::default(),
+            tcp_idle_timeout: None,
         }
     }
 
@@ -119,6 +122,7 @@ impl TunnelPlan {
                 request_headers: pairs(&tunnel.request_headers),
                 response_headers: pairs(&tunnel.response_headers),
             },
+            tcp_idle_timeout: tunnel.tcp_idle_timeout,
         }
     }
 

@@ -174,5 +174,6 @@ pub(crate) fn target(plan: &Plan, tunnel: &TunnelPlan, granted: &Granted, target
         counters: plan.stats.tunnel(&granted.name),
         http,
         closed,
+        idle: tunnel.tcp_idle_timeout,
     }
 }

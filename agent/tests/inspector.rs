@@ -45,8 +45,14 @@ async fn visit(public: SocketAddr, size: u64) -> anyhow::Result<SocketAddr> {
 
 /// Status and body of `GET path`, naming the inspector by `host`.
 async fn fetch(addr: SocketAddr, path: &str, host: &str) -> anyhow::Result<(u16, String)> {
+    fetch_with(addr, path, host, "").await
+}
+
+/// Status and body of `GET path` with `extra` header lines (each ending in CRLF).
+async fn fetch_with(addr: SocketAddr, path: &str, host: &str, extra: &str) -> anyhow::Result<(u16, String)> {
     let mut tcp = TcpStream::connect(addr).await?;
-    tcp.write_all(format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes()).await?;
+    let head = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n{extra}Connection: close\r\n\r\n");
+    tcp.write_all(head.as_bytes()).await?;
     let mut response = String::new();
     tokio::time::timeout(STEP, tcp.read_to_string(&mut response)).await??;
     let status = response.split_whitespace().nth(1).unwrap_or_default().parse()?;
@@ -221,17 +227,41 @@ async fn the_page_is_self_contained_and_answers_only_to_local_names() -> anyhow:
     Ok(())
 }
 
-/// Bound beyond loopback (`--inspect 0.0.0.0:4040`), it answers requests addressed by IP and
-/// still turns away DNS names, which a page elsewhere could rebind to this machine.
+/// Bound beyond loopback (`--inspect 0.0.0.0:4040`), anyone on the network could read the
+/// tunnels' requests: the config needs an `inspect_token`, and requests without it get 401.
+/// DNS names, which a page elsewhere could rebind to this machine, are still turned away.
 #[tokio::test]
-async fn beyond_loopback_it_answers_only_requests_addressed_by_ip() -> anyhow::Result<()> {
+async fn an_inspector_beyond_loopback_requires_its_token() -> anyhow::Result<()> {
+    let exposed = agent::config::AgentConfig { inspect: Some("0.0.0.0:4040".parse()?), ..Default::default() };
+    let refused = format!("{:#}", exposed.validate().expect_err("an exposed inspector without a token"));
+    assert!(refused.contains("inspect = 0.0.0.0:4040") && refused.contains("inspect_token"), "{refused}");
+    let token = "inspect-token-0123456789";
+    let guarded =
+        agent::config::AgentConfig { inspect_token: Some(burrow_common::Secret::new(token)), ..exposed.clone() };
+    guarded.validate()?;
+
     let listener = agent::inspector::bind(Some("0.0.0.0:0".parse()?)).await.context("inspector bound")?;
     let port = listener.local_addr()?.port();
-    tokio::spawn(agent::inspector::serve(listener, Stats::default(), tokio_util::sync::CancellationToken::new()));
+    let cancel = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(agent::inspector::serve(listener, Stats::default(), guarded.inspect_token, cancel.clone()));
+    let _stop = cancel.drop_guard();
     let inspector = SocketAddr::from(([127, 0, 0, 1], port));
-    assert_eq!(fetch(inspector, "/api/status", &format!("192.0.2.10:{port}")).await?.0, 200);
-    assert_eq!(fetch(inspector, "/api/status", "rebound.example").await?.0, 403);
-    assert_eq!(fetch(inspector, "/api/status", "localhost").await?.0, 200, "no page elsewhere can rebind localhost");
+    let by_ip = format!("192.0.2.10:{port}");
+    let bearer = format!("Authorization: Bearer {token}\r\n");
+    let (status, body) = fetch(inspector, "/api/status", &by_ip).await?;
+    assert_eq!(status, 401, "no token: {body}");
+    assert!(body.contains("inspect_token"), "{body}");
+    assert_eq!(
+        fetch_with(inspector, "/api/status", &by_ip, "Authorization: Bearer wrong-token-0123456789\r\n").await?.0,
+        401
+    );
+    assert_eq!(fetch_with(inspector, "/api/status", &by_ip, &bearer).await?.0, 200);
+    assert_eq!(
+        fetch_with(inspector, "/api/status", "localhost", &bearer).await?.0,
+        200,
+        "no page elsewhere can rebind localhost"
+    );
+    assert_eq!(fetch_with(inspector, "/api/status", "rebound.example", &bearer).await?.0, 403);
     Ok(())
 }
 

@@ -180,3 +180,31 @@ async fn requested_port_is_granted_when_free() -> anyhow::Result<()> {
     agent.stop().await?;
     relay.stop().await
 }
+
+/// A tunnel with `tcp_idle_timeout` closes, at the agent, a visitor with nothing moving
+/// either way for that long, whatever the relay's own settings.
+#[tokio::test]
+async fn a_tunnel_idle_timeout_closes_quiet_visitors() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let relay = TestRelay::start(dir.path()).await?;
+    let limit = Duration::from_secs(1);
+    let mut quiet_tunnel = tunnel("quiet", echo_server().await?);
+    quiet_tunnel.tcp_idle_timeout = Some(limit);
+    let (agent, tunnels) = TestAgent::start(relay.plan(vec![quiet_tunnel])).await?;
+
+    let mut visitor = TcpStream::connect(public_addr(&tunnels[0])).await?;
+    assert_eq!(round_trip(&mut visitor, b"hello").await?, b"hello");
+    let last_byte = Instant::now();
+    let mut byte = [0u8; 1];
+    match tokio::time::timeout(STEP, visitor.read(&mut byte)).await? {
+        Ok(0) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        other => anyhow::bail!("expected the quiet visitor to be closed, got {other:?}"),
+    }
+    let took = last_byte.elapsed();
+    assert!(took >= limit - Duration::from_millis(100), "closed after {took:?}");
+    settled(&relay, "burrow_visitors", 0.0).await?;
+
+    agent.stop().await?;
+    relay.stop().await
+}

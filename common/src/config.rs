@@ -277,6 +277,28 @@ pub mod duration {
     }
 }
 
+/// A duration as [`duration`] writes it, or `off` for none.
+pub mod optional_duration {
+    use std::time::Duration;
+
+    use super::*;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        let s = String::deserialize(d)?;
+        if s.trim() == "off" {
+            return Ok(None);
+        }
+        duration::parse(&s).map(Some).map_err(|e| serde::de::Error::custom(format!("{e}, or off")))
+    }
+
+    pub fn serialize<S: Serializer>(value: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match value {
+            Some(value) => s.collect_str(&duration::format(*value)),
+            None => s.serialize_str("off"),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -28,6 +28,7 @@
 
 pub mod codes;
 pub mod config;
+pub mod deadline;
 pub mod error_page;
 pub mod http;
 pub mod link;

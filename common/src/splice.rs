@@ -10,6 +10,9 @@
 //!
 //! A [`Progress`] passed in counts the bytes as they move, so dashboards can show a long
 //! transfer while it runs instead of at its end.
+//!
+//! [`StallLimits`] bound how long the TCP side may stall a write or stay quiet; past them the
+//! splice fails with `TimedOut`, and both ends are aborted as for any other error.
 
 use std::{
     io::IoSlice,
@@ -27,6 +30,7 @@ use tokio::{
 
 use crate::{
     StreamCode,
+    deadline::{Idle, StallLimits, write_within},
     link::{StreamReader, StreamWriter},
 };
 
@@ -63,20 +67,29 @@ impl Progress {
 }
 
 /// Splices `tcp` with the stream until both directions have ended, counting into `progress`
-/// as it goes. On success `progress` has grown by exactly the totals returned.
+/// as it goes. On success `progress` has grown by exactly the totals returned. The TCP side
+/// is held to `limits`.
 pub async fn splice<W: StreamWriter, R: StreamReader>(
     tcp: TcpStream,
     mut send: W,
     mut recv: R,
     progress: &Progress,
+    limits: StallLimits,
 ) -> std::io::Result<Moved> {
     // Small writes (keystrokes, requests) must not wait for Nagle's algorithm.
     tcp.set_nodelay(true).ok();
     let (tcp_read, mut tcp_write) = tcp.into_split();
-    let moved = tokio::try_join!(
-        tcp_to_stream(&tcp_read, &mut send, progress),
-        stream_to_tcp(&mut recv, &mut tcp_write, progress)
-    );
+    let idle = Idle::new(limits.idle);
+    let both_ways = async {
+        tokio::try_join!(
+            tcp_to_stream(&tcp_read, &mut send, progress, &idle),
+            stream_to_tcp(&mut recv, &mut tcp_write, progress, (limits.write_stall, &idle))
+        )
+    };
+    let moved = tokio::select! {
+        moved = both_ways => moved,
+        quiet = idle.expired() => Err(quiet),
+    };
     if moved.is_err() {
         abort_stream(&mut send, &mut recv, StreamCode::Aborted);
         abort_halves(tcp_read, tcp_write);
@@ -88,6 +101,7 @@ async fn tcp_to_stream<W: StreamWriter>(
     tcp: &OwnedReadHalf,
     send: &mut W,
     progress: &Progress,
+    idle: &Idle,
 ) -> std::io::Result<u64> {
     let mut total = 0;
     loop {
@@ -101,6 +115,7 @@ async fn tcp_to_stream<W: StreamWriter>(
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
             Err(e) => return Err(e),
         };
+        idle.touch();
         if chunk.is_empty() {
             send.finish()?;
             return Ok(total);
@@ -119,6 +134,7 @@ async fn stream_to_tcp<R: StreamReader>(
     recv: &mut R,
     tcp: &mut OwnedWriteHalf,
     progress: &Progress,
+    (write_stall, idle): (Option<std::time::Duration>, &Idle),
 ) -> std::io::Result<u64> {
     let mut total = 0;
     // Each chunk is about one transport frame; gathering many into one writev keeps the number of
@@ -128,7 +144,7 @@ async fn stream_to_tcp<R: StreamReader>(
         let batch = chunks[..count].iter().map(|c| c.len() as u64).sum::<u64>();
         total += batch;
         progress.add_stream_to_tcp(batch);
-        write_all_vectored(tcp, &mut chunks[..count]).await?;
+        write_all_vectored(tcp, &mut chunks[..count], write_stall, idle).await?;
         // Written chunks still reference quinn's receive buffers; let them go before waiting.
         chunks[..count].fill_with(Bytes::new);
     }
@@ -139,13 +155,21 @@ async fn stream_to_tcp<R: StreamReader>(
 /// Chunks gathered into one TCP write.
 const WRITE_BATCH: usize = 32;
 
-async fn write_all_vectored(tcp: &mut OwnedWriteHalf, mut chunks: &mut [Bytes]) -> std::io::Result<()> {
+/// Writes every chunk; each write may wait `write_stall` for the peer, so a slow reader that
+/// keeps taking bytes is never cut off.
+async fn write_all_vectored(
+    tcp: &mut OwnedWriteHalf,
+    mut chunks: &mut [Bytes],
+    write_stall: Option<std::time::Duration>,
+    idle: &Idle,
+) -> std::io::Result<()> {
     while !chunks.is_empty() {
         let slices: Vec<IoSlice<'_>> = chunks.iter().map(|c| IoSlice::new(c)).collect();
-        let mut written = tcp.write_vectored(&slices).await?;
+        let mut written = write_within(write_stall, tcp.write_vectored(&slices)).await?;
         if written == 0 {
             return Err(std::io::ErrorKind::WriteZero.into());
         }
+        idle.touch();
         while let Some(first) = chunks.first_mut() {
             if written < first.len() {
                 bytes::Buf::advance(first, written);

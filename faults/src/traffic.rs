@@ -26,7 +26,7 @@ pub fn echo_server(sim: &Sim) -> anyhow::Result<SocketAddr> {
 /// The relay's `/metrics` page, read from inside the relay's host.
 pub async fn metrics(sim: &Sim) -> anyhow::Result<String> {
     let mut tcp = sim.connect(Host::Relay, ADMIN.parse()?).await?;
-    tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: relay\r\nConnection: close\r\n\r\n").await?;
+    tcp.write_all(format!("GET /metrics HTTP/1.1\r\nHost: {ADMIN}\r\nConnection: close\r\n\r\n").as_bytes()).await?;
     let mut page = String::new();
     tokio::time::timeout(Duration::from_secs(10), tcp.read_to_string(&mut page)).await??;
     Ok(page)

@@ -8,7 +8,7 @@ use std::{
 
 use burrow_common::{
     PortRange, Secret,
-    config::{EnvSource, SettingError, check_duration, duration, parsed},
+    config::{EnvSource, SettingError, check_duration, duration, optional_duration, parsed},
 };
 use serde::{Deserialize, Serialize};
 
@@ -101,6 +101,16 @@ pub struct RelayConfig {
     /// Time the local server has to start answering a request before the visitor gets a 504.
     #[serde(with = "duration")]
     pub http_response_timeout: Duration,
+    /// Time a write to a visitor may wait for it to read (TCP and HTTP); a visitor that
+    /// stops reading is then cut off instead of holding its places for ever.
+    #[serde(with = "duration")]
+    pub visitor_write_timeout: Duration,
+    /// Time a visitor may pause in the middle of a request body before it gets a 408.
+    #[serde(with = "duration")]
+    pub http_body_idle_timeout: Duration,
+    /// A TCP visitor with no bytes moving either way for this long is closed, or `off`.
+    #[serde(with = "optional_duration")]
+    pub tcp_idle_timeout: Option<Duration>,
 }
 
 impl Default for RelayConfig {
@@ -141,6 +151,10 @@ impl Default for RelayConfig {
             http_header_timeout: Duration::from_secs(10),
             http_max_header_bytes: 64 * 1024,
             http_response_timeout: Duration::from_secs(60),
+            visitor_write_timeout: Duration::from_secs(60),
+            http_body_idle_timeout: Duration::from_secs(30),
+            // Off: quiet SSH or database connections are what tunnels are for.
+            tcp_idle_timeout: None,
         }
     }
 }
@@ -213,6 +227,11 @@ impl RelayConfig {
         }
         check_duration("idle_timeout", self.idle_timeout, Duration::from_secs(1))?;
         check_duration("handshake_timeout", self.handshake_timeout, Duration::from_millis(100))?;
+        check_duration("visitor_write_timeout", self.visitor_write_timeout, Duration::from_millis(100))?;
+        check_duration("http_body_idle_timeout", self.http_body_idle_timeout, Duration::from_millis(100))?;
+        if let Some(idle) = self.tcp_idle_timeout {
+            check_duration("tcp_idle_timeout", idle, Duration::from_secs(1))?;
+        }
         self.validate_http()?;
         for name in &self.hostname {
             let valid = !name.is_empty() && !name.contains(['/', ' ', ':']) || name.parse::<IpAddr>().is_ok();
@@ -313,6 +332,10 @@ mod tests {
             ("reserved_names = [\"a_b\"]", ["reserved_names", "a_b", "letters, digits or '-'"]),
             ("http_header_timeout = \"0s\"", ["http_header_timeout", "0s", "at least"]),
             ("http_max_header_bytes = 100", ["http_max_header_bytes", "100", "at least 8192"]),
+            ("visitor_write_timeout = \"0s\"", ["visitor_write_timeout", "0s", "at least 100ms"]),
+            ("http_body_idle_timeout = \"1ms\"", ["http_body_idle_timeout", "1ms", "at least 100ms"]),
+            ("tcp_idle_timeout = \"never\"", ["tcp_idle_timeout", "\"never\"", "or off"]),
+            ("tcp_idle_timeout = \"10ms\"", ["tcp_idle_timeout", "10ms", "at least 1s"]),
         ] {
             std::fs::write(&path, text)?;
             let err = format!("{:#}", RelayConfig::load(Some(&path), &NoFlags {}).unwrap_err());

@@ -21,7 +21,7 @@ use crate::{
     Shared,
     claims::{Parked, Place, Route, SessionId, Successor, until_taken_over},
     limits::{Admission, Places},
-    metrics::{Metrics, REFUSED_PARK_FULL},
+    metrics::REFUSED_PARK_FULL,
     tunnel::{accept_until, forward},
 };
 
@@ -86,8 +86,7 @@ async fn accept_parked(
         }
     };
     accept_until(&listener, &places, &shared, stop, |tcp, peer, admission| {
-        let waiting =
-            wait_for_successor(tcp, peer, successor.clone(), shared.metrics.clone(), admission, cancel.clone());
+        let waiting = wait_for_successor(tcp, peer, successor.clone(), shared.clone(), admission, cancel.clone());
         shared.visitors.spawn(waiting.instrument(tracing::debug_span!("visitor", %peer)));
     })
     .await;
@@ -99,7 +98,7 @@ async fn wait_for_successor(
     visitor: TcpStream,
     peer: SocketAddr,
     mut successor: Successor<Route>,
-    metrics: Arc<Metrics>,
+    shared: Arc<Shared>,
     admission: Admission,
     cancel: CancellationToken,
 ) {
@@ -109,8 +108,8 @@ async fn wait_for_successor(
     };
     match next {
         Some(route) => {
-            metrics.visitors_unparked.inc();
-            forward(visitor, peer, route.link.pick(), route.tunnel, metrics, admission, Vec::new()).await;
+            shared.metrics.visitors_unparked.inc();
+            forward(visitor, peer, route.link.pick(), route.tunnel, shared, admission, Vec::new()).await;
         }
         None => {
             drop(admission);

@@ -8,6 +8,7 @@ use std::{
 
 use burrow_common::{
     StreamHeader,
+    deadline::StallLimits,
     link::Link,
     protocol::conversation::{FirstBytes, open_visitor_stream},
     splice::{abort_tcp, splice},
@@ -17,10 +18,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::{
-    Shared,
+    RelayConfig, Shared,
     claims::Route,
     limits::{self, Admission, Places},
-    metrics::{Metrics, REFUSED_NO_STREAM, Reason},
+    metrics::{REFUSED_NO_STREAM, Reason},
 };
 
 /// Pause after an accept error such as EMFILE, so the loop does not spin.
@@ -38,7 +39,7 @@ pub(crate) async fn accept_visitors(
         // Spawned as is, not wrapped in another async block: a wrapper would hold this future
         // twice, doubling the memory of every open visitor.
         let link = route.link.pick();
-        let served = forward(tcp, peer, link, route.tunnel, shared.metrics.clone(), admission, Vec::new());
+        let served = forward(tcp, peer, link, route.tunnel, shared.clone(), admission, Vec::new());
         route.visitors.spawn(served.instrument(tracing::debug_span!("visitor", %peer)));
     })
     .await;
@@ -99,11 +100,12 @@ pub(crate) async fn forward<L: Link>(
     peer: SocketAddr,
     link: L,
     tunnel: u32,
-    metrics: Arc<Metrics>,
+    shared: Arc<Shared>,
     admission: Admission,
     first_bytes: Vec<u8>,
 ) {
     let _admission = admission;
+    let metrics = &shared.metrics;
     let arrived = Instant::now();
     let visit = metrics.traffic.visit(link.stable_id(), tunnel, peer);
     let header = StreamHeader { tunnel, visitor: peer };
@@ -125,8 +127,14 @@ pub(crate) async fn forward<L: Link>(
     drop(first_bytes);
     metrics.stream_open.observe(arrived.elapsed().as_secs_f64());
     // The visit counts the bytes, live and at its drop, whether the splice ends well or not.
-    match splice(visitor, send, recv, visit.progress()).await {
+    match splice(visitor, send, recv, visit.progress(), stall_limits(&shared.config())).await {
         Ok((up, down)) => tracing::debug!(up, down, "visitor closed"),
         Err(e) => tracing::debug!("visitor aborted: {e}"),
     }
+}
+
+/// How long a TCP visitor may stall the relay: a visitor that stops reading would otherwise
+/// hold its stream and its places for ever.
+pub(crate) fn stall_limits(config: &RelayConfig) -> StallLimits {
+    StallLimits { write_stall: Some(config.visitor_write_timeout), idle: config.tcp_idle_timeout }
 }

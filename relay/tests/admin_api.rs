@@ -300,3 +300,33 @@ async fn beyond_loopback_the_admin_token_is_required_as_bearer_or_basic_password
     }
     relay.stop().await
 }
+
+/// Status of a raw `GET path` on the admin endpoint whose Host header says `host`.
+async fn status_for_host(admin: SocketAddr, path: &str, host: &str) -> anyhow::Result<u16> {
+    let mut tcp = TcpStream::connect(admin).await?;
+    tcp.write_all(format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes()).await?;
+    let mut response = String::new();
+    tokio::time::timeout(STEP, tcp.read_to_string(&mut response)).await??;
+    Ok(response.split_whitespace().nth(1).unwrap_or_default().parse()?)
+}
+
+/// A page elsewhere that makes its own name resolve to the admin endpoint (DNS rebinding, or a
+/// browser behind an `ssh -L` forward) is refused before any token is asked for; requests
+/// naming the relay by IP, as localhost or by one of its hostnames are served.
+#[tokio::test]
+async fn a_request_naming_another_host_is_refused() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let config = relay::RelayConfig { hostname: vec!["relay.example.com".into()], ..relay_config(dir.path()) };
+    let relay = TestRelay::start_with(config).await?;
+    let admin = relay.admin.expect("tests enable the admin endpoint");
+    let port = admin.port();
+    for path in ["/api/tokens", "/metrics", "/"] {
+        assert_eq!(status_for_host(admin, path, "rebind.example").await?, 403, "{path}");
+        assert_eq!(status_for_host(admin, path, &format!("rebind.example:{port}")).await?, 403, "{path}");
+        assert_eq!(status_for_host(admin, path, &format!("192.0.2.10:{port}")).await?, 403, "{path}: not loopback");
+        for host in [format!("localhost:{port}"), format!("127.0.0.1:{port}"), format!("relay.example.com:{port}")] {
+            assert_eq!(status_for_host(admin, path, &host).await?, 200, "{path} for {host}");
+        }
+    }
+    relay.stop().await
+}

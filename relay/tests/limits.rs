@@ -137,3 +137,133 @@ async fn visitors_that_stop_reading_do_not_freeze_the_session() -> anyhow::Resul
     agent.stop().await?;
     relay.stop().await
 }
+
+/// Waits until the relay counts `open` visitors, then until it counts none, and returns how
+/// long the second wait took.
+async fn open_then_cut_off(relay: &TestRelay, open: f64) -> anyhow::Result<std::time::Duration> {
+    settled(relay, "burrow_visitors", open).await?;
+    let started = std::time::Instant::now();
+    settled(relay, "burrow_visitors", 0.0).await?;
+    Ok(started.elapsed())
+}
+
+/// A local server that writes to each connection until the write fails, a bounded amount.
+async fn endless_server() -> anyhow::Result<SocketAddr> {
+    local_server(|mut tcp| async move {
+        let chunk = vec![7u8; 64 * 1024];
+        for _ in 0..16 * 1024 {
+            tcp.write_all(&chunk).await?;
+        }
+        Ok(())
+    })
+    .await
+}
+
+/// The visitor ends its connection (a FIN or a reset) within `STEP`, without having sent or
+/// received anything more.
+async fn closed_by_relay(tcp: &mut TcpStream) -> anyhow::Result<()> {
+    let mut byte = [0u8; 1];
+    match tokio::time::timeout(STEP, tcp.read(&mut byte)).await? {
+        Ok(0) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => Ok(()),
+        other => anyhow::bail!("expected an end, got {other:?}"),
+    }
+}
+
+/// A visitor that opens a connection to a server that streams and never reads a byte must not
+/// hold its stream and its places for ever: once a write to it has waited
+/// `visitor_write_timeout`, it is cut off.
+#[tokio::test]
+async fn a_visitor_that_stops_reading_is_cut_off_after_the_write_timeout() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let limit = std::time::Duration::from_secs(1);
+    let config = relay::RelayConfig { visitor_write_timeout: limit, ..relay_config(dir.path()) };
+    let relay = TestRelay::start_with(config).await?;
+    let (agent, tunnels) = TestAgent::start(relay.plan(vec![tunnel("stream", endless_server().await?)])).await?;
+
+    let stalled = TcpStream::connect(public_addr(&tunnels[0])).await?;
+    let took = open_then_cut_off(&relay, 1.0).await?;
+    assert!(took >= limit - std::time::Duration::from_millis(100), "cut off after {took:?}");
+    // The tunnel still serves visitors that read.
+    let mut reader = TcpStream::connect(public_addr(&tunnels[0])).await?;
+    let mut first = vec![0u8; 64 * 1024];
+    tokio::time::timeout(STEP, reader.read_exact(&mut first)).await??;
+    drop((stalled, reader));
+    agent.stop().await?;
+    relay.stop().await
+}
+
+/// An HTTP visitor that asks for a large download and never reads it is cut off the same way.
+#[tokio::test]
+async fn an_http_visitor_that_stops_reading_is_cut_off_after_the_write_timeout() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let limit = std::time::Duration::from_secs(1);
+    let config = relay::RelayConfig { visitor_write_timeout: limit, ..testkit::http::http_relay_config(dir.path()) };
+    let relay = testkit::http::HttpRelay::start_with(config).await?;
+    let app = testkit::http_apps::LocalApp::start("web").await?;
+    let plan = relay.plan(vec![testkit::http::http_tunnel("web", app.addr, Some("myapp"))]);
+    let (agent, _) = TestAgent::start(plan).await?;
+
+    let mut stalled = TcpStream::connect(relay.http).await?;
+    let request = "GET /download?bytes=1073741824 HTTP/1.1\r\nHost: myapp.burrow.test\r\n\r\n";
+    stalled.write_all(request.as_bytes()).await?;
+    let took = open_then_cut_off(&relay, 1.0).await?;
+    assert!(took >= limit - std::time::Duration::from_millis(100), "cut off after {took:?}");
+    drop(stalled);
+    agent.stop().await?;
+    relay.stop().await
+}
+
+/// A request body that stops arriving midway is cut off after `http_body_idle_timeout`: the
+/// visitor gets a 408 (or its connection closes) rather than holding a stream for ever.
+#[tokio::test]
+async fn a_trickled_request_body_is_cut_off_after_the_body_idle_timeout() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let limit = std::time::Duration::from_secs(1);
+    let config = relay::RelayConfig { http_body_idle_timeout: limit, ..testkit::http::http_relay_config(dir.path()) };
+    let relay = testkit::http::HttpRelay::start_with(config).await?;
+    let app = testkit::http_apps::LocalApp::start("web").await?;
+    let plan = relay.plan(vec![testkit::http::http_tunnel("web", app.addr, Some("myapp"))]);
+    let (agent, _) = TestAgent::start(plan).await?;
+
+    let started = std::time::Instant::now();
+    let mut trickle = TcpStream::connect(relay.http).await?;
+    let head = "POST /upload HTTP/1.1\r\nHost: myapp.burrow.test\r\nContent-Length: 1000\r\n\r\n";
+    trickle.write_all(head.as_bytes()).await?;
+    trickle.write_all(&[b'x'; 10]).await?;
+    let mut answer = Vec::new();
+    match tokio::time::timeout(std::time::Duration::from_secs(5), trickle.read_to_end(&mut answer)).await {
+        Err(_) => anyhow::bail!("the trickling visitor was still connected after 5 s"),
+        Ok(Err(e)) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}"),
+        Ok(Ok(_)) => {
+            let text = String::from_utf8_lossy(&answer);
+            assert!(answer.is_empty() || text.starts_with("HTTP/1.1 408"), "{text}");
+        }
+    }
+    let took = started.elapsed();
+    assert!(took >= limit - std::time::Duration::from_millis(100), "cut off after {took:?}");
+    settled(&relay, "burrow_visitors", 0.0).await?;
+    agent.stop().await?;
+    relay.stop().await
+}
+
+/// With `tcp_idle_timeout` set on the relay, a visitor with nothing moving either way is
+/// closed once that long has passed; one that keeps talking is not.
+#[tokio::test]
+async fn a_relay_idle_timeout_closes_quiet_visitors() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let limit = std::time::Duration::from_secs(1);
+    let config = relay::RelayConfig { tcp_idle_timeout: Some(limit), ..relay_config(dir.path()) };
+    let relay = TestRelay::start_with(config).await?;
+    let (agent, tunnels) = TestAgent::start(relay.plan(vec![tunnel("echo", echo_server().await?)])).await?;
+
+    let mut quiet = TcpStream::connect(public_addr(&tunnels[0])).await?;
+    assert_eq!(round_trip(&mut quiet, b"hello").await?, b"hello");
+    let last_byte = std::time::Instant::now();
+    closed_by_relay(&mut quiet).await?;
+    let took = last_byte.elapsed();
+    assert!(took >= limit - std::time::Duration::from_millis(100), "closed after {took:?}");
+    settled(&relay, "burrow_visitors", 0.0).await?;
+    agent.stop().await?;
+    relay.stop().await
+}

@@ -14,7 +14,8 @@ use crate::{STEP, in_process::TestRelay};
 pub async fn get(admin: SocketAddr, path: &str, bearer: Option<&str>) -> anyhow::Result<(u16, String)> {
     let mut tcp = TcpStream::connect(admin).await?;
     let auth = bearer.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
-    tcp.write_all(format!("GET {path} HTTP/1.1\r\nHost: admin\r\n{auth}Connection: close\r\n\r\n").as_bytes()).await?;
+    tcp.write_all(format!("GET {path} HTTP/1.1\r\nHost: {admin}\r\n{auth}Connection: close\r\n\r\n").as_bytes())
+        .await?;
     let mut response = String::new();
     tokio::time::timeout(STEP, tcp.read_to_string(&mut response)).await??;
     let status = response.split_whitespace().nth(1).unwrap_or_default().parse()?;
@@ -55,7 +56,8 @@ pub async fn get_authorized(
 ) -> anyhow::Result<(u16, String, String)> {
     let mut tcp = TcpStream::connect(admin).await?;
     let auth = authorization.map(|value| format!("Authorization: {value}\r\n")).unwrap_or_default();
-    tcp.write_all(format!("GET {path} HTTP/1.1\r\nHost: admin\r\n{auth}Connection: close\r\n\r\n").as_bytes()).await?;
+    tcp.write_all(format!("GET {path} HTTP/1.1\r\nHost: {admin}\r\n{auth}Connection: close\r\n\r\n").as_bytes())
+        .await?;
     let mut response = String::new();
     tokio::time::timeout(STEP, tcp.read_to_string(&mut response)).await??;
     let (head, body) = response.split_once("\r\n\r\n").context("a response head")?;

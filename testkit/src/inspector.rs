@@ -15,7 +15,7 @@ use crate::STEP;
 pub async fn start_inspector(stats: &agent::stats::Stats) -> anyhow::Result<SocketAddr> {
     let listener = agent::inspector::bind(Some("127.0.0.1:0".parse()?)).await.context("inspector bound")?;
     let addr = listener.local_addr()?;
-    tokio::spawn(agent::inspector::serve(listener, stats.clone(), CancellationToken::new()));
+    tokio::spawn(agent::inspector::serve(listener, stats.clone(), None, CancellationToken::new()));
     Ok(addr)
 }
 

@@ -9,7 +9,7 @@ use std::{
 
 use burrow_common::{
     Fingerprint, Secret,
-    config::{EnvSource, check_duration, duration},
+    config::{EnvSource, check_duration, duration, optional_duration},
 };
 use serde::{Deserialize, Serialize};
 
@@ -49,6 +49,9 @@ pub struct AgentConfig {
     /// Address of the web inspector, or `off`; the next 9 ports are tried if it is taken.
     #[serde(with = "crate::inspector::listen")]
     pub inspect: Option<SocketAddr>,
+    /// Token the inspector requires, as a bearer token or a Basic password; mandatory when
+    /// it listens beyond loopback, where others could read the tunnels' requests.
+    pub inspect_token: Option<Secret>,
     /// `text`, or `json` for log collectors (which also turns off the live console).
     pub log_format: LogFormat,
     pub tunnels: Vec<TunnelConfig>,
@@ -67,6 +70,7 @@ impl Default for AgentConfig {
             idle_timeout: Duration::from_secs(30),
             reconnect_max_delay: Duration::from_secs(30),
             inspect: Some(crate::inspector::DEFAULT_ADDR),
+            inspect_token: None,
             log_format: LogFormat::Text,
             tunnels: Vec::new(),
         }
@@ -85,6 +89,7 @@ impl AgentConfig {
         if let Some(token) = &self.token {
             token.check_token("token")?;
         }
+        self.validate_inspector()?;
         check_duration("idle_timeout", self.idle_timeout, Duration::from_secs(1))?;
         check_duration("keep_alive", self.keep_alive, Duration::from_millis(100))?;
         for tunnel in &self.tunnels {
@@ -134,6 +139,10 @@ pub struct TunnelConfig {
     /// Headers added to each response before it leaves for the visitor (HTTP).
     #[serde(default)]
     pub response_headers: BTreeMap<String, String>,
+    /// Close a visitor's connection once no bytes have moved either way for this long, or
+    /// `off` (TCP, TLS).
+    #[serde(default, with = "optional_duration")]
+    pub tcp_idle_timeout: Option<Duration>,
 }
 
 impl TunnelConfig {
@@ -151,6 +160,7 @@ impl TunnelConfig {
             host_header: None,
             request_headers: BTreeMap::new(),
             response_headers: BTreeMap::new(),
+            tcp_idle_timeout: None,
         }
     }
 
@@ -198,6 +208,7 @@ impl TunnelConfig {
                 "invalid configuration: tunnel {name:?}: basic_auth: expected USER:PASSWORD, like alice:s3cret"
             );
         }
+        self.validate_idle(&name)?;
         for (key, headers) in [("request_headers", &self.request_headers), ("response_headers", &self.response_headers)]
         {
             for (header, value) in headers {
@@ -209,6 +220,34 @@ impl TunnelConfig {
                 );
             }
         }
+        Ok(())
+    }
+}
+
+impl AgentConfig {
+    fn validate_inspector(&self) -> anyhow::Result<()> {
+        if let Some(token) = &self.inspect_token {
+            token.check_token("inspect_token")?;
+        }
+        if let Some(addr) = self.inspect {
+            anyhow::ensure!(
+                addr.ip().is_loopback() || self.inspect_token.is_some(),
+                "invalid configuration: inspect = {addr} is reachable beyond this machine: \
+                 set inspect_token (or BURROW_INSPECT_TOKEN), or listen on 127.0.0.1"
+            );
+        }
+        Ok(())
+    }
+}
+
+impl TunnelConfig {
+    fn validate_idle(&self, name: &str) -> anyhow::Result<()> {
+        let Some(idle) = self.tcp_idle_timeout else { return Ok(()) };
+        anyhow::ensure!(
+            self.protocol != Protocol::Http,
+            "invalid configuration: tunnel {name:?}: tcp_idle_timeout applies to TCP and TLS tunnels only"
+        );
+        check_duration("tcp_idle_timeout", idle, Duration::from_secs(1))?;
         Ok(())
     }
 }
@@ -274,6 +313,8 @@ mod tests {
             ("[[tunnels]]\nlocal = \"x:y\"", ["tunnels", "x:y", "HOST:PORT"]),
             ("[[tunnels]]\nlocal = 80\nremote = 1", ["unknown field `remote`", "remote_port", "tunnels"]),
             ("inspect = \"on\"", ["inspect", "\"on\"", "or off"]),
+            ("inspect = \"0.0.0.0:4040\"", ["inspect = 0.0.0.0:4040", "beyond this machine", "inspect_token"]),
+            ("inspect_token = \"short\"", ["inspect_token", "5 characters", "at least 16"]),
             ("log_format = \"xml\"", ["log_format", "xml", "json"]),
             ("[[tunnels]]\nlocal = 80\nprotocol = \"ftp\"", ["protocol", "ftp", "http"]),
             ("[[tunnels]]\nlocal = 80\nbasic_auth = \"a:b\"", ["tcp-80", "basic_auth", "HTTP tunnels only"]),
@@ -288,6 +329,12 @@ mod tests {
             (
                 "[[tunnels]]\nlocal = 80\nprotocol = \"http\"\nremote_port = 20000",
                 ["http-80", "remote_port", "TCP tunnels only"],
+            ),
+            ("[[tunnels]]\nlocal = 80\ntcp_idle_timeout = \"soon\"", ["tcp_idle_timeout", "soon", "or off"]),
+            ("[[tunnels]]\nlocal = 80\ntcp_idle_timeout = \"5ms\"", ["tcp_idle_timeout", "5ms", "at least 1s"]),
+            (
+                "[[tunnels]]\nlocal = 80\nprotocol = \"http\"\ntcp_idle_timeout = \"5m\"",
+                ["http-80", "tcp_idle_timeout", "TCP and TLS tunnels only"],
             ),
         ] {
             std::fs::write(&path, text)?;

@@ -1,6 +1,7 @@
 //! The web inspector: a page on 127.0.0.1:4040 that lists the tunnels' TCP connections, HTTP
 //! requests (with replay) and the session's QUIC path, kept live with server-sent events. Its HTML, CSS and script are
-//! compiled into the binary; the page fetches nothing from elsewhere.
+//! compiled into the binary; the page fetches nothing from elsewhere. Beyond loopback it
+//! requires the `inspect_token`, as the relay's admin endpoint requires its token.
 
 mod events;
 pub(crate) mod listen;
@@ -12,6 +13,10 @@ use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
 };
 
+use burrow_common::{
+    Secret,
+    http::{addressed_directly, allows, challenge},
+};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, combinators::BoxBody};
 use hyper::{
@@ -60,20 +65,50 @@ pub fn url(addr: SocketAddr) -> String {
     format!("http://{}", SocketAddr::new(ip, addr.port()))
 }
 
-/// Serves the inspector until `cancel`.
-pub async fn serve(listener: TcpListener, stats: Stats, cancel: CancellationToken) {
-    let loopback = listener.local_addr().is_ok_and(|a| a.ip().is_loopback());
-    if !loopback {
-        tracing::warn!("the inspector listens beyond loopback: anyone who can reach it sees the tunnels' requests");
+/// Who may use the inspector: requests addressed to it directly, with its token if it has one.
+struct Guard {
+    loopback: bool,
+    token: Option<Secret>,
+}
+
+impl Guard {
+    /// Why `request` is turned away, if it is.
+    fn refuses<B>(&self, request: &Request<B>) -> Option<Response<Body>> {
+        if !addressed_directly(request, self.loopback, &[]) {
+            let hint = "address the inspector by IP (http://127.0.0.1:PORT) or as localhost\n";
+            return Some(full(StatusCode::FORBIDDEN, "text/plain; charset=utf-8", hint));
+        }
+        // Beyond loopback without a token nobody gets in: the config refuses that, and a
+        // caller that skipped it must not expose the tunnels' requests.
+        let allowed = match &self.token {
+            Some(token) => allows(request, token.expose()),
+            None => self.loopback,
+        };
+        let denied = || full(StatusCode::UNAUTHORIZED, "text/plain; charset=utf-8", "inspect_token required\n");
+        (!allowed).then(|| challenge(denied(), "burrow inspector"))
     }
+}
+
+/// Serves the inspector until `cancel`. Beyond loopback it answers only requests with `token`.
+pub async fn serve(listener: TcpListener, stats: Stats, token: Option<Secret>, cancel: CancellationToken) {
+    let loopback = listener.local_addr().is_ok_and(|a| a.ip().is_loopback());
+    if !loopback && token.is_none() {
+        tracing::warn!("the inspector listens beyond loopback without inspect_token: it refuses every request");
+    }
+    let guard = std::sync::Arc::new(Guard { loopback, token });
     // Live feeds outlast their request; they end with `cancel` and are waited for here.
     let feeds = TaskTracker::new();
     let stop = cancel.clone();
     let respond = {
         let feeds = feeds.clone();
         move |request: hyper::Request<hyper::body::Incoming>| {
-            let (stats, feeds, stop) = (stats.clone(), feeds.clone(), stop.clone());
-            async move { respond(request, &stats, loopback, &feeds, &stop).await }
+            let (stats, feeds, stop, guard) = (stats.clone(), feeds.clone(), stop.clone(), guard.clone());
+            async move {
+                match guard.refuses(&request) {
+                    Some(refused) => refused,
+                    None => respond(request, &stats, &feeds, &stop).await,
+                }
+            }
         }
     };
     burrow_common::http::serve(listener, "inspector", cancel, respond).await;
@@ -84,19 +119,9 @@ pub async fn serve(listener: TcpListener, stats: Stats, cancel: CancellationToke
 async fn respond(
     request: Request<Incoming>,
     stats: &Stats,
-    loopback: bool,
     feeds: &TaskTracker,
     cancel: &CancellationToken,
 ) -> Response<Body> {
-    // A page from elsewhere could reach us through a DNS name it rebinds to this address;
-    // only requests addressed by IP (on loopback, a loopback IP) or as localhost are answered.
-    if !addressed_directly(&request, loopback) {
-        return full(
-            StatusCode::FORBIDDEN,
-            "text/plain; charset=utf-8",
-            "address the inspector by IP (http://127.0.0.1:PORT) or as localhost\n",
-        );
-    }
     let path = request.uri().path().to_string();
     if let Some(id) = path.strip_prefix("/api/requests/").and_then(|rest| rest.strip_suffix("/replay")) {
         return requests::replay(request, id, stats).await;
@@ -115,22 +140,6 @@ async fn respond(
         "/api/events" => events::response(stats.clone(), feeds, cancel.clone()),
         "/api/requests" => json(&stats.requests().recent(crate::requests::KEPT)),
         _ => full(StatusCode::NOT_FOUND, "text/plain; charset=utf-8", "not found\n"),
-    }
-}
-
-fn addressed_directly<B>(request: &Request<B>, loopback: bool) -> bool {
-    let Some(host) = request.headers().get(header::HOST).and_then(|h| h.to_str().ok()) else {
-        return false;
-    };
-    let name = match host.rsplit_once(':') {
-        Some((name, port)) if port.chars().all(|c| c.is_ascii_digit()) => name,
-        _ => host,
-    };
-    let ip = name.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>();
-    match ip {
-        Ok(ip) => !loopback || ip.is_loopback(),
-        // No page elsewhere can make `localhost` resolve to anything but this machine.
-        Err(_) => name == "localhost",
     }
 }
 

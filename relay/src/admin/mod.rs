@@ -1,16 +1,18 @@
 //! The admin endpoint: a dashboard at `/`, a JSON view of the relay at `/api/*`, Prometheus
 //! `/metrics`, `/healthz` (the process is alive) and `/readyz` (it serves, and is not
 //! shutting down). It listens on 127.0.0.1 by default; bound beyond loopback it requires the
-//! admin token, as a bearer token or as the password of HTTP Basic authentication.
+//! admin token, as a bearer token or as the password of HTTP Basic authentication. Either
+//! way it answers only requests that name the relay itself (an IP, `localhost`, or one of its
+//! `hostname`s), so a page elsewhere cannot reach it through a name it rebinds to us.
 //!
 //! Everything is computed when asked for, from the relay's own state: nobody looking costs
 //! nothing.
 
 mod api;
-mod auth;
 
 use std::sync::Arc;
 
+use burrow_common::http::{addressed_directly, allows, challenge};
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{
@@ -48,10 +50,17 @@ pub(crate) async fn serve(
 }
 
 async fn respond(shared: &Shared, ready: bool, request: &Request<Incoming>) -> Response<Full<Bytes>> {
-    if let Some(token) = &shared.config().admin_token
-        && !auth::allows(request, token.expose())
+    let config = shared.config();
+    let loopback_only = config.admin_listen.is_some_and(|addr| addr.ip().is_loopback());
+    if !addressed_directly(request, loopback_only, &config.hostname) {
+        let hint =
+            "address the admin endpoint by IP, as localhost, or by a name listed in the relay's hostname setting\n";
+        return text(StatusCode::FORBIDDEN, hint);
+    }
+    if let Some(token) = &config.admin_token
+        && !allows(request, token.expose())
     {
-        return auth::challenge(text(StatusCode::UNAUTHORIZED, "admin token required\n"));
+        return challenge(text(StatusCode::UNAUTHORIZED, "admin token required\n"), "burrow relay");
     }
     if request.method() != Method::GET {
         return text(StatusCode::METHOD_NOT_ALLOWED, "only GET is served here\n");

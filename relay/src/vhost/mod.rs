@@ -208,7 +208,7 @@ async fn serve_tls(
         Err(_) => return tracing::debug!("no TLS ClientHello within {timeout:?}"),
     };
     if let Some(route) = passthrough_route(&shared, hello.server_name.as_deref()).await {
-        return pass_through(tcp, peer, hello.bytes, &route, &shared).await;
+        return pass_through(tcp, peer, hello.bytes, &route, shared).await;
     }
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     let accepted = tokio::time::timeout(timeout, acceptor.accept(sni::Rewind::new(hello.bytes, tcp))).await;
@@ -229,7 +229,7 @@ async fn passthrough_route(shared: &Shared, server_name: Option<&str>) -> Option
     matches!(route.kind, RouteKind::Tls).then_some(route)
 }
 
-async fn pass_through(tcp: TcpStream, peer: SocketAddr, client_hello: Vec<u8>, route: &Route, shared: &Shared) {
+async fn pass_through(tcp: TcpStream, peer: SocketAddr, client_hello: Vec<u8>, route: &Route, shared: Arc<Shared>) {
     let admission = match limits::admit_to_tunnel(&route.places, &shared.metrics) {
         Ok(admission) => admission,
         Err(full) => {
@@ -237,8 +237,7 @@ async fn pass_through(tcp: TcpStream, peer: SocketAddr, client_hello: Vec<u8>, r
             return burrow_common::splice::abort_tcp(tcp);
         }
     };
-    let metrics = shared.metrics.clone();
     // On the visitor tracker, so the relay's drain waits for it.
-    let carried = tunnel::forward(tcp, peer, route.link.pick(), route.tunnel, metrics, admission, client_hello);
+    let carried = tunnel::forward(tcp, peer, route.link.pick(), route.tunnel, shared, admission, client_hello);
     route.visitors.spawn(carried).await.ok();
 }

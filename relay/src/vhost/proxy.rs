@@ -2,9 +2,16 @@
 //! its tunnel's access rules, and forwarded over a stream to the agent. A visitor connection
 //! keeps one stream per tunnel it talks to, so keep-alive holds end to end.
 
-use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Instant};
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
-use burrow_common::{StreamHeader, protocol::conversation::open_visitor_stream, stream_io::StreamIo, upgrade};
+use burrow_common::{
+    StreamHeader, deadline::Stall, protocol::conversation::open_visitor_stream, stream_io::StreamIo, upgrade,
+};
 use bytes::Bytes;
 use http_body_util::{BodyExt, combinators::UnsyncBoxBody};
 use hyper::{
@@ -22,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 use super::{
     Missing, Vhost,
     access::Denied,
-    body::{EndSignal, NotifyOnEnd},
+    body::{self, EndSignal, NotifyOnEnd},
     names,
     pages::{self, ErrorPage},
 };
@@ -102,6 +109,7 @@ where
         // exactly against the parsed head.
         .max_buf_size(shared.config().http_max_header_bytes)
         .max_header_size(shared.config().http_max_header_bytes);
+    let io = Stall::new(io, Some(shared.config().visitor_write_timeout));
     let state = Arc::new(VisitorConnection { visitor, shared, upstream: tokio::sync::Mutex::new(None) });
     let service = service_fn(move |request| {
         let state = state.clone();
@@ -154,7 +162,7 @@ impl VisitorConnection {
             }
             _ => self.open_upstream(&name, &host, &route).await?,
         };
-        let (request, body_sent) = with_end_signal(request);
+        let (request, body_sent) = with_end_signal(request, self.shared.config().http_body_idle_timeout);
         let mut response = self.exchange(&mut sender.sender, request, body_sent).await?;
         let upgraded = response.status() == StatusCode::SWITCHING_PROTOCOLS;
         match visitor_upgrade {
@@ -247,7 +255,7 @@ impl VisitorConnection {
             tokio::time::sleep(limit).await;
         };
         tokio::select! {
-            answered = answered => answered.map_err(|e| tunnel_broke(&e)),
+            answered = answered => answered.map_err(|e| body::stalled(&e).map_or_else(|| tunnel_broke(&e), |stalled| stalled.page().into())),
             () = too_slow => Err(pages::gateway_timeout(limit).into()),
         }
     }
@@ -336,8 +344,8 @@ fn tunnel_broke(e: &hyper::Error) -> RelayAnswer {
         .into()
 }
 
-fn with_end_signal(request: Request<Incoming>) -> (Request<NotifyOnEnd<Incoming>>, EndSignal) {
+fn with_end_signal(request: Request<Incoming>, idle_limit: Duration) -> (Request<NotifyOnEnd<Incoming>>, EndSignal) {
     let (parts, body) = request.into_parts();
-    let (body, ended) = NotifyOnEnd::new(body);
+    let (body, ended) = NotifyOnEnd::new(body, idle_limit);
     (Request::from_parts(parts, body), ended)
 }
