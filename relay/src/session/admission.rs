@@ -13,7 +13,7 @@ use crate::{
     Shared,
     claims::{self, Claimant, Claimed, Place, Route, RouteKind, SessionId, TunnelKey, with_takeover},
     limits::Places,
-    metrics::REFUSED_TUNNEL_LIMIT,
+    metrics::{CHECKED_TOKEN, REFUSED_TUNNEL_LIMIT},
     tokens::{self, Grant},
     vhost::Access,
 };
@@ -134,17 +134,30 @@ fn route_kind(kind: &TunnelKind) -> RouteKind {
     }
 }
 
+/// Checks the Hello's token, unless its address is over its guessing quota: then the agent
+/// is asked to try later and nothing is checked, so a correct guess gains nothing from haste.
 async fn authenticate(shared: &Shared, link: &SessionLink, hello: &Hello) -> Result<Grant, Refusal> {
+    let Ok(attempt) = shared.limiter.attempt(link.remote_address().ip()) else {
+        return Err(Refusal::TryLater { why: "too many failed attempts from this address".into() });
+    };
+    shared.metrics.guessing.credential_checks.get_or_create(&CHECKED_TOKEN).inc();
     match shared.store.verify_token(tokens::hash(&hello.token)).await {
-        Ok(Some(grant)) => Ok(grant),
+        Ok(Some(grant)) => {
+            attempt.succeeded();
+            Ok(grant)
+        }
         Ok(None) => {
             shared.metrics.auth_failures.inc();
-            shared.limiter.before_refusal(link.remote_address().ip()).await;
+            attempt.failed().await;
             Err(Refusal::BadToken)
         }
         Err(e) => {
+            // Not the agent's fault (EMFILE under a flood, a file being replaced): its unit
+            // goes back, and it retries.
+            attempt.succeeded();
             tracing::error!("token store unreadable: {e:#}");
-            Err(Refusal::BadToken)
+            shared.metrics.guessing.token_store_errors.inc();
+            Err(Refusal::TryLater { why: "the relay cannot read its tokens now".into() })
         }
     }
 }

@@ -21,22 +21,25 @@ use tokio_util::sync::CancellationToken;
 
 use super::{
     Missing, Vhost,
-    access::Denied,
     body::{EndSignal, NotifyOnEnd},
     names,
     pages::{self, ErrorPage},
 };
 use crate::{
     Shared,
-    claims::{Route, RouteKind},
+    claims::Route,
     limits::{self, Admission, IpSlot},
     metrics::REFUSED_NO_STREAM,
     traffic::Visit,
 };
 
+mod guard;
 mod headers;
 
 use self::headers::{host_header, prepare_for_agent, strip_hop_by_hop};
+
+/// An address over its guessing quota earns an attempt back each second.
+const GUESS_RETRY_AFTER_SECS: u32 = 1;
 
 pub(crate) type ProxyBody = UnsyncBoxBody<Bytes, hyper::Error>;
 
@@ -137,6 +140,7 @@ impl VisitorConnection {
 
     async fn forward(self: &Arc<Self>, mut request: Request<Incoming>) -> Result<Response<ProxyBody>, RelayAnswer> {
         let Addressed { name, host, sent_host } = self.address(&request)?;
+        self.refuse_when_guessing()?;
         let route = self.route(&name, &host).await?;
         let drop_authorization = self.check_access(&request, &route, &host).await?;
         let wants_upgrade = upgrade::requested(request.headers());
@@ -191,26 +195,6 @@ impl VisitorConnection {
         Ok(Addressed { name, host, sent_host })
     }
 
-    /// Whether the visitor may reach the HTTP tunnel `route`; `Ok(true)` when the request's
-    /// credentials were the relay's to check and are to be dropped.
-    async fn check_access(&self, request: &Request<Incoming>, route: &Route, host: &str) -> Result<bool, RelayAnswer> {
-        let RouteKind::Http(access) = &route.kind else {
-            return Err(pages::bad_request(&format!("{host} is a TLS tunnel: reach it over HTTPS")).into());
-        };
-        match access.check(self.visitor.addr.ip(), request.headers()) {
-            Ok(()) => Ok(access.requires_credentials()),
-            Err(Denied::Address) => Err(pages::forbidden_ip(self.visitor.addr.ip()).into()),
-            Err(Denied::Credentials) => {
-                // Wrong credentials (not the browser's first, bare request) are answered at
-                // the pace the relay answers wrong tokens, so guessing is slow.
-                if request.headers().contains_key(header::AUTHORIZATION) {
-                    self.shared.limiter.before_refusal(self.visitor.addr.ip()).await;
-                }
-                Err(RelayAnswer::Unauthorized(host.to_string()))
-            }
-        }
-    }
-
     /// Joins the visitor's and the agent's ends of an upgraded connection. The visitor's
     /// places and byte counts last as long as it does, and the session's drain waits for it.
     fn join_upgraded(
@@ -254,11 +238,11 @@ impl VisitorConnection {
 
     /// Finds the session serving `name`, waiting for a lost one's agent to come back.
     async fn route(&self, name: &str, host: &str) -> Result<Arc<Route>, RelayAnswer> {
-        let found = self.vhost().find(name, self.shared.config().park_visitors_for).await;
-        found.map_err(|missing| match missing {
-            Missing::Unknown => pages::not_found(host).into(),
-            Missing::Offline => pages::tunnel_offline(host).into(),
-        })
+        match self.vhost().find(name, self.shared.config().park_visitors_for).await {
+            Ok(route) => Ok(route),
+            Err(Missing::Unknown) => Err(self.unknown_name(host).await),
+            Err(Missing::Offline) => Err(pages::tunnel_offline(host).into()),
+        }
     }
 
     async fn open_upstream(&self, name: &str, host: &str, route: &Route) -> Result<Upstream, RelayAnswer> {
@@ -295,6 +279,8 @@ pub(crate) enum RelayAnswer {
     Page(ErrorPage),
     /// Basic auth is needed for this host.
     Unauthorized(String),
+    /// The visitor's address is over its guessing quota.
+    TooManyGuesses,
     Redirect(String),
 }
 
@@ -315,6 +301,11 @@ impl RelayAnswer {
                 if let Ok(value) = HeaderValue::from_str(&challenge) {
                     response.headers_mut().insert(header::WWW_AUTHENTICATE, value);
                 }
+                response
+            }
+            RelayAnswer::TooManyGuesses => {
+                let mut response = boxed(pages::too_many_guesses());
+                response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(GUESS_RETRY_AFTER_SECS));
                 response
             }
             RelayAnswer::Redirect(location) => {
