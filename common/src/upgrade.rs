@@ -15,6 +15,39 @@ pub fn requested(headers: &HeaderMap) -> bool {
     connection_upgrade && headers.contains_key(header::UPGRADE)
 }
 
+/// The protocols an `Upgrade` header offers, by name without version, lowercased:
+/// `websocket`, `h2c`.
+pub fn offered(headers: &HeaderMap) -> Vec<String> {
+    headers
+        .get_all(header::UPGRADE)
+        .iter()
+        .map(|value| value.to_str().unwrap_or("\u{fffd}"))
+        .flat_map(|value| value.split(','))
+        .map(|protocol| protocol.trim().split('/').next().unwrap_or_default().to_ascii_lowercase())
+        .filter(|protocol| !protocol.is_empty())
+        .collect()
+}
+
+/// Whether a request may switch protocols: it asks to (see [`requested`]), and every protocol
+/// it offers is WebSocket or one of `allowed`, so the server cannot pick another. Anything
+/// else (h2c smuggling past the relay's routing and checks, for one) crosses as a plain request.
+pub fn permitted(headers: &HeaderMap, allowed: &[String]) -> bool {
+    let offered = offered(headers);
+    requested(headers)
+        && !offered.is_empty()
+        && offered.iter().all(|protocol| {
+            protocol == WEBSOCKET || allowed.iter().any(|allowed| allowed.eq_ignore_ascii_case(protocol))
+        })
+}
+
+/// The one protocol every tunnel may switch to.
+pub const WEBSOCKET: &str = "websocket";
+
+/// Whether `name` can be a protocol in an `Upgrade` header: an HTTP token.
+pub fn is_token(name: &str) -> bool {
+    !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
 /// Waits for both sides to finish switching, then copies between them until both are done.
 /// Returns the bytes carried from `client` and from `server`.
 pub async fn join(client: OnUpgrade, server: OnUpgrade) -> anyhow::Result<(u64, u64)> {
@@ -39,5 +72,24 @@ mod tests {
         assert!(requested(&headers(&[("connection", "keep-alive, Upgrade"), ("upgrade", "websocket")])));
         assert!(!requested(&headers(&[("upgrade", "websocket")])));
         assert!(!requested(&headers(&[("connection", "keep-alive")])));
+    }
+
+    #[test]
+    fn only_websocket_and_allowed_protocols_may_switch() {
+        let asking = |protocol: &'static str| {
+            let mut map = HeaderMap::new();
+            map.insert(header::CONNECTION, "Upgrade".parse().unwrap());
+            map.insert(header::UPGRADE, protocol.parse().unwrap());
+            map
+        };
+        let h2c = vec!["h2c".to_string()];
+        assert!(permitted(&asking("WebSocket"), &[]));
+        assert!(!permitted(&asking("h2c"), &[]));
+        assert!(permitted(&asking("h2c"), &h2c));
+        assert!(!permitted(&asking("websocket, h2c"), &[]), "the server could pick h2c");
+        assert!(!permitted(&asking("HTTP/2.0"), &h2c));
+        assert!(!permitted(&HeaderMap::new(), &h2c));
+        assert_eq!(offered(&asking("websocket/13, h2c")), ["websocket", "h2c"]);
+        assert!(is_token("h2c") && !is_token("h2 c") && !is_token(""));
     }
 }

@@ -5,7 +5,7 @@ use std::{collections::HashSet, sync::Arc};
 
 use burrow_common::{
     Granted, Hello, Refusal, TunnelKind, TunnelSpec,
-    protocol::{PROTOCOL_VERSION, VALID_NAME, is_valid_name},
+    protocol::{MIN_BASIC_AUTH_PASSWORD, PROTOCOL_VERSION, VALID_NAME, is_valid_name},
 };
 
 use super::SessionLink;
@@ -89,6 +89,7 @@ pub(super) async fn open(
     id: u32,
     spec: &TunnelSpec,
 ) -> Result<Opened, Refusal> {
+    check_basic_auth(spec)?;
     let key = TunnelKey { token: grant.name.clone(), tunnel: spec.name.clone() };
     let route = Arc::new(Route {
         link: link.clone(),
@@ -124,6 +125,19 @@ pub(super) async fn open(
         (Place::Subdomain(_), None) => granted(0, Vec::new()),
     };
     Ok(Opened { granted, route, claimed })
+}
+
+/// The relay is the one that answers visitors, so it holds every tunnel's password to the
+/// minimum length, whatever the agent checked.
+fn check_basic_auth(spec: &TunnelSpec) -> Result<(), Refusal> {
+    let TunnelKind::Http { access, .. } = &spec.kind else { return Ok(()) };
+    let Some(credentials) = &access.basic_auth else { return Ok(()) };
+    let password = credentials.expose().split_once(':').map(|(_, password)| password).unwrap_or_default();
+    if password.chars().count() >= MIN_BASIC_AUTH_PASSWORD {
+        return Ok(());
+    }
+    let why = format!("its basic-auth password must be at least {MIN_BASIC_AUTH_PASSWORD} characters long");
+    Err(Refusal::BadTunnel { name: spec.name.clone(), why })
 }
 
 fn route_kind(kind: &TunnelKind) -> RouteKind {
