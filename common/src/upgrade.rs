@@ -40,6 +40,26 @@ pub fn permitted(headers: &HeaderMap, allowed: &[String]) -> bool {
         })
 }
 
+/// Drops a request's ask to switch protocols, so it crosses as a plain request.
+pub fn strip(headers: &mut HeaderMap) {
+    headers.remove(header::UPGRADE);
+    let kept: Vec<String> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .map(str::trim)
+        .filter(|token| !token.is_empty() && !token.eq_ignore_ascii_case("upgrade"))
+        .map(str::to_string)
+        .collect();
+    headers.remove(header::CONNECTION);
+    if let Ok(value) = kept.join(", ").parse()
+        && !kept.is_empty()
+    {
+        headers.insert(header::CONNECTION, value);
+    }
+}
+
 /// The one protocol every tunnel may switch to.
 pub const WEBSOCKET: &str = "websocket";
 
@@ -91,5 +111,10 @@ mod tests {
         assert!(!permitted(&HeaderMap::new(), &h2c));
         assert_eq!(offered(&asking("websocket/13, h2c")), ["websocket", "h2c"]);
         assert!(is_token("h2c") && !is_token("h2 c") && !is_token(""));
+        let mut stripped = asking("h2c");
+        stripped.insert(header::CONNECTION, "keep-alive, Upgrade".parse().unwrap());
+        strip(&mut stripped);
+        assert!(!requested(&stripped) && !stripped.contains_key(header::UPGRADE));
+        assert_eq!(stripped[header::CONNECTION], "keep-alive");
     }
 }

@@ -4,7 +4,7 @@
 use std::net::IpAddr;
 
 use base64::Engine;
-use burrow_common::HttpAccess;
+use burrow_common::{HttpAccess, upgrade};
 use hyper::{HeaderMap, header::AUTHORIZATION};
 use subtle::ConstantTimeEq;
 
@@ -15,6 +15,8 @@ pub(crate) struct Access {
     /// SHA-256 of the whole `Authorization` header value a visitor must send: digests of
     /// equal length compare in constant time whatever the visitor sent.
     expected_authorization: Option<[u8; 32]>,
+    /// Protocols besides WebSocket a visitor may switch to.
+    upgrades: Vec<String>,
 }
 
 pub(crate) enum Denied {
@@ -30,11 +32,21 @@ impl Access {
             let encoded = base64::engine::general_purpose::STANDARD.encode(credentials.expose().as_bytes());
             burrow_common::tls::sha256(format!("Basic {encoded}").as_bytes())
         });
-        Self { allow: access.allow.clone(), deny: access.deny.clone(), expected_authorization }
+        Self {
+            allow: access.allow.clone(),
+            deny: access.deny.clone(),
+            expected_authorization,
+            upgrades: access.upgrades.clone(),
+        }
     }
 
     pub(crate) fn requires_credentials(&self) -> bool {
         self.expected_authorization.is_some()
+    }
+
+    /// Whether a request may switch protocols on this tunnel (see [`upgrade::permitted`]).
+    pub(crate) fn may_switch(&self, headers: &HeaderMap) -> bool {
+        upgrade::permitted(headers, &self.upgrades)
     }
 
     /// Whether the visitor's address may reach the tunnel at all; costs no credential check.

@@ -60,6 +60,12 @@ pub(crate) fn too_many_guesses() -> ErrorPage {
     ErrorPage::new(StatusCode::TOO_MANY_REQUESTS, "Slow down", detail)
 }
 
+/// The agent answered 101 to a request that was not allowed to switch protocols.
+pub(crate) fn unasked_switch() -> ErrorPage {
+    let detail = "The local server switched protocols without being asked to.".into();
+    ErrorPage::new(StatusCode::BAD_GATEWAY, "Unexpected protocol switch", detail)
+}
+
 /// The request asks for the relay's own name rather than a tunnel's.
 pub(crate) fn no_http_tunnels() -> ErrorPage {
     let detail = "This relay answers only at tunnel hostnames; use the address your agent printed.".into();
@@ -84,6 +90,7 @@ mod tests {
             (too_many("a.example.com"), StatusCode::SERVICE_UNAVAILABLE),
             (no_http_tunnels(), StatusCode::NOT_FOUND),
             (too_many_guesses(), StatusCode::TOO_MANY_REQUESTS),
+            (unasked_switch(), StatusCode::BAD_GATEWAY),
         ] {
             assert_eq!(page.status, status, "{page:?}");
             assert_eq!(page.render(false).status(), status);

@@ -27,7 +27,7 @@ use super::{
 };
 use crate::{
     Shared,
-    claims::Route,
+    claims::{Route, RouteKind},
     limits::{self, Admission, IpSlot},
     metrics::REFUSED_NO_STREAM,
     traffic::Visit,
@@ -143,7 +143,7 @@ impl VisitorConnection {
         self.refuse_when_guessing()?;
         let route = self.route(&name, &host).await?;
         let drop_authorization = self.check_access(&request, &route, &host).await?;
-        let wants_upgrade = upgrade::requested(request.headers());
+        let wants_upgrade = may_switch(&route, &request);
         prepare_for_agent(&mut request, &self.visitor, &sent_host, drop_authorization, wants_upgrade);
         let visitor_upgrade = wants_upgrade.then(|| hyper::upgrade::on(&mut request));
         let mut upstream = self.upstream.lock().await;
@@ -163,6 +163,8 @@ impl VisitorConnection {
         let upgraded = response.status() == StatusCode::SWITCHING_PROTOCOLS;
         match visitor_upgrade {
             Some(visitor_side) if upgraded => self.join_upgraded(&route, sender, visitor_side, &mut response),
+            // A switch nobody asked for: the stream no longer carries HTTP, so it is dropped.
+            None if upgraded => return Err(pages::unasked_switch().into()),
             _ => *upstream = Some(sender),
         }
         strip_hop_by_hop(response.headers_mut(), upgraded);
@@ -325,6 +327,15 @@ fn tunnel_broke(e: &hyper::Error) -> RelayAnswer {
     tracing::debug!("request to the agent failed: {e}");
     ErrorPage { status: StatusCode::BAD_GATEWAY, title: "Tunnel error", detail: format!("The tunnel broke off: {e}.") }
         .into()
+}
+
+/// Whether the request may switch protocols on its tunnel: WebSocket, or a protocol the
+/// tunnel allows. Any other upgrade crosses as a plain request, its `Upgrade` header dropped.
+fn may_switch(route: &Route, request: &Request<Incoming>) -> bool {
+    match &route.kind {
+        RouteKind::Http(access) => access.may_switch(request.headers()),
+        RouteKind::Tcp | RouteKind::Tls => false,
+    }
 }
 
 fn with_end_signal(request: Request<Incoming>) -> (Request<NotifyOnEnd<Incoming>>, EndSignal) {
