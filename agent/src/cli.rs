@@ -11,7 +11,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
     Plan, Status, TunnelPlan,
-    config::{AgentConfig, Cidr, LocalTarget, LogFormat, Protocol, TunnelConfig},
+    config::{AgentConfig, BASIC_AUTH_ENV, Cidr, LocalTarget, LogFormat, Protocol, TunnelConfig},
     console,
     embedded::{self, EmbeddedRelay},
     inspector, logging, ready, reload,
@@ -62,9 +62,17 @@ pub struct Cli {
 /// Options of the `--http` tunnel, as in a `[[tunnels]]` entry of the config file.
 #[derive(Debug, Default, Args)]
 pub struct HttpFlags {
-    /// Visitors must log in with this user name and password (HTTP basic auth)
+    /// Visitors must log in with this user name and password (HTTP basic auth); other local
+    /// users can read arguments: prefer --basic-auth-file or BURROW_BASIC_AUTH
     #[arg(long, value_name = "USER:PASS", requires = "http")]
     pub basic_auth: Option<Secret>,
+    /// Read USER:PASS for --basic-auth from this file (keep it mode 0600)
+    #[arg(long, value_name = "PATH", requires = "http", conflicts_with = "basic_auth")]
+    pub basic_auth_file: Option<PathBuf>,
+    /// Let visitors switch to this protocol besides WebSocket with an Upgrade header
+    /// (repeatable), like h2c
+    #[arg(long, value_name = "PROTOCOL", requires = "http")]
+    pub upgrade: Vec<String>,
     /// Only these source ranges may visit (repeatable), like 203.0.113.0/24
     #[arg(long, value_name = "CIDR", requires = "http")]
     pub allow: Vec<Cidr>,
@@ -90,8 +98,9 @@ fn parse_header(text: &str) -> Result<(String, String), String> {
     Ok((name.trim().to_string(), value.trim().to_string()))
 }
 
-/// The tunnel the command line describes with `--local` and its options.
-fn command_line_tunnel(cli: &Cli, local: LocalTarget) -> TunnelConfig {
+/// The tunnel the command line describes with `--local` and its options; an `--http` tunnel
+/// without credentials on the command line takes them from [`BASIC_AUTH_ENV`].
+fn command_line_tunnel(cli: &Cli, local: LocalTarget) -> anyhow::Result<TunnelConfig> {
     let mut tunnel = TunnelConfig::tcp(local);
     tunnel.name = cli.name.clone();
     tunnel.remote_port = cli.remote_port;
@@ -104,13 +113,19 @@ fn command_line_tunnel(cli: &Cli, local: LocalTarget) -> TunnelConfig {
     }
     let options = &cli.http_options;
     tunnel.basic_auth = options.basic_auth.clone();
+    tunnel.basic_auth_file = options.basic_auth_file.clone();
+    if tunnel.protocol == Protocol::Http && tunnel.basic_auth.is_none() && tunnel.basic_auth_file.is_none() {
+        tunnel.basic_auth = std::env::var(BASIC_AUTH_ENV).ok().map(Secret::new);
+    }
+    tunnel.read_basic_auth_file()?;
+    tunnel.upgrades = options.upgrade.clone();
     tunnel.allow = options.allow.clone();
     tunnel.deny = options.deny.clone();
     tunnel.host_header = options.host_header.clone();
     tunnel.request_headers = options.request_header.iter().cloned().collect();
     tunnel.response_headers = options.response_header.iter().cloned().collect();
     tunnel.tcp_idle_timeout = cli.tcp_idle_timeout;
-    tunnel
+    Ok(tunnel)
 }
 
 /// Flags that override the config file and environment (same key names).
@@ -156,7 +171,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     // Watched from before the first read, so an edit made meanwhile is not missed.
     let config_watch = cli.config.as_deref().map(burrow_common::reload::ConfigWatch::new);
     let mut config = AgentConfig::load(cli.config.as_deref(), &cli.flags)?;
-    let command_line = cli.local.clone().map(|local| command_line_tunnel(&cli, local));
+    let command_line = cli.local.clone().map(|local| command_line_tunnel(&cli, local)).transpose()?;
     if let Some(tunnel) = &command_line {
         tunnel.validate()?;
         config.tunnels.push(tunnel.clone());
@@ -164,6 +179,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let live = console::wanted(config.log_format);
     // Log lines go through the console only when they would land on the same terminal.
     let logs = logging::init(config.log_format, live && std::io::stderr().is_terminal());
+    for path in config.tunnels.iter().filter_map(TunnelConfig::exposed_basic_auth_file) {
+        tracing::warn!(path = %path.display(), "other local users can read this basic-auth file; chmod 600 it");
+    }
     let cancel = CancellationToken::new();
     let tasks = TaskTracker::new();
     tasks.spawn(burrow_common::signal::cancel_on_signal(cancel.clone()));

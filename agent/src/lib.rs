@@ -115,7 +115,7 @@ impl TunnelPlan {
                 basic_auth: tunnel.basic_auth.clone(),
                 allow: tunnel.allow.iter().map(|c| c.0).collect(),
                 deny: tunnel.deny.iter().map(|c| c.0).collect(),
-                upgrades: Vec::new(),
+                upgrades: tunnel.upgrades.clone(),
             },
             rewrite: HttpRewrite {
                 host_header,

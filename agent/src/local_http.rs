@@ -25,7 +25,7 @@ use hyper_util::{
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
-    HttpRewrite,
+    TunnelPlan,
     config::LocalTarget,
     requests::{Exchange, Side, Tap},
     stats::{Stats, VisitEnd},
@@ -61,6 +61,8 @@ pub(crate) struct LocalHttp {
     /// Cancelled when the session ends: its replays stop waiting for their responses.
     session_ended: CancellationToken,
     local: LocalTarget,
+    /// Protocols besides WebSocket that requests may switch to.
+    upgrades: Vec<String>,
     host_header: Option<HeaderValue>,
     request_headers: Vec<(HeaderName, HeaderValue)>,
     response_headers: Vec<(HeaderName, HeaderValue)>,
@@ -71,9 +73,8 @@ impl LocalHttp {
     /// parse is left out rather than failing every request. `closed` ends with the tunnel,
     /// `session_ended` with its session.
     pub(crate) fn new(
-        tunnel: &str,
-        local: &LocalTarget,
-        rewrite: &HttpRewrite,
+        name: &str,
+        tunnel: &TunnelPlan,
         stats: &Stats,
         tasks: &TaskTracker,
         (closed, session_ended): (CancellationToken, CancellationToken),
@@ -89,14 +90,16 @@ impl LocalHttp {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         let client = Client::builder(TokioExecutor::new()).pool_idle_timeout(POOL_IDLE).build(connector);
+        let rewrite = &tunnel.rewrite;
         Self {
             client,
-            tunnel: tunnel.to_string(),
+            tunnel: name.to_string(),
             stats: stats.clone(),
             tasks: tasks.clone(),
             closed,
             session_ended,
-            local: local.clone(),
+            local: tunnel.local.clone(),
+            upgrades: tunnel.access.upgrades.clone(),
             host_header: rewrite.host_header.as_deref().and_then(|h| HeaderValue::from_str(h).ok()),
             request_headers: headers(&rewrite.request_headers),
             response_headers: headers(&rewrite.response_headers),
@@ -121,15 +124,30 @@ impl LocalHttp {
     }
 
     async fn forward(&self, mut request: Request<Incoming>, visitor: SocketAddr) -> Response<Body> {
-        let visitor_upgrade = upgrade::requested(request.headers()).then(|| hyper::upgrade::on(&mut request));
+        // The relay applies the same rule; checked again here for any relay in between.
+        let switching = upgrade::permitted(request.headers(), &self.upgrades);
+        if !switching {
+            upgrade::strip(request.headers_mut());
+        }
+        let visitor_upgrade = switching.then(|| hyper::upgrade::on(&mut request));
+        let html = wants_html(request.headers());
         let (parts, body) = request.into_parts();
         let exchange = self.stats.requests().start(&self.tunnel, Some(visitor), None, &parts);
         self.stats.changed();
         let body = Tap::new(body, exchange.clone(), Side::Request, self.on_change()).boxed_unsync();
         let mut response = self.send(Request::from_parts(parts, body), &exchange).await;
-        if response.status() == StatusCode::SWITCHING_PROTOCOLS
-            && let Some(visitor_side) = visitor_upgrade
-        {
+        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+            let Some(visitor_side) = visitor_upgrade else {
+                // The connection to the local server is no longer HTTP; it is dropped with
+                // the response.
+                let detail = format!("the local server at {} switched protocols without being asked to", self.local);
+                let page = ErrorPage::new(
+                    StatusCode::BAD_GATEWAY,
+                    "Unexpected protocol switch",
+                    "The local server switched protocols without being asked to.".into(),
+                );
+                return self.failure(&detail, page, html, &exchange);
+            };
             let local_side = hyper::upgrade::on(&mut response);
             let (closed, session_ended) = (self.closed.clone(), self.session_ended.clone());
             self.tasks.spawn(async move {
@@ -153,7 +171,14 @@ impl LocalHttp {
         let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
         let uri = match format!("http://{}{path}", self.local).parse::<Uri>() {
             Ok(uri) => uri,
-            Err(e) => return self.failure(&format!("the request path cannot be sent on: {e}"), html, exchange),
+            Err(e) => {
+                return self.failure(
+                    &format!("the request path cannot be sent on: {e}"),
+                    unavailable(),
+                    html,
+                    exchange,
+                );
+            }
         };
         *request.uri_mut() = uri;
         let headers = request.headers_mut();
@@ -165,7 +190,7 @@ impl LocalHttp {
         }
         let mut response = match self.client.request(request).await {
             Ok(response) => response,
-            Err(e) => return self.failure(&self.describe(&e), html, exchange),
+            Err(e) => return self.failure(&self.describe(&e), unavailable(), html, exchange),
         };
         for (name, value) in &self.response_headers {
             response.headers_mut().insert(name.clone(), value.clone());
@@ -245,21 +270,20 @@ impl LocalHttp {
         }
     }
 
-    fn failure(&self, detail: &str, html: bool, exchange: &Exchange) -> Response<Body> {
+    /// Answers the visitor with `page`. `detail` names the local target, which is this
+    /// machine's business: it goes to the log, the console and the inspector only.
+    fn failure(&self, detail: &str, page: ErrorPage, html: bool, exchange: &Exchange) -> Response<Body> {
         tracing::warn!("{detail}");
-        exchange.responded(StatusCode::BAD_GATEWAY.as_u16(), &hyper::HeaderMap::new());
+        exchange.responded(page.status.as_u16(), &hyper::HeaderMap::new());
         exchange.ended(Some(detail.to_string()));
         self.stats.changed();
-        let mut sentence = detail.to_string();
-        if let Some(first) = sentence.get_mut(0..1) {
-            first.make_ascii_uppercase();
-        }
-        if !sentence.ends_with(['.', '?', '!']) {
-            sentence.push('.');
-        }
-        let page = ErrorPage::new(StatusCode::BAD_GATEWAY, "Local server unavailable", sentence);
         page.render(html).map(|body| body.map_err(|never| match never {}).boxed_unsync())
     }
+}
+
+/// What a visitor learns of a local server that failed: not where it is.
+fn unavailable() -> ErrorPage {
+    ErrorPage::new(StatusCode::BAD_GATEWAY, "Local server unavailable", "The local server is unavailable.".into())
 }
 
 /// The kind of the I/O error at the root of `error`, found down its chain of sources (hyper's

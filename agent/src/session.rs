@@ -163,8 +163,7 @@ pub(crate) fn target(plan: &Plan, tunnel: &TunnelPlan, granted: &Granted, target
     let closed = CancellationToken::new();
     let http = (tunnel.protocol == Protocol::Http).then(|| {
         let ends = (closed.clone(), targets.ended.clone());
-        let local =
-            Arc::new(LocalHttp::new(&granted.name, &tunnel.local, &tunnel.rewrite, &plan.stats, &targets.tasks, ends));
+        let local = Arc::new(LocalHttp::new(&granted.name, tunnel, &plan.stats, &targets.tasks, ends));
         plan.stats.set_replayer(&granted.name, &local);
         local
     });

@@ -82,14 +82,14 @@ fn cacert(dir: &Path) -> String {
 async fn curl_reaches_the_local_server_over_https_and_http_by_name() -> anyhow::Result<()> {
     let web = web_server().await?;
     let relay = start_relay().await?;
-    let mut agent = AgentBinary::launch(relay.binary.agent_command(([127, 0, 0, 1], web).into())?.args([
-        "--inspect",
-        "off",
-        "--http",
-        "myapp",
-        "--basic-auth",
-        "alice:s3cret",
-    ]))
+    // The password comes from the environment, where other local users cannot read it.
+    let mut agent = AgentBinary::launch(
+        relay
+            .binary
+            .agent_command(([127, 0, 0, 1], web).into())?
+            .args(["--inspect", "off", "--http", "myapp"])
+            .env("BURROW_BASIC_AUTH", "alice:correct-horse"),
+    )
     .await?;
     let https_url = format!("https://myapp.burrow.test:{}/", relay.https.port());
     assert_eq!(agent.ready.tunnels[0].url, https_url.trim_end_matches('/'));
@@ -102,7 +102,7 @@ async fn curl_reaches_the_local_server_over_https_and_http_by_name() -> anyhow::
         "--cacert",
         &cacert(relay.dir.path()),
         "--user",
-        "alice:s3cret",
+        "alice:correct-horse",
         &https_url,
     ])
     .await?;
@@ -114,7 +114,7 @@ async fn curl_reaches_the_local_server_over_https_and_http_by_name() -> anyhow::
 
     let http_url = format!("http://myapp.burrow.test:{}/", relay.http.port());
     let http_resolve = resolve("myapp.burrow.test", relay.http);
-    let (code, body) = curl(&["--resolve", &http_resolve, "--user", "alice:s3cret", &http_url]).await?;
+    let (code, body) = curl(&["--resolve", &http_resolve, "--user", "alice:correct-horse", &http_url]).await?;
     assert_eq!((code, body.contains("x-forwarded-proto: http\n")), (200, true), "{body}");
 
     let (code, body) = curl(&["--resolve", &http_resolve, &http_url]).await?;

@@ -223,7 +223,12 @@ impl Relay {
                 _ = cancel.cancelled() => break,
                 incoming = self.endpoint.accept() => match incoming {
                     Some(incoming) => {
-                        if let Some(incoming) = self.validate_under_load(incoming) {
+                        // An address over its guessing quota would only be asked to try later:
+                        // refused before any TLS work, its next Hello costs nothing.
+                        if self.shared.limiter.throttled(incoming.remote_address().ip()) {
+                            incoming.refuse();
+                            self.shared.metrics.guessing.handshakes_refused.get_or_create(&metrics::HANDSHAKE_GUESSING).inc();
+                        } else if let Some(incoming) = self.validate_under_load(incoming) {
                             sessions.spawn(session::serve(incoming, self.shared.clone(), cancel.clone()));
                         }
                     }

@@ -26,6 +26,11 @@ pub(crate) struct Reason {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct CredentialKind {
+    pub(crate) kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct Direction {
     pub(crate) direction: &'static str,
 }
@@ -63,6 +68,7 @@ pub(crate) struct Metrics {
     pub(crate) migrations: Counter,
     pub(crate) handshakes_retried: Counter,
     pub(crate) stream_open: Histogram,
+    pub(crate) guessing: Guessing,
     pub(crate) traffic: Arc<Traffic>,
     paths: Paths,
 }
@@ -72,6 +78,11 @@ pub(crate) const REFUSED_TUNNEL_LIMIT: Reason = Reason { reason: "tunnel_limit" 
 pub(crate) const REFUSED_IP_LIMIT: Reason = Reason { reason: "ip_limit" };
 pub(crate) const REFUSED_NO_STREAM: Reason = Reason { reason: "agent_unavailable" };
 pub(crate) const REFUSED_PARK_FULL: Reason = Reason { reason: "park_full" };
+/// Which secret a credential check compared, as the `kind` label says it.
+pub(crate) const CHECKED_TOKEN: CredentialKind = CredentialKind { kind: "token" };
+pub(crate) const CHECKED_BASIC_AUTH: CredentialKind = CredentialKind { kind: "basic_auth" };
+/// Why a QUIC handshake was refused before any TLS work.
+pub(crate) const HANDSHAKE_GUESSING: Reason = Reason { reason: "guessing" };
 pub(crate) const VISITOR_TO_LOCAL: Direction = Direction { direction: "visitor_to_local" };
 pub(crate) const LOCAL_TO_VISITOR: Direction = Direction { direction: "local_to_visitor" };
 
@@ -94,6 +105,7 @@ impl Metrics {
             // 0.1 ms (a free stream slot opens without a round trip) to 3.3 s (an agent out of
             // slots, near the 5 s stream timeout).
             stream_open: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
+            guessing: Guessing::default(),
             traffic: Arc::default(),
             paths: Paths::default(),
             registry: Registry::default(),
@@ -124,6 +136,7 @@ impl Metrics {
         );
         registry.register("bytes", "Bytes carried for visitors, open ones included", metrics.traffic.all_bytes.clone());
         metrics.register_tunnels_and_paths(&mut registry);
+        metrics.guessing.register(&mut registry);
         Self { registry, ..metrics }
     }
 
@@ -166,6 +179,35 @@ impl Metrics {
             tracing::warn!("metrics encoding failed: {e}");
         }
         text
+    }
+}
+
+/// What guessing credentials costs the relay: checks actually performed, and what was refused
+/// without one.
+#[derive(Default)]
+pub(crate) struct Guessing {
+    pub(crate) credential_checks: Family<CredentialKind, Counter>,
+    pub(crate) token_store_errors: Counter,
+    pub(crate) handshakes_refused: Family<Reason, Counter>,
+}
+
+impl Guessing {
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "credential_checks",
+            "Credentials actually compared (tokens, basic-auth passwords), by kind",
+            self.credential_checks.clone(),
+        );
+        registry.register(
+            "token_store_errors",
+            "Hellos answered with try-later because the token store could not be read",
+            self.token_store_errors.clone(),
+        );
+        registry.register(
+            "handshakes_refused",
+            "QUIC handshakes refused before any TLS work, by reason",
+            self.handshakes_refused.clone(),
+        );
     }
 }
 

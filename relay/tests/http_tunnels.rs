@@ -408,3 +408,50 @@ async fn a_tls_tunnel_passes_the_handshake_through_to_the_local_server() -> anyh
     agent.stop().await?;
     relay.stop().await
 }
+
+/// Sends one request head on a new connection to the relay's HTTP port and returns the status
+/// and, unless the connection switched protocols, the body.
+async fn ask_to_switch(
+    relay: &HttpRelay,
+    name: &str,
+    path: &str,
+    upgrade: Option<&str>,
+) -> anyhow::Result<(u16, String)> {
+    let mut tcp = TcpStream::connect(relay.http).await?;
+    let asking = upgrade.map(|protocol| format!("Connection: Upgrade\r\nUpgrade: {protocol}\r\n")).unwrap_or_default();
+    tcp.write_all(format!("GET {path} HTTP/1.1\r\nHost: {}\r\n{asking}\r\n", host(name)).as_bytes()).await?;
+    let head = testkit::read_head(&mut tcp).await?;
+    let status = head.split_whitespace().nth(1).context("no status")?.parse()?;
+    let length = head
+        .lines()
+        .find_map(|line| line.to_ascii_lowercase().strip_prefix("content-length:").map(|n| n.trim().parse()))
+        .transpose()?
+        .unwrap_or(0);
+    let mut body = vec![0; length];
+    tokio::time::timeout(STEP, tcp.read_exact(&mut body)).await??;
+    Ok((status, String::from_utf8(body)?))
+}
+
+#[tokio::test]
+async fn only_websocket_upgrades_switch_protocols() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let relay = HttpRelay::start(dir.path()).await?;
+    let app = switching_app().await?;
+    let mut allowing = http_tunnel("allowing", app, Some("allowing"));
+    allowing.access.upgrades = vec!["h2c".into()];
+    let (agent, _) = TestAgent::start(relay.plan(vec![http_tunnel("plain", app, Some("plain")), allowing])).await?;
+
+    // h2c would let a visitor speak HTTP/2 past the relay's routing and checks: the request
+    // crosses as a plain one, and the app never sees the ask.
+    let (status, seen) = ask_to_switch(&relay, "plain", "/", Some("h2c")).await?;
+    assert_eq!(status, 200, "{seen}");
+    assert!(!seen.to_ascii_lowercase().contains("upgrade"), "the app saw the ask: {seen}");
+    assert_eq!(ask_to_switch(&relay, "plain", "/", Some("websocket")).await?.0, 101);
+    assert_eq!(ask_to_switch(&relay, "allowing", "/", Some("h2c")).await?.0, 101, "the tunnel allows h2c");
+    // A local server that switches unasked does not get the visitor's connection.
+    let (status, page) = ask_to_switch(&relay, "plain", "/switch-anyway", None).await?;
+    assert_eq!(status, 502, "{page}");
+
+    agent.stop().await?;
+    relay.stop().await
+}

@@ -25,6 +25,7 @@ use hyper::{
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::{
+    io::AsyncWriteExt,
     net::{TcpListener, TcpStream},
     sync::Notify,
 };
@@ -224,6 +225,35 @@ pub async fn websocket_echo() -> anyhow::Result<SocketAddr> {
             // tungstenite answers a Close itself, and ends the stream, on the next poll.
             if let echoed @ (Message::Text(_) | Message::Binary(_)) = message.map_err(std::io::Error::other)? {
                 ws.send(echoed).await.map_err(std::io::Error::other)?;
+            }
+        }
+        Ok(())
+    })
+    .await
+}
+
+/// A local server that switches to whatever protocol a request's `Upgrade` header names (and
+/// on `/switch-anyway`, even when none is named), then echoes bytes. A request it does not
+/// switch is answered 200 with its own head as the body, so a test can see what arrived.
+pub async fn switching_app() -> anyhow::Result<SocketAddr> {
+    local_server(|mut tcp| async move {
+        let head = crate::read_head(&mut tcp).await.map_err(std::io::Error::other)?;
+        let asked = head.lines().find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            name.eq_ignore_ascii_case("upgrade").then(|| value.trim().to_string())
+        });
+        let anyway = head.starts_with("GET /switch-anyway ");
+        match asked.or_else(|| anyway.then(|| "h2c".to_string())) {
+            Some(protocol) => {
+                let switch =
+                    format!("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: {protocol}\r\n\r\n");
+                tcp.write_all(switch.as_bytes()).await?;
+                let (mut reader, mut writer) = tcp.split();
+                tokio::io::copy(&mut reader, &mut writer).await?;
+            }
+            None => {
+                let answer = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{head}", head.len());
+                tcp.write_all(answer.as_bytes()).await?;
             }
         }
         Ok(())

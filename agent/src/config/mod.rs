@@ -18,12 +18,14 @@ pub use crate::logging::LogFormat;
 /// `BURROW_TOKEN`, `BURROW_RELAY`, `BURROW_FINGERPRINT`, ...; the relay's own
 /// `BURROW_RELAY_*` variables may share the environment.
 pub const ENV: EnvSource<'static> =
-    EnvSource { prefix: "BURROW", skip: &["BURROW_RELAY_", "BURROW_CONFIG"], list_keys: &[] };
+    EnvSource { prefix: "BURROW", skip: &["BURROW_RELAY_", "BURROW_CONFIG", secrets::BASIC_AUTH_ENV], list_keys: &[] };
 
 pub use burrow_common::protocol::DEFAULT_RELAY_PORT;
 
+mod secrets;
 mod values;
 
+pub use secrets::BASIC_AUTH_ENV;
 pub(crate) use values::HostPort;
 pub use values::{Cidr, LocalTarget, Protocol, RelayAddr};
 
@@ -79,7 +81,10 @@ impl Default for AgentConfig {
 
 impl AgentConfig {
     pub fn load(file: Option<&Path>, flags: &impl Serialize) -> anyhow::Result<Self> {
-        let config: Self = burrow_common::config::load(file, &ENV, flags)?;
+        let mut config: Self = burrow_common::config::load(file, &ENV, flags)?;
+        for tunnel in &mut config.tunnels {
+            tunnel.read_basic_auth_file()?;
+        }
         config.validate()?;
         Ok(config)
     }
@@ -124,6 +129,13 @@ pub struct TunnelConfig {
     pub subdomain: Option<String>,
     /// `USER:PASSWORD` visitors must give (HTTP).
     pub basic_auth: Option<Secret>,
+    /// A file holding `basic_auth`, read at load, so the password stays out of this file
+    /// and the command line (HTTP).
+    pub basic_auth_file: Option<PathBuf>,
+    /// Protocols besides WebSocket that visitors may switch to with `Upgrade`, like `h2c`;
+    /// other upgrades reach the local server as plain requests (HTTP).
+    #[serde(default)]
+    pub upgrades: Vec<String>,
     /// Source ranges allowed (HTTP), like `203.0.113.0/24`; empty allows all.
     #[serde(default)]
     pub allow: Vec<Cidr>,
@@ -155,6 +167,8 @@ impl TunnelConfig {
             remote_port: None,
             subdomain: None,
             basic_auth: None,
+            basic_auth_file: None,
+            upgrades: Vec::new(),
             allow: Vec::new(),
             deny: Vec::new(),
             host_header: None,
@@ -181,6 +195,7 @@ impl TunnelConfig {
         let name = self.name();
         let http_only = [
             ("basic_auth", self.basic_auth.is_some()),
+            ("upgrades", !self.upgrades.is_empty()),
             ("allow", !self.allow.is_empty()),
             ("deny", !self.deny.is_empty()),
             ("host_header", self.host_header.is_some()),
@@ -202,10 +217,12 @@ impl TunnelConfig {
             "invalid configuration: tunnel {name:?}: subdomain applies to HTTP and TLS tunnels only (protocol = \"http\" or \"tls\")"
         );
         if let Some(credentials) = &self.basic_auth {
-            let (user, _) = credentials.expose().split_once(':').unwrap_or_default();
+            secrets::check_basic_auth(&name, credentials)?;
+        }
+        for protocol in &self.upgrades {
             anyhow::ensure!(
-                !user.is_empty(),
-                "invalid configuration: tunnel {name:?}: basic_auth: expected USER:PASSWORD, like alice:s3cret"
+                burrow_common::upgrade::is_token(protocol),
+                "invalid configuration: tunnel {name:?}: upgrades: {protocol:?} is not a protocol name, like h2c"
             );
         }
         self.validate_idle(&name)?;
@@ -318,6 +335,11 @@ mod tests {
             ("log_format = \"xml\"", ["log_format", "xml", "json"]),
             ("[[tunnels]]\nlocal = 80\nprotocol = \"ftp\"", ["protocol", "ftp", "http"]),
             ("[[tunnels]]\nlocal = 80\nbasic_auth = \"a:b\"", ["tcp-80", "basic_auth", "HTTP tunnels only"]),
+            ("[[tunnels]]\nlocal = 80\nupgrades = [\"h2c\"]", ["tcp-80", "upgrades", "HTTP tunnels only"]),
+            (
+                "[[tunnels]]\nlocal = 80\nprotocol = \"http\"\nupgrades = [\"h2 c\"]",
+                ["http-80", "upgrades", "not a protocol name"],
+            ),
             (
                 "[[tunnels]]\nlocal = 80\nprotocol = \"http\"\nbasic_auth = \"nocolon\"",
                 ["http-80", "basic_auth", "USER:PASSWORD"],

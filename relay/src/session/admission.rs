@@ -5,7 +5,7 @@ use std::{collections::HashSet, sync::Arc};
 
 use burrow_common::{
     Granted, Hello, Refusal, TunnelKind, TunnelSpec,
-    protocol::{PROTOCOL_VERSION, VALID_NAME, is_valid_name},
+    protocol::{MIN_BASIC_AUTH_PASSWORD, PROTOCOL_VERSION, VALID_NAME, is_valid_name},
 };
 
 use super::SessionLink;
@@ -13,7 +13,7 @@ use crate::{
     Shared,
     claims::{self, Claimant, Claimed, Place, Route, RouteKind, SessionId, TunnelKey, with_takeover},
     limits::Places,
-    metrics::REFUSED_TUNNEL_LIMIT,
+    metrics::{CHECKED_TOKEN, REFUSED_TUNNEL_LIMIT},
     tokens::{self, Grant},
     vhost::Access,
 };
@@ -89,6 +89,7 @@ pub(super) async fn open(
     id: u32,
     spec: &TunnelSpec,
 ) -> Result<Opened, Refusal> {
+    check_basic_auth(spec)?;
     let key = TunnelKey::new(grant, &spec.name);
     let route = Arc::new(Route {
         link: link.clone(),
@@ -126,6 +127,19 @@ pub(super) async fn open(
     Ok(Opened { granted, route, claimed })
 }
 
+/// The relay is the one that answers visitors, so it holds every tunnel's password to the
+/// minimum length, whatever the agent checked.
+fn check_basic_auth(spec: &TunnelSpec) -> Result<(), Refusal> {
+    let TunnelKind::Http { access, .. } = &spec.kind else { return Ok(()) };
+    let Some(credentials) = &access.basic_auth else { return Ok(()) };
+    let password = credentials.expose().split_once(':').map(|(_, password)| password).unwrap_or_default();
+    if password.chars().count() >= MIN_BASIC_AUTH_PASSWORD {
+        return Ok(());
+    }
+    let why = format!("its basic-auth password must be at least {MIN_BASIC_AUTH_PASSWORD} characters long");
+    Err(Refusal::BadTunnel { name: spec.name.clone(), why })
+}
+
 fn route_kind(kind: &TunnelKind) -> RouteKind {
     match kind {
         TunnelKind::Tcp { .. } => RouteKind::Tcp,
@@ -134,17 +148,30 @@ fn route_kind(kind: &TunnelKind) -> RouteKind {
     }
 }
 
+/// Checks the Hello's token, unless its address is over its guessing quota: then the agent
+/// is asked to try later and nothing is checked, so a correct guess gains nothing from haste.
 async fn authenticate(shared: &Shared, link: &SessionLink, hello: &Hello) -> Result<Grant, Refusal> {
+    let Ok(attempt) = shared.limiter.attempt(link.remote_address().ip()) else {
+        return Err(Refusal::TryLater { why: "too many failed attempts from this address".into() });
+    };
+    shared.metrics.guessing.credential_checks.get_or_create(&CHECKED_TOKEN).inc();
     match tokens::verify(shared, tokens::hash(&hello.token)).await {
-        Ok(Some(grant)) => Ok(grant),
+        Ok(Some(grant)) => {
+            attempt.succeeded();
+            Ok(grant)
+        }
         Ok(None) => {
             shared.metrics.auth_failures.inc();
-            shared.limiter.before_refusal(link.remote_address().ip()).await;
+            attempt.failed().await;
             Err(Refusal::BadToken)
         }
         Err(e) => {
+            // Not the agent's fault (EMFILE under a flood, a file being replaced): its unit
+            // goes back, and it retries.
+            attempt.succeeded();
             tracing::error!("token store unreadable: {e:#}");
-            Err(Refusal::BadToken)
+            shared.metrics.guessing.token_store_errors.inc();
+            Err(Refusal::TryLater { why: "the relay cannot read its tokens now".into() })
         }
     }
 }

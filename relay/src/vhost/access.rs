@@ -4,7 +4,7 @@
 use std::net::IpAddr;
 
 use base64::Engine;
-use burrow_common::HttpAccess;
+use burrow_common::{HttpAccess, upgrade};
 use hyper::{HeaderMap, header::AUTHORIZATION};
 use subtle::ConstantTimeEq;
 
@@ -15,6 +15,8 @@ pub(crate) struct Access {
     /// SHA-256 of the whole `Authorization` header value a visitor must send: digests of
     /// equal length compare in constant time whatever the visitor sent.
     expected_authorization: Option<[u8; 32]>,
+    /// Protocols besides WebSocket a visitor may switch to.
+    upgrades: Vec<String>,
 }
 
 pub(crate) enum Denied {
@@ -30,14 +32,25 @@ impl Access {
             let encoded = base64::engine::general_purpose::STANDARD.encode(credentials.expose().as_bytes());
             burrow_common::tls::sha256(format!("Basic {encoded}").as_bytes())
         });
-        Self { allow: access.allow.clone(), deny: access.deny.clone(), expected_authorization }
+        Self {
+            allow: access.allow.clone(),
+            deny: access.deny.clone(),
+            expected_authorization,
+            upgrades: access.upgrades.clone(),
+        }
     }
 
     pub(crate) fn requires_credentials(&self) -> bool {
         self.expected_authorization.is_some()
     }
 
-    pub(crate) fn check(&self, visitor: IpAddr, headers: &HeaderMap) -> Result<(), Denied> {
+    /// Whether a request may switch protocols on this tunnel (see [`upgrade::permitted`]).
+    pub(crate) fn may_switch(&self, headers: &HeaderMap) -> bool {
+        upgrade::permitted(headers, &self.upgrades)
+    }
+
+    /// Whether the visitor's address may reach the tunnel at all; costs no credential check.
+    pub(crate) fn check_address(&self, visitor: IpAddr) -> Result<(), Denied> {
         // An IPv4 visitor on a dual-stack socket arrives as ::ffff:a.b.c.d; ranges are
         // written in IPv4.
         let visitor = visitor.to_canonical();
@@ -45,6 +58,12 @@ impl Access {
         if !allowed || self.deny.iter().any(|net| net.contains(&visitor)) {
             return Err(Denied::Address);
         }
+        Ok(())
+    }
+
+    /// Compares the request's credentials, when the tunnel needs any: the one step a guesser
+    /// pays for, so the caller counts and paces it.
+    pub(crate) fn check_credentials(&self, headers: &HeaderMap) -> Result<(), Denied> {
         if let Some(expected) = &self.expected_authorization {
             let sent = headers.get(AUTHORIZATION).map(|v| v.as_bytes()).unwrap_or_default();
             if !bool::from(burrow_common::tls::sha256(sent).ct_eq(expected)) {
@@ -78,21 +97,20 @@ mod tests {
     #[test]
     fn ranges_allow_and_deny() {
         let rules = access(None, &["10.0.0.0/8", "::1/128"], &["10.9.0.0/16"]);
-        let ok = |ip: &str| rules.check(ip.parse().unwrap(), &HeaderMap::new()).is_ok();
+        let ok = |ip: &str| rules.check_address(ip.parse().unwrap()).is_ok();
         assert!(ok("10.1.2.3"));
         assert!(ok("::ffff:10.1.2.3"), "a mapped IPv4 address is its IPv4 address");
         assert!(ok("::1"));
         assert!(!ok("10.9.1.1"), "deny wins over allow");
         assert!(!ok("192.0.2.1"), "outside every allowed range");
-        assert!(access(None, &[], &["192.0.2.0/24"]).check("198.51.100.1".parse().unwrap(), &HeaderMap::new()).is_ok());
+        assert!(access(None, &[], &["192.0.2.0/24"]).check_address("198.51.100.1".parse().unwrap()).is_ok());
     }
 
     #[test]
     fn basic_auth_must_match_exactly() {
-        let rules = access(Some("alice:s3cret"), &[], &[]);
-        let ip = "192.0.2.1".parse().unwrap();
-        assert!(rules.check(ip, &with_auth("Basic YWxpY2U6czNjcmV0")).is_ok());
-        assert!(matches!(rules.check(ip, &with_auth("Basic YWxpY2U6d3Jvbmc=")), Err(Denied::Credentials)));
-        assert!(matches!(rules.check(ip, &HeaderMap::new()), Err(Denied::Credentials)));
+        let rules = access(Some("alice:correct-horse"), &[], &[]);
+        assert!(rules.check_credentials(&with_auth("Basic YWxpY2U6Y29ycmVjdC1ob3JzZQ==")).is_ok());
+        assert!(matches!(rules.check_credentials(&with_auth("Basic YWxpY2U6d3Jvbmc=")), Err(Denied::Credentials)));
+        assert!(matches!(rules.check_credentials(&HeaderMap::new()), Err(Denied::Credentials)));
     }
 }

@@ -54,6 +54,18 @@ pub(crate) fn too_many(host: &str) -> ErrorPage {
     ErrorPage::new(StatusCode::SERVICE_UNAVAILABLE, "Too many connections", detail)
 }
 
+/// The visitor's address has guessed (passwords, hostnames) faster than the relay allows.
+pub(crate) fn too_many_guesses() -> ErrorPage {
+    let detail = "Too many wrong passwords or unknown names from your address; try again in a moment.".into();
+    ErrorPage::new(StatusCode::TOO_MANY_REQUESTS, "Slow down", detail)
+}
+
+/// The agent answered 101 to a request that was not allowed to switch protocols.
+pub(crate) fn unasked_switch() -> ErrorPage {
+    let detail = "The local server switched protocols without being asked to.".into();
+    ErrorPage::new(StatusCode::BAD_GATEWAY, "Unexpected protocol switch", detail)
+}
+
 /// The request asks for the relay's own name rather than a tunnel's.
 pub(crate) fn no_http_tunnels() -> ErrorPage {
     let detail = "This relay answers only at tunnel hostnames; use the address your agent printed.".into();
@@ -77,6 +89,8 @@ mod tests {
             (gateway_timeout(std::time::Duration::from_secs(30)), StatusCode::GATEWAY_TIMEOUT),
             (too_many("a.example.com"), StatusCode::SERVICE_UNAVAILABLE),
             (no_http_tunnels(), StatusCode::NOT_FOUND),
+            (too_many_guesses(), StatusCode::TOO_MANY_REQUESTS),
+            (unasked_switch(), StatusCode::BAD_GATEWAY),
         ] {
             assert_eq!(page.status, status, "{page:?}");
             assert_eq!(page.render(false).status(), status);

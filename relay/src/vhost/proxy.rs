@@ -28,7 +28,6 @@ use tokio_util::sync::CancellationToken;
 
 use super::{
     Missing, Vhost,
-    access::Denied,
     body::{self, EndSignal, NotifyOnEnd},
     names,
     pages::{self, ErrorPage},
@@ -41,9 +40,13 @@ use crate::{
     traffic::Visit,
 };
 
+mod guard;
 mod headers;
 
 use self::headers::{host_header, prepare_for_agent, strip_hop_by_hop};
+
+/// An address over its guessing quota earns an attempt back each second.
+const GUESS_RETRY_AFTER_SECS: u32 = 1;
 
 pub(crate) type ProxyBody = UnsyncBoxBody<Bytes, hyper::Error>;
 
@@ -145,9 +148,10 @@ impl VisitorConnection {
 
     async fn forward(self: &Arc<Self>, mut request: Request<Incoming>) -> Result<Response<ProxyBody>, RelayAnswer> {
         let Addressed { name, host, sent_host } = self.address(&request)?;
+        self.refuse_when_guessing()?;
         let route = self.route(&name, &host).await?;
         let drop_authorization = self.check_access(&request, &route, &host).await?;
-        let wants_upgrade = upgrade::requested(request.headers());
+        let wants_upgrade = may_switch(&route, &request);
         prepare_for_agent(&mut request, &self.visitor, &sent_host, drop_authorization, wants_upgrade);
         let visitor_upgrade = wants_upgrade.then(|| hyper::upgrade::on(&mut request));
         let mut upstream = self.upstream.lock().await;
@@ -167,6 +171,8 @@ impl VisitorConnection {
         let upgraded = response.status() == StatusCode::SWITCHING_PROTOCOLS;
         match visitor_upgrade {
             Some(visitor_side) if upgraded => self.join_upgraded(&route, sender, visitor_side, &mut response),
+            // A switch nobody asked for: the stream no longer carries HTTP, so it is dropped.
+            None if upgraded => return Err(pages::unasked_switch().into()),
             _ => *upstream = Some(sender),
         }
         strip_hop_by_hop(response.headers_mut(), upgraded);
@@ -197,26 +203,6 @@ impl VisitorConnection {
             return Err(RelayAnswer::Redirect(location));
         }
         Ok(Addressed { name, host, sent_host })
-    }
-
-    /// Whether the visitor may reach the HTTP tunnel `route`; `Ok(true)` when the request's
-    /// credentials were the relay's to check and are to be dropped.
-    async fn check_access(&self, request: &Request<Incoming>, route: &Route, host: &str) -> Result<bool, RelayAnswer> {
-        let RouteKind::Http(access) = &route.kind else {
-            return Err(pages::bad_request(&format!("{host} is a TLS tunnel: reach it over HTTPS")).into());
-        };
-        match access.check(self.visitor.addr.ip(), request.headers()) {
-            Ok(()) => Ok(access.requires_credentials()),
-            Err(Denied::Address) => Err(pages::forbidden_ip(self.visitor.addr.ip()).into()),
-            Err(Denied::Credentials) => {
-                // Wrong credentials (not the browser's first, bare request) are answered at
-                // the pace the relay answers wrong tokens, so guessing is slow.
-                if request.headers().contains_key(header::AUTHORIZATION) {
-                    self.shared.limiter.before_refusal(self.visitor.addr.ip()).await;
-                }
-                Err(RelayAnswer::Unauthorized(host.to_string()))
-            }
-        }
     }
 
     /// Joins the visitor's and the agent's ends of an upgraded connection. The visitor's
@@ -262,11 +248,11 @@ impl VisitorConnection {
 
     /// Finds the session serving `name`, waiting for a lost one's agent to come back.
     async fn route(&self, name: &str, host: &str) -> Result<Arc<Route>, RelayAnswer> {
-        let found = self.vhost().find(name, self.shared.config().park_visitors_for).await;
-        found.map_err(|missing| match missing {
-            Missing::Unknown => pages::not_found(host).into(),
-            Missing::Offline => pages::tunnel_offline(host).into(),
-        })
+        match self.vhost().find(name, self.shared.config().park_visitors_for).await {
+            Ok(route) => Ok(route),
+            Err(Missing::Unknown) => Err(self.unknown_name(host).await),
+            Err(Missing::Offline) => Err(pages::tunnel_offline(host).into()),
+        }
     }
 
     async fn open_upstream(&self, name: &str, host: &str, route: &Route) -> Result<Upstream, RelayAnswer> {
@@ -303,6 +289,8 @@ pub(crate) enum RelayAnswer {
     Page(ErrorPage),
     /// Basic auth is needed for this host.
     Unauthorized(String),
+    /// The visitor's address is over its guessing quota.
+    TooManyGuesses,
     Redirect(String),
 }
 
@@ -325,6 +313,11 @@ impl RelayAnswer {
                 }
                 response
             }
+            RelayAnswer::TooManyGuesses => {
+                let mut response = boxed(pages::too_many_guesses());
+                response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(GUESS_RETRY_AFTER_SECS));
+                response
+            }
             RelayAnswer::Redirect(location) => {
                 let mut response =
                     Response::new(http_body_util::Empty::new().map_err(|never| match never {}).boxed_unsync());
@@ -342,6 +335,15 @@ fn tunnel_broke(e: &hyper::Error) -> RelayAnswer {
     tracing::debug!("request to the agent failed: {e}");
     ErrorPage { status: StatusCode::BAD_GATEWAY, title: "Tunnel error", detail: format!("The tunnel broke off: {e}.") }
         .into()
+}
+
+/// Whether the request may switch protocols on its tunnel: WebSocket, or a protocol the
+/// tunnel allows. Any other upgrade crosses as a plain request, its `Upgrade` header dropped.
+fn may_switch(route: &Route, request: &Request<Incoming>) -> bool {
+    match &route.kind {
+        RouteKind::Http(access) => access.may_switch(request.headers()),
+        RouteKind::Tcp | RouteKind::Tls => false,
+    }
 }
 
 fn with_end_signal(request: Request<Incoming>, idle_limit: Duration) -> (Request<NotifyOnEnd<Incoming>>, EndSignal) {
