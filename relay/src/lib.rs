@@ -227,7 +227,7 @@ impl Relay {
                         // refused before any TLS work, its next Hello costs nothing.
                         if self.shared.limiter.throttled(incoming.remote_address().ip()) {
                             incoming.refuse();
-                            self.shared.metrics.guessing.handshakes_refused.get_or_create(&metrics::HANDSHAKE_GUESSING).inc();
+                            self.shared.metrics.handshakes_refused.get_or_create(&metrics::HANDSHAKE_GUESSING).inc();
                         } else if let Some(incoming) = self.validate_under_load(incoming) {
                             sessions.spawn(session::serve(incoming, self.shared.clone(), cancel.clone()));
                         }

@@ -67,6 +67,7 @@ pub(crate) struct Metrics {
     pub(crate) auth_failures: Counter,
     pub(crate) migrations: Counter,
     pub(crate) handshakes_retried: Counter,
+    pub(crate) handshakes_refused: Family<Reason, Counter>,
     pub(crate) stream_open: Histogram,
     pub(crate) guessing: Guessing,
     pub(crate) traffic: Arc<Traffic>,
@@ -102,6 +103,7 @@ impl Metrics {
             auth_failures: Counter::default(),
             migrations: Counter::default(),
             handshakes_retried: Counter::default(),
+            handshakes_refused: Family::default(),
             // 0.1 ms (a free stream slot opens without a round trip) to 3.3 s (an agent out of
             // slots, near the 5 s stream timeout).
             stream_open: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
@@ -133,6 +135,11 @@ impl Metrics {
             "handshakes_retried",
             "New clients asked to prove their address during a handshake flood",
             metrics.handshakes_retried.clone(),
+        );
+        registry.register(
+            "handshakes_refused",
+            "New QUIC clients refused before their handshake, by the cap they met",
+            metrics.handshakes_refused.clone(),
         );
         registry.register("bytes", "Bytes carried for visitors, open ones included", metrics.traffic.all_bytes.clone());
         metrics.register_tunnels_and_paths(&mut registry);
@@ -182,13 +189,11 @@ impl Metrics {
     }
 }
 
-/// What guessing credentials costs the relay: checks actually performed, and what was refused
-/// without one.
+/// What guessing credentials costs the relay: the checks actually performed.
 #[derive(Default)]
 pub(crate) struct Guessing {
     pub(crate) credential_checks: Family<CredentialKind, Counter>,
     pub(crate) token_store_errors: Counter,
-    pub(crate) handshakes_refused: Family<Reason, Counter>,
 }
 
 impl Guessing {
@@ -202,11 +207,6 @@ impl Guessing {
             "token_store_errors",
             "Hellos answered with try-later because the token store could not be read",
             self.token_store_errors.clone(),
-        );
-        registry.register(
-            "handshakes_refused",
-            "QUIC handshakes refused before any TLS work, by reason",
-            self.handshakes_refused.clone(),
         );
     }
 }
