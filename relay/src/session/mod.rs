@@ -11,6 +11,7 @@ use burrow_common::{
     CloseCode,
     link::{Link, QuicLink},
     protocol::conversation::{ConversationError, receive_hello},
+    transport,
 };
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -72,6 +73,8 @@ async fn run(incoming: quinn::Incoming, shared: &Arc<Shared>, cancel: &Cancellat
         }
         return Err(e).context("send Welcome");
     }
+    // Only a welcomed agent may make the relay buffer a full window.
+    quic.allow_receive(transport::SESSION_RECEIVE_WINDOW);
     let mut registered = shared.live.register(session, Admitted::new(&grant, &hello, &link, &granted));
     shared.metrics.sessions.inc();
     shared.metrics.sessions_total.inc();
