@@ -62,7 +62,7 @@ pub(crate) struct Shared {
     pub(crate) limiter: FailureLimiter,
     pub(crate) per_ip: limits::PerIpLimit,
     pub(crate) metrics: Arc<metrics::Metrics>,
-    pub(crate) handshakes: limits::Handshakes,
+    pub(crate) unauthenticated: limits::Unauthenticated,
     pub(crate) next_session: AtomicU64,
     pub(crate) live: Arc<sessions::LiveSessions>,
     /// The relay's domain and its HTTP and HTTPS ports, when it has a domain.
@@ -126,7 +126,7 @@ impl Relay {
             per_ip: limits::PerIpLimit::new(config.max_visitors_per_ip),
             live: Arc::new(sessions::LiveSessions::new(metrics.traffic.clone())),
             metrics,
-            handshakes: limits::Handshakes::default(),
+            unauthenticated: limits::Unauthenticated::default(),
             next_session: AtomicU64::new(1),
             vhost,
             visitors: TaskTracker::new(),
@@ -170,11 +170,41 @@ impl Relay {
         reload::Reloader::new(self.shared.clone())
     }
 
+    /// Decides, before any TLS work, whether a new QUIC client is served: refused outright
+    /// when its address or the relay has as many clients waiting to authenticate as allowed,
+    /// asked to prove its address under load, or served with its place among the waiting.
+    /// Checks run cheapest and most specific first.
+    fn admit_incoming(&self, incoming: quinn::Incoming) -> Option<(quinn::Incoming, limits::Pending)> {
+        let ip = incoming.remote_address().ip();
+        let config = self.shared.config();
+        let (per_address, total) = (config.max_unauthenticated_per_address, config.max_unauthenticated);
+        let pending = match self.shared.unauthenticated.try_enter(ip, per_address, total) {
+            Ok(pending) => pending,
+            Err(full) => {
+                let reason = match full {
+                    limits::Full::Address => metrics::HANDSHAKE_ADDRESS_LIMIT,
+                    limits::Full::Total => metrics::HANDSHAKE_TOTAL_LIMIT,
+                };
+                return self.refuse(incoming, reason);
+            }
+        };
+        Some((self.validate_under_load(incoming)?, pending))
+    }
+
+    /// Turns a client away with CONNECTION_REFUSED: quinn answers from the Initial keys alone,
+    /// keeping no state for it.
+    fn refuse<T>(&self, incoming: quinn::Incoming, reason: metrics::Reason) -> Option<T> {
+        self.shared.metrics.handshakes_refused.get_or_create(&reason).inc();
+        incoming.refuse();
+        None
+    }
+
     /// Under a flood of handshakes, makes a new client prove its address with a QUIC Retry
     /// before the relay spends a TLS handshake on it; spoofed sources never answer. Returns
     /// the connection to serve now, if any.
     fn validate_under_load(&self, incoming: quinn::Incoming) -> Option<quinn::Incoming> {
-        let busy = self.shared.handshakes.in_progress() >= self.shared.config().retry_handshakes_above;
+        // The newcomer is counted among the waiting already.
+        let busy = self.shared.unauthenticated.in_progress() > self.shared.config().retry_handshakes_above;
         if !busy || incoming.remote_address_validated() || !incoming.may_retry() {
             return Some(incoming);
         }
@@ -220,8 +250,8 @@ impl Relay {
                 _ = cancel.cancelled() => break,
                 incoming = self.endpoint.accept() => match incoming {
                     Some(incoming) => {
-                        if let Some(incoming) = self.validate_under_load(incoming) {
-                            sessions.spawn(session::serve(incoming, self.shared.clone(), cancel.clone()));
+                        if let Some((incoming, pending)) = self.admit_incoming(incoming) {
+                            sessions.spawn(session::serve(incoming, pending, self.shared.clone(), cancel.clone()));
                         }
                     }
                     None => break,

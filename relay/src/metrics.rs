@@ -62,6 +62,7 @@ pub(crate) struct Metrics {
     pub(crate) auth_failures: Counter,
     pub(crate) migrations: Counter,
     pub(crate) handshakes_retried: Counter,
+    pub(crate) handshakes_refused: Family<Reason, Counter>,
     pub(crate) stream_open: Histogram,
     pub(crate) traffic: Arc<Traffic>,
     paths: Paths,
@@ -72,6 +73,9 @@ pub(crate) const REFUSED_TUNNEL_LIMIT: Reason = Reason { reason: "tunnel_limit" 
 pub(crate) const REFUSED_IP_LIMIT: Reason = Reason { reason: "ip_limit" };
 pub(crate) const REFUSED_NO_STREAM: Reason = Reason { reason: "agent_unavailable" };
 pub(crate) const REFUSED_PARK_FULL: Reason = Reason { reason: "park_full" };
+/// Why a QUIC client was refused before its handshake, as the `reason` label says it.
+pub(crate) const HANDSHAKE_ADDRESS_LIMIT: Reason = Reason { reason: "address_limit" };
+pub(crate) const HANDSHAKE_TOTAL_LIMIT: Reason = Reason { reason: "total_limit" };
 pub(crate) const VISITOR_TO_LOCAL: Direction = Direction { direction: "visitor_to_local" };
 pub(crate) const LOCAL_TO_VISITOR: Direction = Direction { direction: "local_to_visitor" };
 
@@ -91,6 +95,7 @@ impl Metrics {
             auth_failures: Counter::default(),
             migrations: Counter::default(),
             handshakes_retried: Counter::default(),
+            handshakes_refused: Family::default(),
             // 0.1 ms (a free stream slot opens without a round trip) to 3.3 s (an agent out of
             // slots, near the 5 s stream timeout).
             stream_open: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
@@ -121,6 +126,11 @@ impl Metrics {
             "handshakes_retried",
             "New clients asked to prove their address during a handshake flood",
             metrics.handshakes_retried.clone(),
+        );
+        registry.register(
+            "handshakes_refused",
+            "New QUIC clients refused before their handshake, by the cap they met",
+            metrics.handshakes_refused.clone(),
         );
         registry.register("bytes", "Bytes carried for visitors, open ones included", metrics.traffic.all_bytes.clone());
         metrics.register_tunnels_and_paths(&mut registry);
