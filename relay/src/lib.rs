@@ -15,6 +15,7 @@ mod endpoint;
 mod files;
 mod identity;
 mod invite;
+mod limit_table;
 mod limits;
 mod liveness;
 mod metrics;
@@ -63,6 +64,8 @@ pub(crate) struct Shared {
     pub(crate) per_ip: limits::PerIpLimit,
     pub(crate) metrics: Arc<metrics::Metrics>,
     pub(crate) unauthenticated: limits::Unauthenticated,
+    /// Visitors' connections and public ports, under the open files limit.
+    pub(crate) descriptors: limits::Descriptors,
     pub(crate) next_session: AtomicU64,
     pub(crate) live: Arc<sessions::LiveSessions>,
     /// The relay's domain and its HTTP and HTTPS ports, when it has a domain.
@@ -127,6 +130,7 @@ impl Relay {
             live: Arc::new(sessions::LiveSessions::new(metrics.traffic.clone())),
             metrics,
             unauthenticated: limits::Unauthenticated::default(),
+            descriptors: limits::Descriptors::for_this_process(config.max_visitors),
             next_session: AtomicU64::new(1),
             vhost,
             visitors: TaskTracker::new(),
@@ -163,6 +167,12 @@ impl Relay {
     /// The settings in force now.
     pub fn config(&self) -> Arc<RelayConfig> {
         self.shared.config()
+    }
+
+    /// Every limit in force and its value, by config key, with `max_visitors` as resolved
+    /// from the open files limit and `open_files` itself.
+    pub fn limits(&self) -> std::collections::BTreeMap<String, serde_json::Value> {
+        limit_table::limits(&self.shared)
     }
 
     /// Applies edited settings to this relay while it runs; see [`reload::Reloader`].

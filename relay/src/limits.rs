@@ -14,7 +14,10 @@ use std::{
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::metrics::{Metrics, REFUSED_IP_LIMIT, Reason};
+use crate::{
+    Shared,
+    metrics::{Metrics, REFUSED_IP_LIMIT, REFUSED_RELAY_LIMIT, Reason},
+};
 
 /// A source address as every per-address cap counts it: an IPv4 address, or the /64 of an
 /// IPv6 one, since a single host is commonly given a whole /64 and could otherwise take a
@@ -102,8 +105,12 @@ pub(crate) struct PerIpLimit {
     open: Keyed<IpKey>,
 }
 
-/// One visitor's place under the per-address cap; dropping it frees the place.
-pub(crate) type IpSlot = Slot<IpKey>;
+/// One connection's place under the per-address cap, and its descriptor under the relay's,
+/// if it took one; dropping it frees both.
+pub(crate) struct IpSlot {
+    _address: Slot<IpKey>,
+    _descriptor: Option<OwnedSemaphorePermit>,
+}
 
 impl PerIpLimit {
     pub(crate) fn new(max: usize) -> Self {
@@ -115,8 +122,77 @@ impl PerIpLimit {
     }
 
     pub(crate) fn try_admit(&self, ip: IpAddr) -> Option<IpSlot> {
-        self.open.try_take(IpKey::from(ip), self.max.load(Ordering::Relaxed), usize::MAX).ok()
+        let address = self.open.try_take(IpKey::from(ip), self.max.load(Ordering::Relaxed), usize::MAX).ok()?;
+        Some(IpSlot { _address: address, _descriptor: None })
     }
+}
+
+/// Visitors' connections and public ports the relay may hold at once: each is an open file,
+/// and at the open files limit `accept` fails and so does reading the token store, which
+/// would turn agents away as if their tokens were wrong. Refusing visitors past this cap
+/// keeps [`RESERVED_FDS`] for the relay's own work.
+pub(crate) struct Descriptors {
+    open: Arc<Semaphore>,
+    max: usize,
+    /// The open files limit the cap was derived from, if the system has one.
+    open_files: Option<u64>,
+}
+
+/// Open files kept for the relay itself: its sockets, its store and certificate files,
+/// logs, and the admin endpoint's connections.
+pub(crate) const RESERVED_FDS: u64 = 128;
+
+impl Descriptors {
+    /// Raises the open files limit to its hard limit, and caps visitors below it;
+    /// `configured`, when set, is lowered to that cap with a warning.
+    pub(crate) fn for_this_process(configured: Option<usize>) -> Self {
+        use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+        let limit = getrlimit(Resource::Nofile);
+        let raised = Rlimit { current: limit.maximum, maximum: limit.maximum };
+        let open_files = match setrlimit(Resource::Nofile, raised) {
+            Ok(()) => limit.maximum,
+            Err(e) => {
+                tracing::warn!("cannot raise the open files limit to its hard limit: {e}");
+                limit.current
+            }
+        };
+        let cap = open_files.map(|n| usize::try_from(n.saturating_sub(RESERVED_FDS).max(1)).unwrap_or(usize::MAX));
+        let max = match (configured, cap) {
+            (Some(wanted), Some(cap)) if wanted > cap => {
+                tracing::warn!(wanted, cap, "max_visitors lowered to what the open files limit allows");
+                cap
+            }
+            (Some(wanted), _) => wanted,
+            (None, cap) => cap.unwrap_or(Semaphore::MAX_PERMITS),
+        };
+        Self::new(max, open_files)
+    }
+
+    pub(crate) fn new(max: usize, open_files: Option<u64>) -> Self {
+        let max = max.min(Semaphore::MAX_PERMITS);
+        Self { open: Arc::new(Semaphore::new(max)), max, open_files }
+    }
+
+    /// A descriptor for one more connection or listener, unless the relay holds its cap.
+    pub(crate) fn try_take(&self) -> Option<OwnedSemaphorePermit> {
+        self.open.clone().try_acquire_owned().ok()
+    }
+
+    pub(crate) fn max(&self) -> usize {
+        self.max
+    }
+
+    pub(crate) fn open_files(&self) -> Option<u64> {
+        self.open_files
+    }
+}
+
+/// Admits a visitor's connection before its tunnel is known (an HTTP visitor): its place
+/// under the per-address cap and its descriptor.
+pub(crate) fn admit_connection(per_ip: &PerIpLimit, descriptors: &Descriptors, ip: IpAddr) -> Result<IpSlot, Reason> {
+    let descriptor = descriptors.try_take().ok_or(REFUSED_RELAY_LIMIT)?;
+    let slot = per_ip.try_admit(ip).ok_or(REFUSED_IP_LIMIT)?;
+    Ok(IpSlot { _descriptor: Some(descriptor), ..slot })
 }
 
 /// QUIC clients that have not authenticated yet: in their handshake, or connected without a
@@ -171,14 +247,10 @@ impl Places {
 }
 
 /// Admits a visitor of a tunnel with `places`, or says which cap is full.
-pub(crate) fn admit(
-    places: &Places,
-    per_ip: &PerIpLimit,
-    ip: IpAddr,
-    metrics: &Arc<Metrics>,
-) -> Result<Admission, Reason> {
+pub(crate) fn admit(places: &Places, shared: &Shared, ip: IpAddr) -> Result<Admission, Reason> {
     let tunnel = places.open.clone().try_acquire_owned().map_err(|_| places.when_full.clone())?;
-    let ip = per_ip.try_admit(ip).ok_or(REFUSED_IP_LIMIT)?;
+    let ip = admit_connection(&shared.per_ip, &shared.descriptors, ip)?;
+    let metrics = &shared.metrics;
     metrics.visitors_total.inc();
     metrics.visitors.inc();
     Ok(Admission { _tunnel: tunnel, _ip: Some(ip), metrics: metrics.clone() })

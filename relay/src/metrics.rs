@@ -73,6 +73,7 @@ pub(crate) const REFUSED_TUNNEL_LIMIT: Reason = Reason { reason: "tunnel_limit" 
 pub(crate) const REFUSED_IP_LIMIT: Reason = Reason { reason: "ip_limit" };
 pub(crate) const REFUSED_NO_STREAM: Reason = Reason { reason: "agent_unavailable" };
 pub(crate) const REFUSED_PARK_FULL: Reason = Reason { reason: "park_full" };
+pub(crate) const REFUSED_RELAY_LIMIT: Reason = Reason { reason: "relay_limit" };
 /// Why a QUIC client was refused before its handshake, as the `reason` label says it.
 pub(crate) const HANDSHAKE_ADDRESS_LIMIT: Reason = Reason { reason: "address_limit" };
 pub(crate) const HANDSHAKE_TOTAL_LIMIT: Reason = Reason { reason: "total_limit" };
