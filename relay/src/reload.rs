@@ -27,6 +27,7 @@ const RESTART_KEYS: &[&str] = &[
     "https_listen",
     "https_cert",
     "https_key",
+    "max_visitors",
 ];
 
 /// Applies edited settings to one relay.
