@@ -48,11 +48,15 @@ pub fn agent(keep_alive: Duration, idle_timeout: Duration) -> TransportConfig {
     t
 }
 
-/// Datagrams a session may hold unread. None: no tunnel carries datagrams yet, and quinn's
-/// default keeps up to 1.25 MB of them per connection, authenticated or not, so a flood of
-/// silent connections could pin gigabytes. The UDP tunnel sets this, and it then counts in
-/// [`SESSION_BUDGET_PRE_AUTH`] and the per-session budget.
-pub const RELAY_DATAGRAM_BUFFER: Option<usize> = None;
+/// Bytes of datagrams a session may hold unread. No tunnel carries datagrams yet, and
+/// quinn's default keeps up to 1.25 MB of them per connection, authenticated or not, so a
+/// flood of silent connections could pin gigabytes. One byte holds no datagram at all
+/// (each costs its bookkeeping too): the relay advertises a frame size nothing fits in, and
+/// a peer that sends one anyway is closed for a protocol violation. It is not `None`
+/// because quinn then refuses to *send* datagrams too, and the relay's liveness probe is
+/// one. The UDP tunnel sets this, and it then counts in [`SESSION_BUDGET_PRE_AUTH`] and the
+/// per-session budget.
+pub const RELAY_DATAGRAM_BUFFER: Option<usize> = Some(1);
 
 /// Datagrams the agent holds unread. It reads none, but takes them, so the relay's liveness
 /// probe (one ack-eliciting byte) gets an answer; quinn drops the oldest past this, so the
@@ -114,8 +118,8 @@ mod tests {
         assert_eq!(next_stream_limit(4096, AGENT_MAX_STREAMS), None);
     }
 
-    /// A client that would take datagrams learns that the relay takes none, so no
-    /// connection, authenticated or not, makes the relay hold any.
+    /// A client that would send datagrams learns that the relay takes none (none fits), so
+    /// no connection, authenticated or not, makes the relay hold any.
     #[tokio::test]
     async fn the_relay_advertises_no_datagrams() -> anyhow::Result<()> {
         use crate::tls;
@@ -131,9 +135,9 @@ mod tests {
         let (accepted, connected) =
             tokio::time::timeout(Duration::from_secs(5), async { tokio::join!(accepting, connecting) }).await?;
         let (_accepted, conn) = (accepted?, connected?);
-        assert_eq!(conn.max_datagram_size(), None);
+        assert_eq!(conn.max_datagram_size().unwrap_or(0), 0);
         let refused = conn.send_datagram(bytes::Bytes::from_static(b"x"));
-        assert!(matches!(refused, Err(quinn::SendDatagramError::UnsupportedByPeer)), "{refused:?}");
+        assert!(matches!(refused, Err(quinn::SendDatagramError::TooLarge)), "{refused:?}");
         Ok(())
     }
 }

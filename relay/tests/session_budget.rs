@@ -85,7 +85,7 @@ async fn silent_quic_flood_from_one_address_is_refused_before_tls_and_costs_litt
     let growth = peak.load(Relaxed).saturating_sub(baseline);
     eprintln!(
         "silent flood: {} connected, {} refused ({refused:?} counted), {} other failures; \
-         datagrams: {} sent, {} clients told unsupported; peak growth {growth} KiB; agent in {agent_seconds:?}",
+         datagrams: {} sent, {} clients told none fit; peak growth {growth} KiB; agent in {agent_seconds:?}",
         tally.connected.load(Relaxed),
         tally.refused.load(Relaxed),
         tally.other_failures.load(Relaxed),
@@ -171,7 +171,8 @@ async fn send_datagrams(conn: &quinn::Connection, tally: &Tally, stop: &Cancella
         };
         match sent {
             Ok(()) => tally.datagrams_sent.fetch_add(1, Relaxed),
-            Err(quinn::SendDatagramError::UnsupportedByPeer) => {
+            // The relay advertises a datagram size nothing fits in.
+            Err(quinn::SendDatagramError::UnsupportedByPeer | quinn::SendDatagramError::TooLarge) => {
                 tally.datagrams_unsupported.fetch_add(1, Relaxed);
                 return;
             }
