@@ -180,25 +180,25 @@ impl Relay {
         reload::Reloader::new(self.shared.clone())
     }
 
-    /// Decides, before any TLS work, whether a new QUIC client is served: refused outright
-    /// when its address or the relay has as many clients waiting to authenticate as allowed,
-    /// asked to prove its address under load, or served with its place among the waiting.
-    /// Checks run cheapest and most specific first.
+    /// Decides, before any TLS work, whether a new QUIC client is served: refused outright,
+    /// asked to prove its address under load, or served with its place among the clients
+    /// waiting to authenticate.
     fn admit_incoming(&self, incoming: quinn::Incoming) -> Option<(quinn::Incoming, limits::Pending)> {
-        let ip = incoming.remote_address().ip();
+        match self.place_for(incoming.remote_address().ip()) {
+            Ok(pending) => Some((self.validate_under_load(incoming)?, pending)),
+            Err(reason) => self.refuse(incoming, reason),
+        }
+    }
+
+    /// A place among the clients waiting to authenticate for one from `ip`, or why it is
+    /// refused. Each check is a refusal reason of its own, cheapest and most specific first.
+    fn place_for(&self, ip: std::net::IpAddr) -> Result<limits::Pending, metrics::Reason> {
         let config = self.shared.config();
         let (per_address, total) = (config.max_unauthenticated_per_address, config.max_unauthenticated);
-        let pending = match self.shared.unauthenticated.try_enter(ip, per_address, total) {
-            Ok(pending) => pending,
-            Err(full) => {
-                let reason = match full {
-                    limits::Full::Address => metrics::HANDSHAKE_ADDRESS_LIMIT,
-                    limits::Full::Total => metrics::HANDSHAKE_TOTAL_LIMIT,
-                };
-                return self.refuse(incoming, reason);
-            }
-        };
-        Some((self.validate_under_load(incoming)?, pending))
+        self.shared.unauthenticated.try_enter(ip, per_address, total).map_err(|full| match full {
+            limits::Full::Address => metrics::HANDSHAKE_ADDRESS_LIMIT,
+            limits::Full::Total => metrics::HANDSHAKE_TOTAL_LIMIT,
+        })
     }
 
     /// Turns a client away with CONNECTION_REFUSED: quinn answers from the Initial keys alone,
