@@ -27,9 +27,13 @@ BIN = RELEASE
 RESULTS = ROOT / "bench" / "results"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 HOLD_SETTLE = 2.0
-# All of the harness's load comes from 127.0.0.1, so the per-address visitor cap (256 by
-# default, a defence for public relays) is lifted for the relay under test.
-ONE_ADDRESS_LOAD = {"BURROW_RELAY_MAX_VISITORS_PER_IP": "1000000"}
+# All of the harness's load comes from 127.0.0.1 with one token, so the per-address and
+# per-token caps (defences for public relays) are lifted for the relay under test.
+ONE_ADDRESS_LOAD = {
+    "BURROW_RELAY_MAX_VISITORS_PER_IP": "1000000",
+    "BURROW_RELAY_MAX_UNAUTHENTICATED_PER_ADDRESS": "1000000",
+    "BURROW_RELAY_MAX_SESSIONS_PER_TOKEN": "1000000",
+}
 
 
 class Process:

@@ -29,6 +29,9 @@ pub struct RelayReady {
     /// only here and in the banner, never again.
     pub token: Option<String>,
     pub data_dir: PathBuf,
+    /// Visitors the relay holds at once, as resolved from its open files limit.
+    #[serde(default)]
+    pub max_visitors: Option<usize>,
 }
 
 /// An agent whose first session is online, as `agent --ready-file` describes it.
@@ -107,6 +110,7 @@ mod tests {
 
     fn relay() -> RelayReady {
         RelayReady {
+            max_visitors: None,
             pid: 7,
             quic: "127.0.0.1:4443".parse().expect("literal address"),
             admin: None,

@@ -44,13 +44,46 @@ pub fn agent(keep_alive: Duration, idle_timeout: Duration) -> TransportConfig {
     let mut t = common(idle_timeout);
     t.keep_alive_interval(Some(keep_alive));
     t.max_concurrent_bidi_streams(VarInt::from_u32(AGENT_INITIAL_STREAMS));
+    t.datagram_receive_buffer_size(Some(AGENT_DATAGRAM_BUFFER));
     t
 }
 
-/// The relay's side: an agent may open only its control stream.
+/// Bytes of datagrams a session may hold unread. No tunnel carries datagrams yet, and
+/// quinn's default keeps up to 1.25 MB of them per connection, authenticated or not, so a
+/// flood of silent connections could pin gigabytes. One byte holds no datagram at all
+/// (each costs its bookkeeping too): the relay advertises a frame size nothing fits in, and
+/// a peer that sends one anyway is closed for a protocol violation. It is not `None`
+/// because quinn then refuses to *send* datagrams too, and the relay's liveness probe is
+/// one. The UDP tunnel sets this, and it then counts in [`SESSION_BUDGET_PRE_AUTH`] and the
+/// per-session budget.
+pub const RELAY_DATAGRAM_BUFFER: Option<usize> = Some(1);
+
+/// Datagrams the agent holds unread. It reads none, but takes them, so the relay's liveness
+/// probe (one ack-eliciting byte) gets an answer; quinn drops the oldest past this, so the
+/// probes never add up (the default would hold 1.25 MB).
+pub const AGENT_DATAGRAM_BUFFER: usize = 1024;
+
+/// What a session may make the relay buffer before its Hello is answered: one largest Hello
+/// with slack. The window is raised to the full one after the Welcome
+/// ([`crate::link::Link::allow_receive`]).
+pub const PRE_AUTH_RECEIVE_WINDOW: u32 = 128 * 1024;
+
+/// The most a connection that never authenticates costs in buffers: its receive window,
+/// the TLS handshake's crypto buffer (quinn's default 16 KiB) and one control frame being
+/// decoded.
+pub const SESSION_BUDGET_PRE_AUTH: usize =
+    PRE_AUTH_RECEIVE_WINDOW as usize + 16 * 1024 + crate::protocol::MAX_CONTROL_FRAME;
+
+/// The receive window of a welcomed session.
+pub const SESSION_RECEIVE_WINDOW: u64 = CONNECTION_RECEIVE_WINDOW as u64;
+
+/// The relay's side: an agent may open only its control stream, and may send little until
+/// it is welcomed.
 pub fn relay(idle_timeout: Duration) -> TransportConfig {
     let mut t = common(idle_timeout);
     t.max_concurrent_bidi_streams(VarInt::from_u32(1));
+    t.datagram_receive_buffer_size(RELAY_DATAGRAM_BUFFER);
+    t.receive_window(VarInt::from_u32(PRE_AUTH_RECEIVE_WINDOW));
     t
 }
 
@@ -83,5 +116,28 @@ mod tests {
         assert_eq!(next_stream_limit(32, 64), Some(128));
         assert_eq!(next_stream_limit(3000, 2048), Some(AGENT_MAX_STREAMS));
         assert_eq!(next_stream_limit(4096, AGENT_MAX_STREAMS), None);
+    }
+
+    /// A client that would send datagrams learns that the relay takes none (none fits), so
+    /// no connection, authenticated or not, makes the relay hold any.
+    #[tokio::test]
+    async fn the_relay_advertises_no_datagrams() -> anyhow::Result<()> {
+        use crate::tls;
+        let signed = tls::self_signed(&["relay.test".into()])?;
+        let identity = tls::Identity::from_pem(signed.cert_pem.as_bytes(), signed.key_pem.as_bytes())?;
+        let server_config = tls::server_config(identity, relay(Duration::from_secs(10)))?;
+        let server = quinn::Endpoint::server(server_config, "127.0.0.1:0".parse()?)?;
+        let mut client = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
+        client.set_default_client_config(tls::client_config(&tls::Trust::Insecure, TransportConfig::default())?);
+        let accepting =
+            async { Ok::<_, anyhow::Error>(server.accept().await.ok_or(anyhow::anyhow!("no incoming"))?.await?) };
+        let connecting = async { Ok::<_, anyhow::Error>(client.connect(server.local_addr()?, "relay.test")?.await?) };
+        let (accepted, connected) =
+            tokio::time::timeout(Duration::from_secs(5), async { tokio::join!(accepting, connecting) }).await?;
+        let (_accepted, conn) = (accepted?, connected?);
+        assert_eq!(conn.max_datagram_size().unwrap_or(0), 0);
+        let refused = conn.send_datagram(bytes::Bytes::from_static(b"x"));
+        assert!(matches!(refused, Err(quinn::SendDatagramError::TooLarge)), "{refused:?}");
+        Ok(())
     }
 }

@@ -203,6 +203,7 @@ pub fn ready(relay: &Relay, new_token: Option<&Secret>) -> anyhow::Result<RelayR
         fingerprint: relay.fingerprint(),
         token: new_token.map(|token| token.expose().to_string()),
         data_dir: relay.config().data_dir.clone(),
+        max_visitors: relay.limits().get("max_visitors").and_then(serde_json::Value::as_u64).map(|n| n as usize),
     })
 }
 
@@ -214,6 +215,12 @@ fn print_banner(relay: &Relay, new_token: Option<&Secret>) -> anyhow::Result<()>
     println!("  public ports        {} on {}", config.ports, config.public_bind);
     println!("  data directory      {}", config.data_dir.display());
     println!("  fingerprint         {}", relay.fingerprint());
+    let limits = relay.limits();
+    let shown = |key: &str| match limits.get(key) {
+        Some(serde_json::Value::Number(n)) => n.to_string(),
+        _ => "unlimited".into(),
+    };
+    println!("  visitors            at most {} (open files {})", shown("max_visitors"), shown("open_files"));
     match (&config.domain, relay.http_addr(), relay.https_addr()) {
         (Some(domain), http, https) => {
             let ports = |addr: Option<std::net::SocketAddr>| addr.map_or("off".into(), |a| a.to_string());

@@ -64,6 +64,17 @@ pub struct RelayConfig {
     pub max_visitors_per_ip: usize,
     /// Visitors one parked tunnel may hold waiting; more are reset at once.
     pub max_parked_visitors: usize,
+    /// QUIC clients from one address (an IPv6 /64) that have not yet authenticated; more are
+    /// refused before any TLS work.
+    pub max_unauthenticated_per_address: usize,
+    /// QUIC clients that have not yet authenticated, from all addresses together.
+    pub max_unauthenticated: usize,
+    /// Sessions one token may hold at once: a leaked token cannot fill the relay with them.
+    pub max_sessions_per_token: usize,
+    /// Visitors and public ports the relay holds at once, across all tunnels. Unset: the
+    /// open files limit (raised to its hard limit at start) less a reserve for the relay's
+    /// own files; a larger value is lowered to that.
+    pub max_visitors: Option<usize>,
     /// Address of the admin endpoint (dashboard, `/api`, `/metrics`, `/healthz`, `/readyz`), or `off`.
     #[serde(with = "optional_addr")]
     pub admin_listen: Option<SocketAddr>,
@@ -136,6 +147,10 @@ impl Default for RelayConfig {
             max_visitors_per_tunnel: burrow_common::transport::AGENT_MAX_STREAMS as usize,
             max_visitors_per_ip: 256,
             max_parked_visitors: 256,
+            max_unauthenticated_per_address: 16,
+            max_unauthenticated: 1024,
+            max_sessions_per_token: 16,
+            max_visitors: None,
             admin_listen: Some(SocketAddr::from((Ipv4Addr::LOCALHOST, 9470))),
             admin_token: None,
             migration: true,
@@ -210,6 +225,10 @@ impl RelayConfig {
             ("max_visitors_per_tunnel", self.max_visitors_per_tunnel),
             ("max_visitors_per_ip", self.max_visitors_per_ip),
             ("max_parked_visitors", self.max_parked_visitors),
+            ("max_unauthenticated_per_address", self.max_unauthenticated_per_address),
+            ("max_unauthenticated", self.max_unauthenticated),
+            ("max_sessions_per_token", self.max_sessions_per_token),
+            ("max_visitors", self.max_visitors.unwrap_or(1)),
         ] {
             at_least(key, value, 1)?;
         }

@@ -10,11 +10,19 @@ use crate::{BindError, cid::SignedConnectionIds, identity::QuicKeys};
 /// kernel before quinn reads them.
 const UDP_BUFFER: usize = 4 * 1024 * 1024;
 
+/// New connections quinn queues before the accept loop sees them, and the Initial bytes it
+/// buffers for them. The loop refuses or admits each at once, so a queue this long means a
+/// flood; quinn's defaults (65,536 and 100 MiB) would let one cost 100 MiB before the
+/// relay's own caps look at it. Past these quinn drops Initials, and their clients resend.
+const MAX_QUEUED_INCOMING: usize = 4096;
+const QUEUED_INCOMING_BYTES: u64 = 8 * 1024 * 1024;
+
 pub(crate) fn bind(
     listen: SocketAddr,
-    server: quinn::ServerConfig,
+    mut server: quinn::ServerConfig,
     keys: &QuicKeys,
 ) -> Result<quinn::Endpoint, BindError> {
+    server.max_incoming(MAX_QUEUED_INCOMING).incoming_buffer_size_total(QUEUED_INCOMING_BYTES);
     let socket = udp_socket(listen).map_err(|source| BindError::Listen { addr: listen, source })?;
     let mut endpoint_config = quinn::EndpointConfig::new(keys.reset.clone());
     let cid_key = keys.connection_id;

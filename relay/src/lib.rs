@@ -15,6 +15,7 @@ mod endpoint;
 mod files;
 mod identity;
 mod invite;
+mod limit_table;
 mod limits;
 mod liveness;
 mod metrics;
@@ -62,7 +63,9 @@ pub(crate) struct Shared {
     pub(crate) limiter: FailureLimiter,
     pub(crate) per_ip: limits::PerIpLimit,
     pub(crate) metrics: Arc<metrics::Metrics>,
-    pub(crate) handshakes: limits::Handshakes,
+    pub(crate) unauthenticated: limits::Unauthenticated,
+    /// Visitors' connections and public ports, under the open files limit.
+    pub(crate) descriptors: limits::Descriptors,
     pub(crate) next_session: AtomicU64,
     pub(crate) live: Arc<sessions::LiveSessions>,
     /// The relay's domain and its HTTP and HTTPS ports, when it has a domain.
@@ -128,7 +131,8 @@ impl Relay {
             per_ip: limits::PerIpLimit::new(config.max_visitors_per_ip),
             live: Arc::new(sessions::LiveSessions::new(metrics.traffic.clone())),
             metrics,
-            handshakes: limits::Handshakes::default(),
+            unauthenticated: limits::Unauthenticated::default(),
+            descriptors: limits::Descriptors::for_this_process(config.max_visitors),
             next_session: AtomicU64::new(1),
             vhost,
             visitors: TaskTracker::new(),
@@ -168,16 +172,57 @@ impl Relay {
         self.shared.config()
     }
 
+    /// Every limit in force and its value, by config key, with `max_visitors` as resolved
+    /// from the open files limit and `open_files` itself.
+    pub fn limits(&self) -> std::collections::BTreeMap<String, serde_json::Value> {
+        limit_table::limits(&self.shared)
+    }
+
     /// Applies edited settings to this relay while it runs; see [`reload::Reloader`].
     pub fn reloader(&self) -> reload::Reloader {
         reload::Reloader::new(self.shared.clone())
+    }
+
+    /// Decides, before any TLS work, whether a new QUIC client is served: refused outright,
+    /// asked to prove its address under load, or served with its place among the clients
+    /// waiting to authenticate.
+    fn admit_incoming(&self, incoming: quinn::Incoming) -> Option<(quinn::Incoming, limits::Pending)> {
+        match self.place_for(incoming.remote_address().ip()) {
+            Ok(pending) => Some((self.validate_under_load(incoming)?, pending)),
+            Err(reason) => self.refuse(incoming, reason),
+        }
+    }
+
+    /// A place among the clients waiting to authenticate for one from `ip`, or why it is
+    /// refused. Each check is a refusal reason of its own, cheapest and most specific first.
+    fn place_for(&self, ip: std::net::IpAddr) -> Result<limits::Pending, metrics::Reason> {
+        // An address over its guessing quota would only be asked to try later: refused
+        // before any TLS work, its next Hello costs nothing.
+        if self.shared.limiter.throttled(ip) {
+            return Err(metrics::HANDSHAKE_GUESSING);
+        }
+        let config = self.shared.config();
+        let (per_address, total) = (config.max_unauthenticated_per_address, config.max_unauthenticated);
+        self.shared.unauthenticated.try_enter(ip, per_address, total).map_err(|full| match full {
+            limits::Full::Address => metrics::HANDSHAKE_ADDRESS_LIMIT,
+            limits::Full::Total => metrics::HANDSHAKE_TOTAL_LIMIT,
+        })
+    }
+
+    /// Turns a client away with CONNECTION_REFUSED: quinn answers from the Initial keys alone,
+    /// keeping no state for it.
+    fn refuse<T>(&self, incoming: quinn::Incoming, reason: metrics::Reason) -> Option<T> {
+        self.shared.metrics.handshakes_refused.get_or_create(&reason).inc();
+        incoming.refuse();
+        None
     }
 
     /// Under a flood of handshakes, makes a new client prove its address with a QUIC Retry
     /// before the relay spends a TLS handshake on it; spoofed sources never answer. Returns
     /// the connection to serve now, if any.
     fn validate_under_load(&self, incoming: quinn::Incoming) -> Option<quinn::Incoming> {
-        let busy = self.shared.handshakes.in_progress() >= self.shared.config().retry_handshakes_above;
+        // The newcomer is counted among the waiting already.
+        let busy = self.shared.unauthenticated.in_progress() > self.shared.config().retry_handshakes_above;
         if !busy || incoming.remote_address_validated() || !incoming.may_retry() {
             return Some(incoming);
         }
@@ -223,13 +268,8 @@ impl Relay {
                 _ = cancel.cancelled() => break,
                 incoming = self.endpoint.accept() => match incoming {
                     Some(incoming) => {
-                        // An address over its guessing quota would only be asked to try later:
-                        // refused before any TLS work, its next Hello costs nothing.
-                        if self.shared.limiter.throttled(incoming.remote_address().ip()) {
-                            incoming.refuse();
-                            self.shared.metrics.handshakes_refused.get_or_create(&metrics::HANDSHAKE_GUESSING).inc();
-                        } else if let Some(incoming) = self.validate_under_load(incoming) {
-                            sessions.spawn(session::serve(incoming, self.shared.clone(), cancel.clone()));
+                        if let Some((incoming, pending)) = self.admit_incoming(incoming) {
+                            sessions.spawn(session::serve(incoming, pending, self.shared.clone(), cancel.clone()));
                         }
                     }
                     None => break,

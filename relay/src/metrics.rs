@@ -79,11 +79,14 @@ pub(crate) const REFUSED_TUNNEL_LIMIT: Reason = Reason { reason: "tunnel_limit" 
 pub(crate) const REFUSED_IP_LIMIT: Reason = Reason { reason: "ip_limit" };
 pub(crate) const REFUSED_NO_STREAM: Reason = Reason { reason: "agent_unavailable" };
 pub(crate) const REFUSED_PARK_FULL: Reason = Reason { reason: "park_full" };
+pub(crate) const REFUSED_RELAY_LIMIT: Reason = Reason { reason: "relay_limit" };
 /// Which secret a credential check compared, as the `kind` label says it.
 pub(crate) const CHECKED_TOKEN: CredentialKind = CredentialKind { kind: "token" };
 pub(crate) const CHECKED_BASIC_AUTH: CredentialKind = CredentialKind { kind: "basic_auth" };
-/// Why a QUIC handshake was refused before any TLS work.
+/// Why a QUIC client was refused before its handshake, as the `reason` label says it.
 pub(crate) const HANDSHAKE_GUESSING: Reason = Reason { reason: "guessing" };
+pub(crate) const HANDSHAKE_ADDRESS_LIMIT: Reason = Reason { reason: "address_limit" };
+pub(crate) const HANDSHAKE_TOTAL_LIMIT: Reason = Reason { reason: "total_limit" };
 pub(crate) const VISITOR_TO_LOCAL: Direction = Direction { direction: "visitor_to_local" };
 pub(crate) const LOCAL_TO_VISITOR: Direction = Direction { direction: "local_to_visitor" };
 

@@ -26,6 +26,7 @@ const RESTART_KEYS: &[&str] = &[
     "https_listen",
     "https_cert",
     "https_key",
+    "max_visitors",
 ];
 
 /// Keys whose values never reach the log.

@@ -2,13 +2,13 @@
 //! a token ends its sessions at once rather than at their next reconnect.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     net::SocketAddr,
     sync::{Arc, Mutex, MutexGuard},
     time::Duration,
 };
 
-use burrow_common::{CloseCode, Hello, sync};
+use burrow_common::{CloseCode, Hello, Refusal, sync};
 use serde::Serialize;
 
 use crate::{
@@ -20,8 +20,53 @@ use crate::{
 };
 
 pub(crate) struct LiveSessions {
-    by_id: Mutex<BTreeMap<SessionId, Live>>,
+    table: Mutex<Table>,
     traffic: Arc<Traffic>,
+}
+
+/// The sessions, and the places reserved for sessions being admitted, under one lock so a
+/// token's count is never read half-updated.
+#[derive(Default)]
+struct Table {
+    by_id: BTreeMap<SessionId, Live>,
+    /// Sessions being admitted, by token hash: counted before they are registered, so
+    /// many Hellos at once cannot pass the cap together.
+    reserved: HashMap<[u8; 32], usize>,
+}
+
+impl Table {
+    /// The token's sessions that count against its cap: those serving, and those being
+    /// admitted. An ended session, its places parked, is no agent any more.
+    fn sessions_of(&self, token: &[u8; 32]) -> usize {
+        let serving = self.by_id.values().filter(|live| !live.ended && live.token == *token).count();
+        serving + self.reserved.get(token).copied().unwrap_or(0)
+    }
+
+    fn unreserve(&mut self, token: &[u8; 32]) {
+        if let Some(count) = self.reserved.get_mut(token) {
+            *count -= 1;
+            if *count == 0 {
+                self.reserved.remove(token);
+            }
+        }
+    }
+}
+
+/// A session's place under its token's cap while it is admitted; [`LiveSessions::register`]
+/// takes it over, and dropping it (a refused session) frees it.
+pub(crate) struct SessionSlot {
+    token: [u8; 32],
+    sessions: Arc<LiveSessions>,
+    /// False once the registered session counts instead.
+    reserved: bool,
+}
+
+impl Drop for SessionSlot {
+    fn drop(&mut self) {
+        if self.reserved {
+            self.sessions.table().unreserve(&self.token);
+        }
+    }
 }
 
 struct Live {
@@ -105,15 +150,27 @@ impl Admitted {
 
 impl LiveSessions {
     pub(crate) fn new(traffic: Arc<Traffic>) -> Self {
-        Self { by_id: Mutex::default(), traffic }
+        Self { table: Mutex::default(), traffic }
     }
 
-    fn by_id(&self) -> MutexGuard<'_, BTreeMap<SessionId, Live>> {
-        // The map stays consistent at every step, so a panic elsewhere leaves it usable.
-        sync::lock(&self.by_id)
+    fn table(&self) -> MutexGuard<'_, Table> {
+        // The table stays consistent at every step, so a panic elsewhere leaves it usable.
+        sync::lock(&self.table)
     }
 
-    pub(crate) fn register(self: &Arc<Self>, id: SessionId, admitted: Admitted) -> Registered {
+    /// A place for one more session of the token whose hash is `token`, unless it has `max`
+    /// already.
+    pub(crate) fn reserve(self: &Arc<Self>, token: [u8; 32], max: usize) -> Result<SessionSlot, Refusal> {
+        let mut table = self.table();
+        if table.sessions_of(&token) >= max {
+            return Err(Refusal::TokenSessionLimit { max });
+        }
+        *table.reserved.entry(token).or_default() += 1;
+        Ok(SessionSlot { token, sessions: self.clone(), reserved: true })
+    }
+
+    /// Registers a welcomed session in the place `slot` reserved for it.
+    pub(crate) fn register(self: &Arc<Self>, id: SessionId, mut slot: SessionSlot, admitted: Admitted) -> Registered {
         let tunnels = self.traffic.open_session(admitted.link.stable_id(), admitted.tunnels);
         let live = Live {
             token: admitted.token,
@@ -123,15 +180,25 @@ impl LiveSessions {
             tunnels: tunnels.granted().map(listed).collect(),
             ended: false,
         };
-        self.by_id().insert(id, live);
+        let mut table = self.table();
+        table.by_id.insert(id, live);
+        // Counted as serving from now on, in the same step.
+        table.unreserve(&slot.token);
+        slot.reserved = false;
+        drop(table);
         Registered { id, sessions: self.clone(), tunnels }
     }
 
     /// Closes every session whose token is no longer valid; returns how many.
     /// An unreadable store closes nothing: a bad edit must not cut off every agent.
     pub(crate) async fn close_revoked(&self, shared: &Shared) -> usize {
-        let serving: Vec<([u8; 32], SessionLink)> =
-            self.by_id().values().filter(|live| !live.ended).map(|live| (live.token, live.link.clone())).collect();
+        let serving: Vec<([u8; 32], SessionLink)> = self
+            .table()
+            .by_id
+            .values()
+            .filter(|live| !live.ended)
+            .map(|live| (live.token, live.link.clone()))
+            .collect();
         let mut closed = 0;
         for (token, link) in serving {
             match tokens::verify(shared, token).await {
@@ -151,8 +218,8 @@ impl LiveSessions {
 
     /// The sessions serving now, with their QUIC path as it is at this moment.
     pub(crate) fn agents(&self) -> Vec<AgentView> {
-        let by_id = self.by_id();
-        let agents = by_id.iter().filter(|(_, live)| !live.ended);
+        let table = self.table();
+        let agents = table.by_id.iter().filter(|(_, live)| !live.ended);
         agents.map(|(id, live)| view(*id, live)).collect()
     }
 }
@@ -181,7 +248,7 @@ impl Registered {
     /// The session opened another tunnel.
     pub(crate) fn add(&mut self, grant: &Grant, tunnel: &burrow_common::Granted) {
         let counted = counted(grant, tunnel);
-        if let Some(live) = self.sessions.by_id().get_mut(&self.id) {
+        if let Some(live) = self.sessions.table().by_id.get_mut(&self.id) {
             live.tunnels.push(listed(&counted));
         }
         self.tunnels.add(counted);
@@ -189,7 +256,7 @@ impl Registered {
 
     /// The session closed one of its tunnels.
     pub(crate) fn remove(&mut self, id: u32, name: &str) {
-        if let Some(live) = self.sessions.by_id().get_mut(&self.id) {
+        if let Some(live) = self.sessions.table().by_id.get_mut(&self.id) {
             live.tunnels.retain(|t| t.name != name);
         }
         self.tunnels.remove(id);
@@ -197,7 +264,7 @@ impl Registered {
 
     /// The session has ended; its claims may stay parked for its agent to return.
     pub(crate) fn ended(&mut self) {
-        if let Some(live) = self.sessions.by_id().get_mut(&self.id) {
+        if let Some(live) = self.sessions.table().by_id.get_mut(&self.id) {
             live.ended = true;
         }
         self.tunnels.ended();
@@ -206,6 +273,6 @@ impl Registered {
 
 impl Drop for Registered {
     fn drop(&mut self) {
-        self.sessions.by_id().remove(&self.id);
+        self.sessions.table().by_id.remove(&self.id);
     }
 }

@@ -54,7 +54,7 @@ pub(crate) async fn accept_until(
     stop: impl Future<Output = ()>,
     serve: impl FnMut(TcpStream, SocketAddr, Admission),
 ) {
-    let admit = |ip| limits::admit(places, &shared.per_ip, ip, &shared.metrics);
+    let admit = |ip| limits::admit(places, shared, ip);
     accept_admitted(listener, shared, stop, admit, serve).await;
 }
 

@@ -51,6 +51,10 @@ const CANARY_PACE: Duration = Duration::from_millis(20);
 const CANARY_MOST_ROUNDS: usize = 2_000;
 /// QUIC clients in the handshake flood, and the relay's threshold for demanding a Retry.
 const SILENT_CLIENTS: usize = 300;
+/// They come from 127.0.0.2 upwards, 15 from each address: under the relay's cap on clients
+/// waiting to authenticate per address (16), so the relay asks them for a Retry rather than
+/// refusing them.
+const SILENT_SOURCES: usize = 20;
 const RETRY_ABOVE: usize = 16;
 /// Memory bounds, in KiB over the relay's RSS before the flood.
 const PEAK_GROWTH: u64 = 64 * 1024;
@@ -393,12 +397,13 @@ async fn silent_sessions(relay: SocketAddr, fingerprint: Fingerprint) -> anyhow:
     let started = Instant::now();
     let handshaking = Arc::new(Semaphore::new(HANDSHAKING_AT_ONCE));
     let mut clients = JoinSet::new();
-    for _ in 0..SILENT_CLIENTS {
+    for i in 0..SILENT_CLIENTS {
         let permit = handshaking.clone().acquire_owned().await?;
+        let source = Ipv4Addr::new(127, 0, 0, 2 + (i % SILENT_SOURCES) as u8);
         clients.spawn(async move {
             let _permit = permit;
             let transport = transport::agent(Duration::from_secs(10), Duration::from_secs(60));
-            let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
+            let mut endpoint = quinn::Endpoint::client(SocketAddr::from((source, 0)))?;
             endpoint.set_default_client_config(tls::client_config(&Trust::Pinned(fingerprint), transport)?);
             let connecting = endpoint.connect(relay, "localhost")?;
             anyhow::Ok(tokio::time::timeout(HANDSHAKE_LIMIT, connecting).await.ok().transpose()?.map(|c| (endpoint, c)))

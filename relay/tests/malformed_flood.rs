@@ -39,7 +39,10 @@ fn malformed(i: usize) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn malformed_sessions_are_closed_fast_and_leave_no_memory_behind() -> anyhow::Result<()> {
-    let relay = RelayBinary::start(&[]).await?;
+    // The hostile sessions all come from one address, more at once than the relay lets wait
+    // for their Hello by default; this test is about what they send.
+    let relay =
+        RelayBinary::start(&[("BURROW_RELAY_MAX_UNAUTHENTICATED_PER_ADDRESS", (2 * AT_ONCE).to_string())]).await?;
     let (_agent, target) = relay.agent(echo_server().await?).await?;
     let canary = Canary::start(&relay).await?;
     for i in 0..20 {

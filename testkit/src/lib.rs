@@ -14,6 +14,7 @@ pub mod in_process;
 pub mod inspector;
 pub mod probes;
 pub mod processes;
+pub mod raw_agent;
 pub mod udp_proxy;
 
 use std::time::Duration;

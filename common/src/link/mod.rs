@@ -35,6 +35,11 @@ pub trait Link: LinkStatus + Clone + Send + Sync + 'static {
     /// such a limit ignores it.
     fn allow_streams(&self, count: u32);
 
+    /// How many bytes the peer may have in flight across all streams from now on: a relay
+    /// lets a peer send little until it has authenticated. A transport without such a
+    /// window ignores it.
+    fn allow_receive(&self, bytes: u64);
+
     /// Sends one unreliable datagram; nothing is fragmented, see [`Link::max_datagram_size`].
     fn send_datagram(&self, datagram: Bytes) -> Result<(), DatagramError>;
 

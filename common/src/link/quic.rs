@@ -42,6 +42,10 @@ impl Link for QuicLink {
         self.0.set_max_concurrent_bi_streams(VarInt::from_u32(count));
     }
 
+    fn allow_receive(&self, bytes: u64) {
+        self.0.set_receive_window(VarInt::from_u64(bytes).unwrap_or(VarInt::MAX));
+    }
+
     fn send_datagram(&self, datagram: Bytes) -> Result<(), DatagramError> {
         self.0.send_datagram(datagram).map_err(|e| match e {
             SendDatagramError::TooLarge => DatagramError::TooLarge,

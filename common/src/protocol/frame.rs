@@ -47,8 +47,17 @@ where
     if len > max {
         return Err(FrameError::TooLarge { len, max });
     }
-    let mut body = vec![0; len];
-    reader.read_exact(&mut body).await?;
+    // Grown as the bytes arrive: a peer that claims a large frame and sends little makes the
+    // reader hold only what it sent.
+    let mut body = Vec::new();
+    reader.take(len as u64).read_to_end(&mut body).await?;
+    if body.len() < len {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            format!("frame ended after {} of its {len} bytes", body.len()),
+        )
+        .into());
+    }
     Ok(postcard::from_bytes(&body)?)
 }
 

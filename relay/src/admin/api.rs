@@ -26,6 +26,7 @@ pub(super) async fn respond(shared: &Shared, view: &str) -> Response<Full<Bytes>
         "agents" => serde_json::to_vec(&shared.live.agents()),
         "tunnels" => serde_json::to_vec(&shared.metrics.traffic.tunnels(&shared.claims.held())),
         "connections" => serde_json::to_vec(&shared.metrics.traffic.visitors()),
+        "limits" => serde_json::to_vec(&crate::limit_table::limits(shared)),
         "tokens" => match tokens(shared).await {
             Ok(tokens) => serde_json::to_vec(&tokens),
             Err(e) => {
@@ -33,7 +34,9 @@ pub(super) async fn respond(shared: &Shared, view: &str) -> Response<Full<Bytes>
                 return text(StatusCode::INTERNAL_SERVER_ERROR, "the token store cannot be read\n");
             }
         },
-        _ => return text(StatusCode::NOT_FOUND, "not found: try /api/agents, tunnels, connections or tokens\n"),
+        _ => {
+            return text(StatusCode::NOT_FOUND, "not found: try /api/agents, tunnels, connections, tokens or limits\n");
+        }
     };
     match json {
         Ok(json) => with_type(StatusCode::OK, json.into(), "application/json"),

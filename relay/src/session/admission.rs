@@ -14,6 +14,7 @@ use crate::{
     claims::{self, Claimant, Claimed, Place, Route, RouteKind, SessionId, TunnelKey, with_takeover},
     limits::Places,
     metrics::{CHECKED_TOKEN, REFUSED_TUNNEL_LIMIT},
+    sessions::SessionSlot,
     tokens::{self, Grant},
     vhost::Access,
 };
@@ -38,11 +39,12 @@ pub(super) async fn admit(
     link: &SessionLink,
     hello: &Hello,
     session: SessionId,
-) -> Result<(Grant, Vec<Opened>), Refusal> {
+) -> Result<(Grant, SessionSlot, Vec<Opened>), Refusal> {
     if hello.version != PROTOCOL_VERSION {
         return Err(Refusal::Version { agent: hello.version, relay: PROTOCOL_VERSION });
     }
     let grant = authenticate(shared, link, hello).await?;
+    let slot = shared.live.reserve(tokens::hash(&hello.token), shared.config().max_sessions_per_token)?;
     tracing::Span::current().record("agent", grant.name.as_str());
     let count = hello.tunnels.len();
     if count == 0 || count > shared.config().max_tunnels_per_session {
@@ -61,7 +63,7 @@ pub(super) async fn admit(
             }
         }
     }
-    Ok((grant, opened))
+    Ok((grant, slot, opened))
 }
 
 /// Refuses names that are invalid, or used twice among `added` and the `kept` ones.

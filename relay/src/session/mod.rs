@@ -11,23 +11,24 @@ use burrow_common::{
     CloseCode,
     link::{Link, QuicLink},
     protocol::conversation::{ConversationError, receive_hello},
+    transport,
 };
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 pub(crate) use self::link::SessionLink;
 use self::serving::Serving;
-use crate::{Shared, parking, sessions::Admitted};
+use crate::{Shared, limits::Pending, parking, sessions::Admitted};
 
 /// Longest a Welcome waits for the tunnels' reservations to be stored durably.
 const RESERVATION_SAVE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Serves one incoming QUIC connection to its end, logging how it ended exactly once.
-pub(crate) async fn serve(incoming: quinn::Incoming, shared: Arc<Shared>, cancel: CancellationToken) {
+pub(crate) async fn serve(incoming: quinn::Incoming, pending: Pending, shared: Arc<Shared>, cancel: CancellationToken) {
     let remote = incoming.remote_address();
     let span = tracing::info_span!("session", %remote, agent = tracing::field::Empty);
     async move {
-        match run(incoming, &shared, &cancel).await {
+        match run(incoming, pending, &shared, &cancel).await {
             Ok(()) => {}
             Err(e) => tracing::info!("session ended: {e:#}"),
         }
@@ -36,8 +37,14 @@ pub(crate) async fn serve(incoming: quinn::Incoming, shared: Arc<Shared>, cancel
     .await
 }
 
-async fn run(incoming: quinn::Incoming, shared: &Arc<Shared>, cancel: &CancellationToken) -> anyhow::Result<()> {
-    let handshaking = shared.handshakes.enter();
+/// `pending` is the client's place among the unauthenticated: held until its Hello is
+/// answered, a delayed refusal included.
+async fn run(
+    incoming: quinn::Incoming,
+    pending: Pending,
+    shared: &Arc<Shared>,
+    cancel: &CancellationToken,
+) -> anyhow::Result<()> {
     let conn = incoming.await.context("QUIC handshake failed")?;
     let quic = QuicLink::from(conn);
     let (hello, mut control) = tokio::select! {
@@ -53,10 +60,9 @@ async fn run(incoming: quinn::Incoming, shared: &Arc<Shared>, cancel: &Cancellat
             Err(e) => return Err(close(&quic, CloseCode::ProtocolViolation)).context(e),
         },
     };
-    drop(handshaking);
     let session = shared.next_session.fetch_add(1, Ordering::Relaxed);
     let link = SessionLink::new(quic.clone());
-    let (grant, opened) = match admission::admit(shared, &link, &hello, session).await {
+    let (grant, slot, opened) = match admission::admit(shared, &link, &hello, session).await {
         Ok(admitted) => admitted,
         Err(refusal) => {
             let why = anyhow::anyhow!("refused: {refusal}");
@@ -72,7 +78,10 @@ async fn run(incoming: quinn::Incoming, shared: &Arc<Shared>, cancel: &Cancellat
         }
         return Err(e).context("send Welcome");
     }
-    let mut registered = shared.live.register(session, Admitted::new(&grant, &hello, &link, &granted));
+    // Only a welcomed agent may make the relay buffer a full window.
+    quic.allow_receive(transport::SESSION_RECEIVE_WINDOW);
+    drop(pending);
+    let mut registered = shared.live.register(session, slot, Admitted::new(&grant, &hello, &link, &granted));
     shared.metrics.sessions.inc();
     shared.metrics.sessions_total.inc();
     let mut serving = Serving::new(shared, &link, (&grant, session), &mut registered, cancel);

@@ -115,6 +115,12 @@ impl<'a> Serving<'a> {
                             tracing::info!("the agent does not take its update answers; closing the session");
                             link.close(CloseCode::ProtocolViolation);
                             reading = false;
+                        } else if self.tunnels.is_empty() {
+                            // A session with no tunnel would hold its place under the token's
+                            // cap, and its memory, for nothing.
+                            tracing::info!("the agent removed its last tunnel; closing the session");
+                            link.close(CloseCode::NoTunnels);
+                            reading = false;
                         }
                     }
                     // The agent will send nothing more, or the session is going: the tunnels go

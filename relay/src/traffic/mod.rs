@@ -48,6 +48,10 @@ pub(crate) struct TunnelBytes {
     direction: &'static str,
 }
 
+/// Tunnels of one token that no session serves whose counts are kept; see
+/// [`Traffic::forget_oldest_idle_of`].
+const IDLE_KEPT_PER_TOKEN: usize = 256;
+
 pub(crate) struct Traffic {
     state: Mutex<State>,
     pub(crate) bytes: Family<TunnelBytes, Counter>,
@@ -175,7 +179,32 @@ impl Traffic {
         held.url.clone_from(&tunnel.url);
         let route = (held.tunnel.clone(), tunnel.port);
         state.routes.insert((conn, tunnel.id), route);
+        if !known {
+            self.forget_oldest_idle_of(state, &tunnel.key.token);
+        }
         known
+    }
+
+    /// Keeps at most [`IDLE_KEPT_PER_TOKEN`] tunnels of `token` that nothing serves,
+    /// forgetting the one held longest ago: a token opening fresh names one after another
+    /// would otherwise grow the counts and the metrics page for the whole reservation TTL.
+    fn forget_oldest_idle_of(&self, state: &mut State, token: &str) {
+        // Only the table holds an idle tunnel's counters; routes and open visitors hold the rest.
+        let idle =
+            || state.tunnels.iter().filter(|(key, held)| key.token == token && Arc::strong_count(&held.tunnel) == 1);
+        if idle().count() <= IDLE_KEPT_PER_TOKEN {
+            return;
+        }
+        let Some(oldest) = idle().min_by_key(|(_, held)| held.last_held).map(|(key, _)| key.clone()) else { return };
+        state.tunnels.remove(&oldest);
+        self.forget_series(&oldest);
+    }
+
+    fn forget_series(&self, key: &TunnelKey) {
+        for direction in [VISITOR_TO_LOCAL.direction, LOCAL_TO_VISITOR.direction] {
+            let labels = TunnelBytes { token: key.token.clone(), tunnel: key.tunnel.clone(), direction };
+            self.bytes.remove(&labels);
+        }
     }
 
     fn new_tunnel(&self, key: &TunnelKey) -> Held {
@@ -230,10 +259,7 @@ impl Traffic {
             }
             let keep = now.duration_since(held.last_held) < ttl;
             if !keep {
-                for direction in [VISITOR_TO_LOCAL.direction, LOCAL_TO_VISITOR.direction] {
-                    let labels = TunnelBytes { token: key.token.clone(), tunnel: key.tunnel.clone(), direction };
-                    self.bytes.remove(&labels);
-                }
+                self.forget_series(key);
             }
             keep
         });

@@ -134,3 +134,19 @@ fn open_visitors_bytes_count_as_they_move_and_exactly_once_at_their_close() {
     assert_eq!(web(&traffic), (101, 2001));
     assert_eq!(sample(&scrape(&traffic), all), Some(2005));
 }
+
+#[test]
+fn a_token_churning_fresh_names_keeps_a_bounded_number_of_idle_tunnels() {
+    let traffic = Arc::new(Traffic::default());
+    let mut session = traffic.open_session(1, vec![granted(0, "alice", "t0", 20000)]);
+    for i in 1..=2 * super::IDLE_KEPT_PER_TOKEN as u32 {
+        session.add(granted(i, "alice", &format!("t{i}"), 20000));
+        session.remove(i - 1);
+    }
+    let kept = traffic.state().tunnels.len();
+    // Counted when a tunnel is added: the one removed after it is idle on top.
+    assert_eq!(kept, super::IDLE_KEPT_PER_TOKEN + 2, "the idle ones, the one removed last and the one served");
+    let served = key("alice", &format!("t{}", 2 * super::IDLE_KEPT_PER_TOKEN));
+    assert!(traffic.state().tunnels.contains_key(&served));
+    assert!(!traffic.state().tunnels.contains_key(&key("alice", "t0")), "the oldest is forgotten");
+}

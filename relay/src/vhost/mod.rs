@@ -28,7 +28,6 @@ use crate::{
     claims::{Claims, Lookup, Place, Route, RouteKind},
     endpoint::bind_tcp,
     limits::{self, IpSlot},
-    metrics::REFUSED_IP_LIMIT,
     store::Store,
     tunnel,
 };
@@ -172,7 +171,7 @@ async fn accept(
     cancel: CancellationToken,
 ) {
     // The tunnel is known only once a request names it; the address cap applies now.
-    let admit = |ip| shared.per_ip.try_admit(ip).ok_or(REFUSED_IP_LIMIT);
+    let admit = |ip| limits::admit_connection(&shared.per_ip, &shared.descriptors, ip);
     let serve = |tcp: TcpStream, peer: SocketAddr, slot: IpSlot| {
         // Responses are written in pieces (head, then body frames); Nagle would hold a small
         // one back until the visitor's delayed ACK, 40 ms later.
