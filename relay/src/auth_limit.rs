@@ -16,6 +16,8 @@ use std::{
 use burrow_common::sync;
 use tokio::time::Instant;
 
+use crate::limits::IpKey;
+
 /// Attempts an address may make at once before the steady rate applies.
 const BURST: f64 = 10.0;
 /// How often an address earns one attempt back.
@@ -32,7 +34,7 @@ pub(crate) struct Throttled;
 
 #[derive(Clone, Default)]
 pub(crate) struct FailureLimiter {
-    buckets: Arc<Mutex<HashMap<IpAddr, Bucket>>>,
+    buckets: Arc<Mutex<HashMap<IpKey, Bucket>>>,
 }
 
 struct Bucket {
@@ -67,7 +69,7 @@ impl Bucket {
 /// a failure that is not paced.
 #[must_use = "report the check with succeeded() or failed()"]
 pub(crate) struct Attempt {
-    key: IpAddr,
+    key: IpKey,
     limiter: FailureLimiter,
 }
 
@@ -79,7 +81,7 @@ impl FailureLimiter {
     /// Takes a unit for one attempt from `ip`, or refuses when it has none left or too many
     /// refusals waiting.
     pub(crate) fn attempt(&self, ip: IpAddr) -> Result<Attempt, Throttled> {
-        let key = address_key(ip);
+        let key = IpKey::from(ip);
         let now = Instant::now();
         let mut buckets = sync::lock(&self.buckets);
         let bucket = buckets.entry(key).or_insert_with(|| Bucket::full(now));
@@ -95,7 +97,7 @@ impl FailureLimiter {
     pub(crate) fn throttled(&self, ip: IpAddr) -> bool {
         let now = Instant::now();
         let mut buckets = sync::lock(&self.buckets);
-        buckets.get_mut(&address_key(ip)).is_some_and(|bucket| {
+        buckets.get_mut(&IpKey::from(ip)).is_some_and(|bucket| {
             bucket.refill(now);
             bucket.throttled()
         })
@@ -110,7 +112,7 @@ impl FailureLimiter {
         });
     }
 
-    fn with_bucket<T>(&self, key: IpAddr, f: impl FnOnce(&mut Bucket) -> T) -> Option<T> {
+    fn with_bucket<T>(&self, key: IpKey, f: impl FnOnce(&mut Bucket) -> T) -> Option<T> {
         let now = Instant::now();
         let mut buckets = sync::lock(&self.buckets);
         let bucket = buckets.get_mut(&key)?;
@@ -136,7 +138,7 @@ impl Attempt {
         };
         let _place = Waiting { key: self.key, limiter: self.limiter.clone() };
         if !wait.is_zero() {
-            tracing::debug!(ip = %self.key, "repeated failures; pacing the refusal");
+            tracing::debug!(ip = ?self.key, "repeated failures; pacing the refusal");
             tokio::time::sleep(wait).await;
         }
     }
@@ -144,25 +146,13 @@ impl Attempt {
 
 /// A refusal waiting to be sent; frees its place when dropped, even if the wait is abandoned.
 struct Waiting {
-    key: IpAddr,
+    key: IpKey,
     limiter: FailureLimiter,
 }
 
 impl Drop for Waiting {
     fn drop(&mut self) {
         self.limiter.with_bucket(self.key, |bucket| bucket.waiting = bucket.waiting.saturating_sub(1));
-    }
-}
-
-/// The unit one guesser controls: an IPv4 address, or an IPv6 /64 (a single host is commonly
-/// given a whole /64, so keying by full address would be no limit at all).
-fn address_key(ip: IpAddr) -> IpAddr {
-    match ip.to_canonical() {
-        IpAddr::V6(v6) => {
-            let prefix = u128::from(v6) & !((1u128 << 64) - 1);
-            IpAddr::V6(prefix.into())
-        }
-        v4 => v4,
     }
 }
 
@@ -219,11 +209,11 @@ mod tests {
         // The first failures are answered at once; later ones wait, and only a few may wait at
         // the same time: the address is throttled though it still has a unit.
         assert_eq!(throttled_after, Some(BURST as usize / 2 + MAX_WAITING_PER_ADDRESS));
-        let bucket_units = sync::lock(&limiter.buckets)[&HOST].units;
+        let bucket_units = sync::lock(&limiter.buckets)[&IpKey::from(HOST)].units;
         assert!(bucket_units >= 1.0, "{bucket_units} units: the cap, not the quota, refused");
-        assert_eq!(sync::lock(&limiter.buckets)[&HOST].waiting, MAX_WAITING_PER_ADDRESS);
+        assert_eq!(sync::lock(&limiter.buckets)[&IpKey::from(HOST)].waiting, MAX_WAITING_PER_ADDRESS);
         while waiting.join_next().await.is_some() {}
-        assert_eq!(sync::lock(&limiter.buckets)[&HOST].waiting, 0, "places are freed after the wait");
+        assert_eq!(sync::lock(&limiter.buckets)[&IpKey::from(HOST)].waiting, 0, "places are freed after the wait");
     }
 
     #[tokio::test(start_paused = true)]

@@ -43,4 +43,15 @@ mod tests {
             assert!(!is_limit(key), "{key}");
         }
     }
+
+    /// docs/security.md is where an operator learns what each limit protects: a limit added to
+    /// the config without a line there fails here.
+    #[test]
+    fn every_limit_is_documented() {
+        let documented = include_str!("../../docs/security.md");
+        let config = serde_json::to_value(crate::config::RelayConfig::default()).expect("the config serialises");
+        let keys = config.as_object().expect("the config is a table").keys().filter(|key| is_limit(key));
+        let missing: Vec<&String> = keys.filter(|key| !documented.contains(&format!("`{key}`"))).collect();
+        assert!(missing.is_empty(), "limits missing from docs/security.md: {missing:?}");
+    }
 }
