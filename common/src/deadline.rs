@@ -80,45 +80,61 @@ impl Idle {
     }
 }
 
+/// Times one wait on a peer: it starts at the first poll that finds nothing and ends with any
+/// progress. The timer is allocated at the first wait, as most polls never wait.
+#[derive(Default)]
+pub struct WaitClock {
+    timer: Option<Pin<Box<Sleep>>>,
+    running: bool,
+}
+
+impl WaitClock {
+    /// For a poll that found nothing: whether the wait has now lasted `limit`. Until then the
+    /// task is woken when it would.
+    pub fn waited_too_long(&mut self, limit: Duration, cx: &mut Context<'_>) -> bool {
+        let deadline = Instant::now() + limit;
+        let timer = match &mut self.timer {
+            Some(timer) if self.running => timer,
+            Some(timer) => {
+                timer.as_mut().reset(deadline);
+                timer
+            }
+            None => self.timer.insert(Box::pin(tokio::time::sleep_until(deadline))),
+        };
+        self.running = timer.as_mut().poll(cx).is_pending();
+        !self.running
+    }
+
+    /// The peer made progress: the next wait starts afresh.
+    pub fn progressed(&mut self) {
+        self.running = false;
+    }
+}
+
 /// An IO whose writes (flushes and shutdown included) fail with `TimedOut` once one has
 /// waited longer than its limit for the peer, for connections served by a library (hyper)
 /// rather than a splice.
 pub struct Stall<IO> {
     io: IO,
     limit: Option<Duration>,
-    /// Runs while a write waits; allocated at the first wait, as most writes never wait.
-    waiting: Option<Pin<Box<Sleep>>>,
-    armed: bool,
+    waiting: WaitClock,
 }
 
 impl<IO> Stall<IO> {
     pub fn new(io: IO, write_stall: Option<Duration>) -> Self {
-        Self { io, limit: write_stall, waiting: None, armed: false }
+        Self { io, limit: write_stall, waiting: WaitClock::default() }
     }
 
     /// Passes a write's outcome on; a wait starts the deadline, anything else ends it.
     fn bound<T>(&mut self, polled: Poll<io::Result<T>>, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
         let Some(limit) = self.limit.filter(|_| polled.is_pending()) else {
-            self.armed = false;
+            self.waiting.progressed();
             return polled;
         };
-        let deadline = Instant::now() + limit;
-        let waiting = match &mut self.waiting {
-            Some(waiting) if self.armed => waiting,
-            Some(waiting) => {
-                waiting.as_mut().reset(deadline);
-                waiting
-            }
-            None => self.waiting.insert(Box::pin(tokio::time::sleep_until(deadline))),
-        };
-        self.armed = true;
-        match waiting.as_mut().poll(cx) {
-            Poll::Ready(()) => {
-                self.armed = false;
-                Poll::Ready(Err(timed_out("the peer took no bytes", limit)))
-            }
-            Poll::Pending => Poll::Pending,
+        if self.waiting.waited_too_long(limit, cx) {
+            return Poll::Ready(Err(timed_out("the peer took no bytes", limit)));
         }
+        Poll::Pending
     }
 }
 

@@ -9,11 +9,9 @@ use std::{
     time::Duration,
 };
 
+use burrow_common::deadline::WaitClock;
 use hyper::body::{Body, Frame, SizeHint};
-use tokio::{
-    sync::oneshot,
-    time::{Instant, Sleep},
-};
+use tokio::sync::oneshot;
 
 use super::pages::ErrorPage;
 
@@ -23,9 +21,7 @@ pub(crate) struct NotifyOnEnd<B> {
     inner: B,
     ended: Option<oneshot::Sender<()>>,
     idle_limit: Duration,
-    /// Runs while the body waits for the visitor; allocated at the first wait.
-    waiting: Option<Pin<Box<Sleep>>>,
-    armed: bool,
+    waiting: WaitClock,
 }
 
 /// Resolves once the body has ended, or has been dropped unfinished: either way nothing
@@ -62,7 +58,7 @@ impl<B: Body + Unpin> NotifyOnEnd<B> {
     /// Wraps `inner`, which fails once the visitor has kept it waiting `idle_limit`.
     pub(crate) fn new(inner: B, idle_limit: Duration) -> (Self, EndSignal) {
         let (tx, rx) = oneshot::channel();
-        let mut body = Self { inner, ended: Some(tx), idle_limit, waiting: None, armed: false };
+        let mut body = Self { inner, ended: Some(tx), idle_limit, waiting: WaitClock::default() };
         if body.inner.is_end_stream() {
             body.signal();
         }
@@ -73,22 +69,6 @@ impl<B: Body + Unpin> NotifyOnEnd<B> {
         if let Some(ended) = self.ended.take() {
             ended.send(()).ok();
         }
-    }
-
-    /// Whether the visitor has now kept the body waiting past its limit; the time counts
-    /// only while the body is asked for and has nothing.
-    fn stalled_too_long(&mut self, cx: &mut Context<'_>) -> bool {
-        let deadline = Instant::now() + self.idle_limit;
-        let waiting = match &mut self.waiting {
-            Some(waiting) if self.armed => waiting,
-            Some(waiting) => {
-                waiting.as_mut().reset(deadline);
-                waiting
-            }
-            None => self.waiting.insert(Box::pin(tokio::time::sleep_until(deadline))),
-        };
-        self.armed = true;
-        waiting.as_mut().poll(cx).is_ready()
     }
 }
 
@@ -103,13 +83,14 @@ where
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<B::Data>, BoxError>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         if polled.is_pending() {
-            if self.stalled_too_long(cx) {
+            let idle_limit = self.idle_limit;
+            if self.waiting.waited_too_long(idle_limit, cx) {
                 self.signal();
                 return Poll::Ready(Some(Err(BodyStalled(self.idle_limit).into())));
             }
             return Poll::Pending;
         }
-        self.armed = false;
+        self.waiting.progressed();
         if matches!(polled, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) || self.inner.is_end_stream() {
             self.signal();
         }
@@ -140,6 +121,7 @@ mod tests {
     use super::*;
     use bytes::Bytes;
     use http_body_util::{BodyExt, Full, channel::Channel};
+    use tokio::time::Instant;
 
     const LIMIT: Duration = Duration::from_secs(30);
 
