@@ -74,6 +74,13 @@ export async function inspectorListsHttpRequestsShowsTheirDetailAndReplaysThem()
     await row.first().waitFor({ timeout: 1_000 });
     const seenAfter = Date.now() - sent;
     assert.ok(seenAfter <= 1_000, `the request showed up after ${seenAfter} ms`);
+    // The row is listed when the request starts; its status follows with the answer's end,
+    // which the page may learn from its next update.
+    await page.waitForFunction(
+      () => /200/.test(document.querySelector("#request-list tbody tr")?.innerText ?? ""),
+      null,
+      { timeout: 1_000 },
+    );
     const listed = await row.first().innerText();
     assert.match(listed, /POST[\s\S]*\/orders\?page=2[\s\S]*200/);
 
