@@ -43,8 +43,9 @@ pub(super) async fn admit(
     if hello.version != PROTOCOL_VERSION {
         return Err(Refusal::Version { agent: hello.version, relay: PROTOCOL_VERSION });
     }
-    let grant = authenticate(shared, link, hello).await?;
-    let slot = shared.live.reserve(tokens::hash(&hello.token), shared.config().max_sessions_per_token)?;
+    let digest = tokens::hash(&hello.token);
+    let grant = authenticate(shared, link, digest).await?;
+    let slot = shared.live.reserve(digest, shared.config().max_sessions_per_token)?;
     tracing::Span::current().record("agent", grant.name.as_str());
     let count = hello.tunnels.len();
     if count == 0 || count > shared.config().max_tunnels_per_session {
@@ -150,14 +151,14 @@ fn route_kind(kind: &TunnelKind) -> RouteKind {
     }
 }
 
-/// Checks the Hello's token, unless its address is over its guessing quota: then the agent
+/// Checks the Hello's token (its SHA-256 `digest`), unless its address is over its guessing quota: then the agent
 /// is asked to try later and nothing is checked, so a correct guess gains nothing from haste.
-async fn authenticate(shared: &Shared, link: &SessionLink, hello: &Hello) -> Result<Grant, Refusal> {
+async fn authenticate(shared: &Shared, link: &SessionLink, digest: [u8; 32]) -> Result<Grant, Refusal> {
     let Ok(attempt) = shared.limiter.attempt(link.remote_address().ip()) else {
         return Err(Refusal::TryLater { why: "too many failed attempts from this address".into() });
     };
     shared.metrics.guessing.credential_checks.get_or_create(&CHECKED_TOKEN).inc();
-    match tokens::verify(shared, tokens::hash(&hello.token)).await {
+    match tokens::verify(shared, digest).await {
         Ok(Some(grant)) => {
             attempt.succeeded();
             Ok(grant)
