@@ -20,8 +20,8 @@ use crate::limits::IpKey;
 
 /// Attempts an address may make at once before the steady rate applies.
 const BURST: f64 = 10.0;
-/// How often an address earns one attempt back.
-const REFILL_EVERY: Duration = Duration::from_secs(1);
+/// How often an address earns one attempt back; told to clients over quota as Retry-After.
+pub(crate) const REFILL_EVERY: Duration = Duration::from_secs(1);
 /// Failed attempts from one address that may wait for their paced refusal at once; past it
 /// the address is throttled, so a flood cannot park connections on the relay.
 const MAX_WAITING_PER_ADDRESS: usize = 4;

@@ -33,7 +33,7 @@ use super::{
     pages::{self, ErrorPage},
 };
 use crate::{
-    Shared,
+    Shared, auth_limit,
     claims::{Route, RouteKind},
     limits::{self, Admission, IpSlot},
     metrics::REFUSED_NO_STREAM,
@@ -44,9 +44,6 @@ mod guard;
 mod headers;
 
 use self::headers::{host_header, prepare_for_agent, strip_hop_by_hop};
-
-/// An address over its guessing quota earns an attempt back each second.
-const GUESS_RETRY_AFTER_SECS: u32 = 1;
 
 pub(crate) type ProxyBody = UnsyncBoxBody<Bytes, hyper::Error>;
 
@@ -315,7 +312,9 @@ impl RelayAnswer {
             }
             RelayAnswer::TooManyGuesses => {
                 let mut response = boxed(pages::too_many_guesses());
-                response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(GUESS_RETRY_AFTER_SECS));
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(auth_limit::REFILL_EVERY.as_secs()));
                 response
             }
             RelayAnswer::Redirect(location) => {
