@@ -192,20 +192,18 @@ impl LiveSessions {
     /// Closes every session whose token is no longer valid; returns how many.
     /// An unreadable store closes nothing: a bad edit must not cut off every agent.
     pub(crate) async fn close_revoked(&self, shared: &Shared) -> usize {
-        let serving: Vec<([u8; 32], SessionLink)> = self
-            .table()
-            .by_id
-            .values()
-            .filter(|live| !live.ended)
-            .map(|live| (live.token, live.link.clone()))
-            .collect();
+        // Each token is checked once, however many sessions it has: a check reads the store.
+        let mut by_token: HashMap<[u8; 32], Vec<SessionLink>> = HashMap::new();
+        for live in self.table().by_id.values().filter(|live| !live.ended) {
+            by_token.entry(live.token).or_default().push(live.link.clone());
+        }
         let mut closed = 0;
-        for (token, link) in serving {
+        for (token, links) in by_token {
             match tokens::verify(shared, token).await {
                 Ok(Some(_)) => {}
                 Ok(None) => {
-                    link.close(CloseCode::Revoked);
-                    closed += 1;
+                    links.iter().for_each(|link| link.close(CloseCode::Revoked));
+                    closed += links.len();
                 }
                 Err(e) => {
                     tracing::warn!("token store unreadable; sessions kept: {e:#}");
