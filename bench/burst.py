@@ -46,7 +46,7 @@ def measure(args, tunnels=None):
     subprocess.run(["bash", str(LINK), "up", str(DELAY_MS)], check=True)
     try:
         rtt = subprocess.run(["bash", str(LINK), "check"], capture_output=True, text=True, check=True).stdout
-        http = harness.Process([str(harness.RELEASE / "bench-http"), "127.0.0.1:0"], netns="brwb-agent")
+        http = harness.Process([str(harness.bench_http()), "127.0.0.1:0"], netns="brwb-agent")
         http_port = int(http.line(r"listening on \S+:(\d+)").group(1))
         http.drain()
         result = {"rtt_ms": 2 * DELAY_MS, "link_check": rtt.strip().splitlines()[-1:], "burst": BURST}

@@ -113,4 +113,5 @@ def free_port_in(netns):
     """A free TCP port: inside the harness's fresh namespaces any unused number is free."""
     return next(_namespace_ports) if netns else harness.free_port()
 
-SYSTEMS = {"bore": Bore, "rathole-tls": RatholeTls, "rathole-noise": RatholeNoise}
+
+SYSTEMS = {"rathole-tls": RatholeTls, "rathole-noise": RatholeNoise, "bore": Bore}

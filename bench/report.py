@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 
 import harness
+from report_tables import comparison_table, fmt, http_against_tcp, link_table, loopback_table, memory_table
+from report_targets import targets
 
 BENCHMARKS = harness.ROOT / "BENCHMARKS.md"
 PLOT = harness.RESULTS / "plot.svg"
@@ -18,106 +20,12 @@ COLORS = {"direct": "#9e9e9e", "burrow": "#2e7d32", "bore": "#1565c0", "rathole-
 
 
 LEGEND = {"bore": "bore (unencrypted)"}
-# Column headings of the results table.
-HEADINGS = {"burrow": "burrow TCP tunnel", "burrow_http": "burrow HTTP tunnel"}
-
-
-def fmt(value, digits=1):
-    if value is None:
-        return "-"
-    return f"{value:,.{digits}f}" if abs(value) < 1000 else f"{value:,.0f}"
-
-
-def table(result):
-    m, systems, burst = result["median"], result["systems"], result.get("burst") or {}
-    columns = ["direct"] + systems
-    get = lambda key, s: m.get(f"{key}_{s}")
-
-    def ratio_row(label, key, digits=2):
-        cells = []
-        for s in columns:
-            v = get(key, s)
-            cells.append(fmt(v, digits) if s == "direct" or v is None else f"{fmt(v, digits)} ({v / get(key, 'direct'):.2f}x)")
-        return f"| {label} | " + " | ".join(cells) + " |"
-
-    def pair_row(label, first, second, digits=1, systems_only=False):
-        cells = []
-        for s in columns:
-            a, b = (get(first, s), get(second, s)) if not callable(first) else first(s)
-            cells.append("-" if (systems_only and s == "direct") or a is None else f"{fmt(a, digits)} / {fmt(b, digits)}")
-        return f"| {label} | " + " | ".join(cells) + " |"
-
-    def burst_cell(s):
-        b = burst.get(s)
-        return (b["p50_ms"], b["p99_ms"]) if b else (None, None)
-
-    rows = [
-        "| figure | " + " | ".join(HEADINGS.get(s, s) for s in columns) + " |",
-        "|---|" + "---:|" * len(columns),
-        ratio_row("iperf3 1 stream, visitor -> local (Gbit/s)", "iperf_up_gbps"),
-        ratio_row("iperf3 1 stream, local -> visitor (Gbit/s)", "iperf_down_gbps"),
-        ratio_row("iperf3 -P 4 (Gbit/s)", "iperf_p4_gbps"),
-        ratio_row("HTTP 1 KiB, wrk -t2 -c50 (req/s)", "http_1k_rps", 0),
-        pair_row("HTTP 1 KiB latency p50 / p99 (ms)", "http_1k_p50_ms", "http_1k_p99_ms", 2),
-        "| relay+agent CPU per 1 KiB request (µs) | - | " + " | ".join(fmt(get("http_1k_cpu_us_per_req", s)) for s in systems) + " |",
-        ratio_row("HTTP 1 MiB (req/s)", "http_1m_rps", 0),
-        pair_row("HTTP 1 MiB latency p50 / p99 (ms)", "http_1m_p50_ms", "http_1m_p99_ms", 1),
-        "| relay+agent CPU per 1 MiB request (µs) | - | " + " | ".join(fmt(get("http_1m_cpu_us_per_req", s)) for s in systems) + " |",
-        pair_row("new connection + 1 KiB response, sequential, p50 / p99 (ms)", "connect_p50_ms", "connect_p99_ms", 2),
-        pair_row("relay RSS idle / with 1000 open connections (MiB)", "relay_rss_idle_mib", "relay_rss_held_mib", 1, True),
-        "| relay memory per open connection (KiB) | - | " + " | ".join(fmt(get("relay_kib_per_held_connection", s)) for s in systems) + " |",
-    ]
-    if burst:
-        rows.append(pair_row(f"burst of {burst['burst']} new connections, {burst['rtt_ms']} ms RTT relay<->agent, "
-                             "TTFB p50 / p99 (ms)", burst_cell, None, 1))
-    return "\n".join(rows)
-
-
-def http_against_tcp(result):
-    """One sentence setting the HTTP tunnel beside the TCP tunnel of the same run."""
-    m = result["median"]
-    if "burrow_http" not in result["systems"]:
-        return ""
-    parts = []
-    for size, label in (("1k", "1 KiB"), ("1m", "1 MiB")):
-        rps = m[f"http_{size}_rps_burrow_http"] / m[f"http_{size}_rps_burrow"]
-        cpu = m[f"http_{size}_cpu_us_per_req_burrow_http"] / m[f"http_{size}_cpu_us_per_req_burrow"]
-        parts.append(f"{label} requests at {rps:.2f}x its req/s and {cpu:.2f}x its CPU per request")
-    return "Against the TCP tunnel in the same run, the HTTP tunnel serves " + "; ".join(parts) + "."
-
-
-def targets(result):
-    m, burst = result["median"], result.get("burst") or {}
-    lines = []
-
-    def check(ok, text):
-        lines.append(f"- {'met' if ok else '**not met**'}: {text}")
-
-    if "rathole-tls" in result["systems"]:
-        for direction in ("up", "down"):
-            ours, theirs = m[f"iperf_{direction}_gbps_burrow"], m[f"iperf_{direction}_gbps_rathole-tls"]
-            check(ours >= 1.25 * theirs, f"bulk {direction}: {ours:.2f} Gbit/s = {ours / theirs:.2f}x rathole-tls (target 1.25x)")
-        ours, theirs = m["http_1k_rps_burrow"], m["http_1k_rps_rathole-tls"]
-        check(ours >= 1.2 * theirs, f"HTTP 1 KiB: {ours:,.0f} req/s = {ours / theirs:.2f}x rathole-tls (target 1.2x)")
-        ours, theirs = m["http_1k_p99_ms_burrow"], m["http_1k_p99_ms_rathole-tls"]
-        check(ours <= theirs, f"HTTP 1 KiB p99 {ours:.2f} ms vs rathole-tls {theirs:.2f} ms (no worse)")
-    if "bore" in result["systems"]:
-        ours, theirs = m["http_1k_cpu_us_per_req_burrow"], m["http_1k_cpu_us_per_req_bore"]
-        check(ours < theirs, f"CPU per 1 KiB request {ours:.1f} µs vs bore {theirs:.1f} µs (below bore)")
-    if burst.get("burrow"):
-        bound = 1.2 * burst["rtt_ms"] + burst["direct"]["p99_ms"]
-        p99 = burst["burrow"]["p99_ms"]
-        check(p99 < bound, f"burst p99 TTFB {p99:.1f} ms < 1.2 x {burst['rtt_ms']} ms RTT + direct p99 "
-                           f"{burst['direct']['p99_ms']:.1f} ms = {bound:.1f} ms")
-    idle, held = m["relay_rss_idle_mib_burrow"], m["relay_rss_held_mib_burrow"]
-    check(idle < 8, f"relay RSS idle {idle:.1f} MiB (target under 8 MiB)")
-    check(held < 24, f"relay RSS with 1000 open connections {held:.1f} MiB (target under 24 MiB)")
-    return "\n".join(lines)
 
 
 def plot(result):
     """Two grouped bar charts as SVG: bulk throughput, and burst TTFB over a 50 ms RTT."""
     m, burst = result["median"], result.get("burst") or {}
+    burst = burst if "direct" in burst else {}
     # An HTTP tunnel has no bulk figures, and no burst.
     systems = [s for s in result["systems"] if m.get(f"iperf_up_gbps_{s}") is not None]
     width, height, pad = 900, 340, 50
@@ -272,30 +180,52 @@ def replace_section(text, start, end, body):
     return before + start + "\n" + body + "\n" + end + rest.split(end, 1)[1]
 
 
-def write(result):
-    machine = result["machine"]
+def intro(result):
+    machine, settings = result["machine"], result["settings"]
+    lossy_runs = settings.get("lossy_runs")
+    elapsed = result.get("elapsed_s")
+    return (f"Measured {machine['date']} on {machine['cpus']} cores, Linux {machine['kernel']}, {machine['rustc']}, "
+            f"{machine['iperf3']}, {machine['wrk'].split(' [')[0]}"
+            + (f", {machine['nginx']}" if machine.get("nginx") else "")
+            + (f", commit {machine['commit']}" if machine.get("commit") else "")
+            + f"; medians of {len(result['runs'])} run{'s' if len(result['runs']) > 1 else ''} of "
+            f"{settings['seconds']} s each"
+            + (f" ({lossy_runs} for the lossy figure)" if result.get("lossy") and lossy_runs else "")
+            + ", everything on loopback except the burst and lossy figures (their own network namespaces). "
+            "In brackets: the ratio to the direct connection in the same run."
+            + (f" The whole run took {elapsed / 60:.1f} min." if elapsed else ""))
+
+
+def commands(result):
+    command = result.get("command") or ("bench/run" + (" --peers" if result["settings"].get("peers") else ""))
+    return ["Produced by:", "", "```", command, "python3 bench/report.py  # these tables, from bench/results/latest.json",
+            "```"]
+
+
+def section(result):
+    """The generated part of "## Results"."""
+    parts = [intro(result), "", *commands(result), "",
+             "Loopback throughput and requests:", "", loopback_table(result), ""]
     against = http_against_tcp(result)
-    section = "\n".join([
-        START,
-        f"Measured {machine['date']} on {machine['cpus']} cores, Linux {machine['kernel']}, {machine['rustc']}, "
-        f"{machine['iperf3']}, {machine['wrk'].split(' [')[0]}; medians of {len(result['runs'])} runs of "
-        f"{result['settings']['seconds']} s each, everything on loopback except the burst "
-        "(its own network namespaces). Ratios are to the direct connection in the same run.",
-        "",
-        table(result),
-        "",
-        *([against, ""] if against else []),
-        "![throughput and burst TTFB](bench/results/plot.svg)",
-        "",
-        "Targets:",
-        "",
-        targets(result),
-        END,
-    ])
+    parts += [against, ""] if against else []
+    parts += ["New connections and the relay's memory (for a peer: its server process):", "", memory_table(result), ""]
+    link = link_table(result)
+    if link:
+        parts += ["Over a relay<->agent link with delay (and loss):", "", link, ""]
+    comparison = comparison_table(result)
+    if comparison:
+        parts += ["burrow against rathole-tls and bore, figure by figure (\"better\" says which way a ratio "
+                  "above 1 points):", "", comparison, ""]
+    parts += ["![throughput and burst TTFB](bench/results/plot.svg)", "", "Targets (issue 13), from this run:", "",
+              targets(result)]
+    return "\n".join(parts)
+
+
+def write(result):
     PLOT.parent.mkdir(parents=True, exist_ok=True)
     PLOT.write_text(plot(result))
     text = BENCHMARKS.read_text()
-    text = replace_section(text, START, END, section.split(START + "\n", 1)[1].rsplit("\n" + END, 1)[0])
+    text = replace_section(text, START, END, section(result))
     if TUNING.is_dir():
         text = replace_section(text, TUNING_START, TUNING_END, tuning_tables() + "\n" + burst_tuning())
     scale = harness.RESULTS / "scale.json"

@@ -1,0 +1,117 @@
+"""Tests of the harness's own logic: the peak-memory probe, the nginx it starts, and the
+report's tables and targets. `python3 -m unittest discover -s bench -p 'test_*.py'`."""
+
+import os
+import socket
+import subprocess
+import sys
+import unittest
+
+import nginx
+import procstat
+import report_tables
+import report_targets
+
+# A child that grows to about 64 MiB, says so, frees it, and waits for a line on stdin.
+SPIKE = """
+import sys
+block = bytearray(64 << 20)
+for i in range(0, len(block), 4096):
+    block[i] = 1
+print("grown", flush=True)
+del block
+print("freed", flush=True)
+sys.stdin.readline()
+"""
+
+
+class PeakRssTest(unittest.TestCase):
+    def test_peak_holds_a_spike_that_is_gone_when_the_load_ends(self):
+        child = subprocess.Popen([sys.executable, "-c", SPIKE], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        try:
+            with procstat.PeakRss(child.pid) as peak:
+                self.assertEqual(child.stdout.readline().strip(), "grown")
+                self.assertEqual(child.stdout.readline().strip(), "freed")
+            now = procstat.rss_mib(child.pid)
+            self.assertGreater(peak.mib, 60)
+            self.assertLess(now, peak.mib - 40)
+        finally:
+            child.kill()
+            child.wait()
+            child.stdin.close()
+            child.stdout.close()
+
+
+def get(port, path):
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n".encode())
+        data = b""
+        while chunk := sock.recv(1 << 16):
+            data += chunk
+    head, body = data.split(b"\r\n\r\n", 1)
+    return head.split(b"\r\n")[0], body
+
+
+@unittest.skipIf(nginx.binary() is None, "nginx is not installed")
+class NginxTest(unittest.TestCase):
+    def test_serves_both_sizes_and_leaves_nothing_behind(self):
+        server = nginx.Nginx()
+        directory = server.dir.name
+        try:
+            for path, size in (("/1k", 1024), ("/1m", 1 << 20)):
+                status, body = get(server.port, path)
+                self.assertIn(b" 200 ", status)
+                self.assertEqual(len(body), size)
+        finally:
+            server.stop()
+        self.assertIsNotNone(server.process.proc.poll())
+        self.assertFalse(os.path.exists(directory))
+
+
+def result(median, systems=("burrow", "rathole-tls", "bore"), **extra):
+    return {"median": median, "systems": list(systems), "settings": {"held": 1000}, **extra}
+
+
+class ReportTest(unittest.TestCase):
+    def test_every_table_has_a_column_per_measured_system(self):
+        r = result({"iperf_up_gbps_direct": 20.0, "iperf_up_gbps_burrow": 5.0, "iperf_up_gbps_rathole-tls": 4.0,
+                    "iperf_up_gbps_bore": 8.0, "relay_rss_idle_mib_burrow": 7.0, "relay_rss_idle_mib_bore": 3.0})
+        loopback = report_tables.loopback_table(r).splitlines()
+        self.assertEqual(loopback[0], "| figure | direct | burrow TCP tunnel | rathole-tls | bore (plain) |")
+        self.assertIn("| 20.00 | 5.00 (0.25x) | 4.00 (0.20x) | 8.00 (0.40x) |", loopback[2])
+        self.assertEqual(report_tables.memory_table(r).splitlines()[0], loopback[0])
+        comparison = report_tables.comparison_table(r)
+        self.assertIn("| iperf3 1 stream, visitor -> local (Gbit/s) | higher | 5.00 | 4.00 | 8.00 | 1.25x | 0.62x |",
+                      comparison)
+
+    def test_lossy_medians_are_read_from_every_shape_of_result(self):
+        shapes = [{"one": [1.0, 3.0]}, {"one": 2.0}, {"one": {"runs": [1.0, 3.0]}}, {"one": {"median": 2.0}},
+                  {"one_median": 2.0, "one": None}, {"median": {"one": 2.0}, "runs": []}]
+        for shape in shapes:
+            self.assertEqual(report_tables.lossy_median({"burrow": shape}, "burrow", "one"), 2.0, shape)
+        self.assertIsNone(report_tables.lossy_median({"error": "boom"}, "burrow", "one"))
+
+    def test_targets_say_met_or_by_how_much_not(self):
+        r = result({"iperf_up_gbps_burrow": 5.0, "iperf_up_gbps_rathole-tls": 5.0,
+                    "http_1k_cpu_us_per_req_burrow": 30.0, "http_1k_cpu_us_per_req_bore": 40.0,
+                    "relay_rss_peak_mib_burrow": 60.0, "relay_rss_idle_mib_burrow": 7.0},
+                   lossy={"burrow": {"eight": [9.0]}, "rathole-tls": {"eight": [10.0]}})
+        lines = report_targets.targets(r).splitlines()
+        self.assertIn("- **not met**: iperf3 1 stream, visitor -> local: 5.00 Gbit/s against rathole-tls's 5.00 Gbit/s "
+                      "= 1.00x (target at least 1.25x); 20% short", lines)
+        self.assertIn("- met: CPU per 1 KiB request from hyper: 30.00 µs against bore's 40.00 µs = 0.75x "
+                      "(target at most 1.00x); by 25%", lines)
+        self.assertIn("- **not met**: relay peak RSS during the 1 MiB runs: 60.0 MiB (target at most 48 MiB); "
+                      "12.0 MiB over", lines)
+        self.assertIn("- met: relay RSS idle: 7.0 MiB (target under 8 MiB); 1.0 MiB to spare", lines)
+        self.assertIn("- met: lossy, 8 visitors' total: 9.00 Mbit/s against rathole-tls's 10.00 Mbit/s = 0.90x "
+                      "(target at least 0.90x); by 0%", lines)
+
+    def test_without_peers_the_ratio_targets_are_named_as_not_measured(self):
+        lines = report_targets.targets(result({"relay_rss_idle_mib_burrow": 9.0}, systems=("burrow",))).splitlines()
+        self.assertIn("- not measured: every target set against bore and rathole-tls (needs `bench/run --peers`)", lines)
+        self.assertIn("- **not met**: relay RSS idle: 9.0 MiB (target under 8 MiB); 1.0 MiB over", lines)
+
+
+if __name__ == "__main__":
+    unittest.main()
