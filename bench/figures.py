@@ -5,6 +5,9 @@ figures carry their server in the key: `http_<size>_*` against bench-http (hyper
 `nginx_<size>_*` against nginx.
 """
 
+import sys
+import time
+
 from load import held_connections_rss, iperf, sequential_connects, wrk
 from procstat import PeakRss, rss_mib
 
@@ -62,21 +65,37 @@ def run_once(args, ports, systems, http_tunnel=None):
     given, is burrow's HTTP tunnel class, measured right after burrow."""
     r = {}
     if "direct" in args.systems:
-        measure_path(r, "direct", args, ports)
+        guarded(r, "direct", lambda: measure_path(r, "direct", args, ports))
     for name, start in systems.items():
         if name not in args.systems:
             continue
-        system = start(ports)
-        try:
-            relay = system.pids[0]
-            r[f"relay_rss_idle_mib_{name}"] = rss_mib(relay)
-            measure_path(r, name, args, system.public, system.pids, relay)
-            measure_relay_memory(r, name, args, relay, system.public["http"])
-        finally:
-            system.stop()
+        guarded(r, name, lambda: measure_system(r, name, args, ports, start))
         if name == "burrow" and http_tunnel is not None:
-            measure_http_tunnel(r, args, ports, http_tunnel)
+            guarded(r, "burrow_http", lambda: measure_http_tunnel(r, args, ports, http_tunnel))
     return r
+
+
+def guarded(r, name, measure):
+    """Runs one system's figures; a failure is reported and listed under the run's "errors"
+    (the figures it has are kept, and the medians come from the other runs), so that one
+    overloaded moment does not throw the whole run away."""
+    print(f"  {time.strftime('%H:%M:%S')} {name}", file=sys.stderr, flush=True)
+    try:
+        measure()
+    except Exception as error:  # noqa: BLE001 - reported and recorded, see above
+        print(f"  {name} failed: {error}", file=sys.stderr, flush=True)
+        r.setdefault("errors", {})[name] = str(error)[-2000:]
+
+
+def measure_system(r, name, args, ports, start):
+    system = start(ports)
+    try:
+        relay = system.pids[0]
+        r[f"relay_rss_idle_mib_{name}"] = rss_mib(relay)
+        measure_path(r, name, args, system.public, system.pids, relay)
+        measure_relay_memory(r, name, args, relay, system.public["http"])
+    finally:
+        system.stop()
 
 
 def measure_http_tunnel(r, args, ports, http_tunnel):

@@ -218,7 +218,7 @@ SYSTEM_ORDER = ("burrow", "rathole-tls", "rathole-noise", "bore")
 
 def medians(runs):
     """The median of each figure over the runs that have it."""
-    keys = dict.fromkeys(k for r in runs for k in r)
+    keys = dict.fromkeys(k for r in runs for k in r if k != "errors")
     return {k: statistics.median(r[k] for r in runs if k in r) for k in keys}
 
 

@@ -196,6 +196,16 @@ def intro(result):
             + (f" The whole run took {elapsed / 60:.1f} min." if elapsed else ""))
 
 
+def failures(result):
+    """A sentence naming what failed in which run, or "" when nothing did."""
+    failed = [f"{name} in run {i + 1} ({error.strip().splitlines()[0][:120]})"
+              for i, run in enumerate(result["runs"]) for name, error in (run.get("errors") or {}).items()]
+    for figure in ("burst", "lossy"):
+        if isinstance(result.get(figure), dict) and "error" in result[figure]:
+            failed.append(f"the {figure} figure ({result[figure]['error'][:120]})")
+    return ("Failed, so missing from the medians: " + "; ".join(failed) + ".") if failed else ""
+
+
 def commands(result):
     command = result.get("command") or ("bench/run" + (" --peers" if result["settings"].get("peers") else ""))
     return ["Produced by:", "", "```", command, "python3 bench/report.py  # these tables, from bench/results/latest.json",
@@ -204,7 +214,8 @@ def commands(result):
 
 def section(result):
     """The generated part of "## Results"."""
-    parts = [intro(result), "", *commands(result), "",
+    failed = failures(result)
+    parts = [intro(result), "", *([failed, ""] if failed else []), *commands(result), "",
              "Loopback throughput and requests:", "", loopback_table(result), ""]
     against = http_against_tcp(result)
     parts += [against, ""] if against else []

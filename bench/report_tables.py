@@ -34,22 +34,25 @@ def figure(result, key, system):
 
 def lossy_median(lossy, system, which):
     """The median Mbit/s of `which` ("one" or "eight") for `system` in bench/lossy.py's
-    result: per system, either the per-run list, a number, or {"runs": [...], "median": x}
-    under `which`, or the medians under "median" / "<which>_median"."""
-    if not isinstance(lossy, dict) or not isinstance(lossy.get(system), dict):
+    result, whose systems sit at its top level or under "systems": the median under
+    "<which>_median_mbps", "<which>_median" or "median", else the median of the per-run
+    values under "<which>_mbps" or "<which>" (a list, a number, or {"runs", "median"})."""
+    if not isinstance(lossy, dict):
         return None
-    entry = lossy[system]
-    value = entry.get(which)
-    if isinstance(value, dict):
-        value = value.get("median", value.get("runs"))
-    if isinstance(value, list):
-        value = statistics.median(value) if value else None
-    if value is None:
-        value = entry.get(f"{which}_median")
-    if value is None:
-        median = entry.get("median") or entry.get("medians")
-        value = median.get(which) if isinstance(median, dict) else None
-    return value
+    entry = (lossy.get("systems") if isinstance(lossy.get("systems"), dict) else lossy).get(system)
+    if not isinstance(entry, dict):
+        return None
+    medians = entry.get("median") or entry.get("medians")
+    for value in (entry.get(f"{which}_median_mbps"), entry.get(f"{which}_median"),
+                  medians.get(which) if isinstance(medians, dict) else None,
+                  entry.get(f"{which}_mbps"), entry.get(which)):
+        if isinstance(value, dict):
+            value = value.get("median", value.get("runs"))
+        if isinstance(value, list):
+            value = statistics.median(value) if value else None
+        if value is not None:
+            return value
+    return None
 
 
 def row(result, label, key, digits=1, vs_direct=False, second=None):

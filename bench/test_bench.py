@@ -86,9 +86,12 @@ class ReportTest(unittest.TestCase):
 
     def test_lossy_medians_are_read_from_every_shape_of_result(self):
         shapes = [{"one": [1.0, 3.0]}, {"one": 2.0}, {"one": {"runs": [1.0, 3.0]}}, {"one": {"median": 2.0}},
-                  {"one_median": 2.0, "one": None}, {"median": {"one": 2.0}, "runs": []}]
+                  {"one_median": 2.0, "one": None}, {"median": {"one": 2.0}, "runs": []},
+                  {"one_mbps": [1.0, 3.0], "one_median_mbps": 2.0}, {"one_mbps": [2.0]}]
         for shape in shapes:
             self.assertEqual(report_tables.lossy_median({"burrow": shape}, "burrow", "one"), 2.0, shape)
+            self.assertEqual(report_tables.lossy_median({"settings": {}, "systems": {"burrow": shape}}, "burrow", "one"),
+                             2.0, shape)
         self.assertIsNone(report_tables.lossy_median({"error": "boom"}, "burrow", "one"))
 
     def test_targets_say_met_or_by_how_much_not(self):
