@@ -33,7 +33,11 @@ def measure_path(r, label, args, ports, pids=(), relay=None, hosts=None):
     if peaks:
         r[f"relay_rss_peak_mib_{label}"] = max(peaks)
     if "connect" in args.only and "http" in ports and not hosts:
-        for key, value in sequential_connects(ports["http"], args.connects).items():
+        try:
+            connects = sequential_connects(ports["http"], args.connects)
+        except OSError as error:
+            raise RuntimeError(f"{args.connects} sequential connections: {error}") from error
+        for key, value in connects.items():
             r[f"connect_{key}_{label}"] = value
 
 
@@ -55,7 +59,10 @@ def measure_relay_memory(r, label, args, relay, port, host="bench"):
     read before the load."""
     if "memory" not in args.only:
         return
-    held = held_connections_rss(port, args.held, [relay], host)[0]
+    try:
+        held = held_connections_rss(port, args.held, [relay], host)[0]
+    except OSError as error:
+        raise RuntimeError(f"holding {args.held} connections: {error}") from error
     r[f"relay_rss_held_mib_{label}"] = held
     r[f"relay_kib_per_held_connection_{label}"] = (held - r[f"relay_rss_idle_mib_{label}"]) * 1024 / args.held
 
