@@ -24,20 +24,32 @@ pub fn next_stream_limit(open: usize, limit: u32) -> Option<u32> {
     (half_used && limit < AGENT_MAX_STREAMS).then(|| limit.saturating_mul(2).min(AGENT_MAX_STREAMS))
 }
 
-/// Per stream: enough for fast single transfers on ordinary paths.
-const STREAM_RECEIVE_WINDOW: u32 = 2 * 1024 * 1024;
-/// Per session. Credit returns only as the application reads, so a visitor that stops
-/// reading pins one stream window; the session stalls for everyone once the stalled windows
-/// fill this. A large multiple keeps that out of reach of a few slow or hostile visitors,
-/// while still bounding what one session can buffer (the default is unbounded).
-const CONNECTION_RECEIVE_WINDOW: u32 = 128 * STREAM_RECEIVE_WINDOW;
+/// Bytes in flight that one session must be able to carry to fill its path: 1 Gbit/s over a
+/// 50 ms round trip (6.25 MB), rounded up. A receive window below this caps the session's
+/// throughput on long paths whatever the congestion window allows.
+const SESSION_BDP: u32 = 8 * 1024 * 1024;
+
+/// Per session, shared by all its streams: everything a session can make its receiver
+/// buffer, whatever its visitors do. Credit returns only as the application reads, so it is
+/// also the session's memory budget: at quinn's over-allocation of up to 2.5x buffered bytes
+/// this keeps a relay session near 20 MiB even when every visitor stalls, where 256 MiB
+/// before let 50 bulk downloads take the relay past 100 MiB. One bandwidth-delay product is
+/// enough: a session drains its buffers at least as fast as its path fills them, unless a
+/// visitor stops reading, which is what [`STREAM_RECEIVE_WINDOW`] is for.
+const CONNECTION_RECEIVE_WINDOW: u32 = SESSION_BDP;
+
+/// Per stream: an eighth of the session's window, so visitors that stop reading pin at most
+/// that each and seven of them still leave the others room (the write deadline then cuts
+/// them off). One stream alone moves a window per round trip: about 170 Mbit/s at 50 ms,
+/// 8 Gbit/s at 1 ms; several streams share the session's full window.
+const STREAM_RECEIVE_WINDOW: u32 = CONNECTION_RECEIVE_WINDOW / 8;
 
 /// Data a session may hold unacknowledged or unsent, across all its streams. Every stream
 /// waits for room here: with quinn's default (10 MB) a few bulk visitors on a slow path fill
 /// it, and an interactive visitor's next keystroke then waits seconds for room, although
-/// once written it is sent at once (streams take turns). This lets 32 streams fill their
-/// windows before anyone waits, while still bounding what one session can buffer.
-const SEND_WINDOW: u64 = 32 * STREAM_RECEIVE_WINDOW as u64;
+/// once written it is sent at once (streams take turns). 64 MiB lets many streams fill
+/// their windows before anyone waits, while still bounding what one session can buffer.
+const SEND_WINDOW: u64 = 64 * 1024 * 1024;
 
 /// The agent's side: it keeps the NAT mapping alive and accepts the relay's streams.
 pub fn agent(keep_alive: Duration, idle_timeout: Duration) -> TransportConfig {
@@ -109,6 +121,16 @@ fn common(idle_timeout: Duration) -> TransportConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The session's receive window is its memory budget and must still fill a fast long
+    /// path; stream windows must leave room when several visitors stall.
+    #[test]
+    fn the_session_window_is_one_path_bdp_and_holds_eight_streams() {
+        let bdp_1_gbit_50_ms = 1_000_000_000 / 8 / 20;
+        assert!(SESSION_RECEIVE_WINDOW >= bdp_1_gbit_50_ms);
+        assert!(SESSION_RECEIVE_WINDOW <= 2 * bdp_1_gbit_50_ms, "the budget bounds relay memory");
+        assert_eq!(SESSION_RECEIVE_WINDOW, 8 * u64::from(STREAM_RECEIVE_WINDOW));
+    }
 
     #[test]
     fn the_stream_limit_doubles_at_half_use_up_to_the_ceiling() {
