@@ -4,7 +4,7 @@
 use std::{sync::Arc, time::Duration};
 
 use burrow_common::{
-    CloseCode, Granted, Hello, ServerMsg, StreamCode, StreamHeader,
+    CloseCode, Granted, Hello, JoinTicket, LinkOpening, ServerMsg, StreamCode, StreamHeader, Welcome,
     protocol::{MAX_CONTROL_FRAME, read_msg, write_msg},
     tls::{self, Trust},
     transport,
@@ -52,9 +52,9 @@ async fn welcomed_raw_session(
         kind: burrow_common::TunnelKind::Tcp { port: None },
     }];
     let hello = Hello { version: burrow_common::protocol::PROTOCOL_VERSION, token: relay.token.clone(), tunnels };
-    write_msg(&mut control, &hello).await?;
+    write_msg(&mut control, &LinkOpening::Hello(hello)).await?;
     match read_msg(&mut answers, MAX_CONTROL_FRAME).await? {
-        ServerMsg::Welcome { tunnels } => Ok((conn, (control, answers), tunnels)),
+        ServerMsg::Welcome(Welcome { tunnels, .. }) => Ok((conn, (control, answers), tunnels)),
         other => anyhow::bail!("no Welcome: {other:?}"),
     }
 }
@@ -149,11 +149,16 @@ async fn agent_resets_streams_with_unknown_or_malformed_headers_and_serves_the_r
 
     let conn = fake_relay.accept().await.expect("endpoint open").await?;
     let (mut control_send, mut control_recv) = conn.accept_bi().await?;
-    let hello: Hello = read_msg(&mut control_recv, MAX_CONTROL_FRAME).await?;
-    assert_eq!(hello.tunnels[0].name, "web");
-    let welcome = ServerMsg::Welcome {
-        tunnels: vec![Granted { id: 0, name: "web".into(), port: 1, host: None, urls: Vec::new() }],
+    let LinkOpening::Hello(hello) = read_msg(&mut control_recv, MAX_CONTROL_FRAME).await? else {
+        anyhow::bail!("the agent's first message is not a Hello");
     };
+    assert_eq!(hello.tunnels[0].name, "web");
+    // One link: this stand-in serves one connection.
+    let welcome = ServerMsg::Welcome(Welcome {
+        tunnels: vec![Granted { id: 0, name: "web".into(), port: 1, host: None, urls: Vec::new() }],
+        ticket: JoinTicket([0; 32]),
+        links: 1,
+    });
     write_msg(&mut control_send, &welcome).await?;
     let visitor = "192.0.2.1:5000".parse()?;
 
