@@ -165,6 +165,11 @@ pub struct Flags {
     #[arg(long, value_name = "FORMAT")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub log_format: Option<LogFormat>,
+    /// QUIC links to the relay, 1-8, visitors spread over them; the relay may allow fewer
+    /// [default: 4]
+    #[arg(long, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub links: Option<u8>,
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {

@@ -10,6 +10,7 @@ pub mod embedded;
 mod forward;
 mod human;
 pub mod inspector;
+mod links;
 mod local_http;
 mod logging;
 mod ready;
@@ -45,6 +46,8 @@ pub struct Plan {
     pub keep_alive: Duration,
     pub idle_timeout: Duration,
     pub reconnect_max_delay: Duration,
+    /// QUIC links the agent keeps to the relay, as far as the relay allows.
+    pub links: u8,
     /// Where the run records what it carries; clone it before `run` to watch.
     pub stats: Stats,
     /// New tunnel lists, when the config file changes: applied to the live session
@@ -167,6 +170,7 @@ impl Plan {
             keep_alive: config.keep_alive,
             idle_timeout: config.idle_timeout,
             reconnect_max_delay: config.reconnect_max_delay,
+            links: config.links,
             stats: Stats::default(),
             reloads: None,
         }
@@ -182,7 +186,7 @@ impl Plan {
 }
 
 /// A session that served this long was healthy; the next reconnect starts quickly again.
-const STABLE_SESSION: Duration = Duration::from_secs(10);
+pub(crate) const STABLE_SESSION: Duration = Duration::from_secs(10);
 
 /// What the agent is doing now; `run` publishes every change.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -4,7 +4,7 @@
 use std::{sync::Arc, time::Duration};
 
 use burrow_common::{
-    CloseCode, Granted,
+    CloseCode, Granted, Welcome,
     link::{Link, LinkError},
     protocol::conversation::{AgentControl, AgentControlOn, ConversationError, HelloAnswer},
 };
@@ -16,6 +16,7 @@ use crate::{
     config::Protocol,
     dial::{Dialer, Failure},
     forward::{Target, Targets, accept_streams},
+    links::{self, LinksUp},
     local_http::LocalHttp,
     reload,
 };
@@ -54,34 +55,38 @@ pub(crate) async fn run(
     let link = dialed.link.clone();
     plan.stats.set_link(Some(Box::new(link.clone())));
     let targets = Arc::new(Targets::new(plan.stats.clone()));
+    let links = LinksUp::new(plan);
     let end = tokio::select! {
         _ = cancel.cancelled() => SessionEnd::Stopped,
-        end = register_and_serve(plan, &link, &targets, status, never_online) => end,
+        end = register_and_serve((plan, dialer), &link, (&targets, &links), status, never_online) => end,
     };
     plan.stats.set_link(None);
     if matches!(end, SessionEnd::Stopped) {
         link.close(CloseCode::AgentExit);
     }
+    // The session was its primary link's: its other links go with it.
+    links.close(CloseCode::AgentExit);
     targets.end().await;
     dialed.settle().await;
     end
 }
 
-/// Says Hello on `link`, then serves the granted tunnels: the link's streams, and the config
-/// file's changes on its control stream.
+/// Says Hello on `link`, then serves the granted tunnels: the streams of the link and of the
+/// further links it joins to the session, and the config file's changes on its control stream.
 async fn register_and_serve<L: Link>(
-    plan: &Plan,
+    (plan, dialer): (&Plan, &Dialer),
     link: &L,
-    targets: &Arc<Targets>,
+    (targets, links): (&Arc<Targets>, &LinksUp),
     status: &watch::Sender<Status>,
     never_online: bool,
 ) -> SessionEnd {
     let asked = plan.current_tunnels();
-    let (granted, mut control) = match hello(plan, link, &asked, never_online).await {
+    let (welcome, mut control) = match hello(plan, link, &asked, never_online).await {
         Ok(welcomed) => welcomed,
         Err(end) => return end,
     };
-    let mut live: Vec<(TunnelPlan, Granted)> = asked.into_iter().zip(granted).collect();
+    links.welcomed(usize::from(plan.links.min(welcome.links).max(1)));
+    let mut live: Vec<(TunnelPlan, Granted)> = asked.into_iter().zip(welcome.tunnels).collect();
     // The relay names each stream's tunnel by the id it granted.
     for (tunnel, granted) in &live {
         targets.insert(granted.id, target(plan, tunnel, granted, targets));
@@ -90,6 +95,7 @@ async fn register_and_serve<L: Link>(
     let online_since = std::time::Instant::now();
     let ended = tokio::select! {
         ended = accept_streams(link, targets) => ended,
+        never = links::keep_joined((plan, dialer), &welcome.ticket, targets, links) => match never {},
         failed = reload::follow(plan, &mut control, targets, &mut live, status) => {
             // The relay may hold tunnels this agent no longer serves, or the reverse: start
             // over from a Hello with the current list, which the relay answers in full.
@@ -110,7 +116,7 @@ async fn hello<L: Link>(
     link: &L,
     tunnels: &[TunnelPlan],
     never_online: bool,
-) -> Result<(Vec<Granted>, AgentControlOn<L>), SessionEnd> {
+) -> Result<(Welcome, AgentControlOn<L>), SessionEnd> {
     let specs = tunnels.iter().map(TunnelPlan::spec).collect();
     let answered = async {
         let mut control = AgentControl::open(link).await?;
@@ -118,7 +124,7 @@ async fn hello<L: Link>(
         Ok::<_, ConversationError>((answer, control))
     };
     match answered.await {
-        Ok((HelloAnswer::Welcome(granted), control)) => Ok((granted, control)),
+        Ok((HelloAnswer::Welcome(welcome), control)) => Ok((welcome, control)),
         Ok((HelloAnswer::Refused(refusal), _))
             if !refusal.is_retryable() && (never_online || !refusal.is_transient()) =>
         {

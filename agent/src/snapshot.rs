@@ -69,6 +69,12 @@ pub struct PathView {
     /// UDP payload bytes of the whole session, QUIC overhead included.
     pub sent_bytes: u64,
     pub received_bytes: u64,
+    /// QUIC links of the session up now, and how many it aims for; the figures above are
+    /// its first link's.
+    #[serde(default)]
+    pub links_up: usize,
+    #[serde(default)]
+    pub links_wanted: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -110,7 +116,7 @@ impl Stats {
         let now = Instant::now();
         let (relay, state, path, public) = {
             let session = lock(&self.0.session);
-            let path = session.link.as_deref().map(path_view);
+            let path = session.link.as_deref().map(|link| path_view(link, session.links));
             (session.relay.clone(), session_state(&session.state, session.since, now), path, session.tunnels.clone())
         };
         let counters: Vec<_> = public.iter().map(|t| (t, self.tunnel(&t.name))).collect();
@@ -173,7 +179,7 @@ fn session_state(state: &State, since: Instant, now: Instant) -> SessionState {
     }
 }
 
-fn path_view(link: &dyn LinkStatus) -> PathView {
+fn path_view(link: &dyn LinkStatus, (links_up, links_wanted): (usize, usize)) -> PathView {
     let path = link.path();
     PathView {
         remote: link.peer(),
@@ -184,6 +190,8 @@ fn path_view(link: &dyn LinkStatus) -> PathView {
         mtu: path.mtu,
         sent_bytes: path.sent_bytes,
         received_bytes: path.received_bytes,
+        links_up,
+        links_wanted,
     }
 }
 

@@ -46,6 +46,8 @@ pub(crate) struct Session {
     pub(crate) since: Instant,
     /// The link whose path the console shows, while a session is up.
     pub(crate) link: Option<Box<dyn LinkStatus>>,
+    /// Links of the session up now, and how many it aims for.
+    pub(crate) links: (usize, usize),
     /// The tunnels of the last Welcome, kept while reconnecting so they stay on screen.
     pub(crate) tunnels: Vec<PublicTunnel>,
 }
@@ -117,6 +119,7 @@ impl Default for Stats {
                 state: State::Connecting { retry: None },
                 since: Instant::now(),
                 link: None,
+                links: (0, 0),
                 tunnels: Vec::new(),
             }),
             tunnels: Mutex::default(),
@@ -201,6 +204,12 @@ impl Stats {
     /// The link whose path statistics are shown, or none between sessions.
     pub(crate) fn set_link(&self, link: Option<Box<dyn LinkStatus>>) {
         lock(&self.0.session).link = link;
+        self.changed();
+    }
+
+    /// How many of the session's links are up, of the `wanted`.
+    pub(crate) fn set_links(&self, up: usize, wanted: usize) {
+        lock(&self.0.session).links = (up, wanted);
         self.changed();
     }
 

@@ -5,7 +5,11 @@
 
 use std::time::Duration;
 
-use testkit::{echo_server, processes::RelayBinary, random_bytes};
+use testkit::{
+    echo_server,
+    processes::{AgentBinary, RelayBinary},
+    random_bytes,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Large enough that each stream's receive state grows to its largest, so the warm-up fills
@@ -19,7 +23,11 @@ const MOST_GROWTH_KIB: u64 = 3 * 1024;
 #[tokio::test(flavor = "multi_thread")]
 async fn agent_memory_is_flat_across_sequential_bulk_visitors() -> anyhow::Result<()> {
     let relay = RelayBinary::start(&[]).await?;
-    let (agent, public) = relay.agent(echo_server().await?).await?;
+    // One link: the slots are per QUIC connection, and with more links sequential visitors
+    // take turns over them, so the warm-up would need as many times more transfers.
+    let mut command = relay.agent_command(echo_server().await?)?;
+    let agent = AgentBinary::launch(command.args(["--inspect", "off", "--links", "1"])).await?;
+    let public = agent.public_addr()?;
     let payload = random_bytes(TRANSFER);
     let mut after_warm_up = 0;
     for i in 0..WARM_UP + MEASURED {

@@ -161,10 +161,12 @@ async fn a_person_sees_the_url_online_and_the_count_move_after_a_visitor() -> an
     let relay = RelayBinary::start(&[]).await?;
     let echo = echo_server().await?;
     let mut agent = OnTerminal::start(&relay, &agent_args(&relay, echo))?;
-    let screen = agent.until(|_, screen| screen.contains("online for") && screen.contains("tcp://")).await?;
+    let online = |screen: &str| screen.contains("online for") && screen.contains("tcp://");
+    // The session's further links join right after it is online.
+    let screen = agent.until(|_, screen| online(screen) && screen.contains("links 4/4")).await?;
     assert!(screen.contains(&format!("-> {echo}")), "{screen}");
     assert!(screen.contains(&format!("Relay       {}", relay.addr)), "{screen}");
-    assert!(screen.contains("QUIC path   rtt "), "{screen}");
+    assert!(screen.contains("QUIC path   links 4/4 · rtt "), "{screen}");
     assert!(screen.contains("0 open · 0 total"), "{screen}");
 
     let public = public_address(&screen)?;
@@ -174,7 +176,10 @@ async fn a_person_sees_the_url_online_and_the_count_move_after_a_visitor() -> an
     let row = screen.lines().find(|l| l.contains("closed")).context("the visitor's row")?;
     assert!(row.trim_start().starts_with("127.0.0.1:") && row.contains("5 B"), "{row}");
 
-    // A transfer still open shows its bytes so far, and its tunnel's rate moves.
+    // A transfer still open shows its bytes so far, and its tunnel's rate moves. Rates are
+    // taken over windows of a second, and the first began before the tunnel existed: a
+    // transfer within it would never show a rate.
+    agent.until(|_, screen| screen.contains("online for 1s")).await?;
     let mut held = tokio::net::TcpStream::connect(public).await?;
     let sent = random_bytes(1 << 20);
     assert!(round_trip(&mut held, &sent).await? == sent, "the echo differs");

@@ -47,6 +47,7 @@ pub mod upgrade;
 pub use codes::{CloseCode, StreamCode};
 pub use config::{PortRange, Secret};
 pub use protocol::{
-    ALPN, AgentMsg, Granted, Hello, HttpAccess, Refusal, ServerMsg, StreamHeader, TunnelKind, TunnelSpec,
+    ALPN, AgentMsg, Granted, Hello, HttpAccess, JoinTicket, LinkOpening, Refusal, ServerMsg, StreamHeader, TunnelKind,
+    TunnelSpec, Welcome,
 };
 pub use tls::Fingerprint;

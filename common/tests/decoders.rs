@@ -5,8 +5,8 @@
 use std::net::SocketAddr;
 
 use burrow_common::{
-    AgentMsg, Fingerprint, Granted, Hello, HttpAccess, PortRange, Refusal, Secret, ServerMsg, StreamHeader, TunnelKind,
-    TunnelSpec,
+    AgentMsg, Fingerprint, Granted, Hello, HttpAccess, JoinTicket, LinkOpening, PortRange, Refusal, Secret, ServerMsg,
+    StreamHeader, TunnelKind, TunnelSpec, Welcome,
     protocol::{FrameError, MAX_CONTROL_FRAME, MAX_HEADER_FRAME, read_msg, write_msg},
 };
 use proptest::{collection::vec, prelude::*};
@@ -61,6 +61,8 @@ fn refusal() -> impl Strategy<Value = Refusal> {
         ".{0,20}".prop_map(|name| Refusal::TunnelActive { name }),
         Just(Refusal::NoDomain),
         ".{0,20}".prop_map(|name| Refusal::SubdomainTaken { name }),
+        Just(Refusal::UnknownSession),
+        any::<usize>().prop_map(|max| Refusal::LinkLimit { max }),
     ]
 }
 
@@ -73,7 +75,7 @@ proptest! {
     #[test]
     fn arbitrary_bytes_never_panic_any_decoder(bytes in vec(any::<u8>(), 0..4096)) {
         block_on(async {
-            let hello = read_msg::<_, Hello>(&mut bytes.as_slice(), MAX_CONTROL_FRAME).await;
+            let hello = read_msg::<_, LinkOpening>(&mut bytes.as_slice(), MAX_CONTROL_FRAME).await;
             let answer = read_msg::<_, ServerMsg>(&mut bytes.as_slice(), MAX_CONTROL_FRAME).await;
             let header = read_msg::<_, StreamHeader>(&mut bytes.as_slice(), MAX_HEADER_FRAME).await;
             let update = read_msg::<_, AgentMsg>(&mut bytes.as_slice(), MAX_CONTROL_FRAME).await;
@@ -95,13 +97,20 @@ proptest! {
 
     #[test]
     fn hello_round_trips(version in any::<u32>(), token in ".{0,64}", tunnels in vec(tunnel_spec(), 0..8)) {
-        let hello = Hello { version, token: Secret::new(token), tunnels };
+        let hello = LinkOpening::Hello(Hello { version, token: Secret::new(token), tunnels });
         prop_assert_eq!(round_trip(&hello, MAX_CONTROL_FRAME), hello);
     }
 
     #[test]
-    fn answers_round_trip(tunnels in vec(granted(), 0..8), refused in refusal()) {
-        let welcome = ServerMsg::Welcome { tunnels };
+    fn joins_round_trip(ticket in any::<[u8; 32]>()) {
+        let join = LinkOpening::Join { ticket: JoinTicket(ticket) };
+        prop_assert_eq!(round_trip(&join, MAX_CONTROL_FRAME), join);
+        prop_assert_eq!(round_trip(&ServerMsg::Joined, MAX_CONTROL_FRAME), ServerMsg::Joined);
+    }
+
+    #[test]
+    fn answers_round_trip(tunnels in vec(granted(), 0..8), refused in refusal(), ticket in any::<[u8; 32]>()) {
+        let welcome = ServerMsg::Welcome(Welcome { tunnels, ticket: JoinTicket(ticket), links: 4 });
         prop_assert_eq!(round_trip(&welcome, MAX_CONTROL_FRAME), welcome);
         let refused = ServerMsg::Refused(refused);
         prop_assert_eq!(round_trip(&refused, MAX_CONTROL_FRAME), refused);

@@ -8,7 +8,7 @@ use std::{
 };
 
 use burrow_common::{
-    AgentMsg, Hello, ServerMsg, StreamHeader,
+    AgentMsg, LinkOpening, ServerMsg, StreamHeader,
     protocol::{MAX_CONTROL_FRAME, MAX_HEADER_FRAME, read_msg},
 };
 use libfuzzer_sys::fuzz_target;
@@ -23,7 +23,7 @@ fn complete<F: Future>(future: F) -> F::Output {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let _ = complete(read_msg::<_, Hello>(&mut &data[..], MAX_CONTROL_FRAME));
+    let _ = complete(read_msg::<_, LinkOpening>(&mut &data[..], MAX_CONTROL_FRAME));
     let _ = complete(read_msg::<_, ServerMsg>(&mut &data[..], MAX_CONTROL_FRAME));
     let _ = complete(read_msg::<_, StreamHeader>(&mut &data[..], MAX_HEADER_FRAME));
     let _ = complete(read_msg::<_, AgentMsg>(&mut &data[..], MAX_CONTROL_FRAME));

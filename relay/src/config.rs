@@ -71,6 +71,9 @@ pub struct RelayConfig {
     pub max_unauthenticated: usize,
     /// Sessions one token may hold at once: a leaked token cannot fill the relay with them.
     pub max_sessions_per_token: usize,
+    /// QUIC links one agent session may have, its first included: more links spread its
+    /// visitors over more cores and congestion windows.
+    pub max_links_per_session: usize,
     /// Visitors and public ports the relay holds at once, across all tunnels. Unset: the
     /// open files limit (raised to its hard limit at start) less a reserve for the relay's
     /// own files; a larger value is lowered to that.
@@ -150,6 +153,7 @@ impl Default for RelayConfig {
             max_unauthenticated_per_address: 16,
             max_unauthenticated: 1024,
             max_sessions_per_token: 16,
+            max_links_per_session: 4,
             max_visitors: None,
             admin_listen: Some(SocketAddr::from((Ipv4Addr::LOCALHOST, 9470))),
             admin_token: None,
@@ -228,6 +232,7 @@ impl RelayConfig {
             ("max_unauthenticated_per_address", self.max_unauthenticated_per_address),
             ("max_unauthenticated", self.max_unauthenticated),
             ("max_sessions_per_token", self.max_sessions_per_token),
+            ("max_links_per_session", self.max_links_per_session),
             ("max_visitors", self.max_visitors.unwrap_or(1)),
         ] {
             at_least(key, value, 1)?;

@@ -36,6 +36,11 @@ pub(crate) struct Direction {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct JoinResult {
+    pub(crate) result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct SessionLabels {
     pub(crate) token: String,
     pub(crate) session: SessionId,
@@ -72,6 +77,9 @@ pub(crate) struct Metrics {
     pub(crate) guessing: Guessing,
     pub(crate) traffic: Arc<Traffic>,
     paths: Paths,
+    /// Set from the sessions at every scrape.
+    links: Gauge,
+    pub(crate) link_joins: Family<JoinResult, Counter>,
 }
 
 /// Why a visitor was turned away, as the `reason` label says it.
@@ -89,6 +97,12 @@ pub(crate) const HANDSHAKE_ADDRESS_LIMIT: Reason = Reason { reason: "address_lim
 pub(crate) const HANDSHAKE_TOTAL_LIMIT: Reason = Reason { reason: "total_limit" };
 pub(crate) const VISITOR_TO_LOCAL: Direction = Direction { direction: "visitor_to_local" };
 pub(crate) const LOCAL_TO_VISITOR: Direction = Direction { direction: "local_to_visitor" };
+pub(crate) const CHECKED_JOIN_TICKET: CredentialKind = CredentialKind { kind: "join_ticket" };
+/// How an attempt to add a link to a session ended, as the `result` label says it.
+pub(crate) const JOIN_JOINED: JoinResult = JoinResult { result: "joined" };
+pub(crate) const JOIN_UNKNOWN: JoinResult = JoinResult { result: "unknown_session" };
+pub(crate) const JOIN_LINK_LIMIT: JoinResult = JoinResult { result: "link_limit" };
+pub(crate) const JOIN_TRY_LATER: JoinResult = JoinResult { result: "try_later" };
 
 impl Metrics {
     pub(crate) fn new() -> Self {
@@ -113,6 +127,8 @@ impl Metrics {
             guessing: Guessing::default(),
             traffic: Arc::default(),
             paths: Paths::default(),
+            links: Gauge::default(),
+            link_joins: Family::default(),
             registry: Registry::default(),
         };
         registry.register("sessions", "Agent sessions open now", metrics.sessions.clone());
@@ -146,6 +162,8 @@ impl Metrics {
         );
         registry.register("bytes", "Bytes carried for visitors, open ones included", metrics.traffic.all_bytes.clone());
         metrics.register_tunnels_and_paths(&mut registry);
+        registry.register("links", "QUIC links of the agent sessions open now", metrics.links.clone());
+        registry.register("link_joins", "Links that asked to join a session, by result", metrics.link_joins.clone());
         metrics.guessing.register(&mut registry);
         Self { registry, ..metrics }
     }
@@ -177,6 +195,7 @@ impl Metrics {
     pub(crate) fn encode(&self, agents: &[AgentView], claims: &Counts) -> String {
         let _scrape = sync::lock(&self.paths.scrape);
         self.paths.set(agents);
+        self.links.set(saturating_i64(agents.iter().map(|agent| agent.links.len() as u64).sum()));
         self.tunnels.set(saturating_i64(claims.serving as u64));
         self.parked_visitors.set(saturating_i64(claims.parked_visitors as u64));
         self.traffic.catch_up();

@@ -14,7 +14,7 @@ use serde::Serialize;
 use crate::{
     Shared,
     claims::{SessionId, TunnelKey},
-    session::SessionLink,
+    session::{LinkView, SessionLink},
     tokens::{self, Grant, hash, now},
     traffic::{CountedTunnel, SessionTunnels, Traffic},
 };
@@ -73,6 +73,8 @@ struct Live {
     /// The SHA-256 of the session's token: enough to check it again, useless to a thief.
     token: [u8; 32],
     token_name: String,
+    /// The SHA-256 of the session's join ticket, by which its further links find it.
+    ticket: [u8; 32],
     link: SessionLink,
     connected_since: u64,
     tunnels: Vec<AgentTunnel>,
@@ -84,6 +86,7 @@ struct Live {
 pub(crate) struct Admitted {
     pub(crate) token: [u8; 32],
     pub(crate) token_name: String,
+    pub(crate) ticket: [u8; 32],
     pub(crate) link: SessionLink,
     pub(crate) tunnels: Vec<CountedTunnel>,
 }
@@ -112,6 +115,8 @@ pub(crate) struct AgentView {
     pub(crate) quic_bytes_sent: u64,
     pub(crate) quic_bytes_received: u64,
     pub(crate) tunnels: Vec<AgentTunnel>,
+    /// The links carrying the session, the primary first; the figures above are its.
+    pub(crate) links: Vec<LinkView>,
 }
 
 #[derive(Clone, Serialize)]
@@ -137,11 +142,18 @@ fn listed(tunnel: &CountedTunnel) -> AgentTunnel {
 }
 
 impl Admitted {
-    pub(crate) fn new(grant: &Grant, hello: &Hello, link: &SessionLink, granted: &[burrow_common::Granted]) -> Self {
+    pub(crate) fn new(
+        grant: &Grant,
+        hello: &Hello,
+        link: &SessionLink,
+        granted: &[burrow_common::Granted],
+        ticket: [u8; 32],
+    ) -> Self {
         let tunnels = granted.iter().map(|tunnel| counted(grant, tunnel));
         Self {
             token: hash(&hello.token),
             token_name: grant.name.clone(),
+            ticket,
             link: link.clone(),
             tunnels: tunnels.collect(),
         }
@@ -175,6 +187,7 @@ impl LiveSessions {
         let live = Live {
             token: admitted.token,
             token_name: admitted.token_name,
+            ticket: admitted.ticket,
             link: admitted.link,
             connected_since: now(),
             tunnels: tunnels.granted().map(listed).collect(),
@@ -214,6 +227,14 @@ impl LiveSessions {
         closed
     }
 
+    /// The serving session whose join ticket has the SHA-256 `ticket`. The digests are
+    /// compared, never the ticket, so the time taken tells nothing of it.
+    pub(crate) fn joinable(&self, ticket: &[u8; 32]) -> Option<SessionLink> {
+        let table = self.table();
+        let mut serving = table.by_id.values().filter(|live| !live.ended);
+        serving.find(|live| live.ticket == *ticket).map(|live| live.link.clone())
+    }
+
     /// The sessions serving now, with their QUIC path as it is at this moment.
     pub(crate) fn agents(&self) -> Vec<AgentView> {
         let table = self.table();
@@ -239,6 +260,7 @@ fn view(session: SessionId, live: &Live) -> AgentView {
         quic_bytes_sent: path.sent_bytes,
         quic_bytes_received: path.received_bytes,
         tunnels: live.tunnels.clone(),
+        links: live.link.views(),
     }
 }
 

@@ -9,7 +9,6 @@ use std::{
 use burrow_common::{
     StreamHeader,
     deadline::StallLimits,
-    link::Link,
     protocol::conversation::{FirstBytes, open_visitor_stream},
     splice::{abort_tcp, splice},
 };
@@ -22,6 +21,7 @@ use crate::{
     claims::Route,
     limits::{self, Admission, Places},
     metrics::{REFUSED_NO_STREAM, Reason},
+    session::Picked,
 };
 
 /// Pause after an accept error such as EMFILE, so the loop does not spin.
@@ -91,14 +91,14 @@ pub(crate) async fn accept_admitted<P>(
     }
 }
 
-/// Carries one visitor across the tunnel.
+/// Carries one visitor across the tunnel, on the session's `link` picked for it.
 /// `admission` is the visitor's place under the caps, held until it has been served. For a
 /// parked visitor, "arrived" is its handover: the wait for the agent is not stream latency.
 /// `first_bytes` were read from the visitor already (a TLS ClientHello read for its SNI).
-pub(crate) async fn forward<L: Link>(
+pub(crate) async fn forward(
     visitor: TcpStream,
     peer: SocketAddr,
-    link: L,
+    link: Picked,
     tunnel: u32,
     shared: Arc<Shared>,
     admission: Admission,
@@ -107,10 +107,10 @@ pub(crate) async fn forward<L: Link>(
     let _admission = admission;
     let metrics = &shared.metrics;
     let arrived = Instant::now();
-    let visit = metrics.traffic.visit(link.stable_id(), tunnel, peer);
+    let visit = metrics.traffic.visit(link.session_id(), tunnel, peer);
     let header = StreamHeader { tunnel, visitor: peer };
     let first = FirstBytes { bytes: &first_bytes, progress: visit.progress() };
-    let (send, recv) = match open_visitor_stream(&link, header, Some(first)).await {
+    let (send, recv) = match open_visitor_stream(&*link, header, Some(first)).await {
         Ok(stream) => stream,
         Err(e) => {
             if e.is_no_stream() {

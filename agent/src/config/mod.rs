@@ -22,6 +22,10 @@ pub const ENV: EnvSource<'static> =
 
 pub use burrow_common::protocol::DEFAULT_RELAY_PORT;
 
+/// Most QUIC links one agent opens to its relay: beyond the cores of a small relay, more
+/// links add sockets and handshakes but no speed.
+pub const MAX_LINKS: u8 = 8;
+
 mod secrets;
 mod values;
 
@@ -48,6 +52,9 @@ pub struct AgentConfig {
     /// Longest wait between reconnect attempts.
     #[serde(with = "duration")]
     pub reconnect_max_delay: Duration,
+    /// QUIC links to the relay, 1 to 8, each with its own UDP socket and congestion window;
+    /// visitors are spread over them. The relay may allow fewer.
+    pub links: u8,
     /// Address of the web inspector, or `off`; the next 9 ports are tried if it is taken.
     #[serde(with = "crate::inspector::listen")]
     pub inspect: Option<SocketAddr>,
@@ -71,6 +78,7 @@ impl Default for AgentConfig {
             keep_alive: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(30),
             reconnect_max_delay: Duration::from_secs(30),
+            links: 4,
             inspect: Some(crate::inspector::DEFAULT_ADDR),
             inspect_token: None,
             log_format: LogFormat::Text,
@@ -101,6 +109,11 @@ impl AgentConfig {
             tunnel.validate()?;
         }
         check_duration("reconnect_max_delay", self.reconnect_max_delay, Duration::from_millis(100))?;
+        anyhow::ensure!(
+            (1..=MAX_LINKS).contains(&self.links),
+            "invalid configuration: links = {} is out of range: give 1 to {MAX_LINKS}",
+            self.links
+        );
         anyhow::ensure!(
             self.keep_alive < self.idle_timeout,
             "invalid configuration: keep_alive = {} must be shorter than idle_timeout = {}, or idle sessions time out",
@@ -330,6 +343,8 @@ mod tests {
             ("[[tunnels]]\nlocal = \"x:y\"", ["tunnels", "x:y", "HOST:PORT"]),
             ("[[tunnels]]\nlocal = 80\nremote = 1", ["unknown field `remote`", "remote_port", "tunnels"]),
             ("inspect = \"on\"", ["inspect", "\"on\"", "or off"]),
+            ("links = 0", ["links = 0", "out of range", "1 to 8"]),
+            ("links = 9", ["links = 9", "out of range", "1 to 8"]),
             ("inspect = \"0.0.0.0:4040\"", ["inspect = 0.0.0.0:4040", "beyond this machine", "inspect_token"]),
             ("inspect_token = \"short\"", ["inspect_token", "5 characters", "at least 16"]),
             ("log_format = \"xml\"", ["log_format", "xml", "json"]),

@@ -93,7 +93,9 @@ fn path(path: Option<&PathView>, rates: &Rates) -> String {
     let rtt = if path.rtt_ms < 10.0 { format!("{:.1}ms", path.rtt_ms) } else { format!("{:.0}ms", path.rtt_ms) };
     let (up, down) = rates.path();
     format!(
-        "rtt {rtt} · lost {} of {} packets · cwnd {} · up {} · down {}",
+        "links {}/{} · rtt {rtt} · lost {} of {} packets · cwnd {} · up {} · down {}",
+        path.links_up,
+        path.links_wanted,
         path.lost_packets,
         path.sent_packets,
         human::bytes(path.congestion_window),

@@ -1,14 +1,14 @@
 //! Each step of the exchange as the one function that performs it, with its cap and its
 //! timeout: the agent's end ([`AgentControl`], [`read_stream_header`]) and the relay's end
-//! ([`receive_hello`], [`RelayControl`], [`open_visitor_stream`]).
+//! ([`receive_opening`], [`RelayControl`], [`open_visitor_stream`]).
 
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use super::{
-    AgentMsg, FrameError, Granted, Hello, MAX_CONTROL_FRAME, MAX_HEADER_FRAME, PROTOCOL_VERSION, Refusal, ServerMsg,
-    StreamHeader, TunnelSpec, read_msg, write_msg,
+    AgentMsg, FrameError, Granted, Hello, JoinTicket, LinkOpening, MAX_CONTROL_FRAME, MAX_HEADER_FRAME,
+    PROTOCOL_VERSION, Refusal, ServerMsg, StreamHeader, TunnelSpec, Welcome, read_msg, write_msg,
 };
 use crate::{
     CloseCode, Secret,
@@ -16,7 +16,7 @@ use crate::{
     splice::Progress,
 };
 
-/// How long the agent waits for the answer to its Hello or to an update.
+/// How long the agent waits for the answer to its Hello, its Join or an update.
 pub const WELCOME_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long the agent waits for a stream's header: the relay writes it as soon as it opens
@@ -65,7 +65,15 @@ where
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HelloAnswer {
     /// Every tunnel asked for is open, in the order asked.
-    Welcome(Vec<Granted>),
+    Welcome(Welcome),
+    Refused(Refusal),
+}
+
+/// The relay's answer to a Join.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JoinAnswer {
+    /// The link carries the session's visitors from now on.
+    Joined,
     Refused(Refusal),
 }
 
@@ -107,11 +115,21 @@ where
     /// Asks for `tunnels` with `token`, and waits for the relay's answer.
     pub async fn hello(&mut self, token: &Secret, tunnels: Vec<TunnelSpec>) -> Result<HelloAnswer, ConversationError> {
         let hello = Hello { version: PROTOCOL_VERSION, token: token.clone(), tunnels };
-        write_msg(&mut self.send, &hello).await?;
+        write_msg(&mut self.send, &LinkOpening::Hello(hello)).await?;
         match within("answer to the Hello", WELCOME_TIMEOUT, read_msg(&mut self.recv, MAX_CONTROL_FRAME)).await? {
-            ServerMsg::Welcome { tunnels } => Ok(HelloAnswer::Welcome(tunnels)),
+            ServerMsg::Welcome(welcome) => Ok(HelloAnswer::Welcome(welcome)),
             ServerMsg::Refused(refusal) => Ok(HelloAnswer::Refused(refusal)),
-            ServerMsg::Updated { .. } => Err(ConversationError::OutOfTurn("Hello")),
+            ServerMsg::Updated { .. } | ServerMsg::Joined => Err(ConversationError::OutOfTurn("Hello")),
+        }
+    }
+
+    /// Adds this link to the session `ticket` came with, and waits for the relay's answer.
+    pub async fn join(&mut self, ticket: &JoinTicket) -> Result<JoinAnswer, ConversationError> {
+        write_msg(&mut self.send, &LinkOpening::Join { ticket: ticket.clone() }).await?;
+        match within("answer to the Join", WELCOME_TIMEOUT, read_msg(&mut self.recv, MAX_CONTROL_FRAME)).await? {
+            ServerMsg::Joined => Ok(JoinAnswer::Joined),
+            ServerMsg::Refused(refusal) => Ok(JoinAnswer::Refused(refusal)),
+            ServerMsg::Welcome(_) | ServerMsg::Updated { .. } => Err(ConversationError::OutOfTurn("Join")),
         }
     }
 
@@ -132,16 +150,16 @@ pub async fn read_stream_header<R: AsyncRead + Unpin>(recv: &mut R) -> Result<St
     within("stream header", STREAM_HEADER_TIMEOUT, read_msg(recv, MAX_HEADER_FRAME)).await
 }
 
-/// Waits up to `after` for the agent to open its control stream and send its Hello.
-pub async fn receive_hello<L: Link>(
+/// Waits up to `after` for the agent to open its control stream and send its Hello or Join.
+pub async fn receive_opening<L: Link>(
     link: &L,
     after: Duration,
-) -> Result<(Hello, RelayControlOn<L>), ConversationError> {
+) -> Result<(LinkOpening, RelayControlOn<L>), ConversationError> {
     let received = async {
         let (send, recv) = link.accept().await?;
         let mut control = RelayControl::new(send, recv);
-        let hello = control.read_hello().await?;
-        Ok::<_, ConversationError>((hello, control))
+        let opening = control.read_opening().await?;
+        Ok::<_, ConversationError>((opening, control))
     };
     within("Hello", after, received).await
 }
@@ -162,14 +180,19 @@ where
         Self { send, recv }
     }
 
-    /// Reads the agent's Hello; [`receive_hello`] bounds how long it may take.
-    pub async fn read_hello(&mut self) -> Result<Hello, FrameError> {
+    /// Reads the agent's Hello or Join; [`receive_opening`] bounds how long it may take.
+    pub async fn read_opening(&mut self) -> Result<LinkOpening, FrameError> {
         read_msg(&mut self.recv, MAX_CONTROL_FRAME).await
     }
 
-    /// Tells the agent its tunnels are open.
-    pub async fn welcome(&mut self, tunnels: Vec<Granted>) -> Result<(), FrameError> {
-        write_msg(&mut self.send, &ServerMsg::Welcome { tunnels }).await
+    /// Tells the agent its tunnels are open, and how to add links to its session.
+    pub async fn welcome(&mut self, welcome: Welcome) -> Result<(), FrameError> {
+        write_msg(&mut self.send, &ServerMsg::Welcome(welcome)).await
+    }
+
+    /// Tells the agent its link joined the session.
+    pub async fn joined(&mut self) -> Result<(), FrameError> {
+        write_msg(&mut self.send, &ServerMsg::Joined).await
     }
 
     /// The agent's next update, or `None` once it will send nothing more. Not cancel-safe:
@@ -263,13 +286,17 @@ mod tests {
         Granted { id, name: "web".into(), port: 20080, host: None, urls: Vec::new() }
     }
 
+    fn welcome() -> Welcome {
+        Welcome { tunnels: vec![granted(0)], ticket: JoinTicket([7; 32]), links: 4 }
+    }
+
     #[tokio::test]
     async fn a_hello_is_welcomed_and_an_update_answered() -> anyhow::Result<()> {
         let (mut agent, mut relay) = control_stream();
         let relay_side = async {
-            let hello = relay.read_hello().await?;
+            let LinkOpening::Hello(hello) = relay.read_opening().await? else { anyhow::bail!("no Hello") };
             assert_eq!((hello.version, hello.tunnels), (PROTOCOL_VERSION, vec![web()]));
-            relay.welcome(vec![granted(0)]).await?;
+            relay.welcome(welcome()).await?;
             let update = relay.next_update().await?;
             assert_eq!(update, Some(AgentMsg::Update { add: vec![web()], remove: vec![0] }));
             relay.answer_update(UpdateAnswer { granted: vec![granted(1)], refused: Vec::new() }).await?;
@@ -277,7 +304,7 @@ mod tests {
         };
         let agent_side = async {
             let answer = agent.hello(&Secret::new("t0ken"), vec![web()]).await?;
-            assert_eq!(answer, HelloAnswer::Welcome(vec![granted(0)]));
+            assert_eq!(answer, HelloAnswer::Welcome(welcome()));
             let updated = agent.update(vec![web()], vec![0]).await?;
             assert_eq!(updated.granted, vec![granted(1)]);
             anyhow::Ok(agent)
@@ -302,6 +329,52 @@ mod tests {
         let err = agent.hello(&Secret::new("t0ken"), vec![web()]).await.unwrap_err();
         assert!(matches!(err, ConversationError::OutOfTurn("Hello")), "{err}");
         Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_join_carries_the_ticket_and_is_answered() -> anyhow::Result<()> {
+        let (mut agent, mut relay) = control_stream();
+        let relay_side = async {
+            let opening = relay.read_opening().await?;
+            assert_eq!(opening, LinkOpening::Join { ticket: JoinTicket([7; 32]) });
+            relay.joined().await?;
+            anyhow::Ok(relay)
+        };
+        let (_relay, answer) = tokio::try_join!(relay_side, async { Ok(agent.join(&JoinTicket([7; 32])).await?) })?;
+        assert_eq!(answer, JoinAnswer::Joined);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_refused_join_says_why() -> anyhow::Result<()> {
+        let (mut agent, relay) = control_stream();
+        let RelayControl { mut send, .. } = relay;
+        write_msg(&mut send, &ServerMsg::Refused(Refusal::LinkLimit { max: 4 })).await?;
+        let answer = agent.join(&JoinTicket([1; 32])).await?;
+        assert_eq!(answer, JoinAnswer::Refused(Refusal::LinkLimit { max: 4 }));
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_welcome_answering_a_join_is_out_of_turn() -> anyhow::Result<()> {
+        let (mut agent, mut relay) = control_stream();
+        relay.welcome(welcome()).await?;
+        let err = agent.join(&JoinTicket([1; 32])).await.unwrap_err();
+        assert!(matches!(err, ConversationError::OutOfTurn("Join")), "{err}");
+        Ok(())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_relay_times_the_join_out() {
+        let (mut agent, _relay) = control_stream();
+        let err = agent.join(&JoinTicket([1; 32])).await.unwrap_err();
+        assert!(matches!(err, ConversationError::Timeout { after: WELCOME_TIMEOUT, .. }), "{err}");
+    }
+
+    #[test]
+    fn a_ticket_never_shows_in_debug() {
+        let shown = format!("{:?}", LinkOpening::Join { ticket: JoinTicket([0xab; 32]) });
+        assert!(!shown.contains("171") && !shown.contains("ab"), "{shown}");
     }
 
     #[tokio::test]

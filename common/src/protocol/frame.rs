@@ -65,8 +65,8 @@ where
 mod tests {
     use super::*;
     use crate::protocol::{
-        Granted, Hello, MAX_CONTROL_FRAME, MAX_HEADER_FRAME, PROTOCOL_VERSION, ServerMsg, StreamHeader, TunnelKind,
-        TunnelSpec,
+        Granted, Hello, JoinTicket, MAX_CONTROL_FRAME, MAX_HEADER_FRAME, PROTOCOL_VERSION, ServerMsg, StreamHeader,
+        TunnelKind, TunnelSpec, Welcome,
     };
 
     fn hello() -> Hello {
@@ -85,9 +85,11 @@ mod tests {
     async fn messages_round_trip() -> anyhow::Result<()> {
         let (mut a, mut b) = tokio::io::duplex(1024);
         write_msg(&mut a, &hello()).await?;
-        let welcome = ServerMsg::Welcome {
+        let welcome = ServerMsg::Welcome(Welcome {
             tunnels: vec![Granted { id: 0, name: "web".into(), port: 20080, host: None, urls: Vec::new() }],
-        };
+            ticket: JoinTicket([3; 32]),
+            links: 4,
+        });
         write_msg(&mut a, &welcome).await?;
         let header = StreamHeader { tunnel: 7, visitor: "[2001:db8::1]:5000".parse()? };
         write_msg(&mut a, &header).await?;

@@ -13,6 +13,25 @@ pub struct Hello {
     pub tunnels: Vec<TunnelSpec>,
 }
 
+/// The first message on a link's control stream: a Hello opens a session, a Join adds the
+/// link to a session another link opened.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum LinkOpening {
+    Hello(Hello),
+    Join { ticket: JoinTicket },
+}
+
+/// The secret that lets an agent add links to the session it was welcomed into: 32 random
+/// bytes, known only to that agent and (as a hash) to the relay.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinTicket(pub [u8; 32]);
+
+impl std::fmt::Debug for JoinTicket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("JoinTicket(<redacted>)")
+    }
+}
+
 /// One tunnel an agent asks for.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TunnelSpec {
@@ -50,16 +69,29 @@ pub struct HttpAccess {
     pub upgrades: Vec<String>,
 }
 
-/// The relay's answer to [`Hello`], then to each [`AgentMsg::Update`].
+/// The relay's answer to [`Hello`], then to each [`AgentMsg::Update`]; or to a Join.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ServerMsg {
     /// Every requested tunnel is open, in the order of the Hello.
-    Welcome { tunnels: Vec<Granted> },
+    Welcome(Welcome),
     /// Nothing is open; the relay closes the session with [`crate::CloseCode::Refused`].
     Refused(Refusal),
     /// The update is applied: the removed tunnels are closed, and of the added ones these
     /// are open and these were refused (by tunnel name), each alone.
     Updated { granted: Vec<Granted>, refused: Vec<(String, Refusal)> },
+    /// The link carries the session's visitors from now on, beside its other links.
+    Joined,
+}
+
+/// A session's admission: its tunnels, and how the agent may add links to it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Welcome {
+    /// Every requested tunnel, in the order of the Hello.
+    pub tunnels: Vec<Granted>,
+    /// Presented in a Join on each further link.
+    pub ticket: JoinTicket,
+    /// How many links, this one included, the relay takes for the session.
+    pub links: u8,
 }
 
 /// What the agent sends on the control stream after the Welcome: a change of its tunnels
@@ -119,6 +151,10 @@ pub enum Refusal {
     TokenSessionLimit { max: usize },
     #[error("the subdomain {name:?} is outside the names this token allows ({allowed})")]
     SubdomainNotAllowed { name: String, allowed: String },
+    #[error("the relay knows no live session with this join ticket; the session has ended")]
+    UnknownSession,
+    #[error("this session already has {max} links, the relay's limit (max_links_per_session)")]
+    LinkLimit { max: usize },
 }
 
 impl Refusal {

@@ -2,8 +2,10 @@
 //! and timeouts.
 //!
 //! The whole exchange, on one [`crate::link::Link`]:
-//! 1. The agent opens the **control stream** and sends [`Hello`] (its token and tunnels).
-//! 2. The relay answers [`ServerMsg::Welcome`] (the granted tunnels, each with an id) or
+//! 1. The agent opens the **control stream** and sends [`LinkOpening::Hello`] (its token and
+//!    tunnels).
+//! 2. The relay answers [`ServerMsg::Welcome`] (the granted tunnels, each with an id, and a
+//!    join ticket with how many links the session may have) or
 //!    [`ServerMsg::Refused`], after which it closes the link with
 //!    [`crate::CloseCode::Refused`].
 //! 3. For as long as the session lasts the control stream stays open: the agent may send
@@ -12,6 +14,10 @@
 //! 4. For every visitor the relay opens a stream, writes a [`StreamHeader`] (tunnel id and
 //!    visitor address) and the visitor's bytes right behind it; the agent reads the header and
 //!    carries the rest to the tunnel's local target.
+//!
+//! Each further link of the session opens its control stream with [`LinkOpening::Join`] and
+//! the ticket; the relay answers [`ServerMsg::Joined`] or refuses, and from then on opens
+//! visitors' streams on it as on the first.
 //!
 //! [`messages`] holds the types, [`frame`] their one framing and [`conversation`] the functions
 //! each end calls for each step above: callers say what to send, never how.
@@ -22,14 +28,18 @@ pub mod messages;
 
 pub use self::{
     frame::{FrameError, read_msg, write_msg},
-    messages::{AgentMsg, Granted, Hello, HttpAccess, Refusal, ServerMsg, StreamHeader, TunnelKind, TunnelSpec},
+    messages::{
+        AgentMsg, Granted, Hello, HttpAccess, JoinTicket, LinkOpening, Refusal, ServerMsg, StreamHeader, TunnelKind,
+        TunnelSpec, Welcome,
+    },
 };
 
 /// The QUIC ALPN id; its suffix is the protocol version, so mismatched peers fail in the TLS
 /// handshake with a clear "no application protocol" error instead of misreading frames.
-pub const ALPN: &[u8] = b"burrow/2";
+pub const ALPN: &[u8] = b"burrow/3";
 
-/// Version carried in [`Hello`], for changes that stay wire-compatible within one ALPN.
+/// Version carried in [`Hello`], for changes that stay wire-compatible within one ALPN; it
+/// starts again at 1 with each ALPN.
 pub const PROTOCOL_VERSION: u32 = 1;
 
 /// The relay's QUIC port when an address names none.

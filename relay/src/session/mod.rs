@@ -1,6 +1,7 @@
 //! One agent's session: handshake, open its tunnels, serve until it leaves or the relay stops.
 
 mod admission;
+mod join;
 mod link;
 mod serving;
 
@@ -8,15 +9,15 @@ use std::{sync::Arc, sync::atomic::Ordering};
 
 use anyhow::Context;
 use burrow_common::{
-    CloseCode,
+    CloseCode, Hello, LinkOpening, Welcome,
     link::{Link, QuicLink},
-    protocol::conversation::{ConversationError, receive_hello},
+    protocol::conversation::{ConversationError, RelayControlOn, receive_opening},
     transport,
 };
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-pub(crate) use self::link::SessionLink;
+pub(crate) use self::link::{LinkView, Picked, SessionLink};
 use self::serving::Serving;
 use crate::{Shared, limits::Pending, parking, sessions::Admitted};
 
@@ -37,8 +38,8 @@ pub(crate) async fn serve(incoming: quinn::Incoming, pending: Pending, shared: A
     .await
 }
 
-/// `pending` is the client's place among the unauthenticated: held until its Hello is
-/// answered, a delayed refusal included.
+/// `pending` is the client's place among the unauthenticated: held until its Hello or Join
+/// is answered, a delayed refusal included.
 async fn run(
     incoming: quinn::Incoming,
     pending: Pending,
@@ -47,12 +48,12 @@ async fn run(
 ) -> anyhow::Result<()> {
     let conn = incoming.await.context("QUIC handshake failed")?;
     let quic = QuicLink::from(conn);
-    let (hello, mut control) = tokio::select! {
+    let (opening, control) = tokio::select! {
         _ = cancel.cancelled() => {
             quic.close(CloseCode::Shutdown);
             return Ok(());
         }
-        received = receive_hello(&quic, shared.config().handshake_timeout) => match received {
+        received = receive_opening(&quic, shared.config().handshake_timeout) => match received {
             Ok(received) => received,
             Err(e @ ConversationError::Timeout { .. }) => {
                 return Err(close(&quic, CloseCode::HandshakeTimeout)).context(e);
@@ -60,6 +61,22 @@ async fn run(
             Err(e) => return Err(close(&quic, CloseCode::ProtocolViolation)).context(e),
         },
     };
+    match opening {
+        LinkOpening::Hello(hello) => open_session(quic, hello, control, pending, shared, cancel).await,
+        LinkOpening::Join { ticket } => join::join(quic, ticket, control, pending, shared).await,
+    }
+}
+
+/// Admits the session `hello` asks for and serves it until it ends.
+async fn open_session(
+    quic: QuicLink,
+    hello: Hello,
+    mut control: RelayControlOn<QuicLink>,
+    pending: Pending,
+    shared: &Arc<Shared>,
+    cancel: &CancellationToken,
+) -> anyhow::Result<()> {
+    let (ticket, ticket_digest) = join::new_ticket()?;
     let session = shared.next_session.fetch_add(1, Ordering::Relaxed);
     let link = SessionLink::new(quic.clone());
     let (grant, slot, opened) = match admission::admit(shared, &link, &hello, session).await {
@@ -72,7 +89,8 @@ async fn run(
     };
     durable(shared).await;
     let granted: Vec<_> = opened.iter().map(|o| o.granted.clone()).collect();
-    if let Err(e) = control.welcome(granted.clone()).await {
+    let links = u8::try_from(shared.config().max_links_per_session).unwrap_or(u8::MAX);
+    if let Err(e) = control.welcome(Welcome { tunnels: granted.clone(), ticket, links }).await {
         for tunnel in &opened {
             tunnel.release(shared, session).await;
         }
@@ -81,7 +99,8 @@ async fn run(
     // Only a welcomed agent may make the relay buffer a full window.
     quic.allow_receive(transport::SESSION_RECEIVE_WINDOW);
     drop(pending);
-    let mut registered = shared.live.register(session, slot, Admitted::new(&grant, &hello, &link, &granted));
+    let admitted = Admitted::new(&grant, &hello, &link, &granted, ticket_digest);
+    let mut registered = shared.live.register(session, slot, admitted);
     shared.metrics.sessions.inc();
     shared.metrics.sessions_total.inc();
     let mut serving = Serving::new(shared, &link, (&grant, session), &mut registered, cancel);

@@ -265,13 +265,15 @@ impl VisitorConnection {
         };
         let link = route.link.pick();
         let header = StreamHeader { tunnel: route.tunnel, visitor: self.visitor.addr };
-        let (send, recv) = open_visitor_stream(&link, header, None).await.map_err(|_| offline())?;
+        let (send, recv) = open_visitor_stream(&*link, header, None).await.map_err(|_| offline())?;
         metrics.stream_open.observe(arrived.elapsed().as_secs_f64());
         let visit = metrics.traffic.visit(route.link.stable_id(), route.tunnel, self.visitor.addr);
         let io = StreamIo::new(send, recv, visit.shared_progress());
         let (sender, connection) =
             hyper::client::conn::http1::handshake(TokioIo::new(io)).await.map_err(|e| tunnel_broke(&e))?;
         route.visitors.spawn(async move {
+            // The picked link counts this visitor for as long as its connection lasts.
+            let _link = link;
             if let Err(e) = connection.with_upgrades().await {
                 tracing::debug!("stream to the agent ended: {e}");
             }

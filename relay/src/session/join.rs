@@ -1,0 +1,108 @@
+//! A further link of a live session: the agent presents the ticket its Welcome carried, and
+//! the link carries visitors beside the session's others until it ends or the session does.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use burrow_common::{
+    CloseCode, JoinTicket, Refusal,
+    link::{Link, LinkError, LinkStatus, QuicLink},
+    protocol::conversation::RelayControlOn,
+    transport,
+};
+use ring::{digest, rand};
+
+use super::SessionLink;
+use crate::{
+    Shared,
+    limits::Pending,
+    metrics::{CHECKED_JOIN_TICKET, JOIN_JOINED, JOIN_LINK_LIMIT, JOIN_TRY_LATER, JOIN_UNKNOWN, JoinResult},
+};
+
+/// A fresh ticket for a session, and the SHA-256 of it the relay keeps to recognise it.
+pub(super) fn new_ticket() -> anyhow::Result<(JoinTicket, [u8; 32])> {
+    let bytes: [u8; 32] = rand::generate(&rand::SystemRandom::new())
+        .map_err(|_| anyhow::anyhow!("the system's random source failed"))?
+        .expose();
+    let ticket = JoinTicket(bytes);
+    Ok((ticket.clone(), ticket_digest(&ticket)))
+}
+
+fn ticket_digest(ticket: &JoinTicket) -> [u8; 32] {
+    let mut digest_bytes = [0; 32];
+    digest_bytes.copy_from_slice(digest::digest(&digest::SHA256, &ticket.0).as_ref());
+    digest_bytes
+}
+
+/// Adds `quic` to the session `ticket` names, and serves it until it ends or the session's
+/// primary link does. `pending` is the link's place among the unauthenticated, held until
+/// it joined or was refused.
+pub(super) async fn join(
+    quic: QuicLink,
+    ticket: JoinTicket,
+    mut control: RelayControlOn<QuicLink>,
+    pending: Pending,
+    shared: &Arc<Shared>,
+) -> anyhow::Result<()> {
+    let joined = find(shared, &quic, &ticket)
+        .await
+        .and_then(|session| Ok((session.join(quic.clone(), shared.config().max_links_per_session)?, session)));
+    let (place, session) = match joined {
+        Ok(joined) => joined,
+        Err(refusal) => {
+            count(shared, &refusal);
+            let why = anyhow::anyhow!("join refused: {refusal}");
+            control.refuse(refusal, &quic).await;
+            return Err(why);
+        }
+    };
+    tracing::Span::current().record("agent", "joined link");
+    control.joined().await.context("send Joined")?;
+    // Only a link of a welcomed session may make the relay buffer a full window.
+    quic.allow_receive(transport::SESSION_RECEIVE_WINDOW);
+    drop(pending);
+    shared.metrics.link_joins.get_or_create(&JOIN_JOINED).inc();
+    tracing::info!(session = session.stable_id(), "link joined its session");
+    let ended = tokio::select! {
+        ended = quic.closed() => ended,
+        primary = session.closed() => {
+            // The session ends with its primary link, and takes its other links along.
+            quic.close(primary.peer_code().unwrap_or(CloseCode::Shutdown));
+            primary
+        }
+    };
+    drop((place, control));
+    match ended {
+        LinkError::LocallyClosed => tracing::info!("joined link closed by the relay"),
+        ended => tracing::info!(reason = %ended, "joined link ended"),
+    }
+    Ok(())
+}
+
+/// The live session `ticket` belongs to. An unknown ticket is a failed guess, limited like
+/// a wrong token: the ticket is as much a credential as the token.
+async fn find(shared: &Shared, quic: &QuicLink, ticket: &JoinTicket) -> Result<SessionLink, Refusal> {
+    let Ok(attempt) = shared.limiter.attempt(quic.peer().ip()) else {
+        return Err(Refusal::TryLater { why: "too many failed attempts from this address".into() });
+    };
+    shared.metrics.guessing.credential_checks.get_or_create(&CHECKED_JOIN_TICKET).inc();
+    match shared.live.joinable(&ticket_digest(ticket)) {
+        Some(session) => {
+            attempt.succeeded();
+            Ok(session)
+        }
+        None => {
+            attempt.failed().await;
+            Err(Refusal::UnknownSession)
+        }
+    }
+}
+
+fn count(shared: &Shared, refusal: &Refusal) {
+    let result: &JoinResult = match refusal {
+        Refusal::LinkLimit { .. } => &JOIN_LINK_LIMIT,
+        Refusal::UnknownSession => &JOIN_UNKNOWN,
+        _ => &JOIN_TRY_LATER,
+    };
+    shared.metrics.link_joins.get_or_create(result).inc();
+}
