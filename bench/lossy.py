@@ -244,7 +244,7 @@ def main():
         peers.PEERS = Path(args.peers_dir)
     if args.check:
         harness.BIN = Path(args.bin_dir)
-        print(json.dumps(fairness() if args.check == "fairness" else rtt_growth(), indent=2))
+        print(json.dumps(fairness() if args.check == "fairness" else rtt_growth()))
         return
     result = measure(Path(args.bin_dir), args.peers, args.runs, args.seconds, out=Path(args.out),
                      tcp_congestion_control=args.tcp_cc)

@@ -7,7 +7,7 @@
 //!
 //! A loss counts as random only while both hold:
 //! - the smallest round trip of the last two rounds is within [`queue_tolerance`] of the
-//!   floor, the smallest round trip of the last 10 to 20 s;
+//!   floor, the smallest smoothed round trip of the last 10 to 20 s;
 //! - the last two rounds lost at most [`LOSS_RATE_CAP`] of their bytes, or at most
 //!   [`FEW_LOSSES`] datagrams. On a bottleneck whose queue is too short to show in the round
 //!   trips, this still makes the sender back off once it causes more loss than the path had.
@@ -60,14 +60,20 @@ fn min_of(a: Option<Duration>, b: Option<Duration>) -> Option<Duration> {
 }
 
 impl RandomLossFilter {
-    /// Takes the acknowledgement of `bytes` sent at `sent`; `srtt` sets the round length.
+    /// Takes the acknowledgement of `bytes` sent at `sent`, and the smoothed round trip.
+    ///
+    /// The floor is the smallest *smoothed* round trip: quinn stamps a whole batch of
+    /// received datagrams with the time the batch began, so on a busy host single samples
+    /// come out short, and one such sample (37 ms on a 50 ms path) as the floor made every
+    /// later round trip look like a queue for as long as the floor lasted. The recent round
+    /// trip is the smallest single sample of two rounds: a queue that stands delays them all,
+    /// while jitter of the path or of a busy host does not.
     pub(super) fn on_ack(&mut self, now: Instant, sent: Instant, bytes: u64, srtt: Duration) {
         self.advance(now, srtt);
-        // Includes the peer's ack delay; the smallest of many samples hardly does.
-        let rtt = now.saturating_duration_since(sent);
-        self.rounds[0].min_rtt = min_of(self.rounds[0].min_rtt, Some(rtt));
+        let sample = now.saturating_duration_since(sent);
+        self.rounds[0].min_rtt = min_of(self.rounds[0].min_rtt, Some(sample));
         self.rounds[0].acked += bytes;
-        self.floor[0] = min_of(self.floor[0], Some(rtt));
+        self.floor[0] = min_of(self.floor[0], Some(srtt));
     }
 
     /// Takes a loss of `lost_bytes` and says whether it looks random. A loss of nothing is

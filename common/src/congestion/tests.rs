@@ -113,6 +113,20 @@ fn after_a_cut_an_empty_queue_grows_the_window_faster_than_cubic() {
 }
 
 #[test]
+fn an_acknowledgement_stamped_early_does_not_lower_the_floor() {
+    let mut sender = Sender::new();
+    sender.run(Duration::from_secs(2), RTT);
+    // A batch stamped with a stale clock: the packet seems to have come back in 37 ms,
+    // while the smoothed round trip hardly moves.
+    let now = sender.now;
+    sender.cc.acked(now, now - Duration::from_millis(37), u64::from(MTU), false, RTT);
+    assert_eq!(sender.cc.rtt_floor(), Some(RTT));
+    sender.run(RTT * 3, RTT);
+    let (before, after) = sender.lose(RTT);
+    assert_eq!(after, before);
+}
+
+#[test]
 fn an_ecn_mark_always_cuts_the_window() {
     let mut sender = Sender::new();
     sender.run(Duration::from_secs(2), RTT);
