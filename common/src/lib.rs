@@ -28,6 +28,7 @@
 
 pub mod codes;
 pub mod config;
+pub mod congestion;
 pub mod deadline;
 pub mod error_page;
 pub mod http;

@@ -107,9 +107,7 @@ const INITIAL_WINDOW: u64 = 128 * 1024;
 
 fn common(idle_timeout: Duration) -> TransportConfig {
     let mut t = TransportConfig::default();
-    let mut congestion = quinn::congestion::CubicConfig::default();
-    congestion.initial_window(INITIAL_WINDOW);
-    t.congestion_controller_factory(std::sync::Arc::new(congestion));
+    t.congestion_controller_factory(std::sync::Arc::new(crate::congestion::TolerantCubicConfig::new(INITIAL_WINDOW)));
     t.max_idle_timeout(Some(idle_timeout.try_into().unwrap_or(quinn::IdleTimeout::from(VarInt::MAX))));
     t.max_concurrent_uni_streams(VarInt::from_u32(0));
     t.receive_window(VarInt::from_u32(CONNECTION_RECEIVE_WINDOW));
