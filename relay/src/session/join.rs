@@ -10,7 +10,7 @@ use burrow_common::{
     protocol::conversation::RelayControlOn,
     transport,
 };
-use ring::{digest, rand};
+use ring::rand;
 
 use super::SessionLink;
 use crate::{
@@ -29,9 +29,7 @@ pub(super) fn new_ticket() -> anyhow::Result<(JoinTicket, [u8; 32])> {
 }
 
 fn ticket_digest(ticket: &JoinTicket) -> [u8; 32] {
-    let mut digest_bytes = [0; 32];
-    digest_bytes.copy_from_slice(digest::digest(&digest::SHA256, &ticket.0).as_ref());
-    digest_bytes
+    burrow_common::tls::sha256(&ticket.0)
 }
 
 /// Adds `quic` to the session `ticket` names, and serves it until it ends or the session's
