@@ -77,7 +77,7 @@ async fn quic(plan: &Plan, client: &quinn::ClientConfig) -> Result<(Endpoint, Qu
         SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, 0))
     };
     let mut endpoint =
-        Endpoint::client(local).map_err(|e| Failure::Unreachable(format!("cannot open a UDP socket: {e}")))?;
+        client_endpoint(local).map_err(|e| Failure::Unreachable(format!("cannot open a UDP socket: {e}")))?;
     endpoint.set_default_client_config(client.clone());
     if matches!(plan.trust, burrow_common::tls::Trust::Insecure) {
         tracing::warn!("--insecure: the relay's certificate is NOT checked; anyone on the path can read this tunnel");
@@ -90,6 +90,14 @@ async fn quic(plan: &Plan, client: &quinn::ClientConfig) -> Result<(Endpoint, Qu
         Ok(Ok(conn)) => Ok((endpoint, QuicLink::from(conn))),
         Ok(Err(e)) => Err(classify_handshake_error(e, addr)),
     }
+}
+
+/// A client endpoint on its own socket, with the buffers the relay has too: the agent
+/// receives every download at the same packet rate the relay sends it.
+fn client_endpoint(local: SocketAddr) -> std::io::Result<Endpoint> {
+    let socket = std::net::UdpSocket::bind(local)?;
+    transport::size_udp_buffers(&socket)?;
+    Endpoint::new(quinn::EndpointConfig::default(), None, socket, std::sync::Arc::new(quinn::TokioRuntime))
 }
 
 /// TLS alerts travel as QUIC transport errors 0x100-0x1ff (RFC 9001, section 4.8).

@@ -116,6 +116,34 @@ fn common(idle_timeout: Duration) -> TransportConfig {
     t
 }
 
+/// Socket buffer size of every QUIC endpoint, relay and agent alike. At Linux's 208 KiB
+/// default a fast bulk transfer drops packets in the kernel before quinn reads them, and
+/// each drop costs the sender a retransmission and a halved window.
+const UDP_BUFFER: usize = 4 * 1024 * 1024;
+
+/// Raises `socket`'s buffers to [`UDP_BUFFER`] before quinn takes it; a kernel that grants
+/// less is said once, with the setting that caps it.
+pub fn size_udp_buffers(socket: &std::net::UdpSocket) -> std::io::Result<()> {
+    let state = quinn::udp::UdpSocketState::new(socket.into())?;
+    state.set_recv_buffer_size(socket.into(), UDP_BUFFER).ok();
+    state.set_send_buffer_size(socket.into(), UDP_BUFFER).ok();
+    warn_if_capped("receive", state.recv_buffer_size(socket.into())?, "net.core.rmem_max");
+    warn_if_capped("send", state.send_buffer_size(socket.into())?, "net.core.wmem_max");
+    Ok(())
+}
+
+fn warn_if_capped(which: &str, got: usize, sysctl: &str) {
+    // Linux grants double the requested size (half is bookkeeping) and reports that.
+    let granted_in_full = if cfg!(target_os = "linux") { 2 * UDP_BUFFER } else { UDP_BUFFER };
+    if got < granted_in_full {
+        tracing::warn!(
+            wanted = UDP_BUFFER,
+            got,
+            "UDP {which} buffer capped by the kernel; raise {sysctl} for fast tunnels"
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,10 +6,6 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::{BindError, cid::SignedConnectionIds, identity::QuicKeys};
 
-/// Socket buffer size. At Linux's 208 KiB default a fast bulk transfer drops packets in the
-/// kernel before quinn reads them.
-const UDP_BUFFER: usize = 4 * 1024 * 1024;
-
 /// New connections quinn queues before the accept loop sees them, and the Initial bytes it
 /// buffers for them. The loop refuses or admits each at once, so a queue this long means a
 /// flood; quinn's defaults (65,536 and 100 MiB) would let one cost 100 MiB before the
@@ -49,22 +45,8 @@ fn udp_socket(listen: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
         // Serve IPv4 agents on `[::]` too where the system allows it.
         socket.set_only_v6(false).ok();
     }
-    socket.set_recv_buffer_size(UDP_BUFFER).ok();
-    socket.set_send_buffer_size(UDP_BUFFER).ok();
-    warn_if_capped("receive", socket.recv_buffer_size()?, "net.core.rmem_max");
-    warn_if_capped("send", socket.send_buffer_size()?, "net.core.wmem_max");
     socket.bind(&listen.into())?;
-    Ok(socket.into())
-}
-
-fn warn_if_capped(which: &str, got: usize, sysctl: &str) {
-    // Linux grants double the requested size (half is bookkeeping) and reports that.
-    let granted_in_full = if cfg!(target_os = "linux") { 2 * UDP_BUFFER } else { UDP_BUFFER };
-    if got < granted_in_full {
-        tracing::warn!(
-            wanted = UDP_BUFFER,
-            got,
-            "UDP {which} buffer capped by the kernel; raise {sysctl} for fast tunnels"
-        );
-    }
+    let socket = socket.into();
+    burrow_common::transport::size_udp_buffers(&socket)?;
+    Ok(socket)
 }
