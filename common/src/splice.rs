@@ -16,12 +16,14 @@
 
 use std::{
     io::IoSlice,
+    pin::Pin,
     sync::atomic::{AtomicU64, Ordering::Relaxed},
+    task::{Context, Poll, ready},
 };
 
 use bytes::Bytes;
 use tokio::{
-    io::AsyncWriteExt,
+    io::{AsyncRead, AsyncWriteExt, ReadBuf},
     net::{
         TcpStream,
         tcp::{OwnedReadHalf, OwnedWriteHalf},
@@ -78,11 +80,11 @@ pub async fn splice<W: StreamWriter, R: StreamReader>(
 ) -> std::io::Result<Moved> {
     // Small writes (keystrokes, requests) must not wait for Nagle's algorithm.
     tcp.set_nodelay(true).ok();
-    let (tcp_read, mut tcp_write) = tcp.into_split();
+    let (mut tcp_read, mut tcp_write) = tcp.into_split();
     let idle = Idle::new(limits.idle);
     let both_ways = async {
         tokio::try_join!(
-            tcp_to_stream(&tcp_read, &mut send, progress, &idle),
+            tcp_to_stream(&mut tcp_read, &mut send, progress, &idle),
             stream_to_tcp(&mut recv, &mut tcp_write, progress, (limits.write_stall, &idle))
         )
     };
@@ -98,23 +100,14 @@ pub async fn splice<W: StreamWriter, R: StreamReader>(
 }
 
 async fn tcp_to_stream<W: StreamWriter>(
-    tcp: &OwnedReadHalf,
+    tcp: &mut OwnedReadHalf,
     send: &mut W,
     progress: &Progress,
     idle: &Idle,
 ) -> std::io::Result<u64> {
     let mut total = 0;
     loop {
-        tcp.readable().await?;
-        // The read is synchronous, so one scratch buffer per thread serves every connection
-        // and an idle visitor holds none; the stream gets exactly the bytes read.
-        let read =
-            SCRATCH.with_borrow_mut(|scratch| tcp.try_read(scratch).map(|n| Bytes::copy_from_slice(&scratch[..n])));
-        let chunk = match read {
-            Ok(chunk) => chunk,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-            Err(e) => return Err(e),
-        };
+        let chunk = std::future::poll_fn(|cx| read_chunk(tcp, cx)).await?;
         idle.touch();
         if chunk.is_empty() {
             send.finish()?;
@@ -124,6 +117,20 @@ async fn tcp_to_stream<W: StreamWriter>(
         progress.add_tcp_to_stream(chunk.len() as u64);
         send.write_chunk(chunk).await?;
     }
+}
+
+/// One TCP read, through the thread's scratch buffer into a chunk of exactly the bytes read.
+/// The read completes within one poll, so one scratch buffer per thread serves every
+/// connection and an idle visitor holds none. It goes through `AsyncRead` rather than
+/// `try_read`: tokio then takes a short read as the socket drained and waits for the next
+/// readiness, where `try_read` spends a second system call to learn `WouldBlock` after every
+/// read that drains the socket, as each request-sized read does.
+fn read_chunk(tcp: &mut OwnedReadHalf, cx: &mut Context<'_>) -> Poll<std::io::Result<Bytes>> {
+    SCRATCH.with_borrow_mut(|scratch| {
+        let mut buf = ReadBuf::new(scratch);
+        ready!(Pin::new(tcp).poll_read(cx, &mut buf))?;
+        Poll::Ready(Ok(Bytes::copy_from_slice(buf.filled())))
+    })
 }
 
 thread_local! {
