@@ -4,7 +4,7 @@
 use hyper::{
     HeaderMap, Request,
     body::Incoming,
-    header::{self, HeaderValue},
+    header::{self, HeaderName, HeaderValue},
 };
 
 use super::Visitor;
@@ -44,6 +44,22 @@ pub(super) fn prepare_for_agent(
 /// belong to the hop they came on, and one named in `Connection` could otherwise strip the
 /// relay's forwarding headers at a proxy in front of the local server.
 pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap, upgrading: bool) {
+    // Most messages carry none of them: one pass over the few headers they have costs less
+    // than looking each hop-by-hop name up.
+    if headers.keys().any(is_hop_by_hop) {
+        strip_present(headers, upgrading);
+    }
+    if upgrading {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+}
+
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    [header::CONNECTION, header::UPGRADE, header::TE, header::TRAILER, header::TRANSFER_ENCODING].contains(name)
+        || ["keep-alive", "proxy-connection"].contains(&name.as_str())
+}
+
+fn strip_present(headers: &mut HeaderMap, upgrading: bool) {
     let named: Vec<header::HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -59,28 +75,34 @@ pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap, upgrading: bool) {
     for name in ["keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding"] {
         headers.remove(name);
     }
-    if upgrading {
-        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    } else {
+    if !upgrading {
         headers.remove(header::CONNECTION);
         headers.remove(header::UPGRADE);
     }
 }
 
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
 fn set_forwarded(headers: &mut HeaderMap, visitor: &Visitor, sent_host: &str) {
     let ip = visitor.addr.ip().to_canonical();
     let proto = visitor.scheme.as_str();
     let node = if ip.is_ipv6() { format!("\"[{ip}]\"") } else { ip.to_string() };
-    let forwarded = format!("for={node};host=\"{}\";proto={proto}", sent_host.replace(['"', '\\'], ""));
+    let quoted_host = if sent_host.contains(['"', '\\']) { &sent_host.replace(['"', '\\'], "") } else { sent_host };
+    let forwarded = format!("for={node};host=\"{quoted_host}\";proto={proto}");
+    let for_value = if ip.is_ipv6() { HeaderValue::from_str(&ip.to_string()) } else { HeaderValue::from_str(&node) };
     for (name, value) in [
-        ("x-forwarded-for", ip.to_string()),
-        ("x-forwarded-proto", proto.to_string()),
-        ("x-forwarded-host", sent_host.to_string()),
-        ("forwarded", forwarded),
+        (X_FORWARDED_FOR, for_value),
+        (X_FORWARDED_PROTO, Ok(HeaderValue::from_static(proto))),
+        (X_FORWARDED_HOST, HeaderValue::from_str(sent_host)),
+        (header::FORWARDED, HeaderValue::from_str(&forwarded)),
     ] {
-        headers.remove(name);
-        if let Ok(value) = HeaderValue::from_str(&value) {
+        // Inserting replaces every value the visitor sent under the name.
+        if let Ok(value) = value {
             headers.insert(name, value);
+        } else {
+            headers.remove(name);
         }
     }
 }
