@@ -2,7 +2,12 @@
 //! on to the local server, with the tunnel's rewrites, and a local server that is down is
 //! answered with a page that says so.
 
-use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use burrow_common::{
     error_page::{ErrorPage, wants_html},
@@ -18,26 +23,31 @@ use hyper::{
     header::{self, HeaderName, HeaderValue},
     service::service_fn,
 };
-use hyper_util::{
-    client::legacy::{Client, connect::HttpConnector},
-    rt::{TokioExecutor, TokioIo},
-};
+use hyper_util::rt::TokioIo;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
     TunnelPlan,
     config::LocalTarget,
     requests::{Exchange, Side, Tap},
-    stats::{Stats, VisitEnd},
+    stats::{Stats, VisitEnd, lock},
+};
+
+mod gather;
+mod pool;
+
+use self::{
+    gather::Gathered,
+    pool::{LocalError, Pool, Sender},
 };
 
 type Body = UnsyncBoxBody<Bytes, hyper::Error>;
 
+/// A visitor stream's connection to the local server, between its requests.
+type Held = Mutex<Option<Sender>>;
+
 /// Longest a replay waits for its answer, and reads its body.
 const REPLAY_LIMIT: Duration = Duration::from_secs(60);
-
-/// Idle connections to the local server are kept this long for the next request.
-const POOL_IDLE: Duration = Duration::from_secs(30);
 
 /// What the inspector's user changed before a replay; `None` keeps the original's.
 #[derive(Debug, Default, serde::Deserialize)]
@@ -50,7 +60,7 @@ pub(crate) struct ReplayEdit {
 }
 
 pub(crate) struct LocalHttp {
-    client: Client<HttpConnector, Body>,
+    pool: Pool,
     /// The tunnel's name, under which its requests are listed.
     tunnel: String,
     stats: Stats,
@@ -87,12 +97,9 @@ impl LocalHttp {
                 })
                 .collect()
         };
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new()).pool_idle_timeout(POOL_IDLE).build(connector);
         let rewrite = &tunnel.rewrite;
         Self {
-            client,
+            pool: Pool::new(tunnel.local.clone()),
             tunnel: name.to_string(),
             stats: stats.clone(),
             tasks: tasks.clone(),
@@ -112,18 +119,26 @@ impl LocalHttp {
         W: StreamWriter,
         R: StreamReader,
     {
-        let service = service_fn(|request| async move { Ok::<_, Infallible>(self.forward(request, visitor).await) });
+        // The stream's connection to the local server, kept between its requests.
+        let held = Mutex::new(None);
+        let service = service_fn(|request| {
+            let held = &held;
+            async move { Ok::<_, Infallible>(self.forward(request, visitor, held).await) }
+        });
         let served = hyper::server::conn::http1::Builder::new()
-            .serve_connection(TokioIo::new(stream), service)
+            .serve_connection(TokioIo::new(Gathered(stream)), service)
             .with_upgrades()
             .await;
+        if let Some(sender) = lock(&held).take() {
+            self.pool.put_back(sender);
+        }
         match served {
             Ok(()) => VisitEnd::Closed,
             Err(e) => VisitEnd::Failed { reason: format!("HTTP stream failed: {e}") },
         }
     }
 
-    async fn forward(&self, mut request: Request<Incoming>, visitor: SocketAddr) -> Response<Body> {
+    async fn forward(&self, mut request: Request<Incoming>, visitor: SocketAddr, held: &Held) -> Response<Body> {
         // The relay applies the same rule; checked again here for any relay in between.
         let switching = upgrade::permitted(request.headers(), &self.upgrades);
         if !switching {
@@ -133,9 +148,13 @@ impl LocalHttp {
         let html = wants_html(request.headers());
         let (parts, body) = request.into_parts();
         let exchange = self.stats.requests().start(&self.tunnel, Some(visitor), None, &parts);
-        self.stats.changed();
+        // The tap of a body that has ended already tells the watchers at once, of both.
+        let told = hyper::body::Body::is_end_stream(&body);
         let body = Tap::new(body, exchange.clone(), Side::Request, self.on_change()).boxed_unsync();
-        let mut response = self.send(Request::from_parts(parts, body), &exchange).await;
+        if !told {
+            self.stats.changed();
+        }
+        let mut response = self.send(Request::from_parts(parts, body), &exchange, held).await;
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
             let Some(visitor_side) = visitor_upgrade else {
                 // The connection to the local server is no longer HTTP; it is dropped with
@@ -166,30 +185,29 @@ impl LocalHttp {
 
     /// Sends `request` on to the local server with the tunnel's rewrites, recording the
     /// answer in `exchange`; a failure is answered with a page saying what went wrong.
-    async fn send(&self, mut request: Request<Body>, exchange: &Arc<Exchange>) -> Response<Body> {
+    async fn send(&self, mut request: Request<Body>, exchange: &Arc<Exchange>, held: &Held) -> Response<Body> {
         let html = wants_html(request.headers());
-        let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
-        let uri = match format!("http://{}{path}", self.local).parse::<Uri>() {
-            Ok(uri) => uri,
-            Err(e) => {
-                return self.failure(
-                    &format!("the request path cannot be sent on: {e}"),
-                    unavailable(),
-                    html,
-                    exchange,
-                );
-            }
-        };
-        *request.uri_mut() = uri;
+        // The local server is reached directly: the request line carries the path alone.
+        let path = request.uri().path_and_query().cloned().map_or_else(|| Uri::from_static("/"), Uri::from);
+        *request.uri_mut() = path;
         let headers = request.headers_mut();
         if let Some(host) = &self.host_header {
             headers.insert(header::HOST, host.clone());
         }
+        if !headers.contains_key(header::HOST)
+            && let Ok(host) = HeaderValue::from_str(&self.local.to_string())
+        {
+            headers.insert(header::HOST, host);
+        }
         for (name, value) in &self.request_headers {
             headers.insert(name.clone(), value.clone());
         }
-        let mut response = match self.client.request(request).await {
-            Ok(response) => response,
+        let kept = lock(held).take();
+        let mut response = match self.pool.send(kept, request).await {
+            Ok((response, sender)) => {
+                *lock(held) = Some(sender);
+                response
+            }
             Err(e) => return self.failure(&self.describe(&e), unavailable(), html, exchange),
         };
         for (name, value) in &self.response_headers {
@@ -237,7 +255,9 @@ impl LocalHttp {
         let exchange = self.stats.requests().start(&self.tunnel, None, Some(original.id), &parts);
         self.stats.changed();
         let body = Tap::new(body, exchange.clone(), Side::Request, self.on_change()).boxed_unsync();
-        let sent = tokio::time::timeout(REPLAY_LIMIT, self.send(Request::from_parts(parts, body), &exchange)).await;
+        let held = Mutex::new(None);
+        let sent =
+            tokio::time::timeout(REPLAY_LIMIT, self.send(Request::from_parts(parts, body), &exchange, &held)).await;
         let Ok(response) = sent else {
             exchange.ended(Some(format!("no answer within {REPLAY_LIMIT:?}")));
             return Err(format!("the local server did not answer the replay within {REPLAY_LIMIT:?}"));
@@ -259,14 +279,14 @@ impl LocalHttp {
     }
 
     /// Words a failed request as the visitor and the console should read it.
-    fn describe(&self, error: &hyper_util::client::legacy::Error) -> String {
+    fn describe(&self, error: &LocalError) -> String {
         let local = &self.local;
-        if io_error_kind(error) == Some(std::io::ErrorKind::ConnectionRefused) {
-            format!("the local server at {local} refused the connection; is it running?")
-        } else if error.is_connect() {
-            format!("the local server at {local} cannot be reached: {error}")
-        } else {
-            format!("the local server at {local} failed to answer: {error}")
+        match error {
+            LocalError::Connect(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                format!("the local server at {local} refused the connection; is it running?")
+            }
+            LocalError::Connect(e) => format!("the local server at {local} cannot be reached: {e}"),
+            LocalError::Http(e) => format!("the local server at {local} failed to answer: {e}"),
         }
     }
 
@@ -284,44 +304,4 @@ impl LocalHttp {
 /// What a visitor learns of a local server that failed: not where it is.
 fn unavailable() -> ErrorPage {
     ErrorPage::new(StatusCode::BAD_GATEWAY, "Local server unavailable", "The local server is unavailable.".into())
-}
-
-/// The kind of the I/O error at the root of `error`, found down its chain of sources (hyper's
-/// client wraps the connector's error, which wraps the socket's).
-fn io_error_kind(error: &(dyn std::error::Error + 'static)) -> Option<std::io::ErrorKind> {
-    let mut cause = Some(error);
-    while let Some(error) = cause {
-        if let Some(io) = error.downcast_ref::<std::io::Error>() {
-            return Some(io.kind());
-        }
-        cause = error.source();
-    }
-    None
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[derive(Debug)]
-    struct Wrapper(std::io::Error);
-
-    impl std::fmt::Display for Wrapper {
-        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.write_str("connect failed")
-        }
-    }
-
-    impl std::error::Error for Wrapper {
-        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-            Some(&self.0)
-        }
-    }
-
-    #[test]
-    fn the_io_error_is_found_down_the_chain() {
-        let refused = Wrapper(std::io::ErrorKind::ConnectionRefused.into());
-        assert_eq!(io_error_kind(&refused), Some(std::io::ErrorKind::ConnectionRefused));
-        assert_eq!(io_error_kind(&std::fmt::Error), None);
-    }
 }
