@@ -122,7 +122,7 @@ impl CubicWindow {
         let window = self.window as f64;
         // Fast convergence (RFC 9438 section 4.7): yield sooner to a newcomer.
         self.w_max = if window < self.w_max { window * (1.0 + BETA) / 2.0 } else { window };
-        self.ssthresh = ((window * BETA) as u64).max(self.minimum_window());
+        self.ssthresh = self.decreased(self.window);
         self.window = self.ssthresh;
         self.k = (self.w_max / self.mtu as f64 * (1.0 - BETA) / C).cbrt();
         self.pending_growth = (self.pending_growth as f64 * BETA) as u64;
@@ -130,10 +130,15 @@ impl CubicWindow {
             // RFC 9002 section 7.6.2: back to the minimum window; slow start up to half.
             self.recovery_start = None;
             self.w_max = self.window as f64;
-            self.ssthresh = ((self.window as f64 * BETA) as u64).max(self.minimum_window());
+            self.ssthresh = self.decreased(self.window);
             self.pending_growth = 0;
             self.window = self.minimum_window();
         }
+    }
+
+    /// `window` after one multiplicative decrease, never under the minimum window.
+    fn decreased(&self, window: u64) -> u64 {
+        ((window as f64 * BETA) as u64).max(self.minimum_window())
     }
 }
 
@@ -154,11 +159,17 @@ mod tests {
         assert_eq!(cubic.window(), 13_200, "an application-limited ack proves nothing about the path");
     }
 
+    /// A window of `window` bytes just after one congestion event, and when it happened.
+    fn cut_once(window: u64, persistent: bool) -> (CubicWindow, Instant) {
+        let now = Instant::now();
+        let mut cubic = CubicWindow::new(window, MTU);
+        cubic.on_congestion(now, now, persistent);
+        (cubic, now)
+    }
+
     #[test]
     fn a_congestion_event_cuts_once_per_recovery_period() {
-        let now = Instant::now();
-        let mut cubic = CubicWindow::new(100_000, MTU);
-        cubic.on_congestion(now, now, false);
+        let (mut cubic, now) = cut_once(100_000, false);
         assert_eq!(cubic.window(), 70_000);
         cubic.on_congestion(now + RTT / 2, now - RTT, false);
         assert_eq!(cubic.window(), 70_000, "a packet sent before the recovery began is the same event");
@@ -168,18 +179,14 @@ mod tests {
 
     #[test]
     fn persistent_congestion_falls_to_the_minimum_window() {
-        let now = Instant::now();
-        let mut cubic = CubicWindow::new(100_000, MTU);
-        cubic.on_congestion(now, now, true);
+        let (cubic, _) = cut_once(100_000, true);
         assert_eq!(cubic.window(), cubic.minimum_window());
         assert_eq!(cubic.ssthresh(), 49_000);
     }
 
     #[test]
     fn congestion_avoidance_climbs_back_toward_the_old_window() {
-        let start = Instant::now();
-        let mut cubic = CubicWindow::new(120_000, MTU);
-        cubic.on_congestion(start, start, false);
+        let (mut cubic, start) = cut_once(120_000, false);
         let cut = cubic.window();
         let mut now = start;
         for _ in 0..2000 {
