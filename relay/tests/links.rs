@@ -24,35 +24,54 @@ use tokio::{net::TcpStream, net::UdpSocket};
 
 const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
-/// The links `/api/agents` lists for the one session on the relay.
-async fn links_of_the_session(relay: &TestRelay) -> anyhow::Result<Vec<Value>> {
-    let agents = api(relay, "agents").await?;
-    let [agent] = agents.as_array().context("an array")?.as_slice() else { anyhow::bail!("not one session: {agents}") };
-    Ok(agent["links"].as_array().context("links")?.clone())
+/// What every test here starts from: a relay on a fresh data directory, and an endpoint
+/// that dials links by hand.
+struct Setup {
+    relay: TestRelay,
+    endpoint: quinn::Endpoint,
+    /// The relay's data directory, removed when the test ends.
+    dir: tempfile::TempDir,
 }
 
-/// A session opened by hand with one TCP tunnel, and its Welcome.
-async fn raw_session(
-    relay: &TestRelay,
-    endpoint: &quinn::Endpoint,
-    token: &Secret,
-) -> anyhow::Result<(raw_agent::RawSession, Welcome)> {
-    let tunnel = raw_agent::tcp_tunnel("web");
-    let (session, answer) = raw_agent::hello(endpoint, relay.addr, token, vec![tunnel]).await?;
-    let HelloAnswer::Welcome(welcome) = answer else { anyhow::bail!("not welcomed: {answer:?}") };
-    Ok((session, welcome))
-}
+impl Setup {
+    async fn start() -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let relay = TestRelay::start(dir.path()).await?;
+        let endpoint = raw_agent::endpoint(LOCALHOST, relay.fingerprint, None)?;
+        Ok(Self { relay, endpoint, dir })
+    }
 
-/// A link dialed by hand that presents `ticket`, and the relay's answer.
-async fn raw_join(
-    relay: &TestRelay,
-    endpoint: &quinn::Endpoint,
-    ticket: &JoinTicket,
-) -> anyhow::Result<(QuicLink, JoinAnswer)> {
-    let link = QuicLink::from(endpoint.connect(relay.addr, "localhost")?.await?);
-    let mut control = AgentControlOn::<QuicLink>::open(&link).await?;
-    let answer = control.join(ticket).await?;
-    Ok((link, answer))
+    /// An agent's plan with one TCP tunnel to an echo server, over `links` links.
+    async fn plan(&self, links: u8) -> anyhow::Result<agent::Plan> {
+        let mut plan = self.relay.plan(vec![tunnel("web", echo_server().await?)]);
+        plan.links = links;
+        Ok(plan)
+    }
+
+    /// A session opened by hand with `token` and one TCP tunnel, and its Welcome.
+    async fn session(&self, token: &Secret) -> anyhow::Result<(raw_agent::RawSession, Welcome)> {
+        let tunnel = raw_agent::tcp_tunnel("web");
+        let (session, answer) = raw_agent::hello(&self.endpoint, self.relay.addr, token, vec![tunnel]).await?;
+        let HelloAnswer::Welcome(welcome) = answer else { anyhow::bail!("not welcomed: {answer:?}") };
+        Ok((session, welcome))
+    }
+
+    /// A link dialed by hand that presents `ticket`, and the relay's answer.
+    async fn join(&self, ticket: &JoinTicket) -> anyhow::Result<(QuicLink, JoinAnswer)> {
+        let link = QuicLink::from(self.endpoint.connect(self.relay.addr, "localhost")?.await?);
+        let mut control = AgentControlOn::<QuicLink>::open(&link).await?;
+        let answer = control.join(ticket).await?;
+        Ok((link, answer))
+    }
+
+    /// The links `/api/agents` lists for the one session on the relay.
+    async fn links_of_the_session(&self) -> anyhow::Result<Vec<Value>> {
+        let agents = api(&self.relay, "agents").await?;
+        let [agent] = agents.as_array().context("an array")?.as_slice() else {
+            anyhow::bail!("not one session: {agents}")
+        };
+        Ok(agent["links"].as_array().context("links")?.clone())
+    }
 }
 
 async fn closed_with(link: &QuicLink) -> anyhow::Result<LinkError> {
@@ -61,13 +80,10 @@ async fn closed_with(link: &QuicLink) -> anyhow::Result<LinkError> {
 
 #[tokio::test]
 async fn forty_visitors_arrive_intact_spread_over_four_links() -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let relay = TestRelay::start(dir.path()).await?;
-    let mut plan = relay.plan(vec![tunnel("web", echo_server().await?)]);
-    plan.links = 4;
-    let (agent, tunnels) = TestAgent::start(plan).await?;
-    settled(&relay, "burrow_links", 4.0).await?;
-    assert_eq!(links_of_the_session(&relay).await?.len(), 4);
+    let setup = Setup::start().await?;
+    let (agent, tunnels) = TestAgent::start(setup.plan(4).await?).await?;
+    settled(&setup.relay, "burrow_links", 4.0).await?;
+    assert_eq!(setup.links_of_the_session().await?.len(), 4);
 
     let public = public_addr(&tunnels[0]);
     let visitors = (0..40).map(|i| async move {
@@ -77,112 +93,101 @@ async fn forty_visitors_arrive_intact_spread_over_four_links() -> anyhow::Result
     });
     futures_util::future::try_join_all(visitors).await?;
 
-    let links = links_of_the_session(&relay).await?;
+    let links = setup.links_of_the_session().await?;
     let carried: Vec<u64> = links.iter().map(|link| link["visitors"].as_u64().unwrap_or(0)).collect();
     assert_eq!(carried.iter().sum::<u64>(), 40, "{links:?}");
     assert!(carried.iter().all(|&n| n >= 1), "every link carries visitors: {carried:?}");
-    let page = metrics(&relay).await?;
+    let page = metrics(&setup.relay).await?;
     assert_eq!(sample(&page, "burrow_link_joins_total{result=\"joined\"}"), Some(3.0));
     agent.stop().await?;
-    settled(&relay, "burrow_links", 0.0).await?;
-    relay.stop().await
+    settled(&setup.relay, "burrow_links", 0.0).await?;
+    setup.relay.stop().await
 }
 
 #[tokio::test]
 async fn one_link_keeps_the_session_on_a_single_connection() -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let relay = TestRelay::start(dir.path()).await?;
-    let mut plan = relay.plan(vec![tunnel("web", echo_server().await?)]);
-    plan.links = 1;
-    let (agent, tunnels) = TestAgent::start(plan).await?;
+    let setup = Setup::start().await?;
+    let (agent, tunnels) = TestAgent::start(setup.plan(1).await?).await?;
     let data = random_bytes(100_000);
     assert_eq!(exchange(public_addr(&tunnels[0]), &data).await?, data);
-    let page = settled(&relay, "burrow_links", 1.0).await?;
+    let page = settled(&setup.relay, "burrow_links", 1.0).await?;
     assert_eq!(sample(&page, "burrow_link_joins_total{result=\"joined\"}"), None, "no link asked to join");
-    assert_eq!(links_of_the_session(&relay).await?.len(), 1);
+    assert_eq!(setup.links_of_the_session().await?.len(), 1);
     agent.stop().await?;
-    relay.stop().await
+    setup.relay.stop().await
 }
 
 #[tokio::test]
 async fn a_wrong_ticket_is_a_failed_guess_and_never_joins() -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let relay = TestRelay::start(dir.path()).await?;
-    let endpoint = raw_agent::endpoint(LOCALHOST, relay.fingerprint, None)?;
-    let (_session, welcome) = raw_session(&relay, &endpoint, &relay.token).await?;
+    let setup = Setup::start().await?;
+    let (_session, welcome) = setup.session(&setup.relay.token).await?;
     let mut wrong = welcome.ticket.0;
     wrong[0] ^= 1;
 
-    let (link, answer) = raw_join(&relay, &endpoint, &JoinTicket(wrong)).await?;
+    let (link, answer) = setup.join(&JoinTicket(wrong)).await?;
     assert_eq!(answer, JoinAnswer::Refused(Refusal::UnknownSession));
     assert_eq!(closed_with(&link).await?.peer_code(), Some(CloseCode::Refused));
-    let page = metrics(&relay).await?;
+    let page = metrics(&setup.relay).await?;
     assert_eq!(sample(&page, "burrow_credential_checks_total{kind=\"join_ticket\"}"), Some(1.0));
     assert_eq!(sample(&page, "burrow_link_joins_total{result=\"unknown_session\"}"), Some(1.0));
     assert_eq!(sample(&page, "burrow_links"), Some(1.0));
-    assert_eq!(links_of_the_session(&relay).await?.len(), 1);
-    relay.stop().await
+    assert_eq!(setup.links_of_the_session().await?.len(), 1);
+    setup.relay.stop().await
 }
 
 #[tokio::test]
 async fn the_link_cap_refuses_the_fifth_link() -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let relay = TestRelay::start(dir.path()).await?;
-    let endpoint = raw_agent::endpoint(LOCALHOST, relay.fingerprint, None)?;
-    let (_session, welcome) = raw_session(&relay, &endpoint, &relay.token).await?;
+    let setup = Setup::start().await?;
+    let (_session, welcome) = setup.session(&setup.relay.token).await?;
     assert_eq!(welcome.links, 4, "the relay tells its default cap");
     let mut joined = Vec::new();
     for _ in 0..3 {
-        let (link, answer) = raw_join(&relay, &endpoint, &welcome.ticket).await?;
+        let (link, answer) = setup.join(&welcome.ticket).await?;
         assert_eq!(answer, JoinAnswer::Joined);
         joined.push(link);
     }
-    let (fifth, answer) = raw_join(&relay, &endpoint, &welcome.ticket).await?;
+    let (fifth, answer) = setup.join(&welcome.ticket).await?;
     assert_eq!(answer, JoinAnswer::Refused(Refusal::LinkLimit { max: 4 }));
     assert_eq!(closed_with(&fifth).await?.peer_code(), Some(CloseCode::Refused));
-    let page = settled(&relay, "burrow_links", 4.0).await?;
+    let page = settled(&setup.relay, "burrow_links", 4.0).await?;
     assert_eq!(sample(&page, "burrow_link_joins_total{result=\"link_limit\"}"), Some(1.0));
-    relay.stop().await
+    setup.relay.stop().await
 }
 
 #[tokio::test]
 async fn revoking_the_token_closes_every_link() -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let relay = TestRelay::start(dir.path()).await?;
-    let store = relay::tokens::TokenStore::open(dir.path());
+    let setup = Setup::start().await?;
+    let store = relay::tokens::TokenStore::open(setup.dir.path());
     let token = store.add("teammate", Default::default())?;
-    let endpoint = raw_agent::endpoint(LOCALHOST, relay.fingerprint, None)?;
-    let (session, welcome) = raw_session(&relay, &endpoint, &token).await?;
+    let (session, welcome) = setup.session(&token).await?;
     let mut joined = Vec::new();
     for _ in 0..3 {
-        joined.push(raw_join(&relay, &endpoint, &welcome.ticket).await?.0);
+        joined.push(setup.join(&welcome.ticket).await?.0);
     }
-    settled(&relay, "burrow_links", 4.0).await?;
+    settled(&setup.relay, "burrow_links", 4.0).await?;
 
     assert!(store.revoke("teammate")?);
     for link in joined.iter().chain([&session.link]) {
         assert_eq!(closed_with(link).await?.peer_code(), Some(CloseCode::Revoked));
     }
-    settled(&relay, "burrow_links", 0.0).await?;
-    relay.stop().await
+    settled(&setup.relay, "burrow_links", 0.0).await?;
+    setup.relay.stop().await
 }
 
 #[tokio::test]
 async fn the_primary_leaving_takes_the_joined_links_along() -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let relay = TestRelay::start(dir.path()).await?;
-    let endpoint = raw_agent::endpoint(LOCALHOST, relay.fingerprint, None)?;
-    let (session, welcome) = raw_session(&relay, &endpoint, &relay.token).await?;
-    let (joined, _) = raw_join(&relay, &endpoint, &welcome.ticket).await?;
-    settled(&relay, "burrow_links", 2.0).await?;
+    let setup = Setup::start().await?;
+    let (session, welcome) = setup.session(&setup.relay.token).await?;
+    let (joined, _) = setup.join(&welcome.ticket).await?;
+    settled(&setup.relay, "burrow_links", 2.0).await?;
 
     session.link.close(CloseCode::AgentExit);
     assert_eq!(closed_with(&joined).await?.peer_code(), Some(CloseCode::AgentExit));
-    settled(&relay, "burrow_links", 0.0).await?;
+    settled(&setup.relay, "burrow_links", 0.0).await?;
     // The ticket died with its session.
-    let (_, answer) = raw_join(&relay, &endpoint, &welcome.ticket).await?;
+    let (_, answer) = setup.join(&welcome.ticket).await?;
     assert_eq!(answer, JoinAnswer::Refused(Refusal::UnknownSession));
-    relay.stop().await
+    setup.relay.stop().await
 }
 
 /// A NAT router in front of the relay that gives each of the agent's sockets its own
@@ -241,16 +246,14 @@ async fn relay_to_agent(back: Arc<UdpSocket>, front: Arc<UdpSocket>, agent: Sock
 
 #[tokio::test]
 async fn a_lost_link_is_dialed_again_and_the_other_visitors_carry_on() -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let relay = TestRelay::start(dir.path()).await?;
-    let router = Router::start(relay.addr).await?;
-    let mut plan = relay.plan(vec![tunnel("web", echo_server().await?)]);
+    let setup = Setup::start().await?;
+    let router = Router::start(setup.relay.addr).await?;
+    let mut plan = setup.plan(4).await?;
     plan.relay.port = router.addr.port();
-    plan.links = 4;
     // A cut path is noticed within a second and a half; the other links keep theirs alive.
     (plan.keep_alive, plan.idle_timeout) = (Duration::from_millis(200), Duration::from_millis(1500));
     let (agent, tunnels) = TestAgent::start(plan).await?;
-    settled(&relay, "burrow_links", 4.0).await?;
+    settled(&setup.relay, "burrow_links", 4.0).await?;
 
     let public = public_addr(&tunnels[0]);
     let mut visitors = Vec::new();
@@ -259,15 +262,15 @@ async fn a_lost_link_is_dialed_again_and_the_other_visitors_carry_on() -> anyhow
         assert_eq!(round_trip(&mut visitor, &[i; 1000]).await?, [i; 1000]);
         visitors.push(visitor);
     }
-    let links = links_of_the_session(&relay).await?;
+    let links = setup.links_of_the_session().await?;
     let lost = links.iter().find(|link| link["primary"] == false).context("a joined link")?;
     let lost_visitors = lost["open_visitors"].as_u64().context("open visitors")?;
     assert!(lost_visitors >= 1, "the link to cut carries visitors: {links:?}");
     router.cut(lost["remote"].as_str().context("remote")?.parse()?)?;
 
-    settled(&relay, "burrow_links", 3.0).await?;
-    settled(&relay, "burrow_link_joins_total{result=\"joined\"}", 4.0).await?;
-    settled(&relay, "burrow_links", 4.0).await?;
+    settled(&setup.relay, "burrow_links", 3.0).await?;
+    settled(&setup.relay, "burrow_link_joins_total{result=\"joined\"}", 4.0).await?;
+    settled(&setup.relay, "burrow_links", 4.0).await?;
     let mut carried_on = 0;
     for (i, visitor) in (0..12u8).zip(&mut visitors) {
         if round_trip(visitor, &[i; 1000]).await.is_ok_and(|echo| echo == [i; 1000]) {
@@ -278,5 +281,5 @@ async fn a_lost_link_is_dialed_again_and_the_other_visitors_carry_on() -> anyhow
     let data = random_bytes(50_000);
     assert_eq!(exchange(public, &data).await?, data, "new visitors get through");
     agent.stop().await?;
-    relay.stop().await
+    setup.relay.stop().await
 }
