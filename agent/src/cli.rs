@@ -208,7 +208,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let ready = match cli.ready_file {
         Some(path) => {
             let template = ready_template(&setup, relay.as_ref())?;
-            Some(tasks.spawn(ready::run(path, template, watcher.clone(), cancel.clone())))
+            Some(tasks.spawn(ready::run(path, template, watcher.clone(), plan.stats.links(), cancel.clone())))
         }
         None => None,
     };
@@ -279,6 +279,8 @@ fn ready_template(setup: &Setup, relay: Option<&EmbeddedRelay>) -> anyhow::Resul
         inspector: setup.inspector.clone(),
         tunnels: Vec::new(),
         relay: relay.map(EmbeddedRelay::ready).transpose()?,
+        links_up: 0,
+        links_wanted: 0,
     })
 }
 

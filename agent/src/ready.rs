@@ -1,6 +1,6 @@
 //! The agent's `--ready-file`: written once the first session is online (when the
-//! `tunnel NAME: ...` lines are printed), and again whenever the set of tunnels changes, so it
-//! always lists what this agent serves.
+//! `tunnel NAME: ...` lines are printed), and again whenever the set of tunnels or the number
+//! of links up changes, so it always lists what this agent serves and how.
 
 use std::path::PathBuf;
 
@@ -11,33 +11,49 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{PublicTunnel, Status};
 
+/// What the file says beyond the template: the tunnels, and the links up of those wanted.
+type Contents = (Vec<PublicTunnel>, (usize, usize));
+
 /// Keeps the ready file at `path` current until `cancel`. `template` holds everything but
-/// the tunnels. A file that cannot be written ends the agent (through `cancel`): whoever asked
-/// for it would otherwise wait for it forever.
+/// the tunnels and links. A file that cannot be written ends the agent (through `cancel`):
+/// whoever asked for it would otherwise wait for it forever.
 pub(crate) async fn run(
     path: PathBuf,
     template: AgentReady,
     mut status: watch::Receiver<Status>,
+    mut links: watch::Receiver<(usize, usize)>,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
-    let mut written: Option<Vec<PublicTunnel>> = None;
+    let mut written: Option<Contents> = None;
     loop {
-        let online = match &*status.borrow_and_update() {
-            Status::Online(tunnels) if written.as_ref() != Some(tunnels) => Some(tunnels.clone()),
-            _ => None,
+        let tunnels = match (&*status.borrow_and_update(), &written) {
+            (Status::Online(tunnels), _) => Some(tunnels.clone()),
+            // Between sessions the file keeps the last tunnels, with the links as they are.
+            (_, Some((tunnels, _))) => Some(tunnels.clone()),
+            (_, None) => None,
         };
-        if let Some(tunnels) = online {
-            let contents = AgentReady { tunnels: tunnels.iter().map(describe).collect(), ..template.clone() };
-            if let Err(e) = ready::write(&path, &contents) {
+        let current = tunnels.map(|tunnels| (tunnels, *links.borrow_and_update()));
+        if let Some(current) = current.filter(|current| written.as_ref() != Some(current)) {
+            if let Err(e) = ready::write(&path, &contents(&template, &current)) {
                 cancel.cancel();
                 return Err(e).context("--ready-file");
             }
-            written = Some(tunnels);
+            written = Some(current);
         }
         tokio::select! {
             _ = cancel.cancelled() => return Ok(()),
             changed = status.changed() => if changed.is_err() { return Ok(()) },
+            changed = links.changed() => if changed.is_err() { return Ok(()) },
         }
+    }
+}
+
+fn contents(template: &AgentReady, (tunnels, (links_up, links_wanted)): &Contents) -> AgentReady {
+    AgentReady {
+        tunnels: tunnels.iter().map(describe).collect(),
+        links_up: *links_up,
+        links_wanted: *links_wanted,
+        ..template.clone()
     }
 }
 

@@ -116,7 +116,7 @@ impl Stats {
         let now = Instant::now();
         let (relay, state, path, public) = {
             let session = lock(&self.0.session);
-            let path = session.link.as_deref().map(|link| path_view(link, session.links));
+            let path = session.link.as_deref().map(|link| path_view(link, *self.0.links.borrow()));
             (session.relay.clone(), session_state(&session.state, session.since, now), path, session.tunnels.clone())
         };
         let counters: Vec<_> = public.iter().map(|t| (t, self.tunnel(&t.name))).collect();

@@ -38,6 +38,9 @@ pub(crate) struct Shared {
     next_id: AtomicU64,
     /// Bumped on every change, so watchers wake without polling.
     changes: watch::Sender<u64>,
+    /// Links of the session up now, and how many it aims for: watched on its own by the
+    /// ready file, which should not wake for every visitor.
+    pub(crate) links: watch::Sender<(usize, usize)>,
 }
 
 pub(crate) struct Session {
@@ -46,8 +49,6 @@ pub(crate) struct Session {
     pub(crate) since: Instant,
     /// The link whose path the console shows, while a session is up.
     pub(crate) link: Option<Box<dyn LinkStatus>>,
-    /// Links of the session up now, and how many it aims for.
-    pub(crate) links: (usize, usize),
     /// The tunnels of the last Welcome, kept while reconnecting so they stay on screen.
     pub(crate) tunnels: Vec<PublicTunnel>,
 }
@@ -119,7 +120,6 @@ impl Default for Stats {
                 state: State::Connecting { retry: None },
                 since: Instant::now(),
                 link: None,
-                links: (0, 0),
                 tunnels: Vec::new(),
             }),
             tunnels: Mutex::default(),
@@ -128,6 +128,7 @@ impl Default for Stats {
             replayers: Mutex::default(),
             next_id: AtomicU64::new(1),
             changes: watch::Sender::new(0),
+            links: watch::Sender::new((0, 0)),
         }))
     }
 }
@@ -209,8 +210,13 @@ impl Stats {
 
     /// How many of the session's links are up, of the `wanted`.
     pub(crate) fn set_links(&self, up: usize, wanted: usize) {
-        lock(&self.0.session).links = (up, wanted);
+        self.0.links.send_replace((up, wanted));
         self.changed();
+    }
+
+    /// Links of the session up now and wanted, and every change of them.
+    pub(crate) fn links(&self) -> watch::Receiver<(usize, usize)> {
+        self.0.links.subscribe()
     }
 
     /// The counters of tunnel `name`, created at its first use.

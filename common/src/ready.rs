@@ -43,6 +43,13 @@ pub struct AgentReady {
     pub tunnels: Vec<TunnelReady>,
     /// The relay inside this agent, when it was started without `--relay`.
     pub relay: Option<RelayReady>,
+    /// The session's links up now, and how many it aims for (as many as the agent asks
+    /// for, if the relay allows them); all are up once the two are equal. While the agent
+    /// reconnects, `links_up` is 0 and `tunnels` are the last session's.
+    #[serde(default)]
+    pub links_up: usize,
+    #[serde(default)]
+    pub links_wanted: usize,
 }
 
 /// One tunnel's public side.
