@@ -56,6 +56,9 @@ const SILENT_CLIENTS: usize = 300;
 /// refusing them.
 const SILENT_SOURCES: usize = 20;
 const RETRY_ABOVE: usize = 16;
+/// Address-validation tokens the relay sends a client on each connection (quinn's default),
+/// each good for one later connection from the same address.
+const TOKENS_PER_CONNECTION: usize = 2;
 /// Memory bounds, in KiB over the relay's RSS before the flood.
 const PEAK_GROWTH: u64 = 64 * 1024;
 const LASTING_GROWTH: u64 = 8 * 1024;
@@ -353,15 +356,17 @@ async fn handshake_flood(relay: &RelayBinary, canary: &Canary) -> anyhow::Result
     // The newcomer arrives while the relay is demanding Retries.
     relay.until("burrow_handshakes_retried_total", |n| n > 0.0).await?;
     let started = Instant::now();
-    let (_late_agent, late) = relay.agent(echo_server().await?).await?;
+    let (mut late_agent, late) = relay.agent(echo_server().await?).await?;
     assert_eq!(exchange(late, b"through the flood").await?, b"through the flood");
     let late_seconds = started.elapsed().as_secs_f64();
+    let late_links = late_agent.all_links_up().await.context("the new agent's links")?.links_up;
     let silent = tokio::time::timeout(STEP, flood).await.context("silent clients hung")???;
     // Still open: the relay was holding them all when the newcomer came.
     let waiting = silent.sessions.iter().filter(|(_, conn)| conn.close_reason().is_none()).count();
     stop.cancel();
     let rounds = canary_rounds.await??;
     let retried = counter(&relay.metrics().await?, "burrow_handshakes_retried_total");
+    let late_retried = retried - (SILENT_CLIENTS - RETRY_ABOVE) as f64;
 
     eprintln!("handshake flood: {SILENT_CLIENTS} QUIC clients that never send a Hello, Retry above {RETRY_ABOVE}");
     eprintln!(
@@ -372,12 +377,23 @@ async fn handshake_flood(relay: &RelayBinary, canary: &Canary) -> anyhow::Result
     eprintln!("  {} stalled in their handshake", silent.stalled);
     eprintln!("  {retried} asked for a Retry; {waiting} still waiting when a new agent served its first visitor");
     eprintln!("  new agent started and served a visitor in {late_seconds:.2} s");
+    eprintln!("  {late_links} links of the new agent up, {late_retried} of them asked for a Retry");
     eprintln!("  canary: {} round trips, slowest {:.1} ms", rounds.count, millis(rounds.slowest));
     anyhow::ensure!(retried > 0.0, "the relay never asked for a Retry");
     // A stall here once came from connection IDs colliding with Retry IDs (see relay/src/cid.rs).
     anyhow::ensure!(silent.stalled == 0, "{} handshakes stalled", silent.stalled);
     anyhow::ensure!(waiting == silent.sessions.len(), "only {waiting} silent clients were still waiting");
     anyhow::ensure!(late_seconds < 5.0, "the new agent took {late_seconds:.1} s");
+    // Every silent client past the threshold proves its address with a Retry, and so does
+    // the new agent's first link, which has nothing else to prove it with. Its joined links,
+    // dialed from the same address, present the address tokens the relay gave the first
+    // (NEW_TOKEN frames), which prove it as well: on a quiet machine only those beyond the
+    // tokens are asked, but a token that arrives after its link was dialed is not used.
+    let fewest = 1 + (late_links - 1).saturating_sub(TOKENS_PER_CONNECTION);
+    anyhow::ensure!(
+        (fewest as f64..=late_links as f64).contains(&late_retried),
+        "{late_retried} of the new agent's {late_links} links asked for a Retry"
+    );
     check_canary(&rounds)
 }
 

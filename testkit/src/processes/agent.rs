@@ -25,11 +25,16 @@ impl AgentBinary {
         Ok(Self { process, ready, ready_file })
     }
 
-    /// Waits until the ready file passes `test` (the agent rewrites it when its tunnels
-    /// change) and returns it.
+    /// Waits until the ready file passes `test` (the agent rewrites it when its tunnels or
+    /// its links up change) and returns it.
     pub async fn until(&mut self, test: impl Fn(&AgentReady) -> bool) -> anyhow::Result<&AgentReady> {
         self.ready = self.ready_file.wait_until(&mut self.process, test).await?;
         Ok(&self.ready)
+    }
+
+    /// Waits until every link the agent's session aims for is up, as its ready file says.
+    pub async fn all_links_up(&mut self) -> anyhow::Result<&AgentReady> {
+        self.until(|ready| ready.links_wanted > 0 && ready.links_up == ready.links_wanted).await
     }
 
     /// Waits until the agent serves a tunnel named `name`; returns it.
