@@ -150,7 +150,9 @@ class Burrow:
         self.agent = Process([str(BIN / "agent"), "--config", str(config)],
                              env={"BURROW_TOKEN": token, "RUST_LOG": "warn"}, netns=netns_agent,
                              quiet=True, ready_file=True)
-        online = self.agent.ready(until=lambda ready: {t["name"] for t in ready["tunnels"]} >= set(tunnels))
+        # Every link up too: figures such as the relay's idle memory must see the whole session.
+        online = self.agent.ready(until=lambda ready: {t["name"] for t in ready["tunnels"]} >= set(tunnels)
+                                  and ready.get("links_up", 0) >= ready.get("links_wanted", 0))
         self.public = {t["name"]: self.public_port(t) for t in online["tunnels"]}
 
     @staticmethod
