@@ -15,8 +15,10 @@ use crate::{PublicTunnel, Status};
 type Contents = (Vec<PublicTunnel>, (usize, usize));
 
 /// Keeps the ready file at `path` current until `cancel`. `template` holds everything but
-/// the tunnels and links. A file that cannot be written ends the agent (through `cancel`):
-/// whoever asked for it would otherwise wait for it forever.
+/// the tunnels and links. A first file that cannot be written ends the agent (through
+/// `cancel`): whoever asked for it would otherwise wait for it forever. A later rewrite that
+/// fails (its directory removed by whoever read it, say) is only a warning: the agent is
+/// serving, and the file is tried again at the next change.
 pub(crate) async fn run(
     path: PathBuf,
     template: AgentReady,
@@ -34,11 +36,14 @@ pub(crate) async fn run(
         };
         let current = tunnels.map(|tunnels| (tunnels, *links.borrow_and_update()));
         if let Some(current) = current.filter(|current| written.as_ref() != Some(current)) {
-            if let Err(e) = ready::write(&path, &contents(&template, &current)) {
-                cancel.cancel();
-                return Err(e).context("--ready-file");
+            match ready::write(&path, &contents(&template, &current)) {
+                Ok(()) => written = Some(current),
+                Err(e) if written.is_none() => {
+                    cancel.cancel();
+                    return Err(e).context("--ready-file");
+                }
+                Err(e) => tracing::warn!("--ready-file {} not rewritten: {e:#}", path.display()),
             }
-            written = Some(current);
         }
         tokio::select! {
             _ = cancel.cancelled() => return Ok(()),
