@@ -54,9 +54,12 @@ pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap, upgrading: bool) {
     }
 }
 
+/// Hop-by-hop headers removed from every message; `Connection` and `Upgrade` are too, unless
+/// the message upgrades.
+const ALWAYS_HOP_BY_HOP: [&str; 5] = ["keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding"];
+
 fn is_hop_by_hop(name: &HeaderName) -> bool {
-    [header::CONNECTION, header::UPGRADE, header::TE, header::TRAILER, header::TRANSFER_ENCODING].contains(name)
-        || ["keep-alive", "proxy-connection"].contains(&name.as_str())
+    name == header::CONNECTION || name == header::UPGRADE || ALWAYS_HOP_BY_HOP.contains(&name.as_str())
 }
 
 fn strip_present(headers: &mut HeaderMap, upgrading: bool) {
@@ -72,7 +75,7 @@ fn strip_present(headers: &mut HeaderMap, upgrading: bool) {
             headers.remove(name);
         }
     }
-    for name in ["keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding"] {
+    for name in ALWAYS_HOP_BY_HOP {
         headers.remove(name);
     }
     if !upgrading {
