@@ -19,6 +19,9 @@ pub struct RelayReady {
     pub pid: u32,
     /// The UDP address agents connect to.
     pub quic: SocketAddr,
+    /// The TCP address agents connect to where UDP is blocked, if on.
+    #[serde(default)]
+    pub tcp: Option<SocketAddr>,
     /// The admin endpoint (dashboard, API, metrics), if on.
     pub admin: Option<SocketAddr>,
     /// The shared HTTP and HTTPS ports of HTTP tunnels, if on.
@@ -120,6 +123,7 @@ mod tests {
             max_visitors: None,
             pid: 7,
             quic: "127.0.0.1:4443".parse().expect("literal address"),
+            tcp: Some("127.0.0.1:4443".parse().expect("literal address")),
             admin: None,
             http: Some("127.0.0.1:8880".parse().expect("literal address")),
             https: None,

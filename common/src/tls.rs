@@ -183,7 +183,15 @@ pub fn server_config(
     identity: Identity,
     transport: quinn::TransportConfig,
 ) -> Result<quinn::ServerConfig, ConfigError> {
-    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(server_tls(identity)?)?;
+    quic_server_config(&Arc::new(server_tls(identity)?), transport)
+}
+
+/// The relay's QUIC server config on the rustls config its TCP agent port uses too.
+pub fn quic_server_config(
+    tls: &Arc<rustls::ServerConfig>,
+    transport: quinn::TransportConfig,
+) -> Result<quinn::ServerConfig, ConfigError> {
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls.clone())?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     config.transport_config(Arc::new(transport));
     Ok(config)

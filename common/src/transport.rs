@@ -36,13 +36,13 @@ const SESSION_BDP: u32 = 8 * 1024 * 1024;
 /// before let 50 bulk downloads take the relay past 100 MiB. One bandwidth-delay product is
 /// enough: a session drains its buffers at least as fast as its path fills them, unless a
 /// visitor stops reading, which is what [`STREAM_RECEIVE_WINDOW`] is for.
-const CONNECTION_RECEIVE_WINDOW: u32 = SESSION_BDP;
+pub(crate) const CONNECTION_RECEIVE_WINDOW: u32 = SESSION_BDP;
 
 /// Per stream: an eighth of the session's window, so visitors that stop reading pin at most
 /// that each and seven of them still leave the others room (the write deadline then cuts
 /// them off). One stream alone moves a window per round trip: about 170 Mbit/s at 50 ms,
 /// 8 Gbit/s at 1 ms; several streams share the session's full window.
-const STREAM_RECEIVE_WINDOW: u32 = CONNECTION_RECEIVE_WINDOW / 8;
+pub(crate) const STREAM_RECEIVE_WINDOW: u32 = CONNECTION_RECEIVE_WINDOW / 8;
 
 /// Data a session may hold unacknowledged or unsent, across all its streams. Every stream
 /// waits for room here: with quinn's default (10 MB) a few bulk visitors on a slow path fill

@@ -2,22 +2,28 @@
 //!
 //! A session opens and accepts bidirectional streams, sends datagrams, closes with a
 //! [`CloseCode`] and learns why its link ended, all through [`Link`]; it never names the
-//! transport underneath. QUIC ([`QuicLink`]) is the one transport today. A second one (TLS over
-//! TCP with a stream multiplexer) implements the same traits; code that must hold links of
-//! several kinds at once can wrap them in an enum that implements [`Link`] by matching, which
+//! transport underneath. Two transports implement it: QUIC ([`QuicLink`]), the default, and
+//! TLS over TCP with HTTP/2 as the stream multiplexer ([`TcpLink`]), for networks that block
+//! UDP. [`AnyLink`] holds a link of either kind and implements [`Link`] by matching, which
 //! costs a branch per call and no allocation.
 //!
 //! Stream halves are associated types rather than boxed objects, so the splice runs on the
 //! transport's own types: for QUIC it keeps quinn's zero-copy chunk reads and writes.
 
+mod any;
 mod quic;
+mod tcp;
 
 use std::{io, net::SocketAddr, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-pub use self::quic::QuicLink;
+pub use self::{
+    any::{AnyLink, AnyReader, AnyWriter, Transport},
+    quic::QuicLink,
+    tcp::{TCP_MAX_DATAGRAM, TcpLink, TcpReader, TcpSettings, TcpWriter},
+};
 use crate::{CloseCode, StreamCode};
 
 /// One transport connection between relay and agent. Clones share the connection.
@@ -49,6 +55,10 @@ pub trait Link: LinkStatus + Clone + Send + Sync + 'static {
     /// The largest datagram that fits now, `None` when the peer takes none. It can shrink
     /// while the link runs (a smaller path MTU), so read it at each send.
     fn max_datagram_size(&self) -> Option<usize>;
+
+    /// Asks the peer for an answer now, which shows in [`PathStats::received_packets`]:
+    /// how the relay tells a live agent from a silent one.
+    fn elicit_answer(&self) -> Result<(), DatagramError>;
 
     /// Ends the link at once; the peer learns `code` and every stream fails.
     fn close(&self, code: CloseCode);

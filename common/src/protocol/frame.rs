@@ -23,14 +23,20 @@ where
     W: AsyncWrite + Unpin,
     T: Serialize,
 {
+    writer.write_all(&encode(msg)?).await?;
+    Ok(())
+}
+
+/// One message as it goes on the wire, length included: for a writer that must decide
+/// whether it has room before it writes.
+pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, FrameError> {
     let body = postcard::to_stdvec(msg)?;
     let len =
         u32::try_from(body.len()).map_err(|_| FrameError::TooLarge { len: body.len(), max: u32::MAX as usize })?;
     let mut frame = Vec::with_capacity(4 + body.len());
     frame.extend_from_slice(&len.to_be_bytes());
     frame.extend_from_slice(&body);
-    writer.write_all(&frame).await?;
-    Ok(())
+    Ok(frame)
 }
 
 /// Reads exactly one length-prefixed message of at most `max` bytes.
