@@ -23,6 +23,9 @@ pub enum BindError {
     /// `listen`: the UDP port agents dial.
     #[error("bind UDP {addr} for agents (listen)")]
     Listen { addr: SocketAddr, source: io::Error },
+    /// `tcp_listen`: the TCP port agents dial where UDP is blocked.
+    #[error("bind TCP {addr} for agents (tcp_listen; `off` disables it)")]
+    TcpListen { addr: SocketAddr, source: io::Error },
     #[error("start QUIC endpoint")]
     Endpoint(#[source] io::Error),
     #[error("load port reservations")]

@@ -38,6 +38,10 @@ pub struct Flags {
     #[arg(long, value_name = "ADDR")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub listen: Option<String>,
+    /// TCP address agents connect to where UDP is blocked (TLS over TCP), or `off` [default: the listen address]
+    #[arg(long, value_name = "ADDR|off")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tcp_listen: Option<String>,
     /// Address public tunnel ports bind on [default: 0.0.0.0]
     #[arg(long, value_name = "IP")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -197,6 +201,7 @@ pub fn ready(relay: &Relay, new_token: Option<&Secret>) -> anyhow::Result<RelayR
     Ok(RelayReady {
         pid: std::process::id(),
         quic: relay.local_addr().context("the relay's QUIC address")?,
+        tcp: relay.tcp_addr(),
         admin: relay.admin_addr(),
         http: relay.http_addr(),
         https: relay.https_addr(),
@@ -211,7 +216,10 @@ fn print_banner(relay: &Relay, new_token: Option<&Secret>) -> anyhow::Result<()>
     let config = relay.config();
     let listen = relay.local_addr()?;
     println!("burrow relay {}", env!("CARGO_PKG_VERSION"));
-    println!("  agents connect to   udp {listen}");
+    match relay.tcp_addr() {
+        Some(tcp) => println!("  agents connect to   udp {listen}, or tcp {tcp} where UDP is blocked"),
+        None => println!("  agents connect to   udp {listen} (tcp off)"),
+    }
     println!("  public ports        {} on {}", config.ports, config.public_bind);
     println!("  data directory      {}", config.data_dir.display());
     println!("  fingerprint         {}", relay.fingerprint());

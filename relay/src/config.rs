@@ -92,6 +92,10 @@ pub struct RelayConfig {
     /// The domain whose subdomains name HTTP and TLS tunnels (`myapp.DOMAIN`); wildcard DNS
     /// for it must point here. Without it, only TCP tunnels are served.
     pub domain: Option<String>,
+    /// TCP address where agents that cannot use UDP connect (TLS over TCP), or `off`; by
+    /// default the `listen` address, on TCP.
+    #[serde(with = "tcp_listen")]
+    pub tcp_listen: TcpListen,
     /// TCP address of the shared plain-HTTP port, or `off`.
     #[serde(with = "optional_addr")]
     pub http_listen: Option<SocketAddr>,
@@ -159,6 +163,7 @@ impl Default for RelayConfig {
             admin_token: None,
             migration: true,
             retry_handshakes_above: 64,
+            tcp_listen: TcpListen::SameAsListen,
             domain: None,
             // Not 8080 or 8000: those are the dev servers people expose.
             http_listen: Some(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 8880))),
@@ -198,6 +203,52 @@ mod optional_addr {
         match value {
             Some(addr) => s.collect_str(addr),
             None => s.serialize_str("off"),
+        }
+    }
+}
+
+/// Where agents reach the relay over TCP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TcpListen {
+    /// The `listen` address, on TCP: 4443/tcp beside 4443/udp.
+    SameAsListen,
+    Off,
+    At(SocketAddr),
+}
+
+impl TcpListen {
+    pub fn resolve(self, listen: SocketAddr) -> Option<SocketAddr> {
+        match self {
+            TcpListen::SameAsListen => Some(listen),
+            TcpListen::Off => None,
+            TcpListen::At(addr) => Some(addr),
+        }
+    }
+}
+
+mod tcp_listen {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use super::TcpListen;
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<TcpListen, D::Error> {
+        let text = String::deserialize(d)?;
+        Ok(match text.as_str() {
+            "listen" => TcpListen::SameAsListen,
+            "off" => TcpListen::Off,
+            addr => TcpListen::At(addr.parse().map_err(|_| {
+                serde::de::Error::custom(format!(
+                    "invalid value {text:?}: expected IP:PORT, like 0.0.0.0:443, listen (the listen address) or off"
+                ))
+            })?),
+        })
+    }
+
+    pub(super) fn serialize<S: Serializer>(value: &TcpListen, s: S) -> Result<S::Ok, S::Error> {
+        match value {
+            TcpListen::SameAsListen => s.serialize_str("listen"),
+            TcpListen::Off => s.serialize_str("off"),
+            TcpListen::At(addr) => s.collect_str(addr),
         }
     }
 }

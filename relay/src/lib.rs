@@ -24,6 +24,7 @@ pub mod reload;
 mod session;
 mod sessions;
 mod store;
+mod tcp_links;
 pub mod tokens;
 mod traffic;
 mod tunnel;
@@ -77,12 +78,32 @@ pub(crate) struct Shared {
     pub(crate) drained: CancellationToken,
     /// Fired when a reload changed the configured token: its sessions are checked again.
     pub(crate) token_reloaded: tokio::sync::Notify,
+    /// Every agent's link, whichever port it came on.
+    pub(crate) sessions: TaskTracker,
+    /// TLS for agents over TCP: the certificate agents pin, and only the burrow ALPN.
+    pub(crate) agent_tls: Arc<rustls::ServerConfig>,
 }
 
 impl Shared {
     /// The settings in force now.
     pub(crate) fn config(&self) -> Arc<RelayConfig> {
         sync::read(&self.config).clone()
+    }
+
+    /// A place among the clients waiting to authenticate for one from `ip`, or why it is
+    /// refused. Each check is a refusal reason of its own, cheapest and most specific first.
+    pub(crate) fn place_for(&self, ip: std::net::IpAddr) -> Result<limits::Pending, metrics::Reason> {
+        // An address over its guessing quota would only be asked to try later: refused
+        // before any TLS work, its next Hello costs nothing.
+        if self.limiter.throttled(ip) {
+            return Err(metrics::HANDSHAKE_GUESSING);
+        }
+        let config = self.config();
+        let (per_address, total) = (config.max_unauthenticated_per_address, config.max_unauthenticated);
+        self.unauthenticated.try_enter(ip, per_address, total).map_err(|full| match full {
+            limits::Full::Address => metrics::HANDSHAKE_ADDRESS_LIMIT,
+            limits::Full::Total => metrics::HANDSHAKE_TOTAL_LIMIT,
+        })
     }
 
     /// The host shown in public addresses, when the relay knows its own name.
@@ -93,6 +114,7 @@ impl Shared {
 
 pub struct Relay {
     endpoint: quinn::Endpoint,
+    tcp_agents: Option<tokio::net::TcpListener>,
     admin: Option<tokio::net::TcpListener>,
     vhost_listeners: Option<vhost::Listeners>,
     shared: Arc<Shared>,
@@ -113,9 +135,11 @@ impl Relay {
         let identity = identity::load_or_create_certificate(&config)?;
         let fingerprint = identity.fingerprint();
         let keys = identity::load_or_create_quic_keys(&config).map_err(BindError::QuicKeys)?;
-        let mut server = tls::server_config(identity, transport::relay(config.idle_timeout))?;
+        let agent_tls = Arc::new(tls::server_tls(identity)?);
+        let mut server = tls::quic_server_config(&agent_tls, transport::relay(config.idle_timeout))?;
         server.migration(config.migration);
         let endpoint = endpoint::bind(config.listen, server, &keys)?;
+        let tcp_agents = tcp_links::bind(&config)?;
         let store: Arc<dyn Store> = Arc::new(
             FileStore::open(&config.data_dir, config.token.as_ref(), config.reservation_ttl)
                 .map_err(|e| BindError::Reservations(e.into()))?,
@@ -138,13 +162,20 @@ impl Relay {
             visitors: TaskTracker::new(),
             drained: CancellationToken::new(),
             token_reloaded: tokio::sync::Notify::new(),
+            sessions: TaskTracker::new(),
+            agent_tls,
             config: RwLock::new(Arc::new(config)),
         };
-        Ok(Self { endpoint, admin, vhost_listeners, shared: Arc::new(shared), fingerprint })
+        Ok(Self { endpoint, tcp_agents, admin, vhost_listeners, shared: Arc::new(shared), fingerprint })
     }
 
     pub fn local_addr(&self) -> anyhow::Result<SocketAddr> {
         Ok(self.endpoint.local_addr()?)
+    }
+
+    /// Where agents connect over TCP, unless that is off.
+    pub fn tcp_addr(&self) -> Option<SocketAddr> {
+        self.tcp_agents.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     /// Where the dashboard, `/api/*`, `/metrics`, `/healthz` and `/readyz` are served, unless
@@ -187,26 +218,10 @@ impl Relay {
     /// asked to prove its address under load, or served with its place among the clients
     /// waiting to authenticate.
     fn admit_incoming(&self, incoming: quinn::Incoming) -> Option<(quinn::Incoming, limits::Pending)> {
-        match self.place_for(incoming.remote_address().ip()) {
+        match self.shared.place_for(incoming.remote_address().ip()) {
             Ok(pending) => Some((self.validate_under_load(incoming)?, pending)),
             Err(reason) => self.refuse(incoming, reason),
         }
-    }
-
-    /// A place among the clients waiting to authenticate for one from `ip`, or why it is
-    /// refused. Each check is a refusal reason of its own, cheapest and most specific first.
-    fn place_for(&self, ip: std::net::IpAddr) -> Result<limits::Pending, metrics::Reason> {
-        // An address over its guessing quota would only be asked to try later: refused
-        // before any TLS work, its next Hello costs nothing.
-        if self.shared.limiter.throttled(ip) {
-            return Err(metrics::HANDSHAKE_GUESSING);
-        }
-        let config = self.shared.config();
-        let (per_address, total) = (config.max_unauthenticated_per_address, config.max_unauthenticated);
-        self.shared.unauthenticated.try_enter(ip, per_address, total).map_err(|full| match full {
-            limits::Full::Address => metrics::HANDSHAKE_ADDRESS_LIMIT,
-            limits::Full::Total => metrics::HANDSHAKE_TOTAL_LIMIT,
-        })
     }
 
     /// Turns a client away with CONNECTION_REFUSED: quinn answers from the Initial keys alone,
@@ -245,7 +260,7 @@ impl Relay {
     /// Serves until `cancel`, then stops accepting, lets visitors finish for the grace period
     /// and closes every session with [`CloseCode::Shutdown`] so agents reconnect.
     pub async fn run(mut self, cancel: CancellationToken) -> anyhow::Result<()> {
-        let sessions = TaskTracker::new();
+        let sessions = self.shared.sessions.clone();
         // Should this future be dropped instead of finishing, sessions waiting for the drain
         // end anyway.
         let _drained_on_drop = self.shared.drained.clone().drop_guard();
@@ -262,6 +277,9 @@ impl Relay {
             sessions.spawn(vhost::serve(listeners, self.shared.clone(), cancel.clone()));
         }
         sessions.spawn(close_sessions_of_revoked_tokens(self.shared.clone(), cancel.clone()));
+        if let Some(listener) = self.tcp_agents.take() {
+            sessions.spawn(tcp_links::accept(listener, self.shared.clone(), cancel.clone()));
+        }
         let mut housekeeping = tokio::time::interval(HOUSEKEEPING_INTERVAL);
         loop {
             tokio::select! {
@@ -269,7 +287,7 @@ impl Relay {
                 incoming = self.endpoint.accept() => match incoming {
                     Some(incoming) => {
                         if let Some((incoming, pending)) = self.admit_incoming(incoming) {
-                            sessions.spawn(session::serve(incoming, pending, self.shared.clone(), cancel.clone()));
+                            sessions.spawn(session::serve_quic(incoming, pending, self.shared.clone(), cancel.clone()));
                         }
                     }
                     None => break,

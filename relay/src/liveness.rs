@@ -5,19 +5,18 @@
 use std::time::Duration;
 
 use burrow_common::link::{DatagramError, Link};
-use bytes::Bytes;
 
 /// A live agent acknowledges within its ACK delay (25 ms) plus a round trip.
 const PROBE_TIMEOUT: Duration = Duration::from_millis(1500);
 const POLL: Duration = Duration::from_millis(10);
 
-/// Sends an ack-eliciting datagram and waits for any packet back from the peer.
+/// Asks the agent for an answer (a QUIC ACK, an HTTP/2 PING) and waits for anything back.
 pub(crate) async fn answers(link: &impl Link) -> bool {
     if link.close_reason().is_some() {
         return false;
     }
     let before = link.path().received_packets;
-    match link.send_datagram(Bytes::from_static(&[0])) {
+    match link.elicit_answer() {
         Ok(()) => {}
         Err(DatagramError::Lost(_)) => return false,
         // Without datagram support we cannot tell; treat the holder as alive.

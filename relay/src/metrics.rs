@@ -1,6 +1,6 @@
 //! The relay's counters, in Prometheus text format at the admin endpoint's `/metrics`.
 
-use burrow_common::sync;
+use burrow_common::{link::Transport, sync};
 use std::sync::{Arc, Mutex, atomic::AtomicU64};
 
 use prometheus_client::{
@@ -19,6 +19,11 @@ use crate::{
     sessions::AgentView,
     traffic::Traffic,
 };
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LinkTransport {
+    transport: &'static str,
+}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct Reason {
@@ -78,7 +83,7 @@ pub(crate) struct Metrics {
     pub(crate) traffic: Arc<Traffic>,
     paths: Paths,
     /// Set from the sessions at every scrape.
-    links: Gauge,
+    links: Family<LinkTransport, Gauge>,
     pub(crate) link_joins: Family<JoinResult, Counter>,
 }
 
@@ -127,7 +132,7 @@ impl Metrics {
             guessing: Guessing::default(),
             traffic: Arc::default(),
             paths: Paths::default(),
-            links: Gauge::default(),
+            links: Family::default(),
             link_joins: Family::default(),
             registry: Registry::default(),
         };
@@ -162,7 +167,7 @@ impl Metrics {
         );
         registry.register("bytes", "Bytes carried for visitors, open ones included", metrics.traffic.all_bytes.clone());
         metrics.register_tunnels_and_paths(&mut registry);
-        registry.register("links", "QUIC links of the agent sessions open now", metrics.links.clone());
+        registry.register("links", "Links of the agent sessions open now, by transport", metrics.links.clone());
         registry.register("link_joins", "Links that asked to join a session, by result", metrics.link_joins.clone());
         metrics.guessing.register(&mut registry);
         Self { registry, ..metrics }
@@ -195,7 +200,11 @@ impl Metrics {
     pub(crate) fn encode(&self, agents: &[AgentView], claims: &Counts) -> String {
         let _scrape = sync::lock(&self.paths.scrape);
         self.paths.set(agents);
-        self.links.set(saturating_i64(agents.iter().map(|agent| agent.links.len() as u64).sum()));
+        for transport in [Transport::Quic, Transport::Tcp] {
+            let links = agents.iter().flat_map(|agent| &agent.links).filter(|link| link.transport == transport);
+            let label = LinkTransport { transport: if transport == Transport::Quic { "quic" } else { "tcp" } };
+            self.links.get_or_create(&label).set(saturating_i64(links.count() as u64));
+        }
         self.tunnels.set(saturating_i64(claims.serving as u64));
         self.parked_visitors.set(saturating_i64(claims.parked_visitors as u64));
         self.traffic.catch_up();

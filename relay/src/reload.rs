@@ -22,6 +22,7 @@ const RESTART_KEYS: &[&str] = &[
     "admin_token",
     "migration",
     "domain",
+    "tcp_listen",
     "http_listen",
     "https_listen",
     "https_cert",

@@ -8,7 +8,7 @@ use std::{
     time::Duration,
 };
 
-use burrow_common::{CloseCode, Hello, Refusal, sync};
+use burrow_common::{CloseCode, Hello, Refusal, link::Transport, sync};
 use serde::Serialize;
 
 use crate::{
@@ -103,6 +103,8 @@ pub(crate) struct AgentView {
     pub(crate) session: SessionId,
     pub(crate) token: String,
     pub(crate) remote: SocketAddr,
+    /// The primary link's transport: `quic`, or `tcp` where the agent's network blocks UDP.
+    pub(crate) transport: Transport,
     pub(crate) connected_since: u64,
     pub(crate) rtt_ms: f64,
     #[serde(skip)]
@@ -250,6 +252,7 @@ fn view(session: SessionId, live: &Live) -> AgentView {
         session,
         token: live.token_name.clone(),
         remote: live.link.remote_address(),
+        transport: live.link.transport(),
         connected_since: live.connected_since,
         // Microseconds, so the figure reads as a short decimal.
         rtt_ms: rtt.as_micros() as f64 / 1000.0,

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use burrow_common::{
     CloseCode, JoinTicket, Refusal,
-    link::{Link, LinkError, LinkStatus, QuicLink},
+    link::{AnyLink, Link, LinkError, LinkStatus},
     protocol::conversation::RelayControlOn,
     transport,
 };
@@ -32,40 +32,40 @@ fn ticket_digest(ticket: &JoinTicket) -> [u8; 32] {
     burrow_common::tls::sha256(&ticket.0)
 }
 
-/// Adds `quic` to the session `ticket` names, and serves it until it ends or the session's
+/// Adds `link` to the session `ticket` names, and serves it until it ends or the session's
 /// primary link does. `pending` is the link's place among the unauthenticated, held until
 /// it joined or was refused.
 pub(super) async fn join(
-    quic: QuicLink,
+    link: AnyLink,
     ticket: JoinTicket,
-    mut control: RelayControlOn<QuicLink>,
+    mut control: RelayControlOn<AnyLink>,
     pending: Pending,
     shared: &Arc<Shared>,
 ) -> anyhow::Result<()> {
-    let joined = find(shared, &quic, &ticket)
+    let joined = find(shared, &link, &ticket)
         .await
-        .and_then(|session| Ok((session.join(quic.clone(), shared.config().max_links_per_session)?, session)));
+        .and_then(|session| Ok((session.join(link.clone(), shared.config().max_links_per_session)?, session)));
     let (place, session) = match joined {
         Ok(joined) => joined,
         Err(refusal) => {
             count(shared, &refusal);
             let why = anyhow::anyhow!("join refused: {refusal}");
-            control.refuse(refusal, &quic).await;
+            control.refuse(refusal, &link).await;
             return Err(why);
         }
     };
     tracing::Span::current().record("agent", "joined link");
     control.joined().await.context("send Joined")?;
     // Only a link of a welcomed session may make the relay buffer a full window.
-    quic.allow_receive(transport::SESSION_RECEIVE_WINDOW);
+    link.allow_receive(transport::SESSION_RECEIVE_WINDOW);
     drop(pending);
     shared.metrics.link_joins.get_or_create(&JOIN_JOINED).inc();
     tracing::info!(session = session.stable_id(), "link joined its session");
     let ended = tokio::select! {
-        ended = quic.closed() => ended,
+        ended = link.closed() => ended,
         primary = session.closed() => {
             // The session ends with its primary link, and takes its other links along.
-            quic.close(primary.peer_code().unwrap_or(CloseCode::Shutdown));
+            link.close(primary.peer_code().unwrap_or(CloseCode::Shutdown));
             primary
         }
     };
@@ -79,8 +79,8 @@ pub(super) async fn join(
 
 /// The live session `ticket` belongs to. An unknown ticket is a failed guess, limited like
 /// a wrong token: the ticket is as much a credential as the token.
-async fn find(shared: &Shared, quic: &QuicLink, ticket: &JoinTicket) -> Result<SessionLink, Refusal> {
-    let Ok(attempt) = shared.limiter.attempt(quic.peer().ip()) else {
+async fn find(shared: &Shared, link: &AnyLink, ticket: &JoinTicket) -> Result<SessionLink, Refusal> {
+    let Ok(attempt) = shared.limiter.attempt(link.peer().ip()) else {
         return Err(Refusal::TryLater { why: "too many failed attempts from this address".into() });
     };
     shared.metrics.guessing.credential_checks.get_or_create(&CHECKED_JOIN_TICKET).inc();

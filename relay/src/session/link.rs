@@ -15,7 +15,7 @@ use std::{
 
 use burrow_common::{
     CloseCode, Refusal,
-    link::{Link, LinkError, LinkStatus, PathStats, QuicLink},
+    link::{AnyLink, Link, LinkError, LinkStatus, PathStats, Transport},
     sync,
 };
 use serde::Serialize;
@@ -35,7 +35,7 @@ struct Links {
 /// One link of the session, with its visitors.
 #[derive(Clone)]
 struct Member {
-    link: QuicLink,
+    link: AnyLink,
     /// Visitors carried now.
     open: Arc<AtomicUsize>,
     /// Visitors carried since the link came up.
@@ -43,7 +43,7 @@ struct Member {
 }
 
 impl Member {
-    fn new(link: QuicLink) -> Self {
+    fn new(link: AnyLink) -> Self {
         Self { link, open: Arc::default(), carried: Arc::default() }
     }
 
@@ -51,6 +51,7 @@ impl Member {
         let path = self.link.path();
         LinkView {
             primary,
+            transport: self.link.transport(),
             remote: self.link.peer(),
             rtt_ms: path.rtt.as_micros() as f64 / 1000.0,
             quic_bytes_sent: path.sent_bytes,
@@ -66,6 +67,8 @@ impl Member {
 pub(crate) struct LinkView {
     /// The link the session's Hello came on: its end is the session's.
     pub(crate) primary: bool,
+    /// `quic`, or `tcp` for an agent whose network blocks UDP.
+    pub(crate) transport: Transport,
     pub(crate) remote: SocketAddr,
     pub(crate) rtt_ms: f64,
     pub(crate) quic_bytes_sent: u64,
@@ -78,7 +81,7 @@ pub(crate) struct LinkView {
 /// The link chosen for one visitor, counted among that link's open visitors until dropped:
 /// hold it for the visitor's life.
 pub(crate) struct Picked {
-    link: QuicLink,
+    link: AnyLink,
     open: Arc<AtomicUsize>,
     session: usize,
 }
@@ -92,9 +95,9 @@ impl Picked {
 }
 
 impl Deref for Picked {
-    type Target = QuicLink;
+    type Target = AnyLink;
 
-    fn deref(&self) -> &QuicLink {
+    fn deref(&self) -> &AnyLink {
         &self.link
     }
 }
@@ -118,17 +121,17 @@ impl Drop for JoinedLink {
 }
 
 impl SessionLink {
-    pub(crate) fn new(link: QuicLink) -> Self {
+    pub(crate) fn new(link: AnyLink) -> Self {
         let links = Links { primary: Member::new(link), joined: Mutex::default(), turn: AtomicUsize::new(0) };
         Self { links: Arc::new(links) }
     }
 
-    fn primary(&self) -> &QuicLink {
+    fn primary(&self) -> &AnyLink {
         &self.links.primary.link
     }
 
     /// Adds `link` to the session, unless it has `max` links already (the primary included).
-    pub(crate) fn join(&self, link: QuicLink, max: usize) -> Result<JoinedLink, Refusal> {
+    pub(crate) fn join(&self, link: AnyLink, max: usize) -> Result<JoinedLink, Refusal> {
         let mut joined = sync::lock(&self.links.joined);
         if joined.len() + 1 >= max {
             return Err(Refusal::LinkLimit { max });
@@ -164,6 +167,10 @@ impl SessionLink {
     /// Stable for the life of the session; the traffic counts find a visitor's tunnel by it.
     pub(crate) fn stable_id(&self) -> usize {
         self.primary().stable_id()
+    }
+
+    pub(crate) fn transport(&self) -> Transport {
+        self.primary().transport()
     }
 
     pub(crate) fn remote_address(&self) -> SocketAddr {

@@ -5,15 +5,19 @@ mod join;
 mod link;
 mod serving;
 
-use std::{sync::Arc, sync::atomic::Ordering};
+use std::{
+    net::SocketAddr,
+    sync::{Arc, atomic::Ordering},
+};
 
 use anyhow::Context;
 use burrow_common::{
     CloseCode, Hello, LinkOpening, Welcome,
-    link::{Link, QuicLink},
+    link::{AnyLink, Link, QuicLink},
     protocol::conversation::{ConversationError, RelayControlOn, receive_opening},
     transport,
 };
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -24,14 +28,52 @@ use crate::{Shared, limits::Pending, parking, sessions::Admitted};
 /// Longest a Welcome waits for the tunnels' reservations to be stored durably.
 const RESERVATION_SAVE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// Serves one incoming QUIC connection to its end, logging how it ended exactly once.
-pub(crate) async fn serve(incoming: quinn::Incoming, pending: Pending, shared: Arc<Shared>, cancel: CancellationToken) {
+/// Serves one incoming QUIC connection to its end.
+pub(crate) async fn serve_quic(
+    incoming: quinn::Incoming,
+    pending: Pending,
+    shared: Arc<Shared>,
+    cancel: CancellationToken,
+) {
     let remote = incoming.remote_address();
+    let link = async { Ok(AnyLink::from(QuicLink::from(incoming.await.context("QUIC handshake failed")?))) };
+    serve(remote, link, pending, shared, cancel).await
+}
+
+/// Serves one agent that connected over TCP (its TLS not yet begun) to its end.
+pub(crate) async fn serve_tcp<T>(
+    io: T,
+    remote: SocketAddr,
+    pending: Pending,
+    shared: Arc<Shared>,
+    cancel: CancellationToken,
+) where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let timeout = shared.config().handshake_timeout;
+    let handshake = crate::tcp_links::handshake(io, remote, shared.agent_tls.clone(), shared.config().idle_timeout);
+    let link = async move {
+        match tokio::time::timeout(timeout, handshake).await {
+            Ok(link) => link.map(AnyLink::from),
+            Err(_) => Err(anyhow::anyhow!("no TLS handshake over TCP within {timeout:?}")),
+        }
+    };
+    serve(remote, link, pending, shared, cancel).await
+}
+
+/// Serves one link to its end, logging how it ended exactly once.
+async fn serve(
+    remote: SocketAddr,
+    link: impl Future<Output = anyhow::Result<AnyLink>>,
+    pending: Pending,
+    shared: Arc<Shared>,
+    cancel: CancellationToken,
+) {
     let span = tracing::info_span!("session", %remote, agent = tracing::field::Empty);
     async move {
-        match run(incoming, pending, &shared, &cancel).await {
-            Ok(()) => {}
-            Err(e) => tracing::info!("session ended: {e:#}"),
+        let served = async { run(link.await?, pending, &shared, &cancel).await };
+        if let Err(e) = served.await {
+            tracing::info!("session ended: {e:#}");
         }
     }
     .instrument(span)
@@ -40,50 +82,43 @@ pub(crate) async fn serve(incoming: quinn::Incoming, pending: Pending, shared: A
 
 /// `pending` is the client's place among the unauthenticated: held until its Hello or Join
 /// is answered, a delayed refusal included.
-async fn run(
-    incoming: quinn::Incoming,
-    pending: Pending,
-    shared: &Arc<Shared>,
-    cancel: &CancellationToken,
-) -> anyhow::Result<()> {
-    let conn = incoming.await.context("QUIC handshake failed")?;
-    let quic = QuicLink::from(conn);
+async fn run(link: AnyLink, pending: Pending, shared: &Arc<Shared>, cancel: &CancellationToken) -> anyhow::Result<()> {
     let (opening, control) = tokio::select! {
         _ = cancel.cancelled() => {
-            quic.close(CloseCode::Shutdown);
+            link.close(CloseCode::Shutdown);
             return Ok(());
         }
-        received = receive_opening(&quic, shared.config().handshake_timeout) => match received {
+        received = receive_opening(&link, shared.config().handshake_timeout) => match received {
             Ok(received) => received,
             Err(e @ ConversationError::Timeout { .. }) => {
-                return Err(close(&quic, CloseCode::HandshakeTimeout)).context(e);
+                return Err(close(&link, CloseCode::HandshakeTimeout)).context(e);
             }
-            Err(e) => return Err(close(&quic, CloseCode::ProtocolViolation)).context(e),
+            Err(e) => return Err(close(&link, CloseCode::ProtocolViolation)).context(e),
         },
     };
     match opening {
-        LinkOpening::Hello(hello) => open_session(quic, hello, control, pending, shared, cancel).await,
-        LinkOpening::Join { ticket } => join::join(quic, ticket, control, pending, shared).await,
+        LinkOpening::Hello(hello) => open_session(link, hello, control, pending, shared, cancel).await,
+        LinkOpening::Join { ticket } => join::join(link, ticket, control, pending, shared).await,
     }
 }
 
 /// Admits the session `hello` asks for and serves it until it ends.
 async fn open_session(
-    quic: QuicLink,
+    link: AnyLink,
     hello: Hello,
-    mut control: RelayControlOn<QuicLink>,
+    mut control: RelayControlOn<AnyLink>,
     pending: Pending,
     shared: &Arc<Shared>,
     cancel: &CancellationToken,
 ) -> anyhow::Result<()> {
     let (ticket, ticket_digest) = join::new_ticket()?;
     let session = shared.next_session.fetch_add(1, Ordering::Relaxed);
-    let link = SessionLink::new(quic.clone());
-    let (grant, slot, opened) = match admission::admit(shared, &link, &hello, session).await {
+    let session_link = SessionLink::new(link.clone());
+    let (grant, slot, opened) = match admission::admit(shared, &session_link, &hello, session).await {
         Ok(admitted) => admitted,
         Err(refusal) => {
             let why = anyhow::anyhow!("refused: {refusal}");
-            control.refuse(refusal, &quic).await;
+            control.refuse(refusal, &link).await;
             return Err(why);
         }
     };
@@ -97,20 +132,20 @@ async fn open_session(
         return Err(e).context("send Welcome");
     }
     // Only a welcomed agent may make the relay buffer a full window.
-    quic.allow_receive(transport::SESSION_RECEIVE_WINDOW);
+    link.allow_receive(transport::SESSION_RECEIVE_WINDOW);
     drop(pending);
-    let admitted = Admitted::new(&grant, &hello, &link, &granted, ticket_digest);
+    let admitted = Admitted::new(&grant, &hello, &session_link, &granted, ticket_digest);
     let mut registered = shared.live.register(session, slot, admitted);
     shared.metrics.sessions.inc();
     shared.metrics.sessions_total.inc();
-    let mut serving = Serving::new(shared, &link, (&grant, session), &mut registered, cancel);
+    let mut serving = Serving::new(shared, &session_link, (&grant, session), &mut registered, cancel);
     for tunnel in opened {
         serving.start(tunnel);
     }
     // The control stream stays open for the life of the session, and carries updates.
     let lost = serving.run(control, cancel).await;
     shared.metrics.sessions.dec();
-    drop((quic, link));
+    drop((link, session_link));
     if let Some(places) = lost {
         parking::park(shared, &places, session, cancel).await;
     }
@@ -127,7 +162,7 @@ async fn durable(shared: &Shared) {
     }
 }
 
-fn close(link: &QuicLink, code: CloseCode) -> anyhow::Error {
+fn close(link: &AnyLink, code: CloseCode) -> anyhow::Error {
     link.close(code);
     anyhow::anyhow!("closed: {}", code.describe())
 }

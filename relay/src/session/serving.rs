@@ -5,7 +5,7 @@ use std::{collections::BTreeMap, sync::Arc};
 
 use burrow_common::{
     AgentMsg, CloseCode, Refusal, TunnelSpec,
-    link::{LinkError, QuicLink},
+    link::{AnyLink, LinkError},
     protocol::conversation::{RelayControlOn, UpdateAnswer},
 };
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
@@ -95,7 +95,7 @@ impl<'a> Serving<'a> {
     /// otherwise they are released.
     pub(super) async fn run(
         mut self,
-        mut control: RelayControlOn<QuicLink>,
+        mut control: RelayControlOn<AnyLink>,
         cancel: &CancellationToken,
     ) -> Option<Vec<Place>> {
         let mut reading = true;

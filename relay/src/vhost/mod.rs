@@ -206,6 +206,10 @@ async fn serve_tls(
         Ok(Err(e)) => return tracing::debug!("no TLS ClientHello: {e}"),
         Err(_) => return tracing::debug!("no TLS ClientHello within {timeout:?}"),
     };
+    if hello.is_agent {
+        drop(slot);
+        return crate::tcp_links::arrived(sni::Rewind::new(hello.bytes, tcp), peer, &shared, &cancel);
+    }
     if let Some(route) = passthrough_route(&shared, hello.server_name.as_deref()).await {
         return pass_through(tcp, peer, hello.bytes, &route, shared).await;
     }

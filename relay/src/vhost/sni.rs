@@ -8,6 +8,7 @@ use std::{
     task::{Context, Poll},
 };
 
+use burrow_common::protocol::ALPN;
 use rustls::server::{Accepted, Acceptor};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 
@@ -21,6 +22,8 @@ pub(crate) struct ClientHello {
     pub(crate) bytes: Vec<u8>,
     /// The requested host name, lowercased; `None` when the visitor sent none (it dialled an IP).
     pub(crate) server_name: Option<String>,
+    /// The client offers the burrow ALPN: an agent whose network lets only HTTPS out.
+    pub(crate) is_agent: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -49,8 +52,10 @@ pub(crate) async fn read_client_hello<R: AsyncRead + Unpin>(
             return Err(SniError::Closed);
         }
         if let Some(accepted) = parse(&mut acceptor, &bytes[start..])? {
-            let server_name = accepted.client_hello().server_name().map(str::to_ascii_lowercase);
-            return Ok(ClientHello { bytes, server_name });
+            let hello = accepted.client_hello();
+            let server_name = hello.server_name().map(str::to_ascii_lowercase);
+            let is_agent = hello.alpn().is_some_and(|mut offered| offered.any(|alpn| alpn == ALPN));
+            return Ok(ClientHello { bytes, server_name, is_agent });
         }
     }
 }
