@@ -46,7 +46,8 @@ usage() {
   cat <<EOF
 usage: $PROG COMMAND            (prefix \$NETSIM_PREFIX=$P; state in $STATE)
 
-  deps                 apt-get install what is missing (iproute2 nftables iptables conntrack python3)
+  deps                 apt-get install what is missing (iproute2 nftables iptables conntrack python3
+                       tinyproxy microsocks)
   up                   build the namespaces $P-{relay,client,router,home,inet}
   down                 kill what runs inside them and delete them (idempotent)
   exec NS CMD...       run CMD in relay|client|router|home|inet
@@ -71,6 +72,10 @@ cmd_deps() {
   command -v iptables >/dev/null || missing+=(iptables)
   command -v conntrack >/dev/null || missing+=(conntrack)
   command -v python3 >/dev/null || missing+=(python3)
+  # The agent's proxy tests start their own instances on loopback ports; the packaged
+  # services are never used.
+  command -v tinyproxy >/dev/null || missing+=(tinyproxy)
+  command -v microsocks >/dev/null || missing+=(microsocks)
   [ "${#missing[@]}" -eq 0 ] && return 0
   command -v apt-get >/dev/null || die "missing ${missing[*]} and no apt-get: install them by hand"
   local log; log="$(mktemp)"
