@@ -13,6 +13,7 @@ pub mod inspector;
 mod links;
 mod local_http;
 mod logging;
+pub mod proxy;
 mod ready;
 mod reload;
 mod report;
