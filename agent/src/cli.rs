@@ -170,6 +170,13 @@ pub struct Flags {
     #[arg(long, value_name = "N")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub links: Option<u8>,
+    /// Reach the relay's TCP port through this proxy: http://[USER:PASS@]HOST[:PORT],
+    /// socks5:// (names resolved here) or socks5h:// (by the proxy); the port defaults to
+    /// 1080, as in curl; `none` ignores https_proxy and all_proxy [default: those, unless
+    /// no_proxy names the relay]
+    #[arg(long, value_name = "URL|none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<Secret>,
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {

@@ -49,6 +49,8 @@ pub struct Plan {
     pub reconnect_max_delay: Duration,
     /// QUIC links the agent keeps to the relay, as far as the relay allows.
     pub links: u8,
+    /// The proxy TCP links go through, if any.
+    pub proxy: Option<proxy::Proxy>,
     /// Where the run records what it carries; clone it before `run` to watch.
     pub stats: Stats,
     /// New tunnel lists, when the config file changes: applied to the live session
@@ -158,7 +160,11 @@ impl Plan {
             (None, None, true) => Trust::Insecure,
             (None, None, false) => Trust::PublicRoots,
         };
-        Ok(Self::new(config, relay, trust, token))
+        let mut plan = Self::new(config, relay, trust, token);
+        // Only here, for the command line: tests and the embedded relay ignore the
+        // environment's proxies.
+        plan.proxy = proxy::from_settings(config.proxy.as_ref(), &plan.relay.host, |name| std::env::var(name).ok())?;
+        Ok(plan)
     }
 
     pub fn new(config: &AgentConfig, relay: RelayAddr, trust: Trust, token: Secret) -> Self {
@@ -172,6 +178,7 @@ impl Plan {
             idle_timeout: config.idle_timeout,
             reconnect_max_delay: config.reconnect_max_delay,
             links: config.links,
+            proxy: config.proxy.as_ref().and_then(proxy::ProxySetting::proxy).cloned(),
             stats: Stats::default(),
             reloads: None,
         }

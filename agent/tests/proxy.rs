@@ -248,3 +248,25 @@ async fn without_a_proxy_the_connection_is_direct() -> anyhow::Result<()> {
     let echo = echo_server().await?;
     echoes(connect_tcp(None, "127.0.0.1", echo.port()).await?).await
 }
+
+#[tokio::test]
+async fn a_bad_proxy_stops_the_agent_naming_where_it_was_given_without_the_password() -> anyhow::Result<()> {
+    let agent = || -> anyhow::Result<Command> {
+        let mut agent = Command::new(testkit::processes::agent_bin()?);
+        agent.args(["--local", "8080", "--relay", "127.0.0.1:9"]).env("BURROW_TOKEN", "brw_long_enough_0123456789");
+        for name in ["https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY", "no_proxy", "NO_PROXY", "BURROW_PROXY"] {
+            agent.env_remove(name);
+        }
+        Ok(agent)
+    };
+    let (code, stderr) = Binary::start(agent()?.args(["--proxy", "gopher://alice:hunter2@x"]))?.exit(STEP).await?;
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("key `proxy`") && stderr.contains("gopher://alice:***@x"), "{stderr}");
+    assert!(!stderr.contains("hunter2"), "{stderr}");
+
+    let (code, stderr) = Binary::start(agent()?.env("HTTPS_PROXY", "https://alice:hunter2@x"))?.exit(STEP).await?;
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("HTTPS_PROXY") && stderr.contains("not supported"), "{stderr}");
+    assert!(!stderr.contains("hunter2"), "{stderr}");
+    Ok(())
+}

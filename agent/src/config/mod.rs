@@ -55,6 +55,10 @@ pub struct AgentConfig {
     /// QUIC links to the relay, 1 to 8, each with its own UDP socket and congestion window;
     /// visitors are spread over them. The relay may allow fewer.
     pub links: u8,
+    /// Proxy URL for TCP links (`http://`, `socks5://`, `socks5h://`), or `none`; when
+    /// absent, `https_proxy` or `all_proxy` from the environment, unless `no_proxy` names
+    /// the relay.
+    pub proxy: Option<crate::proxy::ProxySetting>,
     /// Address of the web inspector, or `off`; the next 9 ports are tried if it is taken.
     #[serde(with = "crate::inspector::listen")]
     pub inspect: Option<SocketAddr>,
@@ -79,6 +83,7 @@ impl Default for AgentConfig {
             idle_timeout: Duration::from_secs(30),
             reconnect_max_delay: Duration::from_secs(30),
             links: 4,
+            proxy: None,
             inspect: Some(crate::inspector::DEFAULT_ADDR),
             inspect_token: None,
             log_format: LogFormat::Text,
@@ -348,6 +353,7 @@ mod tests {
             ("inspect = \"0.0.0.0:4040\"", ["inspect = 0.0.0.0:4040", "beyond this machine", "inspect_token"]),
             ("inspect_token = \"short\"", ["inspect_token", "5 characters", "at least 16"]),
             ("log_format = \"xml\"", ["log_format", "xml", "json"]),
+            ("proxy = \"ftp://al:hunter2@x\"", ["proxy", "ftp://al:***@x", "socks5h://"]),
             ("[[tunnels]]\nlocal = 80\nprotocol = \"ftp\"", ["protocol", "ftp", "http"]),
             ("[[tunnels]]\nlocal = 80\nbasic_auth = \"a:b\"", ["tcp-80", "basic_auth", "HTTP tunnels only"]),
             ("[[tunnels]]\nlocal = 80\nupgrades = [\"h2c\"]", ["tcp-80", "upgrades", "HTTP tunnels only"]),
