@@ -170,6 +170,11 @@ pub struct Flags {
     #[arg(long, value_name = "N")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub links: Option<u8>,
+    /// How to reach the relay: auto (QUIC, falling back to TLS over TCP when UDP gets no
+    /// answer within 300 ms), quic, or tcp [default: auto]
+    #[arg(long, value_name = "auto|quic|tcp")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub transport: Option<crate::config::TransportChoice>,
     /// Reach the relay's TCP port through this proxy: http://[USER:PASS@]HOST[:PORT],
     /// socks5:// (names resolved here) or socks5h:// (by the proxy); the port defaults to
     /// 1080, as in curl; `none` ignores https_proxy and all_proxy [default: those, unless
@@ -288,6 +293,7 @@ fn ready_template(setup: &Setup, relay: Option<&EmbeddedRelay>) -> anyhow::Resul
         relay: relay.map(EmbeddedRelay::ready).transpose()?,
         links_up: 0,
         links_wanted: 0,
+        transport: String::new(),
     })
 }
 

@@ -1,17 +1,24 @@
-//! Dialing the relay: the one place the agent creates a QUIC link, and words why it could not.
+//! Dialing the relay: the one place the agent creates a link, over QUIC, over TLS on TCP, or
+//! both raced (happy eyeballs: QUIC gets a head start, TCP takes over where UDP is blocked),
+//! and words why it could not.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, pin::pin, sync::Arc, time::Duration};
 
 use burrow_common::{
     codes::refused_peer_certificate,
-    link::{LinkError, QuicLink},
+    link::{AnyLink, LinkError, QuicLink, TcpLink, TcpSettings, Transport},
     tls, transport,
 };
 use quinn::{ConnectionError, Endpoint, TransportErrorCode};
+use rustls::pki_types::ServerName;
 
-use crate::Plan;
+use crate::{Plan, config::TransportChoice, proxy, udp_memory};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long QUIC has to answer before TLS over TCP is tried beside it: what hyper-util's
+/// connector waits between addresses (RFC 8305 says 250 ms).
+const QUIC_HEAD_START: Duration = Duration::from_millis(300);
 
 /// How long a session's end waits for its close to reach the relay.
 const CLOSE_WAIT: Duration = Duration::from_secs(1);
@@ -19,23 +26,105 @@ const CLOSE_WAIT: Duration = Duration::from_secs(1);
 /// Dials links to the relay with the plan's trust and transport settings.
 pub(crate) struct Dialer {
     client: quinn::ClientConfig,
+    tls: Arc<rustls::ClientConfig>,
 }
 
 /// A link just dialed, with what must outlive it.
 pub(crate) struct Dialed {
-    pub(crate) link: QuicLink,
-    endpoint: Endpoint,
+    pub(crate) link: AnyLink,
+    /// The QUIC link's endpoint; none for TCP.
+    endpoint: Option<Endpoint>,
+    /// Which transport, and why that one: for the console, the inspector and the ready file.
+    pub(crate) why: String,
 }
 
 impl Dialer {
     pub(crate) fn new(plan: &Plan) -> anyhow::Result<Self> {
         let client = tls::client_config(&plan.trust, transport::agent(plan.keep_alive, plan.idle_timeout))?;
-        Ok(Self { client })
+        let tls = Arc::new(tls::client_tls(&plan.trust)?);
+        if matches!(plan.trust, burrow_common::tls::Trust::Insecure) {
+            tracing::warn!(
+                "--insecure: the relay's certificate is NOT checked; anyone on the path can read this tunnel"
+            );
+        }
+        Ok(Self { client, tls })
     }
 
+    /// A session's first link, over the transport the plan asks for.
     pub(crate) async fn dial(&self, plan: &Plan) -> Result<Dialed, Failure> {
-        let (endpoint, link) = quic(plan, &self.client).await?;
-        Ok(Dialed { link, endpoint })
+        match plan.transport {
+            TransportChoice::Quic => self.dial_on(plan, Transport::Quic).await,
+            TransportChoice::Tcp => {
+                let dialed = self.dial_on(plan, Transport::Tcp).await?;
+                Ok(Dialed { why: "TCP (--transport tcp)".into(), ..dialed })
+            }
+            TransportChoice::Auto => self.race(plan).await,
+        }
+    }
+
+    /// A link over `transport`: a session's further links take its first link's.
+    pub(crate) async fn dial_on(&self, plan: &Plan, transport: Transport) -> Result<Dialed, Failure> {
+        match transport {
+            Transport::Quic => {
+                let (endpoint, link) = quic(plan, &self.client).await?;
+                Ok(Dialed { link: link.into(), endpoint: Some(endpoint), why: "QUIC".into() })
+            }
+            Transport::Tcp => {
+                let link = tcp(plan, &self.tls).await?;
+                Ok(Dialed { link: link.into(), endpoint: None, why: "TCP".into() })
+            }
+        }
+    }
+
+    /// QUIC first; TLS over TCP beside it once QUIC has had its head start or failed at
+    /// once; the first link up wins. A relay whose UDP was blocked last time gets both at once.
+    async fn race(&self, plan: &Plan) -> Result<Dialed, Failure> {
+        let remembered = udp_memory::blocked(&plan.relay);
+        let mut quic = pin!(self.dial_on(plan, Transport::Quic));
+        let head_start = if remembered { Duration::ZERO } else { QUIC_HEAD_START };
+        let quic_failed = tokio::select! {
+            dialed = &mut quic => match dialed {
+                Ok(dialed) => return Ok(self.won(plan, dialed)),
+                // The relay answered: over TCP it would say the same.
+                Err(Failure::Trust(why)) => return Err(Failure::Trust(why)),
+                Err(Failure::Unreachable(why)) => Some(why),
+            },
+            () = tokio::time::sleep(head_start) => None,
+        };
+        let why_tcp = match (&quic_failed, remembered) {
+            (Some(why), _) => format!("TCP: QUIC failed ({why})"),
+            (None, true) => "TCP: UDP was blocked last time".to_string(),
+            (None, false) => format!("TCP: no QUIC answer in {} ms", QUIC_HEAD_START.as_millis()),
+        };
+        let mut tcp = pin!(self.dial_on(plan, Transport::Tcp));
+        if let Some(quic_failed) = quic_failed {
+            return match tcp.await {
+                Ok(dialed) => Ok(self.won(plan, Dialed { why: why_tcp, ..dialed })),
+                Err(failure) => Err(failure.after(&quic_failed)),
+            };
+        }
+        tokio::select! {
+            dialed = &mut quic => match dialed {
+                Ok(dialed) => Ok(self.won(plan, dialed)),
+                Err(quic_failed) => match tcp.await {
+                    Ok(dialed) => Ok(self.won(plan, Dialed { why: why_tcp, ..dialed })),
+                    Err(failure) => Err(failure.after(quic_failed.reason())),
+                },
+            },
+            dialed = &mut tcp => match dialed {
+                Ok(dialed) => Ok(self.won(plan, Dialed { why: why_tcp, ..dialed })),
+                Err(tcp_failed) => match quic.await {
+                    Ok(dialed) => Ok(self.won(plan, dialed)),
+                    Err(failure) => Err(tcp_failed.after(failure.reason())),
+                },
+            },
+        }
+    }
+
+    /// Remembers which transport won the race, for the next start.
+    fn won(&self, plan: &Plan, dialed: Dialed) -> Dialed {
+        udp_memory::remember(&plan.relay, dialed.link.transport() == Transport::Tcp);
+        dialed
     }
 }
 
@@ -43,8 +132,16 @@ impl Dialed {
     /// Waits, briefly, for the link's close to reach the relay, so it frees the tunnels at
     /// once. The link is held meanwhile: dropping its last handle would close it with no code.
     pub(crate) async fn settle(self) {
-        let Dialed { link, endpoint } = self;
-        tokio::time::timeout(CLOSE_WAIT, endpoint.wait_idle()).await.ok();
+        let Dialed { link, endpoint, .. } = self;
+        match (&link, endpoint) {
+            (_, Some(endpoint)) => {
+                tokio::time::timeout(CLOSE_WAIT, endpoint.wait_idle()).await.ok();
+            }
+            (AnyLink::Tcp(tcp), None) => {
+                tokio::time::timeout(CLOSE_WAIT, tcp.gone()).await.ok();
+            }
+            (AnyLink::Quic(_), None) => {}
+        }
         drop(link);
     }
 }
@@ -54,6 +151,60 @@ pub(crate) enum Failure {
     /// The relay answered but could not be trusted, or speaks another protocol.
     Trust(String),
     Unreachable(String),
+}
+
+impl Failure {
+    fn reason(&self) -> &str {
+        match self {
+            Failure::Trust(why) | Failure::Unreachable(why) => why,
+        }
+    }
+
+    /// This failure, after the other transport's.
+    fn after(self, first: &str) -> Self {
+        match self {
+            Failure::Trust(why) => Failure::Trust(why),
+            Failure::Unreachable(why) => Failure::Unreachable(format!("{first}; over TCP: {why}")),
+        }
+    }
+}
+
+/// Dials the relay over TLS on TCP, through the plan's proxy if it has one.
+async fn tcp(plan: &Plan, tls: &Arc<rustls::ClientConfig>) -> Result<TcpLink, Failure> {
+    let relay = &plan.relay;
+    let tcp = proxy::connect_tcp(plan.proxy.as_ref(), &relay.host, relay.port)
+        .await
+        .map_err(|e| Failure::Unreachable(format!("{e:#}")))?;
+    let peer = tcp.peer_addr().map_err(|e| Failure::Unreachable(format!("TCP connection to {relay}: {e}")))?;
+    let name = ServerName::try_from(relay.host.clone())
+        .map_err(|_| Failure::Unreachable(format!("{} is not a valid host name", relay.host)))?;
+    let connecting = tokio_rustls::TlsConnector::from(tls.clone()).connect(name, tcp);
+    let tls = match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
+        Err(_) => return Err(Failure::Unreachable(format!("no TLS answer from the relay at {relay} (TCP)"))),
+        Ok(Err(e)) => return Err(classify_tls_error(&e, relay)),
+        Ok(Ok(tls)) => tls,
+    };
+    let settings = TcpSettings::agent(plan.keep_alive, plan.idle_timeout);
+    match tokio::time::timeout(CONNECT_TIMEOUT, TcpLink::agent_side(tls, peer, settings)).await {
+        Err(_) => Err(Failure::Unreachable(format!("the relay at {relay} (TCP) did not start the link"))),
+        Ok(Err(e)) => Err(Failure::Unreachable(format!("the relay at {relay} (TCP) did not start the link: {e}"))),
+        Ok(Ok(link)) => Ok(link),
+    }
+}
+
+/// A failed TLS handshake over TCP, told apart by the rustls error inside.
+fn classify_tls_error(e: &std::io::Error, relay: &crate::config::RelayAddr) -> Failure {
+    let inner = e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>());
+    match inner {
+        Some(rustls::Error::InvalidCertificate(why)) => Failure::Trust(format!(
+            "the relay at {relay} presented a certificate that does not match --fingerprint / --ca ({why:?})"
+        )),
+        Some(rustls::Error::AlertReceived(alert)) => Failure::Trust(format!(
+            "the relay at {relay} rejected the TLS handshake over TCP ({alert:?}); is it a burrow relay of the same \
+             version, and is this its agent port?"
+        )),
+        _ => Failure::Unreachable(format!("TLS over TCP with the relay at {relay} failed: {e}")),
+    }
 }
 
 /// Dials the relay over QUIC. The endpoint comes back with the link: it must outlive it, and
@@ -79,9 +230,6 @@ async fn quic(plan: &Plan, client: &quinn::ClientConfig) -> Result<(Endpoint, Qu
     let mut endpoint =
         client_endpoint(local).map_err(|e| Failure::Unreachable(format!("cannot open a UDP socket: {e}")))?;
     endpoint.set_default_client_config(client.clone());
-    if matches!(plan.trust, burrow_common::tls::Trust::Insecure) {
-        tracing::warn!("--insecure: the relay's certificate is NOT checked; anyone on the path can read this tunnel");
-    }
     let connecting = endpoint
         .connect(addr, &relay.host)
         .map_err(|e| Failure::Unreachable(format!("cannot connect to {addr}: {e}")))?;

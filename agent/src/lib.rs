@@ -21,6 +21,7 @@ pub mod requests;
 mod session;
 pub mod snapshot;
 pub mod stats;
+mod udp_memory;
 
 use std::{fmt, time::Duration};
 
@@ -49,6 +50,8 @@ pub struct Plan {
     pub reconnect_max_delay: Duration,
     /// QUIC links the agent keeps to the relay, as far as the relay allows.
     pub links: u8,
+    /// QUIC, TLS over TCP, or QUIC with TCP raced against it.
+    pub transport: config::TransportChoice,
     /// The proxy TCP links go through, if any.
     pub proxy: Option<proxy::Proxy>,
     /// Where the run records what it carries; clone it before `run` to watch.
@@ -179,6 +182,7 @@ impl Plan {
             reconnect_max_delay: config.reconnect_max_delay,
             links: config.links,
             proxy: config.proxy.as_ref().and_then(proxy::ProxySetting::proxy).cloned(),
+            transport: config.transport,
             stats: Stats::default(),
             reloads: None,
         }

@@ -1,5 +1,5 @@
-//! A session's further links: each dialed from its own UDP socket (its own NAT mapping and
-//! congestion window), joined to the session with the Welcome's ticket, and serving the
+//! A session's further links, over its first link's transport: each dialed from its own
+//! socket (its own NAT mapping and congestion window), joined to the session with the Welcome's ticket, and serving the
 //! relay's streams into the session's one `Targets`. A link that ends is dialed again while
 //! the session lives; the session itself is its primary link's.
 
@@ -14,7 +14,7 @@ use std::{
 
 use burrow_common::{
     CloseCode, JoinTicket, Refusal,
-    link::{Link, LinkStatus, QuicLink},
+    link::{AnyLink, Link, LinkStatus, Transport},
     protocol::conversation::{AgentControl, JoinAnswer},
     sync,
 };
@@ -30,7 +30,7 @@ use crate::{
 
 /// The session's links up now, for the console and for closing them with the session.
 pub(crate) struct LinksUp {
-    joined: Mutex<Vec<QuicLink>>,
+    joined: Mutex<Vec<AnyLink>>,
     /// Links the session aims for, its primary included: known from the Welcome on.
     wanted: AtomicUsize,
     stats: Stats,
@@ -47,13 +47,13 @@ impl LinksUp {
         self.publish(sync::lock(&self.joined).len() + 1);
     }
 
-    fn add(&self, link: QuicLink) {
+    fn add(&self, link: AnyLink) {
         let mut joined = sync::lock(&self.joined);
         joined.push(link);
         self.publish(joined.len() + 1);
     }
 
-    fn remove(&self, link: &QuicLink) {
+    fn remove(&self, link: &AnyLink) {
         let mut joined = sync::lock(&self.joined);
         joined.retain(|up| up.stable_id() != link.stable_id());
         self.publish(joined.len() + 1);
@@ -76,11 +76,12 @@ impl LinksUp {
 /// caller polls it.
 pub(crate) async fn keep_joined(
     (plan, dialer): (&Plan, &Dialer),
-    ticket: &JoinTicket,
+    (ticket, transport): (&JoinTicket, Transport),
     targets: &Arc<Targets>,
     links: &LinksUp,
 ) -> Infallible {
-    let slots = (1..links.wanted.load(Relaxed)).map(|slot| keep_one(slot, (plan, dialer), ticket, targets, links));
+    let slots =
+        (1..links.wanted.load(Relaxed)).map(|slot| keep_one(slot, (plan, dialer), (ticket, transport), targets, links));
     join_all(slots).await;
     std::future::pending().await
 }
@@ -90,13 +91,13 @@ pub(crate) async fn keep_joined(
 async fn keep_one(
     slot: usize,
     (plan, dialer): (&Plan, &Dialer),
-    ticket: &JoinTicket,
+    (ticket, transport): (&JoinTicket, Transport),
     targets: &Arc<Targets>,
     links: &LinksUp,
 ) {
     let mut backoff = Backoff::new(plan.reconnect_max_delay);
     loop {
-        match join(plan, dialer, ticket).await {
+        match join(plan, dialer, ticket, transport).await {
             Ok(dialed) => {
                 let joined_at = Instant::now();
                 links.add(dialed.link.clone());
@@ -136,9 +137,9 @@ enum Joining {
     Failed(String),
 }
 
-/// Dials a link and joins it to the session.
-async fn join(plan: &Plan, dialer: &Dialer, ticket: &JoinTicket) -> Result<Dialed, Joining> {
-    let dialed = dialer.dial(plan).await.map_err(|failure| match failure {
+/// Dials a link over the session's transport and joins it to the session.
+async fn join(plan: &Plan, dialer: &Dialer, ticket: &JoinTicket, transport: Transport) -> Result<Dialed, Joining> {
+    let dialed = dialer.dial_on(plan, transport).await.map_err(|failure| match failure {
         Failure::Trust(why) | Failure::Unreachable(why) => Joining::Failed(why),
     })?;
     let answered = async {

@@ -9,10 +9,10 @@ use burrow_common::ready::{self, AgentReady, TunnelReady};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::{PublicTunnel, Status};
+use crate::{PublicTunnel, Status, stats::LinkCount};
 
 /// What the file says beyond the template: the tunnels, and the links up of those wanted.
-type Contents = (Vec<PublicTunnel>, (usize, usize));
+type Contents = (Vec<PublicTunnel>, LinkCount);
 
 /// Keeps the ready file at `path` current until `cancel`. `template` holds everything but
 /// the tunnels and links. A first file that cannot be written ends the agent (through
@@ -23,7 +23,7 @@ pub(crate) async fn run(
     path: PathBuf,
     template: AgentReady,
     mut status: watch::Receiver<Status>,
-    mut links: watch::Receiver<(usize, usize)>,
+    mut links: watch::Receiver<LinkCount>,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
     let mut written: Option<Contents> = None;
@@ -34,7 +34,7 @@ pub(crate) async fn run(
             (_, Some((tunnels, _))) => Some(tunnels.clone()),
             (_, None) => None,
         };
-        let current = tunnels.map(|tunnels| (tunnels, *links.borrow_and_update()));
+        let current = tunnels.map(|tunnels| (tunnels, links.borrow_and_update().clone()));
         if let Some(current) = current.filter(|current| written.as_ref() != Some(current)) {
             match ready::write(&path, &contents(&template, &current)) {
                 Ok(()) => written = Some(current),
@@ -53,11 +53,12 @@ pub(crate) async fn run(
     }
 }
 
-fn contents(template: &AgentReady, (tunnels, (links_up, links_wanted)): &Contents) -> AgentReady {
+fn contents(template: &AgentReady, (tunnels, links): &Contents) -> AgentReady {
     AgentReady {
         tunnels: tunnels.iter().map(describe).collect(),
-        links_up: *links_up,
-        links_wanted: *links_wanted,
+        links_up: links.up,
+        links_wanted: links.wanted,
+        transport: links.transport.clone(),
         ..template.clone()
     }
 }

@@ -5,7 +5,7 @@ use std::{sync::Arc, time::Duration};
 
 use burrow_common::{
     CloseCode, Granted, Welcome,
-    link::{Link, LinkError},
+    link::{AnyLink, Link, LinkError},
     protocol::conversation::{AgentControl, AgentControlOn, ConversationError, HelloAnswer},
 };
 use tokio::sync::watch;
@@ -53,7 +53,8 @@ pub(crate) async fn run(
         }
     };
     let link = dialed.link.clone();
-    plan.stats.set_link(Some(Box::new(link.clone())));
+    tracing::info!(transport = %dialed.why, "link to the relay up");
+    plan.stats.set_link(Some((Box::new(link.clone()), dialed.why.clone())));
     let targets = Arc::new(Targets::new(plan.stats.clone()));
     let links = LinksUp::new(plan);
     let end = tokio::select! {
@@ -73,9 +74,9 @@ pub(crate) async fn run(
 
 /// Says Hello on `link`, then serves the granted tunnels: the streams of the link and of the
 /// further links it joins to the session, and the config file's changes on its control stream.
-async fn register_and_serve<L: Link>(
+async fn register_and_serve(
     (plan, dialer): (&Plan, &Dialer),
-    link: &L,
+    link: &AnyLink,
     (targets, links): (&Arc<Targets>, &LinksUp),
     status: &watch::Sender<Status>,
     never_online: bool,
@@ -95,7 +96,7 @@ async fn register_and_serve<L: Link>(
     let online_since = std::time::Instant::now();
     let ended = tokio::select! {
         ended = accept_streams(link, targets) => ended,
-        never = links::keep_joined((plan, dialer), &welcome.ticket, targets, links) => match never {},
+        never = links::keep_joined((plan, dialer), (&welcome.ticket, link.transport()), targets, links) => match never {},
         failed = reload::follow(plan, &mut control, targets, &mut live, status) => {
             // The relay may hold tunnels this agent no longer serves, or the reverse: start
             // over from a Hello with the current list, which the relay answers in full.

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     requests::RequestSummary,
-    stats::{Connections, Record, State, Stats, VisitEnd, lock},
+    stats::{Connections, LinkCount, Record, State, Stats, VisitEnd, lock},
 };
 
 /// Requests in each snapshot; the inspector fetches one's details when it is opened.
@@ -75,6 +75,9 @@ pub struct PathView {
     pub links_up: usize,
     #[serde(default)]
     pub links_wanted: usize,
+    /// The links' transport and why it was chosen: `QUIC`, or `TCP: ...` where UDP is blocked.
+    #[serde(default)]
+    pub transport: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -116,7 +119,7 @@ impl Stats {
         let now = Instant::now();
         let (relay, state, path, public) = {
             let session = lock(&self.0.session);
-            let path = session.link.as_deref().map(|link| path_view(link, *self.0.links.borrow()));
+            let path = session.link.as_deref().map(|link| path_view(link, &self.0.links.borrow()));
             (session.relay.clone(), session_state(&session.state, session.since, now), path, session.tunnels.clone())
         };
         let counters: Vec<_> = public.iter().map(|t| (t, self.tunnel(&t.name))).collect();
@@ -179,7 +182,7 @@ fn session_state(state: &State, since: Instant, now: Instant) -> SessionState {
     }
 }
 
-fn path_view(link: &dyn LinkStatus, (links_up, links_wanted): (usize, usize)) -> PathView {
+fn path_view(link: &dyn LinkStatus, links: &LinkCount) -> PathView {
     let path = link.path();
     PathView {
         remote: link.peer(),
@@ -190,8 +193,9 @@ fn path_view(link: &dyn LinkStatus, (links_up, links_wanted): (usize, usize)) ->
         mtu: path.mtu,
         sent_bytes: path.sent_bytes,
         received_bytes: path.received_bytes,
-        links_up,
-        links_wanted,
+        links_up: links.up,
+        links_wanted: links.wanted,
+        transport: links.transport.clone(),
     }
 }
 

@@ -40,7 +40,16 @@ pub(crate) struct Shared {
     changes: watch::Sender<u64>,
     /// Links of the session up now, and how many it aims for: watched on its own by the
     /// ready file, which should not wake for every visitor.
-    pub(crate) links: watch::Sender<(usize, usize)>,
+    pub(crate) links: watch::Sender<LinkCount>,
+}
+
+/// The session's links: how many are up of those it aims for, and their transport with why
+/// it was chosen ("QUIC", "TCP: no QUIC answer in 300 ms"); empty between sessions.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct LinkCount {
+    pub(crate) up: usize,
+    pub(crate) wanted: usize,
+    pub(crate) transport: String,
 }
 
 pub(crate) struct Session {
@@ -128,7 +137,7 @@ impl Default for Stats {
             replayers: Mutex::default(),
             next_id: AtomicU64::new(1),
             changes: watch::Sender::new(0),
-            links: watch::Sender::new((0, 0)),
+            links: watch::Sender::new(LinkCount::default()),
         }))
     }
 }
@@ -202,20 +211,23 @@ impl Stats {
         self.changed();
     }
 
-    /// The link whose path statistics are shown, or none between sessions.
-    pub(crate) fn set_link(&self, link: Option<Box<dyn LinkStatus>>) {
+    /// The link whose path statistics are shown, with its transport and why that one; none
+    /// between sessions.
+    pub(crate) fn set_link(&self, link: Option<(Box<dyn LinkStatus>, String)>) {
+        let (link, transport) = link.unzip();
         lock(&self.0.session).link = link;
+        self.0.links.send_modify(|links| links.transport = transport.unwrap_or_default());
         self.changed();
     }
 
     /// How many of the session's links are up, of the `wanted`.
     pub(crate) fn set_links(&self, up: usize, wanted: usize) {
-        self.0.links.send_replace((up, wanted));
+        self.0.links.send_modify(|links| (links.up, links.wanted) = (up, wanted));
         self.changed();
     }
 
     /// Links of the session up now and wanted, and every change of them.
-    pub(crate) fn links(&self) -> watch::Receiver<(usize, usize)> {
+    pub(crate) fn links(&self) -> watch::Receiver<LinkCount> {
         self.0.links.subscribe()
     }
 

@@ -53,6 +53,10 @@ pub struct AgentReady {
     pub links_up: usize,
     #[serde(default)]
     pub links_wanted: usize,
+    /// The links' transport and why: `QUIC`, or `TCP: ...` (e.g. `TCP: no QUIC answer in
+    /// 300 ms`); empty while reconnecting.
+    #[serde(default)]
+    pub transport: String,
 }
 
 /// One tunnel's public side.

@@ -71,5 +71,5 @@ where
 {
     // The config offers only the burrow ALPN, so rustls refuses a client that offers none of it.
     let tls = tokio_rustls::TlsAcceptor::from(tls).accept(io).await.context("TLS handshake over TCP failed")?;
-    Ok(TcpLink::relay_side(tls, peer, TcpSettings::relay(idle_timeout)).await.context("start the TCP link")?)
+    TcpLink::relay_side(tls, peer, TcpSettings::relay(idle_timeout)).await.context("start the TCP link")
 }

@@ -15,6 +15,30 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::logging::LogFormat;
 
+/// `transport` in the config, `--transport` on the command line.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum TransportChoice {
+    /// QUIC, and TLS over TCP where QUIC gets no answer.
+    #[default]
+    Auto,
+    /// QUIC only: retry on UDP whatever happens.
+    Quic,
+    /// TLS over TCP only (through `proxy` if one is set).
+    Tcp,
+}
+
+impl<'de> Deserialize<'de> for TransportChoice {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match String::deserialize(d)?.as_str() {
+            "auto" => Ok(Self::Auto),
+            "quic" => Ok(Self::Quic),
+            "tcp" => Ok(Self::Tcp),
+            other => Err(serde::de::Error::custom(format!("invalid value {other:?}: expected auto, quic or tcp"))),
+        }
+    }
+}
+
 /// `BURROW_TOKEN`, `BURROW_RELAY`, `BURROW_FINGERPRINT`, ...; the relay's own
 /// `BURROW_RELAY_*` variables may share the environment.
 pub const ENV: EnvSource<'static> =
@@ -55,6 +79,9 @@ pub struct AgentConfig {
     /// QUIC links to the relay, 1 to 8, each with its own UDP socket and congestion window;
     /// visitors are spread over them. The relay may allow fewer.
     pub links: u8,
+    /// How the agent reaches the relay: `auto` (QUIC, with TLS over TCP raced against it
+    /// when QUIC does not answer within 300 ms), `quic` or `tcp`.
+    pub transport: TransportChoice,
     /// Proxy URL for TCP links (`http://`, `socks5://`, `socks5h://`), or `none`; when
     /// absent, `https_proxy` or `all_proxy` from the environment, unless `no_proxy` names
     /// the relay.
@@ -83,6 +110,7 @@ impl Default for AgentConfig {
             idle_timeout: Duration::from_secs(30),
             reconnect_max_delay: Duration::from_secs(30),
             links: 4,
+            transport: TransportChoice::Auto,
             proxy: None,
             inspect: Some(crate::inspector::DEFAULT_ADDR),
             inspect_token: None,

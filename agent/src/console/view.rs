@@ -93,7 +93,8 @@ fn path(path: Option<&PathView>, rates: &Rates) -> String {
     let rtt = if path.rtt_ms < 10.0 { format!("{:.1}ms", path.rtt_ms) } else { format!("{:.0}ms", path.rtt_ms) };
     let (up, down) = rates.path();
     format!(
-        "links {}/{} · rtt {rtt} · lost {} of {} packets · cwnd {} · up {} · down {}",
+        "{} · links {}/{} · rtt {rtt} · lost {} of {} packets · cwnd {} · up {} · down {}",
+        path.transport,
         path.links_up,
         path.links_wanted,
         path.lost_packets,

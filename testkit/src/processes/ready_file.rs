@@ -92,8 +92,15 @@ mod tests {
     async fn the_wait_returns_the_file_once_it_passes_the_test() -> anyhow::Result<()> {
         let file = ReadyFile::new()?;
         let mut process = Binary::start(Command::new("sleep").arg("30"))?;
-        let first =
-            AgentReady { pid: 1, inspector: None, tunnels: Vec::new(), relay: None, links_up: 0, links_wanted: 0 };
+        let first = AgentReady {
+            pid: 1,
+            inspector: None,
+            tunnels: Vec::new(),
+            relay: None,
+            links_up: 0,
+            links_wanted: 0,
+            transport: String::new(),
+        };
         burrow_common::ready::write(&file.path(), &first)?;
         assert_eq!(file.wait::<AgentReady>(&mut process).await?, first);
         let later = AgentReady { pid: 2, ..first };

@@ -145,6 +145,8 @@ struct Shared {
     probe: tokio::sync::Notify,
     /// Datagrams dropped: sent while the link was backed up, or arrived with the queue full.
     dropped_datagrams: AtomicU64,
+    /// Set once the connection is gone, what was queued before a close sent or given up.
+    gone: watch::Sender<bool>,
 }
 
 /// What the connection task is asked to do.
@@ -182,6 +184,7 @@ impl Shared {
             rtt_us: AtomicU64::new(parts.handshake_rtt.as_micros() as u64),
             probe: tokio::sync::Notify::new(),
             dropped_datagrams: AtomicU64::new(0),
+            gone: watch::Sender::new(false),
         };
         let channels = Channels {
             commands: commands_rx,
@@ -314,6 +317,12 @@ impl TcpLink {
         &self.0.0
     }
 
+    /// Waits until the connection is gone: after [`Link::close`], until the close code has
+    /// gone out and the peer hung up, or the linger ran out.
+    pub async fn gone(&self) {
+        self.shared().gone.subscribe().wait_for(|gone| *gone).await.ok();
+    }
+
     /// Datagrams dropped so far, either way.
     pub fn dropped_datagrams(&self) -> u64 {
         self.shared().dropped_datagrams.load(Relaxed)
@@ -439,6 +448,7 @@ fn finished(shared: &Shared, ended: Result<(), h2::Error>) {
         io::ErrorKind::TimedOut => LinkError::TimedOut,
         _ => LinkError::Transport(Arc::new(why)),
     });
+    shared.gone.send_replace(true);
 }
 
 /// Reads datagrams and the close code from the link stream.
