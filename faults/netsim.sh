@@ -56,6 +56,10 @@ usage: $PROG COMMAND            (prefix \$NETSIM_PREFIX=$P; state in $STATE)
                        bandwidth cap (tbf, e.g. 50mbit); replaces any previous impairment
   impair off           remove every impairment
   cut | heal           silently drop everything on the home uplink / stop dropping
+  block-udp            the home router drops the home's UDP (open flows too), as strict networks do
+  only-proxy           the home router drops everything the home sends out: only a proxy running
+                       on the router (10.80.3.1) reaches the internet
+  open-egress          undo block-udp / only-proxy
   rebind [--addr]      the NAT gives continuing flows a new outside port (--addr: and address)
   nat-timeout SECONDS  the router forgets idle UDP mappings after SECONDS
   status               addresses, NAT rule, impairments, conntrack entries
@@ -116,8 +120,11 @@ firewall_rules() {
   cat <<EOF
 table ip firewall {
   counter unsolicited { }
+  # What the home network lets out, before anything else (block-udp, only-proxy).
+  chain egress { }
   chain forward {
     type filter hook forward priority filter; policy drop;
+    iifname "lan" jump egress
     ct state established,related accept
     iifname "lan" oifname "$WAN" accept
     counter name "unsolicited" drop
@@ -284,6 +291,18 @@ cmd_heal() {
   say "heal: the home uplink carries traffic again"
 }
 
+# The home network's egress policy: `udp` drops UDP (flows already open included), `proxy`
+# drops everything the home sends out, so only a proxy on the router (10.80.3.1) gets out.
+cmd_egress() {
+  need_root; need_up
+  nsx "$NS_ROUTER" nft flush chain ip firewall egress
+  case "$1" in
+    open) say "egress: the home network lets everything out" ;;
+    udp) nsx "$NS_ROUTER" nft add rule ip firewall egress meta l4proto udp drop; say "egress: UDP dropped" ;;
+    proxy) nsx "$NS_ROUTER" nft add rule ip firewall egress drop; say "egress: only the router's proxy gets out" ;;
+  esac
+}
+
 cmd_rebind() {
   need_root; need_up
   local move_addr=0
@@ -340,6 +359,9 @@ main() {
     impair) cmd_impair "$@" ;;
     cut) cmd_cut ;;
     heal) cmd_heal ;;
+    block-udp) cmd_egress udp ;;
+    only-proxy) cmd_egress proxy ;;
+    open-egress) cmd_egress open ;;
     rebind) cmd_rebind "$@" ;;
     nat-timeout) cmd_nat_timeout "$@" ;;
     status) cmd_status ;;

@@ -226,7 +226,7 @@ async fn agents_get_through_when_the_relay_demands_address_validation() -> anyho
     let (second, _) = TestAgent::start(relay.plan(vec![tunnel("b", echo_server().await?)])).await?;
     assert_eq!(exchange(public_addr(&tunnels[0]), b"validated").await?, b"validated");
     // Both agents' links all came up, at least their first ones through a Retry.
-    let page = settled(&relay, "burrow_links", 8.0).await?;
+    let page = settled(&relay, "burrow_links{transport=\"quic\"}", 8.0).await?;
     let retried = sample(&page, "burrow_handshakes_retried_total").unwrap_or(0.0);
     assert!((2.0..=8.0).contains(&retried), "{page}");
     assert_eq!(sample(&page, "burrow_sessions"), Some(2.0));

@@ -32,13 +32,26 @@ pub struct RelayProcess {
 impl RelayProcess {
     /// Starts the relay binary with its data in `data_dir`; `env` adds configuration.
     pub async fn start(sim: &Sim, data_dir: &Path, env: &[(&str, &str)]) -> anyhow::Result<Self> {
+        Self::start_on(sim, data_dir, env, RELAY_PORT, &[]).await
+    }
+
+    /// Starts the relay with agents' UDP (and, unless `args` says otherwise, TCP) on `port`
+    /// and `args` added.
+    pub async fn start_on(
+        sim: &Sim,
+        data_dir: &Path,
+        env: &[(&str, &str)],
+        port: u16,
+        args: &[&str],
+    ) -> anyhow::Result<Self> {
         let mut command = sim.command(Host::Relay, &binary("relay")?);
         command
             .env("BURROW_RELAY_TOKEN", TOKEN)
             .envs(env.iter().copied())
-            .args(["--listen", &format!("{RELAY_IP}:{RELAY_PORT}"), "--public-bind", &RELAY_IP.to_string()])
+            .args(["--listen", &format!("{RELAY_IP}:{port}"), "--public-bind", &RELAY_IP.to_string()])
             .args(["--admin-listen", ADMIN, "--data-dir"])
-            .arg(data_dir);
+            .arg(data_dir)
+            .args(args);
         let relay = RelayBinary::launch(&mut command).await?;
         Ok(Self { fingerprint: relay.fingerprint.to_string(), daemon: relay.process })
     }

@@ -13,6 +13,9 @@ use nix::sched::{CloneFlags, setns};
 /// The relay's public address inside the simulation.
 pub const RELAY_IP: Ipv4Addr = Ipv4Addr::new(10, 80, 0, 1);
 
+/// The home router's address on the home network, where a proxy for the home can listen.
+pub const ROUTER_LAN_IP: Ipv4Addr = Ipv4Addr::new(10, 80, 3, 1);
+
 /// A host of the simulated internet.
 #[derive(Clone, Copy, Debug)]
 pub enum Host {
@@ -22,6 +25,8 @@ pub enum Host {
     Client,
     /// The laptop behind the home NAT: agent and local server.
     Home,
+    /// The home's router: NAT, firewall, and where a proxy for the home runs.
+    Router,
 }
 
 impl Host {
@@ -30,6 +35,7 @@ impl Host {
             Host::Relay => "relay",
             Host::Client => "client",
             Host::Home => "home",
+            Host::Router => "router",
         }
     }
 }
@@ -93,6 +99,21 @@ impl Sim {
 
     pub fn heal(&self) -> anyhow::Result<()> {
         self.script(&["heal"])
+    }
+
+    /// The home router drops UDP, open flows included, as networks that block QUIC do.
+    pub fn block_udp(&self) -> anyhow::Result<()> {
+        self.script(&["block-udp"])
+    }
+
+    /// The home router lets nothing out: only a proxy on the router ([`ROUTER_LAN_IP`]) does.
+    pub fn only_proxy(&self) -> anyhow::Result<()> {
+        self.script(&["only-proxy"])
+    }
+
+    /// Undoes [`Sim::block_udp`] and [`Sim::only_proxy`].
+    pub fn open_egress(&self) -> anyhow::Result<()> {
+        self.script(&["open-egress"])
     }
 
     /// The NAT moves continuing flows to a new outside port.

@@ -82,7 +82,7 @@ async fn closed_with(link: &QuicLink) -> anyhow::Result<LinkError> {
 async fn forty_visitors_arrive_intact_spread_over_four_links() -> anyhow::Result<()> {
     let setup = Setup::start().await?;
     let (agent, tunnels) = TestAgent::start(setup.plan(4).await?).await?;
-    settled(&setup.relay, "burrow_links", 4.0).await?;
+    settled(&setup.relay, "burrow_links{transport=\"quic\"}", 4.0).await?;
     assert_eq!(setup.links_of_the_session().await?.len(), 4);
 
     let public = public_addr(&tunnels[0]);
@@ -100,7 +100,7 @@ async fn forty_visitors_arrive_intact_spread_over_four_links() -> anyhow::Result
     let page = metrics(&setup.relay).await?;
     assert_eq!(sample(&page, "burrow_link_joins_total{result=\"joined\"}"), Some(3.0));
     agent.stop().await?;
-    settled(&setup.relay, "burrow_links", 0.0).await?;
+    settled(&setup.relay, "burrow_links{transport=\"quic\"}", 0.0).await?;
     setup.relay.stop().await
 }
 
@@ -110,7 +110,7 @@ async fn one_link_keeps_the_session_on_a_single_connection() -> anyhow::Result<(
     let (agent, tunnels) = TestAgent::start(setup.plan(1).await?).await?;
     let data = random_bytes(100_000);
     assert_eq!(exchange(public_addr(&tunnels[0]), &data).await?, data);
-    let page = settled(&setup.relay, "burrow_links", 1.0).await?;
+    let page = settled(&setup.relay, "burrow_links{transport=\"quic\"}", 1.0).await?;
     assert_eq!(sample(&page, "burrow_link_joins_total{result=\"joined\"}"), None, "no link asked to join");
     assert_eq!(setup.links_of_the_session().await?.len(), 1);
     agent.stop().await?;
@@ -130,7 +130,7 @@ async fn a_wrong_ticket_is_a_failed_guess_and_never_joins() -> anyhow::Result<()
     let page = metrics(&setup.relay).await?;
     assert_eq!(sample(&page, "burrow_credential_checks_total{kind=\"join_ticket\"}"), Some(1.0));
     assert_eq!(sample(&page, "burrow_link_joins_total{result=\"unknown_session\"}"), Some(1.0));
-    assert_eq!(sample(&page, "burrow_links"), Some(1.0));
+    assert_eq!(sample(&page, "burrow_links{transport=\"quic\"}"), Some(1.0));
     assert_eq!(setup.links_of_the_session().await?.len(), 1);
     setup.relay.stop().await
 }
@@ -149,7 +149,7 @@ async fn the_link_cap_refuses_the_fifth_link() -> anyhow::Result<()> {
     let (fifth, answer) = setup.join(&welcome.ticket).await?;
     assert_eq!(answer, JoinAnswer::Refused(Refusal::LinkLimit { max: 4 }));
     assert_eq!(closed_with(&fifth).await?.peer_code(), Some(CloseCode::Refused));
-    let page = settled(&setup.relay, "burrow_links", 4.0).await?;
+    let page = settled(&setup.relay, "burrow_links{transport=\"quic\"}", 4.0).await?;
     assert_eq!(sample(&page, "burrow_link_joins_total{result=\"link_limit\"}"), Some(1.0));
     setup.relay.stop().await
 }
@@ -164,13 +164,13 @@ async fn revoking_the_token_closes_every_link() -> anyhow::Result<()> {
     for _ in 0..3 {
         joined.push(setup.join(&welcome.ticket).await?.0);
     }
-    settled(&setup.relay, "burrow_links", 4.0).await?;
+    settled(&setup.relay, "burrow_links{transport=\"quic\"}", 4.0).await?;
 
     assert!(store.revoke("teammate")?);
     for link in joined.iter().chain([&session.link]) {
         assert_eq!(closed_with(link).await?.peer_code(), Some(CloseCode::Revoked));
     }
-    settled(&setup.relay, "burrow_links", 0.0).await?;
+    settled(&setup.relay, "burrow_links{transport=\"quic\"}", 0.0).await?;
     setup.relay.stop().await
 }
 
@@ -179,11 +179,11 @@ async fn the_primary_leaving_takes_the_joined_links_along() -> anyhow::Result<()
     let setup = Setup::start().await?;
     let (session, welcome) = setup.session(&setup.relay.token).await?;
     let (joined, _) = setup.join(&welcome.ticket).await?;
-    settled(&setup.relay, "burrow_links", 2.0).await?;
+    settled(&setup.relay, "burrow_links{transport=\"quic\"}", 2.0).await?;
 
     session.link.close(CloseCode::AgentExit);
     assert_eq!(closed_with(&joined).await?.peer_code(), Some(CloseCode::AgentExit));
-    settled(&setup.relay, "burrow_links", 0.0).await?;
+    settled(&setup.relay, "burrow_links{transport=\"quic\"}", 0.0).await?;
     // The ticket died with its session.
     let (_, answer) = setup.join(&welcome.ticket).await?;
     assert_eq!(answer, JoinAnswer::Refused(Refusal::UnknownSession));
@@ -253,7 +253,7 @@ async fn a_lost_link_is_dialed_again_and_the_other_visitors_carry_on() -> anyhow
     // A cut path is noticed within a second and a half; the other links keep theirs alive.
     (plan.keep_alive, plan.idle_timeout) = (Duration::from_millis(200), Duration::from_millis(1500));
     let (agent, tunnels) = TestAgent::start(plan).await?;
-    settled(&setup.relay, "burrow_links", 4.0).await?;
+    settled(&setup.relay, "burrow_links{transport=\"quic\"}", 4.0).await?;
 
     let public = public_addr(&tunnels[0]);
     let mut visitors = Vec::new();
@@ -268,9 +268,9 @@ async fn a_lost_link_is_dialed_again_and_the_other_visitors_carry_on() -> anyhow
     assert!(lost_visitors >= 1, "the link to cut carries visitors: {links:?}");
     router.cut(lost["remote"].as_str().context("remote")?.parse()?)?;
 
-    settled(&setup.relay, "burrow_links", 3.0).await?;
+    settled(&setup.relay, "burrow_links{transport=\"quic\"}", 3.0).await?;
     settled(&setup.relay, "burrow_link_joins_total{result=\"joined\"}", 4.0).await?;
-    settled(&setup.relay, "burrow_links", 4.0).await?;
+    settled(&setup.relay, "burrow_links{transport=\"quic\"}", 4.0).await?;
     let mut carried_on = 0;
     for (i, visitor) in (0..12u8).zip(&mut visitors) {
         if round_trip(visitor, &[i; 1000]).await.is_ok_and(|echo| echo == [i; 1000]) {

@@ -3,6 +3,7 @@
 //! Run with `cargo build --workspace --bins && cargo test -p burrow-faults -- --test-threads 8`
 //! (as root); the scenarios mostly wait on the network, so they run side by side.
 
+mod fallback;
 mod lossy;
 mod nat;
 mod outages;
