@@ -48,6 +48,8 @@ pub struct Plan {
     pub keep_alive: Duration,
     pub idle_timeout: Duration,
     pub reconnect_max_delay: Duration,
+    /// On TCP, how long until QUIC is tried again (doubling, up to ten times this).
+    pub quic_probe_interval: Duration,
     /// QUIC links the agent keeps to the relay, as far as the relay allows.
     pub links: u8,
     /// QUIC, TLS over TCP, or QUIC with TCP raced against it.
@@ -180,6 +182,7 @@ impl Plan {
             keep_alive: config.keep_alive,
             idle_timeout: config.idle_timeout,
             reconnect_max_delay: config.reconnect_max_delay,
+            quic_probe_interval: config.quic_probe_interval,
             links: config.links,
             proxy: config.proxy.as_ref().and_then(proxy::ProxySetting::proxy).cloned(),
             transport: config.transport,

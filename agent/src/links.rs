@@ -26,6 +26,7 @@ use crate::{
     dial::{Dialed, Dialer, Failure},
     forward::{Targets, accept_streams},
     stats::Stats,
+    udp_memory,
 };
 
 /// The session's links up now, for the console and for closing them with the session.
@@ -33,7 +34,7 @@ pub(crate) struct LinksUp {
     joined: Mutex<Vec<AnyLink>>,
     /// Links the session aims for, its primary included: known from the Welcome on.
     wanted: AtomicUsize,
-    stats: Stats,
+    pub(crate) stats: Stats,
 }
 
 impl LinksUp {
@@ -69,6 +70,54 @@ impl LinksUp {
             link.close(code);
         }
         self.publish(0);
+    }
+}
+
+/// While the session runs over TCP, tries QUIC again now and then (`quic_probe_interval`,
+/// doubling to ten times it); once a QUIC link joins, the relay gives new visitors to QUIC
+/// links, and the session keeps `links.wanted` of them. The TCP links stay up carrying only
+/// the visitors they had: they go with the session, and stand by should QUIC fail again.
+pub(crate) async fn move_to_quic(
+    (plan, dialer): (&Plan, &Dialer),
+    ticket: &JoinTicket,
+    targets: &Arc<Targets>,
+    links: &LinksUp,
+) -> Infallible {
+    let mut delay = plan.quic_probe_interval;
+    loop {
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(plan.quic_probe_interval * 10);
+        let dialed = match join(plan, dialer, ticket, Transport::Quic).await {
+            Ok(dialed) => dialed,
+            Err(Joining::Refused(refusal)) => {
+                tracing::info!("QUIC link not joined: {refusal}; trying again in {delay:?}");
+                continue;
+            }
+            Err(Joining::Failed(why)) => {
+                tracing::debug!("QUIC still does not get through ({why}); trying again in {delay:?}");
+                continue;
+            }
+        };
+        udp_memory::remember(&plan.relay, false);
+        tracing::info!("QUIC gets through again: new visitors go over it, open ones finish over TCP");
+        links.stats.set_transport("QUIC (moved from TCP)");
+        links.add(dialed.link.clone());
+        let first = async {
+            let ended = accept_streams(&dialed.link, targets).await;
+            links.remove(&dialed.link);
+            tracing::info!("the QUIC link the session moved to ended ({ended})");
+            dialed.settle().await;
+        };
+        let others = (1..links.wanted.load(Relaxed))
+            .map(|slot| keep_one(slot, (plan, dialer), (ticket, Transport::Quic), targets, links));
+        // The further QUIC links are kept for the session's life; only the first ending
+        // sends the session back to probing (the relay then gives visitors to TCP again).
+        tokio::select! {
+            () = first => {}
+            _ = join_all(others) => {}
+        }
+        links.stats.set_transport("TCP: the QUIC link was lost");
+        delay = plan.quic_probe_interval;
     }
 }
 

@@ -5,7 +5,7 @@ use std::{sync::Arc, time::Duration};
 
 use burrow_common::{
     CloseCode, Granted, Welcome,
-    link::{AnyLink, Link, LinkError},
+    link::{AnyLink, Link, LinkError, Transport},
     protocol::conversation::{AgentControl, AgentControlOn, ConversationError, HelloAnswer},
 };
 use tokio::sync::watch;
@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     Plan, PublicTunnel, Status, TunnelPlan,
-    config::Protocol,
+    config::{Protocol, TransportChoice},
     dial::{Dialer, Failure},
     forward::{Target, Targets, accept_streams},
     links::{self, LinksUp},
@@ -97,6 +97,7 @@ async fn register_and_serve(
     let ended = tokio::select! {
         ended = accept_streams(link, targets) => ended,
         never = links::keep_joined((plan, dialer), (&welcome.ticket, link.transport()), targets, links) => match never {},
+        never = links::move_to_quic((plan, dialer), &welcome.ticket, targets, links), if probes_quic(plan, link) => match never {},
         failed = reload::follow(plan, &mut control, targets, &mut live, status) => {
             // The relay may hold tunnels this agent no longer serves, or the reverse: start
             // over from a Hello with the current list, which the relay answers in full.
@@ -108,6 +109,11 @@ async fn register_and_serve(
         }
     };
     link_ended(&ended, online_since.elapsed())
+}
+
+/// Whether the session looks for a way back to QUIC: it came up on TCP because QUIC did not.
+fn probes_quic(plan: &Plan, link: &AnyLink) -> bool {
+    link.transport() == Transport::Tcp && plan.transport == TransportChoice::Auto
 }
 
 /// Opens the control stream and asks for `tunnels`; the control stream stays open for the

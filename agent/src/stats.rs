@@ -220,6 +220,12 @@ impl Stats {
         self.changed();
     }
 
+    /// The session's links moved to another transport: `why` says which and why.
+    pub(crate) fn set_transport(&self, why: &str) {
+        self.0.links.send_modify(|links| links.transport = why.to_string());
+        self.changed();
+    }
+
     /// How many of the session's links are up, of the `wanted`.
     pub(crate) fn set_links(&self, up: usize, wanted: usize) {
         self.0.links.send_modify(|links| (links.up, links.wanted) = (up, wanted));

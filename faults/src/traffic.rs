@@ -25,8 +25,14 @@ pub fn echo_server(sim: &Sim) -> anyhow::Result<SocketAddr> {
 
 /// The relay's `/metrics` page, read from inside the relay's host.
 pub async fn metrics(sim: &Sim) -> anyhow::Result<String> {
+    admin_get(sim, "/metrics").await
+}
+
+/// A page of the relay's admin endpoint (`/metrics`, `/api/agents`), headers included, read
+/// from inside the relay's host.
+pub async fn admin_get(sim: &Sim, path: &str) -> anyhow::Result<String> {
     let mut tcp = sim.connect(Host::Relay, ADMIN.parse()?).await?;
-    tcp.write_all(format!("GET /metrics HTTP/1.1\r\nHost: {ADMIN}\r\nConnection: close\r\n\r\n").as_bytes()).await?;
+    tcp.write_all(format!("GET {path} HTTP/1.1\r\nHost: {ADMIN}\r\nConnection: close\r\n\r\n").as_bytes()).await?;
     let mut page = String::new();
     tokio::time::timeout(Duration::from_secs(10), tcp.read_to_string(&mut page)).await??;
     Ok(page)

@@ -76,6 +76,10 @@ pub struct AgentConfig {
     /// Longest wait between reconnect attempts.
     #[serde(with = "duration")]
     pub reconnect_max_delay: Duration,
+    /// On TCP with `transport = "auto"`, how long until QUIC is tried again; the wait doubles
+    /// after each failed try, up to ten times this.
+    #[serde(with = "duration")]
+    pub quic_probe_interval: Duration,
     /// QUIC links to the relay, 1 to 8, each with its own UDP socket and congestion window;
     /// visitors are spread over them. The relay may allow fewer.
     pub links: u8,
@@ -109,6 +113,7 @@ impl Default for AgentConfig {
             keep_alive: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(30),
             reconnect_max_delay: Duration::from_secs(30),
+            quic_probe_interval: Duration::from_secs(60),
             links: 4,
             transport: TransportChoice::Auto,
             proxy: None,
@@ -142,6 +147,7 @@ impl AgentConfig {
             tunnel.validate()?;
         }
         check_duration("reconnect_max_delay", self.reconnect_max_delay, Duration::from_millis(100))?;
+        check_duration("quic_probe_interval", self.quic_probe_interval, Duration::from_secs(1))?;
         anyhow::ensure!(
             (1..=MAX_LINKS).contains(&self.links),
             "invalid configuration: links = {} is out of range: give 1 to {MAX_LINKS}",

@@ -11,10 +11,12 @@ use std::{
 use anyhow::Context;
 use burrow_faults::{
     process::{AgentProcess, Binary, RelayProcess, binary},
-    sim::{Host, RELAY_IP, ROUTER_LAN_IP, Sim},
-    traffic::{echo_server, metric_until, timed_round_trip},
+    sim::{Host, Impairment, RELAY_IP, ROUTER_LAN_IP, Sim},
+    traffic::{Progress, echo_server, echo_transfer, metric_until, timed_round_trip},
 };
 use tempfile::TempDir;
+
+use crate::SCENARIO;
 use testkit::processes::AgentBinary;
 
 /// The issue's bound: online over TCP this soon after the agent starts.
@@ -123,6 +125,63 @@ async fn when_udp_is_blocked_mid_session_the_agent_comes_back_over_tcp_and_parke
     assert_eq!(relay_metric(&sim, "burrow_visitors_unparked_total").await?, 1.0);
     // The session's further links follow its first onto TCP.
     metric_until(&sim, "burrow_links{transport=\"tcp\"}", Duration::from_secs(10), |links| links == 4.0).await?;
+    Ok(())
+}
+
+/// Visitors carried by the session's links of `transport` (`quic` or `tcp`), from the admin API.
+async fn visitors_over(sim: &Sim, transport: &str) -> anyhow::Result<u64> {
+    let page = burrow_faults::traffic::admin_get(sim, "/api/agents").await?;
+    let body = page.split_once("\r\n\r\n").map(|(_, body)| body).context("no body from /api/agents")?;
+    let agents: serde_json::Value = serde_json::from_str(body).with_context(|| format!("/api/agents: {body}"))?;
+    let links =
+        agents.as_array().into_iter().flatten().flat_map(|agent| agent["links"].as_array().into_iter().flatten());
+    Ok(links.filter(|link| link["transport"] == transport).filter_map(|link| link["visitors"].as_u64()).sum())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_udp_comes_back_new_visitors_move_to_quic_and_a_transfer_on_tcp_completes() -> anyhow::Result<()> {
+    let Some(sim) = Sim::up("backudp")? else {
+        return Ok(());
+    };
+    let data = tempfile::tempdir()?;
+    let relay = RelayProcess::start(&sim, data.path(), &[]).await?;
+    let echo = echo_server(&sim)?;
+    sim.block_udp()?;
+    let cache = tempfile::tempdir()?;
+    // A slow uplink, so the transfer is still running when the agent moves.
+    sim.impair(&Impairment { rate: Some("40mbit"), ..Impairment::default() })?;
+    let probe_every = Duration::from_secs(3);
+    let env = [("BURROW_QUIC_PROBE_INTERVAL", "3s")];
+    let mut agent = AgentBinary::launch(&mut agent_command(&sim, &relay, echo, &cache, &env)?).await?;
+    assert!(agent.until(|ready| !ready.transport.is_empty()).await?.transport.starts_with("TCP"));
+    let port = agent.tunnel("app").await?.port;
+    let progress = Progress::default();
+    let transfer =
+        tokio::spawn(echo_transfer(sim.connect(Host::Client, public(port)).await?, 50 << 20, progress.clone()));
+    progress.reached(2 << 20, Duration::from_secs(20)).await.context("the transfer over TCP never started")?;
+
+    sim.open_egress()?;
+    let opened = Instant::now();
+    // Probes come 3, 6, 12 s apart: UDP is found within two intervals of opening.
+    tokio::time::timeout(Duration::from_secs(25), agent.until(|ready| ready.transport == "QUIC (moved from TCP)"))
+        .await
+        .context("the agent did not move back to QUIC")??;
+    let moved = opened.elapsed();
+    let echoed_when_moved = progress.bytes();
+    let over_quic = visitors_over(&sim, "quic").await?;
+    for i in 0..5 {
+        echo_through(&sim, public(port), format!("new visitor {i}").as_bytes()).await?;
+    }
+    let new_over_quic = visitors_over(&sim, "quic").await? - over_quic;
+    tokio::time::timeout(SCENARIO, transfer).await???;
+    eprintln!(
+        "UDP back: on QUIC {moved:?} later (probe every {probe_every:?}, doubling); {new_over_quic} of 5 new \
+         visitors over QUIC; the 50 MB transfer begun on TCP finished intact {:?} after UDP came back",
+        opened.elapsed()
+    );
+    assert_eq!(new_over_quic, 5, "new visitors must take the QUIC link");
+    assert!(echoed_when_moved < 50 << 20, "the transfer was over before the move; it proves nothing");
+    assert_eq!(relay_metric(&sim, "burrow_visitors_refused_total").await?, 0.0);
     Ok(())
 }
 

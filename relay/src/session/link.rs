@@ -130,10 +130,13 @@ impl SessionLink {
         &self.links.primary.link
     }
 
-    /// Adds `link` to the session, unless it has `max` links already (the primary included).
+    /// Adds `link` to the session, unless it has `max` links of that transport already (the
+    /// primary included): an agent moving from TCP to QUIC holds both sets for a while.
     pub(crate) fn join(&self, link: AnyLink, max: usize) -> Result<JoinedLink, Refusal> {
         let mut joined = sync::lock(&self.links.joined);
-        if joined.len() + 1 >= max {
+        let transport = link.transport();
+        let same = joined.iter().map(|m| &m.link).chain([self.primary()]).filter(|l| l.transport() == transport);
+        if same.count() >= max {
             return Err(Refusal::LinkLimit { max });
         }
         let id = link.stable_id();
@@ -141,8 +144,9 @@ impl SessionLink {
         Ok(JoinedLink { links: self.links.clone(), id })
     }
 
-    /// The link that carries the next visitor: of the links still up, the one with the
-    /// fewest open visitors, ties taking turns.
+    /// The link that carries the next visitor: of the links still up, a QUIC one if there is
+    /// one (TCP links of an agent moving back to QUIC only finish their visitors), the one
+    /// with the fewest open visitors, ties taking turns.
     pub(crate) fn pick(&self) -> Picked {
         let joined = sync::lock(&self.links.joined);
         let count = joined.len() + 1;
@@ -150,7 +154,8 @@ impl SessionLink {
         let member = |i: usize| if i == 0 { &self.links.primary } else { &joined[i - 1] };
         let up = (0..count).map(|step| member((start + step) % count)).filter(|m| m.link.close_reason().is_none());
         // With every link down the primary's failure is the one the visitor meets.
-        let chosen = up.min_by_key(|m| m.open.load(Relaxed)).unwrap_or(&self.links.primary);
+        let load = |m: &&Member| (m.link.transport() != Transport::Quic, m.open.load(Relaxed));
+        let chosen = up.min_by_key(load).unwrap_or(&self.links.primary);
         chosen.open.fetch_add(1, Relaxed);
         chosen.carried.fetch_add(1, Relaxed);
         Picked { link: chosen.link.clone(), open: chosen.open.clone(), session: self.stable_id() }
