@@ -139,7 +139,8 @@ impl Relay {
         let mut server = tls::quic_server_config(&agent_tls, transport::relay(config.idle_timeout))?;
         server.migration(config.migration);
         let endpoint = endpoint::bind(config.listen, server, &keys)?;
-        let tcp_agents = tcp_links::bind(&config)?;
+        let quic_addr = endpoint.local_addr().map_err(BindError::Endpoint)?;
+        let tcp_agents = tcp_links::bind(&config, quic_addr)?;
         let store: Arc<dyn Store> = Arc::new(
             FileStore::open(&config.data_dir, config.token.as_ref(), config.reservation_ttl)
                 .map_err(|e| BindError::Reservations(e.into()))?,

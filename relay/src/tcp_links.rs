@@ -15,8 +15,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{BindError, Shared, config::RelayConfig, endpoint::bind_tcp, session};
 
-pub(crate) fn bind(config: &RelayConfig) -> Result<Option<TcpListener>, BindError> {
-    let Some(addr) = config.tcp_listen.resolve(config.listen) else {
+/// Binds the TCP agent port; `quic` is where the QUIC endpoint is bound, whose port the TCP
+/// one takes by default (also when `listen` asked for any free port).
+pub(crate) fn bind(config: &RelayConfig, quic: SocketAddr) -> Result<Option<TcpListener>, BindError> {
+    let Some(addr) = config.tcp_listen.resolve(quic) else {
         return Ok(None);
     };
     bind_tcp(addr, |source| BindError::TcpListen { addr, source }).map(Some)
