@@ -60,10 +60,11 @@ function renderState(state) {
 function renderPath(path) {
   const set = (id, text) => ($(id).textContent = text);
   if (!path) {
-    for (const id of ["rtt", "loss", "cwnd", "mtu", "sent", "received"]) set(id, "–");
+    for (const id of ["transport", "rtt", "loss", "cwnd", "mtu", "sent", "received"]) set(id, "–");
     set("remote", "(not connected)");
     return;
   }
+  set("transport", path.transport);
   set("rtt", `${path.rtt_ms < 10 ? path.rtt_ms.toFixed(1) : Math.round(path.rtt_ms)} ms`);
   const share = path.sent_packets ? ((100 * path.lost_packets) / path.sent_packets).toFixed(2) : "0.00";
   set("loss", `${path.lost_packets} of ${path.sent_packets} (${share}%)`);

@@ -42,6 +42,12 @@ async fn a_tcp_transport_agent_carries_visitors_byte_identical_and_frees_its_por
     }
     let page = metrics(&relay).await?;
     assert_eq!(sample(&page, "burrow_links{transport=\"quic\"}"), Some(0.0), "{page}");
+    let admin = relay.admin.expect("tests enable the admin endpoint");
+    let (_, agents) = get(admin, "/api/agents", None).await?;
+    assert!(agents.contains(r#""transport":"tcp""#), "{agents}");
+    let (_, listeners) = get(admin, "/api/listeners", None).await?;
+    let agents_addr = relay.relay_addr();
+    assert!(listeners.contains(&format!(r#""tcp":"{}:{}""#, agents_addr.host, agents_addr.port)), "{listeners}");
 
     // Stopping sends the close code over TCP: the relay frees the port at once, so a new
     // agent asking for it gets it.

@@ -85,6 +85,7 @@ function agentRow(agent, t) {
     td(agent.token),
     td(`#${agent.session}`),
     td(agent.remote),
+    td(agent.transport),
     td(age(seconds() - agent.connected_since)),
     td(`${agent.rtt_ms.toFixed(1)} ms`, "num"),
     td(`${loss.toFixed(loss < 1 ? 2 : 1)} %`, "num"),

@@ -82,6 +82,8 @@ pub(crate) struct Shared {
     pub(crate) sessions: TaskTracker,
     /// TLS for agents over TCP: the certificate agents pin, and only the burrow ALPN.
     pub(crate) agent_tls: Arc<rustls::ServerConfig>,
+    /// Where agents connect: QUIC, and TCP unless that is off.
+    pub(crate) agent_addrs: (SocketAddr, Option<SocketAddr>),
 }
 
 impl Shared {
@@ -165,6 +167,7 @@ impl Relay {
             token_reloaded: tokio::sync::Notify::new(),
             sessions: TaskTracker::new(),
             agent_tls,
+            agent_addrs: (quic_addr, tcp_agents.as_ref().and_then(|l| l.local_addr().ok())),
             config: RwLock::new(Arc::new(config)),
         };
         Ok(Self { endpoint, tcp_agents, admin, vhost_listeners, shared: Arc::new(shared), fingerprint })

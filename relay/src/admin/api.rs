@@ -21,12 +21,30 @@ struct TokenView {
     created: Option<u64>,
 }
 
+/// Where the relay listens, as bound.
+#[derive(Serialize)]
+struct ListenersView {
+    /// UDP: agents over QUIC.
+    quic: std::net::SocketAddr,
+    /// TCP: agents where UDP is blocked; `null` when off.
+    tcp: Option<std::net::SocketAddr>,
+    http: Option<std::net::SocketAddr>,
+    /// Also takes agents whose ClientHello offers burrow's ALPN.
+    https: Option<std::net::SocketAddr>,
+}
+
 pub(super) async fn respond(shared: &Shared, view: &str) -> Response<Full<Bytes>> {
     let json = match view {
         "agents" => serde_json::to_vec(&shared.live.agents()),
         "tunnels" => serde_json::to_vec(&shared.metrics.traffic.tunnels(&shared.claims.held())),
         "connections" => serde_json::to_vec(&shared.metrics.traffic.visitors()),
         "limits" => serde_json::to_vec(&crate::limit_table::limits(shared)),
+        "listeners" => serde_json::to_vec(&ListenersView {
+            quic: shared.agent_addrs.0,
+            tcp: shared.agent_addrs.1,
+            http: shared.vhost.as_ref().and_then(|v| v.http_addr()),
+            https: shared.vhost.as_ref().and_then(|v| v.https_addr()),
+        }),
         "tokens" => match tokens(shared).await {
             Ok(tokens) => serde_json::to_vec(&tokens),
             Err(e) => {
@@ -35,7 +53,10 @@ pub(super) async fn respond(shared: &Shared, view: &str) -> Response<Full<Bytes>
             }
         },
         _ => {
-            return text(StatusCode::NOT_FOUND, "not found: try /api/agents, tunnels, connections, tokens or limits\n");
+            return text(
+                StatusCode::NOT_FOUND,
+                "not found: try /api/agents, tunnels, connections, tokens, limits or listeners\n",
+            );
         }
     };
     match json {
