@@ -210,19 +210,24 @@ async fn start_tinyproxy(sim: &Sim, dir: &Path, port: u16) -> anyhow::Result<(Bi
     Ok((proxy, log))
 }
 
-fn installed(program: &str) -> bool {
-    std::process::Command::new("sh")
+/// Whether `program` is installed; where the suite must run (`FAULTS_REQUIRE_NETNS`) its
+/// absence is an error, elsewhere the scenario says it is skipped.
+fn needs(program: &str) -> anyhow::Result<bool> {
+    let found = std::process::Command::new("sh")
         .arg("-c")
         .arg(format!("command -v {program}"))
         .output()
-        .is_ok_and(|out| out.status.success())
+        .is_ok_and(|out| out.status.success());
+    if !found {
+        anyhow::ensure!(std::env::var_os("FAULTS_REQUIRE_NETNS").is_none(), "{program} is not installed");
+        eprintln!("SKIPPED: {program} is not installed (faults/netsim.sh deps installs it)");
+    }
+    Ok(found)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn where_only_an_http_proxy_gets_out_the_agent_is_online_through_it() -> anyhow::Result<()> {
-    if !installed("tinyproxy") {
-        anyhow::ensure!(std::env::var_os("FAULTS_REQUIRE_NETNS").is_none(), "tinyproxy is not installed");
-        eprintln!("SKIPPED: tinyproxy is not installed (faults/netsim.sh deps installs it)");
+    if !needs("tinyproxy")? {
         return Ok(());
     }
     let Some(sim) = Sim::up("proxy")? else {
@@ -257,9 +262,7 @@ async fn where_only_an_http_proxy_gets_out_the_agent_is_online_through_it() -> a
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_port_serves_an_https_tunnel_and_an_agent_over_tcp() -> anyhow::Result<()> {
-    if !installed("curl") {
-        anyhow::ensure!(std::env::var_os("FAULTS_REQUIRE_NETNS").is_none(), "curl is not installed");
-        eprintln!("SKIPPED: curl is not installed");
+    if !needs("curl")? {
         return Ok(());
     }
     let Some(sim) = Sim::up("oneport")? else {

@@ -282,7 +282,7 @@ impl TcpLink {
             tx.send(stream::opened(agent_send, agent_response)).ok();
         }
         spawn_helpers(&shared, &mut channels, link_reader, pings, &parts);
-        tokio::spawn(drive_client(conn, channels, shared.clone()));
+        tokio::spawn(drive(conn, channels, shared.clone()));
         Ok(Self(Arc::new(Handle(shared))))
     }
 
@@ -308,7 +308,7 @@ impl TcpLink {
         let parts = Parts { peer, counters, settings, handshake_rtt: started.elapsed() };
         let (shared, channels) = Shared::new(&parts, None);
         let shared = Arc::new(shared);
-        tokio::spawn(drive_server(conn, channels, shared.clone()));
+        tokio::spawn(drive(conn, channels, shared.clone()));
         tokio::spawn(keep_alive(pings, shared.clone(), settings));
         Ok(Self(Arc::new(Handle(shared))))
     }
@@ -343,44 +343,43 @@ fn spawn_helpers(
     tokio::spawn(keep_alive(pings, shared.clone(), parts.settings));
 }
 
-/// Runs the relay's HTTP/2 connection until it ends or the link is closed.
-async fn drive_client<T>(
-    mut conn: h2::client::Connection<Counted<T>, Bytes>,
-    mut channels: Channels,
-    shared: Arc<Shared>,
-) where
-    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let mut linger = None;
-    let ended = std::future::poll_fn(|cx| {
-        if let Poll::Ready(done) =
-            poll_commands(&mut channels.commands, &mut linger, cx, |size| conn.set_target_window_size(size))
-        {
-            return Poll::Ready(done);
-        }
-        Pin::new(&mut conn).poll(cx)
-    })
-    .await;
-    finished(&shared, ended);
+/// One end's HTTP/2 connection, as the connection task drives it.
+trait Connection {
+    fn set_receive_window(&mut self, size: u32);
+    /// Drives the connection; ready once it has ended.
+    fn poll_run(
+        &mut self,
+        cx: &mut Context<'_>,
+        channels: &mut Channels,
+        shared: &Arc<Shared>,
+    ) -> Poll<Result<(), h2::Error>>;
 }
 
-/// Runs the agent's HTTP/2 connection: hands out the streams the relay opens.
-async fn drive_server<T>(
-    mut conn: h2::server::Connection<Counted<T>, Bytes>,
-    mut channels: Channels,
-    shared: Arc<Shared>,
-) where
-    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let mut linger = None;
-    let ended = std::future::poll_fn(|cx| {
-        if let Poll::Ready(done) =
-            poll_commands(&mut channels.commands, &mut linger, cx, |size| conn.set_target_window_size(size))
-        {
-            return Poll::Ready(done);
-        }
+/// The relay's end: polling the connection is all it needs.
+impl<T: AsyncRead + AsyncWrite + Unpin> Connection for h2::client::Connection<Counted<T>, Bytes> {
+    fn set_receive_window(&mut self, size: u32) {
+        self.set_target_window_size(size);
+    }
+
+    fn poll_run(&mut self, cx: &mut Context<'_>, _: &mut Channels, _: &Arc<Shared>) -> Poll<Result<(), h2::Error>> {
+        Pin::new(self).poll(cx)
+    }
+}
+
+/// The agent's end: it hands out the streams the relay opens.
+impl<T: AsyncRead + AsyncWrite + Unpin> Connection for h2::server::Connection<Counted<T>, Bytes> {
+    fn set_receive_window(&mut self, size: u32) {
+        self.set_target_window_size(size);
+    }
+
+    fn poll_run(
+        &mut self,
+        cx: &mut Context<'_>,
+        channels: &mut Channels,
+        shared: &Arc<Shared>,
+    ) -> Poll<Result<(), h2::Error>> {
         loop {
-            let (request, mut respond) = match conn.poll_accept(cx) {
+            let (request, mut respond) = match self.poll_accept(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(None) => return Poll::Ready(Ok(())),
                 Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e)),
@@ -408,6 +407,19 @@ async fn drive_server<T>(
                 }
             }
         }
+    }
+}
+
+/// Runs one end's HTTP/2 connection until it ends or the link is closed.
+async fn drive(mut conn: impl Connection, mut channels: Channels, shared: Arc<Shared>) {
+    let mut linger = None;
+    let ended = std::future::poll_fn(|cx| {
+        if let Poll::Ready(done) =
+            poll_commands(&mut channels.commands, &mut linger, cx, |size| conn.set_receive_window(size))
+        {
+            return Poll::Ready(done);
+        }
+        conn.poll_run(cx, &mut channels, &shared)
     })
     .await;
     finished(&shared, ended);
