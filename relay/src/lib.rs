@@ -123,6 +123,29 @@ pub struct Relay {
     fingerprint: Fingerprint,
 }
 
+/// Times a relay asked for any free port tries for one free on both UDP and TCP.
+const FREE_PORT_TRIES: usize = 16;
+
+/// The QUIC endpoint and the TCP agent port. Agents reach both at one port number, so where
+/// `listen` asks for any free port the TCP port must be free at the number UDP got too.
+fn bind_agent_ports(
+    config: &RelayConfig,
+    server: &quinn::ServerConfig,
+    keys: &identity::QuicKeys,
+) -> Result<(quinn::Endpoint, Option<tokio::net::TcpListener>), BindError> {
+    let any_port = config.listen.port() == 0 && config.tcp_listen == config::TcpListen::SameAsListen;
+    let mut tries = 1..=if any_port { FREE_PORT_TRIES } else { 1 };
+    loop {
+        let endpoint = endpoint::bind(config.listen, server.clone(), keys)?;
+        let quic_addr = endpoint.local_addr().map_err(BindError::Endpoint)?;
+        match tcp_links::bind(config, quic_addr) {
+            Ok(tcp) => return Ok((endpoint, tcp)),
+            Err(BindError::TcpListen { .. }) if any_port && tries.next().is_some() => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 fn bind_admin(addr: SocketAddr) -> Result<tokio::net::TcpListener, BindError> {
     endpoint::bind_tcp(addr, |source| BindError::AdminListen { addr, source })
 }
@@ -140,9 +163,8 @@ impl Relay {
         let agent_tls = Arc::new(tls::server_tls(identity)?);
         let mut server = tls::quic_server_config(&agent_tls, transport::relay(config.idle_timeout))?;
         server.migration(config.migration);
-        let endpoint = endpoint::bind(config.listen, server, &keys)?;
+        let (endpoint, tcp_agents) = bind_agent_ports(&config, &server, &keys)?;
         let quic_addr = endpoint.local_addr().map_err(BindError::Endpoint)?;
-        let tcp_agents = tcp_links::bind(&config, quic_addr)?;
         let store: Arc<dyn Store> = Arc::new(
             FileStore::open(&config.data_dir, config.token.as_ref(), config.reservation_ttl)
                 .map_err(|e| BindError::Reservations(e.into()))?,
