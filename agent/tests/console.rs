@@ -166,7 +166,7 @@ async fn a_person_sees_the_url_online_and_the_count_move_after_a_visitor() -> an
     let screen = agent.until(|_, screen| online(screen) && screen.contains("links 4/4")).await?;
     assert!(screen.contains(&format!("-> {echo}")), "{screen}");
     assert!(screen.contains(&format!("Relay       {}", relay.addr)), "{screen}");
-    assert!(screen.contains("QUIC path   links 4/4 · rtt "), "{screen}");
+    assert!(screen.contains("Path        QUIC · links 4/4 · rtt "), "{screen}");
     assert!(screen.contains("0 open · 0 total"), "{screen}");
 
     let public = public_address(&screen)?;

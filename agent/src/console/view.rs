@@ -1,4 +1,4 @@
-//! The console's lines for one snapshot: session, relay, QUIC path, inspector, tunnels and
+//! The console's lines for one snapshot: session, relay, path to the relay, inspector, tunnels and
 //! the last connections. Pure text, so it is tested without a terminal.
 
 use std::{fmt::Write, net::IpAddr};
@@ -34,7 +34,7 @@ pub(crate) fn render(now: &Snapshot, rates: &Rates, setup: &Setup, paint: Paint)
         String::new(),
         format!("Session     {}", session(&now.state, paint)),
         format!("Relay       {}", relay(now, setup)),
-        format!("QUIC path   {}", path(now.path.as_ref(), rates)),
+        format!("Path        {}", path(now.path.as_ref(), rates)),
     ];
     if let Some(url) = &setup.inspector {
         lines.push(format!("Inspector   {url}"));
@@ -259,7 +259,7 @@ mod tests {
         for shown in [
             "Session     reconnecting in 3s (attempt 2): lost the relay: timed out",
             "Relay       relay.example.com:4443",
-            "QUIC path   not connected",
+            "Path        not connected",
             "Inspector   http://127.0.0.1:4040",
             "web  tcp://relay.example.com:20001 -> 127.0.0.1:8080",
             "1 open · 12 total · 1 failed · in 4.1 KiB (0 B/s) · out 12.0 MiB (0 B/s)",

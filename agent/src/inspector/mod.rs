@@ -1,5 +1,5 @@
 //! The web inspector: a page on 127.0.0.1:4040 that lists the tunnels' TCP connections, HTTP
-//! requests (with replay) and the session's QUIC path, kept live with server-sent events. Its HTML, CSS and script are
+//! requests (with replay) and the session's path to the relay, kept live with server-sent events. Its HTML, CSS and script are
 //! compiled into the binary; the page fetches nothing from elsewhere. Beyond loopback it
 //! requires the `inspect_token`, as the relay's admin endpoint requires its token.
 
