@@ -129,6 +129,9 @@ class Burrow:
 
     RELAY_ARGS = []
     TUNNEL_OPTIONS = []
+    AGENT_ARGS = []
+    # The address in the relay's ready file that the agent dials.
+    RELAY_ADDRESS = "quic"
 
     def __init__(self, tunnels, netns_relay=None, netns_agent=None, relay_ip="127.0.0.1"):
         self.dir = tempfile.TemporaryDirectory(prefix="burrow-bench-")
@@ -139,7 +142,7 @@ class Burrow:
             env={"RUST_LOG": "warn", **ONE_ADDRESS_LOAD}, netns=netns_relay, quiet=True, ready_file=True,
         )
         relay = self.relay.ready()
-        port = port_of(relay["quic"])
+        port = port_of(relay[self.RELAY_ADDRESS])
         fingerprint, token = relay["fingerprint"], relay["token"]
         config = data / "agent.toml"
         lines = [f'relay = "{relay_ip}:{port}"', f'fingerprint = "{fingerprint}"']
@@ -147,7 +150,7 @@ class Burrow:
             lines += ["[[tunnels]]", f'name = "{name}"', f"local = {local}"]
             lines += [option.format(name=name) for option in self.TUNNEL_OPTIONS]
         config.write_text("\n".join(lines) + "\n")
-        self.agent = Process([str(BIN / "agent"), "--config", str(config)],
+        self.agent = Process([str(BIN / "agent"), "--config", str(config)] + self.AGENT_ARGS,
                              env={"BURROW_TOKEN": token, "RUST_LOG": "warn"}, netns=netns_agent,
                              quiet=True, ready_file=True)
         # Every link up too: figures such as the relay's idle memory must see the whole session.
@@ -168,6 +171,14 @@ class Burrow:
         self.agent.stop()
         self.relay.stop()
         self.dir.cleanup()
+
+
+class BurrowTcp(Burrow):
+    """As Burrow, but the agent's links to the relay are TLS 1.3 over TCP with HTTP/2 streams
+    (`--transport tcp`, the fallback where UDP is blocked), to the relay's TCP agent port."""
+
+    AGENT_ARGS = ["--transport", "tcp"]
+    RELAY_ADDRESS = "tcp"
 
 
 class BurrowHttp(Burrow):
@@ -214,8 +225,11 @@ def free_port():
 
 # --- the run ---------------------------------------------------------------------------------
 
-FIGURES = ("iperf", "http", "nginx", "connect", "memory", "burst", "lossy")
+FIGURES = ("iperf", "http", "nginx", "connect", "memory", "burst", "lossy", "hol")
 SYSTEM_ORDER = ("burrow", "rathole-tls", "rathole-noise", "bore")
+# burrow with its agent's links over TLS on TCP: measured beside rathole-tls, which also
+# carries its tunnels over TLS on TCP, so by default with --peers.
+BURROW_SYSTEMS = {"burrow": Burrow, "burrow_tcp": BurrowTcp}
 
 
 def medians(runs):
@@ -227,7 +241,8 @@ def medians(runs):
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=3, help="runs to take medians over (default 3)")
-    parser.add_argument("--lossy-runs", type=int, default=2, help="runs of the lossy figure (default 2)")
+    parser.add_argument("--lossy-runs", type=int, default=2,
+                        help="runs of the lossy and head-of-line figures (default 2)")
     parser.add_argument("--seconds", type=int, default=5, help="duration of each iperf3/wrk measurement")
     parser.add_argument("--connects", type=int, default=200, help="sequential new connections per run")
     parser.add_argument("--held", type=int, default=1000, help="open connections for the memory figure")
@@ -235,8 +250,9 @@ def parse_args():
     parser.add_argument("--only", type=lambda s: s.split(","), default=list(FIGURES), metavar="FIGURE,...",
                         help=f"measure only these figures, of: {','.join(FIGURES)} (default all)")
     parser.add_argument("--systems", type=lambda s: s.split(","), default=None, metavar="SYSTEM,...",
-                        help="measure only these of direct,burrow,burrow_http,rathole-tls,rathole-noise,bore "
-                             "(default: all that --peers selects)")
+                        help="measure only these of direct,burrow,burrow_http,burrow_tcp,rathole-tls,"
+                             "rathole-noise,bore (default: all that --peers selects; burrow_tcp, the agent "
+                             "linked over TLS on TCP, comes with --peers or by name)")
     parser.add_argument("--no-burst", action="store_true", help="skip the burst over a 50 ms RTT link")
     parser.add_argument("--no-http-tunnel", dest="http_tunnel", action="store_false",
                         help="skip the HTTP tunnel (wrk through the relay's shared HTTP port)")
@@ -248,11 +264,12 @@ def parse_args():
         parser.error(f"unknown figure(s) {','.join(sorted(unknown))}: choose from {','.join(FIGURES)}")
     if args.no_burst:
         args.only = [f for f in args.only if f != "burst"]
-    every = ["direct", "burrow"] + (["burrow_http"] if args.http_tunnel else []) + (list(SYSTEM_ORDER[1:]) if args.peers else [])
+    every = ["direct", "burrow"] + (["burrow_http"] if args.http_tunnel else []) + (
+        ["burrow_tcp"] + list(SYSTEM_ORDER[1:]) if args.peers else [])
     if args.systems is None:
         args.systems = every
-    elif set(args.systems) - set(every):
-        parser.error(f"unknown or unselected system(s) {','.join(sorted(set(args.systems) - set(every)))}: "
+    elif set(args.systems) - set(every) - {"burrow_tcp"}:
+        parser.error(f"unknown or unselected system(s) {','.join(sorted(set(args.systems) - set(every) - {'burrow_tcp'}))}: "
                      f"choose from {','.join(every)} (peers need --peers)")
     return args
 
@@ -317,7 +334,7 @@ def main():
     global BIN
     BIN = Path(args.bin_dir)
 
-    systems = {"burrow": Burrow}
+    systems = dict(BURROW_SYSTEMS)
     if args.peers:
         import peers
 
@@ -334,6 +351,11 @@ def main():
             args, {name: burst.starter(start) for name, start in chosen.items()}))
     if "lossy" in args.only:
         result["lossy"] = guarded("lossy: 50 ms RTT and 1 % loss", lambda: lossy(args))
+    if "hol" in args.only:
+        import hol
+
+        result["hol"] = guarded("head-of-line: 10 bulk visitors and an interactive one, 50 ms RTT and 1 % loss",
+                                lambda: hol.measure(BIN, args.peers, args.lossy_runs))
     result["elapsed_s"] = time.monotonic() - started
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")

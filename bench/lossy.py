@@ -48,8 +48,8 @@ IPERF_PORT = 5201
 TCP_PORT = 5202
 
 
-def netsim(*args, check=True):
-    return subprocess.run(["bash", str(NETSIM), *args], env={**os.environ, "NETSIM_PREFIX": PREFIX},
+def netsim(*args, check=True, prefix=PREFIX):
+    return subprocess.run(["bash", str(NETSIM), *args], env={**os.environ, "NETSIM_PREFIX": prefix},
                           capture_output=True, text=True, timeout=120, check=check)
 
 
@@ -83,31 +83,33 @@ def systems_to_measure(peers, burrow):
     if peers:
         import peers as peer_classes
 
+        systems["burrow_tcp"] = harness.BurrowTcp
         systems["rathole-tls"] = peer_classes.RatholeTls
         systems["bore"] = peer_classes.Bore
     return systems
 
 
 @contextlib.contextmanager
-def simulated_path(impairment, tcp_congestion_control=TCP_CONGESTION_CONTROL):
-    """The netsim path impaired with `impairment` (netsim.sh `impair` arguments) and an iperf3
-    server beside the agent; yields its port. Namespaces are always torn down."""
-    netsim("deps")
-    netsim("down")
+def simulated_path(impairment, tcp_congestion_control=TCP_CONGESTION_CONTROL, prefix=PREFIX):
+    """The netsim path (namespaces `prefix`-*) impaired with `impairment` (netsim.sh `impair`
+    arguments) and an iperf3 server beside the agent; yields its port. Namespaces are always
+    torn down."""
+    netsim("deps", prefix=prefix)
+    netsim("down", prefix=prefix)
     try:
-        netsim("up")
+        netsim("up", prefix=prefix)
         for ns in ("relay", "home"):
-            set_congestion_control(f"{PREFIX}-{ns}", tcp_congestion_control)
+            set_congestion_control(f"{prefix}-{ns}", tcp_congestion_control)
         if impairment:
-            netsim("impair", *impairment)
-        server = harness.Process(["iperf3", "-s", "-p", str(IPERF_PORT)], netns=f"{PREFIX}-home", quiet=True)
+            netsim("impair", *impairment, prefix=prefix)
+        server = harness.Process(["iperf3", "-s", "-p", str(IPERF_PORT)], netns=f"{prefix}-home", quiet=True)
         try:
-            wait_for_listener(f"{PREFIX}-home", IPERF_PORT)
+            wait_for_listener(f"{prefix}-home", IPERF_PORT)
             yield IPERF_PORT
         finally:
             server.stop()
     finally:
-        netsim("down", check=False)
+        netsim("down", check=False, prefix=prefix)
 
 
 def measure(bin_dir: Path, peers: bool, runs: int, seconds: int = SECONDS, burrow=harness.Burrow,
@@ -224,7 +226,7 @@ def rtt_growth(seconds=40, grow_at=10):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--peers", action="store_true", help="also rathole-tls and bore")
+    parser.add_argument("--peers", action="store_true", help="also burrow over TLS/TCP (burrow_tcp), rathole-tls and bore")
     parser.add_argument("--runs", type=int, default=2, help="runs to take medians over (default 2)")
     parser.add_argument("--seconds", type=int, default=SECONDS, help=f"each download's length (default {SECONDS})")
     parser.add_argument("--bin-dir", default=str(harness.RELEASE), help="directory holding relay and agent")

@@ -1,14 +1,16 @@
 """The results tables of BENCHMARKS.md, with every measured system beside burrow.
 
-Each table has the columns direct | burrow TCP tunnel | burrow HTTP tunnel | rathole-tls |
-rathole-noise | bore, as far as the run measured them; the last table sets burrow against
-rathole-tls and bore figure by figure.
+Each table has the columns direct | burrow TCP tunnel | burrow HTTP tunnel | burrow TCP tunnel
+with the agent's links over TLS/TCP | rathole-tls | rathole-noise | bore, as far as the run
+measured them; the comparison table sets burrow against rathole-tls and bore figure by figure,
+and the head-of-line table the QUIC link against the TCP one.
 """
 
 import statistics
 
-COLUMN_ORDER = ("direct", "burrow", "burrow_http", "rathole-tls", "rathole-noise", "bore")
-HEADINGS = {"burrow": "burrow TCP tunnel", "burrow_http": "burrow HTTP tunnel", "bore": "bore (plain)"}
+COLUMN_ORDER = ("direct", "burrow", "burrow_http", "burrow_tcp", "rathole-tls", "rathole-noise", "bore")
+HEADINGS = {"burrow": "burrow TCP tunnel", "burrow_http": "burrow HTTP tunnel",
+            "burrow_tcp": "burrow TCP tunnel, link over TLS/TCP", "bore": "bore (plain)"}
 SERVERS = (("http", "hyper"), ("nginx", "nginx"))
 
 
@@ -157,7 +159,7 @@ def comparison_table(result):
             + " | ".join(f"burrow / {p}" for p in peers) + " |",
             "|---|---|---:|" + "---:|" * (2 * len(peers))]
     for label, key, higher, digits in COMPARED:
-        for system, prefix in (("burrow", ""), ("burrow_http", "HTTP tunnel: ")):
+        for system, prefix in (("burrow", ""), ("burrow_http", "HTTP tunnel: "), ("burrow_tcp", "link over TCP: ")):
             ours = figure(result, key, system)
             if ours is None or (system == "burrow_http" and not key.startswith(("http_", "nginx_", "relay_rss_peak"))):
                 continue
@@ -181,3 +183,24 @@ def http_against_tcp(result):
     if not parts:
         return ""
     return "Against the TCP tunnel in the same run, the HTTP tunnel serves " + "; ".join(parts) + "."
+
+
+def hol_table(hol):
+    """bench/hol.py's figure: the interactive visitor's round trip beside bulk downloads, one
+    row per system; "" when it did not run."""
+    systems = (hol or {}).get("systems") if isinstance(hol, dict) else None
+    if not systems:
+        return ""
+    settings = hol["settings"]
+    rows = [f"| system | alone, p50 (ms) | beside {settings['bulk_visitors']} downloads: p50 / p99 / max (ms) "
+            f"| all runs pooled: p99 / max (ms) | downloads in total (Mbit/s) |", "|---|---:|---:|---:|---:|"]
+    names = {"burrow": "burrow, link over QUIC", "burrow_tcp": "burrow, link over TLS/TCP"}
+    for name in COLUMN_ORDER:
+        s = systems.get(name)
+        if s is None:
+            continue
+        pooled = s["pooled"]
+        rows.append(f"| {names.get(name, name)} | {fmt(s['idle_p50_ms'])} | {fmt(s['loaded_p50_ms'])} / "
+                    f"{fmt(s['loaded_p99_ms'])} / {fmt(s['loaded_max_ms'])} | {fmt(pooled['p99_ms'])} / "
+                    f"{fmt(pooled['max_ms'])} | {fmt(s['bulk_mbps'])} |")
+    return "\n".join(rows)

@@ -26,13 +26,13 @@ class Targets:
     def verdict(self, met, text, margin):
         self.lines.append(f"- {'met' if met else '**not met**'}: {text}; {margin}")
 
-    def ratio(self, text, key, peer, target, higher=True, unit=""):
-        """burrow's `key` against `peer`'s: at least `target` times it when `higher`, at most
+    def ratio(self, text, key, peer, target, higher=True, unit="", system="burrow"):
+        """`system`'s `key` against `peer`'s: at least `target` times it when `higher`, at most
         when not."""
         if peer not in self.result["systems"]:
             self.peers_missing.add(peer)
             return
-        ours, theirs = self.value(key), self.value(key, peer)
+        ours, theirs = self.value(key, system), self.value(key, peer)
         if ours is None or theirs is None or not theirs:
             self.missing(text, self.why_missing(key))
             return
@@ -89,6 +89,19 @@ def targets(result):
     t.ratio("new connection + 1 KiB response, p50", "connect_p50_ms", "rathole-tls", 1.0, higher=False, unit="ms")
     t.ratio("relay memory per open connection", "relay_kib_per_held_connection", "rathole-tls", 1.0, higher=False,
             unit="KiB")
+    if "burrow_tcp" in result["systems"]:
+        # The TCP transport (issue 14): at least rathole-tls, which also runs TLS over TCP.
+        tcp = {"system": "burrow_tcp"}
+        t.ratio("link over TCP: iperf3 1 stream, visitor -> local", "iperf_up_gbps", "rathole-tls", 1.0,
+                unit="Gbit/s", **tcp)
+        t.ratio("link over TCP: iperf3 1 stream, local -> visitor", "iperf_down_gbps", "rathole-tls", 1.0,
+                unit="Gbit/s", **tcp)
+        t.ratio("link over TCP: iperf3 -P 4", "iperf_p4_gbps", "rathole-tls", 1.0, unit="Gbit/s", **tcp)
+        for prefix, server in SERVERS:
+            t.ratio(f"link over TCP: HTTP 1 KiB from {server}", f"{prefix}_1k_rps", "rathole-tls", 1.0, unit="req/s",
+                    **tcp)
+        t.ratio("link over TCP: burst TTFB p99 at 50 ms RTT", "burst_p99_ms", "rathole-tls", 1.0, higher=False,
+                unit="ms", **tcp)
     if t.peers_missing:
         t.missing("every target set against " + " and ".join(sorted(t.peers_missing)), "needs `bench/run --peers`")
     return "\n".join(t.lines)

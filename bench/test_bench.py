@@ -115,6 +115,38 @@ class ReportTest(unittest.TestCase):
         self.assertIn("- not measured: every target set against bore and rathole-tls (needs `bench/run --peers`)", lines)
         self.assertIn("- **not met**: relay RSS idle: 9.0 MiB (target under 8 MiB); 1.0 MiB over", lines)
 
+    def test_the_tcp_transport_has_its_column_and_its_targets_against_rathole_tls(self):
+        r = result({"iperf_up_gbps_direct": 20.0, "iperf_up_gbps_burrow": 5.0, "iperf_up_gbps_burrow_tcp": 3.0,
+                    "iperf_up_gbps_rathole-tls": 4.0}, systems=("burrow", "burrow_tcp", "rathole-tls"),
+                   burst={"direct": {"p50_ms": 10.0, "p99_ms": 14.0}, "burrow_tcp": {"p50_ms": 60.0, "p99_ms": 65.0},
+                          "rathole-tls": {"p50_ms": 1000.0, "p99_ms": 2000.0}})
+        loopback = report_tables.loopback_table(r).splitlines()
+        self.assertEqual(loopback[0], "| figure | direct | burrow TCP tunnel | burrow TCP tunnel, link over TLS/TCP "
+                                      "| rathole-tls |")
+        self.assertIn("| 20.00 | 5.00 (0.25x) | 3.00 (0.15x) | 4.00 (0.20x) |", loopback[2])
+        self.assertIn("| link over TCP: iperf3 1 stream, visitor -> local (Gbit/s) | higher | 3.00 | 4.00 | 0.75x |",
+                      report_tables.comparison_table(r))
+        lines = report_targets.targets(r).splitlines()
+        self.assertIn("- **not met**: link over TCP: iperf3 1 stream, visitor -> local: 3.00 Gbit/s against "
+                      "rathole-tls's 4.00 Gbit/s = 0.75x (target at least 1.00x); 25% short", lines)
+        self.assertIn("- met: link over TCP: burst TTFB p99 at 50 ms RTT: 65.00 ms against rathole-tls's 2,000 ms "
+                      "= 0.03x (target at most 1.00x); by 97%", lines)
+
+    def test_head_of_line_table_has_a_row_per_transport(self):
+        run = {"idle": {"p50_ms": 51.0}, "loaded": {"p50_ms": 60.0, "p99_ms": 300.0, "max_ms": 400.0},
+               "bulk_mbps": 100.0, "loaded_rtts_ms": [60.0, 300.0, 400.0]}
+        hol = {"settings": {"bulk_visitors": 10},
+               "systems": {"burrow_tcp": {"idle_p50_ms": 51.0, "loaded_p50_ms": 60.0, "loaded_p99_ms": 300.0,
+                                          "loaded_max_ms": 400.0, "pooled": {"p99_ms": 400.0, "max_ms": 400.0},
+                                          "bulk_mbps": 100.0, "runs": [run]},
+                           "burrow": {"idle_p50_ms": 50.5, "loaded_p50_ms": 52.0, "loaded_p99_ms": 80.0,
+                                      "loaded_max_ms": 90.0, "pooled": {"p99_ms": 85.0, "max_ms": 90.0},
+                                      "bulk_mbps": 500.0, "runs": [run]}}}
+        lines = report_tables.hol_table(hol).splitlines()
+        self.assertEqual(lines[2], "| burrow, link over QUIC | 50.5 | 52.0 / 80.0 / 90.0 | 85.0 / 90.0 | 500.0 |")
+        self.assertEqual(lines[3], "| burrow, link over TLS/TCP | 51.0 | 60.0 / 300.0 / 400.0 | 400.0 / 400.0 | 100.0 |")
+        self.assertEqual(report_tables.hol_table({"error": "boom"}), "")
+
 
 if __name__ == "__main__":
     unittest.main()
