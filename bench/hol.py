@@ -96,7 +96,8 @@ def summarise(runs):
     }
 
 
-def measure(bin_dir: Path, peers: bool, runs: int, seconds: int = SECONDS, out: Path = OUT) -> dict:
+def measure(bin_dir: Path, peers: bool, runs: int, seconds: int = SECONDS, out: Path = OUT,
+            loss_pct: float = lossy.LOSS_PCT) -> dict:
     """Per system, the interactive visitor's round trips idle and beside the bulk downloads,
     and the downloads' total; also written to `out`."""
     if os.geteuid() != 0:
@@ -104,7 +105,7 @@ def measure(bin_dir: Path, peers: bool, runs: int, seconds: int = SECONDS, out: 
     harness.BIN = Path(bin_dir)
     systems = systems_to_measure(peers)
     samples = {name: [] for name in systems}
-    impairment = ["--delay", str(lossy.DELAY_MS), "--loss", str(lossy.LOSS_PCT)]
+    impairment = ["--delay", str(lossy.DELAY_MS)] + (["--loss", str(loss_pct)] if loss_pct else [])
     with lossy.simulated_path(impairment, prefix=PREFIX) as iperf_port:
         echo = harness.Process([sys.executable, str(PROBE), "serve", str(ECHO_PORT)], netns=f"{PREFIX}-home")
         try:
@@ -117,7 +118,7 @@ def measure(bin_dir: Path, peers: bool, runs: int, seconds: int = SECONDS, out: 
         finally:
             echo.stop()
     result = {
-        "settings": {"rtt_ms": 2 * lossy.DELAY_MS, "loss_pct_each_way": lossy.LOSS_PCT, "bulk_visitors": BULK,
+        "settings": {"rtt_ms": 2 * lossy.DELAY_MS, "loss_pct_each_way": loss_pct, "bulk_visitors": BULK,
                      "seconds": seconds, "interval_ms": INTERVAL_MS, "runs": runs,
                      "tcp_congestion_control": lossy.TCP_CONGESTION_CONTROL},
         "systems": {name: summarise(s) for name, s in samples.items()},
@@ -133,11 +134,13 @@ def main():
     parser.add_argument("--runs", type=int, default=2, help="runs to take medians over (default 2)")
     parser.add_argument("--seconds", type=int, default=SECONDS, help=f"the probe's length (default {SECONDS})")
     parser.add_argument("--bin-dir", default=str(harness.RELEASE), help="directory holding relay and agent")
+    parser.add_argument("--loss", type=float, default=lossy.LOSS_PCT,
+                        help=f"random loss each way, percent (default {lossy.LOSS_PCT}; 0 shows queueing alone)")
     parser.add_argument("--out", default=str(OUT))
     args = parser.parse_args()
     if args.runs < 1 or args.seconds < 1:
         parser.error("--runs and --seconds must be at least 1")
-    result = measure(Path(args.bin_dir), args.peers, args.runs, args.seconds, Path(args.out))
+    result = measure(Path(args.bin_dir), args.peers, args.runs, args.seconds, Path(args.out), args.loss)
     import report_tables
 
     print(report_tables.hol_table(result))
