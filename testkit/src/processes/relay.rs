@@ -69,10 +69,13 @@ impl RelayBinary {
         Ok(command)
     }
 
-    /// Starts an `agent` exposing `local` through this relay; returns it and the public
-    /// address of its tunnel.
+    /// Starts an `agent` exposing `local` through this relay, over QUIC only; returns it and
+    /// the public address of its tunnel. The tests that use it count QUIC's work (Retries,
+    /// session budgets) with the relay under load, where the agent's race could go to TLS
+    /// over TCP; that race has tests of its own (agent/tests/transport.rs, the fault suite).
     pub async fn agent(&self, local: SocketAddr) -> anyhow::Result<(AgentBinary, SocketAddr)> {
-        let agent = AgentBinary::launch(self.agent_command(local)?.args(["--inspect", "off"])).await?;
+        let mut command = self.agent_command(local)?;
+        let agent = AgentBinary::launch(command.args(["--inspect", "off", "--transport", "quic"])).await?;
         let public = agent.public_addr()?;
         Ok((agent, public))
     }
