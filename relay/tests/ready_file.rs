@@ -15,7 +15,10 @@ async fn the_relay_ready_file_says_what_its_banner_says() -> anyhow::Result<()> 
     let admin = relay.admin()?;
     let token = relay.token()?.to_string();
     let banner = &mut relay.process;
-    assert!(banner.line_with("agents connect to").await?.ends_with(&format!("udp {}", ready.quic)));
+    let agents = banner.line_with("agents connect to").await?;
+    let tcp = ready.tcp.expect("the TCP agent port is on by default");
+    assert_eq!(tcp.port(), ready.quic.port(), "one port number for both transports");
+    assert!(agents.contains(&format!("udp {}, or tcp {tcp} where UDP is blocked", ready.quic)), "{agents}");
     let data_dir = banner.line_with("data directory").await?;
     assert!(data_dir.ends_with(&ready.data_dir.display().to_string()), "{data_dir}");
     assert!(banner.line_with("fingerprint").await?.ends_with(&ready.fingerprint.to_string()));
