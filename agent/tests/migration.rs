@@ -25,6 +25,8 @@ async fn agent_behind_proxy(relay: &TestRelay, proxy: &UdpProxy) -> anyhow::Resu
     plan.relay.port = proxy.addr.port();
     // An idle agent tells the relay its new address at its next keep-alive.
     plan.keep_alive = Duration::from_millis(200);
+    // The proxy forwards one flow, as one NAT mapping; the relay counts a move per link.
+    plan.links = 1;
     let (agent, tunnels) = TestAgent::start(plan).await?;
     Ok((agent, public_addr(&tunnels[0])))
 }

@@ -154,7 +154,11 @@ impl Metrics {
         );
         registry.register("runtime_tasks", "Tokio tasks alive in the relay's runtime", metrics.runtime_tasks.clone());
         registry.register("auth_failures", "Sessions refused for a bad token", metrics.auth_failures.clone());
-        registry.register("migrations", "Agent sessions that moved to a new address", metrics.migrations.clone());
+        registry.register(
+            "migrations",
+            "Agent links that followed their agent to a new address, one count per link that moved",
+            metrics.migrations.clone(),
+        );
         registry.register(
             "handshakes_retried",
             "New clients asked to prove their address during a handshake flood",

@@ -2,7 +2,8 @@
 //! claims table, the accept loops, the HTTP proxy, the admin views) holds this, never a link
 //! or a QUIC connection itself. A session has its primary link, the one its Hello came on,
 //! and the links its agent joined to it since; [`SessionLink::pick`] chooses one per visitor.
-//! The session is its primary's: liveness, address, migrations and its end are the primary's.
+//! The session is its primary's: liveness, address and its end are the primary's. Each link
+//! migrates on its own, since each has its own socket at the agent.
 
 use std::{
     net::SocketAddr,
@@ -180,6 +181,12 @@ impl SessionLink {
 
     pub(crate) fn remote_address(&self) -> SocketAddr {
         self.primary().peer()
+    }
+
+    /// Where each link of the session comes from now, by link id.
+    pub(crate) fn link_addresses(&self) -> Vec<(usize, SocketAddr)> {
+        let joined = sync::lock(&self.links.joined);
+        [&self.links.primary].into_iter().chain(joined.iter()).map(|m| (m.link.stable_id(), m.link.peer())).collect()
     }
 
     /// Closes every link of the session.

@@ -222,22 +222,26 @@ fn lost(shared: &Shared, err: &LinkError) -> bool {
     false
 }
 
-/// How often the session's path is checked; quinn follows a migration by itself and only
-/// the address it now uses tells that it happened.
+/// How often the links' paths are checked; quinn follows a migration by itself and only
+/// the address a link now uses tells that it happened.
 const PATH_CHECK: std::time::Duration = std::time::Duration::from_millis(250);
 
-/// Logs and counts each change of the agent's address (a NAT rebinding, a new network).
-/// Runs until the caller drops it with the session.
+/// Logs and counts each change of a link's address (a NAT rebinding, a new network). Each
+/// link has its own socket at the agent and moves when it next sends, so a rebinding is
+/// counted once for each link that crosses it. Runs until the caller drops it with the
+/// session.
 async fn count_migrations(link: &SessionLink, shared: &Shared) -> std::convert::Infallible {
-    let mut path = link.remote_address();
+    let mut paths: std::collections::HashMap<usize, std::net::SocketAddr> = link.link_addresses().into_iter().collect();
     let mut check = tokio::time::interval(PATH_CHECK);
     loop {
         check.tick().await;
-        let now = link.remote_address();
-        if now != path {
-            tracing::info!(from = %path, to = %now, "agent's address changed; session migrated");
-            shared.metrics.migrations.inc();
-            path = now;
+        let now = link.link_addresses();
+        for &(id, to) in &now {
+            if let Some(from) = paths.insert(id, to).filter(|from| *from != to) {
+                tracing::info!(link = id, %from, %to, "agent link's address changed; link migrated");
+                shared.metrics.migrations.inc();
+            }
         }
+        paths.retain(|id, _| now.iter().any(|(live, _)| live == id));
     }
 }
