@@ -163,7 +163,7 @@ async fn agent_resets_streams_with_unknown_or_malformed_headers_and_serves_the_r
     let visitor = "192.0.2.1:5000".parse()?;
 
     let (mut send, mut recv) = conn.open_bi().await?;
-    write_msg(&mut send, &StreamHeader { tunnel: 99, visitor }).await?;
+    write_msg(&mut send, &StreamHeader::visitor(99, visitor)).await?;
     let err = recv.read_to_end(1024).await.unwrap_err();
     assert!(reset_with(&err, StreamCode::UnknownTunnel), "{err}");
 
@@ -173,7 +173,7 @@ async fn agent_resets_streams_with_unknown_or_malformed_headers_and_serves_the_r
     assert!(reset_with(&err, StreamCode::BadHeader), "{err}");
 
     let (mut send, mut recv) = conn.open_bi().await?;
-    write_msg(&mut send, &StreamHeader { tunnel: 0, visitor }).await?;
+    write_msg(&mut send, &StreamHeader::visitor(0, visitor)).await?;
     send.write_all(b"still serving").await?;
     send.finish()?;
     let back = tokio::time::timeout(STEP, recv.read_to_end(1024)).await??;

@@ -108,7 +108,7 @@ pub(crate) async fn forward(
     let metrics = &shared.metrics;
     let arrived = Instant::now();
     let visit = metrics.traffic.visit(link.session_id(), tunnel, peer);
-    let header = StreamHeader { tunnel, visitor: peer };
+    let header = StreamHeader::visitor(tunnel, peer);
     let first = FirstBytes { bytes: &first_bytes, progress: visit.progress() };
     let (send, recv) = match open_visitor_stream(&*link, header, Some(first)).await {
         Ok(stream) => stream,

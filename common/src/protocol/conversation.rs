@@ -380,7 +380,7 @@ mod tests {
     #[tokio::test]
     async fn the_stream_header_leaves_the_visitor_bytes_in_place() -> anyhow::Result<()> {
         let (mut relay, mut agent) = duplex(1024);
-        let header = StreamHeader { tunnel: 3, visitor: "192.0.2.1:5000".parse()? };
+        let header = StreamHeader::visitor(3, "192.0.2.1:5000".parse()?);
         write_msg(&mut relay, &header).await?;
         relay.write_all(b"SSH-2.0").await?;
         drop(relay);

@@ -97,7 +97,7 @@ mod tests {
             links: 4,
         });
         write_msg(&mut a, &welcome).await?;
-        let header = StreamHeader { tunnel: 7, visitor: "[2001:db8::1]:5000".parse()? };
+        let header = StreamHeader { tunnel: 7, visitor: "[2001:db8::1]:5000".parse()?, flow: Some(1 << 40) };
         write_msg(&mut a, &header).await?;
         assert_eq!(read_msg::<_, Hello>(&mut b, MAX_CONTROL_FRAME).await?, hello());
         assert_eq!(read_msg::<_, ServerMsg>(&mut b, MAX_CONTROL_FRAME).await?, welcome);
@@ -108,7 +108,7 @@ mod tests {
     #[tokio::test]
     async fn read_leaves_following_bytes_in_place() -> anyhow::Result<()> {
         let (mut a, mut b) = tokio::io::duplex(1024);
-        let header = StreamHeader { tunnel: 1, visitor: "127.0.0.1:1".parse()? };
+        let header = StreamHeader::visitor(1, "127.0.0.1:1".parse()?);
         write_msg(&mut a, &header).await?;
         a.write_all(b"GET / HTTP/1.1\r\n").await?;
         drop(a);

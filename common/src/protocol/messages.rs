@@ -52,6 +52,10 @@ pub enum TunnelKind {
     /// `SUBDOMAIN.DOMAIN` on the relay's shared HTTPS port, routed by SNI with the TLS bytes
     /// passed through untouched: the local server holds the certificate.
     Tls { subdomain: Option<String> },
+    /// A public UDP port (from the same range as TCP ports, a separate number space). Each
+    /// visitor address is a flow, ended after `flow_idle` quiet (the relay's default when
+    /// none is asked for).
+    Udp { port: Option<u16>, flow_idle: Option<std::time::Duration> },
 }
 
 /// Who may reach an HTTP tunnel, checked by the relay before a request crosses the tunnel.
@@ -183,4 +187,15 @@ pub struct StreamHeader {
     pub tunnel: u32,
     /// The visitor's IP and port; an IPv6 scope id or flow label is not carried.
     pub visitor: SocketAddr,
+    /// Set on a UDP tunnel's flow stream: the id its datagrams carry (see
+    /// [`super::datagram`]). The stream carries no bytes; it lasts as long as the flow, and
+    /// either end finishing or resetting it ends the flow.
+    pub flow: Option<u64>,
+}
+
+impl StreamHeader {
+    /// The header of a TCP visitor's stream.
+    pub fn visitor(tunnel: u32, visitor: SocketAddr) -> Self {
+        Self { tunnel, visitor, flow: None }
+    }
 }

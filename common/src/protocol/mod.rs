@@ -15,6 +15,10 @@
 //!    visitor address) and the visitor's bytes right behind it; the agent reads the header and
 //!    carries the rest to the tunnel's local target.
 //!
+//! 5. For every UDP flow (one visitor address of a UDP tunnel) the relay opens a stream whose
+//!    header also names the flow; the flow's packets then cross both ways as datagrams
+//!    (see [`datagram`]) on that link, and the stream's end is the flow's end.
+//!
 //! Each further link of the session opens its control stream with [`LinkOpening::Join`] and
 //! the ticket; the relay answers [`ServerMsg::Joined`] or refuses, and from then on opens
 //! visitors' streams on it as on the first.
@@ -23,6 +27,7 @@
 //! each end calls for each step above: callers say what to send, never how.
 
 pub mod conversation;
+pub mod datagram;
 pub mod frame;
 pub mod messages;
 
@@ -36,7 +41,7 @@ pub use self::{
 
 /// The QUIC ALPN id; its suffix is the protocol version, so mismatched peers fail in the TLS
 /// handshake with a clear "no application protocol" error instead of misreading frames.
-pub const ALPN: &[u8] = b"burrow/3";
+pub const ALPN: &[u8] = b"burrow/4";
 
 /// Version carried in [`Hello`], for changes that stay wire-compatible within one ALPN; it
 /// starts again at 1 with each ALPN.

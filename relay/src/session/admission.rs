@@ -121,6 +121,9 @@ pub(super) async fn open(
             })
             .await?
         }
+        TunnelKind::Udp { .. } => {
+            return Err(Refusal::BadTunnel { name: spec.name.clone(), why: "this relay serves no UDP tunnels".into() });
+        }
     };
     let granted = match (&claimed.place, shared.vhost.as_ref()) {
         (Place::Port(port), _) => granted(*port, Vec::new()),
@@ -147,7 +150,7 @@ fn route_kind(kind: &TunnelKind) -> RouteKind {
     match kind {
         TunnelKind::Tcp { .. } => RouteKind::Tcp,
         TunnelKind::Http { access, .. } => RouteKind::Http(Access::new(access)),
-        TunnelKind::Tls { .. } => RouteKind::Tls,
+        TunnelKind::Tls { .. } | TunnelKind::Udp { .. } => RouteKind::Tls,
     }
 }
 

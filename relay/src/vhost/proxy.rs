@@ -264,7 +264,7 @@ impl VisitorConnection {
             pages::tunnel_offline(host)
         };
         let link = route.link.pick();
-        let header = StreamHeader { tunnel: route.tunnel, visitor: self.visitor.addr };
+        let header = StreamHeader::visitor(route.tunnel, self.visitor.addr);
         let (send, recv) = open_visitor_stream(&*link, header, None).await.map_err(|_| offline())?;
         metrics.stream_open.observe(arrived.elapsed().as_secs_f64());
         let visit = metrics.traffic.visit(route.link.stable_id(), route.tunnel, self.visitor.addr);

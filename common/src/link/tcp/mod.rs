@@ -94,16 +94,17 @@ pub struct TcpSettings {
 impl TcpSettings {
     /// The agent's end: it keeps the path alive and takes the relay's streams.
     pub fn agent(keep_alive: Duration, idle_timeout: Duration) -> Self {
-        Self { keep_alive, idle_timeout, receive_window: CONNECTION_RECEIVE_WINDOW, datagram_queue: 64 }
+        Self { keep_alive, idle_timeout, receive_window: CONNECTION_RECEIVE_WINDOW, datagram_queue: 1024 }
     }
 
-    /// The relay's end: a peer may send little until it is welcomed, and no datagrams.
+    /// The relay's end: a peer may send little until it is welcomed.
     pub fn relay(idle_timeout: Duration) -> Self {
         Self {
             keep_alive: idle_timeout / 3,
             idle_timeout,
             receive_window: crate::transport::PRE_AUTH_RECEIVE_WINDOW,
-            datagram_queue: 0,
+            // The QUIC relay's datagram buffer in the largest TCP link datagrams.
+            datagram_queue: 256 * 1024 / TCP_MAX_DATAGRAM,
         }
     }
 }
