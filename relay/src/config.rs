@@ -62,6 +62,10 @@ pub struct RelayConfig {
     pub max_visitors_per_tunnel: usize,
     /// Visitors one source address may have open at once, across all tunnels.
     pub max_visitors_per_ip: usize,
+    /// A UDP tunnel's flow quiet both ways this long ends, unless the agent asks for another
+    /// time for the tunnel (RFC 9298 asks proxies for at least 2 minutes).
+    #[serde(with = "duration")]
+    pub udp_flow_idle: Duration,
     /// Visitors one parked tunnel may hold waiting; more are reset at once.
     pub max_parked_visitors: usize,
     /// QUIC clients from one address (an IPv6 /64) that have not yet authenticated; more are
@@ -153,6 +157,7 @@ impl Default for RelayConfig {
             // The agent accepts this many streams at once; more would only queue unseen.
             max_visitors_per_tunnel: burrow_common::transport::AGENT_MAX_STREAMS as usize,
             max_visitors_per_ip: 256,
+            udp_flow_idle: Duration::from_secs(120),
             max_parked_visitors: 256,
             max_unauthenticated_per_address: 16,
             max_unauthenticated: 1024,
@@ -301,6 +306,7 @@ impl RelayConfig {
             return Err(ConfigError::ExposedAdmin(addr));
         }
         check_duration("idle_timeout", self.idle_timeout, Duration::from_secs(1))?;
+        check_duration("udp_flow_idle", self.udp_flow_idle, Duration::from_secs(1))?;
         check_duration("handshake_timeout", self.handshake_timeout, Duration::from_millis(100))?;
         check_duration("visitor_write_timeout", self.visitor_write_timeout, Duration::from_millis(100))?;
         check_duration("http_body_idle_timeout", self.http_body_idle_timeout, Duration::from_millis(100))?;

@@ -28,6 +28,7 @@ mod tcp_links;
 pub mod tokens;
 mod traffic;
 mod tunnel;
+mod udp;
 mod vhost;
 
 use std::{

@@ -183,6 +183,18 @@ impl Metrics {
             "Bytes carried for visitors, open ones included, by token and tunnel",
             self.traffic.bytes.clone(),
         );
+        let udp = &self.traffic.udp;
+        registry.register(
+            "udp_datagrams",
+            "UDP tunnels' datagrams carried, by token and tunnel",
+            udp.datagrams.clone(),
+        );
+        registry.register(
+            "udp_tunnel_drops",
+            "UDP tunnels' packets dropped, by token, tunnel and reason",
+            udp.drops.clone(),
+        );
+        registry.register("udp_drops", "UDP packets dropped, by reason, tunnel known or not", udp.all_drops.clone());
         registry.register(
             "reconnects",
             "Agent sessions admitted for a tunnel this relay had carried before",

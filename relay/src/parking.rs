@@ -19,7 +19,7 @@ use tracing::Instrument;
 
 use crate::{
     Shared,
-    claims::{Parked, Place, Route, SessionId, Successor, until_taken_over},
+    claims::{Parked, Place, PublicSocket, Route, SessionId, Successor, until_taken_over},
     limits::{Admission, Places},
     metrics::REFUSED_PARK_FULL,
     tunnel::{accept_until, forward},
@@ -43,20 +43,28 @@ pub(crate) async fn park(shared: &Arc<Shared>, places: &[Place], session: Sessio
     let deadline = Instant::now() + config.park_visitors_for;
     let accepting = TaskTracker::new();
     for claim in &parked {
-        if let Some(listener) = claim.listener.clone() {
-            let (successor, waiting) = (claim.successor.clone(), claim.waiting.clone());
-            let span = tracing::info_span!("tunnel", place = %claim.place);
-            let accept = accept_parked(listener, (successor, waiting), deadline, shared.clone(), cancel.clone());
-            accepting.spawn(accept.instrument(span));
+        let span = tracing::info_span!("tunnel", place = %claim.place);
+        match claim.socket.clone() {
+            Some(PublicSocket::Tcp(listener)) => {
+                let (successor, waiting) = (claim.successor.clone(), claim.waiting.clone());
+                let accept = accept_parked(listener, (successor, waiting), deadline, shared.clone(), cancel.clone());
+                accepting.spawn(accept.instrument(span));
+            }
+            Some(PublicSocket::Udp(socket)) => {
+                let counts = shared.metrics.traffic.udp_counts(&claim.key);
+                let stop = parked_until(claim.successor.clone(), deadline, cancel.clone());
+                accepting.spawn(crate::udp::drop_while_parked(socket, counts, stop).instrument(span));
+            }
+            None => {}
         }
     }
     until_taken_over(&parked, deadline, cancel).await;
     accepting.close();
     accepting.wait().await;
-    for Parked { place, listener, .. } in parked {
+    for Parked { place, socket, .. } in parked {
         // Closed before the waiting visitors hear the end: one that reconnects at once must
         // be refused, not queued on a listener about to close.
-        drop(listener);
+        drop(socket);
         let Some(key) = shared.claims.release(&place, session) else { continue };
         if let Err(e) = shared.store.release(&key, &place).await {
             tracing::warn!(%place, "the store could not record a release: {e:#}");
@@ -77,19 +85,22 @@ async fn accept_parked(
     cancel: CancellationToken,
 ) {
     let places = Places { open: waiting, when_full: REFUSED_PARK_FULL };
-    let mut taken = successor.clone();
-    let stop = async {
-        tokio::select! {
-            _ = cancel.cancelled() => {}
-            _ = taken.wait_for(Option::is_some) => {}
-            () = tokio::time::sleep_until(deadline) => {}
-        }
-    };
+    let stop = parked_until(successor.clone(), deadline, cancel.clone());
     accept_until(&listener, &places, &shared, stop, |tcp, peer, admission| {
         let waiting = wait_for_successor(tcp, peer, successor.clone(), shared.clone(), admission, cancel.clone());
         shared.visitors.spawn(waiting.instrument(tracing::debug_span!("visitor", %peer)));
     })
     .await;
+}
+
+/// Completes when a parked port stops taking visitors: the tunnel's next session took it,
+/// the deadline passed or the relay stops.
+async fn parked_until(mut taken: Successor<Route>, deadline: Instant, cancel: CancellationToken) {
+    tokio::select! {
+        _ = cancel.cancelled() => {}
+        _ = taken.wait_for(Option::is_some) => {}
+        () = tokio::time::sleep_until(deadline) => {}
+    }
 }
 
 /// One parked visitor: carried over the tunnel's next session, or closed with a FIN when the

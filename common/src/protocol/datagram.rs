@@ -36,6 +36,12 @@ pub fn max_payload(max_datagram: usize, flow: u64) -> usize {
     max_datagram.saturating_sub(header_len(flow))
 }
 
+/// The payload room shown to people (console, admin API): that of flows 64 to 16,383, whose
+/// ids take two bytes; the session's first 63 flows have one byte more.
+pub fn typical_max_payload(max_datagram: usize) -> usize {
+    max_payload(max_datagram, 64)
+}
+
 /// The link datagram carrying `payload` for flow `flow`.
 ///
 /// # Panics

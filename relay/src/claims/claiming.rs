@@ -3,11 +3,9 @@
 
 use std::{collections::HashMap, sync::Arc};
 
-use burrow_common::{CloseCode, Refusal};
-use tokio::net::TcpListener;
-
-use super::{Claims, Entry, Handover, Holder, Parking, Place, SessionId, State, TunnelKey};
+use super::{Claims, Entry, Handover, Holder, Parking, Place, PublicSocket, SessionId, State, TunnelKey};
 use crate::store::Store;
+use burrow_common::{CloseCode, Refusal};
 
 /// Who is asking for a place.
 pub(crate) struct Claimant<'a> {
@@ -33,8 +31,8 @@ impl<R> From<Refusal> for ClaimError<R> {
 /// A place won, serving the claimant's route from now on.
 pub(crate) struct Claimed<R> {
     pub(crate) place: Place,
-    /// A port's listener: bound for this claim, or kept from the claim it took over.
-    pub(crate) listener: Option<Arc<TcpListener>>,
+    /// A port's socket: bound for this claim, or kept from the claim it took over.
+    pub(crate) socket: Option<PublicSocket>,
     /// Set when the claim took over a parked one: sending the new route on it resumes the
     /// visitors that waited.
     pub(crate) handover: Option<Handover<R>>,
@@ -42,7 +40,7 @@ pub(crate) struct Claimed<R> {
 
 /// What binding a newly claimed place gave.
 pub(crate) enum Bound {
-    Listener(Arc<TcpListener>),
+    Socket(PublicSocket),
     /// The place has no socket of its own (a subdomain is served by the shared listeners).
     NotNeeded,
     Failed,
@@ -60,7 +58,7 @@ enum Decision {
 
 impl<R: Holder> Claims<R> {
     /// Claims `place` for `who`, serving `route`: `Ok(None)` when the place is not free for it.
-    /// `bind` opens what a newly held place needs (a port's listener).
+    /// `bind` opens what a newly held place needs (a port's socket).
     pub(crate) async fn try_place(
         &self,
         store: &dyn Store,
@@ -74,12 +72,12 @@ impl<R: Holder> Claims<R> {
             Decision::Fresh => true,
             Decision::TakenOver => false,
         };
-        let listener = match fresh.then(|| bind(place)) {
+        let socket = match fresh.then(|| bind(place)) {
             Some(Bound::Failed) => {
                 self.undo(place, who.session);
                 return Ok(None);
             }
-            Some(Bound::Listener(listener)) => Some(listener),
+            Some(Bound::Socket(socket)) => Some(socket),
             Some(Bound::NotNeeded) | None => None,
         };
         let won = store.claim(who.key, place).await.unwrap_or_else(|e| {
@@ -93,7 +91,7 @@ impl<R: Holder> Claims<R> {
             }
             return Ok(None);
         }
-        Ok(self.finish(place, who.session, route, listener))
+        Ok(self.finish(place, who.session, route, socket))
     }
 
     /// Refuses a claimant whose token holds as many places as it may, before it looks for one.
@@ -108,7 +106,7 @@ impl<R: Holder> Claims<R> {
         within_limit(&entries, who.key, self.max_per_token.load(std::sync::atomic::Ordering::Relaxed))?;
         let Some(entry) = entries.get_mut(place) else {
             let entry =
-                Entry { key: who.key.clone(), session: who.session, listener: None, state: State::Claiming(None) };
+                Entry { key: who.key.clone(), session: who.session, socket: None, state: State::Claiming(None) };
             entries.insert(place.clone(), entry);
             return Ok(Decision::Fresh);
         };
@@ -153,18 +151,18 @@ impl<R: Holder> Claims<R> {
         place: &Place,
         session: SessionId,
         route: &Arc<R>,
-        listener: Option<Arc<TcpListener>>,
+        socket: Option<PublicSocket>,
     ) -> Option<Claimed<R>> {
         let mut entries = self.entries();
         let entry = entries.get_mut(place).filter(|e| e.session == session && matches!(e.state, State::Claiming(_)))?;
         let State::Claiming(parked) = std::mem::replace(&mut entry.state, State::Serving(route.clone())) else {
             unreachable!("the entry was checked to be claiming");
         };
-        if listener.is_some() {
-            entry.listener = listener;
+        if socket.is_some() {
+            entry.socket = socket;
         }
         let handover = parked.map(|Parking { handover, .. }| handover);
-        Some(Claimed { place: place.clone(), listener: entry.listener.clone(), handover })
+        Some(Claimed { place: place.clone(), socket: entry.socket.clone(), handover })
     }
 }
 

@@ -8,9 +8,9 @@ use std::{
 
 use burrow_common::Refusal;
 use rand::Rng;
-use tokio::net::TcpSocket;
+use tokio::net::{TcpSocket, UdpSocket};
 
-use super::{Bound, ClaimError, Claimant, Claimed, Place, Route, SessionId};
+use super::{Bound, ClaimError, Claimant, Claimed, Place, PortSpace, PublicSocket, Route, SessionId};
 use crate::{Shared, tokens::Grant, vhost};
 
 const LISTEN_BACKLOG: u32 = 1024;
@@ -22,33 +22,36 @@ const RANDOM_NAME_ATTEMPTS: usize = 32;
 type Claim = Result<Claimed<Route>, ClaimError<Route>>;
 
 /// Claims the port asked for, the one reserved for the tunnel, or a free one of the range
-/// that the token may use.
+/// that the token may use, in `space`: TCP and UDP ports share the range and the token's
+/// port limits, not their numbers.
 pub(crate) async fn claim_port(
     shared: &Shared,
     who: &Claimant<'_>,
     grant: &Grant,
-    requested: Option<u16>,
+    (space, requested): (PortSpace, Option<u16>),
     route: &Arc<Route>,
 ) -> Claim {
     if grant.ports.as_ref().is_some_and(Vec::is_empty) {
-        return Err(closed_kind(who, "TCP", "ports").into());
+        return Err(closed_kind(who, "TCP or UDP", "ports").into());
     }
     let config = shared.config();
     shared.claims.within_limit(who.key)?;
     let range = config.ports;
     let allowed = |port: u16| range.contains(port) && grant.allows(port);
     let bind = |place: &Place| bind_port(config.public_bind, place);
+    let place = |port| space.place(port);
     let (claims, store) = (&shared.claims, shared.store.as_ref());
     if let Some(port) = requested {
         if !allowed(port) {
             return Err(Refusal::PortNotAllowed { port, allowed: grant.describe_ports(range) }.into());
         }
-        let claimed = claims.try_place(store, who, &Place::Port(port), route, bind).await?;
+        let claimed = claims.try_place(store, who, &place(port), route, bind).await?;
         return claimed.ok_or(Refusal::PortTaken { port }.into());
     }
-    if let Ok(Some(Place::Port(port))) = store.reserved_for(who.key).await
+    if let Ok(Some(reserved)) = store.reserved_for(who.key).await
+        && let Some(port) = space.port_of(&reserved)
         && allowed(port)
-        && let Some(claimed) = claims.try_place(store, who, &Place::Port(port), route, bind).await?
+        && let Some(claimed) = claims.try_place(store, who, &place(port), route, bind).await?
     {
         return Ok(claimed);
     }
@@ -57,7 +60,7 @@ pub(crate) async fn claim_port(
         .filter_map(|i| u16::try_from(usize::from(range.start) + (offset + i) % range.len()).ok())
         .filter(|port| allowed(*port));
     for port in ports {
-        let place = Place::Port(port);
+        let place = place(port);
         // Cheap checks first, so a scan does not bind every port reserved for someone else.
         if claims.is_held(&place) || owned_by_another(shared, who, &place).await {
             continue;
@@ -175,7 +178,11 @@ async fn owned_by_another(shared: &Shared, who: &Claimant<'_>, place: &Place) ->
 }
 
 fn bind_port(bind_ip: IpAddr, place: &Place) -> Bound {
-    let Place::Port(port) = *place else { return Bound::NotNeeded };
+    let port = match *place {
+        Place::Port(port) => port,
+        Place::UdpPort(port) => return bind_udp_port(SocketAddr::new(bind_ip, port)),
+        Place::Subdomain(_) => return Bound::NotNeeded,
+    };
     let addr = SocketAddr::new(bind_ip, port);
     let socket = if addr.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() };
     let bound = socket.and_then(|s| {
@@ -185,10 +192,35 @@ fn bind_port(bind_ip: IpAddr, place: &Place) -> Bound {
         s.listen(LISTEN_BACKLOG)
     });
     match bound {
-        Ok(listener) => Bound::Listener(Arc::new(listener)),
+        Ok(listener) => Bound::Socket(PublicSocket::Tcp(Arc::new(listener))),
         Err(e) => {
             tracing::debug!(port, "cannot bind public port: {e}");
             Bound::Failed
         }
     }
 }
+
+/// A UDP tunnel's public socket, with the buffers of the relay's QUIC socket: a burst of
+/// visitor packets waits in the kernel rather than being dropped before the loop reads it.
+/// Not quinn's socket set-up, which would turn on GRO and hand a plain `recv_from` several
+/// packets at once; and without SO_REUSEADDR, which for UDP would let a second socket share
+/// the port.
+fn bind_udp_port(addr: SocketAddr) -> Bound {
+    let bound = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::DGRAM, None).and_then(|s| {
+        s.set_recv_buffer_size(UDP_TUNNEL_BUFFER).ok();
+        s.set_send_buffer_size(UDP_TUNNEL_BUFFER).ok();
+        s.set_nonblocking(true)?;
+        s.bind(&addr.into())?;
+        UdpSocket::from_std(s.into())
+    });
+    match bound {
+        Ok(socket) => Bound::Socket(PublicSocket::Udp(Arc::new(socket))),
+        Err(e) => {
+            tracing::debug!(%addr, "cannot bind public UDP port: {e}");
+            Bound::Failed
+        }
+    }
+}
+
+/// Kernel buffer of each UDP tunnel's socket, each way: some 20 ms at 200 Mbit/s.
+const UDP_TUNNEL_BUFFER: usize = 512 * 1024;

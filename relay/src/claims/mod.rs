@@ -14,7 +14,7 @@
 //! compare-and-set outside the lock, then finished or undone. A serving claim holds the
 //! value that serves its visitors (a [`Route`] in the relay, anything [`Holder`] in tests);
 //! a parked one holds the handover its waiting visitors watch. A port claim also owns its
-//! bound listener, kept bound while parked. Views (metrics, the HTTP listeners' lookups)
+//! bound socket (a TCP listener or a UDP socket), kept bound while parked. Views (metrics, the HTTP listeners' lookups)
 //! read the table; nothing else keeps a copy of it.
 
 mod claiming;
@@ -36,11 +36,11 @@ use std::{
 
 use burrow_common::CloseCode;
 use tokio::{
-    net::TcpListener,
+    net::{TcpListener, UdpSocket},
     sync::{OwnedSemaphorePermit, Semaphore, watch},
 };
 
-pub(crate) use self::place::{Place, TunnelKey};
+pub(crate) use self::place::{Place, PortSpace, TunnelKey};
 pub(crate) use self::{
     claiming::{Bound, ClaimError, Claimant, Claimed, with_takeover},
     kinds::{claim_port, claim_subdomain, release},
@@ -63,6 +63,13 @@ pub(crate) trait Holder: Send + Sync + 'static {
     fn answers(&self) -> StoreFuture<'_, bool>;
 }
 
+/// What a port claim holds bound for its visitors.
+#[derive(Clone)]
+pub(crate) enum PublicSocket {
+    Tcp(Arc<TcpListener>),
+    Udp(Arc<UdpSocket>),
+}
+
 /// Sending the next session's serving value on it resumes every visitor waiting on a parked
 /// claim; dropping it tells them that no one comes.
 pub(crate) type Handover<R> = watch::Sender<Option<Arc<R>>>;
@@ -79,8 +86,8 @@ pub(crate) struct Claims<R> {
 struct Entry<R> {
     key: TunnelKey,
     session: SessionId,
-    /// A port's bound listener, from the claim until the place is released.
-    listener: Option<Arc<TcpListener>>,
+    /// A port's bound socket, from the claim until the place is released.
+    socket: Option<PublicSocket>,
     state: State<R>,
 }
 

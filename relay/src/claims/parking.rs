@@ -5,19 +5,20 @@
 use std::sync::Arc;
 
 use tokio::{
-    net::TcpListener,
     sync::{Semaphore, watch},
     time::Instant,
 };
 use tokio_util::sync::CancellationToken;
 
-use super::{Claims, Holder, Parking, Place, SessionId, State, Successor};
+use super::{Claims, Holder, Parking, Place, PublicSocket, SessionId, State, Successor, TunnelKey};
 
 /// A claim kept for its tunnel's next session.
 pub(crate) struct Parked<R> {
     pub(crate) place: Place,
-    /// A port's listener, on which waiting visitors are still accepted.
-    pub(crate) listener: Option<Arc<TcpListener>>,
+    pub(crate) key: TunnelKey,
+    /// A port's socket: a TCP port still accepts its waiting visitors, a UDP port counts
+    /// what arrives as dropped.
+    pub(crate) socket: Option<PublicSocket>,
     pub(crate) successor: Successor<R>,
     /// The places of the visitors waiting.
     pub(crate) waiting: Arc<Semaphore>,
@@ -35,7 +36,7 @@ impl<R: Holder> Claims<R> {
         let (handover, successor) = watch::channel(None);
         let waiting = Arc::new(Semaphore::new(max_waiting));
         entry.state = State::Parked(Parking { handover, waiting: waiting.clone(), capacity: max_waiting });
-        Some(Parked { place: place.clone(), listener: entry.listener.clone(), successor, waiting })
+        Some(Parked { place: place.clone(), key: entry.key.clone(), socket: entry.socket.clone(), successor, waiting })
     }
 }
 

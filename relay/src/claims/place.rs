@@ -45,19 +45,46 @@ impl std::hash::Hash for TunnelKey {
     }
 }
 
-/// A public name a tunnel can hold on the relay: a TCP port, or a subdomain of its domain.
-/// UDP ports and custom hostnames are further variants.
+/// A public name a tunnel can hold on the relay: a TCP port, a UDP port (a number space of
+/// its own), or a subdomain of its domain. Custom hostnames are a further variant.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub(crate) enum Place {
     Port(u16),
+    #[serde(rename = "udp_port")]
+    UdpPort(u16),
     Subdomain(String),
+}
+
+/// Which of the two port number spaces a port tunnel claims in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PortSpace {
+    Tcp,
+    Udp,
+}
+
+impl PortSpace {
+    pub(crate) fn place(self, port: u16) -> Place {
+        match self {
+            PortSpace::Tcp => Place::Port(port),
+            PortSpace::Udp => Place::UdpPort(port),
+        }
+    }
+
+    /// The port of `place` if it is one of this space.
+    pub(crate) fn port_of(self, place: &Place) -> Option<u16> {
+        match (self, place) {
+            (PortSpace::Tcp, Place::Port(port)) | (PortSpace::Udp, Place::UdpPort(port)) => Some(*port),
+            _ => None,
+        }
+    }
 }
 
 impl std::fmt::Display for Place {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Place::Port(port) => write!(f, "port {port}"),
+            Place::UdpPort(port) => write!(f, "UDP port {port}"),
             Place::Subdomain(name) => write!(f, "subdomain {name}"),
         }
     }

@@ -4,13 +4,15 @@
 use burrow_common::CloseCode;
 use tokio_util::task::TaskTracker;
 
-use super::{Holder, SessionId};
+use super::{Holder, SessionId, TunnelKey};
 use crate::{limits::Places, session::SessionLink, store::StoreFuture, vhost::Access};
 
 pub(crate) struct Route {
     /// The session's link to its agent; each visitor gets its own stream on it.
     pub(crate) link: SessionLink,
     pub(crate) session: SessionId,
+    /// The token and tunnel name, which the tunnel's counters are kept by.
+    pub(crate) key: TunnelKey,
     /// The tunnel id the session granted, carried in each stream header.
     pub(crate) tunnel: u32,
     pub(crate) kind: RouteKind,
@@ -27,6 +29,9 @@ pub(crate) enum RouteKind {
     Http(Access),
     /// TLS bytes are passed through; the agent's local server ends the TLS.
     Tls,
+    /// A public UDP port: each visitor address is a flow, its packets datagrams; a flow
+    /// quiet both ways for `flow_idle` ends.
+    Udp { flow_idle: std::time::Duration },
 }
 
 impl Holder for Route {

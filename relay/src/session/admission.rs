@@ -11,7 +11,7 @@ use burrow_common::{
 use super::SessionLink;
 use crate::{
     Shared,
-    claims::{self, Claimant, Claimed, Place, Route, RouteKind, SessionId, TunnelKey, with_takeover},
+    claims::{self, Claimant, Claimed, Place, PortSpace, Route, RouteKind, SessionId, TunnelKey, with_takeover},
     limits::Places,
     metrics::{CHECKED_TOKEN, REFUSED_TUNNEL_LIMIT},
     sessions::SessionSlot,
@@ -93,12 +93,14 @@ pub(super) async fn open(
     spec: &TunnelSpec,
 ) -> Result<Opened, Refusal> {
     check_basic_auth(spec)?;
+    check_flow_idle(spec)?;
     let key = TunnelKey::new(grant, &spec.name);
     let route = Arc::new(Route {
         link: link.clone(),
         session,
         tunnel: id,
-        kind: route_kind(&spec.kind),
+        key: key.clone(),
+        kind: route_kind(&spec.kind, shared.config().udp_flow_idle),
         places: Places::new(shared.config().max_visitors_per_tunnel, REFUSED_TUNNEL_LIMIT),
         visitors: shared.visitors.clone(),
     });
@@ -109,7 +111,14 @@ pub(super) async fn open(
         TunnelKind::Tcp { port } => {
             with_takeover(&key.tunnel, |replacing| {
                 let who = who(replacing);
-                async move { claims::claim_port(shared, &who, grant, *port, serving).await }
+                async move { claims::claim_port(shared, &who, grant, (PortSpace::Tcp, *port), serving).await }
+            })
+            .await?
+        }
+        TunnelKind::Udp { port, .. } => {
+            with_takeover(&key.tunnel, |replacing| {
+                let who = who(replacing);
+                async move { claims::claim_port(shared, &who, grant, (PortSpace::Udp, *port), serving).await }
             })
             .await?
         }
@@ -121,12 +130,13 @@ pub(super) async fn open(
             })
             .await?
         }
-        TunnelKind::Udp { .. } => {
-            return Err(Refusal::BadTunnel { name: spec.name.clone(), why: "this relay serves no UDP tunnels".into() });
-        }
     };
     let granted = match (&claimed.place, shared.vhost.as_ref()) {
         (Place::Port(port), _) => granted(*port, Vec::new()),
+        // A UDP port's number alone would read as a TCP port's, in the admin API too.
+        (Place::UdpPort(port), _) => {
+            granted(*port, shared.public_host().map(|host| udp_url(&host, *port)).into_iter().collect())
+        }
         (Place::Subdomain(name), Some(vhost)) => granted(0, vhost.urls(name, &route.kind)),
         (Place::Subdomain(_), None) => granted(0, Vec::new()),
     };
@@ -146,11 +156,31 @@ fn check_basic_auth(spec: &TunnelSpec) -> Result<(), Refusal> {
     Err(Refusal::BadTunnel { name: spec.name.clone(), why })
 }
 
-fn route_kind(kind: &TunnelKind) -> RouteKind {
+fn udp_url(host: &str, port: u16) -> String {
+    if host.contains(':') { format!("udp://[{host}]:{port}") } else { format!("udp://{host}:{port}") }
+}
+
+/// A UDP tunnel's idle time, which the relay enforces whatever the agent checked: under a
+/// second flows would end between a game's packets, over an hour they would hold the
+/// visitor caps for nothing.
+fn check_flow_idle(spec: &TunnelSpec) -> Result<(), Refusal> {
+    let TunnelKind::Udp { flow_idle: Some(idle), .. } = &spec.kind else { return Ok(()) };
+    if (MIN_FLOW_IDLE..=MAX_FLOW_IDLE).contains(idle) {
+        return Ok(());
+    }
+    let why = format!("its flow_idle {idle:?} is out of range: give 1s to 1h");
+    Err(Refusal::BadTunnel { name: spec.name.clone(), why })
+}
+
+const MIN_FLOW_IDLE: std::time::Duration = std::time::Duration::from_secs(1);
+const MAX_FLOW_IDLE: std::time::Duration = std::time::Duration::from_secs(3600);
+
+fn route_kind(kind: &TunnelKind, default_flow_idle: std::time::Duration) -> RouteKind {
     match kind {
         TunnelKind::Tcp { .. } => RouteKind::Tcp,
         TunnelKind::Http { access, .. } => RouteKind::Http(Access::new(access)),
-        TunnelKind::Tls { .. } | TunnelKind::Udp { .. } => RouteKind::Tls,
+        TunnelKind::Tls { .. } => RouteKind::Tls,
+        TunnelKind::Udp { flow_idle, .. } => RouteKind::Udp { flow_idle: flow_idle.unwrap_or(default_flow_idle) },
     }
 }
 

@@ -61,8 +61,10 @@ pub(super) async fn join(
     drop(pending);
     shared.metrics.link_joins.get_or_create(&JOIN_JOINED).inc();
     tracing::info!(session = session.stable_id(), "link joined its session");
+    let datagrams = crate::udp::read_datagrams(&link, session.flows(), &shared.metrics.traffic.udp);
     let ended = tokio::select! {
         ended = link.closed() => ended,
+        never = datagrams => match never {},
         primary = session.closed() => {
             // The session ends with its primary link, and takes its other links along.
             link.close(primary.peer_code().unwrap_or(CloseCode::Shutdown));

@@ -17,6 +17,7 @@ use std::{
 use burrow_common::{
     CloseCode, Refusal,
     link::{AnyLink, Link, LinkError, LinkStatus, PathStats, Transport},
+    protocol::datagram,
     sync,
 };
 use serde::Serialize;
@@ -28,6 +29,8 @@ pub(crate) struct SessionLink {
 
 struct Links {
     primary: Member,
+    /// The open flows of the session's UDP tunnels, whichever link carries each.
+    flows: crate::udp::Flows,
     joined: Mutex<Vec<Member>>,
     /// Where the search for the least loaded link starts, so ties take turns.
     turn: AtomicUsize,
@@ -57,6 +60,7 @@ impl Member {
             rtt_ms: path.rtt.as_micros() as f64 / 1000.0,
             quic_bytes_sent: path.sent_bytes,
             quic_bytes_received: path.received_bytes,
+            udp_max_payload: self.link.max_datagram_size().map(datagram::typical_max_payload),
             open_visitors: self.open.load(Relaxed),
             visitors: self.carried.load(Relaxed),
         }
@@ -74,6 +78,8 @@ pub(crate) struct LinkView {
     pub(crate) rtt_ms: f64,
     pub(crate) quic_bytes_sent: u64,
     pub(crate) quic_bytes_received: u64,
+    /// The largest UDP tunnel packet the link carries now, `None` if it takes no datagrams.
+    pub(crate) udp_max_payload: Option<usize>,
     pub(crate) open_visitors: usize,
     /// Visitors the link carried, open ones included.
     pub(crate) visitors: u64,
@@ -123,12 +129,27 @@ impl Drop for JoinedLink {
 
 impl SessionLink {
     pub(crate) fn new(link: AnyLink) -> Self {
-        let links = Links { primary: Member::new(link), joined: Mutex::default(), turn: AtomicUsize::new(0) };
+        let links = Links {
+            primary: Member::new(link),
+            flows: crate::udp::Flows::default(),
+            joined: Mutex::default(),
+            turn: AtomicUsize::new(0),
+        };
         Self { links: Arc::new(links) }
     }
 
     fn primary(&self) -> &AnyLink {
         &self.links.primary.link
+    }
+
+    /// The link the session's Hello came on.
+    pub(crate) fn primary_link(&self) -> &AnyLink {
+        self.primary()
+    }
+
+    /// The session's UDP flows; each link's datagram reader delivers through it.
+    pub(crate) fn flows(&self) -> &crate::udp::Flows {
+        &self.links.flows
     }
 
     /// Adds `link` to the session, unless it has `max` links of that transport already (the

@@ -18,7 +18,7 @@ use super::{
 };
 use crate::{
     Shared,
-    claims::{Place, SessionId},
+    claims::{Place, PublicSocket, SessionId},
     sessions::Registered,
     tokens::Grant,
     tunnel::accept_visitors,
@@ -28,7 +28,7 @@ use crate::{
 struct Running {
     opened: Opened,
     stop: CancellationToken,
-    /// A TCP tunnel's accept loop, which holds its listener until it returns.
+    /// A port tunnel's accept or receive loop, which holds its socket until it returns.
     accepting: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -77,11 +77,19 @@ impl<'a> Serving<'a> {
             handover.send_replace(Some(opened.route.clone()));
         }
         let mut accepting = None;
-        if let Some(listener) = opened.claimed.listener.take() {
-            let span = tracing::info_span!("tunnel", port = opened.granted.port);
-            let accept = accept_visitors(listener, opened.route.clone(), self.shared.clone(), stop.clone());
-            accepting = Some(self.accept_loops.spawn(accept.instrument(span)));
-        }
+        let (route, shared) = (opened.route.clone(), self.shared.clone());
+        let span = tracing::info_span!("tunnel", port = opened.granted.port);
+        accepting = match opened.claimed.socket.take() {
+            Some(PublicSocket::Tcp(listener)) => {
+                let accept = accept_visitors(listener, route, shared, stop.clone());
+                Some(self.accept_loops.spawn(accept.instrument(span)))
+            }
+            Some(PublicSocket::Udp(socket)) => {
+                let receive = crate::udp::serve(socket, route, shared, stop.clone());
+                Some(self.accept_loops.spawn(receive.instrument(span)))
+            }
+            None => accepting,
+        };
         match opened.granted.urls.first() {
             Some(url) => tracing::info!(%url, name = %opened.granted.name, "tunnel open"),
             None => tracing::info!(port = opened.granted.port, name = %opened.granted.name, "tunnel open"),
@@ -102,11 +110,14 @@ impl<'a> Serving<'a> {
         let (link, shared) = (self.link, self.shared);
         let migrations = count_migrations(link, shared);
         tokio::pin!(migrations);
+        let datagrams = crate::udp::read_datagrams(link.primary_link(), link.flows(), &shared.metrics.traffic.udp);
+        tokio::pin!(datagrams);
         let ended = loop {
             tokio::select! {
                 err = link.closed() => break Some(err),
                 _ = cancel.cancelled() => break None,
                 never = &mut migrations => match never {},
+                never = &mut datagrams => match never {},
                 // Reading a frame is not cancel-safe, but every other branch ends the loop.
                 msg = control.next_update(), if reading => match msg {
                     Ok(Some(AgentMsg::Update { add, remove })) => {

@@ -33,7 +33,10 @@ use prometheus_client::{
 
 #[cfg(test)]
 mod tests;
+mod udp;
 mod views;
+
+pub(crate) use self::udp::{Dropped, UdpCounts, UdpSeries};
 
 use crate::{
     claims::{ClaimState, TunnelKey},
@@ -60,6 +63,8 @@ pub(crate) struct Traffic {
     all: Bytes,
     /// Sessions admitted for a tunnel this relay had carried before.
     pub(crate) reconnects: Counter,
+    /// UDP tunnels' datagrams and drops.
+    pub(crate) udp: UdpSeries,
     next_visitor: AtomicU64,
 }
 
@@ -144,6 +149,7 @@ impl Default for Traffic {
             all_bytes,
             all: Bytes { to_local, to_visitor },
             reconnects: Counter::default(),
+            udp: UdpSeries::default(),
             next_visitor: AtomicU64::new(0),
         }
     }
@@ -205,6 +211,7 @@ impl Traffic {
             let labels = TunnelBytes { token: key.token.clone(), tunnel: key.tunnel.clone(), direction };
             self.bytes.remove(&labels);
         }
+        self.forget_udp_series(key);
     }
 
     fn new_tunnel(&self, key: &TunnelKey) -> Held {

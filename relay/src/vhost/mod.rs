@@ -110,7 +110,7 @@ impl Vhost {
         match kind {
             RouteKind::Http(_) => https.into_iter().chain(http).collect(),
             RouteKind::Tls => https.into_iter().collect(),
-            RouteKind::Tcp => Vec::new(),
+            RouteKind::Tcp | RouteKind::Udp { .. } => Vec::new(),
         }
     }
 

@@ -343,7 +343,7 @@ fn tunnel_broke(e: &hyper::Error) -> RelayAnswer {
 fn may_switch(route: &Route, request: &Request<Incoming>) -> bool {
     match &route.kind {
         RouteKind::Http(access) => access.may_switch(request.headers()),
-        RouteKind::Tcp | RouteKind::Tls => false,
+        RouteKind::Tcp | RouteKind::Tls | RouteKind::Udp { .. } => false,
     }
 }
 
