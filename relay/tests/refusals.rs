@@ -113,10 +113,10 @@ async fn token_limited_to_ports_cannot_take_others() -> anyhow::Result<()> {
     let (agent, tunnels) = TestAgent::start(plan.clone()).await?;
     assert_eq!(tunnels[0].port, free);
 
-    // `--ports none` closes TCP tunnels to a token.
+    // `--ports none` closes TCP and UDP tunnels to a token.
     plan.token = store.add("no-ports", relay::tokens::Limits { ports: Some(&[]), subdomains: None })?;
     let err = TestAgent::spawn(plan).finished().await?.unwrap_err();
-    assert!(format!("{err:#}").contains("may open no TCP tunnels"), "{err:#}");
+    assert!(format!("{err:#}").contains("may open no TCP or UDP tunnels"), "{err:#}");
     agent.stop().await?;
     relay.stop().await
 }

@@ -1,5 +1,6 @@
 //! What a session may cost the compiled relay: connections that never authenticate are
-//! refused before TLS past a small count per address, and take no datagrams; one token's
+//! refused before TLS past a small count per address, and their datagrams are read and
+//! dropped as they come, so a flood of them costs nothing lasting; one token's
 //! sessions are capped, and churning its tunnels keeps the relay's memory flat.
 //! Run with `cargo build --workspace --bins && cargo test -p burrow-relay --test session_budget -- --nocapture`.
 
@@ -27,8 +28,10 @@ const FLOODER: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
 const SILENT_CLIENTS: usize = 2_000;
 const HANDSHAKING_AT_ONCE: usize = 64;
 const PER_ADDRESS: usize = 16;
+/// The relay's default `handshake_timeout`.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The flood is aborted when the relay has grown this much (KiB): each connection could
-/// otherwise pin 1.25 MB of datagrams, and 2,000 of them would exhaust a small machine.
+/// otherwise pin its datagram buffer, and 2,000 of them would exhaust a small machine.
 const GROWTH_GUARD_KIB: u64 = 64 * 1024;
 const FLOOD_LIMIT: Duration = Duration::from_secs(20);
 /// Datagrams each connected client sends at most.
@@ -60,8 +63,10 @@ async fn silent_quic_flood_from_one_address_is_refused_before_tls_and_costs_litt
     let stop = CancellationToken::new();
     let watcher = tokio::spawn(watch_memory(relay.process.pid()?, baseline, peak.clone(), stop.clone()));
     let tally = Arc::new(Tally::default());
+    let flood_started = Instant::now();
     let flooding = flood(&relay, tally.clone(), stop.clone());
     let held = tokio::time::timeout(FLOOD_LIMIT, flooding).await.ok().transpose()?;
+    let flood_took = flood_started.elapsed();
     let growth_during_flood = peak.load(Relaxed).saturating_sub(baseline);
     eprintln!(
         "flood over: {} connected, {} refused, {} datagrams sent, relay grown by {growth_during_flood} KiB",
@@ -85,7 +90,7 @@ async fn silent_quic_flood_from_one_address_is_refused_before_tls_and_costs_litt
     let growth = peak.load(Relaxed).saturating_sub(baseline);
     eprintln!(
         "silent flood: {} connected, {} refused ({refused:?} counted), {} other failures; \
-         datagrams: {} sent, {} clients told none fit; peak growth {growth} KiB; agent in {agent_seconds:?}",
+         datagrams: {} sent, {} refused; peak growth {growth} KiB; agent in {agent_seconds:?}",
         tally.connected.load(Relaxed),
         tally.refused.load(Relaxed),
         tally.other_failures.load(Relaxed),
@@ -93,12 +98,17 @@ async fn silent_quic_flood_from_one_address_is_refused_before_tls_and_costs_litt
         tally.datagrams_unsupported.load(Relaxed),
     );
     assert!(growth < GROWTH_GUARD_KIB, "relay grew by {growth} KiB");
-    let least_refused = (SILENT_CLIENTS - PER_ADDRESS) as f64;
+    // A silent client is closed at the handshake timeout, and its place taken by the next:
+    // the cap holds at every moment, so each timeout the flood lasted lets in one more batch.
+    let batches = 1 + (flood_took.as_secs_f64() / HANDSHAKE_TIMEOUT.as_secs_f64()) as usize;
+    let least_refused = (SILENT_CLIENTS - PER_ADDRESS * batches) as f64;
     assert!(refused.is_some_and(|n| n >= least_refused), "refusals counted: {refused:?}");
     assert!(tally.refused.load(Relaxed) as f64 >= least_refused, "clients refused: {}", tally.refused.load(Relaxed));
     assert_eq!(tally.other_failures.load(Relaxed), 0);
-    let connected = tally.connected.load(Relaxed);
-    assert_eq!(tally.datagrams_unsupported.load(Relaxed), connected, "every connected client is told no datagrams");
+    // The relay takes datagrams (UDP tunnels need them advertised before any Hello), reads
+    // and drops those of clients that never said Hello, and stays within the guard.
+    assert_eq!(tally.datagrams_unsupported.load(Relaxed), 0, "a silent client's datagrams were refused");
+    assert!(tally.datagrams_sent.load(Relaxed) > 0, "the silent clients sent no datagrams");
     assert!(agent_seconds < AGENT_LIMIT, "the agent took {agent_seconds:?}");
     Ok(())
 }
@@ -171,7 +181,6 @@ async fn send_datagrams(conn: &quinn::Connection, tally: &Tally, stop: &Cancella
         };
         match sent {
             Ok(()) => tally.datagrams_sent.fetch_add(1, Relaxed),
-            // The relay advertises a datagram size nothing fits in.
             Err(quinn::SendDatagramError::UnsupportedByPeer | quinn::SendDatagramError::TooLarge) => {
                 tally.datagrams_unsupported.fetch_add(1, Relaxed);
                 return;

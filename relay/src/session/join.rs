@@ -42,9 +42,12 @@ pub(super) async fn join(
     pending: Pending,
     shared: &Arc<Shared>,
 ) -> anyhow::Result<()> {
-    let joined = find(shared, &link, &ticket)
-        .await
-        .and_then(|session| Ok((session.join(link.clone(), shared.config().max_links_per_session)?, session)));
+    let found = tokio::select! {
+        never = crate::udp::discard_datagrams(&link) => match never {},
+        found = find(shared, &link, &ticket) => found,
+    };
+    let joined =
+        found.and_then(|session| Ok((session.join(link.clone(), shared.config().max_links_per_session)?, session)));
     let (place, session) = match joined {
         Ok(joined) => joined,
         Err(refusal) => {

@@ -88,6 +88,7 @@ async fn run(link: AnyLink, pending: Pending, shared: &Arc<Shared>, cancel: &Can
             link.close(CloseCode::Shutdown);
             return Ok(());
         }
+        never = crate::udp::discard_datagrams(&link) => match never {},
         received = receive_opening(&link, shared.config().handshake_timeout) => match received {
             Ok(received) => received,
             Err(e @ ConversationError::Timeout { .. }) => {
@@ -114,7 +115,11 @@ async fn open_session(
     let (ticket, ticket_digest) = join::new_ticket()?;
     let session = shared.next_session.fetch_add(1, Ordering::Relaxed);
     let session_link = SessionLink::new(link.clone());
-    let (grant, slot, opened) = match admission::admit(shared, &session_link, &hello, session).await {
+    let admitted = tokio::select! {
+        never = crate::udp::discard_datagrams(&link) => match never {},
+        admitted = admission::admit(shared, &session_link, &hello, session) => admitted,
+    };
+    let (grant, slot, opened) = match admitted {
         Ok(admitted) => admitted,
         Err(refusal) => {
             let why = anyhow::anyhow!("refused: {refusal}");

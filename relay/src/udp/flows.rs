@@ -111,6 +111,14 @@ impl Flows {
     }
 }
 
+/// Reads and drops whatever datagrams a link that has not authenticated sends, for as long
+/// as the caller polls it: the datagram buffer every connection advertises is not a buffer
+/// a stranger may fill.
+pub(crate) async fn discard_datagrams(link: &AnyLink) -> std::convert::Infallible {
+    while link.read_datagram().await.is_ok() {}
+    std::future::pending().await
+}
+
 /// Reads the agent's datagrams on one link of the session and delivers each to its flow's
 /// visitor, for as long as the link lasts; then waits for the caller to drop it.
 pub(crate) async fn read_datagrams(link: &AnyLink, flows: &Flows, series: &UdpSeries) -> std::convert::Infallible {

@@ -22,7 +22,7 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-pub(crate) use self::flows::{Flows, read_datagrams};
+pub(crate) use self::flows::{Flows, discard_datagrams, read_datagrams};
 use crate::{
     Shared,
     claims::{Route, RouteKind},
