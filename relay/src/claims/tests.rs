@@ -125,6 +125,26 @@ async fn the_token_limit_counts_every_kind_of_place_once() {
 }
 
 #[tokio::test]
+async fn tcp_and_udp_ports_of_one_number_are_separate_places_each_reserved_for_its_tunnel() {
+    let table = fixture(10);
+    let (game, web) = (key("alice", "game"), key("bob", "web"));
+    table.claim(&game, &Place::UdpPort(20001), &session(1), None).await.ok().flatten().unwrap();
+    table.claim(&web, &Place::Port(20001), &session(2), None).await.ok().flatten().unwrap();
+    assert_eq!(table.serving(&Place::UdpPort(20001)), Some(1));
+    assert_eq!(table.serving(&Place::Port(20001)), Some(2));
+
+    // A restarted relay reads the UDP reservation back as a UDP port.
+    table.claims.release(&Place::UdpPort(20001), 1);
+    table.store.release(&game, &Place::UdpPort(20001)).await.unwrap();
+    let dir = table._dir.path().to_path_buf();
+    drop(table.store);
+    let reopened = FileStore::open(&dir, None, Duration::from_secs(3600)).unwrap();
+    assert_eq!(reopened.reserved_for(&game).await.unwrap(), Some(Place::UdpPort(20001)));
+    assert_eq!(reopened.owner_of(&Place::UdpPort(20001)).await.unwrap(), Some(game));
+    assert_eq!(reopened.owner_of(&Place::Port(20001)).await.unwrap(), Some(web), "the TCP port is bob's");
+}
+
+#[tokio::test]
 async fn a_live_session_keeps_its_place_and_an_unresponsive_one_is_replaced() {
     let table = fixture(10);
     let web = key("alice", "web");
