@@ -81,7 +81,13 @@ function renderTunnels(tunnels) {
   for (const t of tunnels) {
     const row = body.insertRow();
     cell(row, t.name);
-    cell(row, t.url, "url");
+    const url = cell(row, t.url, "url");
+    if (t.udp) {
+      const note = document.createElement("div");
+      note.className = "muted udp";
+      note.textContent = `${udpRoom(t.udp)} · packets in ${t.udp.to_local} · out ${t.udp.to_visitor}${dropped(t.udp)}`;
+      url.append(note);
+    }
     cell(row, t.local, "addr");
     cell(row, t.open, "num");
     cell(row, t.total, "num");
@@ -90,6 +96,46 @@ function renderTunnels(tunnels) {
     cell(row, bytes(t.to_visitor), "num");
   }
   $("no-tunnels").hidden = tunnels.length > 0;
+}
+
+function udpRoom(udp) {
+  return udp.max_payload === null ? "UDP payload size known once online" : `UDP payload up to ${udp.max_payload} bytes`;
+}
+
+function dropped(packets) {
+  const count = packets.oversize + packets.queue_full + packets.local_unreachable;
+  if (count === 0) return "";
+  const reasons = [
+    [packets.oversize, "oversize"],
+    [packets.queue_full, "queue full"],
+    [packets.local_unreachable, "local unreachable"],
+  ].filter(([n]) => n > 0);
+  return ` · ${count} dropped (${reasons.map(([n, why]) => `${n} ${why}`).join(", ")})`;
+}
+
+function renderFlows(flows, unknownFlow) {
+  const body = $("flows").tBodies[0];
+  body.replaceChildren();
+  for (const f of flows) {
+    const row = body.insertRow();
+    row.dataset.id = f.id;
+    row.dataset.state = f.state;
+    cell(row, f.visitor, "addr visitor");
+    cell(row, f.tunnel);
+    cell(row, new Date(f.opened_at_ms).toLocaleTimeString());
+    cell(row, duration(f.duration_ms), "num");
+    cell(row, f.flow.to_local, "num packets-to-local");
+    cell(row, f.flow.to_visitor, "num packets-to-visitor");
+    cell(row, bytes(f.to_local), "num to-local");
+    cell(row, bytes(f.to_visitor), "num to-visitor");
+    const lost = cell(row, f.flow.oversize + f.flow.queue_full + f.flow.local_unreachable, "num dropped");
+    lost.title = dropped(f.flow).replace(/^ · /, "");
+    const state = cell(row, f.reason ? `${f.state}: ${f.reason}` : f.state, "state reason");
+    state.title = f.reason ?? "";
+  }
+  $("flows-section").hidden = flows.length === 0;
+  $("unknown-flow").hidden = !unknownFlow;
+  $("unknown-flow").textContent = `${unknownFlow} UDP packets from the relay found no flow and were dropped.`;
 }
 
 function renderConnections(connections) {
@@ -228,7 +274,9 @@ function render(snapshot) {
   renderState(snapshot.state);
   renderPath(snapshot.path);
   renderTunnels(snapshot.tunnels);
-  renderConnections(snapshot.connections);
+  // A UDP flow is listed with the flows, not with the connections.
+  renderConnections(snapshot.connections.filter((c) => !c.flow));
+  renderFlows(snapshot.connections.filter((c) => c.flow), snapshot.udp_unknown_flow ?? 0);
   renderRequests(snapshot.requests ?? []);
   document.body.dataset.updated = String(Date.now());
 }

@@ -28,13 +28,21 @@ pub struct Cli {
     /// Local server to expose: PORT or HOST:PORT (host defaults to 127.0.0.1)
     #[arg(long, value_name = "PORT|HOST:PORT")]
     pub local: Option<LocalTarget>,
-    /// Public port to ask the relay for [default: one the relay picks]
+    /// Public port to ask the relay for, TCP or with --udp UDP [default: one the relay picks]
     #[arg(long, value_name = "PORT", requires = "local")]
     pub remote_port: Option<u16>,
     /// Tunnel name; keeps the same public port or subdomain across reconnects
-    /// [default: the subdomain, or tcp-<local port>]
+    /// [default: the subdomain, or tcp-<local port>, or udp-<local port>]
     #[arg(long, requires = "local")]
     pub name: Option<String>,
+    /// Publish a local UDP service on a public UDP port of the relay; each visitor address
+    /// is a flow with its own socket to the local service
+    #[arg(long, requires = "local", conflicts_with_all = ["http", "tls"])]
+    pub udp: bool,
+    /// With --udp: end a visitor's flow once no packet has crossed either way for this long,
+    /// 1s to 1h, like 5m [default: the relay's, 2m]
+    #[arg(long, value_name = "DURATION", value_parser = burrow_common::config::duration::parse, requires = "udp")]
+    pub flow_idle: Option<std::time::Duration>,
     /// Serve the local server over HTTP and HTTPS at NAME.<relay's domain>; without NAME the
     /// relay picks a readable one
     #[arg(long, value_name = "NAME", num_args = 0..=1, default_missing_value = "", requires = "local", conflicts_with_all = ["remote_port", "tls"])]
@@ -46,7 +54,7 @@ pub struct Cli {
     pub http_options: HttpFlags,
     /// Close a visitor's connection once no bytes have moved either way for this long, like
     /// 10m (TCP, TLS) [default: off]
-    #[arg(long, value_name = "DURATION", value_parser = burrow_common::config::duration::parse, requires = "local", conflicts_with = "http")]
+    #[arg(long, value_name = "DURATION", value_parser = burrow_common::config::duration::parse, requires = "local", conflicts_with_all = ["http", "udp"])]
     pub tcp_idle_timeout: Option<std::time::Duration>,
     /// TOML config file with [[tunnels]] (see deploy/agent.toml)
     #[arg(long, short, env = "BURROW_CONFIG")]
@@ -110,6 +118,9 @@ fn command_line_tunnel(cli: &Cli, local: LocalTarget) -> anyhow::Result<TunnelCo
     } else if let Some(subdomain) = &cli.tls {
         tunnel.protocol = Protocol::Tls;
         tunnel.subdomain = Some(subdomain.clone());
+    } else if cli.udp {
+        tunnel.protocol = Protocol::Udp;
+        tunnel.flow_idle = cli.flow_idle;
     }
     let options = &cli.http_options;
     tunnel.basic_auth = options.basic_auth.clone();

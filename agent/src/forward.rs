@@ -1,5 +1,5 @@
-//! The relay's streams: accept them on each link, read each one's header, and carry it to its
-//! tunnel's local target.
+//! The relay's streams and datagrams: serve them on each link, read each stream's header, and
+//! carry it to its tunnel's local target, or hand it to the UDP flows.
 
 use std::{
     collections::HashMap,
@@ -21,7 +21,8 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::Instrument;
 
 use crate::{
-    config::LocalTarget,
+    config::{LocalTarget, Protocol},
+    flows::{self, Flows},
     local_http::LocalHttp,
     stats::{Stats, TunnelStats, VisitEnd},
 };
@@ -35,6 +36,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub(crate) struct Targets {
     pub(crate) stats: Stats,
     by_id: RwLock<HashMap<u32, Arc<Target>>>,
+    /// The UDP tunnels' live flows, whichever link carries them.
+    pub(crate) flows: Flows,
     /// Every task the session's visitors need: streams, upgraded connections, replays.
     pub(crate) tasks: TaskTracker,
     /// Cancelled when the session ends, for the tasks that would outlive its streams.
@@ -44,7 +47,7 @@ pub(crate) struct Targets {
 impl Targets {
     pub(crate) fn new(stats: Stats) -> Self {
         let (tasks, ended) = (TaskTracker::new(), CancellationToken::new());
-        Self { stats, by_id: RwLock::default(), tasks, ended }
+        Self { flows: Flows::new(stats.clone()), stats, by_id: RwLock::default(), tasks, ended }
     }
 
     fn get(&self, id: u32) -> Option<Arc<Target>> {
@@ -74,6 +77,8 @@ impl Targets {
 pub(crate) struct Target {
     pub(crate) name: String,
     pub(crate) local: LocalTarget,
+    /// A UDP tunnel's streams are flows; every other tunnel's carry visitors' bytes.
+    pub(crate) protocol: Protocol,
     pub(crate) counters: Arc<TunnelStats>,
     /// Set for an HTTP tunnel: its streams carry HTTP requests, sent on to the local server
     /// one by one rather than spliced.
@@ -84,17 +89,24 @@ pub(crate) struct Target {
     pub(crate) idle: Option<Duration>,
 }
 
-/// Accepts the streams the relay opens on `link` until the link ends, and says why it ended.
-/// One runs per link; all feed the session's `targets`.
-pub(crate) async fn accept_streams<L: Link>(link: &L, targets: &Arc<Targets>) -> LinkError {
+/// Serves what the relay sends on `link`, its streams and its datagrams, until the link
+/// ends, and says why it ended. One runs per link; all feed the session's `targets`.
+pub(crate) async fn serve_link<L: Link>(link: &L, targets: &Arc<Targets>) -> LinkError {
+    tokio::select! {
+        ended = accept_streams(link, targets) => ended,
+        ended = flows::read_datagrams(link, &targets.flows) => ended,
+    }
+}
+
+async fn accept_streams<L: Link>(link: &L, targets: &Arc<Targets>) -> LinkError {
     let mut limit = transport::AGENT_INITIAL_STREAMS;
     loop {
         let (send, recv) = match link.accept().await {
             Ok(stream) => stream,
             Err(ended) => return ended,
         };
-        let for_stream = targets.clone();
-        targets.tasks.spawn(async move { handle_stream(send, recv, &for_stream).await });
+        let (for_stream, for_flow) = (targets.clone(), link.clone());
+        targets.tasks.spawn(async move { handle_stream(for_flow, send, recv, &for_stream).await });
         // The session's tasks stand for its open streams: an upgraded connection still holds
         // its stream, and replays are few.
         if let Some(raised) = transport::next_stream_limit(targets.tasks.len(), limit) {
@@ -104,7 +116,7 @@ pub(crate) async fn accept_streams<L: Link>(link: &L, targets: &Arc<Targets>) ->
     }
 }
 
-async fn handle_stream<W: StreamWriter, R: StreamReader>(mut send: W, mut recv: R, targets: &Targets) {
+async fn handle_stream<L: Link>(link: L, mut send: L::Writer, mut recv: L::Reader, targets: &Targets) {
     let header = match read_stream_header(&mut recv).await {
         Ok(header) => header,
         Err(why) => {
@@ -116,6 +128,15 @@ async fn handle_stream<W: StreamWriter, R: StreamReader>(mut send: W, mut recv: 
         tracing::warn!(tunnel = header.tunnel, "relay opened a stream for an unknown tunnel");
         return abort_stream(&mut send, &mut recv, StreamCode::UnknownTunnel);
     };
+    if header.flow.is_some() != (target.protocol == Protocol::Udp) {
+        tracing::warn!(tunnel = header.tunnel, flow = header.flow, "relay opened a stream unlike its tunnel's kind");
+        return abort_stream(&mut send, &mut recv, StreamCode::BadHeader);
+    }
+    if let Some(flow) = header.flow {
+        let span = tracing::debug_span!("flow", id = flow, visitor = %header.visitor, local = %target.local);
+        let flow = flows::serve(link, (send, recv), (flow, header.visitor), &target, targets);
+        return flow.instrument(span).await;
+    }
     let visit = targets.stats.open(&target.name, target.counters.clone(), header.visitor);
     let span = tracing::debug_span!("stream", id = recv.stream_id(), visitor = %header.visitor, local = %target.local);
     let served = async {

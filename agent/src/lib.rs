@@ -7,6 +7,7 @@ pub mod config;
 mod console;
 mod dial;
 pub mod embedded;
+mod flows;
 mod forward;
 mod human;
 pub mod inspector;
@@ -68,7 +69,7 @@ pub struct TunnelPlan {
     pub name: String,
     pub local: LocalTarget,
     pub remote_port: Option<u16>,
-    /// `Tcp` uses `remote_port`; `Http` and `Tls` use `subdomain`.
+    /// `Tcp` and `Udp` use `remote_port`; `Http` and `Tls` use `subdomain`.
     pub protocol: Protocol,
     pub subdomain: Option<String>,
     /// Checked by the relay before a request crosses (HTTP).
@@ -77,6 +78,8 @@ pub struct TunnelPlan {
     pub rewrite: HttpRewrite,
     /// Visitors quiet both ways for this long are closed here (TCP, TLS).
     pub tcp_idle_timeout: Option<Duration>,
+    /// Flows quiet both ways for this long are ended by the relay (UDP); its default if none.
+    pub flow_idle: Option<Duration>,
 }
 
 /// What the agent changes in requests and responses on their way to and from the local server.
@@ -100,7 +103,13 @@ impl TunnelPlan {
             access: HttpAccess::default(),
             rewrite: HttpRewrite::default(),
             tcp_idle_timeout: None,
+            flow_idle: None,
         }
+    }
+
+    /// A UDP tunnel on a port the relay picks, its flows ending after the relay's idle time.
+    pub fn udp(name: &str, local: LocalTarget) -> Self {
+        Self { protocol: Protocol::Udp, ..Self::tcp(name, local) }
     }
 
     /// An HTTP tunnel at `subdomain`, or at a name the relay picks.
@@ -134,6 +143,7 @@ impl TunnelPlan {
                 response_headers: pairs(&tunnel.response_headers),
             },
             tcp_idle_timeout: tunnel.tcp_idle_timeout,
+            flow_idle: tunnel.flow_idle,
         }
     }
 
@@ -147,6 +157,7 @@ impl TunnelPlan {
             Protocol::Tcp => TunnelKind::Tcp { port: self.remote_port },
             Protocol::Http => TunnelKind::Http { subdomain: self.subdomain.clone(), access: self.access.clone() },
             Protocol::Tls => TunnelKind::Tls { subdomain: self.subdomain.clone() },
+            Protocol::Udp => TunnelKind::Udp { port: self.remote_port, flow_idle: self.flow_idle },
         }
     }
 }
@@ -218,16 +229,25 @@ pub struct PublicTunnel {
     pub host: String,
     pub port: u16,
     pub local: LocalTarget,
-    /// An HTTP or TLS tunnel's addresses, HTTPS first; empty for TCP.
+    /// An HTTP or TLS tunnel's addresses, HTTPS first; empty for TCP and UDP.
     pub urls: Vec<String>,
+    pub protocol: Protocol,
 }
 
 impl PublicTunnel {
-    /// Where visitors go: `tcp://HOST:PORT`, or the first of `urls`.
+    /// Where visitors go: `tcp://HOST:PORT` or `udp://HOST:PORT`, or the first of `urls`.
     pub fn url(&self) -> String {
         match self.urls.first() {
             Some(url) => url.clone(),
-            None => format!("tcp://{}", config::HostPort(&self.host, self.port)),
+            None => format!("{}://{}", self.port_scheme(), config::HostPort(&self.host, self.port)),
+        }
+    }
+
+    /// The scheme of a tunnel reached at a public port, as its URL starts.
+    pub fn port_scheme(&self) -> Protocol {
+        match self.protocol {
+            Protocol::Udp => Protocol::Udp,
+            _ => Protocol::Tcp,
         }
     }
 }

@@ -24,7 +24,7 @@ use crate::{
     Plan, STABLE_SESSION,
     backoff::Backoff,
     dial::{Dialed, Dialer, Failure},
-    forward::{Targets, accept_streams},
+    forward::{Targets, serve_link},
     stats::Stats,
     udp_memory,
 };
@@ -103,7 +103,7 @@ pub(crate) async fn move_to_quic(
         links.stats.set_transport("QUIC (moved from TCP)");
         links.add(dialed.link.clone());
         let first = async {
-            let ended = accept_streams(&dialed.link, targets).await;
+            let ended = serve_link(&dialed.link, targets).await;
             links.remove(&dialed.link);
             tracing::info!("the QUIC link the session moved to ended ({ended})");
             dialed.settle().await;
@@ -151,7 +151,7 @@ async fn keep_one(
                 let joined_at = Instant::now();
                 links.add(dialed.link.clone());
                 tracing::debug!(slot, "link joined the session");
-                let ended = accept_streams(&dialed.link, targets).await;
+                let ended = serve_link(&dialed.link, targets).await;
                 links.remove(&dialed.link);
                 // Only a link that lasted starts the delays over, so a relay that drops
                 // links at once is not dialed in a tight loop.

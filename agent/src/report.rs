@@ -1,5 +1,5 @@
 //! Output for a pipe, a file or a service manager: no redraws, just lines. Stdout gets one
-//! line per tunnel, `tunnel NAME: tcp://HOST:PORT -> LOCAL`, which scripts parse; the rest
+//! line per tunnel, `tunnel NAME: tcp://HOST:PORT -> LOCAL` (`udp://` for a UDP tunnel), which scripts parse; the rest
 //! goes to the log (text or JSON), including a traffic summary while traffic flows.
 
 use std::{collections::HashMap, net::IpAddr, time::Duration};
@@ -64,11 +64,11 @@ fn announce(tunnels: &[PublicTunnel], shown: &mut Vec<PublicTunnel>, also_on: &[
         for url in tunnel.urls.iter().skip(1) {
             println!("  also reachable at {url}");
         }
-        // The LAN addresses of the embedded relay serve its TCP ports; HTTP tunnels are
+        // The LAN addresses of the embedded relay serve its public ports; HTTP tunnels are
         // reached by name.
         for ip in also_on.iter().filter(|_| tunnel.urls.is_empty()) {
             let ip = if ip.is_ipv6() { format!("[{ip}]") } else { ip.to_string() };
-            println!("  also reachable at tcp://{ip}:{}", tunnel.port);
+            println!("  also reachable at {}://{ip}:{}", tunnel.port_scheme(), tunnel.port);
         }
     }
     *shown = tunnels.to_vec();
@@ -81,15 +81,28 @@ fn summarise(now: &Snapshot, last: &mut HashMap<String, (u64, u64, u64)>) {
         if last.insert(tunnel.name.clone(), counts).unwrap_or_default() == counts {
             continue;
         }
-        tracing::info!(
-            tunnel = %tunnel.name,
-            open = tunnel.open,
-            total = tunnel.total,
-            failed = tunnel.failed,
-            to_local = tunnel.to_local,
-            to_visitor = tunnel.to_visitor,
-            rtt_ms = now.path.as_ref().map_or(0.0, |p| p.rtt_ms),
-            "traffic"
-        );
+        let rtt_ms = now.path.as_ref().map_or(0.0, |p| p.rtt_ms);
+        let (open, total, failed) = (tunnel.open, tunnel.total, tunnel.failed);
+        let (to_local, to_visitor) = (tunnel.to_local, tunnel.to_visitor);
+        match &tunnel.udp {
+            None => tracing::info!(tunnel = %tunnel.name, open, total, failed, to_local, to_visitor, rtt_ms, "traffic"),
+            Some(udp) => {
+                let packets = &udp.packets;
+                tracing::info!(
+                    tunnel = %tunnel.name,
+                    flows_open = open,
+                    flows_total = total,
+                    to_local,
+                    to_visitor,
+                    packets_to_local = packets.to_local,
+                    packets_to_visitor = packets.to_visitor,
+                    dropped_oversize = packets.oversize,
+                    dropped_queue_full = packets.queue_full,
+                    dropped_local_unreachable = packets.local_unreachable,
+                    rtt_ms,
+                    "traffic"
+                );
+            }
+        }
     }
 }

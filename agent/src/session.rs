@@ -15,7 +15,7 @@ use crate::{
     Plan, PublicTunnel, Status, TunnelPlan,
     config::{Protocol, TransportChoice},
     dial::{Dialer, Failure},
-    forward::{Target, Targets, accept_streams},
+    forward::{Target, Targets, serve_link},
     links::{self, LinksUp},
     local_http::LocalHttp,
     reload,
@@ -54,7 +54,7 @@ pub(crate) async fn run(
     };
     let link = dialed.link.clone();
     tracing::info!(transport = %dialed.why, "link to the relay up");
-    plan.stats.set_link(Some((Box::new(link.clone()), dialed.why.clone())));
+    plan.stats.set_link(Some((link.clone(), dialed.why.clone())));
     let targets = Arc::new(Targets::new(plan.stats.clone()));
     let links = LinksUp::new(plan);
     let end = tokio::select! {
@@ -95,7 +95,7 @@ async fn register_and_serve(
     plan.stats.publish(status, Status::Online(public(plan, &live)));
     let online_since = std::time::Instant::now();
     let ended = tokio::select! {
-        ended = accept_streams(link, targets) => ended,
+        ended = serve_link(link, targets) => ended,
         never = links::keep_joined((plan, dialer), (&welcome.ticket, link.transport()), targets, links) => match never {},
         never = links::move_to_quic((plan, dialer), &welcome.ticket, targets, links), if probes_quic(plan, link) => match never {},
         failed = reload::follow(plan, &mut control, targets, &mut live, status) => {
@@ -167,6 +167,7 @@ pub(crate) fn public(plan: &Plan, live: &[(TunnelPlan, Granted)]) -> Vec<PublicT
             port: granted.port,
             local: tunnel.local.clone(),
             urls: granted.urls.clone(),
+            protocol: tunnel.protocol,
         })
         .collect()
 }
@@ -183,6 +184,7 @@ pub(crate) fn target(plan: &Plan, tunnel: &TunnelPlan, granted: &Granted, target
     Target {
         name: granted.name.clone(),
         local: tunnel.local.clone(),
+        protocol: tunnel.protocol,
         counters: plan.stats.tunnel(&granted.name),
         http,
         closed,

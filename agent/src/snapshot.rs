@@ -8,16 +8,24 @@ use std::{
     time::{Instant, UNIX_EPOCH},
 };
 
-use burrow_common::link::LinkStatus;
+use burrow_common::{
+    link::{Link, LinkStatus},
+    protocol::datagram,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    config::Protocol,
     requests::RequestSummary,
-    stats::{Connections, LinkCount, Record, State, Stats, VisitEnd, lock},
+    stats::{Connections, DatagramsView, LinkCount, Record, State, Stats, VisitEnd, lock},
 };
 
 /// Requests in each snapshot; the inspector fetches one's details when it is opened.
 const RECENT_REQUESTS: usize = 50;
+
+/// The flow id whose payload room is shown: the first of two bytes. Ids 1 to 63 take one,
+/// so all but a session's first flows have the room this one has, or less past 16,383.
+const SHOWN_FLOW: u64 = 64;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Snapshot {
@@ -33,6 +41,10 @@ pub struct Snapshot {
     /// HTTP tunnels' latest requests, newest first.
     #[serde(default)]
     pub requests: Vec<RequestSummary>,
+    /// Datagrams from the relay that found no flow: their flow's stream did not arrive
+    /// within 2 s, or the flow had ended.
+    #[serde(default)]
+    pub udp_unknown_flow: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -94,6 +106,19 @@ pub struct TunnelView {
     /// Bytes from visitors to the local server, those of open connections so far included.
     pub to_local: u64,
     pub to_visitor: u64,
+    /// A UDP tunnel's packets, open flows' included; `open`, `total` and `failed` count its
+    /// flows.
+    #[serde(default)]
+    pub udp: Option<UdpView>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UdpView {
+    #[serde(flatten)]
+    pub packets: DatagramsView,
+    /// The largest visitor or local packet that crosses now, from the primary link's
+    /// datagram size less a two-byte flow id; none between sessions.
+    pub max_payload: Option<usize>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -112,15 +137,21 @@ pub struct ConnectionView {
     pub to_visitor: u64,
     /// Why a failed connection failed.
     pub reason: Option<String>,
+    /// Set for a UDP flow: its packets each way and those dropped.
+    #[serde(default)]
+    pub flow: Option<DatagramsView>,
 }
 
 impl Stats {
     pub fn snapshot(&self) -> Snapshot {
         let now = Instant::now();
-        let (relay, state, path, public) = {
+        let (relay, state, path, public, max_payload) = {
             let session = lock(&self.0.session);
-            let path = session.link.as_deref().map(|link| path_view(link, &self.0.links.borrow()));
-            (session.relay.clone(), session_state(&session.state, session.since, now), path, session.tunnels.clone())
+            let path = session.link.as_ref().map(|link| path_view(link, &self.0.links.borrow()));
+            let max_payload = session.link.as_ref().and_then(Link::max_datagram_size);
+            let max_payload = max_payload.map(|max| datagram::max_payload(max, SHOWN_FLOW));
+            let state = session_state(&session.state, session.since, now);
+            (session.relay.clone(), state, path, session.tunnels.clone(), max_payload)
         };
         let counters: Vec<_> = public.iter().map(|t| (t, self.tunnel(&t.name))).collect();
         let (tunnels, connections) = {
@@ -131,7 +162,9 @@ impl Stats {
             let tunnels = counters
                 .iter()
                 .map(|(t, counters)| {
-                    let (to_local, to_visitor) = open.get(t.name.as_str()).copied().unwrap_or_default();
+                    let (to_local, to_visitor, packets) = open.get(t.name.as_str()).copied().unwrap_or_default();
+                    let udp = (t.protocol == Protocol::Udp)
+                        .then(|| UdpView { packets: counters.datagrams.view().plus(packets), max_payload });
                     TunnelView {
                         name: t.name.clone(),
                         url: t.url(),
@@ -142,6 +175,7 @@ impl Stats {
                         failed: counters.failed.load(Relaxed),
                         to_local: counters.to_local.load(Relaxed) + to_local,
                         to_visitor: counters.to_visitor.load(Relaxed) + to_visitor,
+                        udp,
                     }
                 })
                 .collect();
@@ -149,17 +183,21 @@ impl Stats {
             (tunnels, listed.map(|r| connection_view(r, now)).collect())
         };
         let requests = self.requests().recent(RECENT_REQUESTS);
-        Snapshot { version: env!("CARGO_PKG_VERSION").into(), relay, state, path, tunnels, connections, requests }
+        let udp_unknown_flow = self.0.unknown_flow.load(Relaxed);
+        let version = env!("CARGO_PKG_VERSION").into();
+        Snapshot { version, relay, state, path, tunnels, connections, requests, udp_unknown_flow }
     }
 }
 
-/// Bytes so far of each tunnel's open connections: to the local server, to visitors.
-fn open_bytes(connections: &Connections) -> HashMap<&str, (u64, u64)> {
-    let mut sums = HashMap::<&str, (u64, u64)>::new();
+/// Bytes so far of each tunnel's open connections, to the local server and to visitors,
+/// and its open flows' packets.
+fn open_bytes(connections: &Connections) -> HashMap<&str, (u64, u64, DatagramsView)> {
+    let mut sums = HashMap::<&str, (u64, u64, DatagramsView)>::new();
     for record in connections.open.values() {
         let (to_visitor, to_local) = record.progress.moved();
+        let packets = record.datagrams.as_ref().map(|d| d.view()).unwrap_or_default();
         let sum = sums.entry(record.tunnel.as_str()).or_default();
-        *sum = (sum.0 + to_local, sum.1 + to_visitor);
+        *sum = (sum.0 + to_local, sum.1 + to_visitor, sum.2.plus(packets));
     }
     sums
 }
@@ -217,6 +255,7 @@ fn connection_view(record: &Record, now: Instant) -> ConnectionView {
         to_local,
         to_visitor,
         reason,
+        flow: record.datagrams.as_ref().map(|d| d.view()),
     }
 }
 

@@ -85,6 +85,11 @@ pub fn tunnel(name: &str, local: SocketAddr) -> TunnelPlan {
     TunnelPlan::tcp(name, LocalTarget { host: local.ip().to_string(), port: local.port() })
 }
 
+/// A UDP tunnel to the local service at `local`, on a port the relay picks.
+pub fn udp_tunnel(name: &str, local: SocketAddr) -> TunnelPlan {
+    TunnelPlan::udp(name, LocalTarget { host: local.ip().to_string(), port: local.port() })
+}
+
 pub struct TestAgent {
     pub status: watch::Receiver<Status>,
     pub cancel: CancellationToken,

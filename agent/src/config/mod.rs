@@ -171,11 +171,11 @@ pub struct TunnelConfig {
     pub name: Option<String>,
     /// `PORT` or `HOST:PORT`; the host defaults to 127.0.0.1.
     pub local: LocalTarget,
-    /// `tcp` (a public port), `http` (a subdomain over HTTP and HTTPS) or `tls` (a
-    /// subdomain whose TLS the local server ends).
+    /// `tcp` (a public port), `http` (a subdomain over HTTP and HTTPS), `tls` (a
+    /// subdomain whose TLS the local server ends) or `udp` (a public UDP port).
     #[serde(default)]
     pub protocol: Protocol,
-    /// Public port to ask for (TCP); the relay picks one when absent.
+    /// Public port to ask for (TCP, UDP); the relay picks one when absent.
     pub remote_port: Option<u16>,
     /// Subdomain to ask for (HTTP, TLS); the relay picks a readable one when absent.
     pub subdomain: Option<String>,
@@ -207,6 +207,10 @@ pub struct TunnelConfig {
     /// `off` (TCP, TLS).
     #[serde(default, with = "optional_duration")]
     pub tcp_idle_timeout: Option<Duration>,
+    /// End a visitor's flow once no packet has crossed either way for this long, 1s to 1h
+    /// (UDP); the relay's default (2m) when absent. The relay keeps the time.
+    #[serde(default, with = "values::relay_default", skip_serializing_if = "Option::is_none")]
+    pub flow_idle: Option<Duration>,
 }
 
 impl TunnelConfig {
@@ -227,19 +231,15 @@ impl TunnelConfig {
             request_headers: BTreeMap::new(),
             response_headers: BTreeMap::new(),
             tcp_idle_timeout: None,
+            flow_idle: None,
         }
     }
 
     pub fn name(&self) -> String {
-        let protocol = match self.protocol {
-            Protocol::Tcp => "tcp",
-            Protocol::Http => "http",
-            Protocol::Tls => "tls",
-        };
         self.name
             .clone()
             .or_else(|| self.subdomain.clone())
-            .unwrap_or_else(|| format!("{protocol}-{}", self.local.port))
+            .unwrap_or_else(|| format!("{}-{}", self.protocol, self.local.port))
     }
 
     /// Checks the options against the protocol, naming the tunnel and the key at fault.
@@ -260,12 +260,13 @@ impl TunnelConfig {
                 "invalid configuration: tunnel {name:?}: {key} applies to HTTP tunnels only (protocol = \"http\", or --http)"
             );
         }
+        let public_port = matches!(self.protocol, Protocol::Tcp | Protocol::Udp);
         anyhow::ensure!(
-            self.remote_port.is_none() || self.protocol == Protocol::Tcp,
-            "invalid configuration: tunnel {name:?}: remote_port applies to TCP tunnels only; HTTP and TLS tunnels get a subdomain"
+            self.remote_port.is_none() || public_port,
+            "invalid configuration: tunnel {name:?}: remote_port applies to TCP and UDP tunnels only; HTTP and TLS tunnels get a subdomain"
         );
         anyhow::ensure!(
-            self.subdomain.is_none() || self.protocol != Protocol::Tcp,
+            self.subdomain.is_none() || !public_port,
             "invalid configuration: tunnel {name:?}: subdomain applies to HTTP and TLS tunnels only (protocol = \"http\" or \"tls\")"
         );
         if let Some(credentials) = &self.basic_auth {
@@ -309,117 +310,36 @@ impl AgentConfig {
     }
 }
 
+/// The range of `flow_idle`: a flow needs a second to be worth opening, and an hour of
+/// quiet is past any keep-alive a UDP protocol sends, while each idle flow holds a socket
+/// here and a stream on the link.
+const FLOW_IDLE: std::ops::RangeInclusive<Duration> = Duration::from_secs(1)..=Duration::from_secs(3600);
+
 impl TunnelConfig {
     fn validate_idle(&self, name: &str) -> anyhow::Result<()> {
-        let Some(idle) = self.tcp_idle_timeout else { return Ok(()) };
-        anyhow::ensure!(
-            self.protocol != Protocol::Http,
-            "invalid configuration: tunnel {name:?}: tcp_idle_timeout applies to TCP and TLS tunnels only"
-        );
-        check_duration("tcp_idle_timeout", idle, Duration::from_secs(1))?;
+        if let Some(idle) = self.tcp_idle_timeout {
+            anyhow::ensure!(
+                matches!(self.protocol, Protocol::Tcp | Protocol::Tls),
+                "invalid configuration: tunnel {name:?}: tcp_idle_timeout applies to TCP and TLS tunnels only"
+            );
+            check_duration("tcp_idle_timeout", idle, Duration::from_secs(1))?;
+        }
+        if let Some(idle) = self.flow_idle {
+            anyhow::ensure!(
+                self.protocol == Protocol::Udp,
+                "invalid configuration: tunnel {name:?}: flow_idle applies to UDP tunnels only (protocol = \"udp\", or --udp)"
+            );
+            anyhow::ensure!(
+                FLOW_IDLE.contains(&idle),
+                "invalid configuration: tunnel {name:?}: flow_idle = {}: expected {} to {}",
+                duration::format(idle),
+                duration::format(*FLOW_IDLE.start()),
+                duration::format(*FLOW_IDLE.end())
+            );
+        }
         Ok(())
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[derive(Serialize)]
-    struct NoFlags {}
-
-    #[test]
-    fn addresses_parse() {
-        let local = |s: &str| s.parse::<LocalTarget>().map(|t| t.to_string());
-        assert_eq!(local("8080"), Ok("127.0.0.1:8080".into()));
-        assert_eq!(local("localhost:3000"), Ok("localhost:3000".into()));
-        assert_eq!(local("[::1]:22"), Ok("[::1]:22".into()));
-        assert!(local("host:").unwrap_err().contains("expected PORT or HOST:PORT"));
-        assert!(local("0").is_err());
-
-        let relay = |s: &str| s.parse::<RelayAddr>().map(|t| t.to_string());
-        assert_eq!(relay("relay.example.com"), Ok("relay.example.com:4443".into()));
-        assert_eq!(relay("127.0.0.1:5000"), Ok("127.0.0.1:5000".into()));
-        assert_eq!(relay("::1"), Ok("[::1]:4443".into()));
-        assert_eq!(relay("[::1]:7"), Ok("[::1]:7".into()));
-        assert!(relay("http://x").unwrap_err().contains("expected HOST or HOST:PORT"));
-    }
-
-    proptest::proptest! {
-        #[test]
-        fn addresses_parse_any_text_and_round_trip(text in ".{0,40}|[a-z0-9.-]{1,20}:[0-9]{1,5}|\\[[0-9a-f:]{2,20}\\]:[0-9]{1,5}") {
-            if let Ok(local) = text.parse::<LocalTarget>() {
-                proptest::prop_assert_eq!(local.to_string().parse::<LocalTarget>(), Ok(local));
-            }
-            if let Ok(relay) = text.parse::<RelayAddr>() {
-                proptest::prop_assert_eq!(relay.to_string().parse::<RelayAddr>(), Ok(relay));
-            }
-        }
-    }
-
-    #[test]
-    fn deploy_example_parses() -> anyhow::Result<()> {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/agent.toml");
-        let config = AgentConfig::load(Some(&path), &NoFlags {})?;
-        assert_eq!(config.relay, Some("relay.example.com".parse().map_err(anyhow::Error::msg)?));
-        assert_eq!(config.tunnels.len(), 3);
-        assert_eq!(config.tunnels[2].protocol, Protocol::Http);
-        assert_eq!(config.tunnels[1].name(), "ssh");
-        assert_eq!(config.inspect, Some("127.0.0.1:4040".parse()?));
-        Ok(())
-    }
-
-    #[test]
-    fn bad_values_name_key_value_and_form() -> anyhow::Result<()> {
-        let dir = tempfile::tempdir()?;
-        let path = dir.path().join("agent.toml");
-        for (text, words) in [
-            ("fingerprint = \"sha256:12\"", ["fingerprint", "sha256:12", "64 hex digits"]),
-            ("relay = \"a b\"", ["relay", "\"a b\"", "HOST:PORT"]),
-            ("keep_alive = \"often\"", ["keep_alive", "often", "30s"]),
-            ("keep_alive = \"40s\"", ["keep_alive = 40s", "shorter than", "idle_timeout = 30s"]),
-            ("token = \"short\"", ["token is 5 characters long", "at least 16", "relay token add"]),
-            ("[[tunnels]]\nlocal = \"x:y\"", ["tunnels", "x:y", "HOST:PORT"]),
-            ("[[tunnels]]\nlocal = 80\nremote = 1", ["unknown field `remote`", "remote_port", "tunnels"]),
-            ("inspect = \"on\"", ["inspect", "\"on\"", "or off"]),
-            ("links = 0", ["links = 0", "out of range", "1 to 8"]),
-            ("links = 9", ["links = 9", "out of range", "1 to 8"]),
-            ("inspect = \"0.0.0.0:4040\"", ["inspect = 0.0.0.0:4040", "beyond this machine", "inspect_token"]),
-            ("inspect_token = \"short\"", ["inspect_token", "5 characters", "at least 16"]),
-            ("log_format = \"xml\"", ["log_format", "xml", "json"]),
-            ("proxy = \"ftp://al:hunter2@x\"", ["proxy", "ftp://al:***@x", "socks5h://"]),
-            ("[[tunnels]]\nlocal = 80\nprotocol = \"ftp\"", ["protocol", "ftp", "http"]),
-            ("[[tunnels]]\nlocal = 80\nbasic_auth = \"a:b\"", ["tcp-80", "basic_auth", "HTTP tunnels only"]),
-            ("[[tunnels]]\nlocal = 80\nupgrades = [\"h2c\"]", ["tcp-80", "upgrades", "HTTP tunnels only"]),
-            (
-                "[[tunnels]]\nlocal = 80\nprotocol = \"http\"\nupgrades = [\"h2 c\"]",
-                ["http-80", "upgrades", "not a protocol name"],
-            ),
-            (
-                "[[tunnels]]\nlocal = 80\nprotocol = \"http\"\nbasic_auth = \"nocolon\"",
-                ["http-80", "basic_auth", "USER:PASSWORD"],
-            ),
-            (
-                "[[tunnels]]\nlocal = 80\nprotocol = \"http\"\nallow = [\"10.0.0/8\"]",
-                ["allow", "10.0.0/8", "CIDR range"],
-            ),
-            (
-                "[[tunnels]]\nlocal = 80\nprotocol = \"http\"\nremote_port = 20000",
-                ["http-80", "remote_port", "TCP tunnels only"],
-            ),
-            ("[[tunnels]]\nlocal = 80\ntcp_idle_timeout = \"soon\"", ["tcp_idle_timeout", "soon", "or off"]),
-            ("[[tunnels]]\nlocal = 80\ntcp_idle_timeout = \"5ms\"", ["tcp_idle_timeout", "5ms", "at least 1s"]),
-            (
-                "[[tunnels]]\nlocal = 80\nprotocol = \"http\"\ntcp_idle_timeout = \"5m\"",
-                ["http-80", "tcp_idle_timeout", "TCP and TLS tunnels only"],
-            ),
-        ] {
-            std::fs::write(&path, text)?;
-            let err = format!("{:#}", AgentConfig::load(Some(&path), &NoFlags {}).unwrap_err());
-            for word in words {
-                assert!(err.contains(word), "{text}: {err} lacks {word}");
-            }
-        }
-        Ok(())
-    }
-}
+mod tests;

@@ -13,6 +13,7 @@ pub enum Protocol {
     Tcp,
     Http,
     Tls,
+    Udp,
 }
 
 impl fmt::Display for Protocol {
@@ -21,6 +22,7 @@ impl fmt::Display for Protocol {
             Protocol::Tcp => "tcp",
             Protocol::Http => "http",
             Protocol::Tls => "tls",
+            Protocol::Udp => "udp",
         })
     }
 }
@@ -33,7 +35,8 @@ impl FromStr for Protocol {
             "tcp" => Ok(Protocol::Tcp),
             "http" => Ok(Protocol::Http),
             "tls" => Ok(Protocol::Tls),
-            _ => Err(format!("invalid protocol {s:?}: expected tcp, http or tls")),
+            "udp" => Ok(Protocol::Udp),
+            _ => Err(format!("invalid protocol {s:?}: expected tcp, http, tls or udp")),
         }
     }
 }
@@ -183,3 +186,23 @@ serde_via_str!(LocalTarget);
 serde_via_str!(RelayAddr);
 serde_via_str!(Protocol);
 serde_via_str!(Cidr);
+
+/// A duration whose absence leaves the choice to the relay. Unlike `optional_duration`, it
+/// takes no `off`: the relay always ends idle flows, absent only means its default.
+pub(crate) mod relay_default {
+    use std::time::Duration;
+
+    use burrow_common::config::duration;
+    use serde::{Deserializer, Serializer};
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        duration::deserialize(d).map(Some)
+    }
+
+    pub(crate) fn serialize<S: Serializer>(value: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match value {
+            Some(value) => duration::serialize(value, s),
+            None => s.serialize_none(),
+        }
+    }
+}

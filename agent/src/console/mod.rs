@@ -4,6 +4,7 @@
 //! so a line wider than the terminal is cut instead of taking two rows and throwing off the
 //! count of rows to move up over next time.
 
+mod flows;
 mod rates;
 mod view;
 

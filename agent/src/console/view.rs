@@ -1,9 +1,10 @@
-//! The console's lines for one snapshot: session, relay, path to the relay, inspector, tunnels and
-//! the last connections. Pure text, so it is tested without a terminal.
+//! The console's lines for one snapshot: session, relay, path to the relay, inspector, tunnels
+//! (a UDP tunnel's with its flows) and the last connections. Pure text, so it is tested
+//! without a terminal.
 
 use std::{fmt::Write, net::IpAddr};
 
-use super::rates::Rates;
+use super::{flows, rates::Rates};
 use crate::{
     human,
     report::Setup,
@@ -120,12 +121,13 @@ fn tunnels(lines: &mut Vec<String>, now: &Snapshot, rates: &Rates, also_on: &[Ip
         for url in &tunnel.also {
             lines.push(format!("  {:<width$}  also at {url}", ""));
         }
-        // The LAN addresses of the embedded relay serve its TCP ports; HTTP tunnels are
+        // The LAN addresses of the embedded relay serve its public ports; HTTP tunnels are
         // reached by name.
-        if let Some(port) = tunnel.url.strip_prefix("tcp://").and_then(|u| u.rsplit(':').next()) {
+        let scheme = if tunnel.udp.is_some() { "udp://" } else { "tcp://" };
+        if let Some(port) = tunnel.url.strip_prefix(scheme).and_then(|u| u.rsplit(':').next()) {
             for ip in also_on {
                 let ip = if ip.is_ipv6() { format!("[{ip}]") } else { ip.to_string() };
-                lines.push(format!("  {:<width$}  also at tcp://{ip}:{port}", ""));
+                lines.push(format!("  {:<width$}  also at {scheme}{ip}:{port}", ""));
             }
         }
         let (to_local, to_visitor) = rates.tunnel(&tunnel.name);
@@ -140,6 +142,12 @@ fn tunnels(lines: &mut Vec<String>, now: &Snapshot, rates: &Rates, also_on: &[Ip
             human::bytes(tunnel.to_visitor),
             human::rate(to_visitor),
         ));
+        if let Some(udp) = &tunnel.udp {
+            flows::lines(lines, (&tunnel.name, width), udp, &now.connections);
+        }
+    }
+    if now.udp_unknown_flow > 0 {
+        lines.push(format!("  {} UDP packets from the relay found no flow and were dropped", now.udp_unknown_flow));
     }
     if tunnels.len() > TUNNELS {
         lines.push(format!("  … and {} more (see the inspector)", tunnels.len() - TUNNELS));
@@ -179,6 +187,8 @@ fn connections(lines: &mut Vec<String>, connections: &[ConnectionView], paint: P
         "Connections", "tunnel", "opened", "duration", "in", "out"
     );
     lines.push(paint.with("1", &header));
+    // A UDP tunnel's flows are listed under it.
+    let connections: Vec<_> = connections.iter().filter(|c| c.flow.is_none()).collect();
     if connections.is_empty() {
         lines.push("  (none yet)".into());
     }
@@ -208,7 +218,10 @@ fn connections(lines: &mut Vec<String>, connections: &[ConnectionView], paint: P
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::snapshot::{ConnectionView, TunnelView};
+    use crate::{
+        snapshot::{ConnectionView, TunnelView, UdpView},
+        stats::DatagramsView,
+    };
 
     #[test]
     fn the_view_names_state_url_counts_and_connections() {
@@ -227,6 +240,7 @@ mod tests {
                 failed: 1,
                 to_local: 4200,
                 to_visitor: 12 * 1024 * 1024,
+                udp: None,
             }],
             connections: vec![ConnectionView {
                 id: 7,
@@ -238,6 +252,7 @@ mod tests {
                 to_local: 300,
                 to_visitor: 3 * 1024 * 1024,
                 reason: None,
+                flow: None,
             }],
             requests: vec![RequestSummary {
                 id: 3,
@@ -253,6 +268,7 @@ mod tests {
                 response_bytes: 2048,
                 error: None,
             }],
+            udp_unknown_flow: 0,
         };
         let setup = Setup { embedded: false, also_on: Vec::new(), inspector: Some("http://127.0.0.1:4040".into()) };
         let text = render(&now, &Rates::default(), &setup, Paint(false)).join("\n");
@@ -270,5 +286,54 @@ mod tests {
             assert!(text.contains(shown), "{shown:?} missing from\n{text}");
         }
         assert!(!text.contains('\x1b'), "no colour when painting is off");
+    }
+
+    #[test]
+    fn a_udp_tunnel_shows_its_payload_room_drops_and_open_flows() {
+        let packets = DatagramsView { to_local: 40, to_visitor: 38, oversize: 2, queue_full: 0, local_unreachable: 1 };
+        let flow = |id: u64, visitor: &str, state: &str| ConnectionView {
+            id,
+            tunnel: "vpn".into(),
+            visitor: visitor.parse().unwrap(),
+            opened_at_ms: 0,
+            duration_ms: 65_000,
+            state: state.into(),
+            to_local: 3000,
+            to_visitor: 2500,
+            reason: None,
+            flow: Some(DatagramsView { to_local: 20, to_visitor: 19, ..DatagramsView::default() }),
+        };
+        let now = Snapshot {
+            version: "0.1.0".into(),
+            relay: "relay.example.com:4443".into(),
+            state: SessionState::Online { for_ms: 1000 },
+            path: None,
+            tunnels: vec![TunnelView {
+                name: "vpn".into(),
+                url: "udp://relay.example.com:21422".into(),
+                also: Vec::new(),
+                local: "127.0.0.1:51820".into(),
+                open: 1,
+                total: 2,
+                failed: 0,
+                to_local: 6000,
+                to_visitor: 5000,
+                udp: Some(UdpView { packets, max_payload: Some(1198) }),
+            }],
+            connections: vec![flow(2, "198.51.100.4:41000", "open"), flow(1, "198.51.100.5:41000", "closed")],
+            requests: Vec::new(),
+            udp_unknown_flow: 4,
+        };
+        let setup = Setup { embedded: false, also_on: Vec::new(), inspector: None };
+        let text = render(&now, &Rates::default(), &setup, Paint(false)).join("\n");
+        for shown in [
+            "vpn  udp://relay.example.com:21422 -> 127.0.0.1:51820",
+            "UDP payload up to 1198 bytes · packets in 40 · out 38 · 3 dropped (2 oversize, 1 local unreachable)",
+            "flow 198.51.100.4:41000 · in 20 pkts 2.9 KiB · out 19 pkts 2.4 KiB · 1m 05s",
+            "4 UDP packets from the relay found no flow",
+        ] {
+            assert!(text.contains(shown), "{shown:?} missing from\n{text}");
+        }
+        assert!(!text.contains("198.51.100.5"), "only open flows are listed under the tunnel\n{text}");
     }
 }

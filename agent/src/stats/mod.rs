@@ -1,5 +1,6 @@
-//! What the agent has carried, kept cheap enough to update on every stream: per-tunnel
-//! counters, the last connections, and the session's state and its link to the relay. The console
+//! What the agent has carried, kept cheap enough to update on every stream and datagram:
+//! per-tunnel counters, the last connections and UDP flows, and the session's state and its
+//! link to the relay. The console
 //! and the inspector read it through [`Stats::snapshot`].
 //!
 //! An open connection's bytes live in its own [`Progress`], which its splice bumps as bytes
@@ -16,10 +17,14 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use burrow_common::{link::LinkStatus, splice::Progress};
+use burrow_common::{link::AnyLink, splice::Progress};
 use tokio::sync::watch;
 
+pub use self::datagrams::DatagramsView;
+pub(crate) use self::datagrams::{Datagrams, Dropped};
 use crate::{PublicTunnel, Status, local_http::LocalHttp, requests::RequestLog};
+
+mod datagrams;
 
 /// Closed connections kept for display; open ones are always kept.
 pub const RECENT: usize = 50;
@@ -41,6 +46,10 @@ pub(crate) struct Shared {
     /// Links of the session up now, and how many it aims for: watched on its own by the
     /// ready file, which should not wake for every visitor.
     pub(crate) links: watch::Sender<LinkCount>,
+    /// Datagrams from the relay that no flow took: their flow's stream did not come within
+    /// the pending time, or the flow had ended. Counted per session, as such a datagram
+    /// names no tunnel.
+    pub(crate) unknown_flow: AtomicU64,
 }
 
 /// The session's links: how many are up of those it aims for, and their transport with why
@@ -57,7 +66,7 @@ pub(crate) struct Session {
     pub(crate) state: State,
     pub(crate) since: Instant,
     /// The link whose path the console shows, while a session is up.
-    pub(crate) link: Option<Box<dyn LinkStatus>>,
+    pub(crate) link: Option<AnyLink>,
     /// The tunnels of the last Welcome, kept while reconnecting so they stay on screen.
     pub(crate) tunnels: Vec<PublicTunnel>,
 }
@@ -86,7 +95,7 @@ pub(crate) struct Connections {
     pub(crate) closed: VecDeque<Record>,
 }
 
-/// One visitor's connection through a tunnel.
+/// One visitor's connection through a tunnel, or one UDP flow.
 #[derive(Debug, Clone)]
 pub(crate) struct Record {
     pub(crate) id: u64,
@@ -97,6 +106,8 @@ pub(crate) struct Record {
     /// Local server to visitor, then visitor to local server: the splice's TCP side is the
     /// local server.
     pub(crate) progress: Arc<Progress>,
+    /// A UDP flow's packets.
+    pub(crate) datagrams: Option<Arc<Datagrams>>,
     pub(crate) ended: Option<(Duration, VisitEnd)>,
 }
 
@@ -110,8 +121,8 @@ pub(crate) enum VisitEnd {
     },
 }
 
-/// Counters of one tunnel, by name, so they carry over reconnects. The byte counters hold
-/// ended connections only; a snapshot adds the open ones.
+/// Counters of one tunnel, by name, so they carry over reconnects. The byte and packet
+/// counters hold ended connections and flows only; a snapshot adds the open ones.
 #[derive(Default)]
 pub(crate) struct TunnelStats {
     pub(crate) open: AtomicU64,
@@ -119,6 +130,7 @@ pub(crate) struct TunnelStats {
     pub(crate) failed: AtomicU64,
     pub(crate) to_local: AtomicU64,
     pub(crate) to_visitor: AtomicU64,
+    pub(crate) datagrams: Datagrams,
 }
 
 impl Default for Stats {
@@ -138,6 +150,7 @@ impl Default for Stats {
             next_id: AtomicU64::new(1),
             changes: watch::Sender::new(0),
             links: watch::Sender::new(LinkCount::default()),
+            unknown_flow: AtomicU64::new(0),
         }))
     }
 }
@@ -213,7 +226,7 @@ impl Stats {
 
     /// The link whose path statistics are shown, with its transport and why that one; none
     /// between sessions.
-    pub(crate) fn set_link(&self, link: Option<(Box<dyn LinkStatus>, String)>) {
+    pub(crate) fn set_link(&self, link: Option<(AnyLink, String)>) {
         let (link, transport) = link.unzip();
         lock(&self.0.session).link = link;
         self.0.links.send_modify(|links| links.transport = transport.unwrap_or_default());
@@ -244,6 +257,35 @@ impl Stats {
 
     /// Records a visitor's connection as open; the returned guard records how it ended.
     pub(crate) fn open(&self, tunnel: &str, counters: Arc<TunnelStats>, visitor: SocketAddr) -> Visit {
+        self.open_record(tunnel, counters, visitor, None)
+    }
+
+    /// Records a UDP flow as open, its packets counted in `datagrams`; the returned guard
+    /// records how it ended.
+    pub(crate) fn open_flow(
+        &self,
+        tunnel: &str,
+        counters: Arc<TunnelStats>,
+        visitor: SocketAddr,
+        datagrams: Arc<Datagrams>,
+    ) -> Visit {
+        self.open_record(tunnel, counters, visitor, Some(datagrams))
+    }
+
+    /// `n` datagrams from the relay found no flow.
+    pub(crate) fn unknown_flow(&self, n: usize) {
+        if n > 0 {
+            self.0.unknown_flow.fetch_add(n as u64, Relaxed);
+        }
+    }
+
+    fn open_record(
+        &self,
+        tunnel: &str,
+        counters: Arc<TunnelStats>,
+        visitor: SocketAddr,
+        datagrams: Option<Arc<Datagrams>>,
+    ) -> Visit {
         let id = self.0.next_id.fetch_add(1, Relaxed);
         counters.open.fetch_add(1, Relaxed);
         counters.total.fetch_add(1, Relaxed);
@@ -255,14 +297,16 @@ impl Stats {
             opened_at: SystemTime::now(),
             opened: Instant::now(),
             progress: progress.clone(),
+            datagrams: datagrams.clone(),
             ended: None,
         };
         lock(&self.0.connections).open.insert(id, record);
         self.changed();
-        Visit { stats: self.clone(), counters, id, progress, outcome: None }
+        Visit { stats: self.clone(), counters, id, progress, datagrams, outcome: None }
     }
 
-    fn close(&self, counters: &TunnelStats, visit: u64, progress: &Progress, outcome: VisitEnd) {
+    fn close(&self, visit: &Visit, outcome: VisitEnd) {
+        let Visit { counters, id, progress, datagrams, .. } = visit;
         if let VisitEnd::Failed { .. } = outcome {
             counters.failed.fetch_add(1, Relaxed);
         }
@@ -274,7 +318,10 @@ impl Stats {
             let (to_visitor, to_local) = progress.moved();
             counters.to_local.fetch_add(to_local, Relaxed);
             counters.to_visitor.fetch_add(to_visitor, Relaxed);
-            if let Some(mut record) = connections.open.remove(&visit) {
+            if let Some(datagrams) = datagrams {
+                datagrams.add_to(&counters.datagrams);
+            }
+            if let Some(mut record) = connections.open.remove(id) {
                 record.ended = Some((record.opened.elapsed(), outcome));
                 connections.closed.push_front(record);
                 connections.closed.truncate(RECENT);
@@ -292,6 +339,7 @@ pub(crate) struct Visit {
     counters: Arc<TunnelStats>,
     id: u64,
     progress: Arc<Progress>,
+    datagrams: Option<Arc<Datagrams>>,
     outcome: Option<VisitEnd>,
 }
 
@@ -314,68 +362,9 @@ impl Visit {
 impl Drop for Visit {
     fn drop(&mut self) {
         let outcome = self.outcome.take().unwrap_or(VisitEnd::Failed { reason: "interrupted".into() });
-        self.stats.close(&self.counters, self.id, &self.progress, outcome);
+        self.stats.close(self, outcome);
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn keeps_open_connections_and_the_last_closed_ones() {
-        let stats = Stats::default();
-        let web = stats.tunnel("web");
-        let visitor = SocketAddr::from(([192, 0, 2, 1], 5000));
-        let held = stats.open("web", web.clone(), visitor);
-        held.progress().add_stream_to_tcp(1000);
-        for i in 0..60 {
-            let visit = stats.open("web", web.clone(), visitor);
-            visit.progress().add_stream_to_tcp(i);
-            visit.progress().add_tcp_to_stream(2 * i);
-            visit.finish(VisitEnd::Closed);
-        }
-        let interrupted = stats.open("web", web.clone(), visitor);
-        interrupted.progress().add_tcp_to_stream(5);
-        drop(interrupted);
-
-        let now = stats.snapshot();
-        assert_eq!(now.connections.len(), RECENT);
-        assert_eq!(now.connections[0].state, "open", "open connections come first");
-        assert_eq!((now.connections[0].to_local, now.connections[0].to_visitor), (1000, 0), "bytes so far");
-        assert_eq!(now.connections[1].reason.as_deref(), Some("interrupted"), "a dropped visit is not lost");
-        assert_eq!(now.connections[1].to_visitor, 5, "with what it carried before");
-        assert_eq!(now.connections[2].to_local, 59, "then the newest closed");
-        assert_eq!(web.total.load(Relaxed), 62);
-        assert_eq!(web.open.load(Relaxed), 1);
-        assert_eq!(web.failed.load(Relaxed), 1);
-        assert_eq!(web.to_local.load(Relaxed), (0..60).sum::<u64>(), "ended connections only");
-        assert_eq!(web.to_visitor.load(Relaxed), 2 * (0..60).sum::<u64>() + 5);
-    }
-
-    #[test]
-    fn a_tunnels_bytes_include_its_open_connections_and_stay_put_when_one_closes() {
-        let stats = Stats::default();
-        let local = crate::config::LocalTarget { host: "127.0.0.1".into(), port: 8080 };
-        let web = PublicTunnel { name: "web".into(), host: "192.0.2.9".into(), port: 20001, local, urls: Vec::new() };
-        stats.publish(&watch::channel(Status::Connecting).0, Status::Online(vec![web]));
-        let counters = stats.tunnel("web");
-        let visitor = SocketAddr::from(([192, 0, 2, 1], 5000));
-        let shown = |stats: &Stats| {
-            let now = stats.snapshot();
-            (now.tunnels[0].to_local, now.tunnels[0].to_visitor)
-        };
-        let earlier = stats.open("web", counters.clone(), visitor);
-        earlier.progress().add_stream_to_tcp(10);
-        earlier.finish(VisitEnd::Closed);
-        let open = stats.open("web", counters.clone(), visitor);
-        open.progress().add_stream_to_tcp(1000);
-        open.progress().add_tcp_to_stream(7);
-        assert_eq!(shown(&stats), (1010, 7), "bytes so far of the open connection count");
-        assert_eq!(counters.to_local.load(Relaxed), 10, "the counters hold ended connections only");
-
-        open.finish(VisitEnd::Closed);
-        assert_eq!(shown(&stats), (1010, 7), "a close neither adds its bytes again nor drops them");
-        assert_eq!((counters.to_local.load(Relaxed), counters.to_visitor.load(Relaxed)), (1010, 7));
-    }
-}
+mod tests;
