@@ -23,10 +23,6 @@ use crate::{
 /// Requests in each snapshot; the inspector fetches one's details when it is opened.
 const RECENT_REQUESTS: usize = 50;
 
-/// The flow id whose payload room is shown: the first of two bytes. Ids 1 to 63 take one,
-/// so all but a session's first flows have the room this one has, or less past 16,383.
-const SHOWN_FLOW: u64 = 64;
-
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Snapshot {
     pub version: String,
@@ -149,7 +145,7 @@ impl Stats {
             let session = lock(&self.0.session);
             let path = session.link.as_ref().map(|link| path_view(link, &self.0.links.borrow()));
             let max_payload = session.link.as_ref().and_then(Link::max_datagram_size);
-            let max_payload = max_payload.map(|max| datagram::max_payload(max, SHOWN_FLOW));
+            let max_payload = max_payload.map(datagram::typical_max_payload);
             let state = session_state(&session.state, session.since, now);
             (session.relay.clone(), state, path, session.tunnels.clone(), max_payload)
         };
