@@ -8,6 +8,7 @@ mod udp_support;
 use std::{net::SocketAddr, time::Duration};
 
 use agent::{Plan, TunnelPlan, config::AgentConfig, snapshot::Snapshot, stats::Stats};
+use anyhow::Context;
 use burrow_common::{
     Granted, JoinTicket, LinkOpening, Secret, ServerMsg, StreamCode, StreamHeader, Welcome,
     protocol::{MAX_CONTROL_FRAME, datagram, read_msg, write_msg},
@@ -222,6 +223,18 @@ async fn streams_unlike_their_tunnels_kind_are_reset() -> anyhow::Result<()> {
     let err = recv.read_to_end(16).await.unwrap_err();
     assert!(reset_with(&err, StreamCode::UnknownTunnel), "{err}");
     session.stop().await
+}
+
+/// The next flow datagram on `conn`, skipping liveness probes.
+async fn next_datagram(conn: &quinn::Connection) -> anyhow::Result<(u64, Bytes)> {
+    loop {
+        let got = tokio::time::timeout(STEP, conn.read_datagram()).await.context("no datagram")??;
+        match datagram::decode(&got) {
+            Ok(flow) => return Ok(flow),
+            Err(datagram::DatagramDecodeError::NoFlow) => continue,
+            Err(e) => anyhow::bail!("a datagram that is no flow's: {e}"),
+        }
+    }
 }
 
 fn reset_with(err: &quinn::ReadToEndError, code: StreamCode) -> bool {

@@ -1,12 +1,8 @@
 //! What the UDP tunnel tests share: a local UDP service that echoes, or answers with as many
-//! bytes as it is asked for, and reading a flow's datagrams off a QUIC connection.
+//! bytes as it is asked for.
 
 use std::net::SocketAddr;
 
-use anyhow::Context;
-use burrow_common::protocol::datagram;
-use bytes::Bytes;
-use testkit::STEP;
 use tokio::net::UdpSocket;
 
 /// A packet that asks the service for a reply of `len` bytes instead of its echo.
@@ -41,16 +37,4 @@ pub(crate) fn serve_udp(socket: UdpSocket) {
             }
         }
     });
-}
-
-/// The next flow datagram on `conn`, skipping liveness probes.
-pub(crate) async fn next_datagram(conn: &quinn::Connection) -> anyhow::Result<(u64, Bytes)> {
-    loop {
-        let got = tokio::time::timeout(STEP, conn.read_datagram()).await.context("no datagram")??;
-        match datagram::decode(&got) {
-            Ok(flow) => return Ok(flow),
-            Err(datagram::DatagramDecodeError::NoFlow) => continue,
-            Err(e) => anyhow::bail!("a datagram that is no flow's: {e}"),
-        }
-    }
 }
