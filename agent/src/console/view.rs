@@ -132,8 +132,10 @@ fn tunnels(lines: &mut Vec<String>, now: &Snapshot, rates: &Rates, also_on: &[Ip
         }
         let (to_local, to_visitor) = rates.tunnel(&tunnel.name);
         let failed = if tunnel.failed > 0 { format!(" · {} failed", tunnel.failed) } else { String::new() };
+        // A UDP tunnel's visitors are its flows.
+        let flows = if tunnel.udp.is_some() { " flows" } else { "" };
         lines.push(format!(
-            "  {:<width$}  {} open · {} total{failed} · in {} ({}) · out {} ({})",
+            "  {:<width$}  {}{flows} open · {} total{failed} · in {} ({}) · out {} ({})",
             "",
             tunnel.open,
             tunnel.total,
@@ -328,6 +330,7 @@ mod tests {
         let text = render(&now, &Rates::default(), &setup, Paint(false)).join("\n");
         for shown in [
             "vpn  udp://relay.example.com:21422 -> 127.0.0.1:51820",
+            "1 flows open · 2 total · in 5.9 KiB",
             "UDP payload up to 1198 bytes · packets in 40 · out 38 · 3 dropped (2 oversize, 1 local unreachable)",
             "flow 198.51.100.4:41000 · in 20 pkts 2.9 KiB · out 19 pkts 2.4 KiB · 1m 05s",
             "4 UDP packets from the relay found no flow",
