@@ -28,7 +28,7 @@ pub struct Cli {
     /// Local server to expose: PORT or HOST:PORT (host defaults to 127.0.0.1)
     #[arg(long, value_name = "PORT|HOST:PORT")]
     pub local: Option<LocalTarget>,
-    /// Public port to ask the relay for, TCP or with --udp UDP [default: one the relay picks]
+    /// Public port to ask the relay for, a UDP one with --udp [default: one the relay picks]
     #[arg(long, value_name = "PORT", requires = "local")]
     pub remote_port: Option<u16>,
     /// Tunnel name; keeps the same public port or subdomain across reconnects
@@ -315,6 +315,56 @@ fn plan(config: &AgentConfig) -> anyhow::Result<(Plan, Option<EmbeddedRelay>)> {
         None => {
             let (plan, relay) = embedded::prepare(config, embedded::default_data_dir())?;
             Ok((plan, Some(relay)))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use clap::Parser;
+
+    use super::*;
+    use crate::PublicTunnel;
+
+    fn tunnel(args: &[&str]) -> anyhow::Result<TunnelConfig> {
+        let cli = Cli::try_parse_from(["agent"].iter().chain(args))?;
+        let tunnel = command_line_tunnel(&cli, cli.local.clone().expect("tests pass --local"))?;
+        tunnel.validate()?;
+        Ok(tunnel)
+    }
+
+    #[test]
+    fn udp_on_the_command_line_names_its_tunnel_and_takes_a_flow_idle_time() -> anyhow::Result<()> {
+        let udp = tunnel(&["--local", "51820", "--udp", "--remote-port", "21422", "--flow-idle", "90s"])?;
+        assert_eq!((udp.protocol, udp.name(), udp.remote_port), (Protocol::Udp, "udp-51820".into(), Some(21422)));
+        assert_eq!(udp.flow_idle, Some(Duration::from_secs(90)));
+        assert_eq!(tunnel(&["--local", "53", "--udp", "--name", "dns"])?.name(), "dns");
+
+        let shown = PublicTunnel {
+            name: udp.name(),
+            host: "relay.example.com".into(),
+            port: 21422,
+            local: udp.local.clone(),
+            urls: Vec::new(),
+            protocol: udp.protocol,
+        };
+        assert_eq!(shown.to_string(), "udp://relay.example.com:21422 -> 127.0.0.1:51820");
+        Ok(())
+    }
+
+    #[test]
+    fn udp_refuses_the_options_of_other_tunnels() {
+        for (args, words) in [
+            (&["--local", "53", "--udp", "--http"][..], "cannot be used with"),
+            (&["--local", "53", "--udp", "--tls", "x"][..], "cannot be used with"),
+            (&["--local", "53", "--udp", "--tcp-idle-timeout", "5m"][..], "cannot be used with"),
+            (&["--local", "53", "--flow-idle", "5m"][..], "--udp"),
+            (&["--local", "53", "--udp", "--flow-idle", "2h"][..], "flow_idle = 2h: expected 1s to 1h"),
+        ] {
+            let err = format!("{:#}", tunnel(args).unwrap_err());
+            assert!(err.contains(words), "{args:?}: {err}");
         }
     }
 }
