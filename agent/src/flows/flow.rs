@@ -22,10 +22,6 @@ use crate::{
     stats::{Datagrams, Dropped, VisitEnd},
 };
 
-/// The largest UDP payload there is, so a read never cuts a packet short: one too large
-/// for the link is seen whole, and dropped whole.
-const READ_BUFFER: usize = 64 * 1024;
-
 /// How a flow ended, before the stream is told.
 enum Ending {
     /// The relay finished the stream (the flow was idle, or its visitor went away).
@@ -119,24 +115,36 @@ async fn connect(local: &LocalTarget) -> io::Result<UdpSocket> {
 }
 
 /// Sends the local service's packets to the visitor until the socket fails.
+///
+/// Each read takes one byte more than the link's room: a packet that fills the buffer is
+/// too large to cross whatever its length, and is dropped whole, so its bytes past the room
+/// are never needed. A buffer for the largest UDP payload (64 KiB) would cost each flow as
+/// much as some fifty packets that fit, and a DNS tunnel holds a flow per client.
 async fn to_visitor<L: Link>(link: &L, id: u64, local: &Local) -> io::Error {
-    let mut buffer = vec![0u8; READ_BUFFER];
+    let mut buffer = vec![0u8; room(link, id) + 1];
     loop {
         match local.socket.recv(&mut buffer).await {
-            Ok(len) => send_datagram(link, id, &buffer[..len], local),
+            Ok(len) => send_datagram(link, id, (&buffer[..len], len == buffer.len()), local),
             // An earlier packet met a closed port (ICMP port unreachable): the service may be
             // restarting, and the flow outlives that.
             Err(e) if e.kind() == ErrorKind::ConnectionRefused => local.datagrams.dropped(Dropped::LocalUnreachable),
             Err(e) => return e,
         }
+        // The room changes with the path's MTU.
+        buffer.resize(room(link, id) + 1, 0);
     }
 }
 
-/// One packet as one link datagram, or dropped: it is never fragmented.
-fn send_datagram<L: Link>(link: &L, id: u64, payload: &[u8], local: &Local) {
+/// The largest payload of flow `id` that fits a datagram of `link` now.
+fn room<L: Link>(link: &L, id: u64) -> usize {
+    link.max_datagram_size().map_or(0, |max| datagram::max_payload(max, id))
+}
+
+/// One packet as one link datagram, or dropped: it is never fragmented. A `filled` read
+/// buffer may have cut the packet short, and means it was too large.
+fn send_datagram<L: Link>(link: &L, id: u64, (payload, filled): (&[u8], bool), local: &Local) {
     let datagrams = &local.datagrams;
-    let room = link.max_datagram_size().map_or(0, |max| datagram::max_payload(max, id));
-    if payload.len() > room {
+    if filled || payload.len() > room(link, id) {
         return datagrams.dropped(Dropped::Oversize);
     }
     match link.send_datagram(datagram::encode(id, payload)) {
