@@ -190,8 +190,8 @@ async fn agent_facing_a_relay_of_another_protocol_version_stops_with_a_clear_err
     let fingerprint = identity.fingerprint();
     let mut server_tls = tls::server_tls(identity)?;
     // A version after ours.
-    server_tls.alpn_protocols = vec![b"burrow/4".to_vec()];
-    assert_ne!(burrow_common::ALPN, b"burrow/4");
+    server_tls.alpn_protocols = vec![b"burrow/99".to_vec()];
+    assert_ne!(burrow_common::ALPN, b"burrow/99");
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(server_tls)?;
     let future_relay =
         quinn::Endpoint::server(quinn::ServerConfig::with_crypto(Arc::new(crypto)), "127.0.0.1:0".parse()?)?;
