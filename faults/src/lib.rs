@@ -6,6 +6,7 @@
 //! `cargo build --workspace --bins && cargo test -p burrow-faults -- --test-threads 8`.
 //! Without root or the network tools every scenario skips and says why.
 
+pub mod datagrams;
 pub mod process;
 pub mod sim;
 pub mod traffic;

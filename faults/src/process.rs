@@ -57,7 +57,8 @@ impl RelayProcess {
     }
 }
 
-/// An agent on the home host exposing `local` (an address on the home host's loopback).
+/// An agent on the home host exposing `local` (an address on the home host's loopback); the
+/// public address is a TCP port, or with [`AgentProcess::start_udp`] a UDP port.
 pub struct AgentProcess {
     pub daemon: Binary,
     /// The public address the relay granted, as a client reaches it.
@@ -66,7 +67,21 @@ pub struct AgentProcess {
 
 impl AgentProcess {
     pub async fn start(sim: &Sim, fingerprint: &str, local: SocketAddr, env: &[(&str, &str)]) -> anyhow::Result<Self> {
-        let mut agent = AgentBinary::launch(&mut Self::command(sim, fingerprint, local, env)?).await?;
+        Self::launch(&mut Self::command(sim, fingerprint, local, env)?).await
+    }
+
+    /// An agent publishing `local`, a UDP service, on a public UDP port of the relay.
+    pub async fn start_udp(
+        sim: &Sim,
+        fingerprint: &str,
+        local: SocketAddr,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
+        Self::launch(Self::command(sim, fingerprint, local, env)?.arg("--udp")).await
+    }
+
+    async fn launch(command: &mut Command) -> anyhow::Result<Self> {
+        let mut agent = AgentBinary::launch(command).await?;
         let port = agent.tunnel("app").await?.port;
         Ok(Self { daemon: agent.process, public: SocketAddr::from((RELAY_IP, port)) })
     }

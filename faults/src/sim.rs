@@ -180,6 +180,16 @@ impl Sim {
         Ok(tokio::net::TcpListener::from_std(listener)?)
     }
 
+    /// A UDP socket bound to `addr` inside `host`.
+    pub fn udp_socket(&self, host: Host, addr: SocketAddr) -> anyhow::Result<tokio::net::UdpSocket> {
+        let socket = self.within(host, move || {
+            let socket = std::net::UdpSocket::bind(addr)?;
+            socket.set_nonblocking(true)?;
+            Ok(socket)
+        })?;
+        Ok(tokio::net::UdpSocket::from_std(socket)?)
+    }
+
     fn script(&self, args: &[&str]) -> anyhow::Result<()> {
         let output = Command::new(script_path())
             .args(args)

@@ -1,8 +1,14 @@
-//! What flows through the tunnel in the fault suite: an echo server on the home host,
-//! hashed bulk transfers and an interactive canary from the client, and the relay's metrics.
+//! What flows through the tunnel in the fault suite: echo servers (TCP and UDP) on the home
+//! host, hashed bulk transfers and an interactive canary from the client, and the relay's
+//! metrics.
 
 use std::{
+    collections::HashSet,
     net::SocketAddr,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering::Relaxed},
+    },
     time::{Duration, Instant},
 };
 
@@ -21,6 +27,51 @@ pub fn echo_server(sim: &Sim) -> anyhow::Result<SocketAddr> {
     let addr = listener.local_addr()?;
     testkit::probes::serve_echo(listener);
     Ok(addr)
+}
+
+/// A UDP echo on the home host's loopback: each datagram goes back to its sender.
+pub struct UdpEcho {
+    pub addr: SocketAddr,
+    echoed: Arc<AtomicU64>,
+    /// Every sender seen: the agent gives each flow its own socket, so a new sender is a new
+    /// flow at the agent.
+    senders: Arc<Mutex<HashSet<SocketAddr>>>,
+    serving: tokio::task::JoinHandle<()>,
+}
+
+impl UdpEcho {
+    pub fn start(sim: &Sim) -> anyhow::Result<Self> {
+        let socket = sim.udp_socket(Host::Home, "127.0.0.1:0".parse()?)?;
+        let addr = socket.local_addr()?;
+        let (echoed, senders) = (Arc::new(AtomicU64::new(0)), Arc::new(Mutex::new(HashSet::new())));
+        let (count, seen) = (echoed.clone(), senders.clone());
+        let serving = tokio::spawn(async move {
+            let mut buffer = vec![0u8; 65_536];
+            while let Ok((len, from)) = socket.recv_from(&mut buffer).await {
+                seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(from);
+                if socket.send_to(&buffer[..len], from).await.is_ok() {
+                    count.fetch_add(1, Relaxed);
+                }
+            }
+        });
+        Ok(Self { addr, echoed, senders, serving })
+    }
+
+    /// Datagrams received and sent back.
+    pub fn echoed(&self) -> u64 {
+        self.echoed.load(Relaxed)
+    }
+
+    /// How many different addresses have sent to the echo.
+    pub fn senders(&self) -> usize {
+        self.senders.lock().unwrap_or_else(std::sync::PoisonError::into_inner).len()
+    }
+}
+
+impl Drop for UdpEcho {
+    fn drop(&mut self) {
+        self.serving.abort();
+    }
 }
 
 /// The relay's `/metrics` page, read from inside the relay's host.
@@ -42,6 +93,17 @@ pub async fn admin_get(sim: &Sim, path: &str) -> anyhow::Result<String> {
 /// counters that were never touched are not printed.
 pub fn sample(page: &str, series: &str) -> f64 {
     testkit::sample(page, series).unwrap_or(0.0)
+}
+
+/// The sum of the series of metric `name` whose labels include each of `labels`
+/// (`key="value"`), 0 if none: for series whose other labels a test need not spell out.
+pub fn sum_where(page: &str, name: &str, labels: &[&str]) -> f64 {
+    let prefix = format!("{name}{{");
+    page.lines()
+        .filter_map(|line| line.strip_prefix(&prefix)?.split_once("} "))
+        .filter(|(set, _)| labels.iter().all(|label| set.split(',').any(|l| l == *label)))
+        .filter_map(|(_, value)| value.trim().parse::<f64>().ok())
+        .sum()
 }
 
 /// Polls the relay's metrics until `series` satisfies `done`, up to `within`.

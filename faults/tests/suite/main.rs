@@ -8,6 +8,7 @@ mod lossy;
 mod nat;
 mod outages;
 mod restarts;
+mod udp;
 
 use std::{net::SocketAddr, time::Duration};
 
