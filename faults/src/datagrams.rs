@@ -111,7 +111,7 @@ impl DatagramProbe {
         self.until(within, |sent| sent.iter().filter(|s| s.at >= after).filter_map(|s| Some(s.at + s.rtt?)).min()).await
     }
 
-    /// The datagrams sent at or after `from`, once `count` have been sent.
+    /// Waits until `count` datagrams have been sent at or after `from`.
     pub async fn sent_after(&self, from: Instant, count: usize, within: Duration) -> anyhow::Result<()> {
         self.until(within, |sent| (sent.iter().filter(|s| s.at >= from).count() >= count).then_some(())).await
     }

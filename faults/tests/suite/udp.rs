@@ -88,6 +88,7 @@ impl UdpWorld {
     /// The one visitor's probe: one flow, one session, and no datagram twice.
     async fn assert_one_flow(&self, probe: &DatagramProbe) -> anyhow::Result<()> {
         assert_eq!(probe.duplicates(), 0, "a datagram was echoed twice");
+        assert_eq!(probe.send_errors(), 0, "the public port refused datagrams");
         self.assert_one_flow_one_session().await
     }
 }
