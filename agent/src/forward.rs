@@ -95,6 +95,7 @@ pub(crate) async fn serve_link<L: Link>(link: &L, targets: &Arc<Targets>) -> Lin
     tokio::select! {
         ended = accept_streams(link, targets) => ended,
         ended = flows::read_datagrams(link, &targets.flows) => ended,
+        never = flows::keep_path_fresh(link, &targets.flows) => match never {},
     }
 }
 

@@ -53,6 +53,10 @@ impl Flows {
         Self { table: Mutex::default(), stats }
     }
 
+    fn any_live(&self) -> bool {
+        !lock(&self.table).live.is_empty()
+    }
+
     /// Hands a datagram from the relay to its flow's local socket.
     ///
     /// The receive path is sized on purpose: no queue of ours stands between the link and
@@ -141,6 +145,28 @@ pub(crate) async fn read_datagrams<L: Link>(link: &L, flows: &Flows) -> LinkErro
             Ok(datagram) => flows.deliver(&datagram),
             Err(ended) => return ended,
         }
+    }
+}
+
+/// Longest a QUIC link carrying flows stays silent towards the relay.
+const FLOW_PATH_SILENCE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Keeps the relay's idea of this link's address fresh while the session has flows: after a
+/// NAT rebinding the relay learns the agent's new address only from the agent's next packet,
+/// and a flow whose local service only answers would otherwise lose every packet the relay
+/// sends until the next keep-alive (10 s). A link that has sent nothing for a second sends
+/// one ack-eliciting byte (a flow-0 datagram the relay ignores); a busy link sends nothing
+/// extra. Runs until the caller drops it.
+pub(crate) async fn keep_path_fresh<L: Link>(link: &L, flows: &Flows) -> std::convert::Infallible {
+    let mut sent = link.path().sent_packets;
+    let mut check = tokio::time::interval(FLOW_PATH_SILENCE);
+    loop {
+        check.tick().await;
+        let now = link.path().sent_packets;
+        if now == sent && flows.any_live() {
+            link.elicit_answer().ok();
+        }
+        sent = link.path().sent_packets;
     }
 }
 
