@@ -55,7 +55,11 @@ impl UdpWorld {
     /// A visitor sending `count` datagrams through the tunnel; returns once the first echo is
     /// back.
     async fn visitor(&self, count: usize) -> anyhow::Result<DatagramProbe> {
-        let probe = DatagramProbe::start(self.socket().await?, SEND_EVERY, count);
+        self.visitor_every(SEND_EVERY, count).await
+    }
+
+    async fn visitor_every(&self, every: Duration, count: usize) -> anyhow::Result<DatagramProbe> {
+        let probe = DatagramProbe::start(self.socket().await?, every, count);
         probe.first_echo_of_one_sent_after(Instant::now(), FLOW_OPENS_WITHIN).await?;
         Ok(probe)
     }
@@ -115,7 +119,7 @@ fn sent_between(sent: &[Sent], from: Instant, to: Instant) -> impl Iterator<Item
 
 /// Relay-wide UDP drops by reason, for the report.
 fn drops(page: &str) -> String {
-    let reasons = ["oversize", "unknown_flow", "queue_full", "no_session", "flow_limit"];
+    let reasons = ["oversize", "unknown_flow", "queue_full", "no_session", "flow_limit", "path_down"];
     let counted =
         reasons.map(|r| (r, traffic::sum_where(page, "burrow_udp_drops_total", &[&format!("reason=\"{r}\"")])));
     let named: Vec<String> = counted.iter().filter(|(_, n)| *n > 0.0).map(|(r, n)| format!("{r} {n}")).collect();
@@ -292,6 +296,9 @@ async fn a_rebinding_in_a_quiet_spell_is_answered_within_the_agents_silence_chec
 }
 
 const OUTAGE: Duration = Duration::from_secs(5);
+/// A fast stream (500 packets a second, a game's or a call's rate), so an outage would leave
+/// thousands of packets queued to arrive stale after the heal if the relay kept them.
+const OUTAGE_SEND_EVERY: Duration = Duration::from_millis(2);
 /// How soon after the heal replies must come back, to a visitor who only kept sending.
 const BACK_WITHIN: Duration = Duration::from_secs(5);
 
@@ -302,7 +309,7 @@ async fn a_five_second_outage_loses_its_packets_and_the_flow_goes_on() -> anyhow
     let Some(world) = UdpWorld::build("uout").await? else {
         return Ok(());
     };
-    let probe = world.visitor(UNBOUNDED).await?;
+    let probe = world.visitor_every(OUTAGE_SEND_EVERY, UNBOUNDED).await?;
     probe.sent_after(Instant::now(), 100, FLOW_OPENS_WITHIN).await?;
     world.sim.cut()?;
     let cut = Instant::now();
@@ -328,7 +335,10 @@ async fn a_five_second_outage_loses_its_packets_and_the_flow_goes_on() -> anyhow
         drops(&world.metrics().await?)
     );
     assert!(back < BACK_WITHIN, "replies came back only {back:?} after the heal");
-    assert_eq!(during.echoed, 0, "packets sent during the outage came back: {during}");
+    assert_eq!(during.echoed, 0, "packets sent during the outage came back, stale: {during}");
+    let page = world.metrics().await?;
+    let path_down = traffic::sum_where(&page, "burrow_udp_drops_total", &["reason=\"path_down\""]);
+    assert!(path_down > 0.0, "the relay kept the outage's packets instead of dropping them: {}", drops(&page));
     assert_eq!(since.lost(), 0, "packets were lost on the healed path: {since}");
     world.assert_one_flow(&probe).await
 }

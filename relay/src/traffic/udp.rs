@@ -26,11 +26,20 @@ pub(crate) enum Dropped {
     NoSession,
     /// A new flow past the tunnel's or the visitor address's cap.
     FlowLimit,
+    /// The agent has not been heard on the flow's link for a second: sent now, the packet
+    /// would wait out the outage and arrive stale.
+    PathDown,
 }
 
 impl Dropped {
-    pub(crate) const ALL: [Dropped; 5] =
-        [Dropped::Oversize, Dropped::UnknownFlow, Dropped::QueueFull, Dropped::NoSession, Dropped::FlowLimit];
+    pub(crate) const ALL: [Dropped; 6] = [
+        Dropped::Oversize,
+        Dropped::UnknownFlow,
+        Dropped::QueueFull,
+        Dropped::NoSession,
+        Dropped::FlowLimit,
+        Dropped::PathDown,
+    ];
 
     pub(crate) fn as_str(self) -> &'static str {
         match self {
@@ -39,6 +48,7 @@ impl Dropped {
             Dropped::QueueFull => "queue_full",
             Dropped::NoSession => "no_session",
             Dropped::FlowLimit => "flow_limit",
+            Dropped::PathDown => "path_down",
         }
     }
 }

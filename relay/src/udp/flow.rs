@@ -4,11 +4,11 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use burrow_common::{
     StreamHeader,
-    link::{DatagramError, Link, StreamReader, StreamWriter},
+    link::{AnyLink, DatagramError, Link, LinkStatus, StreamReader, StreamWriter, Transport},
     protocol::{conversation::open_visitor_stream, datagram},
 };
 use bytes::Bytes;
-use tokio::{net::UdpSocket, sync::mpsc};
+use tokio::{net::UdpSocket, sync::mpsc, time::Instant};
 
 use super::flows::Delivery;
 use crate::{
@@ -56,10 +56,12 @@ pub(super) async fn carry(
     let _registered = route.link.flows().register(flow.id, delivery.clone());
     tracing::debug!(flow = flow.id, "UDP flow opened");
     let mut probe = [Bytes::new()];
+    let mut heard = Heard::new(&link);
     let ended = loop {
         let idle_at = delivery.last_heard() + flow.idle;
         tokio::select! {
             packet = packets.recv() => match packet {
+                Some(_) if !heard.path_up(&link) => flow.counts.dropped(Dropped::PathDown),
                 Some(packet) => {
                     if let Err(lost) = send_packet(&*link, flow.id, packet, &delivery, &flow.counts) {
                         break format!("link lost: {lost}");
@@ -81,6 +83,57 @@ pub(super) async fn carry(
     };
     tracing::debug!(flow = flow.id, %ended, "UDP flow ended");
     send.finish().ok();
+    // Packets that came in as the flow ended are counted too: the visitor's next packet
+    // opens a new flow.
+    packets.close();
+    while packets.try_recv().is_ok() {
+        flow.counts.dropped(Dropped::NoSession);
+    }
+}
+
+/// How long the agent may stay unheard on a QUIC link after the flow sent on it before the
+/// path counts as down. Every datagram is acknowledged within the agent's ACK delay (25 ms)
+/// and a round trip, so a second of silence is an outage, not a slow path.
+const PATH_SILENCE: Duration = Duration::from_secs(1);
+
+/// How often the link's received-packet count is read: reading it takes the connection's lock.
+const HEARD_CHECK: Duration = Duration::from_millis(50);
+
+/// Whether the agent still answers on the flow's link. quinn queues datagrams while the path
+/// is down and sends them all once it is back: after a 5 s outage a game or a call would get
+/// seconds of stale packets ahead of fresh ones. Dropping them while the agent is unheard
+/// keeps the queue to the first second of an outage. Over TCP the kernel queues instead and
+/// the agent's acknowledgements are not packets of the link, so only QUIC links are watched.
+struct Heard {
+    watched: bool,
+    packets: u64,
+    checked: Instant,
+    /// The first packet sent since the agent was last heard.
+    unanswered_since: Option<Instant>,
+}
+
+impl Heard {
+    fn new(link: &AnyLink) -> Self {
+        let watched = link.transport() == Transport::Quic;
+        Self { watched, packets: link.path().received_packets, checked: Instant::now(), unanswered_since: None }
+    }
+
+    /// Whether a packet sent now is sent on a path that works.
+    fn path_up(&mut self, link: &AnyLink) -> bool {
+        if !self.watched {
+            return true;
+        }
+        let now = Instant::now();
+        if now.duration_since(self.checked) >= HEARD_CHECK {
+            self.checked = now;
+            let packets = link.path().received_packets;
+            if packets != self.packets {
+                self.packets = packets;
+                self.unanswered_since = None;
+            }
+        }
+        now.duration_since(*self.unanswered_since.get_or_insert(now)) < PATH_SILENCE
+    }
 }
 
 /// Sends one visitor packet as a datagram; an error only when the link is gone.
@@ -107,6 +160,9 @@ fn send_packet(
             counts.dropped(Dropped::Oversize);
             Ok(())
         }
-        Err(DatagramError::Lost(lost)) => Err(lost),
+        Err(DatagramError::Lost(lost)) => {
+            counts.dropped(Dropped::NoSession);
+            Err(lost)
+        }
     }
 }
