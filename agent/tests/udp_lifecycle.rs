@@ -1,7 +1,7 @@
 //! UDP tunnels over time, with the relay and the agent in this process: a flow ends once it
 //! has been quiet for its idle time and the visitor's next packet opens another; a token's
 //! port limits hold for UDP as for TCP, in a number space of its own; a UDP port stays the
-//! tunnel's across agent restarts; while the agent is away what reaches the port is dropped
+//! tunnel's across agent and relay restarts; while the agent is away what reaches the port is dropped
 //! and counted, and the same visitor is served again once the agent is back.
 //! Run with `cargo test -p burrow-agent --test udp_lifecycle`.
 
@@ -160,6 +160,46 @@ async fn a_restarted_agent_gets_its_udp_port_back_and_another_token_cannot_take_
     assert_eq!(ping(&visitor(public_addr(&second[0])).await?, b"second agent").await?, b"second agent");
     agent.stop().await?;
     other_agent.stop().await?;
+    relay.stop().await
+}
+
+/// A UDP port's reservation is of the UDP number space only: another token may take the
+/// same number for TCP.
+#[tokio::test]
+async fn a_reserved_udp_port_leaves_the_same_tcp_port_to_others() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let only = free_for_tcp_and_udp().await?;
+    let mut config = relay_config(dir.path());
+    config.ports = format!("{only}-{only}").parse().map_err(anyhow::Error::msg)?;
+    let relay = TestRelay::start_with(config).await?;
+    let (agent, _) = TestAgent::start(relay.plan(vec![udp_tunnel("game", udp_service().await?)])).await?;
+    agent.stop().await?;
+
+    let mut web = relay.plan(vec![tunnel("web", echo_server().await?)]);
+    web.token = TokenStore::open(dir.path()).add("other", Limits::default())?;
+    let (other, tunnels) = TestAgent::start(web).await?;
+    assert_eq!(tunnels[0].url(), format!("tcp://127.0.0.1:{only}"));
+    assert_eq!(exchange(public_addr(&tunnels[0]), b"tcp").await?, b"tcp");
+    other.stop().await?;
+    relay.stop().await
+}
+
+#[tokio::test]
+async fn an_agent_back_after_a_relay_restart_keeps_its_udp_port_and_its_visitor() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let relay = TestRelay::start(dir.path()).await?;
+    let relay_addr = relay.addr;
+    let (mut agent, public, _) = game_with_idle(&relay, FLOW_IDLE).await?;
+    let visitor = visitor(public).await?;
+    assert_eq!(ping(&visitor, b"before").await?, b"before");
+
+    relay.stop().await?;
+    tokio::time::timeout(STEP, agent.status.wait_for(|s| matches!(s, agent::Status::Retrying { .. }))).await??;
+    let relay = TestRelay::start_with(RelayConfig { listen: relay_addr, ..relay_config(dir.path()) }).await?;
+    let after = agent.online().await?;
+    assert_eq!(after[0].port, public.port(), "the reservation must survive the relay's restart");
+    assert_eq!(ping(&visitor, b"after").await?, b"after");
+    agent.stop().await?;
     relay.stop().await
 }
 
