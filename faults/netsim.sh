@@ -80,6 +80,11 @@ cmd_deps() {
   # services are never used.
   command -v tinyproxy >/dev/null || missing+=(tinyproxy)
   command -v microsocks >/dev/null || missing+=(microsocks)
+  # The UDP tunnel tests and bench drive real clients: dig against a dnsmasq of their own
+  # (dnsmasq-base is the binary without the system service), and iperf3 -u.
+  command -v dnsmasq >/dev/null || missing+=(dnsmasq-base)
+  command -v dig >/dev/null || missing+=(bind9-dnsutils)
+  command -v iperf3 >/dev/null || missing+=(iperf3)
   [ "${#missing[@]}" -eq 0 ] && return 0
   command -v apt-get >/dev/null || die "missing ${missing[*]} and no apt-get: install them by hand"
   local log; log="$(mktemp)"
