@@ -16,6 +16,7 @@ pub mod probes;
 pub mod processes;
 pub mod raw_agent;
 pub mod udp_proxy;
+pub mod udp_tools;
 
 use std::time::Duration;
 
@@ -24,6 +25,9 @@ pub use in_process::{TestAgent, TestRelay, public_addr, refusal, relay_config, t
 pub use inspector::{event_where, snapshot_when, start_inspector};
 pub use probes::{closed_port, echo_server, exchange, local_server, random_bytes, read_head, round_trip};
 pub use udp_proxy::UdpProxy;
+pub use udp_tools::{
+    DigAnswer, Dnsmasq, Iperf3Server, Iperf3UdpReport, dig, installed, iperf3_udp_client, udp_echo_server,
+};
 
 /// Upper bound for any single step; a hang guard, not a synchroniser.
 pub const STEP: Duration = Duration::from_secs(20);
