@@ -47,7 +47,7 @@ usage() {
 usage: $PROG COMMAND            (prefix \$NETSIM_PREFIX=$P; state in $STATE)
 
   deps                 apt-get install what is missing (iproute2 nftables iptables conntrack python3
-                       tinyproxy microsocks)
+                       tinyproxy microsocks dnsmasq-base bind9-dnsutils iperf3)
   up                   build the namespaces $P-{relay,client,router,home,inet}
   down                 kill what runs inside them and delete them (idempotent)
   exec NS CMD...       run CMD in relay|client|router|home|inet
