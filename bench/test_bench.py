@@ -1,6 +1,7 @@
 """Tests of the harness's own logic: the peak-memory probe, the nginx it starts, and the
 report's tables and targets. `python3 -m unittest discover -s bench -p 'test_*.py'`."""
 
+import json
 import os
 import socket
 import subprocess
@@ -11,6 +12,8 @@ import nginx
 import procstat
 import report_tables
 import report_targets
+import udp
+import udp_systems
 
 # A child that grows to about 64 MiB, says so, frees it, and waits for a line on stdin.
 SPIKE = """
@@ -146,6 +149,69 @@ class ReportTest(unittest.TestCase):
         self.assertEqual(lines[2], "| burrow, link over QUIC | 50.5 | 52.0 / 80.0 / 90.0 | 85.0 / 90.0 | 500.0 |")
         self.assertEqual(lines[3], "| burrow, link over TLS/TCP | 51.0 | 60.0 / 300.0 / 400.0 | 400.0 / 400.0 | 100.0 |")
         self.assertEqual(report_tables.hol_table({"error": "boom"}), "")
+
+
+class UdpTest(unittest.TestCase):
+    def test_the_rate_search_finds_the_last_rate_under_the_loss_limit(self):
+        tried = []
+
+        def loss_at(limit):
+            def loss(rate):
+                tried.append(rate)
+                return 0.5 if rate <= limit else 5.0
+            return loss
+
+        self.assertEqual(udp.highest_rate(loss_at(700), 100, 6400, 3, 1.0), 700)
+        self.assertEqual(tried, [100, 200, 400, 800, 600, 700, 750])
+        self.assertEqual(udp.highest_rate(loss_at(10_000), 100, 6400, 3, 1.0), 6400)
+        self.assertEqual(udp.highest_rate(loss_at(30), 100, 6400, 3, 1.0), 25)
+        self.assertEqual(udp.highest_rate(loss_at(0), 100, 6400, 3, 1.0), 0)
+
+    def test_iperf3_reports_read_the_receiver_side_and_refuse_failures(self):
+        sent = {"bits_per_second": 200e6, "lost_percent": 0, "jitter_ms": 0}
+        received = {"bits_per_second": 190e6, "lost_percent": 5.0, "jitter_ms": 0.02}
+        self.assertEqual(udp.iperf3_summary({"end": {"sum_sent": sent, "sum_received": received}}),
+                         {"sent_mbps": 200.0, "received_mbps": 190.0, "loss_pct": 5.0, "jitter_ms": 0.02})
+        with self.assertRaisesRegex(RuntimeError, "busy"):
+            udp.iperf3_summary({"start": {}, "end": {}, "error": "the server is busy"})
+
+    def test_the_game_summary_counts_missing_echoes_as_lost(self):
+        summary = udp.game_summary(4, [40.0, None, 42.0, 400.0])
+        self.assertEqual(summary, {"sent": 4, "loss_pct": 25.0, "p50_ms": 42.0, "p99_ms": 400.0, "max_ms": 400.0})
+        self.assertEqual(udp.game_summary(2, [None, None]), {"sent": 2, "loss_pct": 100.0})
+        medians = udp.median_runs([summary, {"sent": 4, "loss_pct": 75.0}, summary])
+        self.assertEqual((medians["loss_pct"], "p50_ms" in medians, len(medians["runs"])), (25.0, False, 3))
+
+    def test_iperf3_gets_a_tcp_and_a_udp_tunnel_on_one_public_port(self):
+        services = {"iperf": (5201, ("tcp", "udp")), "game": (5300, ("udp",))}
+        public = {"iperf": 21000, "game": 21001}
+        config = udp_systems.burrow_config("127.0.0.1:4433", "ab:cd", services, public)
+        self.assertEqual(config.count("[[tunnels]]"), 3)
+        self.assertIn('name = "iperf-tcp"\nprotocol = "tcp"\nlocal = 5201\nremote_port = 21000\n', config)
+        self.assertIn('name = "iperf-udp"\nprotocol = "udp"\nlocal = 5201\nremote_port = 21000\n', config)
+        self.assertIn('name = "game-udp"\nprotocol = "udp"\nlocal = 5300\nremote_port = 21001\n', config)
+        server, client = udp_systems.rathole_configs("127.0.0.1:2333", services, public, ("", ""))
+        self.assertIn('[server.services.iperf-udp]\ntoken = "bench-token"\ntype = "udp"\n'
+                      'bind_addr = "127.0.0.1:21000"\n', server)
+        self.assertIn('[client.services.game-udp]\ntoken = "bench-token"\ntype = "udp"\n'
+                      'local_addr = "127.0.0.1:5300"\n', client)
+        self.assertEqual(server.count("[server.services."), 3)
+
+    def test_the_game_probe_times_echoes_through_a_local_echo(self):
+        port = udp_systems.free_tcp_and_udp_port(40000, 49999)
+        echo = subprocess.Popen([sys.executable, str(udp.GAME_PROBE), "echo", "127.0.0.1", str(port)],
+                                stdout=subprocess.PIPE, text=True)
+        try:
+            self.assertEqual(echo.stdout.readline().strip(), "listening")
+            out = subprocess.run([sys.executable, str(udp.GAME_PROBE), "play", "127.0.0.1", str(port), "0.5", "40",
+                                  "64"], capture_output=True, text=True, check=True, timeout=30).stdout
+        finally:
+            echo.kill()
+            echo.wait()
+            echo.stdout.close()
+        played = json.loads(out)
+        self.assertEqual(played["sent"], 20)
+        self.assertEqual(udp.game_summary(played["sent"], played["rtts_ms"])["loss_pct"], 0.0)
 
 
 if __name__ == "__main__":
