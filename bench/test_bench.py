@@ -155,17 +155,23 @@ class UdpTest(unittest.TestCase):
     def test_the_rate_search_finds_the_last_rate_under_the_loss_limit(self):
         tried = []
 
-        def loss_at(limit):
-            def loss(rate):
+        def up_to(limit):
+            def carries(rate):
                 tried.append(rate)
-                return 0.5 if rate <= limit else 5.0
-            return loss
+                return rate <= limit
+            return carries
 
-        self.assertEqual(udp.highest_rate(loss_at(700), 100, 6400, 3, 1.0), 700)
+        self.assertEqual(udp.highest_rate(up_to(700), 100, 6400, 3), 700)
         self.assertEqual(tried, [100, 200, 400, 800, 600, 700, 750])
-        self.assertEqual(udp.highest_rate(loss_at(10_000), 100, 6400, 3, 1.0), 6400)
-        self.assertEqual(udp.highest_rate(loss_at(30), 100, 6400, 3, 1.0), 25)
-        self.assertEqual(udp.highest_rate(loss_at(0), 100, 6400, 3, 1.0), 0)
+        self.assertEqual(udp.highest_rate(up_to(10_000), 100, 6400, 3), 6400)
+        self.assertEqual(udp.highest_rate(up_to(30), 100, 6400, 3), 25)
+        self.assertEqual(udp.highest_rate(up_to(0), 100, 6400, 3), 0)
+
+    def test_a_rate_is_carried_when_little_is_lost_and_nearly_all_of_it_arrives(self):
+        self.assertTrue(udp.carried({"loss_pct": 0.5, "received_mbps": 195.0}, 200, 1.0))
+        self.assertFalse(udp.carried({"loss_pct": 1.5, "received_mbps": 195.0}, 200, 1.0))
+        # iperf3 could not send that fast: nothing lost, but the rate was never reached.
+        self.assertFalse(udp.carried({"loss_pct": 0.0, "received_mbps": 455.0}, 6400, 1.0))
 
     def test_iperf3_reports_read_the_receiver_side_and_refuse_failures(self):
         sent = {"bits_per_second": 200e6, "lost_percent": 0, "jitter_ms": 0}
