@@ -2,26 +2,21 @@
 //! CONNECT, microsocks for SOCKS5 (both installed by `faults/netsim.sh deps`), each started
 //! with its own config on a free port, and fakes for what real proxies rarely do.
 
-use std::{net::SocketAddr, path::PathBuf, process::Command as StdCommand, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use agent::proxy::{Proxy, ProxySetting, connect_tcp};
 use anyhow::Context;
-use testkit::{STEP, echo_server, processes::Binary, random_bytes, read_head, round_trip};
+use testkit::{
+    STEP, echo_server,
+    processes::{Binary, installed},
+    random_bytes, read_head, round_trip,
+};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
     process::Command,
     sync::oneshot,
 };
-
-fn installed(program: &str) -> bool {
-    let found = StdCommand::new("sh").arg("-c").arg(format!("command -v {program}")).output();
-    let found = found.is_ok_and(|out| out.status.success());
-    if !found {
-        println!("{program} not installed (faults/netsim.sh deps installs it): skipped");
-    }
-    found
-}
 
 fn proxy(url: &str) -> anyhow::Result<Proxy> {
     match url.parse::<ProxySetting>()? {

@@ -1,11 +1,10 @@
 //! Real UDP servers and clients for UDP tunnels, all on loopback: an echo in the test's own
 //! runtime, dnsmasq queried by `dig`, and iperf3 in UDP mode. The programs come from Debian
-//! packages that `faults/netsim.sh deps` installs; a test checks [`installed`] first and skips
+//! packages that `faults/netsim.sh deps` installs; a test checks [`installed`](crate::processes::installed) first and skips
 //! visibly when one is missing. Each server is a child process on a free port, killed on drop.
 
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
-    process::Command as StdCommand,
     time::Duration,
 };
 
@@ -16,18 +15,8 @@ use tokio::{
     process::Command,
 };
 
+pub use crate::processes::installed;
 use crate::{STEP, processes::Binary};
-
-/// Whether `program` is on the PATH; says so on stdout when it is not, so a skipped test
-/// shows in the output rather than passing silently.
-pub fn installed(program: &str) -> bool {
-    let found = StdCommand::new("sh").arg("-c").arg(format!("command -v {program}")).output();
-    let found = found.is_ok_and(|out| out.status.success());
-    if !found {
-        println!("{program} not installed (faults/netsim.sh deps installs it): skipped");
-    }
-    found
-}
 
 /// Sends every datagram back to its sender, until the runtime ends.
 pub async fn udp_echo_server() -> anyhow::Result<SocketAddr> {

@@ -36,3 +36,14 @@ pub fn relay_bin() -> anyhow::Result<PathBuf> {
 pub fn agent_bin() -> anyhow::Result<PathBuf> {
     binary_path("agent")
 }
+
+/// Whether `program` is on the PATH; says so on stdout when it is not, so a skipped test
+/// shows in the output rather than passing silently.
+pub fn installed(program: &str) -> bool {
+    let found = std::process::Command::new("sh").arg("-c").arg(format!("command -v {program}")).output();
+    let found = found.is_ok_and(|out| out.status.success());
+    if !found {
+        println!("{program} not installed (faults/netsim.sh deps installs it): skipped");
+    }
+    found
+}
