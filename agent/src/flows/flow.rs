@@ -9,8 +9,8 @@ use std::{
 
 use burrow_common::{
     StreamCode,
-    link::{DatagramError, Link, StreamWriter},
-    protocol::datagram,
+    link::{Link, StreamWriter},
+    protocol::datagram::{self, NotSent},
     splice::abort_stream,
 };
 use tokio::{io::AsyncReadExt, net::UdpSocket};
@@ -121,7 +121,7 @@ async fn connect(local: &LocalTarget) -> io::Result<UdpSocket> {
 /// are never needed. A buffer for the largest UDP payload (64 KiB) would cost each flow as
 /// much as some fifty packets that fit, and a DNS tunnel holds a flow per client.
 async fn to_visitor<L: Link>(link: &L, id: u64, local: &Local) -> io::Error {
-    let mut buffer = vec![0u8; room(link, id) + 1];
+    let mut buffer = vec![0u8; datagram::room_on(link, id) + 1];
     loop {
         match local.socket.recv(&mut buffer).await {
             Ok(len) => send_datagram(link, id, (&buffer[..len], len == buffer.len()), local),
@@ -131,30 +131,24 @@ async fn to_visitor<L: Link>(link: &L, id: u64, local: &Local) -> io::Error {
             Err(e) => return e,
         }
         // The room changes with the path's MTU.
-        buffer.resize(room(link, id) + 1, 0);
+        buffer.resize(datagram::room_on(link, id) + 1, 0);
     }
-}
-
-/// The largest payload of flow `id` that fits a datagram of `link` now.
-fn room<L: Link>(link: &L, id: u64) -> usize {
-    link.max_datagram_size().map_or(0, |max| datagram::max_payload(max, id))
 }
 
 /// One packet as one link datagram, or dropped: it is never fragmented. A `filled` read
 /// buffer may have cut the packet short, and means it was too large.
 fn send_datagram<L: Link>(link: &L, id: u64, (payload, filled): (&[u8], bool), local: &Local) {
     let datagrams = &local.datagrams;
-    if filled || payload.len() > room(link, id) {
+    if filled {
         return datagrams.dropped(Dropped::Oversize);
     }
-    match link.send_datagram(datagram::encode(id, payload)) {
+    match datagram::send_on(link, id, payload) {
         Ok(()) => {
             datagrams.to_visitor();
             local.progress.add_tcp_to_stream(payload.len() as u64);
         }
-        // The path's datagram size shrank since it was read.
-        Err(DatagramError::TooLarge | DatagramError::Unsupported) => datagrams.dropped(Dropped::Oversize),
+        Err(NotSent::Oversize) => datagrams.dropped(Dropped::Oversize),
         // The flow's stream ends with the link; that ends the flow.
-        Err(DatagramError::Lost(_)) => {}
+        Err(NotSent::Lost(_)) => {}
     }
 }

@@ -9,6 +9,8 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+use crate::link::{DatagramError, Link, LinkError};
+
 /// The largest flow id a varint holds.
 pub const MAX_FLOW: u64 = (1 << 62) - 1;
 
@@ -40,6 +42,34 @@ pub fn max_payload(max_datagram: usize, flow: u64) -> usize {
 /// ids take two bytes; the session's first 63 flows have one byte more.
 pub fn typical_max_payload(max_datagram: usize) -> usize {
     max_payload(max_datagram, 64)
+}
+
+/// The largest payload of flow `flow` that fits a datagram of `link` now; 0 when the link
+/// takes none. It changes with the path's MTU.
+pub fn room_on(link: &impl Link, flow: u64) -> usize {
+    link.max_datagram_size().map_or(0, |size| max_payload(size, flow))
+}
+
+/// Why a flow's packet did not go out on the link.
+#[derive(Debug)]
+pub enum NotSent {
+    /// Larger than the link's datagram room now: dropped whole, never fragmented.
+    Oversize,
+    /// The link is gone; so is the flow's stream.
+    Lost(LinkError),
+}
+
+/// Sends one packet of flow `flow` as one datagram of `link`, or says why not. Both ends send
+/// their flows' packets through here, and count the outcome each its own way.
+pub fn send_on(link: &impl Link, flow: u64, payload: &[u8]) -> Result<(), NotSent> {
+    if payload.len() > room_on(link, flow) {
+        return Err(NotSent::Oversize);
+    }
+    link.send_datagram(encode(flow, payload)).map_err(|e| match e {
+        // The path's datagram size shrank since it was read.
+        DatagramError::TooLarge | DatagramError::Unsupported => NotSent::Oversize,
+        DatagramError::Lost(lost) => NotSent::Lost(lost),
+    })
 }
 
 /// The link datagram carrying `payload` for flow `flow`.

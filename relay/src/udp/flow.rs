@@ -4,8 +4,11 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use burrow_common::{
     StreamHeader,
-    link::{AnyLink, DatagramError, Link, LinkStatus, StreamReader, StreamWriter, Transport},
-    protocol::{conversation::open_visitor_stream, datagram},
+    link::{AnyLink, Link, LinkStatus, StreamReader, StreamWriter, Transport},
+    protocol::{
+        conversation::open_visitor_stream,
+        datagram::{self, NotSent},
+    },
 };
 use bytes::Bytes;
 use tokio::{net::UdpSocket, sync::mpsc, time::Instant};
@@ -45,11 +48,7 @@ pub(super) async fn carry(
         Ok(stream) => stream,
         Err(e) => {
             tracing::debug!("UDP flow not opened: {e}");
-            packets.close();
-            while packets.try_recv().is_ok() {
-                flow.counts.dropped(Dropped::NoSession);
-            }
-            return;
+            return drop_queued(packets, &flow.counts);
         }
     };
     let delivery = Arc::new(Delivery::new(flow.socket.clone(), flow.visitor, visit.shared_progress(), &flow.counts));
@@ -70,7 +69,7 @@ pub(super) async fn carry(
                 None => break "the tunnel closed".to_string(),
             },
             () = tokio::time::sleep_until(idle_at) => {
-                if delivery.last_heard() + flow.idle <= tokio::time::Instant::now() {
+                if delivery.last_heard() + flow.idle <= Instant::now() {
                     break "idle".to_string();
                 }
             }
@@ -83,11 +82,15 @@ pub(super) async fn carry(
     };
     tracing::debug!(flow = flow.id, %ended, "UDP flow ended");
     send.finish().ok();
-    // Packets that came in as the flow ended are counted too: the visitor's next packet
-    // opens a new flow.
+    drop_queued(packets, &flow.counts);
+}
+
+/// Counts the packets still queued for a flow that ends (or never opened) as dropped: the
+/// visitor's next packet opens a new flow.
+fn drop_queued(mut packets: mpsc::Receiver<Bytes>, counts: &UdpCounts) {
     packets.close();
     while packets.try_recv().is_ok() {
-        flow.counts.dropped(Dropped::NoSession);
+        counts.dropped(Dropped::NoSession);
     }
 }
 
@@ -144,23 +147,17 @@ fn send_packet(
     delivery: &Delivery,
     counts: &UdpCounts,
 ) -> Result<(), burrow_common::link::LinkError> {
-    let room = link.max_datagram_size().map_or(0, |size| datagram::max_payload(size, flow));
-    if packet.len() > room {
-        counts.dropped(Dropped::Oversize);
-        return Ok(());
-    }
-    let len = packet.len() as u64;
-    match link.send_datagram(datagram::encode(flow, &packet)) {
+    match datagram::send_on(link, flow, &packet) {
         Ok(()) => {
             counts.to_local();
-            delivery.heard_from_visitor(len);
+            delivery.heard_from_visitor(packet.len() as u64);
             Ok(())
         }
-        Err(DatagramError::TooLarge | DatagramError::Unsupported) => {
+        Err(NotSent::Oversize) => {
             counts.dropped(Dropped::Oversize);
             Ok(())
         }
-        Err(DatagramError::Lost(lost)) => {
+        Err(NotSent::Lost(lost)) => {
             counts.dropped(Dropped::NoSession);
             Err(lost)
         }
