@@ -3,9 +3,10 @@
 
 use std::{collections::HashMap, sync::Arc};
 
+use burrow_common::{CloseCode, Refusal};
+
 use super::{Claims, Entry, Handover, Holder, Parking, Place, PublicSocket, SessionId, State, TunnelKey};
 use crate::store::Store;
-use burrow_common::{CloseCode, Refusal};
 
 /// Who is asking for a place.
 pub(crate) struct Claimant<'a> {

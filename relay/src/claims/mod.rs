@@ -14,8 +14,8 @@
 //! compare-and-set outside the lock, then finished or undone. A serving claim holds the
 //! value that serves its visitors (a [`Route`] in the relay, anything [`Holder`] in tests);
 //! a parked one holds the handover its waiting visitors watch. A port claim also owns its
-//! bound socket (a TCP listener or a UDP socket), kept bound while parked. Views (metrics, the HTTP listeners' lookups)
-//! read the table; nothing else keeps a copy of it.
+//! bound socket (a TCP listener or a UDP socket), kept bound while parked. Views (metrics,
+//! the HTTP listeners' lookups) read the table; nothing else keeps a copy of it.
 
 mod claiming;
 mod kinds;

@@ -108,17 +108,11 @@ pub(super) async fn open(
     let granted = |port, urls| Granted { id, name: spec.name.clone(), port, host: shared.public_host(), urls };
     let serving = &route;
     let claimed = match &spec.kind {
-        TunnelKind::Tcp { port } => {
+        TunnelKind::Tcp { port } | TunnelKind::Udp { port, .. } => {
+            let space = if matches!(spec.kind, TunnelKind::Udp { .. }) { PortSpace::Udp } else { PortSpace::Tcp };
             with_takeover(&key.tunnel, |replacing| {
                 let who = who(replacing);
-                async move { claims::claim_port(shared, &who, grant, (PortSpace::Tcp, *port), serving).await }
-            })
-            .await?
-        }
-        TunnelKind::Udp { port, .. } => {
-            with_takeover(&key.tunnel, |replacing| {
-                let who = who(replacing);
-                async move { claims::claim_port(shared, &who, grant, (PortSpace::Udp, *port), serving).await }
+                async move { claims::claim_port(shared, &who, grant, (space, *port), serving).await }
             })
             .await?
         }

@@ -138,13 +138,9 @@ impl SessionLink {
         Self { links: Arc::new(links) }
     }
 
-    fn primary(&self) -> &AnyLink {
-        &self.links.primary.link
-    }
-
     /// The link the session's Hello came on.
-    pub(crate) fn primary_link(&self) -> &AnyLink {
-        self.primary()
+    pub(crate) fn primary(&self) -> &AnyLink {
+        &self.links.primary.link
     }
 
     /// The session's UDP flows; each link's datagram reader delivers through it.

@@ -76,10 +76,9 @@ impl<'a> Serving<'a> {
         if let Some(handover) = opened.claimed.handover.take() {
             handover.send_replace(Some(opened.route.clone()));
         }
-        let mut accepting = None;
         let (route, shared) = (opened.route.clone(), self.shared.clone());
         let span = tracing::info_span!("tunnel", port = opened.granted.port);
-        accepting = match opened.claimed.socket.take() {
+        let accepting = match opened.claimed.socket.take() {
             Some(PublicSocket::Tcp(listener)) => {
                 let accept = accept_visitors(listener, route, shared, stop.clone());
                 Some(self.accept_loops.spawn(accept.instrument(span)))
@@ -88,7 +87,7 @@ impl<'a> Serving<'a> {
                 let receive = crate::udp::serve(socket, route, shared, stop.clone());
                 Some(self.accept_loops.spawn(receive.instrument(span)))
             }
-            None => accepting,
+            None => None,
         };
         match opened.granted.urls.first() {
             Some(url) => tracing::info!(%url, name = %opened.granted.name, "tunnel open"),
@@ -110,7 +109,7 @@ impl<'a> Serving<'a> {
         let (link, shared) = (self.link, self.shared);
         let migrations = count_migrations(link, shared);
         tokio::pin!(migrations);
-        let datagrams = crate::udp::read_datagrams(link.primary_link(), link.flows(), &shared.metrics.traffic.udp);
+        let datagrams = crate::udp::read_datagrams(link.primary(), link.flows(), &shared.metrics.traffic.udp);
         tokio::pin!(datagrams);
         let ended = loop {
             tokio::select! {

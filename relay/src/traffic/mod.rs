@@ -51,6 +51,12 @@ pub(crate) struct TunnelBytes {
     direction: &'static str,
 }
 
+impl TunnelBytes {
+    fn of(key: &TunnelKey, direction: &'static str) -> Self {
+        Self { token: key.token.clone(), tunnel: key.tunnel.clone(), direction }
+    }
+}
+
 /// Tunnels of one token that no session serves whose counts are kept; see
 /// [`Traffic::forget_oldest_idle_of`].
 const IDLE_KEPT_PER_TOKEN: usize = 256;
@@ -208,17 +214,15 @@ impl Traffic {
 
     fn forget_series(&self, key: &TunnelKey) {
         for direction in [VISITOR_TO_LOCAL.direction, LOCAL_TO_VISITOR.direction] {
-            let labels = TunnelBytes { token: key.token.clone(), tunnel: key.tunnel.clone(), direction };
-            self.bytes.remove(&labels);
+            self.bytes.remove(&TunnelBytes::of(key, direction));
         }
         self.forget_udp_series(key);
     }
 
     fn new_tunnel(&self, key: &TunnelKey) -> Held {
-        let labels = |direction| TunnelBytes { token: key.token.clone(), tunnel: key.tunnel.clone(), direction };
         // One statement each: `get_or_create` returns a guard on the family's lock.
-        let to_local = self.bytes.get_or_create(&labels(VISITOR_TO_LOCAL.direction)).clone();
-        let to_visitor = self.bytes.get_or_create(&labels(LOCAL_TO_VISITOR.direction)).clone();
+        let to_local = self.bytes.get_or_create(&TunnelBytes::of(key, VISITOR_TO_LOCAL.direction)).clone();
+        let to_visitor = self.bytes.get_or_create(&TunnelBytes::of(key, LOCAL_TO_VISITOR.direction)).clone();
         let bytes = Bytes { to_local, to_visitor };
         let tunnel = Arc::new(Tunnel { key: key.clone(), bytes, visitors: AtomicU64::new(0) });
         Held { tunnel, port: 0, url: None, last_held: Instant::now() }

@@ -60,6 +60,12 @@ pub(crate) struct TunnelDrop {
     reason: &'static str,
 }
 
+impl TunnelDrop {
+    fn of(key: &TunnelKey, why: Dropped) -> Self {
+        Self { token: key.token.clone(), tunnel: key.tunnel.clone(), reason: why.as_str() }
+    }
+}
+
 /// The UDP series, registered on the metrics page.
 #[derive(Default)]
 pub(crate) struct UdpSeries {
@@ -103,14 +109,10 @@ impl Traffic {
     /// The counters of the UDP tunnel `key`.
     pub(crate) fn udp_counts(&self, key: &TunnelKey) -> UdpCounts {
         let series = &self.udp;
-        let datagrams = |direction| TunnelBytes { token: key.token.clone(), tunnel: key.tunnel.clone(), direction };
         // One statement each: `get_or_create` returns a guard on the family's lock.
-        let to_local = series.datagrams.get_or_create(&datagrams(VISITOR_TO_LOCAL.direction)).clone();
-        let to_visitor = series.datagrams.get_or_create(&datagrams(LOCAL_TO_VISITOR.direction)).clone();
-        let drop_of = |why: Dropped| {
-            let labels = TunnelDrop { token: key.token.clone(), tunnel: key.tunnel.clone(), reason: why.as_str() };
-            series.drops.get_or_create(&labels).clone()
-        };
+        let to_local = series.datagrams.get_or_create(&TunnelBytes::of(key, VISITOR_TO_LOCAL.direction)).clone();
+        let to_visitor = series.datagrams.get_or_create(&TunnelBytes::of(key, LOCAL_TO_VISITOR.direction)).clone();
+        let drop_of = |why: Dropped| series.drops.get_or_create(&TunnelDrop::of(key, why)).clone();
         let all_of = |why: Dropped| series.all_drops.get_or_create(&Reason { reason: why.as_str() }).clone();
         UdpCounts { to_local, to_visitor, drops: Dropped::ALL.map(drop_of), all_drops: Dropped::ALL.map(all_of) }
     }
@@ -118,11 +120,10 @@ impl Traffic {
     /// Takes a forgotten tunnel's UDP series off the page.
     pub(super) fn forget_udp_series(&self, key: &TunnelKey) {
         for direction in [VISITOR_TO_LOCAL.direction, LOCAL_TO_VISITOR.direction] {
-            self.udp.datagrams.remove(&TunnelBytes { token: key.token.clone(), tunnel: key.tunnel.clone(), direction });
+            self.udp.datagrams.remove(&TunnelBytes::of(key, direction));
         }
         for why in Dropped::ALL {
-            let labels = TunnelDrop { token: key.token.clone(), tunnel: key.tunnel.clone(), reason: why.as_str() };
-            self.udp.drops.remove(&labels);
+            self.udp.drops.remove(&TunnelDrop::of(key, why));
         }
     }
 }
