@@ -39,6 +39,9 @@ pub enum BindError {
     /// `https_cert` / `https_key`, or the generated wildcard certificate.
     #[error(transparent)]
     HttpsCertificate(#[from] HttpsCertError),
+    /// The ACME account and certificates in the data directory.
+    #[error("load the ACME certificates")]
+    AcmeCertificates(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 impl BindError {

@@ -72,6 +72,9 @@ pub struct Flags {
     #[arg(long, value_name = "ADDR|off")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub https_listen: Option<String>,
+    #[command(flatten)]
+    #[serde(skip_serializing_if = "AcmeFlags::is_empty")]
+    pub acme: AcmeFlags,
     /// Admin endpoint (dashboard, /api, /metrics, /healthz, /readyz), or `off` [default: 127.0.0.1:9470]
     #[arg(long, value_name = "ADDR|off")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -80,6 +83,30 @@ pub struct Flags {
     #[arg(long, value_name = "DURATION")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub grace_period: Option<String>,
+}
+
+/// The `[acme]` keys that have flags.
+#[derive(Debug, Default, Args, Serialize)]
+pub struct AcmeFlags {
+    /// Get trusted HTTPS certificates from Let's Encrypt (or `--acme-directory`), with this
+    /// contact address for the account
+    #[arg(long = "acme-email", value_name = "EMAIL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+    /// ACME directory URL, or `production` / `staging` (Let's Encrypt) [default: production]
+    #[arg(long = "acme-directory", value_name = "URL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub directory: Option<String>,
+    /// How the CA checks names: tls-alpn-01, http-01 or dns-01 (with acme.dns_hook) [default: tls-alpn-01]
+    #[arg(long = "acme-challenge", value_name = "TYPE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub challenge: Option<String>,
+}
+
+impl AcmeFlags {
+    fn is_empty(&self) -> bool {
+        self.email.is_none() && self.directory.is_none() && self.challenge.is_none()
+    }
 }
 
 #[derive(Debug, Subcommand)]

@@ -111,6 +111,9 @@ pub struct RelayConfig {
     pub https_cert: Option<PathBuf>,
     /// PEM private key for `https_cert`.
     pub https_key: Option<PathBuf>,
+    /// Certificates for the HTTPS port from an ACME CA (Let's Encrypt by default), instead
+    /// of `https_cert` or the self-signed fallback: on when `acme.email` is set.
+    pub acme: crate::acme::AcmeConfig,
     /// Answer plain-HTTP requests with a redirect to HTTPS.
     pub http_redirect_https: bool,
     /// Subdomains no agent may take.
@@ -175,6 +178,7 @@ impl Default for RelayConfig {
             https_listen: Some(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 8443))),
             https_cert: None,
             https_key: None,
+            acme: crate::acme::AcmeConfig::default(),
             http_redirect_https: false,
             reserved_names: crate::vhost::default_reserved_names(),
             http_header_timeout: Duration::from_secs(10),
@@ -332,6 +336,7 @@ impl RelayConfig {
                 return Err(unexpected("domain", domain, expected));
             }
         }
+        self.acme.validate(self.domain.as_deref(), self.https_cert.is_some())?;
         for name in &self.reserved_names {
             if crate::vhost::check_label(name).is_err() {
                 let expected = "names of 1-63 letters, digits or '-', not starting or ending with '-'";
@@ -417,6 +422,20 @@ mod tests {
             ("http_body_idle_timeout = \"1ms\"", ["http_body_idle_timeout", "1ms", "at least 100ms"]),
             ("tcp_idle_timeout = \"never\"", ["tcp_idle_timeout", "\"never\"", "or off"]),
             ("tcp_idle_timeout = \"10ms\"", ["tcp_idle_timeout", "10ms", "at least 1s"]),
+            ("[acme]\nemail = \"ops\"", ["acme.email", "\"ops\"", "ops@example.com"]),
+            ("[acme]\nemail = \"o@x.org\"", ["acme.email", "a domain too", "--domain"]),
+            (
+                "domain = \"x.org\"\n[acme]\nemail = \"o@x.org\"\nchallenge = \"dns-01\"",
+                ["acme.challenge", "dns-01", "dns_hook"],
+            ),
+            (
+                "domain = \"x.org\"\n[acme]\nemail = \"o@x.org\"\nchallenge = \"dns\"",
+                ["challenge", "dns", "tls-alpn-01"],
+            ),
+            (
+                "domain = \"x.org\"\n[acme]\nemail = \"o@x.org\"\ndirectory = \"http://ca\"",
+                ["acme.directory", "http://ca", "https://"],
+            ),
         ] {
             std::fs::write(&path, text)?;
             let err = format!("{:#}", RelayConfig::load(Some(&path), &NoFlags {}).unwrap_err());

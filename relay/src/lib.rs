@@ -4,6 +4,7 @@
 //! `Relay::bind` creates everything that touches the machine (data directory, certificate,
 //! UDP socket); `Relay::run` serves until its cancellation token fires, then drains.
 
+pub mod acme;
 mod admin;
 mod auth_limit;
 pub mod bind_error;
@@ -72,6 +73,8 @@ pub(crate) struct Shared {
     pub(crate) live: Arc<sessions::LiveSessions>,
     /// The relay's domain and its HTTP and HTTPS ports, when it has a domain.
     pub(crate) vhost: Option<vhost::Vhost>,
+    /// Certificates from the ACME CA for the HTTPS port, when `acme.email` is set.
+    pub(crate) acme: Option<Arc<acme::Acme>>,
     /// Every visitor's work (TCP splices, HTTP connections, upgrades, parked visitors): the
     /// relay's one drain waits for it on shutdown.
     pub(crate) visitors: TaskTracker,
@@ -147,6 +150,15 @@ fn bind_agent_ports(
     }
 }
 
+/// The ACME state kept in the data directory, when the relay gets certificates from a CA.
+fn load_acme(config: &RelayConfig) -> Result<Option<Arc<acme::Acme>>, BindError> {
+    let Some(domain) = config.domain.as_deref().filter(|_| config.acme.enabled()) else { return Ok(None) };
+    let domain = domain.to_ascii_lowercase();
+    let acme = acme::Acme::load(&config.acme, &domain, &config.hostname, &config.data_dir)
+        .map_err(|e| BindError::AcmeCertificates(e.into()))?;
+    Ok(Some(acme))
+}
+
 fn bind_admin(addr: SocketAddr) -> Result<tokio::net::TcpListener, BindError> {
     endpoint::bind_tcp(addr, |source| BindError::AdminListen { addr, source })
 }
@@ -171,7 +183,8 @@ impl Relay {
                 .map_err(|e| BindError::Reservations(e.into()))?,
         );
         let claims = Arc::new(Claims::new(config.max_tunnels_per_token));
-        let (vhost, vhost_listeners) = vhost::bind(&config, claims.clone(), store.clone())?.unzip();
+        let acme = load_acme(&config)?;
+        let (vhost, vhost_listeners) = vhost::bind(&config, claims.clone(), store.clone(), acme.clone())?.unzip();
         let admin = config.admin_listen.map(bind_admin).transpose()?;
         let metrics = Arc::new(metrics::Metrics::new());
         let shared = Shared {
@@ -185,6 +198,7 @@ impl Relay {
             descriptors: limits::Descriptors::for_this_process(config.max_visitors),
             next_session: AtomicU64::new(1),
             vhost,
+            acme,
             visitors: TaskTracker::new(),
             drained: CancellationToken::new(),
             token_reloaded: tokio::sync::Notify::new(),
@@ -304,6 +318,9 @@ impl Relay {
             sessions.spawn(vhost::serve(listeners, self.shared.clone(), cancel.clone()));
         }
         sessions.spawn(close_sessions_of_revoked_tokens(self.shared.clone(), cancel.clone()));
+        if let Some(acme) = self.shared.acme.clone() {
+            sessions.spawn(acme.run(self.shared.metrics.clone(), cancel.clone()));
+        }
         if let Some(listener) = self.tcp_agents.take() {
             sessions.spawn(tcp_links::accept(listener, self.shared.clone(), cancel.clone()));
         }

@@ -15,6 +15,7 @@ use prometheus_client::{
 };
 
 use crate::{
+    acme::CertificateView,
     claims::{Counts, SessionId},
     sessions::AgentView,
     traffic::Traffic,
@@ -43,6 +44,16 @@ pub(crate) struct Direction {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct JoinResult {
     pub(crate) result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct OrderResult {
+    pub(crate) result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CertificateName {
+    name: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -85,6 +96,9 @@ pub(crate) struct Metrics {
     /// Set from the sessions at every scrape.
     links: Family<LinkTransport, Gauge>,
     pub(crate) link_joins: Family<JoinResult, Counter>,
+    pub(crate) acme_orders: Family<OrderResult, Counter>,
+    /// Set from the ACME certificates at every scrape.
+    certificate_expiry: Family<CertificateName, Gauge>,
 }
 
 /// Why a visitor was turned away, as the `reason` label says it.
@@ -108,6 +122,9 @@ pub(crate) const JOIN_JOINED: JoinResult = JoinResult { result: "joined" };
 pub(crate) const JOIN_UNKNOWN: JoinResult = JoinResult { result: "unknown_session" };
 pub(crate) const JOIN_LINK_LIMIT: JoinResult = JoinResult { result: "link_limit" };
 pub(crate) const JOIN_TRY_LATER: JoinResult = JoinResult { result: "try_later" };
+/// How an ACME order ended, as the `result` label says it.
+pub(crate) const ORDER_ISSUED: OrderResult = OrderResult { result: "issued" };
+pub(crate) const ORDER_FAILED: OrderResult = OrderResult { result: "failed" };
 
 impl Metrics {
     pub(crate) fn new() -> Self {
@@ -134,6 +151,8 @@ impl Metrics {
             paths: Paths::default(),
             links: Family::default(),
             link_joins: Family::default(),
+            acme_orders: Family::default(),
+            certificate_expiry: Family::default(),
             registry: Registry::default(),
         };
         registry.register("sessions", "Agent sessions open now", metrics.sessions.clone());
@@ -174,6 +193,12 @@ impl Metrics {
         registry.register("links", "Links of the agent sessions open now, by transport", metrics.links.clone());
         registry.register("link_joins", "Links that asked to join a session, by result", metrics.link_joins.clone());
         metrics.guessing.register(&mut registry);
+        registry.register("acme_orders", "Certificate orders at the ACME CA, by result", metrics.acme_orders.clone());
+        registry.register(
+            "certificate_expiry_timestamp_seconds",
+            "When each certificate from the ACME CA expires, by its first name, in Unix seconds",
+            metrics.certificate_expiry.clone(),
+        );
         Self { registry, ..metrics }
     }
 
@@ -211,11 +236,18 @@ impl Metrics {
         registry.register("session_cwnd_bytes", "Congestion window of each live session", paths.cwnd.clone());
     }
 
-    /// The metrics page, with `agents` as the live sessions' paths and `claims` as the
-    /// claims table counts them now.
-    pub(crate) fn encode(&self, agents: &[AgentView], claims: &Counts) -> String {
+    /// The metrics page, with `agents` as the live sessions' paths, `claims` as the claims
+    /// table counts them now and `certificates` as the ACME CA's.
+    pub(crate) fn encode(&self, agents: &[AgentView], claims: &Counts, certificates: &[CertificateView]) -> String {
         let _scrape = sync::lock(&self.paths.scrape);
         self.paths.set(agents);
+        self.certificate_expiry.clear();
+        for certificate in certificates {
+            if let (Some(name), Some(not_after)) = (certificate.names.first(), certificate.not_after) {
+                let label = CertificateName { name: name.clone() };
+                self.certificate_expiry.get_or_create(&label).set(saturating_i64(not_after));
+            }
+        }
         for transport in [Transport::Quic, Transport::Tcp] {
             let links = agents.iter().flat_map(|agent| &agent.links).filter(|link| link.transport == transport);
             let label = LinkTransport { transport: if transport == Transport::Quic { "quic" } else { "tcp" } };

@@ -39,6 +39,7 @@ pub(super) async fn respond(shared: &Shared, view: &str) -> Response<Full<Bytes>
         "tunnels" => serde_json::to_vec(&shared.metrics.traffic.tunnels(&shared.claims.held())),
         "connections" => serde_json::to_vec(&shared.metrics.traffic.visitors()),
         "limits" => serde_json::to_vec(&crate::limit_table::limits(shared)),
+        "certificates" => serde_json::to_vec(&shared.acme.as_ref().map(|acme| acme.certificates()).unwrap_or_default()),
         "listeners" => serde_json::to_vec(&ListenersView {
             quic: shared.agent_addrs.0,
             tcp: shared.agent_addrs.1,
@@ -55,7 +56,7 @@ pub(super) async fn respond(shared: &Shared, view: &str) -> Response<Full<Bytes>
         _ => {
             return text(
                 StatusCode::NOT_FOUND,
-                "not found: try /api/agents, tunnels, connections, tokens, limits or listeners\n",
+                "not found: try /api/agents, tunnels, connections, tokens, limits, listeners or certificates\n",
             );
         }
     };

@@ -82,7 +82,8 @@ async fn respond(shared: &Shared, ready: bool, request: &Request<Incoming>) -> R
 }
 
 fn metrics(shared: &Shared) -> Response<Full<Bytes>> {
-    let page = shared.metrics.encode(&shared.live.agents(), &shared.claims.counts());
+    let certificates = shared.acme.as_ref().map(|acme| acme.certificates()).unwrap_or_default();
+    let page = shared.metrics.encode(&shared.live.agents(), &shared.claims.counts(), &certificates);
     with_type(StatusCode::OK, page.into(), "application/openmetrics-text; version=1.0.0; charset=utf-8")
 }
 

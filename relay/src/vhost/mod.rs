@@ -67,6 +67,7 @@ pub(crate) fn bind(
     config: &RelayConfig,
     claims: Arc<Claims<Route>>,
     store: Arc<dyn Store>,
+    acme: Option<Arc<crate::acme::Acme>>,
 ) -> Result<Option<(Vhost, Listeners)>, BindError> {
     let Some(domain) = config.domain.clone().map(|d| d.to_ascii_lowercase()) else {
         return Ok(None);
@@ -77,7 +78,7 @@ pub(crate) fn bind(
         None => None,
         Some(addr) => {
             let files = config.https_cert.as_deref().zip(config.https_key.as_deref());
-            let cert = certs::HttpsCert::load(&domain, &config.data_dir, files)?;
+            let cert = certs::HttpsCert::load(&domain, &config.data_dir, files, acme)?;
             tracing::info!(fingerprint = %cert.fingerprint(), "HTTPS certificate for *.{domain}");
             let listener = bind_tcp(addr, |source| BindError::HttpsListen { addr, source })?;
             Some((listener, cert.server_config()))
@@ -138,6 +139,19 @@ impl Vhost {
                     _ => Err(Missing::Offline),
                 }
             }
+        }
+    }
+}
+
+impl Vhost {
+    /// Whether `host` names a tunnel that is live, parked or reserved: the only names the
+    /// relay spends an ACME order on.
+    pub(crate) async fn is_tunnel_host(&self, host: &str) -> bool {
+        let Some(name) = names::subdomain_of(host, &self.domain) else { return false };
+        let place = Place::Subdomain(name.to_string());
+        match self.claims.lookup(&place) {
+            Lookup::Serving(_) | Lookup::Parked(..) => true,
+            Lookup::Vacant => matches!(self.store.owner_of(&place).await, Ok(Some(_))),
         }
     }
 }
@@ -213,6 +227,9 @@ async fn serve_tls(
     if let Some(route) = passthrough_route(&shared, hello.server_name.as_deref()).await {
         return pass_through(tcp, peer, hello.bytes, &route, shared).await;
     }
+    if !hello.is_acme_check {
+        wait_for_certificate(&shared, hello.server_name.as_deref()).await;
+    }
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     let accepted = tokio::time::timeout(timeout, acceptor.accept(sni::Rewind::new(hello.bytes, tcp))).await;
     let stream = match accepted {
@@ -220,8 +237,21 @@ async fn serve_tls(
         Ok(Err(e)) => return tracing::debug!("TLS handshake failed: {e}"),
         Err(_) => return tracing::debug!("TLS handshake not done within {timeout:?}"),
     };
+    if hello.is_acme_check {
+        // The CA has seen the challenge certificate; nothing follows the handshake.
+        return tracing::debug!(server_name = ?hello.server_name, "answered a TLS-ALPN-01 check");
+    }
     let visitor = Visitor { addr: peer, scheme: Scheme::Https, server_name: hello.server_name, _slot: slot };
     proxy::serve(stream, visitor, shared, cancel).await;
+}
+
+/// Gets a tunnel's name its certificate from the ACME CA before the handshake that first asks
+/// for it, waiting up to `acme.handshake_wait`; other names get the fallback at once.
+async fn wait_for_certificate(shared: &Shared, server_name: Option<&str>) {
+    let (Some(acme), Some(vhost), Some(name)) = (&shared.acme, &shared.vhost, server_name) else { return };
+    if acme.certificate_for(name).is_none() && vhost.is_tunnel_host(name).await {
+        acme.ensure(name).await;
+    }
 }
 
 /// The TLS passthrough tunnel the SNI names, if there is one.

@@ -137,6 +137,9 @@ impl VisitorConnection {
 
     async fn answer(self: &Arc<Self>, request: Request<Incoming>) -> Response<ProxyBody> {
         let html = pages::wants_html(request.headers());
+        if let Some(key_authorization) = self.http_challenge_answer(&request) {
+            return RelayAnswer::ChallengeAnswer(key_authorization).into_response(html);
+        }
         match self.forward(request).await {
             Ok(response) => response,
             Err(refusal) => refusal.into_response(html),
@@ -174,6 +177,14 @@ impl VisitorConnection {
         }
         strip_hop_by_hop(response.headers_mut(), upgraded);
         Ok(response.map(BodyExt::boxed_unsync))
+    }
+
+    /// The answer to the ACME CA's HTTP-01 check, whatever the host: it asks on port 80 for
+    /// names the relay ordered, before any tunnel routing or redirect.
+    fn http_challenge_answer(&self, request: &Request<Incoming>) -> Option<String> {
+        let acme = self.shared.acme.as_ref().filter(|_| self.visitor.scheme == Scheme::Http)?;
+        let token = request.uri().path().strip_prefix("/.well-known/acme-challenge/")?;
+        acme.http_answer(token)
     }
 
     /// Which tunnel the request is for, by its Host header, or why none is.
@@ -291,6 +302,8 @@ pub(crate) enum RelayAnswer {
     /// The visitor's address is over its guessing quota.
     TooManyGuesses,
     Redirect(String),
+    /// A key authorization for the ACME CA, as plain text.
+    ChallengeAnswer(String),
 }
 
 impl From<ErrorPage> for RelayAnswer {
@@ -326,6 +339,12 @@ impl RelayAnswer {
                 if let Ok(value) = HeaderValue::from_str(&location) {
                     response.headers_mut().insert(header::LOCATION, value);
                 }
+                response
+            }
+            RelayAnswer::ChallengeAnswer(key_authorization) => {
+                let body = http_body_util::Full::new(Bytes::from(key_authorization));
+                let mut response = Response::new(body.map_err(|never| match never {}).boxed_unsync());
+                response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
                 response
             }
         }

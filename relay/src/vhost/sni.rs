@@ -9,6 +9,8 @@ use std::{
 };
 
 use burrow_common::protocol::ALPN;
+
+use crate::acme::ACME_TLS_ALPN;
 use rustls::server::{Accepted, Acceptor};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 
@@ -24,6 +26,8 @@ pub(crate) struct ClientHello {
     pub(crate) server_name: Option<String>,
     /// The client offers the burrow ALPN: an agent whose network lets only HTTPS out.
     pub(crate) is_agent: bool,
+    /// The client offers only ACME's ALPN: the CA checking a TLS-ALPN-01 challenge.
+    pub(crate) is_acme_check: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -54,8 +58,9 @@ pub(crate) async fn read_client_hello<R: AsyncRead + Unpin>(
         if let Some(accepted) = parse(&mut acceptor, &bytes[start..])? {
             let hello = accepted.client_hello();
             let server_name = hello.server_name().map(str::to_ascii_lowercase);
-            let is_agent = hello.alpn().is_some_and(|mut offered| offered.any(|alpn| alpn == ALPN));
-            return Ok(ClientHello { bytes, server_name, is_agent });
+            let offers = |wanted: &[u8]| hello.alpn().is_some_and(|mut offered| offered.any(|alpn| alpn == wanted));
+            let (is_agent, is_acme_check) = (offers(ALPN), offers(ACME_TLS_ALPN));
+            return Ok(ClientHello { bytes, server_name, is_agent, is_acme_check });
         }
     }
 }
@@ -191,7 +196,7 @@ mod tests {
     #[tokio::test]
     async fn the_server_name_is_read_and_the_handshake_replayed() -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;
-        let cert = HttpsCert::load("example.com", dir.path(), None)?;
+        let cert = HttpsCert::load("example.com", dir.path(), None, None)?;
         let (client_io, mut server_io) = duplex(64 * 1024);
         let client = connect(&cert, ServerName::try_from("MyApp.example.com")?, client_io)?;
 
@@ -214,7 +219,7 @@ mod tests {
     #[tokio::test]
     async fn a_client_hello_arriving_in_small_pieces_is_put_together() -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;
-        let cert = HttpsCert::load("example.com", dir.path(), None)?;
+        let cert = HttpsCert::load("example.com", dir.path(), None, None)?;
         // The pipe holds 7 bytes, so every read returns at most that.
         let (client_io, mut server_io) = duplex(7);
         let _client = connect(&cert, ServerName::try_from("app.example.com")?, client_io)?;
@@ -226,7 +231,7 @@ mod tests {
     #[tokio::test]
     async fn a_client_dialling_an_ip_sends_no_server_name() -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;
-        let cert = HttpsCert::load("example.com", dir.path(), None)?;
+        let cert = HttpsCert::load("example.com", dir.path(), None, None)?;
         let (client_io, mut server_io) = duplex(64 * 1024);
         let _client = connect(&cert, ServerName::from(Ipv4Addr::LOCALHOST), client_io)?;
         let hello = read_client_hello(&mut server_io, MAX).await?;

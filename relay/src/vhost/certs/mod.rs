@@ -1,6 +1,7 @@
 //! The certificate of the public HTTPS port, where the relay terminates TLS for HTTP tunnels:
-//! the operator's files (a wildcard certificate from certbot, followed across renewals), or a
-//! self-signed wildcard certificate kept in the data directory.
+//! one from the ACME CA for the name asked for, else the operator's files (a wildcard
+//! certificate from certbot, followed across renewals), or a self-signed wildcard certificate
+//! kept in the data directory.
 
 mod generated;
 mod operator;
@@ -27,7 +28,10 @@ use rustls::{
 };
 
 use self::operator::{Modified, OperatorFiles};
-use crate::files::FileError;
+use crate::{
+    acme::{ACME_TLS_ALPN, Acme},
+    files::FileError,
+};
 
 /// How long a renewed certificate may go unnoticed; also how often a handshake may touch disk.
 const RECHECK_INTERVAL: Duration = Duration::from_secs(30);
@@ -61,12 +65,20 @@ pub(crate) struct HttpsCert {
 impl HttpsCert {
     /// Follows the operator's `files` (certificate chain, private key), or without them uses a
     /// self-signed certificate for `*.DOMAIN` and `DOMAIN` kept in `data_dir`, generated when
-    /// missing or when it does not cover `domain`.
-    pub(crate) fn load(domain: &str, data_dir: &Path, files: Option<(&Path, &Path)>) -> Result<Self, HttpsCertError> {
-        match files {
-            Some((cert, key)) => Self::follow(cert, key, RECHECK_INTERVAL),
-            None => Ok(Self::fixed(generated::load_or_generate(domain, data_dir)?)),
-        }
+    /// missing or when it does not cover `domain`. With `acme`, the CA's certificates come
+    /// first and these are the fallback.
+    pub(crate) fn load(
+        domain: &str,
+        data_dir: &Path,
+        files: Option<(&Path, &Path)>,
+        acme: Option<Arc<Acme>>,
+    ) -> Result<Self, HttpsCertError> {
+        let mut cert = match files {
+            Some((cert, key)) => Self::follow(cert, key, RECHECK_INTERVAL)?,
+            None => Self::fixed(generated::load_or_generate(domain, data_dir)?),
+        };
+        Arc::get_mut(&mut cert.resolver).expect("the resolver is not shared before load returns").acme = acme;
+        Ok(cert)
     }
 
     fn follow(cert: &Path, key: &Path, interval: Duration) -> Result<Self, HttpsCertError> {
@@ -77,13 +89,14 @@ impl HttpsCert {
         let resolver = Resolver {
             served: Mutex::new(Served { key: Arc::new(served), modified, next_check: Instant::now() + interval }),
             files: Some(files),
+            acme: None,
         };
         Ok(Self { resolver: Arc::new(resolver) })
     }
 
     fn fixed(key: CertifiedKey) -> Self {
         let served = Served { key: Arc::new(key), modified: None, next_check: Instant::now() };
-        Self { resolver: Arc::new(Resolver { served: Mutex::new(served), files: None }) }
+        Self { resolver: Arc::new(Resolver { served: Mutex::new(served), files: None, acme: None }) }
     }
 
     /// A server config for browsers and HTTP clients: TLS 1.2 and 1.3, HTTP/1.1 only.
@@ -94,6 +107,9 @@ impl HttpsCert {
             .with_no_client_auth()
             .with_cert_resolver(self.resolver.clone());
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        if self.resolver.acme.is_some() {
+            config.alpn_protocols.push(ACME_TLS_ALPN.to_vec());
+        }
         Arc::new(config)
     }
 
@@ -124,10 +140,16 @@ fn certified_key(identity: Identity) -> Result<CertifiedKey, rustls::Error> {
 ///
 /// rustls asks for the certificate synchronously inside the handshake, so the state sits
 /// behind a std mutex held only for copies, never across disk reads.
-#[derive(Debug)]
 struct Resolver {
     served: Mutex<Served>,
     files: Option<OperatorFiles>,
+    acme: Option<Arc<Acme>>,
+}
+
+impl std::fmt::Debug for Resolver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Resolver").field("files", &self.files).field("acme", &self.acme.is_some()).finish()
+    }
 }
 
 #[derive(Debug)]
@@ -139,7 +161,17 @@ struct Served {
 }
 
 impl ResolvesServerCert for Resolver {
-    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        if let Some(acme) = &self.acme {
+            let name = hello.server_name().map(str::to_ascii_lowercase);
+            // RFC 8737: the CA's check gets the challenge certificate or nothing.
+            if hello.alpn().is_some_and(|mut offered| offered.any(|alpn| alpn == ACME_TLS_ALPN)) {
+                return name.and_then(|name| acme.challenge_certificate(&name));
+            }
+            if let Some(key) = name.and_then(|name| acme.certificate_for(&name)) {
+                return Some(key);
+            }
+        }
         Some(self.current())
     }
 }

@@ -85,8 +85,8 @@ fn days_ago(days: u64) -> SystemTime {
 #[test]
 fn generated_certificate_is_reused_until_the_domain_changes() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let first = HttpsCert::load("burrow.test", dir.path(), None)?;
-    let again = HttpsCert::load("burrow.test", dir.path(), None)?;
+    let first = HttpsCert::load("burrow.test", dir.path(), None, None)?;
+    let again = HttpsCert::load("burrow.test", dir.path(), None, None)?;
     assert_eq!(first.fingerprint(), again.fingerprint());
     #[cfg(unix)]
     {
@@ -94,12 +94,12 @@ fn generated_certificate_is_reused_until_the_domain_changes() -> anyhow::Result<
         assert_eq!(fs::metadata(dir.path().join(KEY_FILE))?.permissions().mode() & 0o777, 0o600);
     }
 
-    let moved = HttpsCert::load("other.test", dir.path(), None)?;
+    let moved = HttpsCert::load("other.test", dir.path(), None, None)?;
     assert_ne!(moved.fingerprint(), first.fingerprint());
     assert!(covers(&moved.leaf_der(), "other.test")?);
     assert!(!covers(&moved.leaf_der(), "burrow.test")?);
     // The subdomain of the old domain is not enough either.
-    let sub = HttpsCert::load("a.other.test", dir.path(), None)?;
+    let sub = HttpsCert::load("a.other.test", dir.path(), None, None)?;
     assert_ne!(sub.fingerprint(), moved.fingerprint());
     Ok(())
 }
@@ -107,24 +107,24 @@ fn generated_certificate_is_reused_until_the_domain_changes() -> anyhow::Result<
 #[test]
 fn localhost_certificate_is_reused() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let first = HttpsCert::load("localhost", dir.path(), None)?;
-    assert_eq!(HttpsCert::load("localhost", dir.path(), None)?.fingerprint(), first.fingerprint());
+    let first = HttpsCert::load("localhost", dir.path(), None, None)?;
+    assert_eq!(HttpsCert::load("localhost", dir.path(), None, None)?.fingerprint(), first.fingerprint());
     Ok(())
 }
 
 #[test]
 fn a_corrupt_generated_certificate_is_replaced() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let first = HttpsCert::load("burrow.test", dir.path(), None)?;
+    let first = HttpsCert::load("burrow.test", dir.path(), None, None)?;
     fs::write(dir.path().join(CERT_FILE), "not PEM")?;
-    assert_ne!(HttpsCert::load("burrow.test", dir.path(), None)?.fingerprint(), first.fingerprint());
+    assert_ne!(HttpsCert::load("burrow.test", dir.path(), None, None)?.fingerprint(), first.fingerprint());
     Ok(())
 }
 
 #[tokio::test]
 async fn a_client_trusting_the_generated_certificate_reaches_any_subdomain() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let cert = HttpsCert::load("burrow.test", dir.path(), None)?;
+    let cert = HttpsCert::load("burrow.test", dir.path(), None, None)?;
     let client = client_trusting(cert.leaf_der())?;
     for name in ["myapp.burrow.test", "burrow.test"] {
         let alpn = handshake(cert.server_config(), client.clone(), name).await?;
@@ -203,7 +203,7 @@ fn errors_name_the_file_and_the_problem() -> anyhow::Result<()> {
     let empty = dir.path().join("empty.pem");
     fs::write(&empty, "")?;
 
-    let error = |cert: &Path, key: &Path| match HttpsCert::load("burrow.test", dir.path(), Some((cert, key))) {
+    let error = |cert: &Path, key: &Path| match HttpsCert::load("burrow.test", dir.path(), Some((cert, key)), None) {
         Ok(_) => String::from("loaded"),
         Err(e) => format!("{:#}", anyhow::Error::from(e)),
     };

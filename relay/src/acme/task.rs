@@ -1,0 +1,161 @@
+//! The one task that talks to the CA: it takes names asked for on demand, starts orders when
+//! certificates fall due (new, renewal, retry), at most a few at a time, and records each
+//! outcome where handshakes read it.
+
+use std::{
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
+
+use anyhow::Context;
+use instant_acme::{Account, NewAccount};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    Acme,
+    order::{self, Answering},
+    renewal,
+    stored::Issued,
+    table::{Entry, State},
+};
+use crate::metrics::Metrics;
+
+/// Orders running at once: a burst of new tunnels queues instead of flooding the CA.
+const MAX_ORDERS: usize = 4;
+
+/// The longest one order may take, checks and signing included.
+const ORDER_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// How long the timer sleeps when nothing falls due.
+const IDLE_RECHECK: Duration = Duration::from_secs(3600);
+
+type Outcome = (String, anyhow::Result<(Issued, Option<SystemTime>)>);
+
+impl Acme {
+    /// Orders certificates as they fall due until `cancel`.
+    pub(crate) async fn run(self: Arc<Self>, metrics: Arc<Metrics>, cancel: CancellationToken) {
+        let Some(mut wanted) = burrow_common::sync::lock(&self.wanted).take() else { return };
+        let mut orders: JoinSet<Outcome> = JoinSet::new();
+        loop {
+            self.start_due(&mut orders);
+            let wake = self.table().next_due().and_then(|at| at.duration_since(SystemTime::now()).ok());
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                Some(name) = wanted.recv() => self.want(name),
+                Some(done) = orders.join_next() => match done {
+                    Ok((id, outcome)) => self.record(&id, outcome, &metrics),
+                    Err(e) => tracing::warn!("an ACME order task failed: {e}"),
+                },
+                () = tokio::time::sleep(wake.unwrap_or(IDLE_RECHECK)) => {}
+            }
+        }
+        orders.shutdown().await;
+    }
+
+    /// A name asked for at a handshake: a new entry, or a failed one whose backoff is over.
+    fn want(&self, name: String) {
+        let mut table = self.table();
+        match table.covering(&name) {
+            None => {
+                let challenge = self.challenge_for(std::slice::from_ref(&name));
+                table.insert(name.clone(), Entry::wanted(vec![name], challenge, false));
+            }
+            Some((id, entry)) if entry.state == State::Failed && entry.issued.is_none() => {
+                let id = id.to_owned();
+                let entry = table.get_mut(&id).expect("found just now under the same lock");
+                entry.state = State::Wanted;
+                entry.next_attempt = Some(SystemTime::now());
+            }
+            Some(_) => {}
+        }
+    }
+
+    fn start_due(self: &Arc<Self>, orders: &mut JoinSet<Outcome>) {
+        let now = SystemTime::now();
+        let mut table = self.table();
+        for id in table.due(now).into_iter().take(MAX_ORDERS.saturating_sub(orders.len())) {
+            let entry = table.get_mut(&id).expect("listed just now under the same lock");
+            entry.state = State::Ordering;
+            entry.next_attempt = None;
+            let (names, challenge) = (entry.names.clone(), entry.challenge);
+            let acme = self.clone();
+            orders.spawn(async move {
+                let ordered = tokio::time::timeout(ORDER_TIMEOUT, acme.order_and_store(&id, &names, challenge));
+                let outcome =
+                    ordered.await.unwrap_or_else(|_| Err(anyhow::anyhow!("no certificate within {ORDER_TIMEOUT:?}")));
+                (id, outcome)
+            });
+        }
+        drop(table);
+        self.notify();
+    }
+
+    async fn order_and_store(
+        &self,
+        id: &str,
+        names: &[String],
+        challenge: super::Challenge,
+    ) -> anyhow::Result<(Issued, Option<SystemTime>)> {
+        tracing::info!(?names, challenge = challenge.as_str(), "ordering a certificate");
+        let account = self.account().await?;
+        let answering =
+            Answering { challenge, responses: self.responses.clone(), dns_hook: self.config.dns_hook.clone() };
+        let signed = order::order(account, names, &answering).await?;
+        self.folder.save_certificate(id, &signed.chain_pem, &signed.key_pem)?;
+        let issued = Issued::from_pem(signed.chain_pem.as_bytes(), signed.key_pem.as_bytes(), id.as_ref())?;
+        let renew_at = renewal::suggested(account, &issued).await;
+        Ok((issued, renew_at))
+    }
+
+    fn record(&self, id: &str, outcome: anyhow::Result<(Issued, Option<SystemTime>)>, metrics: &Metrics) {
+        let mut table = self.table();
+        let Some(entry) = table.get_mut(id) else { return };
+        match outcome {
+            Ok((issued, renew_at)) => {
+                let not_after = humantime::format_rfc3339_seconds(issued.not_after);
+                tracing::info!(names = ?entry.names, %not_after, "certificate issued");
+                metrics.acme_orders.get_or_create(&crate::metrics::ORDER_ISSUED).inc();
+                entry.issued_now(issued, renew_at);
+            }
+            Err(e) => {
+                let keeps = if entry.issued.is_some() { "; serving the current certificate" } else { "" };
+                tracing::warn!(names = ?entry.names, "certificate order failed{keeps}: {e:#}");
+                metrics.acme_orders.get_or_create(&crate::metrics::ORDER_FAILED).inc();
+                entry.failed(format!("{e:#}"));
+            }
+        }
+        drop(table);
+        self.notify();
+    }
+
+    /// The CA account: the stored one, or a new one registered and stored.
+    async fn account(&self) -> anyhow::Result<&Account> {
+        self.account.get_or_try_init(|| self.open_account()).await
+    }
+
+    async fn open_account(&self) -> anyhow::Result<Account> {
+        let builder = match &self.config.ca_root {
+            Some(root) => {
+                Account::builder_with_root(root).with_context(|| format!("acme.ca_root {}", root.display()))?
+            }
+            None => Account::builder().context("the system's root certificates")?,
+        };
+        let directory = self.config.directory_url();
+        if let Some(credentials) = self.folder.account()? {
+            return builder
+                .from_credentials(credentials)
+                .await
+                .with_context(|| format!("the ACME directory {directory}"));
+        }
+        let contact = format!("mailto:{}", self.config.email.as_deref().unwrap_or_default());
+        let new = NewAccount { contact: &[&contact], terms_of_service_agreed: true, only_return_existing: false };
+        let (account, credentials) = builder
+            .create(&new, directory.to_owned(), None)
+            .await
+            .with_context(|| format!("register an account at {directory}"))?;
+        self.folder.save_account(&credentials)?;
+        tracing::info!(directory, "registered an ACME account");
+        Ok(account)
+    }
+}
