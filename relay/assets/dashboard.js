@@ -142,6 +142,21 @@ function tokenRow(token) {
   return tr(td(token.name), td(token.limited ? token.ports : `any (${token.ports})`), td(created));
 }
 
+function day(unix) {
+  return unix ? new Date(unix * 1000).toISOString().slice(0, 16).replace("T", " ") : "–";
+}
+
+function certificateRow(certificate) {
+  return tr(
+    td(certificate.names.join(", ")),
+    td(certificate.challenge),
+    td(certificate.state, `state-${certificate.state}`),
+    td(day(certificate.not_after)),
+    td(day(certificate.next_attempt)),
+    td(certificate.last_error || "", "error"),
+  );
+}
+
 /** Adds this poll's rate to each tunnel's history and drops what left the window. */
 function record(tunnels, t) {
   for (const tunnel of tunnels) {
@@ -241,8 +256,10 @@ function status(text, className) {
 async function poll() {
   try {
     const views = ["agents", "tunnels", "connections"];
-    if (polls % TOKENS_EVERY === 0) views.push("tokens");
-    const [agents, tunnels, connections, tokens] = await Promise.all(views.map((view) => json(`api/${view}`)));
+    if (polls % TOKENS_EVERY === 0) views.push("tokens", "certificates");
+    const [agents, tunnels, connections, tokens, certificates] = await Promise.all(
+      views.map((view) => json(`api/${view}`)),
+    );
     const t = seconds();
     record(tunnels, t);
     fill("agents", agents, (agent) => agentRow(agent, t), "no agent connected");
@@ -250,6 +267,7 @@ async function poll() {
     fill("tunnels", tunnels, tunnelRow, "no tunnel open");
     fill("connections", connections, connectionRow, "no open connection");
     if (tokens) fill("tokens", tokens, tokenRow, "no token");
+    if (certificates) fill("certificates", certificates, certificateRow, "none: ACME is off (acme.email)");
     draw(t);
     totals(agents, tunnels, connections);
     status(`live · ${new Date().toLocaleTimeString()}`, "ok");
