@@ -193,3 +193,6 @@ fn same_names(a: &[String], b: &[String]) -> bool {
     b.sort();
     a == b
 }
+
+#[cfg(test)]
+mod tests;
