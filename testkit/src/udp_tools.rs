@@ -64,14 +64,18 @@ impl Dnsmasq {
         }
         let mut process = Binary::start(&mut command)?;
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-        answering(&mut process, addr).await?;
+        answering(addr, || {
+            anyhow::ensure!(process.running(), "dnsmasq exited: {}", process.stderr_text());
+            Ok(())
+        })
+        .await?;
         Ok(Self { process, addr })
     }
 }
 
 /// Waits until the DNS server at `addr` answers a query (any answer will do: a refusal is
-/// an answer), or the server has exited.
-async fn answering(server: &mut Binary, addr: SocketAddr) -> anyhow::Result<()> {
+/// an answer), or `alive` says its process has exited.
+pub(crate) async fn answering(addr: SocketAddr, mut alive: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result<()> {
     let socket = UdpSocket::bind("127.0.0.1:0").await?;
     socket.connect(addr).await?;
     let query = dns_query(0x6275, "ready.burrow.test");
@@ -85,10 +89,10 @@ async fn answering(server: &mut Binary, addr: SocketAddr) -> anyhow::Result<()> 
                 Ok(Err(_)) => tokio::time::sleep(Duration::from_millis(20)).await,
                 _ => {}
             }
-            anyhow::ensure!(server.running(), "dnsmasq exited: {}", server.stderr_text());
+            alive()?;
         }
     };
-    tokio::time::timeout(STEP, wait).await.context("dnsmasq never answered")?
+    tokio::time::timeout(STEP, wait).await.with_context(|| format!("no DNS answer from {addr}"))?
 }
 
 /// A standard query for the A record of `name`, recursion desired (RFC 1035 section 4.1).

@@ -37,13 +37,28 @@ pub fn agent_bin() -> anyhow::Result<PathBuf> {
     binary_path("agent")
 }
 
+/// Set where the tests' programs are installed (scripts/test sets it when it installs them as
+/// root), so a missing one fails the tests that need it instead of skipping them.
+pub const REQUIRE_ENV: &str = "BURROW_REQUIRE_TOOLS";
+
+/// Whether `program` is on the PATH, as [`installed`]; an error instead of `false` where
+/// [`REQUIRE_ENV`] is set, so a machine that should run every test cannot pass by skipping.
+pub fn required(program: &str) -> anyhow::Result<bool> {
+    let found = installed(program);
+    anyhow::ensure!(
+        found || std::env::var_os(REQUIRE_ENV).is_none(),
+        "{REQUIRE_ENV} is set but {program} is not installed"
+    );
+    Ok(found)
+}
+
 /// Whether `program` is on the PATH; says so on stdout when it is not, so a skipped test
 /// shows in the output rather than passing silently.
 pub fn installed(program: &str) -> bool {
     let found = std::process::Command::new("sh").arg("-c").arg(format!("command -v {program}")).output();
     let found = found.is_ok_and(|out| out.status.success());
     if !found {
-        println!("{program} not installed (faults/netsim.sh deps installs it): skipped");
+        println!("{program} not installed (scripts/test installs it, as root): skipped");
     }
     found
 }
