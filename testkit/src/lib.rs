@@ -1,8 +1,9 @@
 //! What burrow's tests share (linkerd's integration-test crate is the model): a relay and
 //! agents in the test's own process ([`in_process`]), the compiled binaries as child
 //! processes known by their `--ready-file` ([`processes`]), local servers and probes that
-//! send traffic through tunnels ([`probes`], [`http`], [`http_apps`]), and readers of what
-//! the relay and agent publish ([`admin`], [`inspector`]).
+//! send traffic through tunnels ([`probes`], [`http`], [`http_apps`]), readers of what the
+//! relay and agent publish ([`admin`], [`inspector`]), and a real ACME server for the
+//! relay's certificates ([`pebble`]).
 //!
 //! The relay's tests (relay/tests), the agent's (agent/tests) and the fault suite (faults/)
 //! all use it. Everything binds `127.0.0.1:0`; nothing waits by sleeping.
@@ -12,6 +13,7 @@ pub mod http;
 pub mod http_apps;
 pub mod in_process;
 pub mod inspector;
+pub mod pebble;
 pub mod probes;
 pub mod processes;
 pub mod raw_agent;
