@@ -1,8 +1,9 @@
-// Shared pieces for the browser tests: headless Chromium, the compiled relay and agent as
-// processes on loopback, a local echo server, and screenshots kept as artefacts.
+// Shared pieces for the browser tests: headless Chromium (trusting only the roots a test gives
+// it), the compiled relay and agent as processes on loopback, a local echo server, and
+// screenshots kept as artefacts.
 
-import { spawn } from "node:child_process";
-import { existsSync, mkdirSync, mkdtempSync, readFileSync } from "node:fs";
+import { execFileSync, spawn } from "node:child_process";
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import net from "node:net";
 import os from "node:os";
 import path from "node:path";
@@ -22,20 +23,60 @@ process.on("exit", () => {
   for (const child of children) child.kill("SIGKILL");
 });
 
-/** Headless Chromium from Debian, cut off from everything but loopback. */
-export async function launch() {
-  return chromium.launch({
-    executablePath: "/usr/bin/chromium",
-    args: [
-      "--no-sandbox",
-      "--disable-gpu",
-      "--disable-quic",
-      "--no-first-run",
-      "--disable-background-networking",
-      "--disable-component-update",
-      "--disable-sync",
-    ],
-  });
+/**
+ * Headless Chromium from Debian, cut off from everything but loopback, with a HOME of its own
+ * (removed when the browser closes) so that no trust store of the machine's or the user's
+ * applies.
+ *
+ * `trustedRoots`: PEM files of CA certificates Chromium trusts for HTTPS, and the only ones
+ * beside its built-in roots (which no test certificate chains to). Chromium on Linux reads
+ * locally added anchors from the NSS database in `$HOME/.pki/nssdb`, made here with certutil.
+ * `resolve`: host patterns and the address each resolves to, as in
+ * `{ "*.burrow.test": "127.0.0.1" }`; names a test makes up then need no DNS.
+ */
+export async function launch({ trustedRoots = [], resolve = {} } = {}) {
+  const home = mkdtempSync(path.join(os.tmpdir(), "burrow-chromium-"));
+  try {
+    trustRoots(home, trustedRoots);
+    const rules = Object.entries(resolve).map(([pattern, address]) => `MAP ${pattern} ${address}`);
+    const browser = await chromium.launch({
+      executablePath: "/usr/bin/chromium",
+      env: { ...process.env, HOME: home },
+      args: [
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        ...(rules.length > 0 ? [`--host-resolver-rules=${rules.join(",")}`] : []),
+      ],
+    });
+    browser.on("disconnected", () => rmSync(home, { recursive: true, force: true }));
+    return browser;
+  } catch (error) {
+    rmSync(home, { recursive: true, force: true });
+    throw error;
+  }
+}
+
+/** An NSS database in `home` trusting each PEM file of `roots` as a CA for TLS servers. */
+function trustRoots(home, roots) {
+  if (roots.length === 0) return;
+  const db = `sql:${path.join(home, ".pki", "nssdb")}`;
+  mkdirSync(path.join(home, ".pki", "nssdb"), { recursive: true });
+  certutil(["-d", db, "-N", "--empty-password"]);
+  roots.forEach((root, i) => certutil(["-d", db, "-A", "-t", "C,,", "-n", `burrow-test-root-${i}`, "-i", root]));
+}
+
+function certutil(args) {
+  try {
+    execFileSync("certutil", args, { stdio: ["ignore", "pipe", "pipe"], timeout: STEP_MS });
+  } catch (error) {
+    const why = error.code === "ENOENT" ? "not installed (Debian's libnss3-tools)" : `${error.stderr ?? error.message}`;
+    throw new Error(`certutil ${args.join(" ")}: ${why}`);
+  }
 }
 
 export async function screenshot(page, name) {
