@@ -1,0 +1,189 @@
+//! One ACME test's world: Pebble, the compiled relay configured for it, agents exposing a
+//! small web server, and curl or a load of HTTPS requests as visitors.
+
+mod load;
+
+use std::{
+    net::{Ipv4Addr, SocketAddr},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use anyhow::Context;
+pub(crate) use load::Load;
+use testkit::{
+    pebble::{Pebble, PebbleOptions},
+    processes::{AgentBinary, RelayBinary, agent_bin},
+};
+use tokio::{io::AsyncWriteExt, net::TcpListener, process::Command};
+
+pub(crate) const WEB_PAGE: &str = "served from the laptop over trusted HTTPS\n";
+/// The relay's configured token, so agents can reconnect to a restarted relay.
+const TOKEN: &str = "acme-test-token-0123456789abcdef";
+
+pub(crate) struct Acme {
+    pebble: Option<Pebble>,
+    relay: Option<RelayBinary>,
+    http: u16,
+    pub(crate) https: u16,
+    web: SocketAddr,
+    /// A copy of the root that signs this Pebble's certificates: it outlives Pebble.
+    pub(crate) issuer_root: PathBuf,
+    dir: tempfile::TempDir,
+}
+
+impl Acme {
+    /// Pebble and a relay for `burrow.test` getting its certificates there by `challenge`;
+    /// `None` (said on stdout) where Pebble is not installed and not required.
+    pub(crate) async fn start(challenge: &str, validity: Option<Duration>) -> anyhow::Result<Option<Self>> {
+        if !Pebble::available()? {
+            println!("skipped: pebble is not installed (scripts/test installs it)");
+            return Ok(None);
+        }
+        let (http, https) = (free_port()?, free_port()?);
+        let options = PebbleOptions::new(http, https);
+        let pebble = Pebble::start(validity.map_or(options.clone(), |v| options.validity(v))).await?;
+        let dir = tempfile::tempdir()?;
+        let issuer_root = dir.path().join("issuer-root.pem");
+        std::fs::write(&issuer_root, pebble.issuer_root_pem())?;
+        write_config(dir.path(), &pebble, challenge)?;
+        let web = web_server().await?;
+        let relay = launch_relay(dir.path(), http, https).await?;
+        Ok(Some(Self { pebble: Some(pebble), relay: Some(relay), http, https, web, issuer_root, dir }))
+    }
+
+    pub(crate) fn relay(&self) -> anyhow::Result<&RelayBinary> {
+        self.relay.as_ref().context("the relay is running")
+    }
+
+    /// Stops the relay and starts it again on the same ports and data directory.
+    pub(crate) async fn restart_relay(&mut self) -> anyhow::Result<()> {
+        if let Some(relay) = self.relay.take() {
+            relay.process.terminate().await?;
+        }
+        self.relay = Some(launch_relay(self.dir.path(), self.http, self.https).await?);
+        Ok(())
+    }
+
+    pub(crate) fn stop_pebble(&mut self) {
+        self.pebble = None;
+    }
+
+    /// An agent serving the web page at `name.burrow.test`.
+    pub(crate) async fn agent(&self, name: &str) -> anyhow::Result<AgentBinary> {
+        let relay = self.relay()?;
+        let mut command = Command::new(agent_bin()?);
+        command.env("BURROW_TOKEN", TOKEN).env("RUST_LOG", "warn");
+        command.args(["--relay", &relay.addr.to_string(), "--fingerprint", &relay.fingerprint.to_string()]);
+        command.args(["--local", &self.web.to_string(), "--http", name, "--inspect", "off"]);
+        AgentBinary::launch(&mut command).await
+    }
+
+    pub(crate) fn orders(&self) -> anyhow::Result<usize> {
+        self.pebble.as_ref().context("Pebble is running")?.orders_created()
+    }
+
+    /// What Pebble and the relay logged, for failure messages.
+    pub(crate) fn logs(&self) -> String {
+        let relay = self.relay.as_ref().map(|r| r.process.stderr_text()).unwrap_or_default();
+        format!("{}\nrelay:\n{relay}", self.pebble.as_ref().map(Pebble::logs).unwrap_or_default())
+    }
+
+    /// `/api/certificates`.
+    pub(crate) async fn certificates(&self) -> anyhow::Result<Vec<serde_json::Value>> {
+        let (status, body) = testkit::admin::get(self.relay()?.admin()?, "/api/certificates", None).await?;
+        anyhow::ensure!(status == 200, "/api/certificates answered {status}: {body}");
+        Ok(serde_json::from_str(&body)?)
+    }
+
+    /// The certificate whose first name is `name`, once it is in `state`.
+    pub(crate) async fn wait_state(
+        &self,
+        name: &str,
+        state: &str,
+        within: Duration,
+    ) -> anyhow::Result<serde_json::Value> {
+        let deadline = tokio::time::Instant::now() + within;
+        let mut pace = tokio::time::interval(Duration::from_millis(100));
+        loop {
+            pace.tick().await;
+            let certificates = self.certificates().await?;
+            let entry = certificates.into_iter().find(|c| c["names"][0] == name);
+            match entry {
+                Some(entry) if entry["state"] == state => return Ok(entry),
+                entry if tokio::time::Instant::now() > deadline => {
+                    anyhow::bail!("{name} not {state} within {within:?}: {entry:?}\n{}", self.logs())
+                }
+                _ => {}
+            }
+        }
+    }
+
+    pub(crate) async fn wait_valid(&self, name: &str) -> anyhow::Result<serde_json::Value> {
+        self.wait_state(name, "valid", Duration::from_secs(30)).await
+    }
+}
+
+fn write_config(dir: &Path, pebble: &Pebble, challenge: &str) -> anyhow::Result<()> {
+    let config = format!(
+        "[acme]\nemail = \"ops@burrow.test\"\ndirectory = \"{}\"\nca_root = \"{}\"\nchallenge = \"{challenge}\"\n\
+         dns_hook = \"{}\"\nhandshake_wait = \"20s\"\n",
+        pebble.directory_url(),
+        pebble.listener_ca_pem_path().display(),
+        pebble.dns_hook_path().display(),
+    );
+    Ok(std::fs::write(dir.join("relay.toml"), config)?)
+}
+
+async fn launch_relay(dir: &Path, http: u16, https: u16) -> anyhow::Result<RelayBinary> {
+    let mut command = RelayBinary::loopback_command(&dir.join("data"))?;
+    // The ACME task logs each order at info: what a failure message needs.
+    command.env("BURROW_RELAY_TOKEN", TOKEN).env("RUST_LOG", "warn,relay::acme=info");
+    command.arg("--config").arg(dir.join("relay.toml"));
+    command.args(["--domain", "burrow.test", "--admin-listen", "127.0.0.1:0"]);
+    command.args(["--http-listen", &format!("127.0.0.1:{http}"), "--https-listen", &format!("127.0.0.1:{https}")]);
+    RelayBinary::launch(&mut command).await
+}
+
+/// A port free now on loopback, for the relay to bind and Pebble to validate on.
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?.local_addr()?.port())
+}
+
+/// A local web server answering every request with [`WEB_PAGE`].
+async fn web_server() -> anyhow::Result<SocketAddr> {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                testkit::read_head(&mut tcp).await?;
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    WEB_PAGE.len()
+                );
+                tcp.write_all(format!("{head}{WEB_PAGE}").as_bytes()).await?;
+                anyhow::Ok(tcp.shutdown().await?)
+            });
+        }
+    });
+    Ok(addr)
+}
+
+/// GETs `https://HOST:PORT/` with curl trusting only Pebble's root; the body of a 200, or
+/// curl's own error.
+pub(crate) async fn curl_https(acme: &Acme, host: &str) -> anyhow::Result<String> {
+    let output = Command::new("curl")
+        .args(["--silent", "--show-error", "--max-time", "30", "--write-out", "\n%{http_code}"])
+        .arg("--cacert")
+        .arg(&acme.issuer_root)
+        .args(["--resolve", &format!("{host}:{}:127.0.0.1", acme.https), &format!("https://{host}:{}/", acme.https)])
+        .output()
+        .await
+        .context("run curl (scripts/test installs it)")?;
+    anyhow::ensure!(output.status.success(), "curl {host}: {}", String::from_utf8_lossy(&output.stderr).trim());
+    let stdout = String::from_utf8(output.stdout)?;
+    let (body, code) = stdout.rsplit_once('\n').context("status line from --write-out")?;
+    anyhow::ensure!(code == "200", "curl {host}: {code} {body}");
+    Ok(body.to_owned())
+}
