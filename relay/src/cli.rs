@@ -10,7 +10,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
     Relay, RelayConfig,
-    tokens::{self, Limits, NamePattern, TokenStore},
+    tokens::{self, HostPattern, Limits, NamePattern, TokenStore},
 };
 
 /// burrow relay: makes agents' local servers reachable on this machine's public ports.
@@ -132,12 +132,17 @@ pub struct LimitArgs {
     /// or hyphens), or `none` [default: any]
     #[arg(long, value_name = "PATTERNS")]
     subdomains: Option<String>,
+    /// Custom hostnames this token may claim, e.g. `app.example.org,*.dev.example.org`
+    /// (`*.` is exactly one more label) [default: none]
+    #[arg(long, value_name = "PATTERNS")]
+    hostnames: Option<String>,
 }
 
 /// [`LimitArgs`] parsed: `None` for no limit of that kind.
 struct ParsedLimits {
     ports: Option<Vec<PortRange>>,
     subdomains: Option<Vec<NamePattern>>,
+    hostnames: Vec<HostPattern>,
 }
 
 impl LimitArgs {
@@ -147,13 +152,18 @@ impl LimitArgs {
             list => parse_port_list(list).map_err(anyhow::Error::msg),
         });
         let subdomains = self.subdomains.as_deref().map(tokens::parse_patterns);
-        Ok(ParsedLimits { ports: ports.transpose()?, subdomains: subdomains.transpose()? })
+        let hostnames = self.hostnames.as_deref().map(tokens::parse_host_patterns).transpose()?;
+        Ok(ParsedLimits {
+            ports: ports.transpose()?,
+            subdomains: subdomains.transpose()?,
+            hostnames: hostnames.unwrap_or_default(),
+        })
     }
 }
 
 impl ParsedLimits {
     fn borrowed(&self) -> Limits<'_> {
-        Limits { ports: self.ports.as_deref(), subdomains: self.subdomains.as_deref() }
+        Limits { ports: self.ports.as_deref(), subdomains: self.subdomains.as_deref(), hostnames: &self.hostnames }
     }
 }
 
@@ -165,7 +175,7 @@ pub enum TokenCommand {
         #[command(flatten)]
         limits: LimitArgs,
     },
-    /// List token names and the ports and subdomains each may use (never the tokens).
+    /// List token names and the ports, subdomains and hostnames each may use (never the tokens).
     List,
     /// Delete a token; a running relay closes the sessions using it within a second.
     Revoke { name: String },
@@ -306,7 +316,8 @@ fn manage_tokens(config: &RelayConfig, command: TokenCommand) -> anyhow::Result<
                     Some(ranges) => burrow_common::config::format_port_list(ranges),
                 };
                 let subdomains = tokens::describe_patterns(record.subdomains.as_deref());
-                println!("{}\tports: {ports}\tsubdomains: {subdomains}", record.name);
+                let hostnames = tokens::describe_host_patterns(&record.hostnames);
+                println!("{}\tports: {ports}\tsubdomains: {subdomains}\thostnames: {hostnames}", record.name);
             }
         }
         TokenCommand::Revoke { name } => {

@@ -48,7 +48,9 @@ pub(crate) fn agent_relay_arg(config: &RelayConfig, listen: std::net::SocketAddr
 /// What the token may use, for the operator to pass on with the invitation.
 fn allowed_places(config: &RelayConfig, limits: Limits<'_>) -> String {
     let ports = tokens::describe_ports(limits.ports, config.ports);
-    format!("This token may use ports {ports} and subdomains {}.", tokens::describe_patterns(limits.subdomains))
+    let subdomains = tokens::describe_patterns(limits.subdomains);
+    let hostnames = tokens::describe_host_patterns(limits.hostnames);
+    format!("This token may use ports {ports}, subdomains {subdomains} and hostnames {hostnames}.")
 }
 
 fn invitation(name: &str, allowed: &str, relay: &str, fingerprint: &str, token: &Secret) -> String {

@@ -17,6 +17,8 @@ struct TokenView {
     limited: bool,
     /// The subdomains the token may claim: `all`, `none` or its patterns (`app-*,docs`).
     subdomains: String,
+    /// The custom hostnames the token may claim: `none` or its patterns (`*.dev.example.org`).
+    hostnames: String,
     /// Unix seconds; unknown for the token from the relay's config.
     created: Option<u64>,
 }
@@ -76,12 +78,14 @@ async fn tokens(shared: &Shared) -> anyhow::Result<Vec<TokenView>> {
         ports: range.to_string(),
         limited: false,
         subdomains: crate::tokens::describe_patterns(None),
+        hostnames: crate::tokens::describe_host_patterns(&[]),
         created: None,
     });
     let stored = shared.store.list_tokens().await?.into_iter().map(|record| TokenView {
         ports: crate::tokens::describe_ports(record.ports.as_deref(), range),
         limited: record.ports.is_some(),
         subdomains: crate::tokens::describe_patterns(record.subdomains.as_deref()),
+        hostnames: crate::tokens::describe_host_patterns(&record.hostnames),
         name: record.name,
         created: Some(record.created),
     });

@@ -5,6 +5,7 @@
 //! `relay token add` and `revoke` take effect on a running relay from the next session.
 //! The token from the relay's config is not in the file: [`verify`] checks it first.
 
+mod hostnames;
 mod lock;
 mod patterns;
 mod verify;
@@ -26,6 +27,7 @@ use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 
+pub use self::hostnames::{HostPattern, HostPatternError, describe_host_patterns, parse_host_patterns};
 use self::lock::ChangeLock;
 pub use self::patterns::{NONE, NamePattern, PatternError, describe_patterns, parse_patterns};
 pub(crate) use self::verify::verify;
@@ -47,6 +49,9 @@ pub struct TokenRecord {
     /// Subdomains this token may claim; `None` means any, empty means none.
     #[serde(default)]
     pub subdomains: Option<Vec<NamePattern>>,
+    /// Custom hostnames this token may claim; empty (and absent from the file) means none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hostnames: Vec<HostPattern>,
     /// Unix seconds.
     pub created: u64,
 }
@@ -59,6 +64,7 @@ impl TokenRecord {
             name: self.name.clone(),
             ports: self.ports.clone(),
             subdomains: self.subdomains.clone(),
+            hostnames: self.hostnames.clone(),
         })
     }
 
@@ -84,6 +90,8 @@ pub struct Grant {
     pub name: String,
     pub ports: Option<Vec<PortRange>>,
     pub subdomains: Option<Vec<NamePattern>>,
+    /// Custom hostnames: only those listed, none by default.
+    pub hostnames: Vec<HostPattern>,
 }
 
 /// Which places a new token may use, per kind; `None` means no limit, empty means none.
@@ -91,12 +99,14 @@ pub struct Grant {
 pub struct Limits<'a> {
     pub ports: Option<&'a [PortRange]>,
     pub subdomains: Option<&'a [NamePattern]>,
+    /// Custom hostnames, which no token may claim unless listed here.
+    pub hostnames: &'a [HostPattern],
 }
 
 impl Grant {
     /// The grant of a token that may use every place the relay has.
     pub(crate) fn unlimited(digest: &[u8; 32], name: &str) -> Self {
-        Self { id: token_id(digest), name: name.into(), ports: None, subdomains: None }
+        Self { id: token_id(digest), name: name.into(), ports: None, subdomains: None, hostnames: Vec::new() }
     }
 
     pub fn allows(&self, port: u16) -> bool {
@@ -107,12 +117,21 @@ impl Grant {
         self.subdomains.as_ref().is_none_or(|patterns| patterns.iter().any(|p| p.matches(name)))
     }
 
+    /// Whether the token lists `host` (a valid lowercase hostname) among its custom hostnames.
+    pub fn allows_hostname(&self, host: &str) -> bool {
+        self.hostnames.iter().any(|p| p.matches(host))
+    }
+
     pub fn describe_ports(&self, relay_range: PortRange) -> String {
         describe_ports(self.ports.as_deref(), relay_range)
     }
 
     pub fn describe_subdomains(&self) -> String {
         describe_patterns(self.subdomains.as_deref())
+    }
+
+    pub fn describe_hostnames(&self) -> String {
+        describe_host_patterns(&self.hostnames)
     }
 }
 
@@ -198,6 +217,7 @@ impl TokenStore {
                 sha256: hex::encode(hash(&token)),
                 ports: limits.ports.map(<[_]>::to_vec),
                 subdomains: limits.subdomains.map(<[_]>::to_vec),
+                hostnames: limits.hostnames.to_vec(),
                 created: now(),
             });
             Ok(Some(token))

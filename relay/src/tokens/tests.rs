@@ -12,12 +12,18 @@ fn add_verify_revoke() -> anyhow::Result<()> {
     let store = TokenStore::open(dir.path());
     assert!(store.is_empty()?);
     let ranges = ports("8000-8100")?;
-    let alice = store.add("alice", Limits { ports: Some(&ranges), subdomains: None })?;
+    let alice = store.add("alice", Limits { ports: Some(&ranges), ..Limits::default() })?;
     assert!(store.add("alice", Limits::default()).is_err());
     let grant = store.verify(&alice)?.expect("alice's token is valid");
     assert_eq!(
         grant,
-        Grant { id: token_id(&hash(&alice)), name: "alice".into(), ports: Some(ranges), subdomains: None }
+        Grant {
+            id: token_id(&hash(&alice)),
+            name: "alice".into(),
+            ports: Some(ranges),
+            subdomains: None,
+            hostnames: Vec::new()
+        }
     );
     assert_eq!(grant.id.len(), 16, "8 bytes in hex");
     assert!(grant.allows(8050) && !grant.allows(20000));
@@ -53,7 +59,8 @@ fn patterns_match_and_switches_close_a_kind() -> anyhow::Result<()> {
             Some(text) => Some(self::ports(text)?),
             None => None,
         };
-        Ok(Grant { id: "0".into(), name: "t".into(), ports, subdomains: subdomains.map(parse_patterns).transpose()? })
+        let subdomains = subdomains.map(parse_patterns).transpose()?;
+        Ok(Grant { id: "0".into(), name: "t".into(), ports, subdomains, hostnames: Vec::new() })
     };
     let limited = grant(Some("app-*,docs,*-staging"), None)?;
     for allowed in ["app-1", "app-brave-otter", "docs", "web-staging"] {
@@ -76,6 +83,29 @@ fn patterns_match_and_switches_close_a_kind() -> anyhow::Result<()> {
         assert!(bad.parse::<NamePattern>().is_err(), "{bad:?}");
     }
     assert_eq!("APP-*".parse::<NamePattern>()?.to_string(), "app-*");
+    Ok(())
+}
+
+#[test]
+fn hostnames_are_stored_with_the_token_and_none_by_default() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let store = TokenStore::open(dir.path());
+    let hostnames = parse_host_patterns("app.example.org,*.dev.example.org")?;
+    let custom = store.verify(&store.add("custom", Limits { hostnames: &hostnames, ..Limits::default() })?)?;
+    let custom = custom.expect("valid");
+    assert!(custom.allows_hostname("app.example.org") && custom.allows_hostname("pr-7.dev.example.org"));
+    assert!(!custom.allows_hostname("other.example.org") && !custom.allows_hostname("dev.example.org"));
+    assert_eq!(custom.describe_hostnames(), "app.example.org,*.dev.example.org");
+
+    let plain = store.verify(&store.add("plain", Limits::default())?)?.expect("valid");
+    assert!(!plain.allows_hostname("app.example.org"), "no custom hostname unless listed");
+    assert_eq!(plain.describe_hostnames(), "none");
+    assert!(!Grant::unlimited(&[0; 32], "configured").allows_hostname("app.example.org"));
+
+    // A token without hostnames is written as before, so the file stays readable by a relay
+    // that knows no hostnames.
+    let text = std::fs::read_to_string(dir.path().join(TOKENS_FILE))?;
+    assert_eq!(text.matches("\"hostnames\"").count(), 1, "{text}");
     Ok(())
 }
 

@@ -1,5 +1,5 @@
-//! Hostnames of HTTP tunnels: the subdomain an agent may hold, the host a request asks for,
-//! and the match between the two under the relay's domain.
+//! Hostnames of HTTP tunnels: the subdomain or custom hostname an agent may hold, the host a
+//! request asks for, and the match between the two under the relay's domain.
 
 use std::net::Ipv6Addr;
 
@@ -12,6 +12,12 @@ pub(crate) enum NameError {
     Invalid(String),
     #[error("{0:?} is reserved on this relay; choose another name")]
     Reserved(String),
+    #[error(
+        "{0:?} is not a valid hostname: use a full DNS name like app.example.org (labels of 1-63 letters, digits or '-')"
+    )]
+    InvalidHostname(String),
+    #[error("{0:?} is this relay's own name; ask for a subdomain of it or a hostname of your own")]
+    RelayName(String),
 }
 
 /// The longest label DNS allows (RFC 1035, section 2.3.4).
@@ -30,6 +36,19 @@ pub(crate) fn check_subdomain(name: &str, reserved: &[String]) -> Result<String,
         return Err(NameError::Reserved(label));
     }
     Ok(label)
+}
+
+/// Checks that `name` is a full DNS name a tunnel could be reached at (two labels at least,
+/// letters, digits and inner hyphens, not an IPv4 address); returns it lowercased.
+pub(crate) fn check_hostname(name: &str) -> Result<String, NameError> {
+    let host = name.to_ascii_lowercase();
+    let labels: Vec<&str> = host.split('.').collect();
+    let valid = host.len() <= MAX_HOST_LEN
+        && labels.len() >= 2
+        && labels.iter().all(|label| is_subdomain_label(label))
+        // A numeric top label is an address, never a name; no TLD is all digits.
+        && labels.last().is_some_and(|top| !top.bytes().all(|b| b.is_ascii_digit()));
+    if valid { Ok(host) } else { Err(NameError::InvalidHostname(name.into())) }
 }
 
 fn is_subdomain_label(label: &str) -> bool {
@@ -207,6 +226,17 @@ mod tests {
             assert!(reserved.iter().any(|name| name == required), "{required}");
         }
         assert!(reserved.iter().all(|name| is_subdomain_label(name)));
+    }
+
+    #[test]
+    fn hostnames_are_full_dns_names() {
+        for (name, expected) in [("App.Example.org", "app.example.org"), ("a.b.c.example.co.uk", "a.b.c.example.co.uk")] {
+            assert_eq!(check_hostname(name), Ok(expected.to_string()), "{name}");
+        }
+        let too_long = format!("{}.example.org", vec!["a".repeat(63); 4].join("."));
+        for name in ["", "localhost", "example.org.", ".example.org", "a..b", "a_b.example.org", "-a.example.org", "192.0.2.7", "*.example.org", too_long.as_str()] {
+            assert_eq!(check_hostname(name), Err(NameError::InvalidHostname(name.into())), "{name:?}");
+        }
     }
 
     #[test]
