@@ -32,7 +32,7 @@ pub struct Cli {
     #[arg(long, value_name = "PORT", requires = "local")]
     pub remote_port: Option<u16>,
     /// Tunnel name; keeps the same public port or subdomain across reconnects
-    /// [default: the subdomain, or tcp-<local port>, or udp-<local port>]
+    /// [default: the subdomain or hostname, or tcp-<local port>, or udp-<local port>]
     #[arg(long, requires = "local")]
     pub name: Option<String>,
     /// Publish a local UDP service on a public UDP port of the relay; each visitor address
@@ -43,11 +43,13 @@ pub struct Cli {
     /// 1s to 1h, like 5m [default: the relay's, 2m]
     #[arg(long, value_name = "DURATION", value_parser = burrow_common::config::duration::parse, requires = "udp")]
     pub flow_idle: Option<std::time::Duration>,
-    /// Serve the local server over HTTP and HTTPS at NAME.<relay's domain>; without NAME the
-    /// relay picks a readable one
+    /// Serve the local server over HTTP and HTTPS at NAME.<relay's domain>, or at a hostname
+    /// of your own (a NAME with a dot, like app.example.org, whose DNS points at the relay and
+    /// that the token allows); without NAME the relay picks a readable subdomain
     #[arg(long, value_name = "NAME", num_args = 0..=1, default_missing_value = "", requires = "local", conflicts_with_all = ["remote_port", "tls"])]
     pub http: Option<String>,
-    /// Pass TLS through at NAME.<relay's domain>, routed by SNI: the local server ends the TLS
+    /// Pass TLS through at NAME.<relay's domain>, or at a hostname of your own (a NAME with a
+    /// dot), routed by SNI: the local server ends the TLS
     #[arg(long, value_name = "NAME", requires = "local", conflicts_with = "remote_port")]
     pub tls: Option<String>,
     #[command(flatten)]
@@ -112,12 +114,12 @@ fn command_line_tunnel(cli: &Cli, local: LocalTarget) -> anyhow::Result<TunnelCo
     let mut tunnel = TunnelConfig::tcp(local);
     tunnel.name = cli.name.clone();
     tunnel.remote_port = cli.remote_port;
-    if let Some(subdomain) = &cli.http {
+    if let Some(name) = &cli.http {
         tunnel.protocol = Protocol::Http;
-        tunnel.subdomain = Some(subdomain.clone()).filter(|s| !s.is_empty());
-    } else if let Some(subdomain) = &cli.tls {
+        ask_for_name(&mut tunnel, name);
+    } else if let Some(name) = &cli.tls {
         tunnel.protocol = Protocol::Tls;
-        tunnel.subdomain = Some(subdomain.clone());
+        ask_for_name(&mut tunnel, name);
     } else if cli.udp {
         tunnel.protocol = Protocol::Udp;
         tunnel.flow_idle = cli.flow_idle;
@@ -137,6 +139,16 @@ fn command_line_tunnel(cli: &Cli, local: LocalTarget) -> anyhow::Result<TunnelCo
     tunnel.response_headers = options.response_header.iter().cloned().collect();
     tunnel.tcp_idle_timeout = cli.tcp_idle_timeout;
     Ok(tunnel)
+}
+
+/// `--http NAME` or `--tls NAME`: a NAME with a dot is a hostname (one under the relay's
+/// domain is taken by the relay as that subdomain), any other a subdomain; empty asks for none.
+fn ask_for_name(tunnel: &mut TunnelConfig, name: &str) {
+    if name.contains('.') {
+        tunnel.hostname = Some(name.to_string());
+    } else if !name.is_empty() {
+        tunnel.subdomain = Some(name.to_string());
+    }
 }
 
 /// Flags that override the config file and environment (same key names).
@@ -351,6 +363,27 @@ mod tests {
             protocol: udp.protocol,
         };
         assert_eq!(shown.to_string(), "udp://relay.example.com:21422 -> 127.0.0.1:51820");
+        Ok(())
+    }
+
+    #[test]
+    fn a_name_with_a_dot_asks_for_a_hostname() -> anyhow::Result<()> {
+        let custom = tunnel(&["--local", "3000", "--http", "app.example.org"])?;
+        assert_eq!((custom.hostname.as_deref(), custom.subdomain.as_deref()), (Some("app.example.org"), None));
+        assert_eq!(custom.name(), "app.example.org");
+        let plan = crate::TunnelPlan::from_config(&custom);
+        assert_eq!(plan.public_name, Some(burrow_common::PublicName::Hostname("app.example.org".into())));
+
+        let passthrough = tunnel(&["--local", "8443", "--tls", "secure.example.org"])?;
+        assert_eq!((passthrough.protocol, passthrough.hostname.as_deref()), (Protocol::Tls, Some("secure.example.org")));
+
+        let subdomain = tunnel(&["--local", "3000", "--http", "myapp"])?;
+        assert_eq!((subdomain.subdomain.as_deref(), subdomain.hostname), (Some("myapp"), None));
+        let picked = tunnel(&["--local", "3000", "--http"])?;
+        assert_eq!((picked.subdomain, picked.hostname), (None, None));
+
+        let err = format!("{:#}", tunnel(&["--local", "3000", "--http", "app..example.org"]).unwrap_err());
+        assert!(err.contains("hostname = \"app..example.org\" is not a full DNS name"), "{err}");
         Ok(())
     }
 

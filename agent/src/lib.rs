@@ -27,7 +27,7 @@ mod udp_memory;
 use std::{fmt, time::Duration};
 
 use anyhow::Context;
-use burrow_common::{HttpAccess, Secret, TunnelKind, TunnelSpec, tls::Trust};
+use burrow_common::{HttpAccess, PublicName, Secret, TunnelKind, TunnelSpec, tls::Trust};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -69,9 +69,10 @@ pub struct TunnelPlan {
     pub name: String,
     pub local: LocalTarget,
     pub remote_port: Option<u16>,
-    /// `Tcp` and `Udp` use `remote_port`; `Http` and `Tls` use `subdomain`.
+    /// `Tcp` and `Udp` use `remote_port`; `Http` and `Tls` use `public_name`.
     pub protocol: Protocol,
-    pub subdomain: Option<String>,
+    /// The subdomain or custom hostname asked for; the relay picks a subdomain when absent.
+    pub public_name: Option<PublicName>,
     /// Checked by the relay before a request crosses (HTTP).
     pub access: HttpAccess,
     /// Applied here, next to the local server (HTTP).
@@ -99,7 +100,7 @@ impl TunnelPlan {
             local,
             remote_port: None,
             protocol: Protocol::Tcp,
-            subdomain: None,
+            public_name: None,
             access: HttpAccess::default(),
             rewrite: HttpRewrite::default(),
             tcp_idle_timeout: None,
@@ -114,7 +115,8 @@ impl TunnelPlan {
 
     /// An HTTP tunnel at `subdomain`, or at a name the relay picks.
     pub fn http(name: &str, local: LocalTarget, subdomain: Option<&str>) -> Self {
-        Self { protocol: Protocol::Http, subdomain: subdomain.map(str::to_string), ..Self::tcp(name, local) }
+        let public_name = subdomain.map(|label| PublicName::Subdomain(label.to_string()));
+        Self { protocol: Protocol::Http, public_name, ..Self::tcp(name, local) }
     }
 
     pub(crate) fn from_config(tunnel: &TunnelConfig) -> Self {
@@ -130,7 +132,7 @@ impl TunnelPlan {
             local: tunnel.local.clone(),
             remote_port: tunnel.remote_port,
             protocol: tunnel.protocol,
-            subdomain: tunnel.subdomain.clone(),
+            public_name: tunnel.public_name(),
             access: HttpAccess {
                 basic_auth: tunnel.basic_auth.clone(),
                 allow: tunnel.allow.iter().map(|c| c.0).collect(),
@@ -155,8 +157,8 @@ impl TunnelPlan {
     fn kind(&self) -> TunnelKind {
         match self.protocol {
             Protocol::Tcp => TunnelKind::Tcp { port: self.remote_port },
-            Protocol::Http => TunnelKind::Http { subdomain: self.subdomain.clone(), access: self.access.clone() },
-            Protocol::Tls => TunnelKind::Tls { subdomain: self.subdomain.clone() },
+            Protocol::Http => TunnelKind::Http { name: self.public_name.clone(), access: self.access.clone() },
+            Protocol::Tls => TunnelKind::Tls { name: self.public_name.clone() },
             Protocol::Udp => TunnelKind::Udp { port: self.remote_port, flow_idle: self.flow_idle },
         }
     }

@@ -8,8 +8,9 @@
 //!   today, TLS over TCP next; code sees it through [`link::Link`].
 //! - **session**: one agent's admitted presence at a relay, from its Hello to its end,
 //!   carried by one or more links (one today).
-//! - **tunnel**: what an agent exposes through its session: a public TCP port, or a name
-//!   (a subdomain of the relay's domain, for HTTP or passed-through TLS).
+//! - **tunnel**: what an agent exposes through its session: a public TCP or UDP port, or a
+//!   name for HTTP or passed-through TLS: a subdomain of the relay's domain, or a custom
+//!   hostname (a name of the user's own, pointed at the relay, that its token allows).
 //! - **place**: where visitors reach a tunnel: its public port or its hostname.
 //! - **claim**: a tunnel's hold on its place; it is serving, parked or reserved.
 //! - **park**: keep a lost session's claims, with their visitors waiting, for a while, so its
@@ -48,7 +49,7 @@ pub mod upgrade;
 pub use codes::{CloseCode, StreamCode};
 pub use config::{PortRange, Secret};
 pub use protocol::{
-    ALPN, AgentMsg, Granted, Hello, HttpAccess, JoinTicket, LinkOpening, Refusal, ServerMsg, StreamHeader, TunnelKind,
+    ALPN, AgentMsg, Granted, Hello, HttpAccess, JoinTicket, LinkOpening, PublicName, Refusal, ServerMsg, StreamHeader, TunnelKind,
     TunnelSpec, Welcome,
 };
 pub use tls::Fingerprint;

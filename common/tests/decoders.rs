@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 
 use burrow_common::{
-    AgentMsg, Fingerprint, Granted, Hello, HttpAccess, JoinTicket, LinkOpening, PortRange, Refusal, Secret, ServerMsg,
+    AgentMsg, Fingerprint, Granted, Hello, HttpAccess, JoinTicket, LinkOpening, PortRange, PublicName, Refusal, Secret, ServerMsg,
     StreamHeader, TunnelKind, TunnelSpec, Welcome,
     protocol::{FrameError, MAX_CONTROL_FRAME, MAX_HEADER_FRAME, read_msg, write_msg},
 };
@@ -27,7 +27,12 @@ where
 }
 
 fn tunnel_kind() -> impl Strategy<Value = TunnelKind> {
-    let subdomain = || proptest::option::of("[a-z0-9-]{1,63}");
+    let public_name = || {
+        proptest::option::of(prop_oneof![
+            "[a-z0-9-]{1,63}".prop_map(PublicName::Subdomain),
+            "[a-z0-9.-]{1,80}".prop_map(PublicName::Hostname),
+        ])
+    };
     let net = (any::<[u8; 4]>(), 0u8..=32)
         .prop_map(|(ip, prefix)| ipnet::IpNet::from(ipnet::Ipv4Net::new(ip.into(), prefix).expect("prefix <= 32")));
     let access = (proptest::option::of(".{0,30}"), vec(net.clone(), 0..3), vec(net, 0..3)).prop_map(
@@ -40,8 +45,8 @@ fn tunnel_kind() -> impl Strategy<Value = TunnelKind> {
     );
     prop_oneof![
         proptest::option::of(any::<u16>()).prop_map(|port| TunnelKind::Tcp { port }),
-        (subdomain(), access).prop_map(|(subdomain, access)| TunnelKind::Http { subdomain, access }),
-        subdomain().prop_map(|subdomain| TunnelKind::Tls { subdomain }),
+        (public_name(), access).prop_map(|(name, access)| TunnelKind::Http { name, access }),
+        public_name().prop_map(|name| TunnelKind::Tls { name }),
     ]
 }
 
@@ -63,6 +68,9 @@ fn refusal() -> impl Strategy<Value = Refusal> {
         ".{0,20}".prop_map(|name| Refusal::SubdomainTaken { name }),
         Just(Refusal::UnknownSession),
         any::<usize>().prop_map(|max| Refusal::LinkLimit { max }),
+        (".{0,20}", ".{0,20}", ".{0,20}")
+            .prop_map(|(name, token, allowed)| Refusal::HostnameNotAllowed { name, token, allowed }),
+        ".{0,20}".prop_map(|name| Refusal::HostnameTaken { name }),
     ]
 }
 

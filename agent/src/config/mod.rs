@@ -8,8 +8,9 @@ use std::{
 };
 
 use burrow_common::{
-    Fingerprint, Secret,
+    Fingerprint, PublicName, Secret,
     config::{EnvSource, check_duration, duration, optional_duration},
+    protocol::is_valid_name,
 };
 use serde::{Deserialize, Serialize};
 
@@ -167,18 +168,21 @@ impl AgentConfig {
 #[serde(deny_unknown_fields)]
 pub struct TunnelConfig {
     /// Stable name: with the token it keeps the same public port or subdomain across
-    /// reconnects. Defaults to the subdomain, or `PROTOCOL-<local port>`.
+    /// reconnects. Defaults to the subdomain or hostname, or `PROTOCOL-<local port>`.
     pub name: Option<String>,
     /// `PORT` or `HOST:PORT`; the host defaults to 127.0.0.1.
     pub local: LocalTarget,
-    /// `tcp` (a public port), `http` (a subdomain over HTTP and HTTPS), `tls` (a
-    /// subdomain whose TLS the local server ends) or `udp` (a public UDP port).
+    /// `tcp` (a public port), `http` (a subdomain or hostname over HTTP and HTTPS), `tls` (a
+    /// subdomain or hostname whose TLS the local server ends) or `udp` (a public UDP port).
     #[serde(default)]
     pub protocol: Protocol,
     /// Public port to ask for (TCP, UDP); the relay picks one when absent.
     pub remote_port: Option<u16>,
     /// Subdomain to ask for (HTTP, TLS); the relay picks a readable one when absent.
     pub subdomain: Option<String>,
+    /// A custom hostname to ask for instead of a subdomain, like `app.example.org` (HTTP,
+    /// TLS): its DNS must point at the relay (a CNAME), and the token must allow it.
+    pub hostname: Option<String>,
     /// `USER:PASSWORD` visitors must give (HTTP).
     pub basic_auth: Option<Secret>,
     /// A file holding `basic_auth`, read at load, so the password stays out of this file
@@ -222,6 +226,7 @@ impl TunnelConfig {
             protocol: Protocol::Tcp,
             remote_port: None,
             subdomain: None,
+            hostname: None,
             basic_auth: None,
             basic_auth_file: None,
             upgrades: Vec::new(),
@@ -239,6 +244,7 @@ impl TunnelConfig {
         self.name
             .clone()
             .or_else(|| self.subdomain.clone())
+            .or_else(|| self.hostname.clone().filter(|host| is_valid_name(host)))
             .unwrap_or_else(|| format!("{}-{}", self.protocol, self.local.port))
     }
 
@@ -265,10 +271,13 @@ impl TunnelConfig {
             self.remote_port.is_none() || public_port,
             "invalid configuration: tunnel {name:?}: remote_port applies to TCP and UDP tunnels only; HTTP and TLS tunnels get a subdomain"
         );
-        anyhow::ensure!(
-            self.subdomain.is_none() || !public_port,
-            "invalid configuration: tunnel {name:?}: subdomain applies to HTTP and TLS tunnels only (protocol = \"http\" or \"tls\")"
-        );
+        for (key, given) in [("subdomain", self.subdomain.is_some()), ("hostname", self.hostname.is_some())] {
+            anyhow::ensure!(
+                !given || !public_port,
+                "invalid configuration: tunnel {name:?}: {key} applies to HTTP and TLS tunnels only (protocol = \"http\" or \"tls\")"
+            );
+        }
+        self.validate_hostname(&name)?;
         if let Some(credentials) = &self.basic_auth {
             secrets::check_basic_auth(&name, credentials)?;
         }
@@ -290,6 +299,31 @@ impl TunnelConfig {
                 );
             }
         }
+        Ok(())
+    }
+}
+
+impl TunnelConfig {
+    /// The name the relay is asked for, if any.
+    pub(crate) fn public_name(&self) -> Option<PublicName> {
+        let hostname = self.hostname.clone().map(PublicName::Hostname);
+        hostname.or_else(|| self.subdomain.clone().map(PublicName::Subdomain))
+    }
+
+    /// A hostname is a whole DNS name; which ones a tunnel may have is the relay's to say.
+    fn validate_hostname(&self, name: &str) -> anyhow::Result<()> {
+        let Some(host) = &self.hostname else { return Ok(()) };
+        anyhow::ensure!(
+            self.subdomain.is_none(),
+            "invalid configuration: tunnel {name:?}: give either subdomain or hostname, not both"
+        );
+        let labels_valid = host.split('.').all(|label| {
+            !label.is_empty() && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        });
+        anyhow::ensure!(
+            host.contains('.') && labels_valid,
+            "invalid configuration: tunnel {name:?}: hostname = {host:?} is not a full DNS name, like app.example.org"
+        );
         Ok(())
     }
 }

@@ -95,6 +95,18 @@ fn bad_values_name_key_value_and_form() -> anyhow::Result<()> {
             "[[tunnels]]\nlocal = 51820\nprotocol = \"udp\"\nsubdomain = \"vpn\"",
             ["vpn", "subdomain", "HTTP and TLS tunnels only"],
         ),
+        (
+            "[[tunnels]]\nlocal = 80\nhostname = \"app.example.org\"",
+            ["app.example.org", "hostname", "HTTP and TLS tunnels only"],
+        ),
+        (
+            "[[tunnels]]\nlocal = 80\nprotocol = \"http\"\nhostname = \"localhost\"",
+            ["localhost", "hostname = \"localhost\"", "full DNS name, like app.example.org"],
+        ),
+        (
+            "[[tunnels]]\nlocal = 80\nprotocol = \"http\"\nsubdomain = \"app\"\nhostname = \"app.example.org\"",
+            ["app", "hostname", "either subdomain or hostname, not both"],
+        ),
         ("[[tunnels]]\nlocal = 53\nflow_idle = \"2m\"", ["tcp-53", "flow_idle", "UDP tunnels only"]),
         (
             "[[tunnels]]\nlocal = 53\nprotocol = \"udp\"\nflow_idle = \"500ms\"",
@@ -127,5 +139,20 @@ fn a_udp_tunnel_takes_a_port_and_a_flow_idle_time() -> anyhow::Result<()> {
     );
     assert_eq!(wireguard.flow_idle, Some(Duration::from_secs(90)));
     assert_eq!((dns.name(), dns.flow_idle), ("udp-53".into(), None), "unset: the relay's default");
+    Ok(())
+}
+
+#[test]
+fn an_http_or_tls_tunnel_takes_a_hostname() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("agent.toml");
+    let text = "[[tunnels]]\nlocal = 3000\nprotocol = \"http\"\nhostname = \"app.example.org\"\n\n\
+                [[tunnels]]\nlocal = 8443\nprotocol = \"tls\"\nname = \"secure\"\nhostname = \"secure.example.org\"";
+    std::fs::write(&path, text)?;
+    let config = AgentConfig::load(Some(&path), &NoFlags {})?;
+    let (web, secure) = (&config.tunnels[0], &config.tunnels[1]);
+    assert_eq!(web.name(), "app.example.org", "named after its hostname");
+    assert_eq!(web.public_name(), Some(PublicName::Hostname("app.example.org".into())));
+    assert_eq!((secure.name(), secure.public_name()), ("secure".into(), Some(PublicName::Hostname("secure.example.org".into()))));
     Ok(())
 }

@@ -46,16 +46,35 @@ pub struct TunnelSpec {
 pub enum TunnelKind {
     /// A public TCP port: the one asked for, or one the relay picks from its range.
     Tcp { port: Option<u16> },
-    /// `SUBDOMAIN.DOMAIN` on the relay's shared HTTP and HTTPS ports, TLS ended at the relay;
-    /// the relay picks a readable name when none is asked for.
-    Http { subdomain: Option<String>, access: HttpAccess },
-    /// `SUBDOMAIN.DOMAIN` on the relay's shared HTTPS port, routed by SNI with the TLS bytes
-    /// passed through untouched: the local server holds the certificate.
-    Tls { subdomain: Option<String> },
+    /// A name on the relay's shared HTTP and HTTPS ports, TLS ended at the relay; the relay
+    /// picks a readable subdomain when none is asked for.
+    Http { name: Option<PublicName>, access: HttpAccess },
+    /// A name on the relay's shared HTTPS port, routed by SNI with the TLS bytes passed
+    /// through untouched: the local server holds the certificate.
+    Tls { name: Option<PublicName> },
     /// A public UDP port (from the same range as TCP ports, a separate number space). Each
     /// visitor address is a flow, ended after `flow_idle` quiet (the relay's default when
     /// none is asked for).
     Udp { port: Option<u16>, flow_idle: Option<std::time::Duration> },
+}
+
+/// The name an HTTP or TLS tunnel asks to be reached at.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum PublicName {
+    /// One label under the relay's domain: `myapp` for `myapp.DOMAIN`.
+    Subdomain(String),
+    /// A whole DNS name the user points at the relay (a CNAME), like `app.example.org`;
+    /// the relay serves it only to a token allowed it. A name under the relay's own domain
+    /// is taken as that subdomain.
+    Hostname(String),
+}
+
+impl std::fmt::Display for PublicName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PublicName::Subdomain(name) | PublicName::Hostname(name) => f.write_str(name),
+        }
+    }
 }
 
 /// Who may reach an HTTP tunnel, checked by the relay before a request crosses the tunnel.
@@ -159,6 +178,10 @@ pub enum Refusal {
     UnknownSession,
     #[error("this session already has {max} links, the relay's limit (max_links_per_session)")]
     LinkLimit { max: usize },
+    #[error("the hostname {name:?} is outside the hostnames token {token:?} allows ({allowed})")]
+    HostnameNotAllowed { name: String, token: String, allowed: String },
+    #[error("the hostname {name:?} is held by another agent on this relay; choose another name")]
+    HostnameTaken { name: String },
 }
 
 impl Refusal {

@@ -1,5 +1,5 @@
-//! Which places a tunnel of each kind may claim, in which order, and what it is told when
-//! none is free: the relay's side of the claims table.
+//! Which ports a TCP or UDP tunnel may claim, in which order, and what it is told when none
+//! is free: the relay's side of the claims table (names are in [`super::names`]).
 
 use std::{
     net::{IpAddr, SocketAddr},
@@ -11,15 +11,11 @@ use rand::Rng;
 use tokio::net::{TcpSocket, UdpSocket};
 
 use super::{Bound, ClaimError, Claimant, Claimed, Place, PortSpace, PublicSocket, Route, SessionId};
-use crate::{Shared, tokens::Grant, vhost};
+use crate::{Shared, tokens::Grant};
 
 const LISTEN_BACKLOG: u32 = 1024;
 
-/// How many random names are tried before giving up; with tens of thousands of names and a
-/// few hundred tunnels, one collision is already rare.
-const RANDOM_NAME_ATTEMPTS: usize = 32;
-
-type Claim = Result<Claimed<Route>, ClaimError<Route>>;
+pub(super) type Claim = Result<Claimed<Route>, ClaimError<Route>>;
 
 /// Claims the port asked for, the one reserved for the tunnel, or a free one of the range
 /// that the token may use, in `space`: TCP and UDP ports share the range and the token's
@@ -74,89 +70,8 @@ pub(crate) async fn claim_port(
     Err(Refusal::NoFreePort { range: grant.describe_ports(range) }.into())
 }
 
-/// Claims the subdomain asked for, the one reserved for the tunnel, or a fresh random one,
-/// among the names the token may use.
-pub(crate) async fn claim_subdomain(
-    shared: &Shared,
-    who: &Claimant<'_>,
-    grant: &Grant,
-    requested: Option<&str>,
-    route: &Arc<Route>,
-) -> Claim {
-    if grant.subdomains.as_ref().is_some_and(Vec::is_empty) {
-        return Err(closed_kind(who, "HTTP or TLS", "subdomains").into());
-    }
-    let reserved_names = shared.config().reserved_names.clone();
-    shared.claims.within_limit(who.key)?;
-    let name = match requested {
-        Some(asked) => {
-            let name = vhost::check_subdomain(asked, &reserved_names)
-                .map_err(|e| Refusal::BadTunnel { name: who.key.tunnel.clone(), why: e.to_string() })?;
-            if !grant.allows_subdomain(&name) {
-                return Err(Refusal::SubdomainNotAllowed { name, allowed: grant.describe_subdomains() }.into());
-            }
-            name
-        }
-        None => match shared.store.reserved_for(who.key).await {
-            Ok(Some(Place::Subdomain(name))) if grant.allows_subdomain(&name) => name,
-            _ => return claim_random_subdomain(shared, who, grant, &reserved_names, route).await,
-        },
-    };
-    let place = Place::Subdomain(name.clone());
-    let claimed = shared.claims.try_place(shared.store.as_ref(), who, &place, route, |_| Bound::NotNeeded).await?;
-    claimed.ok_or(Refusal::SubdomainTaken { name }.into())
-}
-
-async fn claim_random_subdomain(
-    shared: &Shared,
-    who: &Claimant<'_>,
-    grant: &Grant,
-    reserved_names: &[String],
-    route: &Arc<Route>,
-) -> Claim {
-    let refused = |why: String| Refusal::BadTunnel { name: who.key.tunnel.clone(), why };
-    for _ in 0..RANDOM_NAME_ATTEMPTS {
-        let name = match random_name_for(grant) {
-            RandomName::Drawn(name) => name,
-            RandomName::Unfit => continue,
-            RandomName::NotAllowed => {
-                let allowed = grant.describe_subdomains();
-                return Err(refused(format!("this token may use only the subdomains {allowed}: ask for one")).into());
-            }
-        };
-        let place = Place::Subdomain(name.clone());
-        if reserved_names.contains(&name) || shared.claims.is_held(&place) || owned(shared, &place).await {
-            continue;
-        }
-        let store = shared.store.as_ref();
-        if let Some(claimed) = shared.claims.try_place(store, who, &place, route, |_| Bound::NotNeeded).await? {
-            return Ok(claimed);
-        }
-    }
-    Err(refused("no unused random subdomain was found; ask for a name of your own".into()).into())
-}
-
-enum RandomName {
-    Drawn(String),
-    /// The draw does not fit its pattern (too long a label): draw again.
-    Unfit,
-    /// The token's patterns have no `*`: no name can be drawn for it.
-    NotAllowed,
-}
-
-/// A random name the token may use: any, or one of its patterns with a random `*`.
-fn random_name_for(grant: &Grant) -> RandomName {
-    let Some(patterns) = &grant.subdomains else { return RandomName::Drawn(vhost::random_subdomain()) };
-    let wildcards: Vec<_> = patterns.iter().filter(|p| p.is_wildcard()).collect();
-    if wildcards.is_empty() {
-        return RandomName::NotAllowed;
-    }
-    let pattern = wildcards[rand::rng().random_range(0..wildcards.len())];
-    pattern.fill(&vhost::random_subdomain()).map_or(RandomName::Unfit, RandomName::Drawn)
-}
-
 /// The refusal for a kind of tunnel the token's limits close with `none`.
-fn closed_kind(who: &Claimant<'_>, kind: &str, limit: &str) -> Refusal {
+pub(super) fn closed_kind(who: &Claimant<'_>, kind: &str, limit: &str) -> Refusal {
     let why = format!("this token may open no {kind} tunnels (its {limit} are `none`)");
     Refusal::BadTunnel { name: who.key.tunnel.clone(), why }
 }
@@ -169,10 +84,6 @@ pub(crate) async fn release(shared: &Shared, place: &Place, session: SessionId) 
     }
 }
 
-async fn owned(shared: &Shared, place: &Place) -> bool {
-    matches!(shared.store.owner_of(place).await, Ok(Some(_)))
-}
-
 async fn owned_by_another(shared: &Shared, who: &Claimant<'_>, place: &Place) -> bool {
     matches!(shared.store.owner_of(place).await, Ok(Some(owner)) if owner != *who.key)
 }
@@ -181,7 +92,7 @@ fn bind_port(bind_ip: IpAddr, place: &Place) -> Bound {
     let port = match *place {
         Place::Port(port) => port,
         Place::UdpPort(port) => return bind_udp_port(SocketAddr::new(bind_ip, port)),
-        Place::Subdomain(_) => return Bound::NotNeeded,
+        Place::Subdomain(_) | Place::Hostname(_) => return Bound::NotNeeded,
     };
     let addr = SocketAddr::new(bind_ip, port);
     let socket = if addr.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() };

@@ -1,4 +1,5 @@
-//! The claims table: who holds each public place (TCP port, subdomain) on this relay now.
+//! The claims table: who holds each public place (TCP or UDP port, subdomain, custom
+//! hostname) on this relay now.
 //!
 //! One entry per place, one state machine for every kind of place:
 //! - free → *claiming*: decided under the table's lock (per-token limit, takeover rule);
@@ -19,6 +20,7 @@
 
 mod claiming;
 mod kinds;
+mod names;
 mod parking;
 mod place;
 mod route;
@@ -43,7 +45,8 @@ use tokio::{
 pub(crate) use self::place::{Place, PortSpace, TunnelKey};
 pub(crate) use self::{
     claiming::{Bound, ClaimError, Claimant, Claimed, with_takeover},
-    kinds::{claim_port, claim_subdomain, release},
+    kinds::{claim_port, release},
+    names::claim_name,
     parking::{Parked, until_taken_over},
     route::{Route, RouteKind},
 };

@@ -46,7 +46,8 @@ impl std::hash::Hash for TunnelKey {
 }
 
 /// A public name a tunnel can hold on the relay: a TCP port, a UDP port (a number space of
-/// its own), or a subdomain of its domain. Custom hostnames are a further variant.
+/// its own), a subdomain of its domain, or a custom hostname (a whole DNS name outside the
+/// domain, lowercase, that the holder's token allows).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub(crate) enum Place {
@@ -54,6 +55,7 @@ pub(crate) enum Place {
     #[serde(rename = "udp_port")]
     UdpPort(u16),
     Subdomain(String),
+    Hostname(String),
 }
 
 /// Which of the two port number spaces a port tunnel claims in.
@@ -86,6 +88,7 @@ impl std::fmt::Display for Place {
             Place::Port(port) => write!(f, "port {port}"),
             Place::UdpPort(port) => write!(f, "UDP port {port}"),
             Place::Subdomain(name) => write!(f, "subdomain {name}"),
+            Place::Hostname(host) => write!(f, "hostname {host}"),
         }
     }
 }

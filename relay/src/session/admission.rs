@@ -116,11 +116,11 @@ pub(super) async fn open(
             })
             .await?
         }
-        TunnelKind::Http { subdomain, .. } | TunnelKind::Tls { subdomain } => {
+        TunnelKind::Http { name, .. } | TunnelKind::Tls { name } => {
             shared.vhost.as_ref().ok_or(Refusal::NoDomain)?;
             with_takeover(&key.tunnel, |replacing| {
                 let who = who(replacing);
-                async move { claims::claim_subdomain(shared, &who, grant, subdomain.as_deref(), serving).await }
+                async move { claims::claim_name(shared, &who, grant, name.as_ref(), serving).await }
             })
             .await?
         }
@@ -131,8 +131,8 @@ pub(super) async fn open(
         (Place::UdpPort(port), _) => {
             granted(*port, shared.public_host().map(|host| udp_url(&host, *port)).into_iter().collect())
         }
-        (Place::Subdomain(name), Some(vhost)) => granted(0, vhost.urls(name, &route.kind)),
-        (Place::Subdomain(_), None) => granted(0, Vec::new()),
+        (place @ (Place::Subdomain(_) | Place::Hostname(_)), Some(vhost)) => granted(0, vhost.urls(place, &route.kind)),
+        (Place::Subdomain(_) | Place::Hostname(_), None) => granted(0, Vec::new()),
     };
     Ok(Opened { granted, route, claimed })
 }

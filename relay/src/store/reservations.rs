@@ -334,6 +334,25 @@ mod tests {
     }
 
     #[test]
+    fn hostnames_are_reserved_like_subdomains() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let store = open(dir.path(), Duration::from_secs(3600))?;
+        let custom = Place::Hostname("app.example.org".into());
+        store.hold(&key("a", "web"), &custom)?;
+        store.release(&key("a", "web"), &custom)?;
+        drop(store);
+        let text = std::fs::read_to_string(dir.path().join(RESERVATIONS_FILE))?;
+        assert!(text.contains(r#""hostname": "app.example.org""#), "{text}");
+        let reopened = open(dir.path(), Duration::from_secs(3600))?;
+        assert_eq!(reopened.place_for(&key("a", "web")), Some(custom.clone()));
+        assert_eq!(reopened.owner_of(&custom), Some(key("a", "web")));
+        assert!(!reopened.claim(&key("b", "web"), &custom)?, "reserved for another token");
+        // The same name as a subdomain is another place.
+        assert_eq!(reopened.owner_of(&Place::Subdomain("app.example.org".into())), None);
+        Ok(())
+    }
+
+    #[test]
     fn a_token_keeps_a_bounded_number_of_reservations() -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;
         let store = open(dir.path(), Duration::from_secs(3600))?;

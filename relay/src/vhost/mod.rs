@@ -1,12 +1,14 @@
 //! HTTP and HTTPS tunnels: one public HTTP port and one HTTPS port shared by every agent,
-//! each request routed by its hostname to the tunnel that holds that subdomain. The HTTPS
-//! port also carries TLS passthrough tunnels, told apart by the SNI before any TLS is ended.
+//! each request routed by its hostname to the tunnel that holds that subdomain or custom
+//! hostname. The HTTPS port also carries TLS passthrough tunnels, told apart by the SNI
+//! before any TLS is ended.
 
 mod access;
 mod body;
 mod certs;
 mod names;
 mod pages;
+mod places;
 mod proxy;
 mod sni;
 
@@ -21,7 +23,7 @@ pub use self::certs::HttpsCertError;
 use self::proxy::{Scheme, Visitor};
 pub(crate) use self::{
     access::Access,
-    names::{NameError, check_subdomain, default_reserved as default_reserved_names, random_subdomain},
+    names::{NameError, check_hostname, check_subdomain, default_reserved as default_reserved_names, random_subdomain},
 };
 use crate::{
     BindError, RelayConfig, Shared,
@@ -43,6 +45,8 @@ pub(crate) fn check_label(label: &str) -> Result<String, NameError> {
 /// The relay's domain, and where the tunnels under it are looked up.
 pub(crate) struct Vhost {
     pub(crate) domain: String,
+    /// The relay's own hostnames (`hostname` in its config), lowercase: never a tunnel's.
+    own_names: Vec<String>,
     claims: Arc<Claims<Route>>,
     store: Arc<dyn Store>,
     http_addr: Option<SocketAddr>,
@@ -89,6 +93,7 @@ pub(crate) fn bind(
         store,
         http_addr: http.as_ref().and_then(|l| l.local_addr().ok()),
         https_addr: https.as_ref().and_then(|(l, _)| l.local_addr().ok()),
+        own_names: config.hostname.iter().map(|name| name.to_ascii_lowercase()).collect(),
         domain,
     };
     Ok(Some((vhost, Listeners { http, https })))
@@ -103,9 +108,9 @@ impl Vhost {
         self.https_addr
     }
 
-    /// Where visitors reach the tunnel named `name`: HTTPS first, as users should prefer it.
-    pub(crate) fn urls(&self, name: &str, kind: &RouteKind) -> Vec<String> {
-        let host = format!("{name}.{}", self.domain);
+    /// Where visitors reach the tunnel at `place`: HTTPS first, as users should prefer it.
+    pub(crate) fn urls(&self, place: &Place, kind: &RouteKind) -> Vec<String> {
+        let Some(host) = self.host_of(place) else { return Vec::new() };
         let https = self.https_addr.map(|addr| url("https", &host, addr.port(), 443));
         let http = self.http_addr.map(|addr| url("http", &host, addr.port(), 80));
         match kind {
@@ -121,13 +126,12 @@ impl Vhost {
         self.https_addr.map(|addr| format!("{}{path}", url("https", host, addr.port(), 443)))
     }
 
-    /// The session serving `name`; for one that was lost, waits up to `park_for` for its
-    /// agent to come back.
-    pub(crate) async fn find(&self, name: &str, park_for: Duration) -> Result<Arc<Route>, Missing> {
-        let place = Place::Subdomain(name.to_string());
-        match self.claims.lookup(&place) {
+    /// The session serving `place` (see [`Vhost::place_of`]); for one that was lost, waits
+    /// up to `park_for` for its agent to come back.
+    pub(crate) async fn find(&self, place: &Place, park_for: Duration) -> Result<Arc<Route>, Missing> {
+        match self.claims.lookup(place) {
             Lookup::Serving(route) => Ok(route),
-            Lookup::Vacant => match self.store.owner_of(&place).await {
+            Lookup::Vacant => match self.store.owner_of(place).await {
                 Ok(Some(_)) => Err(Missing::Offline),
                 _ => Err(Missing::Unknown),
             },
@@ -257,8 +261,8 @@ async fn wait_for_certificate(shared: &Shared, server_name: Option<&str>) {
 /// The TLS passthrough tunnel the SNI names, if there is one.
 async fn passthrough_route(shared: &Shared, server_name: Option<&str>) -> Option<Arc<Route>> {
     let vhost = shared.vhost.as_ref()?;
-    let name = names::subdomain_of(server_name?, &vhost.domain)?;
-    let route = vhost.find(name, shared.config().park_visitors_for).await.ok()?;
+    let place = vhost.place_of(server_name?)?;
+    let route = vhost.find(&place, shared.config().park_visitors_for).await.ok()?;
     matches!(route.kind, RouteKind::Tls).then_some(route)
 }
 

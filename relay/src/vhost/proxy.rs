@@ -34,7 +34,7 @@ use super::{
 };
 use crate::{
     Shared, auth_limit,
-    claims::{Route, RouteKind},
+    claims::{Place, Route, RouteKind},
     limits::{self, Admission, IpSlot},
     metrics::REFUSED_NO_STREAM,
     traffic::Visit,
@@ -73,16 +73,16 @@ pub(crate) struct Visitor {
     pub(crate) _slot: IpSlot,
 }
 
-/// The tunnel a request is for: its subdomain, its hostname, and the Host header as sent.
+/// The tunnel a request is for: its place, its hostname, and the Host header as sent.
 struct Addressed {
-    name: String,
+    place: Place,
     host: String,
     sent_host: String,
 }
 
 /// The stream to the tunnel a visitor connection talked to last.
 struct Upstream {
-    name: String,
+    place: Place,
     session: usize,
     /// The tunnel id within the session: a name closed and opened again gets a new one.
     tunnel: u32,
@@ -147,9 +147,9 @@ impl VisitorConnection {
     }
 
     async fn forward(self: &Arc<Self>, mut request: Request<Incoming>) -> Result<Response<ProxyBody>, RelayAnswer> {
-        let Addressed { name, host, sent_host } = self.address(&request)?;
+        let Addressed { place, host, sent_host } = self.address(&request)?;
         self.refuse_when_guessing()?;
-        let route = self.route(&name, &host).await?;
+        let route = self.route(&place, &host).await?;
         let drop_authorization = self.check_access(&request, &route, &host).await?;
         let wants_upgrade = may_switch(&route, &request);
         prepare_for_agent(&mut request, &self.visitor, &sent_host, drop_authorization, wants_upgrade);
@@ -157,14 +157,14 @@ impl VisitorConnection {
         let mut upstream = self.upstream.lock().await;
         let mut sender = match upstream.take() {
             Some(open)
-                if open.name == name
+                if open.place == place
                     && open.session == route.link.stable_id()
                     && open.tunnel == route.tunnel
                     && !open.sender.is_closed() =>
             {
                 open
             }
-            _ => self.open_upstream(&name, &host, &route).await?,
+            _ => self.open_upstream(place, &host, &route).await?,
         };
         let (request, body_sent) = with_end_signal(request, self.shared.config().http_body_idle_timeout);
         let mut response = self.exchange(&mut sender.sender, request, body_sent).await?;
@@ -197,10 +197,10 @@ impl VisitorConnection {
         let host =
             names::request_host(&sent_host).ok_or_else(|| pages::bad_request("The Host header is malformed."))?;
         let vhost = self.vhost();
-        if host == vhost.domain {
+        if vhost.is_own(&host) {
             return Err(pages::no_http_tunnels().into());
         }
-        let name = names::subdomain_of(&host, &vhost.domain).ok_or_else(|| pages::not_found(&host))?.to_string();
+        let place = vhost.place_of(&host).ok_or_else(|| pages::not_found(&host))?;
         if self.visitor.server_name.as_ref().is_some_and(|sni| *sni != host) {
             return Err(pages::misdirected(&host).into());
         }
@@ -210,7 +210,7 @@ impl VisitorConnection {
         {
             return Err(RelayAnswer::Redirect(location));
         }
-        Ok(Addressed { name, host, sent_host })
+        Ok(Addressed { place, host, sent_host })
     }
 
     /// Joins the visitor's and the agent's ends of an upgraded connection. The visitor's
@@ -254,16 +254,16 @@ impl VisitorConnection {
         }
     }
 
-    /// Finds the session serving `name`, waiting for a lost one's agent to come back.
-    async fn route(&self, name: &str, host: &str) -> Result<Arc<Route>, RelayAnswer> {
-        match self.vhost().find(name, self.shared.config().park_visitors_for).await {
+    /// Finds the session serving `place`, waiting for a lost one's agent to come back.
+    async fn route(&self, place: &Place, host: &str) -> Result<Arc<Route>, RelayAnswer> {
+        match self.vhost().find(place, self.shared.config().park_visitors_for).await {
             Ok(route) => Ok(route),
             Err(Missing::Unknown) => Err(self.unknown_name(host).await),
             Err(Missing::Offline) => Err(pages::tunnel_offline(host).into()),
         }
     }
 
-    async fn open_upstream(&self, name: &str, host: &str, route: &Route) -> Result<Upstream, RelayAnswer> {
+    async fn open_upstream(&self, place: Place, host: &str, route: &Route) -> Result<Upstream, RelayAnswer> {
         let metrics = &self.shared.metrics;
         let admission = limits::admit_to_tunnel(&route.places, metrics).map_err(|full| {
             metrics.visitors_refused.get_or_create(&full).inc();
@@ -290,7 +290,7 @@ impl VisitorConnection {
             }
         });
         let session = route.link.stable_id();
-        Ok(Upstream { name: name.to_string(), session, tunnel: route.tunnel, sender, held: (admission, visit) })
+        Ok(Upstream { place, session, tunnel: route.tunnel, sender, held: (admission, visit) })
     }
 }
 
