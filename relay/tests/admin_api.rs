@@ -57,7 +57,7 @@ async fn api_and_metrics_report_exactly_the_traffic_made_and_never_a_token() -> 
     let started = now();
     let dir = tempfile::tempdir()?;
     let alice_ports = ["21000-21999".parse().map_err(anyhow::Error::msg)?];
-    let alice_limits = relay::tokens::Limits { ports: Some(&alice_ports), subdomains: None };
+    let alice_limits = relay::tokens::Limits { ports: Some(&alice_ports), ..Default::default() };
     let alice = relay::tokens::TokenStore::open(dir.path()).add("alice", alice_limits)?;
     let relay = TestRelay::start(dir.path()).await?;
     let admin = relay.admin.expect("enabled");

@@ -95,7 +95,7 @@ async fn token_limited_to_ports_cannot_take_others() -> anyhow::Result<()> {
     let outside = free.checked_sub(1).filter(|p| *p > 0).unwrap_or(free + 1);
     let store = relay::tokens::TokenStore::open(dir.path());
     let ports = [format!("{free}").parse().map_err(anyhow::Error::msg)?];
-    let limited = store.add("limited", relay::tokens::Limits { ports: Some(&ports), subdomains: None })?;
+    let limited = store.add("limited", relay::tokens::Limits { ports: Some(&ports), ..Default::default() })?;
     let mut config = relay_config(dir.path());
     config.ports = format!("{}-{}", free.min(outside), free.max(outside)).parse().map_err(anyhow::Error::msg)?;
     let relay = TestRelay::start_with(config).await?;
@@ -114,7 +114,7 @@ async fn token_limited_to_ports_cannot_take_others() -> anyhow::Result<()> {
     assert_eq!(tunnels[0].port, free);
 
     // `--ports none` closes TCP and UDP tunnels to a token.
-    plan.token = store.add("no-ports", relay::tokens::Limits { ports: Some(&[]), subdomains: None })?;
+    plan.token = store.add("no-ports", relay::tokens::Limits { ports: Some(&[]), ..Default::default() })?;
     let err = TestAgent::spawn(plan).finished().await?.unwrap_err();
     assert!(format!("{err:#}").contains("may open no TCP or UDP tunnels"), "{err:#}");
     agent.stop().await?;

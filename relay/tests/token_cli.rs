@@ -20,7 +20,7 @@ fn tokens_are_printed_once_listed_by_name_and_revoked() -> anyhow::Result<()> {
     assert!(token.starts_with("brw_") && token.len() == 47, "{token}");
 
     let listed = relay(dir.path(), &["token", "list"])?;
-    assert_eq!(text(&listed.stdout), "alice\tports: 22,8000-8100\tsubdomains: all\n");
+    assert_eq!(text(&listed.stdout), "alice\tports: 22,8000-8100\tsubdomains: all\thostnames: none\n");
     let stored = std::fs::read_to_string(dir.path().join("tokens.json"))?;
     assert!(!stored.contains(&token), "only the hash is stored");
     #[cfg(unix)]
@@ -56,24 +56,29 @@ fn bad_token_names_and_port_lists_are_rejected_with_the_expected_form() -> anyho
 /// What a token may use is shown wherever tokens are listed: `relay token list`, the
 /// invitation and the admin API.
 #[tokio::test]
-async fn subdomain_patterns_and_closed_kinds_are_listed_and_shown() -> anyhow::Result<()> {
+async fn name_patterns_and_closed_kinds_are_listed_and_shown() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let added = relay(dir.path(), &["token", "add", "web-only", "--ports", "none", "--subdomains", "app-*,docs"])?;
+    let args = ["--ports", "none", "--subdomains", "app-*,docs", "--hostnames", "App.example.org,*.dev.example.org"];
+    let added = relay(dir.path(), &[&["token", "add", "web-only"][..], &args].concat())?;
     assert!(added.status.success(), "{}", text(&added.stderr));
     let invited = relay(dir.path(), &["invite", "ssh-only", "--ports", "22", "--subdomains", "none"])?;
     assert!(invited.status.success(), "{}", text(&invited.stderr));
     assert!(
-        text(&invited.stdout).contains("This token may use ports 22 and subdomains none."),
+        text(&invited.stdout).contains("This token may use ports 22, subdomains none and hostnames none."),
         "{}",
         text(&invited.stdout)
     );
     let listed = relay(dir.path(), &["token", "list"])?;
     assert_eq!(
         text(&listed.stdout),
-        "web-only\tports: none\tsubdomains: app-*,docs\nssh-only\tports: 22\tsubdomains: none\n"
+        "web-only\tports: none\tsubdomains: app-*,docs\thostnames: app.example.org,*.dev.example.org\n\
+         ssh-only\tports: 22\tsubdomains: none\thostnames: none\n"
     );
     let bad = relay(dir.path(), &["token", "add", "bad", "--subdomains", "a*b*"])?;
     assert!(text(&bad.stderr).contains("invalid subdomain pattern \"a*b*\""), "{}", text(&bad.stderr));
+    let bad = relay(dir.path(), &["token", "add", "bad", "--hostnames", "app.example.org,*.org"])?;
+    assert!(!bad.status.success());
+    assert!(text(&bad.stderr).contains("invalid hostname pattern \"*.org\": expected a full DNS name"), "{}", text(&bad.stderr));
 
     let relay = testkit::TestRelay::start(dir.path()).await?;
     let admin = relay.admin.ok_or_else(|| anyhow::anyhow!("the test relay has an admin endpoint"))?;
@@ -83,7 +88,8 @@ async fn subdomain_patterns_and_closed_kinds_are_listed_and_shown() -> anyhow::R
     let shown = |name: &str| tokens.as_array().and_then(|all| all.iter().find(|t| t["name"] == name)).cloned();
     let web_only = shown("web-only").ok_or_else(|| anyhow::anyhow!("web-only listed: {tokens}"))?;
     assert_eq!((web_only["ports"].as_str(), web_only["subdomains"].as_str()), (Some("none"), Some("app-*,docs")));
+    assert_eq!(web_only["hostnames"], "app.example.org,*.dev.example.org");
     let configured = shown("configured").ok_or_else(|| anyhow::anyhow!("configured listed: {tokens}"))?;
-    assert_eq!(configured["subdomains"], "all");
+    assert_eq!((configured["subdomains"].as_str(), configured["hostnames"].as_str()), (Some("all"), Some("none")));
     relay.stop().await
 }

@@ -16,7 +16,11 @@ use agent::{
     config::{AgentConfig, LocalTarget, Protocol, RelayAddr},
 };
 use anyhow::Context;
-use burrow_common::{Secret, tls::Trust};
+use burrow_common::{
+    Fingerprint, PublicName, Secret,
+    tls::{Trust, client_tls},
+};
+use rustls::pki_types::{CertificateDer, pem::PemObject};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::{HeaderMap, Request, StatusCode, client::conn::http1::SendRequest};
@@ -91,6 +95,18 @@ impl HttpRelay {
         client_trusting(&self.https_cert_pem()?)
     }
 
+    /// A client that reaches `host` (any name, a custom hostname say) on this relay's ports
+    /// and over HTTPS accepts the relay's certificate by its fingerprint, whatever names it
+    /// covers: the self-signed one names only the relay's domain.
+    pub fn pinned_client(&self, host: &str) -> anyhow::Result<reqwest::Client> {
+        let pem = self.https_cert_pem()?;
+        let leaf = CertificateDer::from_pem_slice(&pem).context("the relay's HTTPS certificate")?;
+        let mut tls = client_tls(&Trust::Pinned(Fingerprint::of(&leaf)))?;
+        // Not the burrow ALPN, which would make the relay take the client for an agent.
+        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(reqwest::Client::builder().use_preconfigured_tls(tls).resolve(host, loopback()).no_proxy().build()?)
+    }
+
     /// `http://NAME.burrow.test:PORT/PATH` on the relay's HTTP port.
     pub fn http_url(&self, name: &str, path: &str) -> String {
         format!("http://{}:{}{path}", host(name), self.http.port())
@@ -144,6 +160,11 @@ pub fn http_tunnel(name: &str, local: SocketAddr, subdomain: Option<&str>) -> Tu
 /// A TLS passthrough tunnel named `name` to `local`, at `subdomain`.
 pub fn tls_tunnel(name: &str, local: SocketAddr, subdomain: &str) -> TunnelPlan {
     TunnelPlan { protocol: Protocol::Tls, ..http_tunnel(name, local, Some(subdomain)) }
+}
+
+/// A tunnel like `tunnel` at the custom hostname `host` instead of a subdomain.
+pub fn at_hostname(tunnel: TunnelPlan, host: &str) -> TunnelPlan {
+    TunnelPlan { public_name: Some(PublicName::Hostname(host.into())), ..tunnel }
 }
 
 pub fn target(local: SocketAddr) -> LocalTarget {
