@@ -375,7 +375,10 @@ mod tests {
         assert_eq!(plan.public_name, Some(burrow_common::PublicName::Hostname("app.example.org".into())));
 
         let passthrough = tunnel(&["--local", "8443", "--tls", "secure.example.org"])?;
-        assert_eq!((passthrough.protocol, passthrough.hostname.as_deref()), (Protocol::Tls, Some("secure.example.org")));
+        assert_eq!(
+            (passthrough.protocol, passthrough.hostname.as_deref()),
+            (Protocol::Tls, Some("secure.example.org"))
+        );
 
         let subdomain = tunnel(&["--local", "3000", "--http", "myapp"])?;
         assert_eq!((subdomain.subdomain.as_deref(), subdomain.hostname), (Some("myapp"), None));

@@ -98,7 +98,7 @@ async fn a_token_limited_to_one_port_opens_udp_there_only_and_tcp_shares_the_num
     let outside = free.checked_sub(1).filter(|p| *p > 0).unwrap_or(free + 1);
     let store = TokenStore::open(dir.path());
     let ports = [free.to_string().parse().map_err(anyhow::Error::msg)?];
-    let limited = store.add("limited", Limits { ports: Some(&ports), subdomains: None })?;
+    let limited = store.add("limited", Limits { ports: Some(&ports), ..Limits::default() })?;
     let mut config = relay_config(dir.path());
     config.ports = format!("{}-{}", free.min(outside), free.max(outside)).parse().map_err(anyhow::Error::msg)?;
     let relay = TestRelay::start_with(config).await?;
@@ -125,7 +125,7 @@ async fn a_token_limited_to_one_port_opens_udp_there_only_and_tcp_shares_the_num
     agent.stop().await?;
 
     let mut closed = relay.plan(vec![udp_on(None)]);
-    closed.token = store.add("no-ports", Limits { ports: Some(&[]), subdomains: None })?;
+    closed.token = store.add("no-ports", Limits { ports: Some(&[]), ..Limits::default() })?;
     let err = TestAgent::spawn(closed).finished().await?.unwrap_err();
     assert!(matches!(refusal(&err), Some(Refusal::BadTunnel { name, .. }) if name == "game"), "{err:#}");
     assert!(format!("{err:#}").contains("may open no TCP or UDP tunnels"), "{err:#}");

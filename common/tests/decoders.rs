@@ -5,8 +5,8 @@
 use std::net::SocketAddr;
 
 use burrow_common::{
-    AgentMsg, Fingerprint, Granted, Hello, HttpAccess, JoinTicket, LinkOpening, PortRange, PublicName, Refusal, Secret, ServerMsg,
-    StreamHeader, TunnelKind, TunnelSpec, Welcome,
+    AgentMsg, Fingerprint, Granted, Hello, HttpAccess, JoinTicket, LinkOpening, PortRange, PublicName, Refusal, Secret,
+    ServerMsg, StreamHeader, TunnelKind, TunnelSpec, Welcome,
     protocol::{FrameError, MAX_CONTROL_FRAME, MAX_HEADER_FRAME, read_msg, write_msg},
 };
 use proptest::{collection::vec, prelude::*};
@@ -68,8 +68,11 @@ fn refusal() -> impl Strategy<Value = Refusal> {
         ".{0,20}".prop_map(|name| Refusal::SubdomainTaken { name }),
         Just(Refusal::UnknownSession),
         any::<usize>().prop_map(|max| Refusal::LinkLimit { max }),
-        (".{0,20}", ".{0,20}", ".{0,20}")
-            .prop_map(|(name, token, allowed)| Refusal::HostnameNotAllowed { name, token, allowed }),
+        (".{0,20}", ".{0,20}", ".{0,20}").prop_map(|(name, token, allowed)| Refusal::HostnameNotAllowed {
+            name,
+            token,
+            allowed
+        }),
         ".{0,20}".prop_map(|name| Refusal::HostnameTaken { name }),
     ]
 }

@@ -9,7 +9,7 @@ use std::path::Path;
 use agent::{Plan, TunnelPlan};
 use burrow_common::{Refusal, Secret, tls::sha256};
 use relay::tokens::{Limits, TokenStore, parse_host_patterns};
-use testkit::{TestAgent, http::*, http_apps::*, refusal, settled};
+use testkit::{TestAgent, http::*, http_apps::*, refusal, settled, snapshot_when};
 
 const HOST: &str = "app.example.org";
 
@@ -30,10 +30,16 @@ async fn a_hostname_the_token_allows_is_served_over_http_and_https_byte_for_byte
     let token = token_allowed(dir.path(), "custom", HOST)?;
     let app = LocalApp::start("web").await?;
     let tunnel = at_hostname(http_tunnel("web", app.addr, None), HOST);
-    let (agent, granted) = TestAgent::start(plan(&relay, &token, vec![tunnel])).await?;
+    let planned = plan(&relay, &token, vec![tunnel]);
+    let stats = planned.stats.clone();
+    let (agent, granted) = TestAgent::start(planned).await?;
 
     let (http, https) = (relay.http.port(), relay.https.port());
     assert_eq!(granted[0].urls, [format!("https://{HOST}:{https}"), format!("http://{HOST}:{http}")]);
+    // What the agent's banner prints, and what its console and inspector show.
+    assert_eq!(granted[0].to_string(), format!("https://{HOST}:{https} -> {}", app.addr));
+    let shown = snapshot_when(&stats, |now| !now.tunnels.is_empty()).await?;
+    assert_eq!(shown.tunnels[0].url, format!("https://{HOST}:{https}"));
     let client = relay.pinned_client(HOST)?;
     for url in &granted[0].urls {
         let body = testkit::random_bytes(300 * 1024);
@@ -53,7 +59,10 @@ async fn a_hostname_the_token_allows_is_served_over_http_and_https_byte_for_byte
     let sent_host = format!("App.Example.ORG:{http}");
     let echoed = visit(relay.http, &sent_host, "/which", &[]).await?;
     assert_eq!(echoed.status, 200, "{}", echoed.body);
-    assert_eq!((echoed.json()?["app"].as_str(), echoed.json()?["headers"]["host"][0].as_str()), (Some("web"), Some(sent_host.as_str())));
+    assert_eq!(
+        (echoed.json()?["app"].as_str(), echoed.json()?["headers"]["host"][0].as_str()),
+        (Some("web"), Some(sent_host.as_str()))
+    );
 
     agent.stop().await?;
     relay.stop().await
@@ -99,7 +108,8 @@ async fn a_hostname_the_token_does_not_allow_is_refused_naming_both() -> anyhow:
     );
     // The relay's own token lists no hostname: none is allowed unless listed.
     let err = TestAgent::spawn(relay.plan(vec![asking(HOST)])).finished().await?.unwrap_err();
-    let expected = Refusal::HostnameNotAllowed { name: HOST.into(), token: "configured".into(), allowed: "none".into() };
+    let expected =
+        Refusal::HostnameNotAllowed { name: HOST.into(), token: "configured".into(), allowed: "none".into() };
     assert_eq!(refusal(&err), Some(&expected), "{err:#}");
     let unserved = visit(relay.http, HOST, "/", &[]).await?;
     assert_eq!((unserved.status.as_u16(), app.connections()), (404, 0), "{}", unserved.body);

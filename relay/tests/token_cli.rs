@@ -78,7 +78,11 @@ async fn name_patterns_and_closed_kinds_are_listed_and_shown() -> anyhow::Result
     assert!(text(&bad.stderr).contains("invalid subdomain pattern \"a*b*\""), "{}", text(&bad.stderr));
     let bad = relay(dir.path(), &["token", "add", "bad", "--hostnames", "app.example.org,*.org"])?;
     assert!(!bad.status.success());
-    assert!(text(&bad.stderr).contains("invalid hostname pattern \"*.org\": expected a full DNS name"), "{}", text(&bad.stderr));
+    assert!(
+        text(&bad.stderr).contains("invalid hostname pattern \"*.org\": expected a full DNS name"),
+        "{}",
+        text(&bad.stderr)
+    );
 
     let relay = testkit::TestRelay::start(dir.path()).await?;
     let admin = relay.admin.ok_or_else(|| anyhow::anyhow!("the test relay has an admin endpoint"))?;

@@ -20,12 +20,12 @@ use burrow_common::{
     Fingerprint, PublicName, Secret,
     tls::{Trust, client_tls},
 };
-use rustls::pki_types::{CertificateDer, pem::PemObject};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::{HeaderMap, Request, StatusCode, client::conn::http1::SendRequest};
 use hyper_util::rt::TokioIo;
 use relay::{Relay, RelayConfig};
+use rustls::pki_types::{CertificateDer, pem::PemObject};
 use tokio::net::TcpStream;
 
 use crate::{STEP, TestRelay, processes, relay_config};

@@ -317,9 +317,9 @@ impl TunnelConfig {
             self.subdomain.is_none(),
             "invalid configuration: tunnel {name:?}: give either subdomain or hostname, not both"
         );
-        let labels_valid = host.split('.').all(|label| {
-            !label.is_empty() && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        });
+        let labels_valid = host
+            .split('.')
+            .all(|label| !label.is_empty() && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
         anyhow::ensure!(
             host.contains('.') && labels_valid,
             "invalid configuration: tunnel {name:?}: hostname = {host:?} is not a full DNS name, like app.example.org"

@@ -153,6 +153,9 @@ fn an_http_or_tls_tunnel_takes_a_hostname() -> anyhow::Result<()> {
     let (web, secure) = (&config.tunnels[0], &config.tunnels[1]);
     assert_eq!(web.name(), "app.example.org", "named after its hostname");
     assert_eq!(web.public_name(), Some(PublicName::Hostname("app.example.org".into())));
-    assert_eq!((secure.name(), secure.public_name()), ("secure".into(), Some(PublicName::Hostname("secure.example.org".into()))));
+    assert_eq!(
+        (secure.name(), secure.public_name()),
+        ("secure".into(), Some(PublicName::Hostname("secure.example.org".into())))
+    );
     Ok(())
 }

@@ -34,8 +34,8 @@ pub mod messages;
 pub use self::{
     frame::{FrameError, read_msg, write_msg},
     messages::{
-        AgentMsg, Granted, Hello, HttpAccess, JoinTicket, LinkOpening, PublicName, Refusal, ServerMsg, StreamHeader, TunnelKind,
-        TunnelSpec, Welcome,
+        AgentMsg, Granted, Hello, HttpAccess, JoinTicket, LinkOpening, PublicName, Refusal, ServerMsg, StreamHeader,
+        TunnelKind, TunnelSpec, Welcome,
     },
 };
 

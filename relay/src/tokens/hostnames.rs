@@ -130,9 +130,22 @@ mod tests {
     #[test]
     fn invalid_patterns_are_refused_naming_the_pattern() {
         for bad in [
-            "", "localhost", "*", "*.org", "app.*.example.org", "a*.example.org", "**.example.org", "*example.org",
-            "app_1.example.org", "-app.example.org", "app-.example.org", "app..example.org", "app.example.org.",
-            "192.0.2.7", "app example.org", "xn--é.example.org",
+            "",
+            "localhost",
+            "*",
+            "*.org",
+            "app.*.example.org",
+            "a*.example.org",
+            "**.example.org",
+            "*example.org",
+            "app_1.example.org",
+            "-app.example.org",
+            "app-.example.org",
+            "app..example.org",
+            "app.example.org.",
+            "192.0.2.7",
+            "app example.org",
+            "xn--é.example.org",
         ] {
             let err = bad.parse::<HostPattern>().expect_err(bad);
             assert!(err.to_string().starts_with(&format!("invalid hostname pattern {:?}", bad.trim())), "{err}");

@@ -230,11 +230,23 @@ mod tests {
 
     #[test]
     fn hostnames_are_full_dns_names() {
-        for (name, expected) in [("App.Example.org", "app.example.org"), ("a.b.c.example.co.uk", "a.b.c.example.co.uk")] {
+        for (name, expected) in [("App.Example.org", "app.example.org"), ("a.b.c.example.co.uk", "a.b.c.example.co.uk")]
+        {
             assert_eq!(check_hostname(name), Ok(expected.to_string()), "{name}");
         }
         let too_long = format!("{}.example.org", vec!["a".repeat(63); 4].join("."));
-        for name in ["", "localhost", "example.org.", ".example.org", "a..b", "a_b.example.org", "-a.example.org", "192.0.2.7", "*.example.org", too_long.as_str()] {
+        for name in [
+            "",
+            "localhost",
+            "example.org.",
+            ".example.org",
+            "a..b",
+            "a_b.example.org",
+            "-a.example.org",
+            "192.0.2.7",
+            "*.example.org",
+            too_long.as_str(),
+        ] {
             assert_eq!(check_hostname(name), Err(NameError::InvalidHostname(name.into())), "{name:?}");
         }
     }

@@ -104,8 +104,14 @@ mod tests {
         assert_eq!(asked(PublicName::Subdomain("myapp".into())), Ok(Place::Subdomain("myapp".into())));
         assert_eq!(asked(hostname("relay.example.net")), Err(names::NameError::RelayName("relay.example.net".into())));
         assert_eq!(asked(hostname("relay.example.com")), Err(names::NameError::RelayName("relay.example.com".into())));
-        assert_eq!(asked(hostname("a.b.relay.example.com")), Err(names::NameError::Invalid("a.b.relay.example.com".into())));
-        assert_eq!(asked(hostname("app_1.example.org")), Err(names::NameError::InvalidHostname("app_1.example.org".into())));
+        assert_eq!(
+            asked(hostname("a.b.relay.example.com")),
+            Err(names::NameError::Invalid("a.b.relay.example.com".into()))
+        );
+        assert_eq!(
+            asked(hostname("app_1.example.org")),
+            Err(names::NameError::InvalidHostname("app_1.example.org".into()))
+        );
     }
 
     #[test]
