@@ -151,8 +151,7 @@ impl Vhost {
     /// Whether `host` names a tunnel that is live, parked or reserved: the only names the
     /// relay spends an ACME order on.
     pub(crate) async fn is_tunnel_host(&self, host: &str) -> bool {
-        let Some(name) = names::subdomain_of(host, &self.domain) else { return false };
-        let place = Place::Subdomain(name.to_string());
+        let Some(place) = self.place_of(host) else { return false };
         match self.claims.lookup(&place) {
             Lookup::Serving(_) | Lookup::Parked(..) => true,
             Lookup::Vacant => matches!(self.store.owner_of(&place).await, Ok(Some(_))),
