@@ -104,3 +104,21 @@ async fn a_failed_renewal_keeps_serving_the_current_certificate() -> anyhow::Res
     assert_eq!(curl_https(&acme, "myapp.burrow.test").await?, WEB_PAGE, "still served after: {error}");
     Ok(())
 }
+
+#[tokio::test]
+async fn a_custom_hostname_allowed_to_the_token_gets_its_certificate_and_another_is_refused() -> anyhow::Result<()> {
+    let Some(acme) = Acme::start("tls-alpn-01", None).await? else { return Ok(()) };
+    acme.wait_valid("burrow.test").await?;
+    let token = acme.add_token("team", "app.example.org").await?;
+    let _agent = acme.agent_with(&token, "app.example.org").await?;
+    assert_eq!(curl_https(&acme, "app.example.org").await?, WEB_PAGE, "the CNAME'd name, trusted");
+
+    let Err(refused) = acme.agent_with(&token, "other.example.org").await else {
+        anyhow::bail!("the relay granted a hostname the token lacks")
+    };
+    assert!(format!("{refused:#}").contains("outside the hostnames token \"team\" allows"), "{refused:#}");
+    let orders = acme.orders()?;
+    assert!(curl_https(&acme, "other.example.org").await.is_err(), "no certificate for a refused name");
+    assert_eq!(acme.orders()?, orders, "and no order:\n{}", acme.logs());
+    Ok(())
+}

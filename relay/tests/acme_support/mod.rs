@@ -71,12 +71,28 @@ impl Acme {
 
     /// An agent serving the web page at `name.burrow.test`.
     pub(crate) async fn agent(&self, name: &str) -> anyhow::Result<AgentBinary> {
+        self.agent_with(TOKEN, name).await
+    }
+
+    /// An agent with `token` serving the web page at `name` (a subdomain or a hostname).
+    pub(crate) async fn agent_with(&self, token: &str, name: &str) -> anyhow::Result<AgentBinary> {
         let relay = self.relay()?;
         let mut command = Command::new(agent_bin()?);
-        command.env("BURROW_TOKEN", TOKEN).env("RUST_LOG", "warn");
+        command.env("BURROW_TOKEN", token).env("RUST_LOG", "warn");
         command.args(["--relay", &relay.addr.to_string(), "--fingerprint", &relay.fingerprint.to_string()]);
         command.args(["--local", &self.web.to_string(), "--http", name, "--inspect", "off"]);
         AgentBinary::launch(&mut command).await
+    }
+
+    /// `relay token add NAME --hostnames PATTERNS` on the running relay's data directory.
+    pub(crate) async fn add_token(&self, name: &str, hostnames: &str) -> anyhow::Result<String> {
+        let output = Command::new(testkit::processes::relay_bin()?)
+            .args(["token", "add", name, "--hostnames", hostnames, "--data-dir"])
+            .arg(self.dir.path().join("data"))
+            .output()
+            .await?;
+        anyhow::ensure!(output.status.success(), "token add: {}", String::from_utf8_lossy(&output.stderr));
+        Ok(String::from_utf8(output.stdout)?.lines().next().context("the token on stdout")?.to_owned())
     }
 
     pub(crate) fn orders(&self) -> anyhow::Result<usize> {
