@@ -319,7 +319,7 @@ impl Relay {
         }
         sessions.spawn(close_sessions_of_revoked_tokens(self.shared.clone(), cancel.clone()));
         if let Some(acme) = self.shared.acme.clone() {
-            sessions.spawn(acme.run(self.shared.metrics.clone(), cancel.clone()));
+            sessions.spawn(acme.run(self.shared.clone(), cancel.clone()));
         }
         if let Some(listener) = self.tcp_agents.take() {
             sessions.spawn(tcp_links::accept(listener, self.shared.clone(), cancel.clone()));

@@ -92,6 +92,33 @@ async fn a_short_lived_certificate_is_renewed_under_load_without_losing_a_reques
 }
 
 #[tokio::test]
+async fn a_name_no_tunnel_keeps_is_not_renewed_but_forgotten() -> anyhow::Result<()> {
+    let settings = "reservation_ttl = \"1s\"";
+    let Some(acme) = Acme::start_with("tls-alpn-01", Some(Duration::from_secs(30)), settings).await? else {
+        return Ok(());
+    };
+    let agent = acme.agent("brief").await?;
+    assert_eq!(curl_https(&acme, "brief.burrow.test").await?, WEB_PAGE);
+    acme.wait_valid("burrow.test").await?;
+    let orders = acme.orders()?;
+    agent.process.terminate().await?;
+    // Renewal falls due about 20 s after issuance; the name's reservation ended long before.
+    let forgotten = async {
+        let mut pace = tokio::time::interval(Duration::from_millis(200));
+        while acme.certificates().await?.iter().any(|c| c["names"][0] == "brief.burrow.test") {
+            pace.tick().await;
+        }
+        anyhow::Ok(())
+    };
+    tokio::time::timeout(Duration::from_secs(40), forgotten).await.context("never forgotten")??;
+    // The domain's own certificate is renewed meanwhile; the tunnel's is not.
+    acme.wait_state("burrow.test", "valid", Duration::from_secs(5)).await?;
+    let renewals = acme.orders()? - orders;
+    assert!(renewals <= 2, "only the domain's certificate was renewed: {renewals} orders\n{}", acme.logs());
+    Ok(())
+}
+
+#[tokio::test]
 async fn a_failed_renewal_keeps_serving_the_current_certificate() -> anyhow::Result<()> {
     let Some(mut acme) = Acme::start("tls-alpn-01", Some(Duration::from_secs(30))).await? else { return Ok(()) };
     let _agent = acme.agent("myapp").await?;

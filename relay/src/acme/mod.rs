@@ -117,10 +117,13 @@ impl Acme {
         };
         let mut table = self.table();
         for names in standing.into_iter().filter(|names| !names.is_empty()) {
-            let held = table.covering(&names[0]).is_some_and(|(_, entry)| same_names(&entry.names, &names));
-            if !held {
-                let challenge = self.challenge_for(&names);
-                table.insert(names[0].clone(), Entry::wanted(names, challenge, true));
+            let held = table.covering(&names[0]).filter(|(_, entry)| same_names(&entry.names, &names));
+            match held.map(|(id, _)| id.to_owned()) {
+                Some(id) => table.get_mut(&id).expect("found just now under the same lock").standing = true,
+                None => {
+                    let challenge = self.challenge_for(&names);
+                    table.insert(names[0].clone(), Entry::wanted(names, challenge, true));
+                }
             }
         }
     }

@@ -158,6 +158,21 @@ impl Folder {
     }
 }
 
+impl Folder {
+    /// Removes a certificate no tunnel needs any more; the key last, as it was written first.
+    pub(crate) fn remove_certificate(&self, id: &str) -> Result<(), StoredError> {
+        let file = file_of_id(id);
+        for path in [self.certs().join(format!("{file}.pem")), self.certs().join(format!("{file}.key"))] {
+            match fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(StoredError::List(path, e)),
+            }
+        }
+        Ok(())
+    }
+}
+
 /// `*.example.com` is stored as `_wildcard.example.com`: no `*` in file names.
 fn file_of_id(id: &str) -> String {
     id.replacen("*", "_wildcard", 1)

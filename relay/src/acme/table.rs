@@ -56,9 +56,10 @@ impl Entry {
         }
     }
 
+    /// A certificate read from disk; it is standing if the relay's own names want it.
     pub(crate) fn stored(issued: Issued, challenge: Challenge) -> Self {
         let names = issued.names.clone();
-        let mut entry = Self::wanted(names, challenge, true);
+        let mut entry = Self::wanted(names, challenge, false);
         entry.issued_now(issued, None);
         entry
     }
@@ -100,6 +101,14 @@ impl Table {
             self.by_name.insert(name.clone(), id.clone());
         }
         self.entries.insert(id, entry);
+    }
+
+    pub(crate) fn remove(&mut self, id: &str) {
+        if let Some(entry) = self.entries.remove(id) {
+            for name in &entry.names {
+                self.by_name.remove(name);
+            }
+        }
     }
 
     pub(crate) fn get_mut(&mut self, id: &str) -> Option<&mut Entry> {

@@ -19,7 +19,15 @@ use super::{
     stored::Issued,
     table::{Entry, State},
 };
-use crate::metrics::Metrics;
+use crate::{Shared, metrics::Metrics};
+
+/// Whether `name` still belongs to a tunnel, live or reserved.
+async fn is_tunnel_host(shared: &Shared, name: &str) -> bool {
+    match &shared.vhost {
+        Some(vhost) => vhost.is_tunnel_host(name).await,
+        None => false,
+    }
+}
 
 /// Orders running at once: a burst of new tunnels queues instead of flooding the CA.
 const MAX_ORDERS: usize = 4;
@@ -30,21 +38,28 @@ const ORDER_TIMEOUT: Duration = Duration::from_secs(300);
 /// How long the timer sleeps when nothing falls due.
 const IDLE_RECHECK: Duration = Duration::from_secs(3600);
 
-type Outcome = (String, anyhow::Result<(Issued, Option<SystemTime>)>);
+/// How an order task ended.
+enum Outcome {
+    /// The certificate, and when the CA would like it renewed.
+    Issued(Issued, Option<SystemTime>),
+    Failed(anyhow::Error),
+    /// An on-demand name no tunnel holds or keeps any more: not renewed, forgotten.
+    Unwanted,
+}
 
 impl Acme {
     /// Orders certificates as they fall due until `cancel`.
-    pub(crate) async fn run(self: Arc<Self>, metrics: Arc<Metrics>, cancel: CancellationToken) {
+    pub(crate) async fn run(self: Arc<Self>, shared: Arc<Shared>, cancel: CancellationToken) {
         let Some(mut wanted) = burrow_common::sync::lock(&self.wanted).take() else { return };
-        let mut orders: JoinSet<Outcome> = JoinSet::new();
+        let mut orders: JoinSet<(String, Outcome)> = JoinSet::new();
         loop {
-            self.start_due(&mut orders);
+            self.start_due(&mut orders, &shared);
             let wake = self.table().next_due().and_then(|at| at.duration_since(SystemTime::now()).ok());
             tokio::select! {
                 _ = cancel.cancelled() => break,
                 Some(name) = wanted.recv() => self.want(name),
                 Some(done) = orders.join_next() => match done {
-                    Ok((id, outcome)) => self.record(&id, outcome, &metrics),
+                    Ok((id, outcome)) => self.record(&id, outcome, &shared.metrics),
                     Err(e) => tracing::warn!("an ACME order task failed: {e}"),
                 },
                 () = tokio::time::sleep(wake.unwrap_or(IDLE_RECHECK)) => {}
@@ -71,19 +86,25 @@ impl Acme {
         }
     }
 
-    fn start_due(self: &Arc<Self>, orders: &mut JoinSet<Outcome>) {
+    fn start_due(self: &Arc<Self>, orders: &mut JoinSet<(String, Outcome)>, shared: &Arc<Shared>) {
         let now = SystemTime::now();
         let mut table = self.table();
         for id in table.due(now).into_iter().take(MAX_ORDERS.saturating_sub(orders.len())) {
             let entry = table.get_mut(&id).expect("listed just now under the same lock");
             entry.state = State::Ordering;
             entry.next_attempt = None;
-            let (names, challenge) = (entry.names.clone(), entry.challenge);
-            let acme = self.clone();
+            let (names, challenge, standing) = (entry.names.clone(), entry.challenge, entry.standing);
+            let (acme, shared) = (self.clone(), shared.clone());
             orders.spawn(async move {
+                if !standing && !is_tunnel_host(&shared, &names[0]).await {
+                    return (id, Outcome::Unwanted);
+                }
                 let ordered = tokio::time::timeout(ORDER_TIMEOUT, acme.order_and_store(&id, &names, challenge));
-                let outcome =
-                    ordered.await.unwrap_or_else(|_| Err(anyhow::anyhow!("no certificate within {ORDER_TIMEOUT:?}")));
+                let outcome = match ordered.await {
+                    Ok(Ok((issued, renew_at))) => Outcome::Issued(issued, renew_at),
+                    Ok(Err(e)) => Outcome::Failed(e),
+                    Err(_) => Outcome::Failed(anyhow::anyhow!("no certificate within {ORDER_TIMEOUT:?}")),
+                };
                 (id, outcome)
             });
         }
@@ -108,17 +129,24 @@ impl Acme {
         Ok((issued, renew_at))
     }
 
-    fn record(&self, id: &str, outcome: anyhow::Result<(Issued, Option<SystemTime>)>, metrics: &Metrics) {
+    fn record(&self, id: &str, outcome: Outcome, metrics: &Metrics) {
         let mut table = self.table();
         let Some(entry) = table.get_mut(id) else { return };
         match outcome {
-            Ok((issued, renew_at)) => {
+            Outcome::Issued(issued, renew_at) => {
                 let not_after = humantime::format_rfc3339_seconds(issued.not_after);
                 tracing::info!(names = ?entry.names, %not_after, "certificate issued");
                 metrics.acme_orders.get_or_create(&crate::metrics::ORDER_ISSUED).inc();
                 entry.issued_now(issued, renew_at);
             }
-            Err(e) => {
+            Outcome::Unwanted => {
+                tracing::info!(names = ?entry.names, "no tunnel holds this name any more; its certificate is not renewed");
+                table.remove(id);
+                if let Err(e) = self.folder.remove_certificate(id) {
+                    tracing::warn!("removing the stored certificate failed: {:#}", anyhow::Error::from(e));
+                }
+            }
+            Outcome::Failed(e) => {
                 let keeps = if entry.issued.is_some() { "; serving the current certificate" } else { "" };
                 tracing::warn!(names = ?entry.names, "certificate order failed{keeps}: {e:#}");
                 metrics.acme_orders.get_or_create(&crate::metrics::ORDER_FAILED).inc();

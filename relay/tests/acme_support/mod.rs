@@ -36,6 +36,15 @@ impl Acme {
     /// Pebble and a relay for `burrow.test` getting its certificates there by `challenge`;
     /// `None` (said on stdout) where Pebble is not installed and not required.
     pub(crate) async fn start(challenge: &str, validity: Option<Duration>) -> anyhow::Result<Option<Self>> {
+        Self::start_with(challenge, validity, "").await
+    }
+
+    /// As [`Acme::start`], with `settings` (top-level relay.toml lines) added.
+    pub(crate) async fn start_with(
+        challenge: &str,
+        validity: Option<Duration>,
+        settings: &str,
+    ) -> anyhow::Result<Option<Self>> {
         if !Pebble::available()? {
             println!("skipped: pebble is not installed (scripts/test installs it)");
             return Ok(None);
@@ -46,7 +55,7 @@ impl Acme {
         let dir = tempfile::tempdir()?;
         let issuer_root = dir.path().join("issuer-root.pem");
         std::fs::write(&issuer_root, pebble.issuer_root_pem())?;
-        write_config(dir.path(), &pebble, challenge)?;
+        write_config(dir.path(), &pebble, challenge, settings)?;
         let web = web_server().await?;
         let relay = launch_relay(dir.path(), http, https).await?;
         Ok(Some(Self { pebble: Some(pebble), relay: Some(relay), http, https, web, issuer_root, dir }))
@@ -140,9 +149,9 @@ impl Acme {
     }
 }
 
-fn write_config(dir: &Path, pebble: &Pebble, challenge: &str) -> anyhow::Result<()> {
+fn write_config(dir: &Path, pebble: &Pebble, challenge: &str, settings: &str) -> anyhow::Result<()> {
     let config = format!(
-        "[acme]\nemail = \"ops@burrow.test\"\ndirectory = \"{}\"\nca_root = \"{}\"\nchallenge = \"{challenge}\"\n\
+        "{settings}\n[acme]\nemail = \"ops@burrow.test\"\ndirectory = \"{}\"\nca_root = \"{}\"\nchallenge = \"{challenge}\"\n\
          dns_hook = \"{}\"\nhandshake_wait = \"20s\"\n",
         pebble.directory_url(),
         pebble.listener_ca_pem_path().display(),
