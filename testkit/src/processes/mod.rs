@@ -38,8 +38,9 @@ pub fn agent_bin() -> anyhow::Result<PathBuf> {
 }
 
 /// Set where the tests' programs are installed (scripts/test sets it when it installs them as
-/// root), so a missing one fails the tests that need it instead of skipping them.
-pub const REQUIRE_ENV: &str = "BURROW_REQUIRE_TOOLS";
+/// root), so a missing one fails the tests that need it instead of skipping them. Not under
+/// `BURROW_`: the agent takes every `BURROW_*` variable for a setting.
+pub const REQUIRE_ENV: &str = "REQUIRE_TEST_TOOLS";
 
 /// Whether `program` is on the PATH, as [`installed`]; an error instead of `false` where
 /// [`REQUIRE_ENV`] is set, so a machine that should run every test cannot pass by skipping.
