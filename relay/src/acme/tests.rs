@@ -113,3 +113,12 @@ fn dns_records_are_named_for_the_domain_a_wildcard_covers() {
     assert_eq!(responder::dns_record("*.burrow.test"), "_acme-challenge.burrow.test");
     assert_eq!(responder::dns_record("burrow.test"), "_acme-challenge.burrow.test");
 }
+
+#[test]
+fn the_directory_aliases_name_lets_encrypts_directories() {
+    let with = |directory: &str| super::AcmeConfig { directory: directory.into(), ..Default::default() };
+    assert_eq!(with("production").directory_url(), "https://acme-v02.api.letsencrypt.org/directory");
+    assert_eq!(with("staging").directory_url(), "https://acme-staging-v02.api.letsencrypt.org/directory");
+    assert_eq!(with("https://127.0.0.1:14000/dir").directory_url(), "https://127.0.0.1:14000/dir");
+    assert_eq!(super::AcmeConfig::default().directory_url(), "https://acme-v02.api.letsencrypt.org/directory");
+}
