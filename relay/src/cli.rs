@@ -55,6 +55,9 @@ pub struct Flags {
     #[arg(long, global = true, value_name = "DIR")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    #[serde(skip_serializing_if = "StoreFlags::is_empty")]
+    pub store: StoreFlags,
     /// This relay's public DNS name or IP (repeatable): certificate names and the host shown
     /// in public addresses
     #[arg(long, value_name = "NAME")]
@@ -83,6 +86,22 @@ pub struct Flags {
     #[arg(long, value_name = "DURATION")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub grace_period: Option<String>,
+}
+
+/// The `[store]` keys that have flags.
+#[derive(Debug, Default, Args, Serialize)]
+pub struct StoreFlags {
+    /// Where tokens and claims live: `file` (the data directory), or etcd shared by a fleet
+    /// of relays, `etcd://HOST:PORT[,HOST:PORT...]` (`etcds://` for TLS) [default: file]
+    #[arg(long = "store", global = true, value_name = "URL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+}
+
+impl StoreFlags {
+    fn is_empty(&self) -> bool {
+        self.url.is_none()
+    }
 }
 
 /// The `[acme]` keys that have flags.

@@ -12,6 +12,8 @@ use burrow_common::{
 };
 use serde::{Deserialize, Serialize};
 
+pub use crate::store::{StoreConfig, StoreUrl};
+
 /// Environment variables read by the relay: `BURROW_RELAY_LISTEN`, `BURROW_RELAY_PORTS`, ...
 pub const ENV: EnvSource<'static> =
     EnvSource { prefix: "BURROW_RELAY", skip: &["BURROW_RELAY_CONFIG"], list_keys: &["hostname", "reserved_names"] };
@@ -114,6 +116,8 @@ pub struct RelayConfig {
     /// Certificates for the HTTPS port from an ACME CA (Let's Encrypt by default), instead
     /// of `https_cert` or the self-signed fallback: on when `acme.email` is set.
     pub acme: crate::acme::AcmeConfig,
+    /// Where tokens and claims are kept: the data directory, or etcd for a fleet of relays.
+    pub store: StoreConfig,
     /// Answer plain-HTTP requests with a redirect to HTTPS.
     pub http_redirect_https: bool,
     /// Subdomains no agent may take.
@@ -179,6 +183,7 @@ impl Default for RelayConfig {
             https_cert: None,
             https_key: None,
             acme: crate::acme::AcmeConfig::default(),
+            store: StoreConfig::default(),
             http_redirect_https: false,
             reserved_names: crate::vhost::default_reserved_names(),
             http_header_timeout: Duration::from_secs(10),
@@ -318,6 +323,7 @@ impl RelayConfig {
             check_duration("tcp_idle_timeout", idle, Duration::from_secs(1))?;
         }
         self.validate_http()?;
+        self.store.validate()?;
         for name in &self.hostname {
             let valid = !name.is_empty() && !name.contains(['/', ' ', ':']) || name.parse::<IpAddr>().is_ok();
             if !valid {
@@ -423,6 +429,10 @@ mod tests {
             ("tcp_idle_timeout = \"never\"", ["tcp_idle_timeout", "\"never\"", "or off"]),
             ("tcp_idle_timeout = \"10ms\"", ["tcp_idle_timeout", "10ms", "at least 1s"]),
             ("[acme]\nemail = \"ops\"", ["acme.email", "\"ops\"", "ops@example.com"]),
+            ("[store]\nurl = \"etcd:/a\"", ["store.url", "\"etcd:/a\"", "etcd://HOST:PORT"]),
+            ("[store]\nendpoints = \"a\"", ["endpoints", "unknown field", "url"]),
+            ("[store]\nurl = \"etcd://a:1\"\nuser = \"u\"", ["store.user and store.password", "together", ""]),
+            ("[store]\nlease_ttl = \"1s\"", ["store.lease_ttl", "1s", "at least 2s"]),
             ("[acme]\nemail = \"o@x.org\"", ["acme.email", "a domain too", "--domain"]),
             (
                 "domain = \"x.org\"\n[acme]\nemail = \"o@x.org\"\nchallenge = \"dns-01\"",

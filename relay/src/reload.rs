@@ -13,6 +13,7 @@ const RESTART_KEYS: &[&str] = &[
     "public_bind",
     "ports",
     "data_dir",
+    "store",
     "hostname",
     "tls_cert",
     "tls_key",

@@ -3,11 +3,13 @@
 //! [`Store`], never under a lock, so a store on the network (etcd, for a fleet of relays)
 //! replaces the files in the data directory without touching the session or claims code.
 
+mod config;
 mod file;
 mod reservations;
 
 use std::{future::Future, pin::Pin, time::Duration};
 
+pub use self::config::{StoreConfig, StoreUrl};
 pub(crate) use self::file::FileStore;
 use crate::{
     claims::{Place, TunnelKey},
