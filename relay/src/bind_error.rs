@@ -30,6 +30,9 @@ pub enum BindError {
     Endpoint(#[source] io::Error),
     #[error("load port reservations")]
     Reservations(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// `store.url`: the etcd store could not be opened, or this build has none.
+    #[error("open the store (store.url = {url})")]
+    Store { url: String, source: Box<dyn std::error::Error + Send + Sync> },
     #[error("bind the admin endpoint on {addr} (admin_listen; `off` disables it)")]
     AdminListen { addr: SocketAddr, source: io::Error },
     #[error("bind http_listen = {addr} (another server on that port? `off` disables it)")]

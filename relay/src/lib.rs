@@ -165,8 +165,26 @@ fn bind_admin(addr: SocketAddr) -> Result<tokio::net::TcpListener, BindError> {
 
 impl Relay {
     /// Prepares the data directory and binds the QUIC endpoint. Needs a tokio runtime. On
-    /// failure, the [`BindError`] names the setting, listener or file at fault.
+    /// failure, the [`BindError`] names the setting, listener or file at fault. Keeps tokens
+    /// and claims in the data directory: a store on the network is opened by [`Relay::open`].
     pub fn bind(config: RelayConfig) -> Result<Self, BindError> {
+        if config.store.url != config::StoreUrl::File {
+            let source = "a store on the network is opened by Relay::open, which can wait for it".into();
+            return Err(BindError::Store { url: config.store.url.to_string(), source });
+        }
+        Self::bind_with(config, None)
+    }
+
+    /// [`Relay::bind`], with tokens and claims in the store `store.url` names: the data
+    /// directory, or etcd shared by a fleet of relays.
+    pub async fn open(config: RelayConfig) -> Result<Self, BindError> {
+        config.validate()?;
+        let store = store::open_shared(&config).await?;
+        Self::bind_with(config, store)
+    }
+
+    /// Binds with `store`, or the data directory's files when it is `None`.
+    fn bind_with(config: RelayConfig, store: Option<Arc<dyn Store>>) -> Result<Self, BindError> {
         config.validate()?;
         files::create_private_dir(&config.data_dir)
             .map_err(|source| BindError::DataDir { path: config.data_dir.clone(), source })?;
@@ -178,10 +196,13 @@ impl Relay {
         server.migration(config.migration);
         let (endpoint, tcp_agents) = bind_agent_ports(&config, &server, &keys)?;
         let quic_addr = endpoint.local_addr().map_err(BindError::Endpoint)?;
-        let store: Arc<dyn Store> = Arc::new(
-            FileStore::open(&config.data_dir, config.token.as_ref(), config.reservation_ttl)
-                .map_err(|e| BindError::Reservations(e.into()))?,
-        );
+        let store: Arc<dyn Store> = match store {
+            Some(store) => store,
+            None => Arc::new(
+                FileStore::open(&config.data_dir, config.token.as_ref(), config.reservation_ttl)
+                    .map_err(|e| BindError::Reservations(e.into()))?,
+            ),
+        };
         let claims = Arc::new(Claims::new(config.max_tunnels_per_token));
         let acme = load_acme(&config)?;
         let (vhost, vhost_listeners) = vhost::bind(&config, claims.clone(), store.clone(), acme.clone())?.unzip();

@@ -81,10 +81,16 @@ impl<R: Holder> Claims<R> {
             Some(Bound::Socket(socket)) => Some(socket),
             Some(Bound::NotNeeded) | None => None,
         };
-        let won = store.claim(who.key, place).await.unwrap_or_else(|e| {
-            tracing::warn!(%place, "the store could not record the claim: {e:#}");
-            false
-        });
+        let won = match store.claim(who.key, place).await {
+            Ok(won) => won,
+            Err(e) => {
+                // Not "taken": the place may well be free, and the agent asks again later.
+                tracing::warn!(%place, "the store could not record the claim: {e:#}");
+                self.undo(place, who.session);
+                let why = "the relay's store is unreachable".to_string();
+                return Err(ClaimError::Refused(Refusal::TryLater { why }));
+            }
+        };
         if !won {
             self.undo(place, who.session);
             if !fresh && let Err(e) = store.release(who.key, place).await {

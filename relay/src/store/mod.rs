@@ -4,17 +4,44 @@
 //! replaces the files in the data directory without touching the session or claims code.
 
 mod config;
+#[cfg(feature = "etcd")]
+mod etcd;
 mod file;
 mod reservations;
 
-use std::{future::Future, pin::Pin, time::Duration};
+use std::{future::Future, pin::Pin, sync::Arc, time::Duration};
 
 pub use self::config::{StoreConfig, StoreUrl};
+#[cfg(feature = "etcd")]
+pub(crate) use self::etcd::{Etcd, EtcdStore, EtcdTokens};
 pub(crate) use self::file::FileStore;
 use crate::{
+    BindError, RelayConfig,
     claims::{Place, TunnelKey},
     tokens::{Grant, TokenRecord},
 };
+
+/// Why an etcd store cannot be used by a relay built without it.
+#[cfg(not(feature = "etcd"))]
+pub(crate) const NO_ETCD: &str = "built without the etcd store (cargo feature `etcd`: \
+     cargo build --release --features burrow-relay/etcd, which needs protoc)";
+
+/// The store `config.store.url` names, when it is not the data directory's files (which
+/// [`crate::Relay::bind`] opens itself).
+pub(crate) async fn open_shared(config: &RelayConfig) -> Result<Option<Arc<dyn Store>>, BindError> {
+    let url = &config.store.url;
+    let failed = |source: Box<dyn std::error::Error + Send + Sync>| BindError::Store { url: url.to_string(), source };
+    match url {
+        StoreUrl::File => Ok(None),
+        #[cfg(feature = "etcd")]
+        StoreUrl::Etcd { .. } => {
+            let store = EtcdStore::open(&config.store, config.reservation_ttl, &config.hostname).await;
+            Ok(Some(Arc::new(store.map_err(|e| failed(e.into()))?)))
+        }
+        #[cfg(not(feature = "etcd"))]
+        StoreUrl::Etcd { .. } => Err(failed(NO_ETCD.into())),
+    }
+}
 
 /// What every [`Store`] method returns: a boxed future, so the trait stays usable as `dyn`.
 pub(crate) type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
