@@ -10,7 +10,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
     Relay, RelayConfig,
-    tokens::{self, HostPattern, Limits, NamePattern, TokenStore},
+    tokens::{self, HostPattern, Limits, NamePattern, TokenAdmin},
 };
 
 /// burrow relay: makes agents' local servers reachable on this machine's public ports.
@@ -130,7 +130,7 @@ impl AcmeFlags {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Manage agent tokens (stored hashed in the data directory).
+    /// Manage agent tokens (stored hashed in the data directory, or in etcd with --store).
     #[command(subcommand)]
     Token(TokenCommand),
     /// Create a token for a teammate and print the agent command (and agent.toml) to send them.
@@ -210,8 +210,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let file = cli.config.zip(watch).map(|(path, watch)| (path, watch, cli.flags));
             serve(config, file, cli.ready_file.as_deref()).await
         }
-        Some(Command::Token(command)) => manage_tokens(&config, command),
-        Some(Command::Invite { name, limits }) => crate::invite::invite(&config, &name, limits.parse()?.borrowed()),
+        Some(Command::Token(command)) => manage_tokens(&config, command).await,
+        Some(Command::Invite { name, limits }) => {
+            crate::invite::invite(&config, &name, limits.parse()?.borrowed()).await
+        }
     }
 }
 
@@ -222,10 +224,10 @@ async fn serve(
     file: Option<(PathBuf, ConfigWatch, Flags)>,
     ready_file: Option<&std::path::Path>,
 ) -> anyhow::Result<()> {
-    let tokens = TokenStore::open(&config.data_dir);
-    let no_token = config.token.is_none() && tokens.is_empty()?;
-    let new_token = if no_token { Some(tokens.add("default", Limits::default())?) } else { None };
-    let relay = Relay::bind(config)?;
+    let tokens = TokenAdmin::open(&config).await?;
+    let no_token = config.token.is_none() && tokens.is_empty().await?;
+    let new_token = if no_token { tokens.add_first("default").await? } else { None };
+    let relay = Relay::open(config).await?;
     let cancel = CancellationToken::new();
     let tasks = TaskTracker::new();
     tasks.spawn(burrow_common::signal::cancel_on_signal(cancel.clone()));
@@ -319,16 +321,16 @@ fn print_banner(relay: &Relay, new_token: Option<&Secret>) -> anyhow::Result<()>
     Ok(())
 }
 
-fn manage_tokens(config: &RelayConfig, command: TokenCommand) -> anyhow::Result<()> {
-    let store = TokenStore::open(&config.data_dir);
+async fn manage_tokens(config: &RelayConfig, command: TokenCommand) -> anyhow::Result<()> {
+    let store = TokenAdmin::open(config).await?;
     match command {
         TokenCommand::Add { name, limits } => {
-            let token = store.add(&name, limits.parse()?.borrowed())?;
+            let token = store.add(&name, limits.parse()?.borrowed()).await?;
             println!("{}", token.expose());
             eprintln!("token {name:?} created; it is shown only now and stored hashed");
         }
         TokenCommand::List => {
-            for record in store.list()? {
+            for record in store.list().await? {
                 let ports = match record.ports.as_deref() {
                     None => "all".to_string(),
                     Some([]) => tokens::NONE.to_string(),
@@ -340,7 +342,7 @@ fn manage_tokens(config: &RelayConfig, command: TokenCommand) -> anyhow::Result<
             }
         }
         TokenCommand::Revoke { name } => {
-            anyhow::ensure!(store.revoke(&name)?, "no token named {name:?}");
+            anyhow::ensure!(store.revoke(&name).await?, "no token named {name:?}");
             eprintln!("token {name:?} revoked");
         }
     }

@@ -6,18 +6,18 @@ use burrow_common::{Secret, protocol::DEFAULT_RELAY_PORT};
 
 use crate::{
     RelayConfig, files, identity,
-    tokens::{self, Limits, TokenStore},
+    tokens::{self, Limits, TokenAdmin},
 };
 
 /// Stands in for the relay's address when the configuration does not name it.
 const ADDRESS_PLACEHOLDER: &str = "RELAY_ADDRESS";
 
-pub(crate) fn invite(config: &RelayConfig, name: &str, limits: Limits<'_>) -> anyhow::Result<()> {
+pub(crate) async fn invite(config: &RelayConfig, name: &str, limits: Limits<'_>) -> anyhow::Result<()> {
     let dir = &config.data_dir;
     files::create_private_dir(dir).with_context(|| format!("create data directory {}", dir.display()))?;
     // The certificate the relay will serve: created now if the relay has never run.
     let fingerprint = identity::load_or_create_certificate(config)?.fingerprint();
-    let token = TokenStore::open(&config.data_dir).add(name, limits)?;
+    let token = TokenAdmin::open(config).await?.add(name, limits).await?;
     let relay = agent_relay_arg(config, config.listen, ADDRESS_PLACEHOLDER);
     let allowed = allowed_places(config, limits);
     print!("{}", invitation(name, &allowed, &relay, &fingerprint.to_string(), &token));

@@ -5,6 +5,7 @@
 //! `relay token add` and `revoke` take effect on a running relay from the next session.
 //! The token from the relay's config is not in the file: [`verify`] checks it first.
 
+mod admin;
 mod hostnames;
 mod lock;
 mod patterns;
@@ -27,6 +28,7 @@ use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 
+pub(crate) use self::admin::TokenAdmin;
 pub use self::hostnames::{HostPattern, HostPatternError, describe_host_patterns, parse_host_patterns};
 use self::lock::ChangeLock;
 pub use self::patterns::{NONE, NamePattern, PatternError, describe_patterns, parse_patterns};
@@ -57,6 +59,18 @@ pub struct TokenRecord {
 }
 
 impl TokenRecord {
+    /// The record of a new token `token` named `name`: only its hash is kept.
+    pub(crate) fn new(name: &str, token: &Secret, limits: Limits<'_>) -> Self {
+        Self {
+            name: name.into(),
+            sha256: hex::encode(hash(token)),
+            ports: limits.ports.map(<[_]>::to_vec),
+            subdomains: limits.subdomains.map(<[_]>::to_vec),
+            hostnames: limits.hostnames.to_vec(),
+            created: now(),
+        }
+    }
+
     /// What this token grants; `None` if its stored hash is damaged.
     pub(crate) fn grant(&self) -> Option<Grant> {
         Some(Grant {
@@ -212,14 +226,7 @@ impl TokenStore {
                 anyhow::bail!("a token named {name:?} already exists (revoke it first)");
             }
             let token = generate();
-            file.tokens.push(TokenRecord {
-                name: name.into(),
-                sha256: hex::encode(hash(&token)),
-                ports: limits.ports.map(<[_]>::to_vec),
-                subdomains: limits.subdomains.map(<[_]>::to_vec),
-                hostnames: limits.hostnames.to_vec(),
-                created: now(),
-            });
+            file.tokens.push(TokenRecord::new(name, &token, limits));
             Ok(Some(token))
         })?;
         added.context("an added token is always written")
@@ -260,8 +267,10 @@ fn decode_hash(text: &str) -> Option<[u8; 32]> {
     hex::decode(text).ok()?.try_into().ok()
 }
 
-fn validate_name(name: &str) -> anyhow::Result<()> {
+/// Checks a new token's name: a valid name, and not the configured token's.
+pub(crate) fn validate_name(name: &str) -> anyhow::Result<()> {
     anyhow::ensure!(is_valid_name(name), "invalid token name {name:?}: expected {VALID_NAME}");
+    anyhow::ensure!(name != CONFIGURED_TOKEN_NAME, "a token named {name:?} already exists (the relay's configured token)");
     Ok(())
 }
 
