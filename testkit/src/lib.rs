@@ -3,12 +3,14 @@
 //! processes known by their `--ready-file` ([`processes`]), local servers and probes that
 //! send traffic through tunnels ([`probes`], [`http`], [`http_apps`]), readers of what the
 //! relay and agent publish ([`admin`], [`inspector`]), and a real ACME server for the
-//! relay's certificates ([`pebble`]).
+//! relay's certificates ([`pebble`]), and etcd for a fleet of relays ([`etcd`]).
 //!
 //! The relay's tests (relay/tests), the agent's (agent/tests) and the fault suite (faults/)
 //! all use it. Everything binds `127.0.0.1:0`; nothing waits by sleeping.
 
 pub mod admin;
+mod daemon;
+pub mod etcd;
 pub mod http;
 pub mod http_apps;
 pub mod in_process;

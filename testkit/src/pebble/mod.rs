@@ -26,10 +26,13 @@ use std::{
 };
 
 use anyhow::Context;
-use daemon::Daemon;
-use tokio::net::TcpListener;
 
-use crate::{STEP, processes::required, udp_tools::free_tcp_and_udp_port};
+use crate::{
+    STEP,
+    daemon::{Daemon, free_tcp_ports},
+    processes::required,
+    udp_tools::free_tcp_and_udp_port,
+};
 
 /// Pebble 2.4's log line for each new order (wfe/wfe.go).
 const ORDER_CREATED: &str = "Added order ";
@@ -218,14 +221,4 @@ async fn has_new_order(client: &reqwest::Client, directory: &str) -> bool {
     let Ok(answer) = client.get(directory).send().await else { return false };
     let Ok(body) = answer.bytes().await else { return false };
     serde_json::from_slice::<serde_json::Value>(&body).is_ok_and(|dir| dir["newOrder"].is_string())
-}
-
-/// Loopback TCP ports free a moment ago, distinct: all are held until all are picked.
-async fn free_tcp_ports<const N: usize>() -> anyhow::Result<[u16; N]> {
-    let mut held = Vec::with_capacity(N);
-    for _ in 0..N {
-        held.push(TcpListener::bind("127.0.0.1:0").await?);
-    }
-    let ports: Vec<u16> = held.iter().map(|l| l.local_addr().map(|a| a.port())).collect::<Result<_, _>>()?;
-    ports.try_into().map_err(|_| anyhow::anyhow!("{N} ports"))
 }
