@@ -4,6 +4,8 @@
 //! replaces the files in the data directory without touching the session or claims code.
 
 mod config;
+#[cfg(test)]
+mod contract;
 #[cfg(feature = "etcd")]
 mod etcd;
 mod file;

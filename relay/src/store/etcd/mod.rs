@@ -184,3 +184,6 @@ impl super::Store for EtcdStore {
         Box::pin(async { true })
     }
 }
+
+#[cfg(test)]
+mod tests;

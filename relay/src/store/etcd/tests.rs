@@ -1,0 +1,121 @@
+use std::time::Duration;
+
+use etcd_client::{EventType, WatchOptions};
+use testkit::etcd::Etcd as TestEtcd;
+
+use super::*;
+use crate::{store::Store, tokens::Limits};
+
+/// A store on `etcd`, as a relay started with `store.url = etcd.url()` opens it.
+async fn open(etcd: &TestEtcd, reservation_ttl: Duration) -> anyhow::Result<EtcdStore> {
+    let config = StoreConfig { url: etcd.url().parse().map_err(anyhow::Error::msg)?, ..StoreConfig::default() };
+    EtcdStore::open(&config, reservation_ttl, &["relay.test".into()]).await
+}
+
+#[tokio::test]
+async fn the_etcd_store_keeps_the_contract() -> anyhow::Result<()> {
+    if !TestEtcd::available()? {
+        return Ok(());
+    }
+    let etcd = TestEtcd::start().await?;
+    let store = open(&etcd, Duration::from_secs(3600)).await?;
+    super::super::contract::claims_and_reservations(&store).await
+}
+
+/// Two relays (two stores, two leases) claim one place for two tokens at the same moment,
+/// 100 times: each time exactly one wins, and the place is that one's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_relays_racing_for_a_place_never_both_win() -> anyhow::Result<()> {
+    if !TestEtcd::available()? {
+        return Ok(());
+    }
+    let etcd = TestEtcd::start().await?;
+    let (one, two) = (open(&etcd, Duration::from_secs(3600)).await?, open(&etcd, Duration::from_secs(3600)).await?);
+    let (a, b) = (TunnelKey::of("0a", "web"), TunnelKey::of("0b", "web"));
+    for round in 0..100u16 {
+        let place = if round % 2 == 0 { Place::Port(20000 + round) } else { Place::Subdomain(format!("app{round}")) };
+        let (won_a, won_b) = tokio::join!(one.claim(&a, &place), two.claim(&b, &place));
+        let (won_a, won_b) = (won_a?, won_b?);
+        assert!(won_a != won_b, "round {round}: a won {won_a}, b won {won_b}");
+        let winner = if won_a { &a } else { &b };
+        assert_eq!(EtcdStore::owner_of(&two, &place).await?.as_ref(), Some(winner), "round {round}");
+    }
+    Ok(())
+}
+
+/// A token added or revoked through any relay's admin is reported by every store's
+/// `token_changes`, and `verify_token` sees it at once.
+#[tokio::test]
+async fn token_changes_are_watched() -> anyhow::Result<()> {
+    if !TestEtcd::available()? {
+        return Ok(());
+    }
+    let etcd = TestEtcd::start().await?;
+    let store = open(&etcd, Duration::from_secs(3600)).await?;
+    let config = StoreConfig { url: etcd.url().parse().map_err(anyhow::Error::msg)?, ..StoreConfig::default() };
+    let admin = EtcdTokens::new(Etcd::connect(&config).await?);
+    assert!(admin.is_empty().await?);
+    let changed = Store::token_changes(&store);
+    let token = admin.add("alice", Limits::default()).await?.context("a new name")?;
+    tokio::time::timeout(Duration::from_secs(1), changed).await.context("the add was seen within 1 s")?;
+    let digest = crate::tokens::hash(&token);
+    assert_eq!(EtcdStore::verify_token(&store, digest).await?.map(|g| g.name), Some("alice".into()));
+    assert!(admin.add("alice", Limits::default()).await?.is_none(), "names are unique");
+    assert_eq!(admin.list().await?.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), ["alice"]);
+
+    let changed = Store::token_changes(&store);
+    assert!(admin.revoke("alice").await?);
+    tokio::time::timeout(Duration::from_secs(1), changed).await.context("the revoke was seen within 1 s")?;
+    assert_eq!(EtcdStore::verify_token(&store, digest).await?, None);
+    assert!(!admin.revoke("alice").await?);
+    Ok(())
+}
+
+/// A released place is kept for its tunnel until its reservation's lease ends, and then
+/// etcd forgets it (awaited through a watch on its delete, not a sleep).
+#[tokio::test]
+async fn a_reservation_ends_with_its_lease() -> anyhow::Result<()> {
+    if !TestEtcd::available()? {
+        return Ok(());
+    }
+    let etcd = TestEtcd::start().await?;
+    let store = open(&etcd, Duration::from_secs(2)).await?;
+    let (a, b, place) = (TunnelKey::of("0a", "web"), TunnelKey::of("0b", "web"), Place::Port(20001));
+    assert!(EtcdStore::claim(&store, &a, &place).await?);
+    let mut watch = store.etcd.client.watch_client();
+    let mut deletes = watch.watch(store.etcd.keys.place(&place), Some(WatchOptions::new())).await?;
+    EtcdStore::release(&store, &a, &place).await?;
+    assert!(!EtcdStore::claim(&store, &b, &place).await?, "reserved for a");
+    let deleted = async {
+        while let Some(answer) = deletes.message().await? {
+            if answer.events().iter().any(|e| e.event_type() == EventType::Delete) {
+                return anyhow::Ok(());
+            }
+        }
+        anyhow::bail!("the watch ended")
+    };
+    tokio::time::timeout(Duration::from_secs(10), deleted).await.context("the reservation expired")??;
+    assert_eq!(EtcdStore::reserved_for(&store, &a).await?, None);
+    assert!(EtcdStore::claim(&store, &b, &place).await?, "free once the reservation ended");
+    Ok(())
+}
+
+/// A relay that stops without releasing (its lease ends) leaves its places reserved for
+/// their tunnels, not free for others.
+#[tokio::test]
+async fn a_stopped_relays_places_stay_reserved() -> anyhow::Result<()> {
+    if !TestEtcd::available()? {
+        return Ok(());
+    }
+    let etcd = TestEtcd::start().await?;
+    let (gone, other) = (open(&etcd, Duration::from_secs(3600)).await?, open(&etcd, Duration::from_secs(3600)).await?);
+    let (a, b, place) = (TunnelKey::of("0a", "web"), TunnelKey::of("0b", "web"), Place::Port(20001));
+    assert!(EtcdStore::claim(&gone, &a, &place).await?);
+    let lease = gone.live_lease()?;
+    drop(gone);
+    other.etcd.client.lease_client().revoke(lease).await?;
+    assert!(!EtcdStore::claim(&other, &b, &place).await?, "reserved for a");
+    assert_eq!(EtcdStore::owner_of(&other, &place).await?, Some(a.clone()));
+    assert!(EtcdStore::claim(&other, &a, &place).await?, "a takes it back through another relay");
+    Ok(())
+}
