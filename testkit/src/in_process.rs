@@ -44,7 +44,7 @@ impl TestRelay {
 
     pub async fn start_with(config: RelayConfig) -> anyhow::Result<Self> {
         let token = config.token.clone().context("test relays have a configured token")?;
-        Self::run(Relay::bind(config)?, token)
+        Self::run(Relay::open(config).await?, token)
     }
 
     /// Runs a relay bound by the caller, who may keep handles to it (its reloader, its HTTP

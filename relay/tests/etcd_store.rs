@@ -1,0 +1,115 @@
+//! Relays sharing their tokens and claims through etcd: `relay token` against the store
+//! through the compiled binary, and a revocation ending a token's sessions on every relay.
+//! Needs the `etcd` feature and etcd installed:
+//! `cargo test -p burrow-relay --features etcd --test etcd_store`.
+
+use std::{
+    process::{Command, Output},
+    time::{Duration, Instant},
+};
+
+use anyhow::Context;
+use burrow_common::Secret;
+use relay::RelayConfig;
+use testkit::{TestAgent, TestRelay, echo_server, etcd::Etcd, public_addr, relay_config, round_trip, tunnel};
+use tokio::net::TcpStream;
+
+fn relay(etcd: &Etcd, data_dir: &std::path::Path, args: &[&str]) -> anyhow::Result<Output> {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_relay"));
+    command.args(args).args(["--store", &etcd.url()]).arg("--data-dir").arg(data_dir);
+    Ok(command.output()?)
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// `relay token add` against etcd, printing the token once.
+fn add_token(etcd: &Etcd, data_dir: &std::path::Path, name: &str) -> anyhow::Result<Secret> {
+    let added = relay(etcd, data_dir, &["token", "add", name])?;
+    anyhow::ensure!(added.status.success(), "{}", text(&added.stderr));
+    Ok(Secret::new(text(&added.stdout).trim()))
+}
+
+#[test]
+fn tokens_are_added_listed_and_revoked_in_etcd() -> anyhow::Result<()> {
+    if !Etcd::available()? {
+        return Ok(());
+    }
+    let runtime = tokio::runtime::Runtime::new()?;
+    let etcd = runtime.block_on(Etcd::start())?;
+    let (one, two) = (tempfile::tempdir()?, tempfile::tempdir()?);
+    let token = add_token(&etcd, one.path(), "alice")?;
+    assert!(token.expose().starts_with("brw_") && token.expose().len() == 47);
+    assert!(!one.path().join("tokens.json").exists(), "kept in etcd, not the data directory");
+
+    // Another relay's machine sees the same tokens.
+    let listed = relay(&etcd, two.path(), &["token", "list"])?;
+    assert_eq!(text(&listed.stdout), "alice\tports: all\tsubdomains: all\thostnames: none\n");
+    let again = relay(&etcd, two.path(), &["token", "add", "alice"])?;
+    assert!(!again.status.success());
+    assert!(text(&again.stderr).contains("a token named \"alice\" already exists"), "{}", text(&again.stderr));
+
+    assert!(relay(&etcd, two.path(), &["token", "revoke", "alice"])?.status.success());
+    assert_eq!(text(&relay(&etcd, one.path(), &["token", "list"])?.stdout), "");
+    let missing = relay(&etcd, one.path(), &["token", "revoke", "alice"])?;
+    assert!(text(&missing.stderr).contains("no token named \"alice\""), "{}", text(&missing.stderr));
+    Ok(())
+}
+
+/// A relay whose etcd does not answer fails to start within its request timeout, naming
+/// the store.
+#[tokio::test]
+async fn an_unreachable_etcd_fails_the_start_naming_the_store() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let closed = testkit::closed_port().await?;
+    let mut config = relay_config(dir.path());
+    config.store.url = format!("etcd://{closed}").parse().map_err(anyhow::Error::msg)?;
+    config.store.request_timeout = Duration::from_millis(500);
+    let err = relay::Relay::open(config).await.err().context("no etcd there")?;
+    let printed = format!("{:#}", anyhow::Error::from(err));
+    assert!(printed.contains(&format!("store.url = etcd://{closed}")), "{printed}");
+    Ok(())
+}
+
+fn fleet_config(etcd: &Etcd, dir: &std::path::Path) -> anyhow::Result<RelayConfig> {
+    let mut config = relay_config(dir);
+    config.store.url = etcd.url().parse().map_err(anyhow::Error::msg)?;
+    Ok(config)
+}
+
+/// Two relays on one etcd, an agent of one token on each: revoking the token (from a third
+/// machine, through the store) ends both sessions within a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_ends_the_tokens_sessions_on_every_relay() -> anyhow::Result<()> {
+    if !Etcd::available()? {
+        return Ok(());
+    }
+    let etcd = Etcd::start().await?;
+    let dirs = (tempfile::tempdir()?, tempfile::tempdir()?, tempfile::tempdir()?);
+    let alice = add_token(&etcd, dirs.2.path(), "alice")?;
+    let relay_a = TestRelay::start_with(fleet_config(&etcd, dirs.0.path())?).await?;
+    let relay_b = TestRelay::start_with(fleet_config(&etcd, dirs.1.path())?).await?;
+    let echo = echo_server().await?;
+    let mut agents = Vec::new();
+    for (relay, name) in [(&relay_a, "web-a"), (&relay_b, "web-b")] {
+        let mut plan = relay.plan(vec![tunnel(name, echo)]);
+        plan.token = alice.clone();
+        let (agent, tunnels) = TestAgent::start(plan).await?;
+        let mut visitor = TcpStream::connect(public_addr(&tunnels[0])).await?;
+        assert_eq!(round_trip(&mut visitor, b"hello").await?, b"hello");
+        agents.push(agent);
+    }
+
+    let revoked = relay(&etcd, dirs.2.path(), &["token", "revoke", "alice"])?;
+    assert!(revoked.status.success(), "{}", text(&revoked.stderr));
+    let at = Instant::now();
+    for agent in agents {
+        let err = agent.finished().await?.err().context("the session ended with an error")?;
+        assert!(format!("{err:#}").contains("revoked this agent's token"), "{err:#}");
+        let took = at.elapsed();
+        assert!(took < Duration::from_secs(1), "a session lasted {took:?} after the revocation");
+    }
+    relay_a.stop().await?;
+    relay_b.stop().await
+}
