@@ -111,7 +111,8 @@ impl fmt::Display for StoreUrl {
         match self {
             StoreUrl::File => f.write_str("file"),
             StoreUrl::Etcd { endpoints, tls } => {
-                let hosts: Vec<&str> = endpoints.iter().map(|e| e.split_once("://").map_or(e.as_str(), |(_, h)| h)).collect();
+                let hosts: Vec<&str> =
+                    endpoints.iter().map(|e| e.split_once("://").map_or(e.as_str(), |(_, h)| h)).collect();
                 write!(f, "{}://{}", if *tls { "etcds" } else { "etcd" }, hosts.join(","))
             }
         }
@@ -121,9 +122,14 @@ impl fmt::Display for StoreUrl {
 impl StoreConfig {
     /// Checks what serde cannot: relations between values. Every message names the key.
     pub(crate) fn validate(&self) -> Result<(), SettingError> {
-        let unexpected = |key, value: &str, expected| SettingError::Unexpected { key, value: format!("{value:?}"), expected };
+        let unexpected =
+            |key, value: &str, expected| SettingError::Unexpected { key, value: format!("{value:?}"), expected };
         if !self.prefix.starts_with('/') || !self.prefix.ends_with('/') {
-            return Err(unexpected("store.prefix", &self.prefix, "a key prefix that starts and ends with /, like /burrow/"));
+            return Err(unexpected(
+                "store.prefix",
+                &self.prefix,
+                "a key prefix that starts and ends with /, like /burrow/",
+            ));
         }
         // etcd raises shorter TTLs to its own minimum anyway.
         check_duration("store.lease_ttl", self.lease_ttl, Duration::from_secs(2))?;
@@ -137,7 +143,11 @@ impl StoreConfig {
         let tls = matches!(self.url, StoreUrl::Etcd { tls: true, .. });
         let url = self.url.to_string();
         if tls && self.ca.is_none() {
-            return Err(unexpected("store.url", &url, "a store.ca too: the root certificate etcd's servers are trusted by"));
+            return Err(unexpected(
+                "store.url",
+                &url,
+                "a store.ca too: the root certificate etcd's servers are trusted by",
+            ));
         }
         if !tls && (self.ca.is_some() || self.cert.is_some()) {
             return Err(unexpected("store.url", &url, "etcds://, since store.ca or store.cert is set"));
@@ -158,7 +168,9 @@ mod tests {
         assert_eq!(plain.to_string(), "etcd://10.0.0.5:2379,b:2");
         let tls = StoreUrl::Etcd { endpoints: vec!["https://[::1]:2379".into()], tls: true };
         assert_eq!("etcds://[::1]:2379".parse(), Ok(tls));
-        for bad in ["", "etcd://", "etcd://a", "etcd://a:1,", "etcd://a:0", "http://a:1", "etcd://a:1/x", "etcd://u@a:1"] {
+        for bad in
+            ["", "etcd://", "etcd://a", "etcd://a:1,", "etcd://a:0", "http://a:1", "etcd://a:1/x", "etcd://u@a:1"]
+        {
             let err = bad.parse::<StoreUrl>().unwrap_err();
             assert!(err.contains(EXPECTED_URL), "{bad}: {err}");
         }

@@ -270,7 +270,10 @@ fn decode_hash(text: &str) -> Option<[u8; 32]> {
 /// Checks a new token's name: a valid name, and not the configured token's.
 pub(crate) fn validate_name(name: &str) -> anyhow::Result<()> {
     anyhow::ensure!(is_valid_name(name), "invalid token name {name:?}: expected {VALID_NAME}");
-    anyhow::ensure!(name != CONFIGURED_TOKEN_NAME, "a token named {name:?} already exists (the relay's configured token)");
+    anyhow::ensure!(
+        name != CONFIGURED_TOKEN_NAME,
+        "a token named {name:?} already exists (the relay's configured token)"
+    );
     Ok(())
 }
 

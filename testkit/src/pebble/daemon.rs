@@ -1,10 +1,6 @@
 //! The environment's two programs, as [`Daemon`]s.
 
-use std::{
-    net::SocketAddr,
-    path::Path,
-    process::Command,
-};
+use std::{net::SocketAddr, path::Path, process::Command};
 
 use super::PebbleOptions;
 use crate::daemon::Daemon;

@@ -94,7 +94,12 @@ impl Renewal {
 
     /// Renews over one keep-alive stream; returns `false` once the lease is lost, `true`
     /// when the stream broke and should be reopened.
-    async fn renew(&self, mut keeper: LeaseKeeper, mut stream: LeaseKeepAliveStream, proven_until: &mut Instant) -> bool {
+    async fn renew(
+        &self,
+        mut keeper: LeaseKeeper,
+        mut stream: LeaseKeepAliveStream,
+        proven_until: &mut Instant,
+    ) -> bool {
         let mut tick = tokio::time::interval(self.ttl / 3);
         tick.tick().await;
         let mut sent = Instant::now();

@@ -118,7 +118,11 @@ impl EtcdStore {
     /// Connects, takes this relay's lease and registers it as a member of the fleet, turns
     /// what crashed relays held into reservations, and starts renewing the lease and
     /// watching the tokens.
-    pub(crate) async fn open(config: &StoreConfig, reservation_ttl: Duration, hostname: &[String]) -> anyhow::Result<Self> {
+    pub(crate) async fn open(
+        config: &StoreConfig,
+        reservation_ttl: Duration,
+        hostname: &[String],
+    ) -> anyhow::Result<Self> {
         let etcd = Etcd::connect(config).await?;
         let member = serde_json::to_vec(&serde_json::json!({ "hostname": hostname, "started": crate::tokens::now() }))?;
         let lease = lease::grant(&etcd, config.lease_ttl, &member).await.context("take this relay's lease in etcd")?;
@@ -133,7 +137,9 @@ impl EtcdStore {
             tokens_changed: Arc::new(Notify::new()),
             _stop: stop.clone().drop_guard(),
         };
-        places::sweep_orphans(&etcd, reservation_ttl).await.context("turn what stopped relays held into reservations")?;
+        places::sweep_orphans(&etcd, reservation_ttl)
+            .await
+            .context("turn what stopped relays held into reservations")?;
         let renewal = lease::Renewal { etcd: etcd.clone(), ttl: config.lease_ttl, member, reservation_ttl };
         tokio::spawn(renewal.run(state, stop.clone()));
         tokio::spawn(tokens::watch_tokens(etcd, store.tokens_changed.clone(), stop));

@@ -132,7 +132,8 @@ impl EtcdStore {
             TxnOp::put(keys.held(place, lease), self.holder.clone(), leased(lease)),
             TxnOp::put(keys.tunnel(key), path.clone(), None),
         ];
-        if let Some(old) = seen.index.as_ref().filter(|(old, _)| *old != path).and_then(|(old, _)| place_from_path(old)) {
+        if let Some(old) = seen.index.as_ref().filter(|(old, _)| *old != path).and_then(|(old, _)| place_from_path(old))
+        {
             if let Some(record) = self.etcd.get_one(&keys.place(&old)).await?.as_ref().map(Record::parse).transpose()?
                 && record.key == *key
             {
@@ -240,10 +241,9 @@ pub(super) async fn sweep_orphans(etcd: &Etcd, ttl: Duration) -> Result<usize, S
 
 async fn forget(etcd: &Etcd, place: &Place, record: &Record) -> Result<(), StoreError> {
     let keys = &etcd.keys;
-    let txn = Txn::new().when([unchanged(keys.place(place), Some(record.mod_revision))]).and_then([
-        TxnOp::delete(keys.place(place), None),
-        TxnOp::delete(keys.tunnel(&record.key), None),
-    ]);
+    let txn = Txn::new()
+        .when([unchanged(keys.place(place), Some(record.mod_revision))])
+        .and_then([TxnOp::delete(keys.place(place), None), TxnOp::delete(keys.tunnel(&record.key), None)]);
     let mut kv = etcd.client.kv_client();
     within(etcd.timeout, Call::Plain, kv.txn(txn)).await?;
     Ok(())

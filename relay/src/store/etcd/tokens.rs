@@ -79,7 +79,11 @@ async fn follow_tokens(
         Some(revision) => revision,
         None => {
             let mut kv = etcd.client.kv_client();
-            let now = within(etcd.timeout, Call::Plain, kv.get(prefix.as_str(), Some(GetOptions::new().with_prefix().with_count_only())));
+            let now = within(
+                etcd.timeout,
+                Call::Plain,
+                kv.get(prefix.as_str(), Some(GetOptions::new().with_prefix().with_count_only())),
+            );
             now.await?.header().map_or(0, |h| h.revision()) + 1
         }
     };
@@ -141,10 +145,9 @@ impl EtcdTokens {
             .ok()
             .and_then(|bytes| bytes.try_into().ok())
             .with_context(|| format!("damaged record at {}", keys.token_name(name)))?;
-        let txn = Txn::new().when([Compare::mod_revision(keys.token_name(name), CompareOp::Equal, index.mod_revision())]).and_then([
-            TxnOp::delete(keys.token_name(name), None),
-            TxnOp::delete(keys.token(&digest), None),
-        ]);
+        let txn = Txn::new()
+            .when([Compare::mod_revision(keys.token_name(name), CompareOp::Equal, index.mod_revision())])
+            .and_then([TxnOp::delete(keys.token_name(name), None), TxnOp::delete(keys.token(&digest), None)]);
         let mut kv = self.etcd.client.kv_client();
         let revoked = within(self.etcd.timeout, Call::Plain, kv.txn(txn)).await.context("revoke the token in etcd")?;
         Ok(revoked.succeeded())
