@@ -11,8 +11,9 @@ use crate::{RelayConfig, config::StoreUrl};
 /// The tokens of the store `store.url` names.
 pub(crate) enum TokenAdmin {
     File(TokenStore),
+    /// Boxed: the etcd client is large, and this is made once per command.
     #[cfg(feature = "etcd")]
-    Etcd(crate::store::EtcdTokens),
+    Etcd(Box<crate::store::EtcdTokens>),
 }
 
 impl TokenAdmin {
@@ -22,7 +23,7 @@ impl TokenAdmin {
             #[cfg(feature = "etcd")]
             StoreUrl::Etcd { .. } => {
                 let etcd = crate::store::Etcd::connect(&config.store).await?;
-                Ok(TokenAdmin::Etcd(crate::store::EtcdTokens::new(etcd)))
+                Ok(TokenAdmin::Etcd(Box::new(crate::store::EtcdTokens::new(etcd))))
             }
             #[cfg(not(feature = "etcd"))]
             StoreUrl::Etcd { .. } => anyhow::bail!("store.url = {}: {}", config.store.url, crate::store::NO_ETCD),
