@@ -339,6 +339,7 @@ impl Relay {
             sessions.spawn(vhost::serve(listeners, self.shared.clone(), cancel.clone()));
         }
         sessions.spawn(close_sessions_of_revoked_tokens(self.shared.clone(), cancel.clone()));
+        sessions.spawn(close_sessions_when_fenced(self.shared.clone(), cancel.clone()));
         if let Some(acme) = self.shared.acme.clone() {
             sessions.spawn(acme.run(self.shared.clone(), cancel.clone()));
         }
@@ -402,5 +403,19 @@ async fn close_sessions_of_revoked_tokens(shared: Arc<Shared>, cancel: Cancellat
         if closed > 0 {
             tracing::info!(closed, "closed the sessions of revoked tokens");
         }
+    }
+}
+
+/// A relay whose lease in a fleet's store was lost can no longer prove that what it holds is
+/// its own: it ends every session, and the agents reconnect and claim again under its new
+/// lease (or through another relay).
+async fn close_sessions_when_fenced(shared: Arc<Shared>, cancel: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            () = shared.store.lease_lost() => {}
+        }
+        let closed = shared.live.close_all(CloseCode::Shutdown);
+        tracing::warn!(closed, "this relay's lease in the store was lost; its sessions were closed to claim again");
     }
 }

@@ -229,6 +229,14 @@ impl LiveSessions {
         closed
     }
 
+    /// Closes every session with `code`; returns how many.
+    pub(crate) fn close_all(&self, code: CloseCode) -> usize {
+        let links: Vec<SessionLink> =
+            self.table().by_id.values().filter(|live| !live.ended).map(|live| live.link.clone()).collect();
+        links.iter().for_each(|link| link.close(code));
+        links.len()
+    }
+
     /// The serving session whose join ticket has the SHA-256 `ticket`. The digests are
     /// compared, never the ticket, so the time taken tells nothing of it.
     pub(crate) fn joinable(&self, ticket: &[u8; 32]) -> Option<SessionLink> {

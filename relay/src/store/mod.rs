@@ -100,4 +100,11 @@ pub(crate) trait Store: Send + Sync {
     /// Waits until every change made so far is stored durably, for `within` at most; says
     /// whether it is.
     fn durable(&self, within: Duration) -> StoreFuture<'_, bool>;
+
+    /// Completes when this relay's lease is next lost: the claims it held are no longer
+    /// provably its own, so its sessions must end and claim again. Never, for a store that
+    /// has no lease (the files of one relay).
+    fn lease_lost(&self) -> StoreFuture<'_, ()> {
+        Box::pin(std::future::pending())
+    }
 }

@@ -189,6 +189,20 @@ impl super::Store for EtcdStore {
     fn durable(&self, _within: Duration) -> super::StoreFuture<'_, bool> {
         Box::pin(async { true })
     }
+
+    fn lease_lost(&self) -> super::StoreFuture<'_, ()> {
+        let mut lease = self.lease.clone();
+        lease.mark_unchanged();
+        Box::pin(async move {
+            while lease.changed().await.is_ok() {
+                if *lease.borrow_and_update() == LeaseState::Lost {
+                    return;
+                }
+            }
+            // The renewal task has ended: the store is being dropped.
+            std::future::pending().await
+        })
+    }
 }
 
 #[cfg(test)]

@@ -119,3 +119,28 @@ async fn a_stopped_relays_places_stay_reserved() -> anyhow::Result<()> {
     assert!(EtcdStore::claim(&other, &a, &place).await?, "a takes it back through another relay");
     Ok(())
 }
+
+/// A relay whose lease is revoked behind its back (as when it was cut off past the TTL)
+/// learns it within a renewal period, takes a new lease, and claims again under it.
+#[tokio::test]
+async fn a_lost_lease_is_noticed_and_replaced() -> anyhow::Result<()> {
+    if !TestEtcd::available()? {
+        return Ok(());
+    }
+    let etcd = TestEtcd::start().await?;
+    let url = etcd.url().parse().map_err(anyhow::Error::msg)?;
+    let config = StoreConfig { url, lease_ttl: Duration::from_secs(3), ..StoreConfig::default() };
+    let store = EtcdStore::open(&config, Duration::from_secs(3600), &["relay.test".into()]).await?;
+    let (a, place) = (TunnelKey::of("0a", "web"), Place::Port(20001));
+    assert!(EtcdStore::claim(&store, &a, &place).await?);
+    let lost = Store::lease_lost(&store);
+    let old = store.live_lease()?;
+    store.etcd.client.lease_client().revoke(old).await?;
+    tokio::time::timeout(Duration::from_millis(1500), lost).await.context("the loss was noticed within 1.5 s")?;
+    let mut lease = store.lease.clone();
+    let renewed = lease.wait_for(|state| matches!(state, LeaseState::Live(new) if *new != old));
+    tokio::time::timeout(Duration::from_secs(5), renewed).await.context("a new lease")??;
+    assert_eq!(EtcdStore::owner_of(&store, &place).await?, Some(a.clone()), "kept for its tunnel meanwhile");
+    assert!(EtcdStore::claim(&store, &a, &place).await?, "claimed again under the new lease");
+    Ok(())
+}
