@@ -11,7 +11,9 @@ use std::{
 use anyhow::Context;
 use burrow_common::Secret;
 use relay::RelayConfig;
-use testkit::{TestAgent, TestRelay, echo_server, etcd::Etcd, public_addr, relay_config, round_trip, tunnel};
+use testkit::{
+    TestAgent, TestRelay, echo_server, etcd::Etcd, processes::required, public_addr, relay_config, round_trip, tunnel,
+};
 use tokio::net::TcpStream;
 
 fn relay(etcd: &Etcd, data_dir: &std::path::Path, args: &[&str]) -> anyhow::Result<Output> {
@@ -112,4 +114,40 @@ async fn a_revocation_ends_the_tokens_sessions_on_every_relay() -> anyhow::Resul
     }
     relay_a.stop().await?;
     relay_b.stop().await
+}
+
+/// `etcdctl` against `etcd`, returning its output.
+fn etcdctl(etcd: &Etcd, args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new("etcdctl").arg("--endpoints").arg(etcd.endpoint()).args(args).output()?;
+    anyhow::ensure!(out.status.success(), "etcdctl {args:?}: {}", text(&out.stderr));
+    Ok(text(&out.stdout))
+}
+
+/// A relay whose lease is gone (as when it was cut off from etcd past its TTL) can no longer
+/// prove its claims: it ends its sessions, and the agent comes back to the same port,
+/// claimed again under the relay's new lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_that_loses_its_lease_ends_its_sessions_and_they_claim_again() -> anyhow::Result<()> {
+    if !Etcd::available()? || !required("etcdctl")? {
+        return Ok(());
+    }
+    let etcd = Etcd::start().await?;
+    let dir = tempfile::tempdir()?;
+    let mut config = fleet_config(&etcd, dir.path())?;
+    config.store.lease_ttl = Duration::from_secs(3);
+    let relay = TestRelay::start_with(config).await?;
+    let echo = echo_server().await?;
+    let (mut agent, tunnels) = TestAgent::start(relay.plan(vec![tunnel("web", echo)])).await?;
+
+    let members = etcdctl(&etcd, &["get", "--prefix", "--keys-only", "/burrow/members/"])?;
+    let lease = members.lines().find_map(|key| key.strip_prefix("/burrow/members/")).context("the relay is a member")?;
+    etcdctl(&etcd, &["lease", "revoke", lease])?;
+    let mut status = agent.status.clone();
+    let ended = status.wait_for(|status| !matches!(status, agent::Status::Online(_)));
+    tokio::time::timeout(Duration::from_secs(5), ended).await.context("the session ended")??;
+    let back = agent.online().await?;
+    assert_eq!(back[0].port, tunnels[0].port, "the same port, claimed again");
+    assert_eq!(round_trip(&mut TcpStream::connect(public_addr(&back[0])).await?, b"again").await?, b"again");
+    agent.stop().await?;
+    relay.stop().await
 }
