@@ -140,7 +140,8 @@ async fn a_relay_that_loses_its_lease_ends_its_sessions_and_they_claim_again() -
     let (mut agent, tunnels) = TestAgent::start(relay.plan(vec![tunnel("web", echo)])).await?;
 
     let members = etcdctl(&etcd, &["get", "--prefix", "--keys-only", "/burrow/members/"])?;
-    let lease = members.lines().find_map(|key| key.strip_prefix("/burrow/members/")).context("the relay is a member")?;
+    let lease =
+        members.lines().find_map(|key| key.strip_prefix("/burrow/members/")).context("the relay is a member")?;
     etcdctl(&etcd, &["lease", "revoke", lease])?;
     let mut status = agent.status.clone();
     let ended = status.wait_for(|status| !matches!(status, agent::Status::Online(_)));
