@@ -11,6 +11,7 @@ pub mod bind_error;
 mod cid;
 mod claims;
 pub mod cli;
+mod closing;
 pub mod config;
 mod endpoint;
 mod files;
@@ -338,8 +339,8 @@ impl Relay {
         if let Some(listeners) = self.vhost_listeners.take() {
             sessions.spawn(vhost::serve(listeners, self.shared.clone(), cancel.clone()));
         }
-        sessions.spawn(close_sessions_of_revoked_tokens(self.shared.clone(), cancel.clone()));
-        sessions.spawn(close_sessions_when_fenced(self.shared.clone(), cancel.clone()));
+        sessions.spawn(closing::close_sessions_of_revoked_tokens(self.shared.clone(), cancel.clone()));
+        sessions.spawn(closing::close_sessions_when_fenced(self.shared.clone(), cancel.clone()));
         if let Some(acme) = self.shared.acme.clone() {
             sessions.spawn(acme.run(self.shared.clone(), cancel.clone()));
         }
@@ -385,37 +386,5 @@ impl Relay {
             tracing::info!("grace period over; closing remaining visitors");
         }
         self.shared.drained.cancel();
-    }
-}
-
-/// `relay token revoke` may run as another process, and a fleet shares its tokens: when the
-/// store reports a change, or a reload changes the configured token, sessions whose token is
-/// no longer valid are closed.
-async fn close_sessions_of_revoked_tokens(shared: Arc<Shared>, cancel: CancellationToken) {
-    let mut store_changed = shared.store.token_changes();
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            () = &mut store_changed => store_changed = shared.store.token_changes(),
-            () = shared.token_reloaded.notified() => {}
-        }
-        let closed = shared.live.close_revoked(&shared).await;
-        if closed > 0 {
-            tracing::info!(closed, "closed the sessions of revoked tokens");
-        }
-    }
-}
-
-/// A relay whose lease in a fleet's store was lost can no longer prove that what it holds is
-/// its own: it ends every session, and the agents reconnect and claim again under its new
-/// lease (or through another relay).
-async fn close_sessions_when_fenced(shared: Arc<Shared>, cancel: CancellationToken) {
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            () = shared.store.lease_lost() => {}
-        }
-        let closed = shared.live.close_all(CloseCode::Shutdown);
-        tracing::warn!(closed, "this relay's lease in the store was lost; its sessions were closed to claim again");
     }
 }
