@@ -108,3 +108,18 @@ pub(crate) trait Store: Send + Sync {
         Box::pin(std::future::pending())
     }
 }
+
+#[cfg(all(test, not(feature = "etcd")))]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_etcd_url_without_the_feature_names_the_feature() -> anyhow::Result<()> {
+        let mut config = RelayConfig::default();
+        config.store.url = "etcd://127.0.0.1:2379".parse().map_err(anyhow::Error::msg)?;
+        let err = open_shared(&config).await.err().map(|e| format!("{:#}", anyhow::Error::from(e)));
+        let err = err.unwrap_or_default();
+        assert!(err.contains("store.url = etcd://127.0.0.1:2379") && err.contains("cargo feature `etcd`"), "{err}");
+        Ok(())
+    }
+}
