@@ -34,7 +34,7 @@ fn add_token(etcd: &Etcd, data_dir: &std::path::Path, name: &str) -> anyhow::Res
 }
 
 #[test]
-fn tokens_are_added_listed_and_revoked_in_etcd() -> anyhow::Result<()> {
+fn tokens_are_added_invited_listed_and_revoked_in_etcd() -> anyhow::Result<()> {
     if !Etcd::available()? {
         return Ok(());
     }
@@ -51,6 +51,13 @@ fn tokens_are_added_listed_and_revoked_in_etcd() -> anyhow::Result<()> {
     let again = relay(&etcd, two.path(), &["token", "add", "alice"])?;
     assert!(!again.status.success());
     assert!(text(&again.stderr).contains("a token named \"alice\" already exists"), "{}", text(&again.stderr));
+
+    let invited = relay(&etcd, two.path(), &["invite", "bob", "--ports", "22"])?;
+    assert!(invited.status.success(), "{}", text(&invited.stderr));
+    assert!(text(&invited.stdout).contains("BURROW_TOKEN=brw_"), "{}", text(&invited.stdout));
+    let listed = text(&relay(&etcd, one.path(), &["token", "list"])?.stdout);
+    assert!(listed.contains("bob\tports: 22\t"), "an invitation's token is the fleet's: {listed}");
+    assert!(relay(&etcd, one.path(), &["token", "revoke", "bob"])?.status.success());
 
     assert!(relay(&etcd, two.path(), &["token", "revoke", "alice"])?.status.success());
     assert_eq!(text(&relay(&etcd, one.path(), &["token", "list"])?.stdout), "");
