@@ -39,6 +39,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// within seconds instead of at the next request.
 const KEEP_ALIVE: (Duration, Duration) = (Duration::from_secs(5), Duration::from_secs(3));
 
+/// The longest time between sweeps for the places of stopped relays.
+const MAX_SWEEP_PERIOD: Duration = Duration::from_secs(60);
+
 /// A connection to the fleet's etcd: the client, the fleet's keys, and how long one call may
 /// take. Cheap to clone.
 #[derive(Clone)]
@@ -142,6 +145,8 @@ impl EtcdStore {
             .context("turn what stopped relays held into reservations")?;
         let renewal = lease::Renewal { etcd: etcd.clone(), ttl: config.lease_ttl, member, reservation_ttl };
         tokio::spawn(renewal.run(state, stop.clone()));
+        let period = config.lease_ttl.min(MAX_SWEEP_PERIOD);
+        tokio::spawn(places::sweep_periodically(etcd.clone(), reservation_ttl, period, stop.clone()));
         tokio::spawn(tokens::watch_tokens(etcd, store.tokens_changed.clone(), stop));
         Ok(store)
     }

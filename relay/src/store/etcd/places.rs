@@ -9,6 +9,7 @@
 use std::time::Duration;
 
 use etcd_client::{Compare, CompareOp, GetOptions, KeyValue, PutOptions, Txn, TxnOp, TxnOpResponse};
+use tokio_util::sync::CancellationToken;
 
 use super::{
     Etcd, EtcdStore,
@@ -205,6 +206,24 @@ async fn put_on_lease(etcd: &Etcd, place: &Place, record: &Record, lease: i64) -
     let mut kv = etcd.client.kv_client();
     within(etcd.timeout, Call::Plain, kv.txn(txn)).await?;
     Ok(())
+}
+
+/// Sweeps for orphans every `period` until `stop`, so a crashed relay's places start their
+/// reservation's TTL within a period even if nobody claims them.
+pub(super) async fn sweep_periodically(etcd: Etcd, ttl: Duration, period: Duration, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(period);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        match sweep_orphans(&etcd, ttl).await {
+            Ok(0) => {}
+            Ok(reserved) => tracing::info!(reserved, "places of stopped relays are reserved for their tunnels"),
+            Err(e) => tracing::debug!("sweeping for orphaned claims failed: {e:#}"),
+        }
+    }
 }
 
 /// Turns every place held by no relay and bound to no lease (its holders stopped, or lost

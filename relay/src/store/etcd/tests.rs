@@ -144,3 +144,35 @@ async fn a_lost_lease_is_noticed_and_replaced() -> anyhow::Result<()> {
     assert!(EtcdStore::claim(&store, &a, &place).await?, "claimed again under the new lease");
     Ok(())
 }
+
+/// A stopped relay's places become reservations within a sweep period even when nobody
+/// claims them (seen through a watch on the record, not a sleep).
+#[tokio::test]
+async fn the_sweep_reserves_a_stopped_relays_places_unasked() -> anyhow::Result<()> {
+    if !TestEtcd::available()? {
+        return Ok(());
+    }
+    let etcd = TestEtcd::start().await?;
+    let gone = open(&etcd, Duration::from_secs(3600)).await?;
+    let url = etcd.url().parse().map_err(anyhow::Error::msg)?;
+    let config = StoreConfig { url, lease_ttl: Duration::from_secs(2), ..StoreConfig::default() };
+    let sweeper = EtcdStore::open(&config, Duration::from_secs(3600), &["sweeper.test".into()]).await?;
+    let (a, place) = (TunnelKey::of("0a", "web"), Place::Port(20001));
+    assert!(EtcdStore::claim(&gone, &a, &place).await?);
+    let mut watch = sweeper.etcd.client.watch_client();
+    let mut changes = watch.watch(sweeper.etcd.keys.place(&place), None).await?;
+    let lease = gone.live_lease()?;
+    drop(gone);
+    sweeper.etcd.client.lease_client().revoke(lease).await?;
+    let reserved = async {
+        while let Some(answer) = changes.message().await? {
+            if answer.events().iter().any(|e| e.kv().is_some_and(|kv| kv.lease() != 0)) {
+                return anyhow::Ok(());
+            }
+        }
+        anyhow::bail!("the watch ended")
+    };
+    tokio::time::timeout(Duration::from_secs(5), reserved).await.context("reserved within a sweep period")??;
+    assert_eq!(EtcdStore::owner_of(&sweeper, &place).await?, Some(a));
+    Ok(())
+}
