@@ -193,6 +193,11 @@ pub struct Flags {
     #[arg(long, value_name = "N")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub links: Option<u8>,
+    /// Relays of a fleet to keep a session with, the dialed one included, 1-16: the relay
+    /// lists the others [default: 4]
+    #[arg(long, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_relays: Option<u8>,
     /// How to reach the relay: auto (QUIC, falling back to TLS over TCP when UDP gets no
     /// answer within 300 ms), quic, or tcp [default: auto]
     #[arg(long, value_name = "auto|quic|tcp")]

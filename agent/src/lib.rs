@@ -7,6 +7,7 @@ pub mod config;
 mod console;
 mod dial;
 pub mod embedded;
+mod fleet;
 mod flows;
 mod forward;
 mod human;
@@ -32,6 +33,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+pub use crate::fleet::Roster;
 use crate::{
     backoff::Backoff,
     config::{AgentConfig, LocalTarget, Protocol, RelayAddr, TunnelConfig},
@@ -53,6 +55,11 @@ pub struct Plan {
     pub quic_probe_interval: Duration,
     /// QUIC links the agent keeps to the relay, as far as the relay allows.
     pub links: u8,
+    /// Relays of the fleet kept in session, the dialed one included.
+    pub max_relays: u8,
+    /// Where the dialed relay's Welcomes publish the fleet's other relays; `None` in the
+    /// sessions with those others, whose lists would name the dialed relay again.
+    pub roster: Option<Roster>,
     /// QUIC, TLS over TCP, or QUIC with TCP raced against it.
     pub transport: config::TransportChoice,
     /// The proxy TCP links go through, if any.
@@ -197,6 +204,8 @@ impl Plan {
             reconnect_max_delay: config.reconnect_max_delay,
             quic_probe_interval: config.quic_probe_interval,
             links: config.links,
+            max_relays: config.max_relays,
+            roster: None,
             proxy: config.proxy.as_ref().and_then(proxy::ProxySetting::proxy).cloned(),
             transport: config.transport,
             stats: Stats::default(),
@@ -262,15 +271,31 @@ impl fmt::Display for PublicTunnel {
 
 /// Keeps the tunnels up until `cancel`: reconnects forever on transient failures, returns an
 /// error on ones the user must fix (bad token, untrusted relay on first contact, refusals).
-pub async fn run(plan: Plan, status: watch::Sender<Status>, cancel: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(mut plan: Plan, status: watch::Sender<Status>, cancel: CancellationToken) -> anyhow::Result<()> {
     let stats = plan.stats.clone();
     stats.set_relay(plan.relay.to_string());
-    let result = keep_up(plan, status, cancel).await;
+    let members = fleet::Members::start(&mut plan, &cancel);
+    let result = keep_up(plan, status, cancel, FirstContact::ChecksSetup).await;
+    members.stop().await;
     stats.stopped(result.as_ref().err().map(|e| format!("{e:#}")));
     result
 }
 
-async fn keep_up(plan: Plan, status: watch::Sender<Status>, cancel: CancellationToken) -> anyhow::Result<()> {
+/// What a failure before the first Welcome means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FirstContact {
+    /// The relay the user named: a refusal or an untrusted certificate is a setup mistake.
+    ChecksSetup,
+    /// A relay its fleet named: it may just be starting, or refuse for a while.
+    Retries,
+}
+
+pub(crate) async fn keep_up(
+    plan: Plan,
+    status: watch::Sender<Status>,
+    cancel: CancellationToken,
+    first_contact: FirstContact,
+) -> anyhow::Result<()> {
     anyhow::ensure!(
         !plan.current_tunnels().is_empty(),
         "nothing to expose: pass --local PORT or list [[tunnels]] in the config file"
@@ -278,7 +303,7 @@ async fn keep_up(plan: Plan, status: watch::Sender<Status>, cancel: Cancellation
     let dialer = dial::Dialer::new(&plan)?;
     let mut backoff = Backoff::new(plan.reconnect_max_delay);
     // Until the first Welcome, a refusal or an untrusted certificate is a setup mistake.
-    let mut never_online = true;
+    let mut never_online = first_contact == FirstContact::ChecksSetup;
     loop {
         plan.stats.publish(&status, Status::Connecting);
         let span = tracing::info_span!("session", relay = %plan.relay, attempt = backoff.attempt());

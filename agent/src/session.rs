@@ -87,6 +87,10 @@ async fn register_and_serve(
         Err(end) => return end,
     };
     links.welcomed(usize::from(plan.links.min(welcome.links).max(1)));
+    // An empty list from a relay that could not read its fleet just now ends no session.
+    if let Some(roster) = plan.roster.as_ref().filter(|_| !welcome.fleet.is_empty()) {
+        roster.send_replace(welcome.fleet.clone());
+    }
     let mut live: Vec<(TunnelPlan, Granted)> = asked.into_iter().zip(welcome.tunnels).collect();
     // The relay names each stream's tunnel by the id it granted.
     for (tunnel, granted) in &live {

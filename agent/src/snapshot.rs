@@ -41,6 +41,21 @@ pub struct Snapshot {
     /// within 2 s, or the flow had ended.
     #[serde(default)]
     pub udp_unknown_flow: u64,
+    /// The sessions with the fleet's other relays, which serve the same tunnels; empty for
+    /// a relay on its own.
+    #[serde(default)]
+    pub fleet: Vec<FleetSessionView>,
+}
+
+/// A session with another relay of the fleet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FleetSessionView {
+    /// The relay's address, as its fleet lists it.
+    pub relay: String,
+    pub state: SessionState,
+    pub links_up: usize,
+    pub links_wanted: usize,
+    pub transport: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -181,7 +196,21 @@ impl Stats {
         let requests = self.requests().recent(RECENT_REQUESTS);
         let udp_unknown_flow = self.0.unknown_flow.load(Relaxed);
         let version = env!("CARGO_PKG_VERSION").into();
-        Snapshot { version, relay, state, path, tunnels, connections, requests, udp_unknown_flow }
+        let fleet = self.fleet_sessions(now);
+        Snapshot { version, relay, state, path, tunnels, connections, requests, udp_unknown_flow, fleet }
+    }
+
+    fn fleet_sessions(&self, now: Instant) -> Vec<FleetSessionView> {
+        lock(&self.0.members)
+            .iter()
+            .map(|(relay, member)| FleetSessionView {
+                relay: relay.to_string(),
+                state: session_state(&member.state, member.since, now),
+                links_up: member.links.up,
+                links_wanted: member.links.wanted,
+                transport: member.links.transport.clone(),
+            })
+            .collect()
     }
 }
 

@@ -158,6 +158,7 @@ async fn agent_resets_streams_with_unknown_or_malformed_headers_and_serves_the_r
         tunnels: vec![Granted { id: 0, name: "web".into(), port: 1, host: None, urls: Vec::new() }],
         ticket: JoinTicket([0; 32]),
         links: 1,
+        fleet: Vec::new(),
     });
     write_msg(&mut control_send, &welcome).await?;
     let visitor = "192.0.2.1:5000".parse()?;

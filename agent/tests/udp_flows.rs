@@ -57,7 +57,7 @@ async fn welcomed(tunnels: Vec<TunnelPlan>) -> anyhow::Result<Session> {
         host: None,
         urls: Vec::new(),
     });
-    let welcome = Welcome { tunnels: granted.collect(), ticket: JoinTicket([0; 32]), links: 1 };
+    let welcome = Welcome { tunnels: granted.collect(), ticket: JoinTicket([0; 32]), links: 1, fleet: Vec::new() };
     write_msg(&mut send, &ServerMsg::Welcome(welcome)).await?;
     let mut session = Session { conn, _control: (send, recv), agent, stats };
     session.agent.online().await?;

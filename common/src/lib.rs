@@ -49,7 +49,7 @@ pub mod upgrade;
 pub use codes::{CloseCode, StreamCode};
 pub use config::{PortRange, Secret};
 pub use protocol::{
-    ALPN, AgentMsg, Granted, Hello, HttpAccess, JoinTicket, LinkOpening, PublicName, Refusal, ServerMsg, StreamHeader,
-    TunnelKind, TunnelSpec, Welcome,
+    ALPN, AgentMsg, FleetMember, Granted, Hello, HttpAccess, JoinTicket, LinkOpening, PublicName, Refusal, ServerMsg,
+    StreamHeader, TunnelKind, TunnelSpec, Welcome,
 };
 pub use tls::Fingerprint;

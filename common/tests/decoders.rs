@@ -121,7 +121,7 @@ proptest! {
 
     #[test]
     fn answers_round_trip(tunnels in vec(granted(), 0..8), refused in refusal(), ticket in any::<[u8; 32]>()) {
-        let welcome = ServerMsg::Welcome(Welcome { tunnels, ticket: JoinTicket(ticket), links: 4 });
+        let welcome = ServerMsg::Welcome(Welcome { tunnels, ticket: JoinTicket(ticket), links: 4, fleet: Vec::new() });
         prop_assert_eq!(round_trip(&welcome, MAX_CONTROL_FRAME), welcome);
         let refused = ServerMsg::Refused(refused);
         prop_assert_eq!(round_trip(&refused, MAX_CONTROL_FRAME), refused);

@@ -96,11 +96,20 @@ pub struct StoreFlags {
     #[arg(long = "store", global = true, value_name = "URL")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
+    /// Where agents reach this relay, `HOST:PORT`, as the fleet's other relays offer it to
+    /// their agents [default: the first --hostname and the agent port]
+    #[arg(long, value_name = "HOST:PORT")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub advertise: Option<String>,
+    /// This relay's failure domain, for agents to spread their sessions across
+    #[arg(long, value_name = "LABEL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
 }
 
 impl StoreFlags {
     fn is_empty(&self) -> bool {
-        self.url.is_none()
+        self.url.is_none() && self.advertise.is_none() && self.zone.is_none()
     }
 }
 

@@ -433,6 +433,7 @@ mod tests {
             ("[store]\nendpoints = \"a\"", ["endpoints", "unknown field", "url"]),
             ("[store]\nurl = \"etcd://a:1\"\nuser = \"u\"", ["store.user and store.password", "together", ""]),
             ("[store]\nlease_ttl = \"1s\"", ["store.lease_ttl", "1s", "at least 2s"]),
+            ("[store]\nadvertise = \"r1.example.com\"", ["store.advertise", "r1.example.com", "HOST:PORT"]),
             ("[acme]\nemail = \"o@x.org\"", ["acme.email", "a domain too", "--domain"]),
             (
                 "domain = \"x.org\"\n[acme]\nemail = \"o@x.org\"\nchallenge = \"dns-01\"",

@@ -180,7 +180,11 @@ impl Relay {
     /// directory, or etcd shared by a fleet of relays.
     pub async fn open(config: RelayConfig) -> Result<Self, BindError> {
         config.validate()?;
-        let store = store::open_shared(&config).await?;
+        // The fleet's roster lists this relay's certificate, so it is known before the store.
+        files::create_private_dir(&config.data_dir)
+            .map_err(|source| BindError::DataDir { path: config.data_dir.clone(), source })?;
+        let fingerprint = identity::load_or_create_certificate(&config)?.fingerprint();
+        let store = store::open_shared(&config, &fingerprint).await?;
         Self::bind_with(config, store)
     }
 

@@ -159,3 +159,89 @@ async fn a_relay_that_loses_its_lease_ends_its_sessions_and_they_claim_again() -
     agent.stop().await?;
     relay.stop().await
 }
+
+/// A relay of a three-relay fleet on one etcd, each with its own public address (the same
+/// port is open on all three) and the agent port it advertises to the others' agents.
+async fn fleet_relay(etcd: &Etcd, dir: &std::path::Path, public: &str, port: u16) -> anyhow::Result<TestRelay> {
+    let mut config = fleet_config(etcd, dir)?;
+    config.listen = format!("127.0.0.1:{port}").parse()?;
+    config.public_bind = public.parse()?;
+    config.store.advertise = Some(format!("127.0.0.1:{port}"));
+    TestRelay::start_with(config).await
+}
+
+/// Waits until the agent's sessions with the fleet's other relays are `online` in number.
+async fn fleet_sessions_online(stats: &agent::stats::Stats, online: usize) -> anyhow::Result<()> {
+    let mut changes = stats.subscribe();
+    let count = || {
+        let fleet = stats.snapshot().fleet;
+        fleet.iter().filter(|s| matches!(s.state, agent::snapshot::SessionState::Online { .. })).count()
+    };
+    let reached = async {
+        while count() != online {
+            changes.changed().await?;
+        }
+        anyhow::Ok(())
+    };
+    tokio::time::timeout(Duration::from_secs(10), reached)
+        .await
+        .with_context(|| format!("{online} fleet sessions online: {:?}", stats.snapshot().fleet))?
+}
+
+/// One agent, started against one relay of three, is told of the other two in its Welcome
+/// and opens a session with each: its tunnel's port answers on all three relays' addresses,
+/// byte for byte. One relay stopping leaves the other two serving; restarted, it gets its
+/// session back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_serves_through_every_relay_of_the_fleet_and_outlives_one() -> anyhow::Result<()> {
+    if !Etcd::available()? {
+        return Ok(());
+    }
+    let etcd = Etcd::start().await?;
+    let dirs = [tempfile::tempdir()?, tempfile::tempdir()?, tempfile::tempdir()?, tempfile::tempdir()?];
+    let alice = add_token(&etcd, dirs[3].path(), "alice")?;
+    let publics = ["127.0.0.2", "127.0.0.3", "127.0.0.4"];
+    let mut ports = Vec::new();
+    for _ in 0..3 {
+        ports.push(testkit::udp_tools::free_tcp_and_udp_port().await?);
+    }
+    let first = fleet_relay(&etcd, dirs[0].path(), publics[0], ports[0]).await?;
+    let second = fleet_relay(&etcd, dirs[1].path(), publics[1], ports[1]).await?;
+    let third = fleet_relay(&etcd, dirs[2].path(), publics[2], ports[2]).await?;
+    let echo = echo_server().await?;
+    let mut plan = first.plan(vec![tunnel("web", echo)]);
+    plan.token = alice;
+    let stats = plan.stats.clone();
+    let (agent, tunnels) = TestAgent::start(plan).await?;
+    fleet_sessions_online(&stats, 2).await?;
+    let port = tunnels[0].port;
+    let echo_via = |public: &str| {
+        let addr: std::net::SocketAddr = format!("{public}:{port}").parse().expect("an address");
+        async move {
+            let mut visitor = TcpStream::connect(addr).await.with_context(|| format!("connect {addr}"))?;
+            let payload: Vec<u8> = (0..64 * 1024).map(|i| (i % 251) as u8).collect();
+            anyhow::ensure!(round_trip(&mut visitor, &payload).await? == payload, "{addr} echoed other bytes");
+            anyhow::Ok(())
+        }
+    };
+    for public in publics {
+        echo_via(public).await?;
+    }
+
+    third.stop().await?;
+    fleet_sessions_online(&stats, 1).await?;
+    for public in &publics[..2] {
+        echo_via(public).await?;
+    }
+    let snapshot = stats.snapshot();
+    assert!(matches!(snapshot.state, agent::snapshot::SessionState::Online { .. }), "{:?}", snapshot.state);
+
+    let third = fleet_relay(&etcd, dirs[2].path(), publics[2], ports[2]).await?;
+    fleet_sessions_online(&stats, 2).await?;
+    echo_via(publics[2]).await?;
+    agent.stop().await?;
+    for relay in [first, second, third] {
+        relay.stop().await?;
+    }
+    Ok(())
+}

@@ -47,6 +47,10 @@ pub const ENV: EnvSource<'static> =
 
 pub use burrow_common::protocol::DEFAULT_RELAY_PORT;
 
+/// Most relays of a fleet one agent keeps sessions with: each more carries the same
+/// tunnels again, for a smaller share of visitors.
+pub const MAX_RELAYS: u8 = 16;
+
 /// Most QUIC links one agent opens to its relay: beyond the cores of a small relay, more
 /// links add sockets and handshakes but no speed.
 pub const MAX_LINKS: u8 = 8;
@@ -84,6 +88,10 @@ pub struct AgentConfig {
     /// QUIC links to the relay, 1 to 8, each with its own UDP socket and congestion window;
     /// visitors are spread over them. The relay may allow fewer.
     pub links: u8,
+    /// Relays of a fleet the agent keeps a session with, the one it dials included: the
+    /// relay's Welcome lists the others, each opens the same tunnels, and losing one relay
+    /// loses only the visitors it carried. `1` keeps to the dialed relay.
+    pub max_relays: u8,
     /// How the agent reaches the relay: `auto` (QUIC, with TLS over TCP raced against it
     /// when QUIC does not answer within 300 ms), `quic` or `tcp`.
     pub transport: TransportChoice,
@@ -116,6 +124,7 @@ impl Default for AgentConfig {
             reconnect_max_delay: Duration::from_secs(30),
             quic_probe_interval: Duration::from_secs(60),
             links: 4,
+            max_relays: 4,
             transport: TransportChoice::Auto,
             proxy: None,
             inspect: Some(crate::inspector::DEFAULT_ADDR),
@@ -153,6 +162,11 @@ impl AgentConfig {
             (1..=MAX_LINKS).contains(&self.links),
             "invalid configuration: links = {} is out of range: give 1 to {MAX_LINKS}",
             self.links
+        );
+        anyhow::ensure!(
+            (1..=MAX_RELAYS).contains(&self.max_relays),
+            "invalid configuration: max_relays = {} is out of range: give 1 to {MAX_RELAYS}",
+            self.max_relays
         );
         anyhow::ensure!(
             self.keep_alive < self.idle_timeout,

@@ -9,7 +9,7 @@ use crate::{
     human,
     report::Setup,
     requests::RequestSummary,
-    snapshot::{ConnectionView, PathView, SessionState, Snapshot},
+    snapshot::{ConnectionView, FleetSessionView, PathView, SessionState, Snapshot},
 };
 
 /// Connections shown; the inspector lists more.
@@ -37,6 +37,9 @@ pub(crate) fn render(now: &Snapshot, rates: &Rates, setup: &Setup, paint: Paint)
         format!("Relay       {}", relay(now, setup)),
         format!("Path        {}", path(now.path.as_ref(), rates)),
     ];
+    for member in &now.fleet {
+        lines.push(format!("Also via    {}", fleet_session(member, paint)));
+    }
     if let Some(url) = &setup.inspector {
         lines.push(format!("Inspector   {url}"));
     }
@@ -70,6 +73,15 @@ fn session(state: &SessionState, paint: Paint) -> String {
         SessionState::Stopped { error: None } => paint.with("1", "stopped"),
         SessionState::Stopped { error: Some(why) } => paint.with("1;31", &format!("stopped: {why}")),
     }
+}
+
+/// A session with another relay of the fleet, on one line: which relay, its state, its links.
+fn fleet_session(member: &FleetSessionView, paint: Paint) -> String {
+    let mut text = format!("{} · {}", member.relay, session(&member.state, paint));
+    if matches!(member.state, SessionState::Online { .. }) {
+        write!(text, " · {} · links {}/{}", member.transport, member.links_up, member.links_wanted).ok();
+    }
+    text
 }
 
 fn relay(now: &Snapshot, setup: &Setup) -> String {
@@ -271,6 +283,13 @@ mod tests {
                 error: None,
             }],
             udp_unknown_flow: 0,
+            fleet: vec![FleetSessionView {
+                relay: "r2.example.com:4443".into(),
+                state: SessionState::Online { for_ms: 61_000 },
+                links_up: 4,
+                links_wanted: 4,
+                transport: "QUIC".into(),
+            }],
         };
         let setup = Setup { embedded: false, also_on: Vec::new(), inspector: Some("http://127.0.0.1:4040".into()) };
         let text = render(&now, &Rates::default(), &setup, Paint(false)).join("\n");
@@ -278,6 +297,7 @@ mod tests {
             "Session     reconnecting in 3s (attempt 2): lost the relay: timed out",
             "Relay       relay.example.com:4443",
             "Path        not connected",
+            "Also via    r2.example.com:4443 · online for 1m 01s · QUIC · links 4/4",
             "Inspector   http://127.0.0.1:4040",
             "web  tcp://relay.example.com:20001 -> 127.0.0.1:8080",
             "1 open · 12 total · 1 failed · in 4.1 KiB (0 B/s) · out 12.0 MiB (0 B/s)",
@@ -325,6 +345,7 @@ mod tests {
             connections: vec![flow(2, "198.51.100.4:41000", "open"), flow(1, "198.51.100.5:41000", "closed")],
             requests: Vec::new(),
             udp_unknown_flow: 4,
+            fleet: Vec::new(),
         };
         let setup = Setup { embedded: false, also_on: Vec::new(), inspector: None };
         let text = render(&now, &Rates::default(), &setup, Paint(false)).join("\n");

@@ -29,9 +29,11 @@ mod datagrams;
 /// Closed connections kept for display; open ones are always kept.
 pub const RECENT: usize = 50;
 
-/// A cheap handle; clones share the same counters.
+/// A cheap handle; clones share the same counters. A handle for a session with another
+/// relay of the fleet ([`Stats::for_member`]) counts its visitors with the rest but keeps its
+/// session's state apart, under the relay's address.
 #[derive(Clone)]
-pub struct Stats(pub(crate) Arc<Shared>);
+pub struct Stats(pub(crate) Arc<Shared>, Option<Arc<str>>);
 
 pub(crate) struct Shared {
     pub(crate) session: Mutex<Session>,
@@ -43,6 +45,8 @@ pub(crate) struct Shared {
     next_id: AtomicU64,
     /// Bumped on every change, so watchers wake without polling.
     changes: watch::Sender<u64>,
+    /// The sessions with the fleet's other relays, by address.
+    pub(crate) members: Mutex<BTreeMap<Arc<str>, MemberSession>>,
     /// Links of the session up now, and how many it aims for: watched on its own by the
     /// ready file, which should not wake for every visitor.
     pub(crate) links: watch::Sender<LinkCount>,
@@ -59,6 +63,13 @@ pub(crate) struct LinkCount {
     pub(crate) up: usize,
     pub(crate) wanted: usize,
     pub(crate) transport: String,
+}
+
+/// A session with another relay of the fleet, as the console and inspector show it.
+pub(crate) struct MemberSession {
+    pub(crate) state: State,
+    pub(crate) since: Instant,
+    pub(crate) links: LinkCount,
 }
 
 pub(crate) struct Session {
@@ -93,6 +104,21 @@ pub(crate) enum State {
 pub(crate) struct Connections {
     pub(crate) open: BTreeMap<u64, Record>,
     pub(crate) closed: VecDeque<Record>,
+}
+
+/// The state `status` moves a session to from `was`.
+fn next_state(status: &Status, was: &State) -> State {
+    match (status, was) {
+        // A retry keeps saying why the last attempt failed while it waits for an answer.
+        (Status::Connecting, State::Retrying { attempt, reason, .. }) => {
+            State::Connecting { retry: Some((*attempt, reason.clone())) }
+        }
+        (Status::Connecting, _) => State::Connecting { retry: None },
+        (Status::Online(_), _) => State::Online,
+        (Status::Retrying { attempt, delay, reason }, _) => {
+            State::Retrying { attempt: *attempt, delay: *delay, reason: reason.clone() }
+        }
+    }
 }
 
 /// One visitor's connection through a tunnel, or one UDP flow.
@@ -135,23 +161,27 @@ pub(crate) struct TunnelStats {
 
 impl Default for Stats {
     fn default() -> Self {
-        Self(Arc::new(Shared {
-            session: Mutex::new(Session {
-                relay: String::new(),
-                state: State::Connecting { retry: None },
-                since: Instant::now(),
-                link: None,
-                tunnels: Vec::new(),
+        Self(
+            Arc::new(Shared {
+                session: Mutex::new(Session {
+                    relay: String::new(),
+                    state: State::Connecting { retry: None },
+                    since: Instant::now(),
+                    link: None,
+                    tunnels: Vec::new(),
+                }),
+                tunnels: Mutex::default(),
+                connections: Mutex::default(),
+                requests: RequestLog::default(),
+                replayers: Mutex::default(),
+                next_id: AtomicU64::new(1),
+                changes: watch::Sender::new(0),
+                links: watch::Sender::new(LinkCount::default()),
+                unknown_flow: AtomicU64::new(0),
+                members: Mutex::default(),
             }),
-            tunnels: Mutex::default(),
-            connections: Mutex::default(),
-            requests: RequestLog::default(),
-            replayers: Mutex::default(),
-            next_id: AtomicU64::new(1),
-            changes: watch::Sender::new(0),
-            links: watch::Sender::new(LinkCount::default()),
-            unknown_flow: AtomicU64::new(0),
-        }))
+            None,
+        )
     }
 }
 
@@ -179,7 +209,12 @@ impl Stats {
 
     /// Where the inspector replays the requests of HTTP tunnel `name`.
     pub(crate) fn set_replayer(&self, name: &str, local: &Arc<LocalHttp>) {
-        lock(&self.0.replayers).insert(name.to_string(), Arc::downgrade(local));
+        let mut replayers = lock(&self.0.replayers);
+        // Every relay's session serves the tunnel: the first one up keeps replaying.
+        if self.1.is_some() && replayers.get(name).is_some_and(|live| live.strong_count() > 0) {
+            return;
+        }
+        replayers.insert(name.to_string(), Arc::downgrade(local));
     }
 
     pub(crate) fn replayer(&self, name: &str) -> Option<Arc<LocalHttp>> {
@@ -192,29 +227,53 @@ impl Stats {
 
     /// Publishes `status` to the caller's channel and records it here with the time.
     pub(crate) fn publish(&self, channel: &watch::Sender<Status>, status: Status) {
+        if self.1.is_some() {
+            self.member(|member| {
+                member.state = next_state(&status, &member.state);
+                member.since = Instant::now();
+            });
+            channel.send_replace(status);
+            return;
+        }
         {
             let mut session = lock(&self.0.session);
-            session.state = match (&status, &session.state) {
-                // A retry keeps saying why the last attempt failed while it waits for an answer.
-                (Status::Connecting, State::Retrying { attempt, reason, .. }) => {
-                    State::Connecting { retry: Some((*attempt, reason.clone())) }
-                }
-                (Status::Connecting, _) => State::Connecting { retry: None },
-                (Status::Online(tunnels), _) => {
-                    session.tunnels = tunnels.clone();
-                    State::Online
-                }
-                (Status::Retrying { attempt, delay, reason }, _) => {
-                    State::Retrying { attempt: *attempt, delay: *delay, reason: reason.clone() }
-                }
-            };
+            if let Status::Online(tunnels) = &status {
+                session.tunnels = tunnels.clone();
+            }
+            session.state = next_state(&status, &session.state);
             session.since = Instant::now();
         }
         channel.send_replace(status);
         self.changed();
     }
 
+    /// A handle for the session with `relay`, another relay of the fleet.
+    pub(crate) fn for_member(&self, relay: &str) -> Self {
+        Self(self.0.clone(), Some(relay.into()))
+    }
+
+    /// Changes this member session's entry, made at its first change; a no-op on the
+    /// dialed relay's handle.
+    fn member(&self, change: impl FnOnce(&mut MemberSession)) {
+        let Some(relay) = &self.1 else { return };
+        {
+            let mut members = lock(&self.0.members);
+            let entry = members.entry(relay.clone()).or_insert_with(|| MemberSession {
+                state: State::Connecting { retry: None },
+                since: Instant::now(),
+                links: LinkCount::default(),
+            });
+            change(entry);
+        }
+        self.changed();
+    }
+
     pub(crate) fn stopped(&self, error: Option<String>) {
+        if let Some(relay) = &self.1 {
+            lock(&self.0.members).remove(relay);
+            self.changed();
+            return;
+        }
         {
             let mut session = lock(&self.0.session);
             session.state = State::Stopped { error };
@@ -228,6 +287,9 @@ impl Stats {
     /// between sessions.
     pub(crate) fn set_link(&self, link: Option<(AnyLink, String)>) {
         let (link, transport) = link.unzip();
+        if self.1.is_some() {
+            return self.member(|member| member.links.transport = transport.unwrap_or_default());
+        }
         lock(&self.0.session).link = link;
         self.0.links.send_modify(|links| links.transport = transport.unwrap_or_default());
         self.changed();
@@ -235,12 +297,18 @@ impl Stats {
 
     /// The session's links moved to another transport: `why` says which and why.
     pub(crate) fn set_transport(&self, why: &str) {
+        if self.1.is_some() {
+            return self.member(|member| member.links.transport = why.to_string());
+        }
         self.0.links.send_modify(|links| links.transport = why.to_string());
         self.changed();
     }
 
     /// How many of the session's links are up, of the `wanted`.
     pub(crate) fn set_links(&self, up: usize, wanted: usize) {
+        if self.1.is_some() {
+            return self.member(|member| (member.links.up, member.links.wanted) = (up, wanted));
+        }
         self.0.links.send_modify(|links| (links.up, links.wanted) = (up, wanted));
         self.changed();
     }

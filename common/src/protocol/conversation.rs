@@ -287,7 +287,7 @@ mod tests {
     }
 
     fn welcome() -> Welcome {
-        Welcome { tunnels: vec![granted(0)], ticket: JoinTicket([7; 32]), links: 4 }
+        Welcome { tunnels: vec![granted(0)], ticket: JoinTicket([7; 32]), links: 4, fleet: Vec::new() }
     }
 
     #[tokio::test]

@@ -71,8 +71,8 @@ where
 mod tests {
     use super::*;
     use crate::protocol::{
-        Granted, Hello, JoinTicket, MAX_CONTROL_FRAME, MAX_HEADER_FRAME, PROTOCOL_VERSION, ServerMsg, StreamHeader,
-        TunnelKind, TunnelSpec, Welcome,
+        FleetMember, Granted, Hello, JoinTicket, MAX_CONTROL_FRAME, MAX_HEADER_FRAME, PROTOCOL_VERSION, ServerMsg,
+        StreamHeader, TunnelKind, TunnelSpec, Welcome,
     };
 
     fn hello() -> Hello {
@@ -95,6 +95,11 @@ mod tests {
             tunnels: vec![Granted { id: 0, name: "web".into(), port: 20080, host: None, urls: Vec::new() }],
             ticket: JoinTicket([3; 32]),
             links: 4,
+            fleet: vec![FleetMember {
+                addr: "r2.example.com:4443".into(),
+                fingerprint: "sha256:00".into(),
+                zone: Some("fra1".into()),
+            }],
         });
         write_msg(&mut a, &welcome).await?;
         let header = StreamHeader { tunnel: 7, visitor: "[2001:db8::1]:5000".parse()?, flow: Some(1 << 40) };

@@ -115,6 +115,23 @@ pub struct Welcome {
     pub ticket: JoinTicket,
     /// How many links, this one included, the relay takes for the session.
     pub links: u8,
+    /// The other relays of this relay's fleet, where the agent may open a session for the
+    /// same tunnels; empty for a relay on its own.
+    pub fleet: Vec<FleetMember>,
+}
+
+/// One relay of a fleet, as the relay that answers a Hello knows it from the fleet's store.
+/// Each runs its own session with the agent and opens the same public places.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct FleetMember {
+    /// Where agents reach it, `HOST:PORT`: its own address, not a shared load balancer's.
+    pub addr: String,
+    /// Its certificate's fingerprint (`sha256:...`): an agent that pinned the relay it
+    /// dialed pins each member by this, learned over that trusted link.
+    pub fingerprint: String,
+    /// The failure domain it runs in, if its operator labelled it: an agent with fewer
+    /// sessions than relays spreads them across zones first.
+    pub zone: Option<String>,
 }
 
 /// What the agent sends on the control stream after the Welcome: a change of its tunnels

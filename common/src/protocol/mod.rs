@@ -34,14 +34,14 @@ pub mod messages;
 pub use self::{
     frame::{FrameError, read_msg, write_msg},
     messages::{
-        AgentMsg, Granted, Hello, HttpAccess, JoinTicket, LinkOpening, PublicName, Refusal, ServerMsg, StreamHeader,
-        TunnelKind, TunnelSpec, Welcome,
+        AgentMsg, FleetMember, Granted, Hello, HttpAccess, JoinTicket, LinkOpening, PublicName, Refusal, ServerMsg,
+        StreamHeader, TunnelKind, TunnelSpec, Welcome,
     },
 };
 
 /// The QUIC ALPN id; its suffix is the protocol version, so mismatched peers fail in the TLS
 /// handshake with a clear "no application protocol" error instead of misreading frames.
-pub const ALPN: &[u8] = b"burrow/5";
+pub const ALPN: &[u8] = b"burrow/6";
 
 /// Version carried in [`Hello`], for changes that stay wire-compatible within one ALPN; it
 /// starts again at 1 with each ALPN.

@@ -130,7 +130,8 @@ async fn open_session(
     durable(shared).await;
     let granted: Vec<_> = opened.iter().map(|o| o.granted.clone()).collect();
     let links = u8::try_from(shared.config().max_links_per_session).unwrap_or(u8::MAX);
-    if let Err(e) = control.welcome(Welcome { tunnels: granted.clone(), ticket, links }).await {
+    let fleet = shared.store.fleet().await;
+    if let Err(e) = control.welcome(Welcome { tunnels: granted.clone(), ticket, links, fleet }).await {
         for tunnel in &opened {
             tunnel.release(shared, session).await;
         }

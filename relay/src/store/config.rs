@@ -34,6 +34,13 @@ pub struct StoreConfig {
     /// etcd user (role-based access), with `password`.
     pub user: Option<String>,
     pub password: Option<Secret>,
+    /// Where agents reach this relay, `HOST:PORT`, as the other relays of the fleet list it
+    /// in their Welcome; by default the first `hostname` and the agent port. A relay with
+    /// neither is in the fleet but not offered to agents.
+    pub advertise: Option<String>,
+    /// This relay's failure domain (a data centre, a region), for agents to spread their
+    /// sessions across.
+    pub zone: Option<String>,
 }
 
 impl Default for StoreConfig {
@@ -49,6 +56,8 @@ impl Default for StoreConfig {
             key: None,
             user: None,
             password: None,
+            advertise: None,
+            zone: None,
         }
     }
 }
@@ -151,6 +160,11 @@ impl StoreConfig {
         }
         if !tls && (self.ca.is_some() || self.cert.is_some()) {
             return Err(unexpected("store.url", &url, "etcds://, since store.ca or store.cert is set"));
+        }
+        if let Some(advertise) = &self.advertise
+            && !is_host_port(advertise)
+        {
+            return Err(unexpected("store.advertise", advertise, "HOST:PORT, where agents reach this relay"));
         }
         Ok(())
     }

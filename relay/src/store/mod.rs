@@ -13,6 +13,8 @@ mod reservations;
 
 use std::{future::Future, pin::Pin, sync::Arc, time::Duration};
 
+use burrow_common::{Fingerprint, FleetMember};
+
 pub use self::config::{StoreConfig, StoreUrl};
 #[cfg(feature = "etcd")]
 pub(crate) use self::etcd::{Etcd, EtcdStore, EtcdTokens};
@@ -30,18 +32,36 @@ pub(crate) const NO_ETCD: &str = "built without the etcd store (cargo feature `e
 
 /// The store `config.store.url` names, when it is not the data directory's files (which
 /// [`crate::Relay::bind`] opens itself).
-pub(crate) async fn open_shared(config: &RelayConfig) -> Result<Option<Arc<dyn Store>>, BindError> {
+#[cfg_attr(not(feature = "etcd"), expect(unused_variables, reason = "the fingerprint is for the fleet's roster"))]
+pub(crate) async fn open_shared(
+    config: &RelayConfig,
+    fingerprint: &Fingerprint,
+) -> Result<Option<Arc<dyn Store>>, BindError> {
     let url = &config.store.url;
     let failed = |source: Box<dyn std::error::Error + Send + Sync>| BindError::Store { url: url.to_string(), source };
     match url {
         StoreUrl::File => Ok(None),
         #[cfg(feature = "etcd")]
         StoreUrl::Etcd { .. } => {
-            let store = EtcdStore::open(&config.store, config.reservation_ttl, &config.hostname).await;
+            let store = EtcdStore::open(&config.store, config.reservation_ttl, &member(config, fingerprint)).await;
             Ok(Some(Arc::new(store.map_err(|e| failed(e.into()))?)))
         }
         #[cfg(not(feature = "etcd"))]
         StoreUrl::Etcd { .. } => Err(failed(NO_ETCD.into())),
+    }
+}
+
+/// This relay as the fleet's roster lists it.
+#[cfg(feature = "etcd")]
+fn member(config: &RelayConfig, fingerprint: &Fingerprint) -> etcd::Member {
+    let agent_port = config.listen.port();
+    let by_name = config.hostname.first().filter(|_| agent_port != 0).map(|host| format!("{host}:{agent_port}"));
+    etcd::Member {
+        hostname: config.hostname.clone(),
+        started: crate::tokens::now(),
+        agents: config.store.advertise.clone().or(by_name),
+        fingerprint: fingerprint.to_string(),
+        zone: config.store.zone.clone(),
     }
 }
 
@@ -107,6 +127,12 @@ pub(crate) trait Store: Send + Sync {
     fn lease_lost(&self) -> StoreFuture<'_, ()> {
         Box::pin(std::future::pending())
     }
+
+    /// The other relays sharing this store, as agents reach them; none for the files of one
+    /// relay.
+    fn fleet(&self) -> StoreFuture<'_, Vec<FleetMember>> {
+        Box::pin(std::future::ready(Vec::new()))
+    }
 }
 
 #[cfg(all(test, not(feature = "etcd")))]
@@ -117,7 +143,11 @@ mod tests {
     async fn an_etcd_url_without_the_feature_names_the_feature() -> anyhow::Result<()> {
         let mut config = RelayConfig::default();
         config.store.url = "etcd://127.0.0.1:2379".parse().map_err(anyhow::Error::msg)?;
-        let err = open_shared(&config).await.err().map(|e| format!("{:#}", anyhow::Error::from(e)));
+        let fingerprint = "sha256:".to_string() + &"0".repeat(64);
+        let err = open_shared(&config, &fingerprint.parse().map_err(anyhow::Error::msg)?)
+            .await
+            .err()
+            .map(|e| format!("{:#}", anyhow::Error::from(e)));
         let err = err.unwrap_or_default();
         assert!(err.contains("store.url = etcd://127.0.0.1:2379") && err.contains("cargo feature `etcd`"), "{err}");
         Ok(())

@@ -65,6 +65,10 @@ impl Keys {
         format!("{}tunnels/{}/{}", self.prefix, key.token_id, key.tunnel)
     }
 
+    pub(crate) fn members(&self) -> String {
+        format!("{}members/", self.prefix)
+    }
+
     pub(crate) fn member(&self, lease: i64) -> String {
         format!("{}members/{lease:x}", self.prefix)
     }

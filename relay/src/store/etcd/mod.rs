@@ -10,17 +10,19 @@
 mod error;
 mod keys;
 mod lease;
+mod members;
 mod places;
 mod tokens;
 
 use std::{sync::Arc, time::Duration};
 
 use anyhow::Context;
+use burrow_common::FleetMember;
 use etcd_client::{Certificate, Client, ConnectOptions, GetOptions, Identity, KeyValue, TlsOptions};
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
-pub(crate) use self::{error::StoreError, tokens::EtcdTokens};
+pub(crate) use self::{error::StoreError, members::Member, tokens::EtcdTokens};
 use self::{
     error::{Call, within},
     keys::Keys,
@@ -113,6 +115,7 @@ pub(crate) struct EtcdStore {
     lease: watch::Receiver<LeaseState>,
     /// One permit: "the tokens changed since [`Store::token_changes`](super::Store::token_changes) last completed".
     tokens_changed: Arc<Notify>,
+    roster: members::Roster,
     /// Stops the lease and watch tasks when the store is dropped.
     _stop: DropGuard,
 }
@@ -121,23 +124,20 @@ impl EtcdStore {
     /// Connects, takes this relay's lease and registers it as a member of the fleet, turns
     /// what crashed relays held into reservations, and starts renewing the lease and
     /// watching the tokens.
-    pub(crate) async fn open(
-        config: &StoreConfig,
-        reservation_ttl: Duration,
-        hostname: &[String],
-    ) -> anyhow::Result<Self> {
+    pub(crate) async fn open(config: &StoreConfig, reservation_ttl: Duration, me: &Member) -> anyhow::Result<Self> {
         let etcd = Etcd::connect(config).await?;
-        let member = serde_json::to_vec(&serde_json::json!({ "hostname": hostname, "started": crate::tokens::now() }))?;
+        let member = me.to_json();
         let lease = lease::grant(&etcd, config.lease_ttl, &member).await.context("take this relay's lease in etcd")?;
         let (state, lease_rx) = watch::channel(LeaseState::Live(lease));
         let stop = CancellationToken::new();
-        let holder = hostname.first().cloned().unwrap_or_else(|| "relay".into());
+        let holder = me.hostname.first().cloned().unwrap_or_else(|| "relay".into());
         let store = Self {
             etcd: etcd.clone(),
             reservation_ttl,
             holder,
             lease: lease_rx,
             tokens_changed: Arc::new(Notify::new()),
+            roster: members::Roster::default(),
             _stop: stop.clone().drop_guard(),
         };
         places::sweep_orphans(&etcd, reservation_ttl)
@@ -193,6 +193,10 @@ impl super::Store for EtcdStore {
     /// claim and release awaited its write.
     fn durable(&self, _within: Duration) -> super::StoreFuture<'_, bool> {
         Box::pin(async { true })
+    }
+
+    fn fleet(&self) -> super::StoreFuture<'_, Vec<FleetMember>> {
+        Box::pin(self.roster.others(&self.etcd, self.live_lease().ok()))
     }
 
     fn lease_lost(&self) -> super::StoreFuture<'_, ()> {

@@ -158,6 +158,18 @@ impl EtcdStore {
             }
             let held = self.live_lease().map(|lease| keys.held(place, lease)).ok();
             let when = [unchanged(keys.place(place), Some(record.mod_revision))];
+            // While another relay of the fleet still serves the tunnel there, the place stays
+            // held: a reservation's lease would end it under that relay. Should the others
+            // release at the same moment, each seeing the rest, the sweep reserves the orphan.
+            if self.held_elsewhere(place, held.as_deref()).await? {
+                let mut client = self.etcd.client.kv_client();
+                let then: Vec<_> = held.into_iter().map(|held| TxnOp::delete(held, None)).collect();
+                let txn = Txn::new().when(when).and_then(then);
+                if within(self.etcd.timeout, Call::Plain, client.txn(txn)).await?.succeeded() {
+                    return Ok(());
+                }
+                continue;
+            }
             let mut then = match self.reservation_lease().await? {
                 None => vec![TxnOp::delete(keys.place(place), None), TxnOp::delete(keys.tunnel(key), None)],
                 Some(reservation) => vec![
@@ -173,6 +185,13 @@ impl EtcdStore {
             }
         }
         Ok(())
+    }
+
+    /// Whether a relay other than the one holding `own` key holds `place`.
+    async fn held_elsewhere(&self, place: &Place, own: Option<&str>) -> Result<bool, StoreError> {
+        let holders =
+            self.etcd.get_prefix(&self.etcd.keys.held_by_any(place), GetOptions::new().with_keys_only()).await?;
+        Ok(holders.iter().any(|kv| Some(kv.key()) != own.map(str::as_bytes)))
     }
 
     /// A new lease of `reservation_ttl` for one released place; `None` when released places

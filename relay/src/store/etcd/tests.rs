@@ -9,7 +9,7 @@ use crate::{store::Store, tokens::Limits};
 /// A store on `etcd`, as a relay started with `store.url = etcd.url()` opens it.
 async fn open(etcd: &TestEtcd, reservation_ttl: Duration) -> anyhow::Result<EtcdStore> {
     let config = StoreConfig { url: etcd.url().parse().map_err(anyhow::Error::msg)?, ..StoreConfig::default() };
-    EtcdStore::open(&config, reservation_ttl, &["relay.test".into()]).await
+    EtcdStore::open(&config, reservation_ttl, &Member::named("relay.test")).await
 }
 
 #[tokio::test]
@@ -40,6 +40,28 @@ async fn two_relays_racing_for_a_place_never_both_win() -> anyhow::Result<()> {
         let winner = if won_a { &a } else { &b };
         assert_eq!(EtcdStore::owner_of(&two, &place).await?.as_ref(), Some(winner), "round {round}");
     }
+    Ok(())
+}
+
+/// One tunnel served by two relays of the fleet: the first to release it leaves it held (no
+/// reservation lease that would end under the other relay); the last one reserves it.
+#[tokio::test]
+async fn a_place_two_relays_hold_stays_held_until_the_last_releases_it() -> anyhow::Result<()> {
+    if !TestEtcd::available()? {
+        return Ok(());
+    }
+    let etcd = TestEtcd::start().await?;
+    let (one, two) = (open(&etcd, Duration::from_secs(3600)).await?, open(&etcd, Duration::from_secs(3600)).await?);
+    let (web, place) = (TunnelKey::of("0a", "web"), Place::Port(20001));
+    assert!(one.claim(&web, &place).await? && two.claim(&web, &place).await?, "both relays serve the tunnel");
+    let lease_of_record =
+        || async { anyhow::Ok(one.etcd.get_one(&one.etcd.keys.place(&place)).await?.map(|kv| kv.lease())) };
+    one.release(&web, &place).await?;
+    assert_eq!(lease_of_record().await?, Some(0), "still held by the second relay");
+    assert!(!one.claim(&TunnelKey::of("0b", "web"), &place).await?, "another token cannot take it");
+    two.release(&web, &place).await?;
+    assert!(lease_of_record().await?.is_some_and(|lease| lease != 0), "reserved once nobody holds it");
+    assert_eq!(EtcdStore::owner_of(&one, &place).await?, Some(web));
     Ok(())
 }
 
@@ -130,7 +152,7 @@ async fn a_lost_lease_is_noticed_and_replaced() -> anyhow::Result<()> {
     let etcd = TestEtcd::start().await?;
     let url = etcd.url().parse().map_err(anyhow::Error::msg)?;
     let config = StoreConfig { url, lease_ttl: Duration::from_secs(3), ..StoreConfig::default() };
-    let store = EtcdStore::open(&config, Duration::from_secs(3600), &["relay.test".into()]).await?;
+    let store = EtcdStore::open(&config, Duration::from_secs(3600), &Member::named("relay.test")).await?;
     let (a, place) = (TunnelKey::of("0a", "web"), Place::Port(20001));
     assert!(EtcdStore::claim(&store, &a, &place).await?);
     let lost = Store::lease_lost(&store);
@@ -156,7 +178,7 @@ async fn the_sweep_reserves_a_stopped_relays_places_unasked() -> anyhow::Result<
     let gone = open(&etcd, Duration::from_secs(3600)).await?;
     let url = etcd.url().parse().map_err(anyhow::Error::msg)?;
     let config = StoreConfig { url, lease_ttl: Duration::from_secs(2), ..StoreConfig::default() };
-    let sweeper = EtcdStore::open(&config, Duration::from_secs(3600), &["sweeper.test".into()]).await?;
+    let sweeper = EtcdStore::open(&config, Duration::from_secs(3600), &Member::named("sweeper.test")).await?;
     let (a, place) = (TunnelKey::of("0a", "web"), Place::Port(20001));
     assert!(EtcdStore::claim(&gone, &a, &place).await?);
     let mut watch = sweeper.etcd.client.watch_client();
