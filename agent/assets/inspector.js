@@ -75,6 +75,33 @@ function renderPath(path) {
   set("remote", path.remote);
 }
 
+// A session's state in a few words, as the header's pill and detail say it.
+function stateText(state) {
+  switch (state.kind) {
+    case "online":
+      return `online for ${duration(state.for_ms)}`;
+    case "connecting":
+      return state.last_error ? `connecting (last attempt: ${state.last_error})` : "connecting…";
+    case "reconnecting":
+      return `reconnecting in ${Math.ceil(state.in_ms / 1000)} s: ${state.reason}`;
+    default:
+      return "stopped";
+  }
+}
+
+function renderFleet(fleet) {
+  $("fleet-section").hidden = fleet.length === 0;
+  const body = $("fleet").tBodies[0];
+  body.replaceChildren();
+  for (const member of fleet) {
+    const row = body.insertRow();
+    cell(row, member.relay);
+    cell(row, stateText(member.state));
+    cell(row, member.transport || "–");
+    cell(row, `${member.links_up}/${member.links_wanted}`, "num");
+  }
+}
+
 function renderTunnels(tunnels) {
   const body = $("tunnels").tBodies[0];
   body.replaceChildren();
@@ -273,6 +300,7 @@ function render(snapshot) {
   $("version").textContent = `agent ${snapshot.version}`;
   renderState(snapshot.state);
   renderPath(snapshot.path);
+  renderFleet(snapshot.fleet ?? []);
   renderTunnels(snapshot.tunnels);
   // A UDP flow is listed with the flows, not with the connections.
   renderConnections(snapshot.connections.filter((c) => !c.flow));

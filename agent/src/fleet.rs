@@ -139,7 +139,27 @@ fn plan_for(plan: &Plan, member: &FleetMember) -> Option<Plan> {
 async fn keep_member(plan: Plan, cancel: CancellationToken) {
     let relay = plan.relay.to_string();
     let stats = plan.stats.clone();
-    let (status, _) = watch::channel(Status::Connecting);
+    let (status, statuses) = watch::channel(Status::Connecting);
+    tokio::select! {
+        () = keep_member_up(&plan, &status, &cancel) => {}
+        never = report_online(statuses, &relay) => match never {},
+    }
+    stats.stopped(None);
+}
+
+/// Says when the tunnels are served through the member too, as the dialed relay's session
+/// prints its addresses.
+async fn report_online(mut statuses: watch::Receiver<Status>, relay: &str) -> std::convert::Infallible {
+    while statuses.changed().await.is_ok() {
+        if let Status::Online(tunnels) = &*statuses.borrow_and_update() {
+            tracing::info!(relay, tunnels = tunnels.len(), "serving through this relay of the fleet too");
+        }
+    }
+    std::future::pending().await
+}
+
+async fn keep_member_up(plan: &Plan, status: &watch::Sender<Status>, cancel: &CancellationToken) {
+    let relay = plan.relay.to_string();
     loop {
         let span = tracing::info_span!("fleet", relay = %relay);
         let kept = keep_up(plan.clone(), status.clone(), cancel.clone(), FirstContact::Retries).instrument(span).await;
@@ -151,7 +171,6 @@ async fn keep_member(plan: Plan, cancel: CancellationToken) {
             _ = tokio::time::sleep(retry_in) => {}
         }
     }
-    stats.stopped(None);
 }
 
 #[cfg(test)]
