@@ -5,7 +5,10 @@
 use std::{net::SocketAddr, path::Path};
 
 use anyhow::Context;
-use testkit::processes::{AgentBinary, RelayBinary, agent_bin};
+use testkit::{
+    curl::curl,
+    processes::{AgentBinary, RelayBinary, agent_bin},
+};
 use tokio::{io::AsyncWriteExt, net::TcpListener, process::Command};
 
 const PAGE: &str = "served from the laptop";
@@ -54,20 +57,6 @@ async fn start_relay() -> anyhow::Result<RunningRelay> {
     let http = binary.ready.http.context("the HTTP port is on")?;
     let https = binary.ready.https.context("the HTTPS port is on")?;
     Ok(RunningRelay { binary, http, https, dir })
-}
-
-/// Runs curl and returns the status code it saw and the body.
-async fn curl(args: &[&str]) -> anyhow::Result<(u16, String)> {
-    let output = Command::new("curl")
-        .args(["--silent", "--show-error", "--max-time", "20", "--write-out", "\n%{http_code}"])
-        .args(args)
-        .output()
-        .await
-        .context("run curl (scripts/test installs it)")?;
-    let stdout = String::from_utf8(output.stdout)?;
-    anyhow::ensure!(output.status.success(), "curl {args:?} failed: {}", String::from_utf8_lossy(&output.stderr));
-    let (body, code) = stdout.rsplit_once('\n').context("status line from --write-out")?;
-    Ok((code.parse()?, body.to_string()))
 }
 
 fn resolve(host: &str, addr: SocketAddr) -> String {

@@ -9,6 +9,7 @@
 //! all use it. Everything binds `127.0.0.1:0`; nothing waits by sleeping.
 
 pub mod admin;
+pub mod curl;
 mod daemon;
 pub mod etcd;
 pub mod http;

@@ -198,17 +198,10 @@ async fn web_server() -> anyhow::Result<SocketAddr> {
 /// GETs `https://HOST:PORT/` with curl trusting only Pebble's root; the body of a 200, or
 /// curl's own error.
 pub(crate) async fn curl_https(acme: &Acme, host: &str) -> anyhow::Result<String> {
-    let output = Command::new("curl")
-        .args(["--silent", "--show-error", "--max-time", "30", "--write-out", "\n%{http_code}"])
-        .arg("--cacert")
-        .arg(&acme.issuer_root)
-        .args(["--resolve", &format!("{host}:{}:127.0.0.1", acme.https), &format!("https://{host}:{}/", acme.https)])
-        .output()
-        .await
-        .context("run curl (scripts/test installs it)")?;
-    anyhow::ensure!(output.status.success(), "curl {host}: {}", String::from_utf8_lossy(&output.stderr).trim());
-    let stdout = String::from_utf8(output.stdout)?;
-    let (body, code) = stdout.rsplit_once('\n').context("status line from --write-out")?;
-    anyhow::ensure!(code == "200", "curl {host}: {code} {body}");
-    Ok(body.to_owned())
+    let root = acme.issuer_root.display().to_string();
+    let resolve = format!("{host}:{}:127.0.0.1", acme.https);
+    let url = format!("https://{host}:{}/", acme.https);
+    let (code, body) = testkit::curl::curl(&["--cacert", &root, "--resolve", &resolve, &url]).await?;
+    anyhow::ensure!(code == 200, "curl {host}: {code} {body}");
+    Ok(body)
 }
