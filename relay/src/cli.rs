@@ -179,8 +179,8 @@ impl LimitArgs {
             tokens::NONE => Ok(Vec::new()),
             list => parse_port_list(list).map_err(anyhow::Error::msg),
         });
-        let subdomains = self.subdomains.as_deref().map(tokens::parse_patterns);
-        let hostnames = self.hostnames.as_deref().map(tokens::parse_host_patterns).transpose()?;
+        let subdomains = self.subdomains.as_deref().map(tokens::parse_list);
+        let hostnames = self.hostnames.as_deref().map(tokens::parse_list).transpose()?;
         Ok(ParsedLimits {
             ports: ports.transpose()?,
             subdomains: subdomains.transpose()?,
@@ -346,7 +346,7 @@ async fn manage_tokens(config: &RelayConfig, command: TokenCommand) -> anyhow::R
                     Some(ranges) => burrow_common::config::format_port_list(ranges),
                 };
                 let subdomains = tokens::describe_patterns(record.subdomains.as_deref());
-                let hostnames = tokens::describe_host_patterns(&record.hostnames);
+                let hostnames = tokens::describe_list(&record.hostnames);
                 println!("{}\tports: {ports}\tsubdomains: {subdomains}\thostnames: {hostnames}", record.name);
             }
         }

@@ -49,7 +49,7 @@ pub(crate) fn agent_relay_arg(config: &RelayConfig, listen: std::net::SocketAddr
 fn allowed_places(config: &RelayConfig, limits: Limits<'_>) -> String {
     let ports = tokens::describe_ports(limits.ports, config.ports);
     let subdomains = tokens::describe_patterns(limits.subdomains);
-    let hostnames = tokens::describe_host_patterns(limits.hostnames);
+    let hostnames = tokens::describe_list(limits.hostnames);
     format!("This token may use ports {ports}, subdomains {subdomains} and hostnames {hostnames}.")
 }
 

@@ -8,14 +8,14 @@ use std::path::Path;
 
 use agent::{Plan, TunnelPlan};
 use burrow_common::{Refusal, Secret, tls::sha256};
-use relay::tokens::{Limits, TokenStore, parse_host_patterns};
+use relay::tokens::{HostPattern, Limits, TokenStore, parse_list};
 use testkit::{TestAgent, http::*, http_apps::*, refusal, settled, snapshot_when};
 
 const HOST: &str = "app.example.org";
 
 /// Adds a token allowed the hostname `patterns`, as `relay token add NAME --hostnames` does.
 fn token_allowed(data_dir: &Path, name: &str, patterns: &str) -> anyhow::Result<Secret> {
-    let hostnames = parse_host_patterns(patterns)?;
+    let hostnames = parse_list::<HostPattern>(patterns)?;
     TokenStore::open(data_dir).add(name, Limits { hostnames: &hostnames, ..Limits::default() })
 }
 

@@ -78,14 +78,14 @@ async fn tokens(shared: &Shared) -> anyhow::Result<Vec<TokenView>> {
         ports: range.to_string(),
         limited: false,
         subdomains: crate::tokens::describe_patterns(None),
-        hostnames: crate::tokens::describe_host_patterns(&[]),
+        hostnames: crate::tokens::describe_list::<crate::tokens::HostPattern>(&[]),
         created: None,
     });
     let stored = shared.store.list_tokens().await?.into_iter().map(|record| TokenView {
         ports: crate::tokens::describe_ports(record.ports.as_deref(), range),
         limited: record.ports.is_some(),
         subdomains: crate::tokens::describe_patterns(record.subdomains.as_deref()),
-        hostnames: crate::tokens::describe_host_patterns(&record.hostnames),
+        hostnames: crate::tokens::describe_list(&record.hostnames),
         name: record.name,
         created: Some(record.created),
     });

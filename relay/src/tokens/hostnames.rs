@@ -6,7 +6,6 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use super::NONE;
 use crate::vhost;
 
 /// One allowed hostname, or every name one label under it when it starts with `*.`.
@@ -69,28 +68,13 @@ impl fmt::Display for HostPattern {
     }
 }
 
-/// Parses `app.example.org,*.dev.example.org`, or `none`.
-pub fn parse_host_patterns(text: &str) -> Result<Vec<HostPattern>, HostPatternError> {
-    if text.trim() == NONE {
-        return Ok(Vec::new());
-    }
-    text.split(',').map(str::parse).collect()
-}
-
-/// `none` for an empty list, else the patterns as they are written.
-pub fn describe_host_patterns(patterns: &[HostPattern]) -> String {
-    if patterns.is_empty() {
-        return NONE.into();
-    }
-    patterns.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tokens::{describe_list, parse_list};
 
     fn patterns(text: &str) -> Vec<HostPattern> {
-        parse_host_patterns(text).expect("valid patterns")
+        parse_list::<HostPattern>(text).expect("valid patterns")
     }
 
     fn allowed(patterns: &[HostPattern], host: &str) -> bool {
@@ -121,9 +105,9 @@ mod tests {
     #[test]
     fn patterns_are_lowercased_and_listed_as_written() {
         let list = patterns(" App.Example.ORG , *.Dev.Example.org");
-        assert_eq!(describe_host_patterns(&list), "app.example.org,*.dev.example.org");
+        assert_eq!(describe_list(&list), "app.example.org,*.dev.example.org");
         assert!(allowed(&list, "app.example.org"));
-        assert_eq!(describe_host_patterns(&patterns("none")), "none");
+        assert_eq!(describe_list(&patterns("none")), "none");
         assert!(patterns("none").is_empty());
     }
 
@@ -150,7 +134,7 @@ mod tests {
             let err = bad.parse::<HostPattern>().expect_err(bad);
             assert!(err.to_string().starts_with(&format!("invalid hostname pattern {:?}", bad.trim())), "{err}");
         }
-        let err = parse_host_patterns("app.example.org,bad_name.example.org").expect_err("one bad pattern");
+        let err = parse_list::<HostPattern>("app.example.org,bad_name.example.org").expect_err("one bad pattern");
         assert_eq!(
             err.to_string(),
             "invalid hostname pattern \"bad_name.example.org\": expected a full DNS name like app.example.org, or *.example.org for any one label under it"

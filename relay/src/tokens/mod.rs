@@ -29,9 +29,9 @@ use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 
 pub(crate) use self::admin::TokenAdmin;
-pub use self::hostnames::{HostPattern, HostPatternError, describe_host_patterns, parse_host_patterns};
+pub use self::hostnames::{HostPattern, HostPatternError};
 use self::lock::ChangeLock;
-pub use self::patterns::{NONE, NamePattern, PatternError, describe_patterns, parse_patterns};
+pub use self::patterns::{NONE, NamePattern, PatternError, describe_list, describe_patterns, parse_list};
 pub(crate) use self::verify::verify;
 use crate::files;
 
@@ -145,7 +145,7 @@ impl Grant {
     }
 
     pub fn describe_hostnames(&self) -> String {
-        describe_host_patterns(&self.hostnames)
+        describe_list(&self.hostnames)
     }
 }
 

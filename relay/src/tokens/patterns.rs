@@ -86,19 +86,24 @@ impl fmt::Display for NamePattern {
     }
 }
 
-/// Parses `app-*,docs`, or `none` for no subdomain at all.
-pub fn parse_patterns(text: &str) -> Result<Vec<NamePattern>, PatternError> {
+/// Parses a token's list of patterns, `app-*,docs` or `app.example.org,*.dev.example.org`,
+/// or `none` for an empty list.
+pub fn parse_list<P: std::str::FromStr>(text: &str) -> Result<Vec<P>, P::Err> {
     if text.trim() == NONE {
         return Ok(Vec::new());
     }
     text.split(',').map(str::parse).collect()
 }
 
-/// `all` for no limit, `none` for an empty list, else the patterns as they are written.
-pub fn describe_patterns(patterns: Option<&[NamePattern]>) -> String {
-    match patterns {
-        None => "all".into(),
-        Some([]) => NONE.into(),
-        Some(list) => list.iter().map(ToString::to_string).collect::<Vec<_>>().join(","),
+/// `none` for an empty list, else the patterns as they are written.
+pub fn describe_list<P: fmt::Display>(patterns: &[P]) -> String {
+    if patterns.is_empty() {
+        return NONE.into();
     }
+    patterns.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
+}
+
+/// `all` for no limit, else [`describe_list`].
+pub fn describe_patterns(patterns: Option<&[NamePattern]>) -> String {
+    patterns.map_or_else(|| "all".into(), describe_list)
 }

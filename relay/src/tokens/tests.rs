@@ -59,7 +59,7 @@ fn patterns_match_and_switches_close_a_kind() -> anyhow::Result<()> {
             Some(text) => Some(self::ports(text)?),
             None => None,
         };
-        let subdomains = subdomains.map(parse_patterns).transpose()?;
+        let subdomains = subdomains.map(parse_list).transpose()?;
         Ok(Grant { id: "0".into(), name: "t".into(), ports, subdomains, hostnames: Vec::new() })
     };
     let limited = grant(Some("app-*,docs,*-staging"), None)?;
@@ -90,7 +90,7 @@ fn patterns_match_and_switches_close_a_kind() -> anyhow::Result<()> {
 fn hostnames_are_stored_with_the_token_and_none_by_default() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let store = TokenStore::open(dir.path());
-    let hostnames = parse_host_patterns("app.example.org,*.dev.example.org")?;
+    let hostnames = parse_list::<HostPattern>("app.example.org,*.dev.example.org")?;
     let custom = store.verify(&store.add("custom", Limits { hostnames: &hostnames, ..Limits::default() })?)?;
     let custom = custom.expect("valid");
     assert!(custom.allows_hostname("app.example.org") && custom.allows_hostname("pr-7.dev.example.org"));
