@@ -48,9 +48,6 @@ enum Readiness {
 /// queue of names asked for, which one task ([`Acme::run`]) orders.
 pub(crate) struct Acme {
     config: AcmeConfig,
-    domain: String,
-    /// The relay's own DNS names, ordered at start beside the domain.
-    hostnames: Vec<String>,
     folder: Folder,
     table: Mutex<Table>,
     responses: Arc<Responses>,
@@ -72,9 +69,7 @@ impl Acme {
         let folder = Folder::new(data_dir, config.directory_url());
         let (wants, wanted) = mpsc::channel(WANTS_QUEUE);
         let acme = Self {
-            hostnames: hostnames.iter().filter(|h| h.parse::<std::net::IpAddr>().is_err()).cloned().collect(),
             config: config.clone(),
-            domain: domain.to_owned(),
             table: Mutex::new(Table::default()),
             responses: Arc::default(),
             wants,
@@ -88,7 +83,7 @@ impl Acme {
             let challenge = acme.challenge_for(&issued.names);
             acme.table().insert(id, Entry::stored(issued, challenge));
         }
-        acme.want_standing();
+        acme.want_standing(domain, hostnames);
         Ok(Arc::new(acme))
     }
 
@@ -105,14 +100,14 @@ impl Acme {
         }
     }
 
-    /// The certificates ordered at start: the domain with the relay's own names, and with
-    /// DNS-01 the wildcard for every tunnel.
-    fn want_standing(&self) {
-        let mut own = vec![self.domain.clone()];
-        own.extend(self.hostnames.iter().filter(|h| **h != self.domain).cloned());
-        let wildcard = format!("*.{}", self.domain);
+    /// The certificates ordered at start: `domain` with the relay's own DNS `hostnames`, and
+    /// with DNS-01 the wildcard for every tunnel.
+    fn want_standing(&self, domain: &str, hostnames: &[String]) {
+        let mut own = vec![domain.to_owned()];
+        let dns_names = hostnames.iter().filter(|h| h.parse::<std::net::IpAddr>().is_err());
+        own.extend(dns_names.filter(|h| *h != domain).cloned());
         let standing = match self.config.challenge {
-            Challenge::Dns01 => vec![vec![wildcard, self.domain.clone()], own[1..].to_vec()],
+            Challenge::Dns01 => vec![vec![format!("*.{domain}"), domain.to_owned()], own[1..].to_vec()],
             _ => vec![own],
         };
         let mut table = self.table();
@@ -154,7 +149,7 @@ impl Acme {
             return;
         }
         let arrived = async {
-            while self.readiness(name) == Readiness::Pending || self.readiness(name) == Readiness::Unknown {
+            while matches!(self.readiness(name), Readiness::Pending | Readiness::Unknown) {
                 if changed.changed().await.is_err() {
                     return;
                 }

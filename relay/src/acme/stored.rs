@@ -25,6 +25,8 @@ pub(crate) enum StoredError {
     File(#[from] FileError),
     #[error("read {}", .0.display())]
     List(PathBuf, #[source] io::Error),
+    #[error("remove {}", .0.display())]
+    Remove(PathBuf, #[source] io::Error),
     #[error("{} is not an ACME account", .0.display())]
     Account(PathBuf, #[source] serde_json::Error),
     #[error("certificate {}", .0.display())]
@@ -166,7 +168,7 @@ impl Folder {
             match fs::remove_file(&path) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(StoredError::List(path, e)),
+                Err(e) => return Err(StoredError::Remove(path, e)),
             }
         }
         Ok(())

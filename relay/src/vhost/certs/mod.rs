@@ -73,15 +73,13 @@ impl HttpsCert {
         files: Option<(&Path, &Path)>,
         acme: Option<Arc<Acme>>,
     ) -> Result<Self, HttpsCertError> {
-        let mut cert = match files {
-            Some((cert, key)) => Self::follow(cert, key, RECHECK_INTERVAL)?,
-            None => Self::fixed(generated::load_or_generate(domain, data_dir)?),
-        };
-        Arc::get_mut(&mut cert.resolver).expect("the resolver is not shared before load returns").acme = acme;
-        Ok(cert)
+        match files {
+            Some((cert, key)) => Self::follow(cert, key, RECHECK_INTERVAL, acme),
+            None => Ok(Self::fixed(generated::load_or_generate(domain, data_dir)?, acme)),
+        }
     }
 
-    fn follow(cert: &Path, key: &Path, interval: Duration) -> Result<Self, HttpsCertError> {
+    fn follow(cert: &Path, key: &Path, interval: Duration, acme: Option<Arc<Acme>>) -> Result<Self, HttpsCertError> {
         let files = OperatorFiles { cert: cert.to_path_buf(), key: key.to_path_buf(), interval };
         // Times first: a renewal landing between the two is then seen at the next check.
         let modified = files.modified()?;
@@ -89,14 +87,14 @@ impl HttpsCert {
         let resolver = Resolver {
             served: Mutex::new(Served { key: Arc::new(served), modified, next_check: Instant::now() + interval }),
             files: Some(files),
-            acme: None,
+            acme,
         };
         Ok(Self { resolver: Arc::new(resolver) })
     }
 
-    fn fixed(key: CertifiedKey) -> Self {
+    fn fixed(key: CertifiedKey, acme: Option<Arc<Acme>>) -> Self {
         let served = Served { key: Arc::new(key), modified: None, next_check: Instant::now() };
-        Self { resolver: Arc::new(Resolver { served: Mutex::new(served), files: None, acme: None }) }
+        Self { resolver: Arc::new(Resolver { served: Mutex::new(served), files: None, acme }) }
     }
 
     /// A server config for browsers and HTTP clients: TLS 1.2 and 1.3, HTTP/1.1 only.

@@ -142,7 +142,7 @@ async fn renewed_operator_files_are_served_without_a_restart() -> anyhow::Result
     let dir = tempfile::tempdir()?;
     let names = ["*.burrow.test".to_owned(), "burrow.test".to_owned()];
     let (cert_path, key_path) = write_pair(dir.path(), &names, days_ago(60))?;
-    let cert = HttpsCert::follow(&cert_path, &key_path, Duration::ZERO)?;
+    let cert = HttpsCert::follow(&cert_path, &key_path, Duration::ZERO, None)?;
     let old = cert.leaf_der();
     handshake(cert.server_config(), client_trusting(old.clone())?, "myapp.burrow.test").await?;
 
@@ -159,7 +159,7 @@ fn files_are_checked_at_most_once_per_interval() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let names = ["*.burrow.test".to_owned()];
     let (cert_path, key_path) = write_pair(dir.path(), &names, days_ago(60))?;
-    let cert = HttpsCert::follow(&cert_path, &key_path, Duration::from_secs(3600))?;
+    let cert = HttpsCert::follow(&cert_path, &key_path, Duration::from_secs(3600), None)?;
     let before = cert.fingerprint();
     write_pair(dir.path(), &names, days_ago(1))?;
     cert.resolver.current();
@@ -172,7 +172,7 @@ fn a_broken_renewal_keeps_the_old_certificate_and_is_retried() -> anyhow::Result
     let dir = tempfile::tempdir()?;
     let names = ["*.burrow.test".to_owned()];
     let (cert_path, key_path) = write_pair(dir.path(), &names, days_ago(60))?;
-    let cert = HttpsCert::follow(&cert_path, &key_path, Duration::ZERO)?;
+    let cert = HttpsCert::follow(&cert_path, &key_path, Duration::ZERO, None)?;
     let before = cert.fingerprint();
 
     // Half a renewal: a new certificate next to the old key.
