@@ -6,7 +6,7 @@ use std::{collections::HashMap, sync::Arc};
 use burrow_common::{CloseCode, Refusal};
 
 use super::{Claims, Entry, Handover, Holder, Parking, Place, PublicSocket, SessionId, State, TunnelKey};
-use crate::store::Store;
+use crate::store::{ServedElsewhere, Store};
 
 /// Who is asking for a place.
 pub(crate) struct Claimant<'a> {
@@ -87,7 +87,10 @@ impl<R: Holder> Claims<R> {
                 // Not "taken": the place may well be free, and the agent asks again later.
                 tracing::warn!(%place, "the store could not record the claim: {e:#}");
                 self.undo(place, who.session);
-                let why = "the relay's store is unreachable".to_string();
+                let why = match e.downcast_ref::<ServedElsewhere>() {
+                    Some(elsewhere) => elsewhere.to_string(),
+                    None => "the relay's store is unreachable".to_string(),
+                };
                 return Err(ClaimError::Refused(Refusal::TryLater { why }));
             }
         };

@@ -65,6 +65,13 @@ fn member(config: &RelayConfig, fingerprint: &Fingerprint) -> etcd::Member {
     }
 }
 
+/// A claim of another place for a tunnel that relays of the fleet serve at `0` now: every
+/// relay serving one tunnel serves it at one place, so the claim waits for the agent to ask
+/// this relay for that one.
+#[derive(Debug, thiserror::Error)]
+#[error("this tunnel is served at {0} through another relay of the fleet, and can open here only there")]
+pub(crate) struct ServedElsewhere(pub(crate) Place);
+
 /// What every [`Store`] method returns: a boxed future, so the trait stays usable as `dyn`.
 pub(crate) type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 

@@ -23,6 +23,8 @@ pub(crate) enum StoreError {
     },
     #[error("etcd refused the request")]
     Etcd(#[source] Error),
+    #[error(transparent)]
+    ServedElsewhere(#[from] crate::store::ServedElsewhere),
 }
 
 /// Which kind of call failed: only a call that writes under this relay's lease reads

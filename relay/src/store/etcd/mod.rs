@@ -182,7 +182,13 @@ impl super::Store for EtcdStore {
     }
 
     fn claim<'a>(&'a self, key: &'a TunnelKey, place: &'a Place) -> super::StoreFuture<'a, anyhow::Result<bool>> {
-        Box::pin(async move { Ok(EtcdStore::claim(self, key, place).await?) })
+        Box::pin(async move {
+            // Unwrapped, so the claimant can tell it from an unreachable store by its type.
+            EtcdStore::claim(self, key, place).await.map_err(|e| match e {
+                StoreError::ServedElsewhere(elsewhere) => anyhow::Error::new(elsewhere),
+                other => other.into(),
+            })
+        })
     }
 
     fn release<'a>(&'a self, key: &'a TunnelKey, place: &'a Place) -> super::StoreFuture<'a, anyhow::Result<()>> {

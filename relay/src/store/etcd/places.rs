@@ -16,7 +16,10 @@ use super::{
     error::{Call, StoreError, within},
     keys::{place_from_path, place_path},
 };
-use crate::claims::{Place, TunnelKey};
+use crate::{
+    claims::{Place, TunnelKey},
+    store::ServedElsewhere,
+};
 
 /// Rounds of read-then-compare a claim tries before it gives up, as if the place was taken.
 const CLAIM_ROUNDS: usize = 3;
@@ -78,6 +81,9 @@ impl EtcdStore {
         let lease = self.live_lease()?;
         for _ in 0..CLAIM_ROUNDS {
             let seen = self.read_for_claim(key, place).await?;
+            if let Some(elsewhere) = self.served_elsewhere((key, &seen), place, lease).await? {
+                return Err(ServedElsewhere(elsewhere).into());
+            }
             if let Some(record) = seen.place.as_ref().filter(|r| r.key != *key) {
                 let orphan = record.lease == 0 && seen.holders == 0;
                 if !orphan {
@@ -94,6 +100,28 @@ impl EtcdStore {
             }
         }
         Ok(false)
+    }
+
+    /// The other place the tunnel's index names, if another relay holds it now: a claim here
+    /// would move the tunnel's record out from under that relay (and let another token take
+    /// the place it still serves).
+    async fn served_elsewhere(
+        &self,
+        (key, seen): (&TunnelKey, &Seen),
+        place: &Place,
+        lease: i64,
+    ) -> Result<Option<Place>, StoreError> {
+        let Some(old) = seen.index.as_ref().and_then(|(path, _)| place_from_path(path)) else { return Ok(None) };
+        if old == *place {
+            return Ok(None);
+        }
+        // An index a takeover left behind names a place of another tunnel: the record decides.
+        let record = self.etcd.get_one(&self.etcd.keys.place(&old)).await?;
+        if record.as_ref().map(Record::parse).transpose()?.is_none_or(|record| record.key != *key) {
+            return Ok(None);
+        }
+        let own = self.etcd.keys.held(&old, lease);
+        Ok(self.held_elsewhere(&old, Some(&own)).await?.then_some(old))
     }
 
     async fn read_for_claim(&self, key: &TunnelKey, place: &Place) -> Result<Seen, StoreError> {

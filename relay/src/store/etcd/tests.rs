@@ -65,6 +65,29 @@ async fn a_place_two_relays_hold_stays_held_until_the_last_releases_it() -> anyh
     Ok(())
 }
 
+/// A tunnel one relay serves at one place cannot be claimed at another through a second
+/// relay (which would move its record out from under the first); once released there, it can.
+#[tokio::test]
+async fn a_tunnel_served_through_one_relay_is_claimed_at_the_same_place_through_another() -> anyhow::Result<()> {
+    if !TestEtcd::available()? {
+        return Ok(());
+    }
+    let etcd = TestEtcd::start().await?;
+    let (one, two) = (open(&etcd, Duration::from_secs(3600)).await?, open(&etcd, Duration::from_secs(3600)).await?);
+    let web = TunnelKey::of("0a", "web");
+    let (served, other) = (Place::Port(20001), Place::Port(20002));
+    assert!(one.claim(&web, &served).await?);
+    let refused = two.claim(&web, &other).await.expect_err("the tunnel is served elsewhere");
+    assert!(matches!(&refused, StoreError::ServedElsewhere(at) if at.0 == served), "{refused:#}");
+    assert_eq!(EtcdStore::owner_of(&one, &served).await?, Some(web.clone()), "the first relay's place is intact");
+    assert!(two.claim(&web, &served).await?, "the same place through the second relay");
+    one.release(&web, &served).await?;
+    two.release(&web, &served).await?;
+    assert!(two.claim(&web, &other).await?, "a reserved tunnel moves to a new place");
+    assert_eq!(EtcdStore::owner_of(&one, &served).await?, None);
+    Ok(())
+}
+
 /// A token added or revoked through any relay's admin is reported by every store's
 /// `token_changes`, and `verify_token` sees it at once.
 #[tokio::test]
