@@ -163,6 +163,7 @@ impl<R: Holder> Claims<R> {
         route: &Arc<R>,
         socket: Option<PublicSocket>,
     ) -> Option<Claimed<R>> {
+        self.granted.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         let mut entries = self.entries();
         let entry = entries.get_mut(place).filter(|e| e.session == session && matches!(e.state, State::Claiming(_)))?;
         let State::Claiming(parked) = std::mem::replace(&mut entry.state, State::Serving(route.clone())) else {

@@ -32,7 +32,7 @@ use std::{
     collections::HashMap,
     sync::{
         Arc, Mutex, MutexGuard,
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
     },
 };
 
@@ -84,6 +84,9 @@ pub(crate) struct Claims<R> {
     entries: Mutex<HashMap<Place, Entry<R>>>,
     /// Changed by a config reload.
     max_per_token: AtomicUsize,
+    /// Claims granted so far: whoever remembers what the store said of a vacant place knows
+    /// by this whether a claim may have changed it since.
+    granted: AtomicU64,
 }
 
 struct Entry<R> {
@@ -144,7 +147,12 @@ pub(crate) struct Counts {
 
 impl<R: Holder> Claims<R> {
     pub(crate) fn new(max_per_token: usize) -> Self {
-        Self { entries: Mutex::default(), max_per_token: AtomicUsize::new(max_per_token) }
+        Self { entries: Mutex::default(), max_per_token: AtomicUsize::new(max_per_token), granted: AtomicU64::new(0) }
+    }
+
+    /// How many claims were granted so far.
+    pub(crate) fn granted(&self) -> u64 {
+        self.granted.load(Ordering::Acquire)
     }
 
     pub(crate) fn set_max_per_token(&self, max: usize) {

@@ -12,8 +12,14 @@ mod places;
 mod proxy;
 mod sni;
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
+use burrow_common::sync;
 use hyper::Uri;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
@@ -49,8 +55,38 @@ pub(crate) struct Vhost {
     own_names: Vec<String>,
     claims: Arc<Claims<Route>>,
     store: Arc<dyn Store>,
+    /// Names the store said nobody owns, for a few seconds.
+    unowned: Unowned,
     http_addr: Option<SocketAddr>,
     https_addr: Option<SocketAddr>,
+}
+
+/// Places the store said nobody holds or reserves, remembered for [`UNOWNED_FOR`] or until
+/// the relay grants its next claim: a scanner's guesses and a burst of visitors to a dead name
+/// then cost one store read per name, not per visit or handshake, which matters when the
+/// store is etcd across the network.
+#[derive(Default)]
+struct Unowned(std::sync::Mutex<HashMap<Place, (Instant, u64)>>);
+
+/// How long a place the store said nobody owns is taken as such.
+const UNOWNED_FOR: Duration = Duration::from_secs(5);
+
+/// Most places remembered; past it the memory starts over, so a scan cannot grow it.
+const UNOWNED_MAX: usize = 10_000;
+
+impl Unowned {
+    /// Whether `place` was found unowned lately, with no claim granted since (`granted`).
+    fn knows(&self, place: &Place, granted: u64) -> bool {
+        sync::lock(&self.0).get(place).is_some_and(|(at, then)| at.elapsed() < UNOWNED_FOR && *then == granted)
+    }
+
+    fn remember(&self, place: &Place, granted: u64) {
+        let mut places = sync::lock(&self.0);
+        if places.len() >= UNOWNED_MAX {
+            places.clear();
+        }
+        places.insert(place.clone(), (Instant::now(), granted));
+    }
 }
 
 /// The bound public HTTP and HTTPS ports, until the relay runs them.
@@ -91,6 +127,7 @@ pub(crate) fn bind(
     let vhost = Vhost {
         claims,
         store,
+        unowned: Unowned::default(),
         http_addr: http.as_ref().and_then(|l| l.local_addr().ok()),
         https_addr: https.as_ref().and_then(|(l, _)| l.local_addr().ok()),
         own_names: config.hostname.iter().map(|name| name.to_ascii_lowercase()).collect(),
@@ -131,10 +168,8 @@ impl Vhost {
     pub(crate) async fn find(&self, place: &Place, park_for: Duration) -> Result<Arc<Route>, Missing> {
         match self.claims.lookup(place) {
             Lookup::Serving(route) => Ok(route),
-            Lookup::Vacant => match self.store.owner_of(place).await {
-                Ok(Some(_)) => Err(Missing::Offline),
-                _ => Err(Missing::Unknown),
-            },
+            Lookup::Vacant if self.is_owned(place).await => Err(Missing::Offline),
+            Lookup::Vacant => Err(Missing::Unknown),
             // Past `max_parked_visitors` waiting, more are told at once that the tunnel is away.
             Lookup::Parked(_, None) => Err(Missing::Offline),
             Lookup::Parked(mut successor, Some(_waiting)) => {
@@ -154,8 +189,22 @@ impl Vhost {
         let Some(place) = self.place_of(host) else { return false };
         match self.claims.lookup(&place) {
             Lookup::Serving(_) | Lookup::Parked(..) => true,
-            Lookup::Vacant => matches!(self.store.owner_of(&place).await, Ok(Some(_))),
+            Lookup::Vacant => self.is_owned(&place).await,
         }
+    }
+
+    /// Whether the store has a tunnel holding or keeping the vacant `place`.
+    async fn is_owned(&self, place: &Place) -> bool {
+        // Read before the store, so a claim granted meanwhile makes the answer stale.
+        let granted = self.claims.granted();
+        if self.unowned.knows(place, granted) {
+            return false;
+        }
+        let owned = matches!(self.store.owner_of(place).await, Ok(Some(_)));
+        if !owned {
+            self.unowned.remember(place, granted);
+        }
+        owned
     }
 }
 
@@ -276,4 +325,28 @@ async fn pass_through(tcp: TcpStream, peer: SocketAddr, client_hello: Vec<u8>, r
     // On the visitor tracker, so the relay's drain waits for it.
     let carried = tunnel::forward(tcp, peer, route.link.pick(), route.tunnel, shared, admission, client_hello);
     route.visitors.spawn(carried).await.ok();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unowned_place_is_remembered_until_the_next_granted_claim() {
+        let (unowned, place) = (Unowned::default(), Place::Subdomain("ghost".into()));
+        assert!(!unowned.knows(&place, 0));
+        unowned.remember(&place, 0);
+        assert!(unowned.knows(&place, 0));
+        assert!(!unowned.knows(&Place::Subdomain("other".into()), 0));
+        assert!(!unowned.knows(&place, 1), "a claim granted since may have taken it");
+    }
+
+    #[test]
+    fn a_scan_cannot_grow_the_memory_past_its_bound() {
+        let unowned = Unowned::default();
+        for n in 0..=UNOWNED_MAX {
+            unowned.remember(&Place::Subdomain(format!("guess{n}")), 0);
+        }
+        assert_eq!(sync::lock(&unowned.0).len(), 1, "full, it started over");
+    }
 }
