@@ -56,6 +56,9 @@ const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(60);
 /// How long sessions get, once visitors are drained, to tell their agents to reconnect.
 const SESSIONS_CLOSE_WAIT: Duration = Duration::from_secs(1);
 
+/// How long a relay stopping waits for its store to keep what it holds as reservations.
+const STORE_CLOSE_WAIT: Duration = Duration::from_secs(10);
+
 /// State every session reads.
 pub(crate) struct Shared {
     /// Swapped whole when an edited config file is applied; see [`reload`].
@@ -375,11 +378,23 @@ impl Relay {
         }
         self.endpoint.close(CloseCode::Shutdown.code(), CloseCode::Shutdown.describe().as_bytes());
         tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await.ok();
+        self.close_store().await;
         stop_admin.cancel();
         admin.close();
         admin.wait().await;
         tracing::info!("relay stopped");
         Ok(())
+    }
+
+    /// Hands what this relay still holds back to the store as reservations, once no session
+    /// can claim or release any more. A failure is only logged: the store's own expiry (the
+    /// lease, or the next start's reading of the files) keeps the same places reserved.
+    async fn close_store(&self) {
+        match tokio::time::timeout(STORE_CLOSE_WAIT, self.shared.store.close()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!("closing the store failed: {e:#}"),
+            Err(_) => tracing::warn!("closing the store took longer than {STORE_CLOSE_WAIT:?}"),
+        }
     }
 
     /// The one drain: every visitor, whatever carried it in, gets the same grace period.

@@ -21,6 +21,9 @@ use crate::{
 /// How often the token file is checked for changes.
 const TOKEN_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
+/// How long a relay stopping waits for its reservations to reach the file.
+const CLOSE_WITHIN: Duration = Duration::from_secs(5);
+
 pub(crate) struct FileStore {
     tokens: TokenStore,
     reservations: FileReservations,
@@ -97,6 +100,15 @@ impl Store for FileStore {
 
     fn durable(&self, within: Duration) -> StoreFuture<'_, bool> {
         Box::pin(self.reservations.saved(within))
+    }
+
+    /// The reservations are in the file before the relay says it stopped.
+    fn close(&self) -> StoreFuture<'_, anyhow::Result<()>> {
+        Box::pin(async move {
+            let saved = self.reservations.saved(CLOSE_WITHIN).await;
+            anyhow::ensure!(saved, "the reservations were not saved within {CLOSE_WITHIN:?}");
+            Ok(())
+        })
     }
 }
 

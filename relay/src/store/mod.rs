@@ -135,6 +135,13 @@ pub(crate) trait Store: Send + Sync {
         Box::pin(std::future::pending())
     }
 
+    /// Ends this relay's use of the store at a clean stop, once its sessions are closed: what
+    /// it still holds becomes reserved (as after a release) and other relays see it gone at
+    /// once, rather than when its lease would have expired.
+    fn close(&self) -> StoreFuture<'_, anyhow::Result<()>> {
+        Box::pin(std::future::ready(Ok(())))
+    }
+
     /// The other relays sharing this store, as agents reach them; none for the files of one
     /// relay.
     fn fleet(&self) -> StoreFuture<'_, Vec<FleetMember>> {

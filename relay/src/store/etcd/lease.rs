@@ -36,6 +36,15 @@ pub(super) async fn grant(etcd: &Etcd, ttl: Duration, member: &[u8]) -> Result<i
     Ok(lease)
 }
 
+/// Ends `lease` at once: its `held/` keys and its `members/` key go with it. A lease that
+/// has expired already is gone as asked.
+pub(super) async fn revoke(etcd: &Etcd, lease: i64) -> Result<(), StoreError> {
+    match within(etcd.timeout, Call::UnderLease, etcd.client.lease_client().revoke(lease)).await {
+        Ok(_) | Err(StoreError::LeaseLost) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 /// What the renewal task needs to take a new lease.
 pub(super) struct Renewal {
     pub(super) etcd: Etcd,
@@ -130,7 +139,7 @@ impl Renewal {
         loop {
             match grant(&self.etcd, self.ttl, &self.member).await {
                 Ok(lease) => {
-                    if let Err(e) = places::sweep_orphans(&self.etcd, self.reservation_ttl).await {
+                    if let Err(e) = places::sweep_orphans(&self.etcd, self.reservation_ttl, None).await {
                         tracing::warn!("turning orphaned claims into reservations failed: {e:#}");
                     }
                     tracing::info!(lease = format_args!("{lease:x}"), "this relay has a new etcd lease");

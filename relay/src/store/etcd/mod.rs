@@ -12,6 +12,7 @@ mod keys;
 mod lease;
 mod members;
 mod places;
+mod token_cache;
 mod tokens;
 
 use std::{sync::Arc, time::Duration};
@@ -27,6 +28,7 @@ use self::{
     error::{Call, within},
     keys::Keys,
     lease::LeaseState,
+    token_cache::{TokenFeed, Tokens},
 };
 use super::{StoreConfig, StoreUrl};
 use crate::{
@@ -113,19 +115,25 @@ pub(crate) struct EtcdStore {
     /// What this relay writes in its `held/` keys: its public name, for people reading etcd.
     holder: String,
     lease: watch::Receiver<LeaseState>,
+    /// Every valid token, kept current by the watch of [`TokenFeed`].
+    tokens: watch::Receiver<Tokens>,
     /// One permit: "the tokens changed since [`Store::token_changes`](super::Store::token_changes) last completed".
     tokens_changed: Arc<Notify>,
     roster: members::Roster,
-    /// Stops the lease and watch tasks when the store is dropped.
+    /// Stops the lease and watch tasks at [`EtcdStore::close`].
+    stop: CancellationToken,
+    /// Stops them when the store is dropped.
     _stop: DropGuard,
 }
 
 impl EtcdStore {
-    /// Connects, takes this relay's lease and registers it as a member of the fleet, turns
-    /// what crashed relays held into reservations, and starts renewing the lease and
-    /// watching the tokens.
+    /// Connects, reads the tokens, takes this relay's lease and registers it as a member of
+    /// the fleet, turns what crashed relays held into reservations, and starts renewing the
+    /// lease and watching the tokens.
     pub(crate) async fn open(config: &StoreConfig, reservation_ttl: Duration, me: &Member) -> anyhow::Result<Self> {
         let etcd = Etcd::connect(config).await?;
+        let (tokens, tokens_read_at) = token_cache::load(&etcd).await.context("read the tokens in etcd")?;
+        let (tokens, tokens_rx) = watch::channel(tokens);
         let member = me.to_json();
         let lease = lease::grant(&etcd, config.lease_ttl, &member).await.context("take this relay's lease in etcd")?;
         let (state, lease_rx) = watch::channel(LeaseState::Live(lease));
@@ -136,19 +144,36 @@ impl EtcdStore {
             reservation_ttl,
             holder,
             lease: lease_rx,
+            tokens: tokens_rx,
             tokens_changed: Arc::new(Notify::new()),
             roster: members::Roster::default(),
+            stop: stop.clone(),
             _stop: stop.clone().drop_guard(),
         };
-        places::sweep_orphans(&etcd, reservation_ttl)
+        places::sweep_orphans(&etcd, reservation_ttl, None)
             .await
             .context("turn what stopped relays held into reservations")?;
         let renewal = lease::Renewal { etcd: etcd.clone(), ttl: config.lease_ttl, member, reservation_ttl };
         tokio::spawn(renewal.run(state, stop.clone()));
         let period = config.lease_ttl.min(MAX_SWEEP_PERIOD);
         tokio::spawn(places::sweep_periodically(etcd.clone(), reservation_ttl, period, stop.clone()));
-        tokio::spawn(tokens::watch_tokens(etcd, store.tokens_changed.clone(), stop));
+        let feed = TokenFeed { etcd, tokens, changed: store.tokens_changed.clone() };
+        tokio::spawn(feed.run(tokens_read_at + 1, stop));
         Ok(store)
+    }
+
+    /// Stops renewing the lease and watching, turns what this relay holds alone into
+    /// reservations, then revokes its lease. The lease is revoked even when the reservations
+    /// failed: a place left held by no relay is reserved by the next sweep or claim.
+    async fn close(&self) -> Result<(), StoreError> {
+        self.stop.cancel();
+        let LeaseState::Live(lease) = *self.lease.borrow() else { return Ok(()) };
+        let reserved = places::sweep_orphans(&self.etcd, self.reservation_ttl, Some(lease)).await;
+        let revoked = lease::revoke(&self.etcd, lease).await;
+        let reserved = reserved?;
+        revoked?;
+        tracing::info!(reserved, "this relay left the fleet's store");
+        Ok(())
     }
 
     /// This relay's lease, or [`StoreError::LeaseLost`] while it is being taken again.
@@ -162,7 +187,7 @@ impl EtcdStore {
 
 impl super::Store for EtcdStore {
     fn verify_token(&self, digest: [u8; 32]) -> super::StoreFuture<'_, anyhow::Result<Option<Grant>>> {
-        Box::pin(async move { Ok(EtcdStore::verify_token(self, digest).await?) })
+        Box::pin(std::future::ready(Ok(EtcdStore::verify_token(self, digest))))
     }
 
     fn list_tokens(&self) -> super::StoreFuture<'_, anyhow::Result<Vec<TokenRecord>>> {
@@ -203,6 +228,10 @@ impl super::Store for EtcdStore {
 
     fn fleet(&self) -> super::StoreFuture<'_, Vec<FleetMember>> {
         Box::pin(self.roster.others(&self.etcd, self.live_lease().ok()))
+    }
+
+    fn close(&self) -> super::StoreFuture<'_, anyhow::Result<()>> {
+        Box::pin(async move { Ok(EtcdStore::close(self).await?) })
     }
 
     fn lease_lost(&self) -> super::StoreFuture<'_, ()> {

@@ -265,7 +265,7 @@ pub(super) async fn sweep_periodically(etcd: Etcd, ttl: Duration, period: Durati
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        match sweep_orphans(&etcd, ttl).await {
+        match sweep_orphans(&etcd, ttl, None).await {
             Ok(0) => {}
             Ok(reserved) => tracing::info!(reserved, "places of stopped relays are reserved for their tunnels"),
             Err(e) => tracing::debug!("sweeping for orphaned claims failed: {e:#}"),
@@ -275,12 +275,18 @@ pub(super) async fn sweep_periodically(etcd: Etcd, ttl: Duration, period: Durati
 
 /// Turns every place held by no relay and bound to no lease (its holders stopped, or lost
 /// their leases) into a reservation that ends `ttl` from now, all on one shared lease.
+/// Places held under the lease `leaving` (a relay stopping cleanly) count as held by none.
 /// Returns how many it turned.
-pub(super) async fn sweep_orphans(etcd: &Etcd, ttl: Duration) -> Result<usize, StoreError> {
+pub(super) async fn sweep_orphans(etcd: &Etcd, ttl: Duration, leaving: Option<i64>) -> Result<usize, StoreError> {
     let (places_prefix, held_prefix) = (etcd.keys.places(), etcd.keys.held_all());
     let records = etcd.get_prefix(&places_prefix, GetOptions::new()).await?;
     let held = etcd.get_prefix(&held_prefix, GetOptions::new().with_keys_only()).await?;
-    let held: Vec<&[u8]> = held.iter().map(KeyValue::key).collect();
+    let leaving = leaving.map(|lease| format!("/{lease:x}"));
+    let held: Vec<&[u8]> = held
+        .iter()
+        .map(KeyValue::key)
+        .filter(|key| leaving.as_ref().is_none_or(|own| !key.ends_with(own.as_bytes())))
+        .collect();
     let mut orphans = Vec::new();
     for kv in records.iter().filter(|kv| kv.lease() == 0) {
         let path = String::from_utf8_lossy(&kv.key()[places_prefix.len()..]).into_owned();

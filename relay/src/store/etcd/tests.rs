@@ -1,6 +1,6 @@
 use std::time::Duration;
 
-use etcd_client::{EventType, WatchOptions};
+use etcd_client::{EventType, GetOptions, KeyValue, WatchOptions};
 use testkit::etcd::Etcd as TestEtcd;
 
 use super::*;
@@ -104,15 +104,91 @@ async fn token_changes_are_watched() -> anyhow::Result<()> {
     let token = admin.add("alice", Limits::default()).await?.context("a new name")?;
     tokio::time::timeout(Duration::from_secs(1), changed).await.context("the add was seen within 1 s")?;
     let digest = crate::tokens::hash(&token);
-    assert_eq!(EtcdStore::verify_token(&store, digest).await?.map(|g| g.name), Some("alice".into()));
+    assert_eq!(EtcdStore::verify_token(&store, digest).map(|g| g.name), Some("alice".into()));
     assert!(admin.add("alice", Limits::default()).await?.is_none(), "names are unique");
     assert_eq!(admin.list().await?.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), ["alice"]);
 
     let changed = Store::token_changes(&store);
     assert!(admin.revoke("alice").await?);
     tokio::time::timeout(Duration::from_secs(1), changed).await.context("the revoke was seen within 1 s")?;
-    assert_eq!(EtcdStore::verify_token(&store, digest).await?, None);
+    assert_eq!(EtcdStore::verify_token(&store, digest), None);
     assert!(!admin.revoke("alice").await?);
+    Ok(())
+}
+
+/// Tokens are checked from memory: while etcd is down a known token is still granted and an
+/// unknown one refused; once etcd is back, a revocation made meanwhile reaches the cache.
+#[tokio::test]
+async fn tokens_are_checked_while_etcd_is_down() -> anyhow::Result<()> {
+    if !TestEtcd::available()? {
+        return Ok(());
+    }
+    let mut etcd = TestEtcd::start().await?;
+    let config = StoreConfig { url: etcd.url().parse().map_err(anyhow::Error::msg)?, ..StoreConfig::default() };
+    let admin = EtcdTokens::new(Etcd::connect(&config).await?);
+    let early = admin.add("early", Limits::default()).await?.context("a new name")?;
+    let store = open(&etcd, Duration::from_secs(3600)).await?;
+    let changed = Store::token_changes(&store);
+    let alice = admin.add("alice", Limits::default()).await?.context("a new name")?;
+    tokio::time::timeout(Duration::from_secs(1), changed).await.context("the add was seen within 1 s")?;
+
+    etcd.kill();
+    let granted = |token| EtcdStore::verify_token(&store, crate::tokens::hash(token)).map(|g| g.name);
+    assert_eq!(granted(&early), Some("early".into()), "read when the store opened");
+    assert_eq!(granted(&alice), Some("alice".into()), "learnt from the watch");
+    let unknown = crate::tokens::generate();
+    assert_eq!(granted(&unknown), None);
+
+    etcd.restart().await?;
+    let admin = EtcdTokens::new(Etcd::connect(&config).await?);
+    assert!(admin.revoke("alice").await?);
+    let dropped = async {
+        loop {
+            let changed = Store::token_changes(&store);
+            if granted(&alice).is_none() {
+                return;
+            }
+            changed.await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(15), dropped).await.context("the revoke reached the cache")?;
+    assert_eq!(granted(&early), Some("early".into()), "a reload keeps the others");
+    Ok(())
+}
+
+/// A relay stopping cleanly leaves the fleet at once: its member key and its `held/` keys go
+/// with its revoked lease, a place it held alone is reserved for its tunnel, and a place
+/// another relay also holds stays held.
+#[tokio::test]
+async fn a_closed_store_reserves_what_it_held_and_leaves() -> anyhow::Result<()> {
+    if !TestEtcd::available()? {
+        return Ok(());
+    }
+    let etcd = TestEtcd::start().await?;
+    let (leaving, other) =
+        (open(&etcd, Duration::from_secs(3600)).await?, open(&etcd, Duration::from_secs(3600)).await?);
+    let (a, b, shared) = (TunnelKey::of("0a", "web"), TunnelKey::of("0b", "web"), TunnelKey::of("0c", "web"));
+    let (alone, both) = (Place::Port(20001), Place::Port(20002));
+    assert!(
+        leaving.claim(&a, &alone).await? && leaving.claim(&shared, &both).await? && other.claim(&shared, &both).await?
+    );
+    let lease = leaving.live_lease()?;
+    Store::close(&leaving).await?;
+
+    let keys = &other.etcd.keys;
+    let members = other.etcd.get_prefix(&keys.members(), GetOptions::new().with_keys_only()).await?;
+    assert_eq!(members.iter().map(KeyValue::key).collect::<Vec<_>>(), [keys.member(other.live_lease()?).as_bytes()]);
+    let held = other.etcd.get_prefix(&keys.held_all(), GetOptions::new().with_keys_only()).await?;
+    assert!(held.iter().all(|kv| !kv.key().ends_with(format!("/{lease:x}").as_bytes())), "its held/ keys are gone");
+    let etcd_of_other = &other.etcd;
+    let lease_of = |place: &Place| {
+        let key = keys.place(place);
+        async move { anyhow::Ok(etcd_of_other.get_one(&key).await?.map(|kv| kv.lease())) }
+    };
+    assert!(lease_of(&alone).await?.is_some_and(|lease| lease != 0), "reserved, not left held");
+    assert_eq!(lease_of(&both).await?, Some(0), "still held by the other relay");
+    assert!(!other.claim(&b, &alone).await?, "reserved for a");
+    assert!(other.claim(&a, &alone).await?, "a takes it back through the other relay");
     Ok(())
 }
 

@@ -1,14 +1,10 @@
 //! Tokens in etcd: a record per token hash, and a name index that keeps names unique. Every
-//! relay of the fleet watches them, so a revocation made through any relay ends the token's
-//! sessions on all of them within moments.
-
-use std::{sync::Arc, time::Duration};
+//! relay of the fleet keeps them in memory, fed by a watch ([`super::token_cache`]), so a
+//! revocation made through any relay ends the token's sessions on all of them within moments.
 
 use anyhow::Context;
 use burrow_common::Secret;
-use etcd_client::{Compare, CompareOp, GetOptions, KeyValue, Txn, TxnOp, WatchOptions};
-use tokio::sync::Notify;
-use tokio_util::sync::CancellationToken;
+use etcd_client::{Compare, CompareOp, GetOptions, KeyValue, Txn, TxnOp};
 
 use super::{
     Etcd, EtcdStore,
@@ -16,10 +12,7 @@ use super::{
 };
 use crate::tokens::{self, Grant, Limits, TokenRecord};
 
-/// Backoff between attempts to watch the tokens again after the watch broke.
-const REWATCH: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(5));
-
-fn parse(kv: &KeyValue) -> Result<TokenRecord, StoreError> {
+pub(super) fn parse(kv: &KeyValue) -> Result<TokenRecord, StoreError> {
     serde_json::from_slice(kv.value())
         .map_err(|source| StoreError::Corrupt { key: String::from_utf8_lossy(kv.key()).into(), source })
 }
@@ -34,78 +27,14 @@ impl Etcd {
 }
 
 impl EtcdStore {
-    /// A lookup by digest says only whether a token with that SHA-256 exists.
-    pub(super) async fn verify_token(&self, digest: [u8; 32]) -> Result<Option<Grant>, StoreError> {
-        let Some(kv) = self.etcd.get_one(&self.etcd.keys.token(&digest)).await? else { return Ok(None) };
-        Ok(parse(&kv)?.grant())
+    /// Answered from memory: a lookup by digest says only whether a token with that SHA-256
+    /// exists, and etcd may be unreachable meanwhile.
+    pub(super) fn verify_token(&self, digest: [u8; 32]) -> Option<Grant> {
+        self.tokens.borrow().get(&self.etcd.keys.token(&digest)).and_then(TokenRecord::grant)
     }
 
     pub(super) async fn list_tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
         self.etcd.list_tokens().await
-    }
-}
-
-/// Wakes `changed` whenever a token is added or revoked, until `stop`. Whenever the watch
-/// breaks, changes may have been missed: `changed` is woken then too.
-pub(super) async fn watch_tokens(etcd: Etcd, changed: Arc<Notify>, stop: CancellationToken) {
-    let mut from = None;
-    let mut delay = REWATCH.0;
-    loop {
-        let watched = tokio::select! {
-            _ = stop.cancelled() => return,
-            watched = follow_tokens(&etcd, &changed, &mut from, &mut delay) => watched,
-        };
-        if let Err(e) = watched {
-            tracing::debug!("watching the tokens in etcd failed: {e:#}");
-        }
-        changed.notify_one();
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            () = tokio::time::sleep(delay) => {}
-        }
-        delay = (delay * 2).min(REWATCH.1);
-    }
-}
-
-/// Follows one watch of the tokens from revision `from` (from now if `None`) until it ends.
-async fn follow_tokens(
-    etcd: &Etcd,
-    changed: &Notify,
-    from: &mut Option<i64>,
-    delay: &mut Duration,
-) -> Result<(), StoreError> {
-    let prefix = etcd.keys.tokens();
-    let start = match *from {
-        Some(revision) => revision,
-        None => {
-            let mut kv = etcd.client.kv_client();
-            let now = within(
-                etcd.timeout,
-                Call::Plain,
-                kv.get(prefix.as_str(), Some(GetOptions::new().with_prefix().with_count_only())),
-            );
-            now.await?.header().map_or(0, |h| h.revision()) + 1
-        }
-    };
-    let options = WatchOptions::new().with_prefix().with_start_revision(start);
-    let mut client = etcd.client.watch_client();
-    let mut stream = within(etcd.timeout, Call::Plain, client.watch(prefix.as_str(), Some(options))).await?;
-    loop {
-        let Some(answer) = stream.message().await.map_err(|e| super::error::classify(e, Call::Plain))? else {
-            return Ok(());
-        };
-        if answer.canceled() {
-            // Compacted past `from`: start again from now, having missed what it held.
-            *from = None;
-            return Ok(());
-        }
-        *delay = REWATCH.0;
-        if !answer.events().is_empty() {
-            changed.notify_one();
-        }
-        if let Some(header) = answer.header() {
-            *from = Some(header.revision() + 1);
-        }
     }
 }
 
