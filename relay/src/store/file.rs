@@ -42,6 +42,13 @@ impl FileStore {
         Ok(Self { tokens, reservations, tokens_seen })
     }
 
+    /// A token keeps `cap` places at most.
+    #[cfg(test)]
+    pub(super) fn with_reservation_cap(mut self, cap: usize) -> Self {
+        self.reservations.cap_per_token(cap);
+        self
+    }
+
     /// Whether the token file changed since last asked. An unreadable file is no change:
     /// its next readable state is compared with the last one seen.
     fn tokens_changed(&self) -> bool {

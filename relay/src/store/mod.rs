@@ -72,6 +72,11 @@ fn member(config: &RelayConfig, fingerprint: &Fingerprint) -> etcd::Member {
 #[error("this tunnel is served at {0} through another relay of the fleet, and can open here only there")]
 pub(crate) struct ServedElsewhere(pub(crate) Place);
 
+/// Places one token may keep reserved, held or released within the TTL. An agent that opens
+/// and closes tunnels under new names (a config reloaded in a loop) would otherwise reserve
+/// a new one each time, for a day each; past this its oldest released ones are forgotten.
+const MAX_RESERVATIONS_PER_TOKEN: usize = 1024;
+
 /// What every [`Store`] method returns: a boxed future, so the trait stays usable as `dyn`.
 pub(crate) type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -93,6 +98,8 @@ pub(crate) type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>
 ///   tunnel name get their place back within the TTL, from whichever relay they reach.
 ///   The files meet this by turning claims still held at the relay's start into
 ///   reservations that expire a TTL after it.
+/// - **A token keeps [`MAX_RESERVATIONS_PER_TOKEN`] places at most**, held or reserved: past
+///   it, a claim forgets the token's reservations released longest ago (never a held place).
 /// - **Revocations are watched.** [`Store::token_changes`] completes after the set of valid
 ///   tokens has changed, within about a second of the change, so the relay can close the
 ///   sessions of revoked tokens at once rather than at their next reconnect.

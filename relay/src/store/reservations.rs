@@ -16,6 +16,7 @@ use std::{
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
+use super::MAX_RESERVATIONS_PER_TOKEN;
 use crate::{
     claims::{Place, TunnelKey},
     files,
@@ -23,11 +24,6 @@ use crate::{
 };
 
 const RESERVATIONS_FILE: &str = "reservations.json";
-
-/// Places one token may keep reserved, held or released within the TTL. An agent that opens
-/// and closes tunnels under new names (a config reloaded in a loop) would otherwise reserve
-/// a new one each time, for a day each; past this its oldest released ones are forgotten.
-const MAX_RESERVATIONS_PER_TOKEN: usize = 1024;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Entry {
@@ -63,6 +59,8 @@ struct ReservationFile {
 /// and a burst of changes costs one write.
 pub(super) struct FileReservations {
     ttl: Duration,
+    /// Places one token may keep: [`MAX_RESERVATIONS_PER_TOKEN`] but in tests.
+    cap: usize,
     entries: Arc<Mutex<HashMap<TunnelKey, Entry>>>,
     dirty: Option<mpsc::SyncSender<()>>,
     writer: Option<std::thread::JoinHandle<()>>,
@@ -116,7 +114,8 @@ impl FileReservations {
                 move || persist_changes(&path, &entries, &changes, &wake, &stored)
             })
             .context("start reservation writer")?;
-        Ok(Self { ttl, entries, dirty: Some(dirty), writer: Some(writer), changes, saved })
+        let cap = MAX_RESERVATIONS_PER_TOKEN;
+        Ok(Self { ttl, cap, entries, dirty: Some(dirty), writer: Some(writer), changes, saved })
     }
 
     fn live(&self, entry: &Entry) -> bool {
@@ -161,19 +160,20 @@ fn keyed_by_id(mut entry: Entry, ids: &HashMap<String, String>) -> Option<Entry>
     Some(entry)
 }
 
-/// Records that `key` serves on `place`, moving its reservation there.
-fn hold(entries: &mut HashMap<TunnelKey, Entry>, key: &TunnelKey, place: &Place) {
+/// Records that `key` serves on `place`, moving its reservation there; its token keeps `cap`
+/// places at most.
+fn hold(entries: &mut HashMap<TunnelKey, Entry>, key: &TunnelKey, place: &Place, cap: usize) {
     entries.retain(|k, e| k == key || e.place != *place);
     let entry = Entry { key: key.clone(), place: place.clone(), last_seen: now(), active: true, released_as: 0 };
     entries.insert(key.clone(), entry);
-    forget_oldest_released(entries, &key.token_id);
+    forget_oldest_released(entries, &key.token_id, cap);
 }
 
-/// Keeps at most [`MAX_RESERVATIONS_PER_TOKEN`] entries of the token `token_id`, dropping the ones
-/// released longest ago; held ones are never dropped.
-fn forget_oldest_released(entries: &mut HashMap<TunnelKey, Entry>, token_id: &str) {
+/// Keeps at most `cap` entries of the token `token_id`, dropping the ones released longest
+/// ago; held ones are never dropped.
+fn forget_oldest_released(entries: &mut HashMap<TunnelKey, Entry>, token_id: &str, cap: usize) {
     let of_token = entries.values().filter(|e| e.key.token_id == token_id).count();
-    let Some(excess) = of_token.checked_sub(MAX_RESERVATIONS_PER_TOKEN).filter(|n| *n > 0) else { return };
+    let Some(excess) = of_token.checked_sub(cap).filter(|n| *n > 0) else { return };
     let mut released: Vec<((u64, u64), TunnelKey)> = entries
         .values()
         .filter(|e| e.key.token_id == token_id && !e.active)
@@ -225,7 +225,7 @@ impl FileReservations {
             let at = now();
             let taken = entries.values().any(|e| e.place == *place && e.key != *key && e.unexpired(at, self.ttl));
             if !taken {
-                hold(entries, key, place);
+                hold(entries, key, place, self.cap);
                 won = true;
             }
         })?;
@@ -235,7 +235,13 @@ impl FileReservations {
     /// `key` is serving on `place` now, whoever reserved it.
     #[cfg(test)]
     fn hold(&self, key: &TunnelKey, place: &Place) -> anyhow::Result<()> {
-        self.update(|entries| hold(entries, key, place))
+        self.update(|entries| hold(entries, key, place, self.cap))
+    }
+
+    /// A token keeps `cap` places at most from now on.
+    #[cfg(test)]
+    pub(super) fn cap_per_token(&mut self, cap: usize) {
+        self.cap = cap;
     }
 
     /// Waits until the changes made so far are in the file, for `within` at most.

@@ -61,8 +61,13 @@ impl Keys {
         format!("{}{lease:x}", self.held_by_any(place))
     }
 
+    /// The prefix of the tunnels' indexes of the token `token_id`.
+    pub(crate) fn tunnels_of(&self, token_id: &str) -> String {
+        format!("{}tunnels/{token_id}/", self.prefix)
+    }
+
     pub(crate) fn tunnel(&self, key: &TunnelKey) -> String {
-        format!("{}tunnels/{}/{}", self.prefix, key.token_id, key.tunnel)
+        format!("{}{}", self.tunnels_of(&key.token_id), key.tunnel)
     }
 
     pub(crate) fn members(&self) -> String {

@@ -12,6 +12,7 @@ mod keys;
 mod lease;
 mod members;
 mod places;
+mod reservation_cap;
 mod token_cache;
 mod tokens;
 
@@ -112,6 +113,8 @@ fn tls_options(config: &StoreConfig) -> anyhow::Result<Option<TlsOptions>> {
 pub(crate) struct EtcdStore {
     etcd: Etcd,
     reservation_ttl: Duration,
+    /// Places one token may keep: [`super::MAX_RESERVATIONS_PER_TOKEN`] but in tests.
+    reservation_cap: usize,
     /// What this relay writes in its `held/` keys: its public name, for people reading etcd.
     holder: String,
     lease: watch::Receiver<LeaseState>,
@@ -142,6 +145,7 @@ impl EtcdStore {
         let store = Self {
             etcd: etcd.clone(),
             reservation_ttl,
+            reservation_cap: super::MAX_RESERVATIONS_PER_TOKEN,
             holder,
             lease: lease_rx,
             tokens: tokens_rx,

@@ -25,14 +25,14 @@ use crate::{
 const CLAIM_ROUNDS: usize = 3;
 
 /// A place's record as read at one revision.
-struct Record {
-    key: TunnelKey,
-    mod_revision: i64,
-    lease: i64,
+pub(super) struct Record {
+    pub(super) key: TunnelKey,
+    pub(super) mod_revision: i64,
+    pub(super) lease: i64,
 }
 
 impl Record {
-    fn parse(kv: &KeyValue) -> Result<Self, StoreError> {
+    pub(super) fn parse(kv: &KeyValue) -> Result<Self, StoreError> {
         let key = serde_json::from_slice(kv.value())
             .map_err(|source| StoreError::Corrupt { key: String::from_utf8_lossy(kv.key()).into(), source })?;
         Ok(Self { key, mod_revision: kv.mod_revision(), lease: kv.lease() })
@@ -46,10 +46,12 @@ struct Seen {
     holders: i64,
     /// The tunnel's index: which place it has, and its revision.
     index: Option<(String, i64)>,
+    /// Places the tunnel's token has, held or reserved (its tunnels' indexes).
+    of_token: usize,
 }
 
 /// `key` compared as absent, or as unchanged since `revision`.
-fn unchanged(key: String, revision: Option<i64>) -> Compare {
+pub(super) fn unchanged(key: String, revision: Option<i64>) -> Compare {
     match revision {
         None => Compare::create_revision(key, CompareOp::Equal, 0),
         Some(revision) => Compare::mod_revision(key, CompareOp::Equal, revision),
@@ -96,6 +98,8 @@ impl EtcdStore {
                 }
             }
             if self.write_claim(key, place, &seen, lease).await? {
+                let of_token = seen.of_token + usize::from(seen.index.is_none());
+                self.keep_token_within_cap(&key.token_id, of_token).await;
                 return Ok(true);
             }
         }
@@ -130,6 +134,7 @@ impl EtcdStore {
             TxnOp::get(keys.place(place), None),
             TxnOp::get(keys.held_by_any(place), Some(GetOptions::new().with_prefix().with_count_only())),
             TxnOp::get(keys.tunnel(key), None),
+            TxnOp::get(keys.tunnels_of(&key.token_id), Some(GetOptions::new().with_prefix().with_count_only())),
         ]);
         let mut kv = self.etcd.client.kv_client();
         let answer = within(self.etcd.timeout, Call::Plain, kv.txn(txn)).await?;
@@ -140,10 +145,12 @@ impl EtcdStore {
         let (_, place_kv) = gets.next().unwrap_or_default();
         let (holders, _) = gets.next().unwrap_or_default();
         let (_, index_kv) = gets.next().unwrap_or_default();
+        let (of_token, _) = gets.next().unwrap_or_default();
         Ok(Seen {
             place: place_kv.as_ref().map(Record::parse).transpose()?,
             holders,
             index: index_kv.map(|kv| (String::from_utf8_lossy(kv.value()).into_owned(), kv.mod_revision())),
+            of_token: usize::try_from(of_token).unwrap_or_default(),
         })
     }
 

@@ -22,6 +22,17 @@ async fn the_etcd_store_keeps_the_contract() -> anyhow::Result<()> {
     super::super::contract::claims_and_reservations(&store).await
 }
 
+#[tokio::test]
+async fn the_etcd_store_caps_reservations_per_token() -> anyhow::Result<()> {
+    if !TestEtcd::available()? {
+        return Ok(());
+    }
+    let etcd = TestEtcd::start().await?;
+    let mut store = open(&etcd, Duration::from_secs(3600)).await?;
+    store.reservation_cap = super::super::contract::TEST_CAP;
+    super::super::contract::reservations_per_token_are_capped(&store).await
+}
+
 /// Two relays (two stores, two leases) claim one place for two tokens at the same moment,
 /// 100 times: each time exactly one wins, and the place is that one's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
