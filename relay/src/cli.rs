@@ -10,7 +10,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
     Relay, RelayConfig,
-    tokens::{self, HostPattern, Limits, NamePattern, TokenAdmin},
+    tokens::{self, HostPattern, Limits, NamePattern},
 };
 
 /// burrow relay: makes agents' local servers reachable on this machine's public ports.
@@ -233,7 +233,7 @@ async fn serve(
     file: Option<(PathBuf, ConfigWatch, Flags)>,
     ready_file: Option<&std::path::Path>,
 ) -> anyhow::Result<()> {
-    let tokens = TokenAdmin::open(&config).await?;
+    let tokens = tokens::open_admin(&config).await?;
     let no_token = config.token.is_none() && tokens.is_empty().await?;
     let new_token = if no_token { tokens.add_first("default").await? } else { None };
     let relay = Relay::open(config).await?;
@@ -331,7 +331,7 @@ fn print_banner(relay: &Relay, new_token: Option<&Secret>) -> anyhow::Result<()>
 }
 
 async fn manage_tokens(config: &RelayConfig, command: TokenCommand) -> anyhow::Result<()> {
-    let store = TokenAdmin::open(config).await?;
+    let store = tokens::open_admin(config).await?;
     match command {
         TokenCommand::Add { name, limits } => {
             let token = store.add(&name, limits.parse()?.borrowed()).await?;

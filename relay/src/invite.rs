@@ -6,7 +6,7 @@ use burrow_common::{Secret, protocol::DEFAULT_RELAY_PORT};
 
 use crate::{
     RelayConfig, files, identity,
-    tokens::{self, Limits, TokenAdmin},
+    tokens::{self, Limits},
 };
 
 /// Stands in for the relay's address when the configuration does not name it.
@@ -17,7 +17,7 @@ pub(crate) async fn invite(config: &RelayConfig, name: &str, limits: Limits<'_>)
     files::create_private_dir(dir).with_context(|| format!("create data directory {}", dir.display()))?;
     // The certificate the relay will serve: created now if the relay has never run.
     let fingerprint = identity::load_or_create_certificate(config)?.fingerprint();
-    let token = TokenAdmin::open(config).await?.add(name, limits).await?;
+    let token = tokens::open_admin(config).await?.add(name, limits).await?;
     let relay = agent_relay_arg(config, config.listen, ADDRESS_PLACEHOLDER);
     let allowed = allowed_places(config, limits);
     print!("{}", invitation(name, &allowed, &relay, &fingerprint.to_string(), &token));

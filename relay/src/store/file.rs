@@ -45,7 +45,7 @@ impl FileStore {
     /// A token keeps `cap` places at most.
     #[cfg(test)]
     pub(super) fn with_reservation_cap(mut self, cap: usize) -> Self {
-        self.reservations.cap_per_token(cap);
+        self.reservations.cap = cap;
         self
     }
 

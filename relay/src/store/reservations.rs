@@ -60,7 +60,7 @@ struct ReservationFile {
 pub(super) struct FileReservations {
     ttl: Duration,
     /// Places one token may keep: [`MAX_RESERVATIONS_PER_TOKEN`] but in tests.
-    cap: usize,
+    pub(super) cap: usize,
     entries: Arc<Mutex<HashMap<TunnelKey, Entry>>>,
     dirty: Option<mpsc::SyncSender<()>>,
     writer: Option<std::thread::JoinHandle<()>>,
@@ -236,12 +236,6 @@ impl FileReservations {
     #[cfg(test)]
     fn hold(&self, key: &TunnelKey, place: &Place) -> anyhow::Result<()> {
         self.update(|entries| hold(entries, key, place, self.cap))
-    }
-
-    /// A token keeps `cap` places at most from now on.
-    #[cfg(test)]
-    pub(super) fn cap_per_token(&mut self, cap: usize) {
-        self.cap = cap;
     }
 
     /// Waits until the changes made so far are in the file, for `within` at most.

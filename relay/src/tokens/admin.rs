@@ -1,79 +1,60 @@
 //! Where `relay token`, `relay invite` and a first start add, revoke and list tokens: the
-//! data directory's file, or etcd shared by a fleet of relays.
+//! data directory's file, or etcd shared by a fleet of relays. Each store implements
+//! [`TokenAdmin`] next to its own code; only [`open_admin`] knows which `store.url` names.
 
-#[cfg(feature = "etcd")]
-use anyhow::Context;
 use burrow_common::Secret;
 
 use super::{Limits, TokenRecord, TokenStore};
-use crate::{RelayConfig, config::StoreUrl};
+use crate::{RelayConfig, config::StoreUrl, store::StoreFuture};
 
-/// The tokens of the store `store.url` names.
-pub(crate) enum TokenAdmin {
-    File(TokenStore),
-    /// Boxed: the etcd client is large, and this is made once per command.
-    #[cfg(feature = "etcd")]
-    Etcd(Box<crate::store::EtcdTokens>),
-}
-
-impl TokenAdmin {
-    pub(crate) async fn open(config: &RelayConfig) -> anyhow::Result<Self> {
-        match &config.store.url {
-            StoreUrl::File => Ok(TokenAdmin::File(TokenStore::open(&config.data_dir))),
-            #[cfg(feature = "etcd")]
-            StoreUrl::Etcd { .. } => {
-                let etcd = crate::store::Etcd::connect(&config.store).await?;
-                Ok(TokenAdmin::Etcd(Box::new(crate::store::EtcdTokens::new(etcd))))
-            }
-            #[cfg(not(feature = "etcd"))]
-            StoreUrl::Etcd { .. } => anyhow::bail!("store.url = {}: {}", config.store.url, crate::store::NO_ETCD),
-        }
-    }
-
+/// The tokens of one store, as an operator changes them.
+pub(crate) trait TokenAdmin: Send + Sync {
     /// Creates a token named `name` and returns it; only its hash is stored.
-    pub(crate) async fn add(&self, name: &str, limits: Limits<'_>) -> anyhow::Result<Secret> {
-        match self {
-            TokenAdmin::File(store) => store.add(name, limits),
-            #[cfg(feature = "etcd")]
-            TokenAdmin::Etcd(store) => store
-                .add(name, limits)
-                .await?
-                .with_context(|| format!("a token named {name:?} already exists (revoke it first)")),
-        }
-    }
+    fn add<'a>(&'a self, name: &'a str, limits: Limits<'a>) -> StoreFuture<'a, anyhow::Result<Secret>>;
 
     /// The first token of a store that has none, named `name`; `None` when another relay of
     /// the fleet made one meanwhile.
-    pub(crate) async fn add_first(&self, name: &str) -> anyhow::Result<Option<Secret>> {
-        match self {
-            TokenAdmin::File(store) => Ok(Some(store.add(name, Limits::default())?)),
-            #[cfg(feature = "etcd")]
-            TokenAdmin::Etcd(store) => store.add(name, Limits::default()).await,
-        }
+    fn add_first<'a>(&'a self, name: &'a str) -> StoreFuture<'a, anyhow::Result<Option<Secret>>> {
+        Box::pin(async move { Ok(Some(self.add(name, Limits::default()).await?)) })
     }
 
     /// Removes the token `name`; returns whether it existed.
-    pub(crate) async fn revoke(&self, name: &str) -> anyhow::Result<bool> {
-        match self {
-            TokenAdmin::File(store) => store.revoke(name),
-            #[cfg(feature = "etcd")]
-            TokenAdmin::Etcd(store) => store.revoke(name).await,
+    fn revoke<'a>(&'a self, name: &'a str) -> StoreFuture<'a, anyhow::Result<bool>>;
+
+    fn list(&self) -> StoreFuture<'_, anyhow::Result<Vec<TokenRecord>>>;
+
+    fn is_empty(&self) -> StoreFuture<'_, anyhow::Result<bool>>;
+}
+
+/// The tokens of the store `store.url` names.
+pub(crate) async fn open_admin(config: &RelayConfig) -> anyhow::Result<Box<dyn TokenAdmin>> {
+    match &config.store.url {
+        StoreUrl::File => Ok(Box::new(TokenStore::open(&config.data_dir))),
+        #[cfg(feature = "etcd")]
+        StoreUrl::Etcd { .. } => {
+            let etcd = crate::store::Etcd::connect(&config.store).await?;
+            Ok(Box::new(crate::store::EtcdTokens::new(etcd)))
         }
+        #[cfg(not(feature = "etcd"))]
+        StoreUrl::Etcd { .. } => anyhow::bail!("store.url = {}: {}", config.store.url, crate::store::NO_ETCD),
+    }
+}
+
+/// The file is small and local: each change is made at once under its lock.
+impl TokenAdmin for TokenStore {
+    fn add<'a>(&'a self, name: &'a str, limits: Limits<'a>) -> StoreFuture<'a, anyhow::Result<Secret>> {
+        Box::pin(std::future::ready(TokenStore::add(self, name, limits)))
     }
 
-    pub(crate) async fn list(&self) -> anyhow::Result<Vec<TokenRecord>> {
-        match self {
-            TokenAdmin::File(store) => store.list(),
-            #[cfg(feature = "etcd")]
-            TokenAdmin::Etcd(store) => store.list().await,
-        }
+    fn revoke<'a>(&'a self, name: &'a str) -> StoreFuture<'a, anyhow::Result<bool>> {
+        Box::pin(std::future::ready(TokenStore::revoke(self, name)))
     }
 
-    pub(crate) async fn is_empty(&self) -> anyhow::Result<bool> {
-        match self {
-            TokenAdmin::File(store) => store.is_empty(),
-            #[cfg(feature = "etcd")]
-            TokenAdmin::Etcd(store) => store.is_empty().await,
-        }
+    fn list(&self) -> StoreFuture<'_, anyhow::Result<Vec<TokenRecord>>> {
+        Box::pin(std::future::ready(TokenStore::list(self)))
+    }
+
+    fn is_empty(&self) -> StoreFuture<'_, anyhow::Result<bool>> {
+        Box::pin(std::future::ready(TokenStore::is_empty(self)))
     }
 }

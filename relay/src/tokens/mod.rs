@@ -28,7 +28,10 @@ use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 
+/// Named only by the stores implementing it outside this module.
+#[cfg(feature = "etcd")]
 pub(crate) use self::admin::TokenAdmin;
+pub(crate) use self::admin::open_admin;
 pub use self::hostnames::{HostPattern, HostPatternError};
 use self::lock::ChangeLock;
 pub use self::patterns::{NONE, NamePattern, PatternError, describe_list, describe_patterns, parse_list};

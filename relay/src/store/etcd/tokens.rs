@@ -10,7 +10,10 @@ use super::{
     Etcd, EtcdStore,
     error::{Call, StoreError, within},
 };
-use crate::tokens::{self, Grant, Limits, TokenRecord};
+use crate::{
+    store::StoreFuture,
+    tokens::{self, Grant, Limits, TokenAdmin, TokenRecord},
+};
 
 pub(super) fn parse(kv: &KeyValue) -> Result<TokenRecord, StoreError> {
     serde_json::from_slice(kv.value())
@@ -90,5 +93,31 @@ impl EtcdTokens {
         let mut kv = self.etcd.client.kv_client();
         let count = kv.get(self.etcd.keys.tokens(), Some(GetOptions::new().with_prefix().with_count_only()));
         Ok(within(self.etcd.timeout, Call::Plain, count).await.context("count the tokens in etcd")?.count() == 0)
+    }
+}
+
+impl TokenAdmin for EtcdTokens {
+    fn add<'a>(&'a self, name: &'a str, limits: Limits<'a>) -> StoreFuture<'a, anyhow::Result<Secret>> {
+        Box::pin(async move {
+            let added = EtcdTokens::add(self, name, limits).await?;
+            added.with_context(|| format!("a token named {name:?} already exists (revoke it first)"))
+        })
+    }
+
+    /// Relays of a fleet starting at once each try: one wins the name, the others get `None`.
+    fn add_first<'a>(&'a self, name: &'a str) -> StoreFuture<'a, anyhow::Result<Option<Secret>>> {
+        Box::pin(EtcdTokens::add(self, name, Limits::default()))
+    }
+
+    fn revoke<'a>(&'a self, name: &'a str) -> StoreFuture<'a, anyhow::Result<bool>> {
+        Box::pin(EtcdTokens::revoke(self, name))
+    }
+
+    fn list(&self) -> StoreFuture<'_, anyhow::Result<Vec<TokenRecord>>> {
+        Box::pin(EtcdTokens::list(self))
+    }
+
+    fn is_empty(&self) -> StoreFuture<'_, anyhow::Result<bool>> {
+        Box::pin(EtcdTokens::is_empty(self))
     }
 }
