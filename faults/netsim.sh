@@ -9,6 +9,9 @@
 #      │  unsolicited inbound (counter `unsolicited`)
 #   P-home   10.80.3.2   the laptop: agent and local server on its own 127.0.0.1
 #
+# The VPS also answers at 10.80.0.2 and 10.80.0.3, for a fleet of relays on one host, and can
+# cut one of its own services (a TCP port on its loopback, like a store) off from its clients.
+#
 # P is the prefix ($NETSIM_PREFIX, default "bsim"), so several copies can run side by side.
 # Nothing is added to the root namespace: both ends of every veth are created inside.
 # The kernels here have no sch_netem: delay is an NFQUEUE held in user space (delay.py),
@@ -16,7 +19,7 @@
 #
 # Usage (as root): netsim.sh deps | up | down | exec NS CMD... | status
 #                  impair [--delay MS] [--loss PCT] [--rate RATE] | impair off
-#                  cut | heal | rebind [--addr] | nat-timeout SECONDS
+#                  cut | heal | rebind [--addr] | nat-timeout SECONDS | cut-port PORT | heal-ports
 set -Eeuo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -56,6 +59,9 @@ usage: $PROG COMMAND            (prefix \$NETSIM_PREFIX=$P; state in $STATE)
                        bandwidth cap (tbf, e.g. 50mbit); replaces any previous impairment
   impair off           remove every impairment
   cut | heal           silently drop everything on the home uplink / stop dropping
+  cut-port PORT        the VPS silently drops TCP to and from its port PORT: a service it runs
+                       there (a store on 127.0.0.1:PORT) is cut off from its clients
+  heal-ports           undo every cut-port
   block-udp            the home router drops the home's UDP (open flows too), as strict networks do
   only-proxy           the home router drops everything the home sends out: only a proxy running
                        on the router (10.80.3.1) reaches the internet
@@ -94,6 +100,19 @@ cmd_deps() {
     cat "$log" >&2; rm -f "$log"; die "apt-get install ${missing[*]} failed"
   fi
   rm -f "$log"
+}
+
+# The VPS's own cuts: `cut-port` drops a local TCP service's traffic both ways.
+vps_rules() {
+  cat <<EOF
+table inet vps {
+  chain cut { }
+  chain output {
+    type filter hook output priority filter; policy accept;
+    jump cut
+  }
+}
+EOF
 }
 
 # ----------------------------------------------------------------------------------- up
@@ -182,6 +201,9 @@ cmd_up() {
   link "$NS_ROUTER" "$WAN" "$WAN_IP/24" "$NS_INET" "$UPLINK" 10.80.2.254/24
   link "$NS_HOME" eth0 "$HOME_IP/24" "$NS_ROUTER" lan "$LAN_GW/24"
   nsx "$NS_ROUTER" ip addr add "$WAN_IP2/24" dev "$WAN"
+  # Further addresses of the VPS, so that a fleet of relays there can each open the same port.
+  nsx "$NS_RELAY" ip addr add 10.80.0.2/24 dev eth0
+  nsx "$NS_RELAY" ip addr add 10.80.0.3/24 dev eth0
   nsx "$NS_RELAY" ip route add default via 10.80.0.254
   nsx "$NS_CLIENT" ip route add default via 10.80.1.254
   nsx "$NS_ROUTER" ip route add default via 10.80.2.254 src "$WAN_IP"
@@ -191,6 +213,7 @@ cmd_up() {
   firewall_rules | nsx "$NS_ROUTER" nft -f -
   nat_rules "$WAN_IP" "$PORTS_A" | nsx "$NS_ROUTER" nft -f -
   internet_rules | nsx "$NS_INET" nft -f -
+  vps_rules | nsx "$NS_RELAY" nft -f -
   trap - ERR
   say "up: relay $RELAY_IP, client $CLIENT_IP, home $HOME_IP behind NAT $WAN_IP ($P-*)"
 }
@@ -296,6 +319,20 @@ cmd_heal() {
   say "heal: the home uplink carries traffic again"
 }
 
+cmd_cut_port() {
+  need_root; need_up
+  [[ "${1:-}" =~ ^[0-9]+$ ]] || die "usage: cut-port PORT"
+  nsx "$NS_RELAY" nft add rule inet vps cut tcp dport "$1" drop
+  nsx "$NS_RELAY" nft add rule inet vps cut tcp sport "$1" drop
+  say "cut-port: the VPS drops TCP to and from its port $1"
+}
+
+cmd_heal_ports() {
+  need_root; need_up
+  nsx "$NS_RELAY" nft flush chain inet vps cut
+  say "heal-ports: the VPS's services are reachable again"
+}
+
 # The home network's egress policy: `udp` drops UDP (flows already open included), `proxy`
 # drops everything the home sends out, so only a proxy on the router (10.80.3.1) gets out.
 cmd_egress() {
@@ -369,6 +406,8 @@ main() {
     open-egress) cmd_egress open ;;
     rebind) cmd_rebind "$@" ;;
     nat-timeout) cmd_nat_timeout "$@" ;;
+    cut-port) cmd_cut_port "$@" ;;
+    heal-ports) cmd_heal_ports ;;
     status) cmd_status ;;
     help|-h|--help) usage ;;
     *) usage >&2; exit 2 ;;

@@ -7,6 +7,7 @@
 //! Without root or the network tools every scenario skips and says why.
 
 pub mod datagrams;
+pub mod fleet;
 pub mod process;
 pub mod sim;
 pub mod traffic;

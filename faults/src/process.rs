@@ -2,7 +2,7 @@
 //! shared launchers: each says what it serves in its `--ready-file`.
 
 use std::{
-    net::SocketAddr,
+    net::{Ipv4Addr, SocketAddr},
     path::{Path, PathBuf},
 };
 
@@ -27,6 +27,17 @@ pub const ADMIN: &str = "127.0.0.1:9470";
 pub struct RelayProcess {
     pub daemon: Binary,
     pub fingerprint: String,
+    /// Where agents reach it (UDP, and TCP on the same port).
+    pub addr: SocketAddr,
+}
+
+/// Where a relay serves on the VPS: agents and public ports on `ip`, its admin endpoint
+/// (on the VPS's loopback) at `admin`.
+#[derive(Clone, Copy, Debug)]
+pub struct RelayPlace {
+    pub ip: Ipv4Addr,
+    pub port: u16,
+    pub admin: SocketAddr,
 }
 
 impl RelayProcess {
@@ -44,16 +55,30 @@ impl RelayProcess {
         port: u16,
         args: &[&str],
     ) -> anyhow::Result<Self> {
+        let place = RelayPlace { ip: RELAY_IP, port, admin: ADMIN.parse()? };
+        Self::start_at(sim, place, data_dir, env, args).await
+    }
+
+    /// Starts the relay at `place` (one of a fleet on the VPS) with `args` added.
+    pub async fn start_at(
+        sim: &Sim,
+        place: RelayPlace,
+        data_dir: &Path,
+        env: &[(&str, &str)],
+        args: &[&str],
+    ) -> anyhow::Result<Self> {
+        let RelayPlace { ip, port, admin } = place;
         let mut command = sim.command(Host::Relay, &binary("relay")?);
         command
             .env("BURROW_RELAY_TOKEN", TOKEN)
             .envs(env.iter().copied())
-            .args(["--listen", &format!("{RELAY_IP}:{port}"), "--public-bind", &RELAY_IP.to_string()])
-            .args(["--admin-listen", ADMIN, "--data-dir"])
+            .args(["--listen", &format!("{ip}:{port}"), "--public-bind", &ip.to_string()])
+            .args(["--admin-listen", &admin.to_string(), "--data-dir"])
             .arg(data_dir)
             .args(args);
         let relay = RelayBinary::launch(&mut command).await?;
-        Ok(Self { fingerprint: relay.fingerprint.to_string(), daemon: relay.process })
+        let addr = SocketAddr::from((ip, port));
+        Ok(Self { fingerprint: relay.fingerprint.to_string(), daemon: relay.process, addr })
     }
 }
 
@@ -89,12 +114,26 @@ impl AgentProcess {
     /// The agent's command line, for tests that start it their own way; `env` may replace
     /// the token (`BURROW_TOKEN`) and add flags' equivalents.
     pub fn command(sim: &Sim, fingerprint: &str, local: SocketAddr, env: &[(&str, &str)]) -> anyhow::Result<Command> {
+        let relay = SocketAddr::from((RELAY_IP, RELAY_PORT));
+        let mut command = Self::command_to(sim, relay, fingerprint, env)?;
+        command.args(["--local", &local.to_string(), "--name", "app"]);
+        Ok(command)
+    }
+
+    /// The agent's command line against the relay at `relay`, before its tunnel's flags.
+    pub fn command_to(
+        sim: &Sim,
+        relay: SocketAddr,
+        fingerprint: &str,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Command> {
         let mut command = sim.command(Host::Home, &binary("agent")?);
-        command
-            .env("BURROW_TOKEN", TOKEN)
-            .envs(env.iter().copied())
-            .args(["--relay", &format!("{RELAY_IP}:{RELAY_PORT}"), "--fingerprint", fingerprint])
-            .args(["--local", &local.to_string(), "--name", "app"]);
+        command.env("BURROW_TOKEN", TOKEN).envs(env.iter().copied()).args([
+            "--relay",
+            &relay.to_string(),
+            "--fingerprint",
+            fingerprint,
+        ]);
         Ok(command)
     }
 }

@@ -13,6 +13,9 @@ use nix::sched::{CloneFlags, setns};
 /// The relay's public address inside the simulation.
 pub const RELAY_IP: Ipv4Addr = Ipv4Addr::new(10, 80, 0, 1);
 
+/// The VPS's addresses, one per relay of a fleet on it (the first is [`RELAY_IP`]).
+pub const FLEET_IPS: [Ipv4Addr; 3] = [RELAY_IP, Ipv4Addr::new(10, 80, 0, 2), Ipv4Addr::new(10, 80, 0, 3)];
+
 /// The home router's address on the home network, where a proxy for the home can listen.
 pub const ROUTER_LAN_IP: Ipv4Addr = Ipv4Addr::new(10, 80, 3, 1);
 
@@ -99,6 +102,17 @@ impl Sim {
 
     pub fn heal(&self) -> anyhow::Result<()> {
         self.script(&["heal"])
+    }
+
+    /// The VPS silently drops TCP to and from its own `port`: a service there (a store on
+    /// its loopback) is cut off from its clients on the VPS.
+    pub fn cut_port(&self, port: u16) -> anyhow::Result<()> {
+        self.script(&["cut-port", &port.to_string()])
+    }
+
+    /// Undoes every [`Sim::cut_port`].
+    pub fn heal_ports(&self) -> anyhow::Result<()> {
+        self.script(&["heal-ports"])
     }
 
     /// The home router drops UDP, open flows included, as networks that block QUIC do.

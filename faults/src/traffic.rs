@@ -82,8 +82,13 @@ pub async fn metrics(sim: &Sim) -> anyhow::Result<String> {
 /// A page of the relay's admin endpoint (`/metrics`, `/api/agents`), headers included, read
 /// from inside the relay's host.
 pub async fn admin_get(sim: &Sim, path: &str) -> anyhow::Result<String> {
-    let mut tcp = sim.connect(Host::Relay, ADMIN.parse()?).await?;
-    tcp.write_all(format!("GET {path} HTTP/1.1\r\nHost: {ADMIN}\r\nConnection: close\r\n\r\n").as_bytes()).await?;
+    admin_get_at(sim, ADMIN.parse()?, path).await
+}
+
+/// A page of the admin endpoint at `admin` on the relay's host (one relay of a fleet there).
+pub async fn admin_get_at(sim: &Sim, admin: SocketAddr, path: &str) -> anyhow::Result<String> {
+    let mut tcp = sim.connect(Host::Relay, admin).await?;
+    tcp.write_all(format!("GET {path} HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n").as_bytes()).await?;
     let mut page = String::new();
     tokio::time::timeout(Duration::from_secs(10), tcp.read_to_string(&mut page)).await??;
     Ok(page)

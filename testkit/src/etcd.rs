@@ -12,8 +12,11 @@
 //! // A relay's store: `store.url = etcd.url()`.
 //! # Ok(()) }
 //! ```
+//!
+//! [`Etcd::start_in`] runs it inside a network namespace instead (the fault suite's VPS),
+//! answering on several client addresses, so that each client can be cut off on its own.
 
-use std::{path::Path, process::Command, time::Duration};
+use std::{net::SocketAddr, path::Path, process::Command, time::Duration};
 
 use anyhow::Context;
 use tempfile::TempDir;
@@ -30,8 +33,11 @@ const POLL: Duration = Duration::from_millis(50);
 pub struct Etcd {
     daemon: Option<Daemon>,
     dir: TempDir,
-    client: u16,
-    peer: u16,
+    /// Where clients connect; the first is [`Etcd::endpoint`].
+    clients: Vec<SocketAddr>,
+    peer: SocketAddr,
+    /// The network namespace etcd runs in, or `None` for this one.
+    namespace: Option<String>,
 }
 
 impl Etcd {
@@ -43,18 +49,40 @@ impl Etcd {
 
     /// Starts etcd and returns once it has a leader.
     pub async fn start() -> anyhow::Result<Self> {
-        let shm = Path::new("/dev/shm");
-        let builder = tempfile::Builder::new().prefix("burrow-etcd-").to_owned();
-        let dir = if shm.is_dir() { builder.tempdir_in(shm)? } else { builder.tempdir()? };
+        let dir = tempfile::Builder::new().prefix("burrow-etcd-").tempdir_in(data_root())?;
         let [client, peer] = free_tcp_ports().await?;
-        let mut etcd = Self { daemon: None, dir, client, peer };
+        let loopback = |port| SocketAddr::from(([127, 0, 0, 1], port));
+        Self::launch(dir, vec![loopback(client)], loopback(peer), None).await
+    }
+
+    /// Starts etcd inside the network namespace `namespace` (`/run/netns/NAME`), answering
+    /// on each of `clients`, and returns once it has a leader (checked with `curl` there).
+    pub async fn start_in(namespace: &str, clients: &[SocketAddr], peer: SocketAddr) -> anyhow::Result<Self> {
+        anyhow::ensure!(!clients.is_empty(), "etcd needs a client address");
+        let dir = tempfile::Builder::new().prefix("burrow-etcd-").tempdir_in(data_root())?;
+        Self::launch(dir, clients.to_vec(), peer, Some(namespace.to_string())).await
+    }
+
+    async fn launch(
+        dir: TempDir,
+        clients: Vec<SocketAddr>,
+        peer: SocketAddr,
+        namespace: Option<String>,
+    ) -> anyhow::Result<Self> {
+        let mut etcd = Self { daemon: None, dir, clients, peer, namespace };
         etcd.restart().await?;
         Ok(etcd)
     }
 
-    /// `127.0.0.1:PORT`, where clients connect.
+    /// `IP:PORT`, where clients connect (the first address etcd answers on).
     pub fn endpoint(&self) -> String {
-        format!("127.0.0.1:{}", self.client)
+        self.clients[0].to_string()
+    }
+
+    /// The relay's `store.url` for this etcd's `n`th client address.
+    pub fn url_at(&self, n: usize) -> anyhow::Result<String> {
+        let client = self.clients.get(n).with_context(|| format!("etcd has no client address {n}"))?;
+        Ok(format!("etcd://{client}"))
     }
 
     /// The relay's `store.url` for this etcd.
@@ -72,28 +100,75 @@ impl Etcd {
     pub async fn restart(&mut self) -> anyhow::Result<()> {
         self.kill();
         let client = format!("http://{}", self.endpoint());
-        let peer = format!("http://127.0.0.1:{}", self.peer);
-        let mut command = Command::new("etcd");
+        let clients: Vec<String> = self.clients.iter().map(|c| format!("http://{c}")).collect();
+        let peer = format!("http://{}", self.peer);
+        let mut command = self.command("etcd");
         command.args(["--name", "burrow-test", "--data-dir"]).arg(self.dir.path().join("data"));
-        command.args(["--listen-client-urls", &client, "--advertise-client-urls", &client]);
+        command.args(["--listen-client-urls", &clients.join(","), "--advertise-client-urls", &client]);
         command.args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer]);
         command.args(["--initial-cluster", &format!("burrow-test={peer}")]);
         command.args(["--logger", "zap", "--log-level", "warn"]);
         let daemon = self.daemon.insert(Daemon::start("etcd", command, self.dir.path())?);
-        let ready = tokio::time::timeout(STEP, ready(daemon, &client)).await;
+        let health = format!("{client}/health");
+        let probe = match &self.namespace {
+            None => Probe::Http,
+            Some(namespace) => Probe::Curl(namespace.clone()),
+        };
+        let ready = tokio::time::timeout(STEP, ready(daemon, &health, &probe)).await;
         ready.context("etcd not ready in time").and_then(|ready| ready).with_context(|| daemon.log_text())
+    }
+
+    /// `program` run where etcd runs.
+    fn command(&self, program: &str) -> Command {
+        match &self.namespace {
+            None => Command::new(program),
+            Some(namespace) => {
+                let mut command = Command::new("ip");
+                command.args(["netns", "exec", namespace, program]);
+                command
+            }
+        }
+    }
+}
+
+/// Where etcd's data goes: memory where there is some, since etcd 3.4 cannot skip its fsyncs.
+fn data_root() -> std::path::PathBuf {
+    let shm = Path::new("/dev/shm");
+    if shm.is_dir() { shm.to_path_buf() } else { std::env::temp_dir() }
+}
+
+/// How etcd's health page is read: from this network namespace, or with `curl` run inside
+/// etcd's own.
+enum Probe {
+    Http,
+    Curl(String),
+}
+
+impl Probe {
+    async fn healthy(&self, health: &str) -> bool {
+        let body = match self {
+            Probe::Http => match reqwest::get(health).await {
+                Ok(answer) => answer.bytes().await.ok().map(|b| b.to_vec()),
+                Err(_) => None,
+            },
+            Probe::Curl(namespace) => tokio::process::Command::new("ip")
+                .args(["netns", "exec", namespace, "curl", "-s", "--max-time", "1", health])
+                .output()
+                .await
+                .ok()
+                .filter(|out| out.status.success())
+                .map(|out| out.stdout),
+        };
+        body.and_then(|body| serde_json::from_slice::<serde_json::Value>(&body).ok())
+            .is_some_and(|health| health["health"] == "true")
     }
 }
 
 /// Polls `/health` until it says `true`, which it does only once the cluster has a leader.
-async fn ready(daemon: &mut Daemon, client: &str) -> anyhow::Result<()> {
-    let health = format!("{client}/health");
+async fn ready(daemon: &mut Daemon, health: &str, probe: &Probe) -> anyhow::Result<()> {
     loop {
         daemon.alive()?;
-        if let Ok(answer) = reqwest::get(&health).await
-            && let Ok(body) = answer.bytes().await
-            && serde_json::from_slice::<serde_json::Value>(&body).is_ok_and(|health| health["health"] == "true")
-        {
+        if probe.healthy(health).await {
             return Ok(());
         }
         tokio::time::sleep(POLL).await;

@@ -4,6 +4,7 @@
 //! (as root); the scenarios mostly wait on the network, so they run side by side.
 
 mod fallback;
+mod fleet;
 mod lossy;
 mod nat;
 mod outages;
