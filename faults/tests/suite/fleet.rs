@@ -6,9 +6,14 @@ use std::{
     time::{Duration, Instant},
 };
 
-use burrow_faults::{fleet::Fleet, sim::Host, traffic};
+use burrow_faults::{
+    fleet::Fleet,
+    sim::{Host, Sim},
+    traffic,
+};
 use testkit::processes::{AgentBinary, tcp_addr};
 
+mod fencing;
 mod outage;
 mod race;
 
@@ -31,8 +36,8 @@ async fn one_agent_per_relay(
 }
 
 /// One fresh visitor from the outside client to `public`, one small echo.
-async fn echo_through(fleet: &Fleet, public: SocketAddr) -> anyhow::Result<Duration> {
-    let mut tcp = fleet.sim.connect(Host::Client, public).await?;
+async fn echo_through(sim: &Sim, public: SocketAddr) -> anyhow::Result<Duration> {
+    let mut tcp = sim.connect(Host::Client, public).await?;
     let took = tokio::time::timeout(Duration::from_secs(5), traffic::timed_round_trip(&mut tcp, b"fleet")).await;
     took.map_err(|_| anyhow::anyhow!("no echo from {public} in 5 s"))?
 }
@@ -47,7 +52,7 @@ async fn a_token_revoked_through_one_relay_ends_its_sessions_on_all_three_within
     let echo = traffic::echo_server(&fleet.sim)?;
     let agents = one_agent_per_relay(&fleet, &token, echo).await?;
     for (_, public) in &agents {
-        echo_through(&fleet, *public).await?;
+        echo_through(&fleet.sim, *public).await?;
     }
 
     let asked = Instant::now();
@@ -66,7 +71,7 @@ async fn a_token_revoked_through_one_relay_ends_its_sessions_on_all_three_within
         publics.push(public);
     }
     for (n, public) in publics.into_iter().enumerate() {
-        assert!(echo_through(&fleet, public).await.is_err(), "relay {n} still serves the revoked token's port");
+        assert!(echo_through(&fleet.sim, public).await.is_err(), "relay {n} still serves the revoked token's port");
     }
     let command = done - asked;
     eprintln!(
