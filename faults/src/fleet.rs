@@ -5,6 +5,7 @@
 use std::{
     net::{Ipv4Addr, SocketAddr},
     process::Output,
+    sync::Arc,
 };
 
 use anyhow::Context;
@@ -38,7 +39,8 @@ pub fn place(n: usize) -> RelayPlace {
 }
 
 pub struct Fleet {
-    pub sim: Sim,
+    /// Shared, so that a scenario's load can go on while it stops and starts relays.
+    pub sim: Arc<Sim>,
     pub etcd: Etcd,
     /// The relays by number; `None` while one is down.
     relays: Vec<Option<RelayProcess>>,
@@ -61,7 +63,7 @@ impl Fleet {
         let etcd = Etcd::start_in(&sim.namespace(Host::Relay), &clients, peer).await?;
         let data = (0..FLEET_IPS.len()).map(|_| tempfile::tempdir()).collect::<Result<Vec<_>, _>>()?;
         let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        let mut fleet = Self { sim, etcd, relays: Vec::new(), data, env };
+        let mut fleet = Self { sim: Arc::new(sim), etcd, relays: Vec::new(), data, env };
         for n in 0..FLEET_IPS.len() {
             let relay = fleet.start_relay(n).await?;
             fleet.relays.push(Some(relay));
@@ -92,7 +94,10 @@ impl Fleet {
         let env: Vec<(&str, &str)> = self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         let store = self.etcd.url_at(n)?;
         let http = SocketAddr::from((place.ip, HTTP_PORT)).to_string();
-        let args = ["--store", &store, "--domain", DOMAIN, "--http-listen", &http, "--https-listen", "off"];
+        // Each relay offers itself to the agents of the others, as a deployed fleet does.
+        let advertise = SocketAddr::from((place.ip, place.port)).to_string();
+        let mut args = vec!["--store", &store, "--advertise", &advertise];
+        args.extend(["--domain", DOMAIN, "--http-listen", &http, "--https-listen", "off"]);
         let relay = RelayProcess::start_at(&self.sim, place, self.data[n].path(), &env, &args).await;
         relay.with_context(|| format!("start relay {n}"))
     }
@@ -114,9 +119,17 @@ impl Fleet {
     /// An agent's command against relay `n` with `token`, kept to that one relay, before its
     /// tunnel's flags.
     pub fn agent_command(&self, n: usize, token: &str, env: &[(&str, &str)]) -> anyhow::Result<Command> {
+        let mut command = self.fleet_agent_command(n, token, env)?;
+        command.args(["--max-relays", "1"]);
+        Ok(command)
+    }
+
+    /// An agent's command that dials relay `n` with `token` and links to the whole fleet its
+    /// Welcome lists, before its tunnel's flags.
+    pub fn fleet_agent_command(&self, n: usize, token: &str, env: &[(&str, &str)]) -> anyhow::Result<Command> {
         let relay = self.relay(n);
         let mut command = AgentProcess::command_to(&self.sim, relay.addr, &relay.fingerprint, env)?;
-        command.env("BURROW_TOKEN", token).args(["--max-relays", "1", "--inspect", "off"]);
+        command.env("BURROW_TOKEN", token).args(["--inspect", "off"]);
         Ok(command)
     }
 

@@ -12,10 +12,15 @@ use burrow_faults::{
     traffic,
 };
 use testkit::processes::{AgentBinary, tcp_addr};
+use tokio::sync::watch;
 
 mod fencing;
+mod kill;
 mod outage;
 mod race;
+
+/// How often each relay's tunnel is visited while a fault is on.
+const VISIT_EVERY: Duration = Duration::from_millis(200);
 
 /// Agents of `token` exposing `echo`, one through each relay, tunnels `app-0`, `app-1`,
 /// `app-2`; returns them with their public addresses.
@@ -40,6 +45,32 @@ async fn echo_through(sim: &Sim, public: SocketAddr) -> anyhow::Result<Duration>
     let mut tcp = sim.connect(Host::Client, public).await?;
     let took = tokio::time::timeout(Duration::from_secs(5), traffic::timed_round_trip(&mut tcp, b"fleet")).await;
     took.map_err(|_| anyhow::anyhow!("no echo from {public} in 5 s"))?
+}
+
+/// Echoes made through one tunnel, and why the others failed.
+#[derive(Default)]
+struct Visits {
+    echoes: u32,
+    failures: Vec<String>,
+}
+
+/// Visits each of `publics` every [`VISIT_EVERY`] until `stop` says so.
+async fn visit_until(sim: &Sim, publics: &[SocketAddr], mut stop: watch::Receiver<bool>) -> Vec<Visits> {
+    let mut visits: Vec<Visits> = publics.iter().map(|_| Visits::default()).collect();
+    let started = Instant::now();
+    while !*stop.borrow() {
+        for (public, visits) in publics.iter().zip(&mut visits) {
+            match echo_through(sim, *public).await {
+                Ok(_) => visits.echoes += 1,
+                Err(e) => visits.failures.push(format!("at {:?}: {e:#}", started.elapsed())),
+            }
+        }
+        tokio::select! {
+            _ = stop.changed() => {}
+            _ = tokio::time::sleep(VISIT_EVERY) => {}
+        }
+    }
+    visits
 }
 
 /// Scenario 3: a token revoked through one relay's store ends its sessions on all three.

@@ -6,30 +6,17 @@ use std::{
     time::{Duration, Instant},
 };
 
-use burrow_faults::{
-    fleet::{Fleet, PREFIX},
-    sim::Sim,
-};
+use burrow_faults::fleet::{Fleet, PREFIX};
 use testkit::processes::{AgentBinary, tcp_addr};
 use tokio::sync::watch;
 
-use super::{echo_through, one_agent_per_relay};
+use super::{echo_through, one_agent_per_relay, visit_until};
 
 /// How long etcd stays down.
 const OUTAGE: Duration = Duration::from_secs(30);
 
-/// How often each relay's tunnel is visited during the outage.
-const VISIT_EVERY: Duration = Duration::from_millis(200);
-
 /// What the relay says when the store cannot answer: a refusal the agent retries.
 const TRY_LATER: &str = "cannot take this session right now";
-
-/// Echoes made through one tunnel, and why the others failed.
-#[derive(Default)]
-struct Visits {
-    echoes: u32,
-    failures: Vec<String>,
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_etcd_down_for_30_s_tunnels_keep_serving_and_a_new_agent_waits_for_it() -> anyhow::Result<()> {
@@ -105,22 +92,4 @@ async fn nothing_lost(fleet: &Fleet, agents: &[(AgentBinary, SocketAddr)], token
     again.args(["--local", "127.0.0.1:9", "--name", "again"]);
     AgentBinary::launch(&mut again).await?.process.terminate().await?;
     Ok(())
-}
-
-/// Visits each of `publics` every [`VISIT_EVERY`] until `stop` says so.
-async fn visit_until(sim: &Sim, publics: &[SocketAddr], mut stop: watch::Receiver<bool>) -> Vec<Visits> {
-    let mut visits: Vec<Visits> = publics.iter().map(|_| Visits::default()).collect();
-    while !*stop.borrow() {
-        for (public, visits) in publics.iter().zip(&mut visits) {
-            match echo_through(sim, *public).await {
-                Ok(_) => visits.echoes += 1,
-                Err(e) => visits.failures.push(format!("{:?}: {e:#}", Instant::now())),
-            }
-        }
-        tokio::select! {
-            _ = stop.changed() => {}
-            _ = tokio::time::sleep(VISIT_EVERY) => {}
-        }
-    }
-    visits
 }
