@@ -4,8 +4,9 @@
 //!
 //! `loadgen --relay 127.0.0.1:4443 --fingerprint sha256:... --token ... --agents 250
 //!  --connections 5000 --name-prefix shard0` prints one JSON line when its agents are online
-//! and one when its connections are held, then reads commands from stdin: `probe N` measures
-//! N new connections each way; anything else or EOF ends it. `bench/scale` runs several.
+//! (with each agent's time from its start to online) and one when its connections are held,
+//! then reads commands from stdin: `probe N` measures N new connections each way; anything
+//! else or EOF ends it. `bench/scale` and `bench/fleet` run several.
 
 use std::{
     net::SocketAddr,
@@ -46,6 +47,9 @@ struct Args {
     /// Prefix of the tunnel names, unique per loadgen process sharing one token.
     #[arg(long, default_value = "load")]
     name_prefix: String,
+    /// Relays of a fleet each agent keeps a session with, as the agent's `--max-relays`.
+    #[arg(long, default_value_t = AgentConfig::default().max_relays)]
+    max_relays: u8,
 }
 
 #[tokio::main]
@@ -55,8 +59,11 @@ async fn main() -> anyhow::Result<()> {
     let cancel = CancellationToken::new();
 
     let started = Instant::now();
-    let ports = tokio::time::timeout(PHASE_LIMIT, start_agents(&args, echo, &cancel)).await.context("agents")??;
-    event(serde_json::json!({"event": "online", "agents": ports.len(), "seconds": started.elapsed().as_secs_f64()}));
+    let online = tokio::time::timeout(PHASE_LIMIT, start_agents(&args, echo, &cancel)).await.context("agents")??;
+    let (ports, online_ms): (Vec<u16>, Vec<f64>) = online.into_iter().unzip();
+    event(serde_json::json!({
+        "event": "online", "agents": ports.len(), "seconds": started.elapsed().as_secs_f64(), "online_ms": online_ms,
+    }));
 
     let started = Instant::now();
     let held =
@@ -85,8 +92,13 @@ fn event(value: serde_json::Value) {
     println!("{value}");
 }
 
-/// Starts `args.agents` agents with one tunnel each to `echo`; returns their public ports.
-async fn start_agents(args: &Args, echo: SocketAddr, cancel: &CancellationToken) -> anyhow::Result<Vec<u16>> {
+/// Starts `args.agents` agents with one tunnel each to `echo`; returns each one's public port
+/// and the milliseconds from its start to online (its handshake and its tunnel's claim).
+async fn start_agents(
+    args: &Args,
+    echo: SocketAddr,
+    cancel: &CancellationToken,
+) -> anyhow::Result<Vec<(u16, f64)>> {
     let config = AgentConfig::default();
     let local = LocalTarget { host: echo.ip().to_string(), port: echo.port() };
     let mut online = JoinSet::new();
@@ -96,9 +108,12 @@ async fn start_agents(args: &Args, echo: SocketAddr, cancel: &CancellationToken)
         let mut plan = Plan::new(&config, args.relay.clone(), Trust::Pinned(args.fingerprint), args.token.clone());
         let name = format!("{}-{i}", args.name_prefix);
         plan.tunnels = vec![TunnelPlan::tcp(&name, local.clone())];
+        plan.max_relays = args.max_relays;
         let (status, mut watcher) = watch::channel(Status::Connecting);
         let cancel = cancel.clone();
         let permit = handshakes.clone().acquire_owned().await?;
+        // Timed from here: the wait for a permit is the load's pacing, not the agent's.
+        let started = Instant::now();
         tokio::spawn(async move {
             if let Err(e) = agent::run(plan, status, cancel).await {
                 eprintln!("agent {i}: {e:#}");
@@ -106,18 +121,19 @@ async fn start_agents(args: &Args, echo: SocketAddr, cancel: &CancellationToken)
         });
         online.spawn(async move {
             let status = watcher.wait_for(|s| matches!(s, Status::Online(_))).await.map(|s| s.clone());
+            let took = started.elapsed().as_secs_f64() * 1e3;
             drop(permit);
             match status {
-                Ok(Status::Online(tunnels)) => tunnels.first().map(|t| t.port).context("no tunnel"),
+                Ok(Status::Online(tunnels)) => Ok((tunnels.first().map(|t| t.port).context("no tunnel")?, took)),
                 _ => anyhow::bail!("agent {i} stopped before coming online"),
             }
         });
     }
-    let mut ports = Vec::with_capacity(args.agents);
-    while let Some(port) = online.join_next().await {
-        ports.push(port??);
+    let mut agents = Vec::with_capacity(args.agents);
+    while let Some(agent) = online.join_next().await {
+        agents.push(agent??);
     }
-    Ok(ports)
+    Ok(agents)
 }
 
 /// Opens `count` visitor connections spread over the tunnels, each verified by an echo.

@@ -1,0 +1,199 @@
+#!/usr/bin/env python3
+"""Claims per second through etcd, and the time etcd adds to bring an agent online.
+
+Each run measures three setups on fresh relays and stores, one after the other:
+
+  file, 1 relay    one relay on its file store (the default): the baseline
+  file, 3 relays   three relays, each on its own file store: what three relays cost alone
+  etcd, 3 relays   three relays of one fleet on a one-node etcd (in /dev/shm)
+
+In each, three loadgen shards start the agents, a third each, at most 64 handshakes at a
+time per shard; in the 3-relay setups each shard dials its own relay, so the agents are
+spread evenly. Each agent has one TCP tunnel, so coming online is one session and one claim
+of a port; with etcd, that claim is one etcd transaction. Agents keep to the relay they
+dialed (`--max-relays 1`) unless told otherwise, so each claim is made once.
+
+Figures per setup: claims (agents online) per second, from the shards' start to the last
+agent online; each agent's time from its start to online (p50, p99); the CPU seconds the
+relays and etcd spent admitting them. Medians over the runs go to bench/results/fleet.json.
+Run it with `bench/fleet` (which builds the release relay with the etcd store and loadgen).
+"""
+
+import argparse
+import json
+import socket
+import statistics
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import etcd_node
+import harness
+
+SHARDS = 3
+BASELINE, FLEET = "file, 1 relay", "etcd, 3 relays"
+
+
+@dataclass(frozen=True)
+class Setup:
+    name: str
+    relays: int
+    etcd: bool
+
+
+SETUPS = (Setup(BASELINE, 1, False), Setup("file, 3 relays", 3, False), Setup(FLEET, 3, True))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--agents", type=int, default=1000)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--max-relays", type=int, default=1,
+                        help="relays of the fleet each agent keeps a session with (the agent's --max-relays)")
+    parser.add_argument("--markdown", action="store_true", help="print the table as Markdown")
+    parser.add_argument("--out", default=str(harness.RESULTS / "fleet.json"))
+    args = parser.parse_args()
+    if not etcd_node.available():
+        sys.exit("etcd is not installed (Debian: apt install etcd-server)")
+
+    runs = []
+    for run in range(args.runs):
+        figures = {setup.name: measure(setup, args.agents, args.max_relays) for setup in SETUPS}
+        print(f"run {run + 1}/{args.runs}: " + json.dumps(figures), file=sys.stderr, flush=True)
+        runs.append(figures)
+    report = summary(runs)
+    report["settings"] = {"agents": args.agents, "runs": args.runs, "shards": SHARDS, "max_relays": args.max_relays}
+    report["machine"] = harness.machine()
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    print(table(report, args.markdown))
+
+
+def measure(setup, agents, max_relays):
+    """One setup from scratch: its store and relays, the shards' agents online, torn down."""
+    with tempfile.TemporaryDirectory(prefix="burrow-fleet-") as data:
+        etcd = etcd_node.Etcd() if setup.etcd else None
+        relays, shards = [], []
+        try:
+            start_relays(setup, Path(data), etcd, relays)
+            pids = [r.process.pid for r in relays]
+            cpu = sum(harness.cpu_seconds(p) for p in pids)
+            etcd_cpu = harness.cpu_seconds(etcd.pid) if etcd else 0.0
+            for i in range(SHARDS):
+                shards.append(start_shard(i, relays[i % len(relays)], agents // SHARDS + (i < agents % SHARDS),
+                                          max_relays))
+            online = [json.loads(s.line(r'"event":"online"', timeout=600).string) for s in shards]
+            figures = admission(online)
+            figures["relay_cpu_s"] = sum(harness.cpu_seconds(p) for p in pids) - cpu
+            if etcd:
+                figures["etcd_cpu_s"] = harness.cpu_seconds(etcd.pid) - etcd_cpu
+            return figures
+        finally:
+            for shard in shards:
+                shard.stop()
+            for relay in relays:
+                relay.process.stop()
+            if etcd:
+                etcd.stop()
+
+
+def start_relays(setup, data, etcd, relays):
+    """Starts the setup's relays, each on its own loopback address, into `relays`."""
+    for i in range(setup.relays):
+        ip = f"127.0.0.{i + 1}"
+        listen = f"{ip}:{free_udp_port(ip)}"
+        argv = [str(harness.RELEASE / "relay"), "--listen", listen, "--public-bind", ip, "--admin-listen", "off",
+                "--data-dir", str(data / f"relay{i}")]
+        if etcd:
+            argv += ["--store", etcd.url, "--advertise", listen]
+        process = harness.Process(argv, env={"RUST_LOG": "warn", **harness.ONE_ADDRESS_LOAD}, quiet=True,
+                                  ready_file=True)
+        try:
+            ready = process.ready()
+        except BaseException:
+            process.stop()
+            raise
+        token = ready.get("token") or relays[0].token
+        relays.append(Relay(process, ready["quic"], ready["fingerprint"], token))
+
+
+@dataclass
+class Relay:
+    process: harness.Process
+    address: str
+    fingerprint: str
+    # The token its agents use: the first token its store made (an etcd fleet makes one, at
+    # its first relay).
+    token: str
+
+
+def start_shard(i, relay, agents, max_relays):
+    return harness.Process(
+        [str(harness.RELEASE / "loadgen"), "--relay", relay.address, "--fingerprint", relay.fingerprint,
+         "--token", relay.token, "--agents", str(agents), "--connections", "0", "--max-relays", str(max_relays),
+         "--name-prefix", f"shard{i}"],
+        env={"RUST_LOG": "error"}, stdin=True,
+    )
+
+
+def free_udp_port(ip):
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind((ip, 0))
+        return s.getsockname()[1]
+
+
+def admission(online):
+    """Claims per second and time to online from the shards' `online` events. The shards
+    start together, so the slowest one's time is the whole load's."""
+    times = [ms for event in online for ms in event["online_ms"]]
+    seconds = max(event["seconds"] for event in online)
+    return {
+        "agents": len(times),
+        "seconds": seconds,
+        "claims_per_s": len(times) / seconds,
+        "online_p50_ms": statistics.median(times),
+        "online_p99_ms": sorted(times)[min(len(times) - 1, int(len(times) * 0.99))],
+    }
+
+
+def summary(runs):
+    """Medians per setup over the runs, and what the fleet on etcd adds to the baseline."""
+    median = {name: harness.medians([run[name] for run in runs]) for name in runs[0]}
+    base, fleet = median[BASELINE], median[FLEET]
+    return {
+        "median": median,
+        "etcd_vs_file": {
+            "claims_per_s_ratio": fleet["claims_per_s"] / base["claims_per_s"],
+            "online_p50_added_ms": fleet["online_p50_ms"] - base["online_p50_ms"],
+            "online_p99_added_ms": fleet["online_p99_ms"] - base["online_p99_ms"],
+        },
+        "runs": runs,
+    }
+
+
+COLUMNS = (("claims/s", "claims_per_s", "{:,.0f}"), ("online p50 (ms)", "online_p50_ms", "{:.1f}"),
+           ("online p99 (ms)", "online_p99_ms", "{:.1f}"), ("relay CPU (s)", "relay_cpu_s", "{:.2f}"),
+           ("etcd CPU (s)", "etcd_cpu_s", "{:.2f}"))
+
+
+def table(report, markdown=False):
+    rows = [["setup"] + [title for title, _, _ in COLUMNS]]
+    for name, figures in report["median"].items():
+        rows.append([name] + [form.format(figures[key]) if key in figures else "-" for _, key, form in COLUMNS])
+    added = report["etcd_vs_file"]
+    footer = (f"{FLEET} against {BASELINE}: {added['claims_per_s_ratio']:.2f}x the claims per second, "
+              f"{added['online_p50_added_ms']:+.1f} ms at p50 and {added['online_p99_added_ms']:+.1f} ms at p99 "
+              "to bring an agent online")
+    if markdown:
+        lines = ["| " + " | ".join(rows[0]) + " |", "|---|" + "---:|" * len(COLUMNS)]
+        lines += ["| " + " | ".join(row) + " |" for row in rows[1:]]
+    else:
+        widths = [max(len(row[c]) for row in rows) for c in range(len(rows[0]))]
+        lines = ["  ".join(cell.rjust(w) if c else cell.ljust(w) for c, (cell, w) in enumerate(zip(row, widths)))
+                 for row in rows]
+    return "\n".join(lines + ["", footer])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
