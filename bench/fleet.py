@@ -7,16 +7,19 @@ Each run measures three setups on fresh relays and stores, one after the other:
   file, 3 relays   three relays, each on its own file store: what three relays cost alone
   etcd, 3 relays   three relays of one fleet on a one-node etcd (in /dev/shm)
 
-In each, three loadgen shards start the agents, a third each, at most 64 handshakes at a
-time per shard; in the 3-relay setups each shard dials its own relay, so the agents are
-spread evenly. Each agent has one TCP tunnel, so coming online is one session and one claim
-of a port; with etcd, that claim is one etcd transaction. Agents keep to the relay they
-dialed (`--max-relays 1`) unless told otherwise, so each claim is made once.
+In each, three loadgen shards start a crowd of agents (1,000), a third each, at most 64
+handshakes at a time per shard; in the 3-relay setups each shard dials its own relay, so the
+agents are spread evenly. Then the shards start a few more (150), one at a time each. Each
+agent has one TCP tunnel, so coming online is one session and one claim of a port; with
+etcd, that claim is one etcd transaction. Agents keep to the relay they dialed
+(`--max-relays 1`) unless told otherwise, so each claim is made once.
 
-Figures per setup: claims (agents online) per second, from the shards' start to the last
-agent online; each agent's time from its start to online (p50, p99); the CPU seconds the
-relays and etcd spent admitting them. Medians over the runs go to bench/results/fleet.json.
-Run it with `bench/fleet` (which builds the release relay with the etcd store and loadgen).
+Figures per setup: claims (agents online) per second, from the shards' start to the crowd's
+last agent online; each agent's time from its start to online (p50, p99), in the crowd
+(with its queueing) and one at a time (what a claim itself costs); the CPU seconds the
+relays and etcd spent admitting the crowd. Medians over the runs go to
+bench/results/fleet.json. Run it with `bench/fleet` (which builds the release relay with the
+etcd store, and loadgen).
 """
 
 import argparse
@@ -32,6 +35,10 @@ import etcd_node
 import harness
 
 SHARDS = 3
+# Handshakes in progress at once per shard while the crowd arrives.
+CROWD_HANDSHAKES = 64
+# Every agent uses its store's first token, which would otherwise stop at 128 tunnels.
+RELAY_ENV = {"RUST_LOG": "warn", "BURROW_RELAY_MAX_TUNNELS_PER_TOKEN": "1000000", **harness.ONE_ADDRESS_LOAD}
 BASELINE, FLEET = "file, 1 relay", "etcd, 3 relays"
 
 
@@ -48,6 +55,8 @@ SETUPS = (Setup(BASELINE, 1, False), Setup("file, 3 relays", 3, False), Setup(FL
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--agents", type=int, default=1000)
+    parser.add_argument("--singles", type=int, default=150,
+                        help="agents started one at a time per shard after the crowd (default 150)")
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--max-relays", type=int, default=1,
                         help="relays of the fleet each agent keeps a session with (the agent's --max-relays)")
@@ -59,35 +68,28 @@ def main():
 
     runs = []
     for run in range(args.runs):
-        figures = {setup.name: measure(setup, args.agents, args.max_relays) for setup in SETUPS}
+        figures = {setup.name: measure(setup, args) for setup in SETUPS}
         print(f"run {run + 1}/{args.runs}: " + json.dumps(figures), file=sys.stderr, flush=True)
         runs.append(figures)
     report = summary(runs)
-    report["settings"] = {"agents": args.agents, "runs": args.runs, "shards": SHARDS, "max_relays": args.max_relays}
+    report["settings"] = {"agents": args.agents, "singles": args.singles, "runs": args.runs, "shards": SHARDS,
+                          "crowd_handshakes_per_shard": CROWD_HANDSHAKES, "max_relays": args.max_relays}
     report["machine"] = harness.machine()
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
     print(table(report, args.markdown))
 
 
-def measure(setup, agents, max_relays):
-    """One setup from scratch: its store and relays, the shards' agents online, torn down."""
+def measure(setup, args):
+    """One setup from scratch: its store and relays, a crowd of agents and then a few agents
+    one at a time, torn down."""
     with tempfile.TemporaryDirectory(prefix="burrow-fleet-") as data:
         etcd = etcd_node.Etcd() if setup.etcd else None
         relays, shards = [], []
         try:
             start_relays(setup, Path(data), etcd, relays)
-            pids = [r.process.pid for r in relays]
-            cpu = sum(harness.cpu_seconds(p) for p in pids)
-            etcd_cpu = harness.cpu_seconds(etcd.pid) if etcd else 0.0
-            for i in range(SHARDS):
-                shards.append(start_shard(i, relays[i % len(relays)], agents // SHARDS + (i < agents % SHARDS),
-                                          max_relays))
-            online = [json.loads(s.line(r'"event":"online"', timeout=600).string) for s in shards]
-            figures = admission(online)
-            figures["relay_cpu_s"] = sum(harness.cpu_seconds(p) for p in pids) - cpu
-            if etcd:
-                figures["etcd_cpu_s"] = harness.cpu_seconds(etcd.pid) - etcd_cpu
+            figures = crowd(relays, etcd, shards, args)
+            figures.update(one_at_a_time(relays, shards, args))
             return figures
         finally:
             for shard in shards:
@@ -96,6 +98,39 @@ def measure(setup, agents, max_relays):
                 relay.process.stop()
             if etcd:
                 etcd.stop()
+
+
+def crowd(relays, etcd, shards, args):
+    """`args.agents` agents arriving together: claims per second, time to online with the
+    queueing a crowd brings, and the CPU the relays and etcd spent admitting them."""
+    pids = [r.process.pid for r in relays]
+    cpu = sum(harness.cpu_seconds(p) for p in pids)
+    etcd_cpu = harness.cpu_seconds(etcd.pid) if etcd else 0.0
+    online = start_agents(relays, shards, args.agents, "crowd", CROWD_HANDSHAKES, args.max_relays)
+    figures = admission(online)
+    figures["relay_cpu_s"] = sum(harness.cpu_seconds(p) for p in pids) - cpu
+    if etcd:
+        figures["etcd_cpu_s"] = harness.cpu_seconds(etcd.pid) - etcd_cpu
+    return figures
+
+
+def one_at_a_time(relays, shards, args):
+    """`args.singles` more agents, one handshake at a time per shard, on relays that hold the
+    crowd: the time to online without queueing, which is what each claim itself costs."""
+    online = start_agents(relays, shards, args.singles, "single", 1, args.max_relays)
+    times = admission(online)
+    return {"single_p50_ms": times["online_p50_ms"], "single_p99_ms": times["online_p99_ms"]}
+
+
+def start_agents(relays, shards, agents, prefix, handshakes, max_relays):
+    """Starts SHARDS loadgens (kept in `shards`), shard i on relay i mod the relays, and
+    returns their `online` events."""
+    started = []
+    for i in range(SHARDS):
+        count = agents // SHARDS + (i < agents % SHARDS)
+        started.append(start_shard(relays[i % len(relays)], count, f"{prefix}{i}", handshakes, max_relays))
+        shards.append(started[-1])
+    return [json.loads(s.line(r'"event":"online"', timeout=600).string) for s in started]
 
 
 def start_relays(setup, data, etcd, relays):
@@ -107,8 +142,7 @@ def start_relays(setup, data, etcd, relays):
                 "--data-dir", str(data / f"relay{i}")]
         if etcd:
             argv += ["--store", etcd.url, "--advertise", listen]
-        process = harness.Process(argv, env={"RUST_LOG": "warn", **harness.ONE_ADDRESS_LOAD}, quiet=True,
-                                  ready_file=True)
+        process = harness.Process(argv, env=RELAY_ENV, quiet=True, ready_file=True)
         try:
             ready = process.ready()
         except BaseException:
@@ -128,11 +162,11 @@ class Relay:
     token: str
 
 
-def start_shard(i, relay, agents, max_relays):
+def start_shard(relay, agents, name_prefix, handshakes, max_relays):
     return harness.Process(
         [str(harness.RELEASE / "loadgen"), "--relay", relay.address, "--fingerprint", relay.fingerprint,
-         "--token", relay.token, "--agents", str(agents), "--connections", "0", "--max-relays", str(max_relays),
-         "--name-prefix", f"shard{i}"],
+         "--token", relay.token, "--agents", str(agents), "--connections", "0", "--name-prefix", name_prefix,
+         "--handshakes", str(handshakes), "--max-relays", str(max_relays)],
         env={"RUST_LOG": "error"}, stdin=True,
     )
 
@@ -167,13 +201,16 @@ def summary(runs):
             "claims_per_s_ratio": fleet["claims_per_s"] / base["claims_per_s"],
             "online_p50_added_ms": fleet["online_p50_ms"] - base["online_p50_ms"],
             "online_p99_added_ms": fleet["online_p99_ms"] - base["online_p99_ms"],
+            "single_p50_added_ms": fleet["single_p50_ms"] - base["single_p50_ms"],
+            "single_p99_added_ms": fleet["single_p99_ms"] - base["single_p99_ms"],
         },
         "runs": runs,
     }
 
 
-COLUMNS = (("claims/s", "claims_per_s", "{:,.0f}"), ("online p50 (ms)", "online_p50_ms", "{:.1f}"),
-           ("online p99 (ms)", "online_p99_ms", "{:.1f}"), ("relay CPU (s)", "relay_cpu_s", "{:.2f}"),
+COLUMNS = (("claims/s", "claims_per_s", "{:,.0f}"), ("crowd: online p50 (ms)", "online_p50_ms", "{:.0f}"),
+           ("p99", "online_p99_ms", "{:.0f}"), ("one at a time: online p50 (ms)", "single_p50_ms", "{:.1f}"),
+           ("p99", "single_p99_ms", "{:.1f}"), ("relay CPU (s)", "relay_cpu_s", "{:.2f}"),
            ("etcd CPU (s)", "etcd_cpu_s", "{:.2f}"))
 
 
@@ -182,9 +219,10 @@ def table(report, markdown=False):
     for name, figures in report["median"].items():
         rows.append([name] + [form.format(figures[key]) if key in figures else "-" for _, key, form in COLUMNS])
     added = report["etcd_vs_file"]
-    footer = (f"{FLEET} against {BASELINE}: {added['claims_per_s_ratio']:.2f}x the claims per second, "
-              f"{added['online_p50_added_ms']:+.1f} ms at p50 and {added['online_p99_added_ms']:+.1f} ms at p99 "
-              "to bring an agent online")
+    footer = (f"{FLEET} against {BASELINE}: {added['claims_per_s_ratio']:.2f}x the claims per second; "
+              f"to bring an agent online, {added['single_p50_added_ms']:+.1f} ms at p50 and "
+              f"{added['single_p99_added_ms']:+.1f} ms at p99 one at a time, {added['online_p50_added_ms']:+.0f} ms "
+              f"and {added['online_p99_added_ms']:+.0f} ms in the crowd")
     if markdown:
         lines = ["| " + " | ".join(rows[0]) + " |", "|---|" + "---:|" * len(COLUMNS)]
         lines += ["| " + " | ".join(row) + " |" for row in rows[1:]]

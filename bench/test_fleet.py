@@ -22,9 +22,11 @@ class AdmissionTest(unittest.TestCase):
 
 class SummaryTest(unittest.TestCase):
     def run_of(self, base_rate, fleet_rate, fleet_p50):
-        base = {"claims_per_s": base_rate, "online_p50_ms": 10.0, "online_p99_ms": 50.0}
+        base = {"claims_per_s": base_rate, "online_p50_ms": 10.0, "online_p99_ms": 50.0,
+                "single_p50_ms": 2.0, "single_p99_ms": 4.0}
         return {fleet.BASELINE: base,
-                fleet.FLEET: {"claims_per_s": fleet_rate, "online_p50_ms": fleet_p50, "online_p99_ms": 80.0}}
+                fleet.FLEET: {"claims_per_s": fleet_rate, "online_p50_ms": fleet_p50, "online_p99_ms": 80.0,
+                              "single_p50_ms": 5.0, "single_p99_ms": 9.0}}
 
     def test_medians_over_runs_and_the_fleets_cost_against_the_baseline(self):
         runs = [self.run_of(400, 100, 30.0), self.run_of(500, 250, 14.0), self.run_of(600, 300, 16.0)]
@@ -33,6 +35,8 @@ class SummaryTest(unittest.TestCase):
         self.assertEqual(report["etcd_vs_file"]["claims_per_s_ratio"], 0.5)
         self.assertEqual(report["etcd_vs_file"]["online_p50_added_ms"], 6.0)
         self.assertEqual(report["etcd_vs_file"]["online_p99_added_ms"], 30.0)
+        self.assertEqual(report["etcd_vs_file"]["single_p50_added_ms"], 3.0)
+        self.assertEqual(report["etcd_vs_file"]["single_p99_added_ms"], 5.0)
 
     def test_the_table_has_a_row_per_setup_and_a_dash_where_there_is_no_etcd(self):
         text = fleet.table(fleet.summary([self.run_of(400, 200, 12.0)]), markdown=True)

@@ -50,6 +50,9 @@ struct Args {
     /// Relays of a fleet each agent keeps a session with, as the agent's `--max-relays`.
     #[arg(long, default_value_t = AgentConfig::default().max_relays)]
     max_relays: u8,
+    /// Agents in their handshake at once: 64 is a crowd arriving together, 1 one at a time.
+    #[arg(long, default_value_t = 64)]
+    handshakes: usize,
 }
 
 #[tokio::main]
@@ -102,8 +105,7 @@ async fn start_agents(
     let config = AgentConfig::default();
     let local = LocalTarget { host: echo.ip().to_string(), port: echo.port() };
     let mut online = JoinSet::new();
-    // A few handshakes at a time, as agents arriving over a minute would.
-    let handshakes = Arc::new(Semaphore::new(64));
+    let handshakes = Arc::new(Semaphore::new(args.handshakes));
     for i in 0..args.agents {
         let mut plan = Plan::new(&config, args.relay.clone(), Trust::Pinned(args.fingerprint), args.token.clone());
         let name = format!("{}-{i}", args.name_prefix);
