@@ -138,8 +138,9 @@ def start_relays(setup, data, etcd, relays):
     for i in range(setup.relays):
         ip = f"127.0.0.{i + 1}"
         listen = f"{ip}:{free_udp_port(ip)}"
-        argv = [str(harness.RELEASE / "relay"), "--listen", listen, "--public-bind", ip, "--admin-listen", "off",
-                "--data-dir", str(data / f"relay{i}")]
+        # Agents come over QUIC only, and the TCP agent port would need the same number free.
+        argv = [str(harness.RELEASE / "relay"), "--listen", listen, "--tcp-listen", "off", "--public-bind", ip,
+                "--admin-listen", "off", "--data-dir", str(data / f"relay{i}")]
         if etcd:
             argv += ["--store", etcd.url, "--advertise", listen]
         process = harness.Process(argv, env=RELAY_ENV, quiet=True, ready_file=True)
