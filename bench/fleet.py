@@ -12,7 +12,8 @@ handshakes at a time per shard; in the 3-relay setups each shard dials its own r
 agents are spread evenly. Then the shards start a few more (150), one at a time each. Each
 agent has one TCP tunnel, so coming online is one session and one claim of a port; with
 etcd, that claim is one etcd transaction. Agents keep to the relay they dialed
-(`--max-relays 1`) unless told otherwise, so each claim is made once.
+(`--max-relays 1`) over one QUIC link (`--links 1`) unless told otherwise, so each claim is
+made once and each agent is one handshake.
 
 Figures per setup: claims (agents online) per second, from the shards' start to the crowd's
 last agent online; each agent's time from its start to online (p50, p99), in the crowd
@@ -58,6 +59,9 @@ def main():
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--max-relays", type=int, default=1,
                         help="relays of the fleet each agent keeps a session with (the agent's --max-relays)")
+    parser.add_argument("--links", type=int, default=1,
+                        help="QUIC links per agent (the agent's --links, 4 by default there); more links are "
+                             "more handshakes per agent but no more claims")
     parser.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     parser.add_argument("--out", default=str(harness.RESULTS / "fleet.json"))
     args = parser.parse_args()
@@ -71,7 +75,8 @@ def main():
         runs.append(figures)
     report = summary(runs)
     report["settings"] = {"agents": args.agents, "singles": args.singles, "runs": args.runs, "shards": SHARDS,
-                          "crowd_handshakes_per_shard": CROWD_HANDSHAKES, "max_relays": args.max_relays}
+                          "crowd_handshakes_per_shard": CROWD_HANDSHAKES, "max_relays": args.max_relays,
+                          "links": args.links}
     report["machine"] = harness.machine()
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
@@ -104,7 +109,7 @@ def crowd(relays, etcd, shards, args):
     pids = [r.process.pid for r in relays]
     cpu = sum(harness.cpu_seconds(p) for p in pids)
     etcd_cpu = harness.cpu_seconds(etcd.pid) if etcd else 0.0
-    online = start_agents(relays, shards, args.agents, "crowd", CROWD_HANDSHAKES, args.max_relays)
+    online = start_agents(relays, shards, args.agents, "crowd", CROWD_HANDSHAKES, args)
     figures = admission(online)
     figures["relay_cpu_s"] = sum(harness.cpu_seconds(p) for p in pids) - cpu
     if etcd:
@@ -115,18 +120,18 @@ def crowd(relays, etcd, shards, args):
 def one_at_a_time(relays, shards, args):
     """`args.singles` more agents, one handshake at a time per shard, on relays that hold the
     crowd: the time to online without queueing, which is what each claim itself costs."""
-    online = start_agents(relays, shards, args.singles, "single", 1, args.max_relays)
+    online = start_agents(relays, shards, args.singles, "single", 1, args)
     times = admission(online)
     return {"single_p50_ms": times["online_p50_ms"], "single_p99_ms": times["online_p99_ms"]}
 
 
-def start_agents(relays, shards, agents, prefix, handshakes, max_relays):
+def start_agents(relays, shards, agents, prefix, handshakes, args):
     """Starts SHARDS loadgens (kept in `shards`), shard i on relay i mod the relays, and
     returns their `online` events."""
     started = []
     for i in range(SHARDS):
         count = agents // SHARDS + (i < agents % SHARDS)
-        started.append(start_shard(relays[i % len(relays)], count, f"{prefix}{i}", handshakes, max_relays))
+        started.append(start_shard(relays[i % len(relays)], count, f"{prefix}{i}", handshakes, args))
         shards.append(started[-1])
     return [json.loads(s.line(r'"event":"online"', timeout=600).string) for s in started]
 
@@ -161,11 +166,11 @@ class Relay:
     token: str
 
 
-def start_shard(relay, agents, name_prefix, handshakes, max_relays):
+def start_shard(relay, agents, name_prefix, handshakes, args):
     return harness.Process(
         [str(harness.RELEASE / "loadgen"), "--relay", relay.address, "--fingerprint", relay.fingerprint,
          "--token", relay.token, "--agents", str(agents), "--connections", "0", "--name-prefix", name_prefix,
-         "--handshakes", str(handshakes), "--max-relays", str(max_relays)],
+         "--handshakes", str(handshakes), "--max-relays", str(args.max_relays), "--links", str(args.links)],
         env={"RUST_LOG": "error"}, stdin=True,
     )
 

@@ -50,6 +50,9 @@ struct Args {
     /// Relays of a fleet each agent keeps a session with, as the agent's `--max-relays`.
     #[arg(long, default_value_t = AgentConfig::default().max_relays)]
     max_relays: u8,
+    /// QUIC links each agent keeps to the relay, as the agent's `--links`.
+    #[arg(long, default_value_t = AgentConfig::default().links)]
+    links: u8,
     /// Agents in their handshake at once: 64 is a crowd arriving together, 1 one at a time.
     #[arg(long, default_value_t = 64)]
     handshakes: usize,
@@ -111,6 +114,7 @@ async fn start_agents(
         let name = format!("{}-{i}", args.name_prefix);
         plan.tunnels = vec![TunnelPlan::tcp(&name, local.clone())];
         plan.max_relays = args.max_relays;
+        plan.links = args.links;
         let (status, mut watcher) = watch::channel(Status::Connecting);
         let cancel = cancel.clone();
         let permit = handshakes.clone().acquire_owned().await?;
