@@ -1,11 +1,15 @@
 #!/usr/bin/env python3
 """Claims per second through etcd, and the time etcd adds to bring an agent online.
 
-Each run measures three setups on fresh relays and stores, one after the other:
+Each run measures four setups on fresh relays and stores, one after the other:
 
   file, 1 relay    one relay on its file store (the default): the baseline
   file, 3 relays   three relays, each on its own file store: what three relays cost alone
-  etcd, 3 relays   three relays of one fleet on a one-node etcd (in /dev/shm)
+  etcd, 3 relays   three relays of one fleet on a one-node etcd (in /dev/shm), the agents'
+                   token in etcd (`relay token add`): a token check and a claim each
+  etcd, 3 relays, token in config
+                   the same with the token in the relays' config (`token`), checked
+                   without the store: only the claim goes through etcd
 
 In each, three loadgen shards start a crowd of agents (1,000), a third each, at most 64
 handshakes at a time per shard; in the 3-relay setups each shard dials its own relay, so the
@@ -25,6 +29,7 @@ etcd store, and loadgen).
 
 import argparse
 import json
+import secrets
 import socket
 import statistics
 import sys
@@ -39,6 +44,7 @@ SHARDS = 3
 # Handshakes in progress at once per shard while the crowd arrives.
 CROWD_HANDSHAKES = 64
 BASELINE, FLEET = "file, 1 relay", "etcd, 3 relays"
+FLEET_CONFIG_TOKEN = "etcd, 3 relays, token in config"
 
 
 @dataclass(frozen=True)
@@ -46,9 +52,14 @@ class Setup:
     name: str
     relays: int
     etcd: bool
+    # The agents' token from the relays' config (`token`), checked without the store: with
+    # etcd, then only the claim goes through it.
+    config_token: bool = False
 
 
-SETUPS = (Setup(BASELINE, 1, False), Setup("file, 3 relays", 3, False), Setup(FLEET, 3, True))
+SETUPS = (Setup(BASELINE, 1, False), Setup("file, 3 relays", 3, False), Setup(FLEET, 3, True),
+          Setup(FLEET_CONFIG_TOKEN, 3, True, True))
+CONFIG_TOKEN = "bench-" + secrets.token_urlsafe(24)
 
 
 def main():
@@ -146,13 +157,16 @@ def start_relays(setup, data, etcd, relays):
                 "--admin-listen", "off", "--data-dir", str(data / f"relay{i}")]
         if etcd:
             argv += ["--store", etcd.url, "--advertise", listen]
-        process = harness.Process(argv, env={"RUST_LOG": "warn", **harness.ONE_ADDRESS_LOAD}, quiet=True, ready_file=True)
+        env = {"RUST_LOG": "warn", **harness.ONE_ADDRESS_LOAD}
+        if setup.config_token:
+            env["BURROW_RELAY_TOKEN"] = CONFIG_TOKEN
+        process = harness.Process(argv, env=env, quiet=True, ready_file=True)
         try:
             ready = process.ready()
         except BaseException:
             process.stop()
             raise
-        token = ready.get("token") or relays[0].token
+        token = CONFIG_TOKEN if setup.config_token else ready.get("token") or relays[0].token
         relays.append(Relay(process, ready["quic"], ready["fingerprint"], token))
 
 
@@ -196,19 +210,21 @@ def admission(online):
 
 
 def summary(runs):
-    """Medians per setup over the runs, and what the fleet on etcd adds to the baseline."""
+    """Medians per setup over the runs, and what each setup adds to the baseline."""
     median = {name: harness.medians([run[name] for run in runs]) for name in runs[0]}
-    base, fleet = median[BASELINE], median[FLEET]
+    base = median[BASELINE]
     return {
         "median": median,
-        "etcd_vs_file": {
-            "claims_per_s_ratio": fleet["claims_per_s"] / base["claims_per_s"],
-            "online_p50_added_ms": fleet["online_p50_ms"] - base["online_p50_ms"],
-            "online_p99_added_ms": fleet["online_p99_ms"] - base["online_p99_ms"],
-            "single_p50_added_ms": fleet["single_p50_ms"] - base["single_p50_ms"],
-            "single_p99_added_ms": fleet["single_p99_ms"] - base["single_p99_ms"],
-        },
+        "against_baseline": {name: against(base, figures) for name, figures in median.items() if name != BASELINE},
         "runs": runs,
+    }
+
+
+def against(base, figures):
+    return {
+        "claims_per_s_ratio": figures["claims_per_s"] / base["claims_per_s"],
+        **{f"{key}_added_ms": figures[f"{key}_ms"] - base[f"{key}_ms"]
+           for key in ("online_p50", "online_p99", "single_p50", "single_p99")},
     }
 
 
@@ -222,11 +238,11 @@ def table(report, markdown=False):
     rows = [["setup"] + [title for title, _, _ in COLUMNS]]
     for name, figures in report["median"].items():
         rows.append([name] + [form.format(figures[key]) if key in figures else "-" for _, key, form in COLUMNS])
-    added = report["etcd_vs_file"]
-    footer = (f"{FLEET} against {BASELINE}: {added['claims_per_s_ratio']:.2f}x the claims per second; "
+    footer = [f"{name} against {BASELINE}: {added['claims_per_s_ratio']:.2f}x the claims per second; "
               f"to bring an agent online, {added['single_p50_added_ms']:+.1f} ms at p50 and "
               f"{added['single_p99_added_ms']:+.1f} ms at p99 one at a time, {added['online_p50_added_ms']:+.0f} ms "
-              f"and {added['online_p99_added_ms']:+.0f} ms in the crowd")
+              f"and {added['online_p99_added_ms']:+.0f} ms in the crowd"
+              for name, added in report["against_baseline"].items() if name.startswith("etcd")]
     if markdown:
         lines = ["| " + " | ".join(rows[0]) + " |", "|---|" + "---:|" * len(COLUMNS)]
         lines += ["| " + " | ".join(row) + " |" for row in rows[1:]]
@@ -234,7 +250,7 @@ def table(report, markdown=False):
         widths = [max(len(row[c]) for row in rows) for c in range(len(rows[0]))]
         lines = ["  ".join(cell.rjust(w) if c else cell.ljust(w) for c, (cell, w) in enumerate(zip(row, widths)))
                  for row in rows]
-    return "\n".join(lines + ["", footer])
+    return "\n".join(lines + [""] + footer)
 
 
 if __name__ == "__main__":

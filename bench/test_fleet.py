@@ -32,11 +32,11 @@ class SummaryTest(unittest.TestCase):
         runs = [self.run_of(400, 100, 30.0), self.run_of(500, 250, 14.0), self.run_of(600, 300, 16.0)]
         report = fleet.summary(runs)
         self.assertEqual(report["median"][fleet.FLEET]["claims_per_s"], 250)
-        self.assertEqual(report["etcd_vs_file"]["claims_per_s_ratio"], 0.5)
-        self.assertEqual(report["etcd_vs_file"]["online_p50_added_ms"], 6.0)
-        self.assertEqual(report["etcd_vs_file"]["online_p99_added_ms"], 30.0)
-        self.assertEqual(report["etcd_vs_file"]["single_p50_added_ms"], 3.0)
-        self.assertEqual(report["etcd_vs_file"]["single_p99_added_ms"], 5.0)
+        self.assertEqual(report["against_baseline"][fleet.FLEET]["claims_per_s_ratio"], 0.5)
+        self.assertEqual(report["against_baseline"][fleet.FLEET]["online_p50_added_ms"], 6.0)
+        self.assertEqual(report["against_baseline"][fleet.FLEET]["online_p99_added_ms"], 30.0)
+        self.assertEqual(report["against_baseline"][fleet.FLEET]["single_p50_added_ms"], 3.0)
+        self.assertEqual(report["against_baseline"][fleet.FLEET]["single_p99_added_ms"], 5.0)
 
     def test_the_table_has_a_row_per_setup_and_a_dash_where_there_is_no_etcd(self):
         text = fleet.table(fleet.summary([self.run_of(400, 200, 12.0)]), markdown=True)
