@@ -228,9 +228,10 @@ def against(base, figures):
     }
 
 
-COLUMNS = (("claims/s", "claims_per_s", "{:,.0f}"), ("crowd: online p50 (ms)", "online_p50_ms", "{:.0f}"),
-           ("p99", "online_p99_ms", "{:.0f}"), ("one at a time: online p50 (ms)", "single_p50_ms", "{:.1f}"),
-           ("p99", "single_p99_ms", "{:.1f}"), ("relay CPU (s)", "relay_cpu_s", "{:.2f}"),
+# Time to online is from an agent's start to its tunnel's claim, in the crowd and one at a time.
+COLUMNS = (("claims/s", "claims_per_s", "{:,.0f}"), ("crowd p50 (ms)", "online_p50_ms", "{:.0f}"),
+           ("crowd p99 (ms)", "online_p99_ms", "{:.0f}"), ("one by one p50 (ms)", "single_p50_ms", "{:.1f}"),
+           ("one by one p99 (ms)", "single_p99_ms", "{:.1f}"), ("relay CPU (s)", "relay_cpu_s", "{:.2f}"),
            ("etcd CPU (s)", "etcd_cpu_s", "{:.2f}"))
 
 
