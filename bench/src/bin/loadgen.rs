@@ -100,11 +100,7 @@ fn event(value: serde_json::Value) {
 
 /// Starts `args.agents` agents with one tunnel each to `echo`; returns each one's public port
 /// and the milliseconds from its start to online (its handshake and its tunnel's claim).
-async fn start_agents(
-    args: &Args,
-    echo: SocketAddr,
-    cancel: &CancellationToken,
-) -> anyhow::Result<Vec<(u16, f64)>> {
+async fn start_agents(args: &Args, echo: SocketAddr, cancel: &CancellationToken) -> anyhow::Result<Vec<(u16, f64)>> {
     let config = AgentConfig::default();
     let local = LocalTarget { host: echo.ip().to_string(), port: echo.port() };
     let mut online = JoinSet::new();
