@@ -66,10 +66,11 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--agents", type=int, default=1000)
     parser.add_argument("--singles", type=int, default=150,
-                        help="agents started one at a time per shard after the crowd (default 150)")
+                        help="agents started after the crowd, one at a time per shard, in all (default 150)")
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--max-relays", type=int, default=1,
-                        help="relays of the fleet each agent keeps a session with (the agent's --max-relays)")
+                        help="relays of the fleet each agent keeps a session with (the agent's --max-relays); "
+                             "an agent is online, and timed, once its dialed relay serves its tunnel")
     parser.add_argument("--links", type=int, default=1,
                         help="QUIC links per agent (the agent's --links, 4 by default there); more links are "
                              "more handshakes per agent but no more claims")
