@@ -25,10 +25,13 @@ pub enum CloseCode {
     /// An update removed the session's last tunnel: an empty session would hold the relay's
     /// resources for nothing.
     NoTunnels,
+    /// The relay lost its lease in the fleet's store, so it can no longer prove its claims;
+    /// reconnect, and claim again.
+    Fenced,
 }
 
 impl CloseCode {
-    const ALL: [CloseCode; 8] = [
+    const ALL: [CloseCode; 9] = [
         CloseCode::Shutdown,
         CloseCode::AgentExit,
         CloseCode::Refused,
@@ -37,6 +40,7 @@ impl CloseCode {
         CloseCode::HandshakeTimeout,
         CloseCode::Revoked,
         CloseCode::NoTunnels,
+        CloseCode::Fenced,
     ];
 
     pub fn code(self) -> VarInt {
@@ -49,6 +53,7 @@ impl CloseCode {
             CloseCode::HandshakeTimeout => 6,
             CloseCode::Revoked => 7,
             CloseCode::NoTunnels => 8,
+            CloseCode::Fenced => 9,
         })
     }
 
@@ -66,6 +71,7 @@ impl CloseCode {
             CloseCode::HandshakeTimeout => "handshake timed out",
             CloseCode::Revoked => "the relay's operator revoked this agent's token",
             CloseCode::NoTunnels => "the session's last tunnel was removed",
+            CloseCode::Fenced => "the relay lost its lease in the fleet's store and must claim its tunnels again",
         }
     }
 }

@@ -35,7 +35,7 @@ pub(crate) async fn close_sessions_when_fenced(shared: Arc<Shared>, cancel: Canc
             _ = cancel.cancelled() => return,
             () = shared.store.lease_lost() => {}
         }
-        let closed = shared.live.close_all(CloseCode::Shutdown);
+        let closed = shared.live.close_all(CloseCode::Fenced);
         tracing::warn!(closed, "this relay's lease in the store was lost; its sessions were closed to claim again");
     }
 }

@@ -404,6 +404,15 @@ mod tests {
     }
 
     #[test]
+    fn deploy_fleet_example_parses() -> anyhow::Result<()> {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/relay-fleet.toml");
+        let config = RelayConfig::load(Some(&path), &NoFlags {})?;
+        assert!(matches!(&config.store.url, StoreUrl::Etcd { endpoints, .. } if endpoints.len() == 3));
+        assert_eq!(config.store.advertise.as_deref(), Some("r1.example.com:4443"));
+        Ok(())
+    }
+
+    #[test]
     fn bad_values_name_key_value_and_form() -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;
         let path = dir.path().join("relay.toml");
