@@ -176,27 +176,35 @@ impl Relay {
             let source = "a store on the network is opened by Relay::open, which can wait for it".into();
             return Err(BindError::Store { url: config.store.url.to_string(), source });
         }
-        Self::bind_with(config, None)
+        let identity = Self::prepare(&config)?;
+        Self::bind_with(config, identity, None)
     }
 
     /// [`Relay::bind`], with tokens and claims in the store `store.url` names: the data
     /// directory, or etcd shared by a fleet of relays.
     pub async fn open(config: RelayConfig) -> Result<Self, BindError> {
-        config.validate()?;
+        let identity = Self::prepare(&config)?;
         // The fleet's roster lists this relay's certificate, so it is known before the store.
-        files::create_private_dir(&config.data_dir)
-            .map_err(|source| BindError::DataDir { path: config.data_dir.clone(), source })?;
-        let fingerprint = identity::load_or_create_certificate(&config)?.fingerprint();
-        let store = store::open_shared(&config, &fingerprint).await?;
-        Self::bind_with(config, store)
+        let store = store::open_shared(&config, &identity.fingerprint()).await?;
+        Self::bind_with(config, identity, store)
     }
 
-    /// Binds with `store`, or the data directory's files when it is `None`.
-    fn bind_with(config: RelayConfig, store: Option<Arc<dyn Store>>) -> Result<Self, BindError> {
+    /// Checks `config`, creates the data directory, and loads or creates the relay's
+    /// certificate there.
+    fn prepare(config: &RelayConfig) -> Result<tls::Identity, BindError> {
         config.validate()?;
         files::create_private_dir(&config.data_dir)
             .map_err(|source| BindError::DataDir { path: config.data_dir.clone(), source })?;
-        let identity = identity::load_or_create_certificate(&config)?;
+        Ok(identity::load_or_create_certificate(config)?)
+    }
+
+    /// Binds with the prepared `identity` and with `store`, or the data directory's files
+    /// when it is `None`.
+    fn bind_with(
+        config: RelayConfig,
+        identity: tls::Identity,
+        store: Option<Arc<dyn Store>>,
+    ) -> Result<Self, BindError> {
         let fingerprint = identity.fingerprint();
         let keys = identity::load_or_create_quic_keys(&config).map_err(BindError::QuicKeys)?;
         let agent_tls = Arc::new(tls::server_tls(identity)?);
