@@ -83,8 +83,13 @@ impl EtcdStore {
         let lease = self.live_lease()?;
         for _ in 0..CLAIM_ROUNDS {
             let seen = self.read_for_claim(key, place).await?;
-            if let Some(elsewhere) = self.served_elsewhere((key, &seen), place, lease).await? {
-                return Err(ServedElsewhere(elsewhere).into());
+            let moving = self.indexed_elsewhere((key, &seen), place).await?;
+            if let Some((old, _)) = &moving
+                && self.held_elsewhere(old, Some(&self.etcd.keys.held(old, lease))).await?
+            {
+                // Moving the record would take it out from under that relay (and let another
+                // token take the place it still serves).
+                return Err(ServedElsewhere(old.clone()).into());
             }
             if let Some(record) = seen.place.as_ref().filter(|r| r.key != *key) {
                 let orphan = record.lease == 0 && seen.holders == 0;
@@ -97,7 +102,7 @@ impl EtcdStore {
                     return Ok(false);
                 }
             }
-            if self.write_claim(key, place, &seen, lease).await? {
+            if self.write_claim((key, place), &seen, moving.as_ref(), lease).await? {
                 let of_token = seen.of_token + usize::from(seen.index.is_none());
                 self.keep_token_within_cap(&key.token_id, of_token).await;
                 return Ok(true);
@@ -106,26 +111,20 @@ impl EtcdStore {
         Ok(false)
     }
 
-    /// The other place the tunnel's index names, if another relay holds it now: a claim here
-    /// would move the tunnel's record out from under that relay (and let another token take
-    /// the place it still serves).
-    async fn served_elsewhere(
+    /// The other place the tunnel's index names, with its record, if the record is still
+    /// the tunnel's (an index a takeover left behind names a place of another tunnel): a
+    /// claim here moves the tunnel from there.
+    async fn indexed_elsewhere(
         &self,
         (key, seen): (&TunnelKey, &Seen),
         place: &Place,
-        lease: i64,
-    ) -> Result<Option<Place>, StoreError> {
+    ) -> Result<Option<(Place, Record)>, StoreError> {
         let Some(old) = seen.index.as_ref().and_then(|(path, _)| place_from_path(path)) else { return Ok(None) };
         if old == *place {
             return Ok(None);
         }
-        // An index a takeover left behind names a place of another tunnel: the record decides.
         let record = self.etcd.get_one(&self.etcd.keys.place(&old)).await?;
-        if record.as_ref().map(Record::parse).transpose()?.is_none_or(|record| record.key != *key) {
-            return Ok(None);
-        }
-        let own = self.etcd.keys.held(&old, lease);
-        Ok(self.held_elsewhere(&old, Some(&own)).await?.then_some(old))
+        Ok(record.as_ref().map(Record::parse).transpose()?.filter(|record| record.key == *key).map(|r| (old, r)))
     }
 
     async fn read_for_claim(&self, key: &TunnelKey, place: &Place) -> Result<Seen, StoreError> {
@@ -154,9 +153,15 @@ impl EtcdStore {
         })
     }
 
-    /// One transaction: `key` holds `place` under `lease` if nothing read has changed. A
-    /// reservation of the tunnel elsewhere moves here.
-    async fn write_claim(&self, key: &TunnelKey, place: &Place, seen: &Seen, lease: i64) -> Result<bool, StoreError> {
+    /// One transaction: `key` holds `place` under `lease` if nothing read has changed. The
+    /// tunnel's place elsewhere (`moving`, a reservation) moves here.
+    async fn write_claim(
+        &self,
+        (key, place): (&TunnelKey, &Place),
+        seen: &Seen,
+        moving: Option<&(Place, Record)>,
+        lease: i64,
+    ) -> Result<bool, StoreError> {
         let keys = &self.etcd.keys;
         let path = place_path(place);
         let mut when = vec![
@@ -168,15 +173,10 @@ impl EtcdStore {
             TxnOp::put(keys.held(place, lease), self.holder.clone(), leased(lease)),
             TxnOp::put(keys.tunnel(key), path.clone(), None),
         ];
-        if let Some(old) = seen.index.as_ref().filter(|(old, _)| *old != path).and_then(|(old, _)| place_from_path(old))
-        {
-            if let Some(record) = self.etcd.get_one(&keys.place(&old)).await?.as_ref().map(Record::parse).transpose()?
-                && record.key == *key
-            {
-                when.push(unchanged(keys.place(&old), Some(record.mod_revision)));
-                then.push(TxnOp::delete(keys.place(&old), None));
-                then.push(TxnOp::delete(keys.held(&old, lease), None));
-            }
+        if let Some((old, record)) = moving {
+            when.push(unchanged(keys.place(old), Some(record.mod_revision)));
+            then.push(TxnOp::delete(keys.place(old), None));
+            then.push(TxnOp::delete(keys.held(old, lease), None));
         }
         let mut kv = self.etcd.client.kv_client();
         let txn = Txn::new().when(when).and_then(then);
