@@ -287,29 +287,29 @@ impl Stats {
     /// between sessions.
     pub(crate) fn set_link(&self, link: Option<(AnyLink, String)>) {
         let (link, transport) = link.unzip();
-        if self.1.is_some() {
-            return self.member(|member| member.links.transport = transport.unwrap_or_default());
+        if self.1.is_none() {
+            lock(&self.0.session).link = link;
         }
-        lock(&self.0.session).link = link;
-        self.0.links.send_modify(|links| links.transport = transport.unwrap_or_default());
-        self.changed();
+        self.change_links(|links| links.transport = transport.unwrap_or_default());
     }
 
     /// The session's links moved to another transport: `why` says which and why.
     pub(crate) fn set_transport(&self, why: &str) {
-        if self.1.is_some() {
-            return self.member(|member| member.links.transport = why.to_string());
-        }
-        self.0.links.send_modify(|links| links.transport = why.to_string());
-        self.changed();
+        self.change_links(|links| links.transport = why.to_string());
     }
 
     /// How many of the session's links are up, of the `wanted`.
     pub(crate) fn set_links(&self, up: usize, wanted: usize) {
+        self.change_links(|links| (links.up, links.wanted) = (up, wanted));
+    }
+
+    /// Changes this handle's session's link count: the dialed relay's, watched by the ready
+    /// file, or a member session's entry.
+    fn change_links(&self, change: impl FnOnce(&mut LinkCount)) {
         if self.1.is_some() {
-            return self.member(|member| (member.links.up, member.links.wanted) = (up, wanted));
+            return self.member(|member| change(&mut member.links));
         }
-        self.0.links.send_modify(|links| (links.up, links.wanted) = (up, wanted));
+        self.0.links.send_modify(change);
         self.changed();
     }
 
