@@ -61,6 +61,16 @@ impl Drop for Daemon {
     }
 }
 
+/// How many times a daemon on ports picked free is started: a port picked free is free for
+/// anyone until the daemon binds it, and the tests beside this one pick ports too.
+pub(crate) const PORT_RACE_ATTEMPTS: usize = 3;
+
+/// Whether a daemon failed to start because a port it was given was taken meanwhile; its
+/// log, quoted in the error, says so.
+pub(crate) fn lost_port_race(error: &anyhow::Error) -> bool {
+    format!("{error:#}").contains("address already in use")
+}
+
 /// Loopback TCP ports free a moment ago, distinct: all are held until all are picked.
 pub(crate) async fn free_tcp_ports<const N: usize>() -> anyhow::Result<[u16; N]> {
     let mut held = Vec::with_capacity(N);

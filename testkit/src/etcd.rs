@@ -23,7 +23,7 @@ use tempfile::TempDir;
 
 use crate::{
     STEP,
-    daemon::{Daemon, free_tcp_ports},
+    daemon::{Daemon, PORT_RACE_ATTEMPTS, free_tcp_ports, lost_port_race},
     processes::required,
 };
 
@@ -47,12 +47,19 @@ impl Etcd {
         required("etcd")
     }
 
-    /// Starts etcd and returns once it has a leader.
+    /// Starts etcd on free loopback ports and returns once it has a leader; on new ports
+    /// when a test beside this one took one between the pick and etcd's bind.
     pub async fn start() -> anyhow::Result<Self> {
-        let dir = tempfile::Builder::new().prefix("burrow-etcd-").tempdir_in(data_root())?;
-        let [client, peer] = free_tcp_ports().await?;
-        let loopback = |port| SocketAddr::from(([127, 0, 0, 1], port));
-        Self::launch(dir, vec![loopback(client)], loopback(peer), None).await
+        let mut attempt = 1;
+        loop {
+            let dir = tempfile::Builder::new().prefix("burrow-etcd-").tempdir_in(data_root())?;
+            let [client, peer] = free_tcp_ports().await?;
+            let loopback = |port| SocketAddr::from(([127, 0, 0, 1], port));
+            match Self::launch(dir, vec![loopback(client)], loopback(peer), None).await {
+                Err(error) if attempt < PORT_RACE_ATTEMPTS && lost_port_race(&error) => attempt += 1,
+                started => return started,
+            }
+        }
     }
 
     /// Starts etcd inside the network namespace `namespace` (`/run/netns/NAME`), answering

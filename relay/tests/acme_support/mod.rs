@@ -49,9 +49,12 @@ impl Acme {
             println!("skipped: pebble is not installed (scripts/test installs it)");
             return Ok(None);
         }
-        let (http, https) = (free_port()?, free_port()?);
+        // Held while Pebble picks its own ports, so none of them is one of these.
+        let held = [free_listener()?, free_listener()?];
+        let [http, https] = [held[0].local_addr()?.port(), held[1].local_addr()?.port()];
         let options = PebbleOptions::new(http, https);
         let pebble = Pebble::start(validity.map_or(options.clone(), |v| options.validity(v))).await?;
+        drop(held);
         let dir = tempfile::tempdir()?;
         let issuer_root = dir.path().join("issuer-root.pem");
         std::fs::write(&issuer_root, pebble.issuer_root_pem())?;
@@ -170,9 +173,10 @@ async fn launch_relay(dir: &Path, http: u16, https: u16) -> anyhow::Result<Relay
     RelayBinary::launch(&mut command).await
 }
 
-/// A port free now on loopback, for the relay to bind and Pebble to validate on.
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?.local_addr()?.port())
+/// A port free on loopback, held until the relay is about to bind it for Pebble to
+/// validate on.
+fn free_listener() -> anyhow::Result<std::net::TcpListener> {
+    Ok(std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?)
 }
 
 /// A local web server answering every request with [`WEB_PAGE`].

@@ -29,7 +29,7 @@ use anyhow::Context;
 
 use crate::{
     STEP,
-    daemon::{Daemon, free_tcp_ports},
+    daemon::{Daemon, PORT_RACE_ATTEMPTS, free_tcp_ports, lost_port_race},
     processes::required,
     udp_tools::free_tcp_and_udp_port,
 };
@@ -91,17 +91,36 @@ impl Pebble {
     }
 
     /// Starts both programs on free loopback ports and returns once Pebble's directory
-    /// answers, with the root that signs this run's certificates fetched.
+    /// answers, with the root that signs this run's certificates fetched. A port taken by a
+    /// test beside this one between its pick and the daemon's bind means a fresh start on
+    /// new ports.
     pub async fn start(options: PebbleOptions) -> anyhow::Result<Self> {
+        let mut attempt = 1;
+        loop {
+            match Self::start_on_free_ports(&options).await {
+                Err(error) if attempt < PORT_RACE_ATTEMPTS && lost_port_race(&error) => attempt += 1,
+                started => return started,
+            }
+        }
+    }
+
+    async fn start_on_free_ports(options: &PebbleOptions) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new().prefix("burrow-pebble-").tempdir()?;
         let cert = files::write_listener_cert(dir.path())?;
-        let dns = SocketAddr::from((Ipv4Addr::LOCALHOST, free_tcp_and_udp_port().await?));
-        let [acme, management, api] = free_tcp_ports().await?;
-        let config = files::write_config(dir.path(), &files::ConfigPorts { acme, management }, &cert, &options)?;
+        let dns = free_tcp_and_udp_port().await?;
+        // The DNS port is free again once picked, so the kernel may hand it out once more.
+        let [acme, management, api] = loop {
+            let ports = free_tcp_ports().await?;
+            if !ports.contains(&dns) {
+                break ports;
+            }
+        };
+        let dns = SocketAddr::from((Ipv4Addr::LOCALHOST, dns));
+        let config = files::write_config(dir.path(), &files::ConfigPorts { acme, management }, &cert, options)?;
         let api = SocketAddr::from((Ipv4Addr::LOCALHOST, api));
         let dns_hook = files::write_dns_hook(dir.path(), api)?;
         let challtestsrv = Daemon::challtestsrv(dir.path(), dns, api)?;
-        let pebble = Daemon::pebble(dir.path(), &config, dns, &options)?;
+        let pebble = Daemon::pebble(dir.path(), &config, dns, options)?;
         let mut started = Self {
             pebble,
             challtestsrv,
