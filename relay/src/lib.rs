@@ -155,10 +155,10 @@ fn bind_agent_ports(
 }
 
 /// The ACME state kept in the data directory, when the relay gets certificates from a CA.
-fn load_acme(config: &RelayConfig) -> Result<Option<Arc<acme::Acme>>, BindError> {
+fn load_acme(config: &RelayConfig, store: Arc<dyn Store>) -> Result<Option<Arc<acme::Acme>>, BindError> {
     let Some(domain) = config.domain.as_deref().filter(|_| config.acme.enabled()) else { return Ok(None) };
     let domain = domain.to_ascii_lowercase();
-    let acme = acme::Acme::load(&config.acme, &domain, &config.hostname, &config.data_dir)
+    let acme = acme::Acme::load(&config.acme, &domain, &config.hostname, &config.data_dir, store)
         .map_err(|e| BindError::AcmeCertificates(e.into()))?;
     Ok(Some(acme))
 }
@@ -220,7 +220,7 @@ impl Relay {
             ),
         };
         let claims = Arc::new(Claims::new(config.max_tunnels_per_token));
-        let acme = load_acme(&config)?;
+        let acme = load_acme(&config, store.clone())?;
         let (vhost, vhost_listeners) = vhost::bind(&config, claims.clone(), store.clone(), acme.clone())?.unzip();
         let admin = config.admin_listen.map(bind_admin).transpose()?;
         let metrics = Arc::new(metrics::Metrics::new());

@@ -1,6 +1,8 @@
 //! Certificates from a real ACME CA (Pebble, started by each test on loopback), through the
 //! compiled relay and agent, checked by curl trusting only the CA's root. `scripts/test`
-//! installs Pebble; where it is missing and not required, each test says it is skipped.
+//! installs Pebble; where it is missing and not required, each test says it is skipped. The
+//! fleet tests (two relays on one etcd) are built with the `etcd` feature, as `scripts/test`
+//! does: `cargo test -p burrow-relay --features etcd --test acme fleet`.
 
 mod acme_support;
 
@@ -148,4 +150,44 @@ async fn a_custom_hostname_allowed_to_the_token_gets_its_certificate_and_another
     assert!(curl_https(&acme, "other.example.org").await.is_err(), "no certificate for a refused name");
     assert_eq!(acme.orders()?, orders, "and no order:\n{}", acme.logs());
     Ok(())
+}
+
+/// Two relays of a fleet, the CA's checks reaching only one of them: the other orders, and
+/// the one the check reaches answers from the fleet's store; then the first relay serves the
+/// certificate the other ordered, without an order of its own. One order per name in all.
+#[cfg(feature = "etcd")]
+mod fleet {
+    use super::{
+        WEB_PAGE,
+        acme_support::fleet::{AcmeFleet, CHECKED, UNCHECKED},
+    };
+
+    async fn one_order_per_name_and_any_relay_answers_the_check(challenge: &str) -> anyhow::Result<()> {
+        let Some(fleet) = AcmeFleet::start(challenge).await? else { return Ok(()) };
+        for ip in [CHECKED, UNCHECKED] {
+            fleet.wait_valid(ip, "burrow.test").await?;
+        }
+        let _agent = fleet.agent("app").await?;
+        assert_eq!(fleet.curl_https(UNCHECKED, "app.burrow.test").await?, WEB_PAGE);
+        let entry = fleet.wait_valid(UNCHECKED, "app.burrow.test").await?;
+        assert_eq!(entry["challenge"].as_str(), Some(challenge), "{entry}");
+
+        fleet.agent_on_both().await?;
+        assert_eq!(fleet.curl_https(CHECKED, "app.burrow.test").await?, WEB_PAGE);
+        let orders = fleet.pebble.orders_created()?;
+        assert_eq!(orders, 2, "burrow.test and app.burrow.test, once each for the fleet:\n{}", fleet.logs());
+        let adopted = fleet.relay_at(CHECKED).process.stderr_text();
+        assert!(adopted.contains("serving the certificate another relay of the fleet ordered"), "{}", fleet.logs());
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn http_01_in_a_fleet() -> anyhow::Result<()> {
+        one_order_per_name_and_any_relay_answers_the_check("http-01").await
+    }
+
+    #[tokio::test]
+    async fn tls_alpn_01_in_a_fleet() -> anyhow::Result<()> {
+        one_order_per_name_and_any_relay_answers_the_check("tls-alpn-01").await
+    }
 }

@@ -6,6 +6,7 @@
 //! from spending the relay's rate limit at the CA by sending made-up SNI names.
 
 mod config;
+mod fleet;
 mod order;
 mod renewal;
 mod responder;
@@ -20,7 +21,7 @@ use std::{
 
 use burrow_common::sync::lock;
 use rustls::sign::CertifiedKey;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Semaphore, mpsc, watch};
 
 pub use self::config::{AcmeConfig, Challenge};
 pub(crate) use self::{responder::ACME_TLS_ALPN, table::CertificateView};
@@ -29,6 +30,7 @@ use self::{
     stored::{Folder, StoredError},
     table::{Entry, State, Table},
 };
+use crate::store::{ChallengeKey, Store};
 
 /// Names asked for on demand that the order task has not picked up yet; more are dropped
 /// (their handshakes get the fallback certificate).
@@ -56,6 +58,11 @@ pub(crate) struct Acme {
     /// Bumped whenever an entry changes, for handshakes waiting on a name.
     changed: watch::Sender<u64>,
     account: tokio::sync::OnceCell<instant_acme::Account>,
+    /// The relay's store: in a fleet, where certificates and challenge answers are shared.
+    store: Arc<dyn Store>,
+    /// Reads of another relay's challenge answer in flight: anyone can ask for one, and
+    /// each costs the fleet's store a read.
+    fleet_lookups: Semaphore,
 }
 
 impl Acme {
@@ -65,6 +72,7 @@ impl Acme {
         domain: &str,
         hostnames: &[String],
         data_dir: &std::path::Path,
+        store: Arc<dyn Store>,
     ) -> Result<Arc<Self>, StoredError> {
         let folder = Folder::new(data_dir, config.directory_url());
         let (wants, wanted) = mpsc::channel(WANTS_QUEUE);
@@ -77,6 +85,8 @@ impl Acme {
             changed: watch::Sender::new(0),
             account: tokio::sync::OnceCell::new(),
             folder,
+            store,
+            fleet_lookups: Semaphore::new(fleet::LOOKUPS),
         };
         for (id, issued) in acme.folder.certificates()? {
             tracing::info!(names = ?issued.names, "serving a stored certificate");
@@ -135,9 +145,17 @@ impl Acme {
         self.responses.tls_alpn(server_name)
     }
 
-    /// The key authorization answering the CA's HTTP-01 check for `token`.
-    pub(crate) fn http_answer(&self, token: &str) -> Option<String> {
-        self.responses.http(token)
+    /// The key authorization answering the CA's HTTP-01 check for `token`: this relay's, or
+    /// another relay's of the fleet.
+    pub(crate) async fn http_answer(&self, token: &str) -> Option<String> {
+        if let Some(answer) = self.responses.http(token) {
+            return Some(answer);
+        }
+        let base64url = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';
+        if token.is_empty() || token.len() > fleet::MAX_TOKEN_LEN || !token.chars().all(base64url) {
+            return None;
+        }
+        self.fleet_answer(&ChallengeKey::Http(token.to_owned())).await
     }
 
     /// Gets `name` a certificate if it has none, waiting up to `acme.handshake_wait`. The

@@ -11,6 +11,7 @@ use super::{
     config::Challenge,
     responder::{self, Answer, ResponseError, Responses},
 };
+use crate::store::{AcmeShare, ChallengeKey};
 
 /// How long the CA may take to check the challenges, and then to sign.
 const CHECKS_TIMEOUT: Duration = Duration::from_secs(90);
@@ -27,13 +28,18 @@ pub(crate) enum OrderError {
     Unauthorized(String, AuthorizationStatus),
     #[error("the CA refused the order: {0}")]
     Invalid(String),
+    #[error("publish the challenge answer in the fleet's store")]
+    Fleet(#[source] anyhow::Error),
 }
 
 /// What an order needs besides its names: how to answer and where answers are served.
-pub(crate) struct Answering {
+pub(crate) struct Answering<'a> {
     pub(crate) challenge: Challenge,
     pub(crate) responses: Arc<Responses>,
     pub(crate) dns_hook: Option<PathBuf>,
+    /// The fleet's store, where every relay finds the answers too: the CA's check may reach
+    /// any of them.
+    pub(crate) fleet: Option<&'a dyn AcmeShare>,
 }
 
 /// A certificate chain and its private key, as PEM.
@@ -43,7 +49,11 @@ pub(crate) struct Signed {
 }
 
 /// Orders a certificate for `names` (the first is the subject) and waits until it is signed.
-pub(crate) async fn order(account: &Account, names: &[String], answering: &Answering) -> Result<Signed, OrderError> {
+pub(crate) async fn order(
+    account: &Account,
+    names: &[String],
+    answering: &Answering<'_>,
+) -> Result<Signed, OrderError> {
     let identifiers: Vec<Identifier> = names.iter().map(|name| Identifier::Dns(name.clone())).collect();
     let mut order = account.new_order(&NewOrder::new(&identifiers)).await?;
     let mut published = Published::default();
@@ -54,7 +64,7 @@ pub(crate) async fn order(account: &Account, names: &[String], answering: &Answe
 
 async fn answer_and_finalize(
     order: &mut Order,
-    answering: &Answering,
+    answering: &Answering<'_>,
     published: &mut Published,
 ) -> Result<Signed, OrderError> {
     answer_challenges(order, answering, published).await?;
@@ -72,13 +82,23 @@ async fn answer_and_finalize(
 #[derive(Default)]
 struct Published {
     answers: Vec<Answer>,
+    /// Answers published in the fleet's store.
+    shared: Vec<ChallengeKey>,
     /// TXT records set through the DNS hook, with their values.
     records: Vec<(String, String)>,
 }
 
 impl Published {
-    async fn withdraw(&mut self, answering: &Answering) {
+    async fn withdraw(&mut self, answering: &Answering<'_>) {
         self.answers.clear();
+        if let Some(fleet) = answering.fleet {
+            for challenge in self.shared.drain(..) {
+                // Left behind, it goes with this relay's lease.
+                if let Err(e) = fleet.remove_answer(&challenge).await {
+                    tracing::debug!(?challenge, "removing the fleet's copy of an answer failed: {e:#}");
+                }
+            }
+        }
         let Some(hook) = &answering.dns_hook else { return };
         for (record, value) in self.records.drain(..) {
             if let Err(e) = responder::run_dns_hook(hook, "clear", &record, &value).await {
@@ -91,7 +111,7 @@ impl Published {
 /// Publishes the answer to each pending authorization's challenge and tells the CA to check.
 async fn answer_challenges(
     order: &mut Order,
-    answering: &Answering,
+    answering: &Answering<'_>,
     published: &mut Published,
 ) -> Result<(), OrderError> {
     let (kind, name) = match answering.challenge {
@@ -114,11 +134,15 @@ async fn answer_challenges(
         let key_authorization = challenge.key_authorization();
         match answering.challenge {
             Challenge::TlsAlpn01 => {
-                let answer = answering.responses.answer_tls_alpn(&identifier, key_authorization.digest().as_ref())?;
+                let digest = key_authorization.digest();
+                let answer = answering.responses.answer_tls_alpn(&identifier, digest.as_ref())?;
                 published.answers.push(answer);
+                share(answering, published, ChallengeKey::TlsAlpn(identifier), &hex::encode(digest)).await?;
             }
             Challenge::Http01 => {
                 published.answers.push(answering.responses.answer_http(&challenge.token, key_authorization.as_str()));
+                let key = ChallengeKey::Http(challenge.token.clone());
+                share(answering, published, key, key_authorization.as_str()).await?;
             }
             Challenge::Dns01 => {
                 let hook = answering.dns_hook.as_deref().expect("validated: dns-01 is configured with a dns_hook");
@@ -129,6 +153,20 @@ async fn answer_challenges(
         }
         challenge.set_ready().await?;
     }
+    Ok(())
+}
+
+/// Publishes an answer in the fleet's store, where there is one, before the CA is told to
+/// check: its check may reach any relay.
+async fn share(
+    answering: &Answering<'_>,
+    published: &mut Published,
+    challenge: ChallengeKey,
+    answer: &str,
+) -> Result<(), OrderError> {
+    let Some(fleet) = answering.fleet else { return Ok(()) };
+    fleet.put_answer(&challenge, answer).await.map_err(OrderError::Fleet)?;
+    published.shared.push(challenge);
     Ok(())
 }
 

@@ -52,9 +52,9 @@ impl Responses {
 
     /// Serves a TLS-ALPN-01 answer for `name` until the returned guard is dropped.
     pub(crate) fn answer_tls_alpn(self: &Arc<Self>, name: &str, digest: &[u8]) -> Result<Answer, ResponseError> {
-        let key = alpn_certificate(name, digest)?;
-        lock(&self.tls_alpn).insert(name.to_owned(), Arc::new(key));
-        Ok(Answer { responses: self.clone(), kind: AnswerKind::TlsAlpn(name.to_owned()) })
+        let key = Arc::new(alpn_certificate(name, digest)?);
+        lock(&self.tls_alpn).insert(name.to_owned(), key.clone());
+        Ok(Answer { responses: self.clone(), kind: AnswerKind::TlsAlpn(name.to_owned(), key) })
     }
 
     /// Serves an HTTP-01 answer until the returned guard is dropped.
@@ -71,14 +71,21 @@ pub(crate) struct Answer {
 }
 
 enum AnswerKind {
-    TlsAlpn(String),
+    TlsAlpn(String, Arc<CertifiedKey>),
     Http(String),
 }
 
 impl Drop for Answer {
     fn drop(&mut self) {
         match &self.kind {
-            AnswerKind::TlsAlpn(name) => drop(lock(&self.responses.tls_alpn).remove(name)),
+            AnswerKind::TlsAlpn(name, key) => {
+                // Only this answer: another order, or another relay's answer borrowed for
+                // one check, may have replaced it since.
+                let mut answers = lock(&self.responses.tls_alpn);
+                if answers.get(name).is_some_and(|served| Arc::ptr_eq(served, key)) {
+                    answers.remove(name);
+                }
+            }
             AnswerKind::Http(token) => drop(lock(&self.responses.http).remove(token)),
         }
     }

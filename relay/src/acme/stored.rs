@@ -97,12 +97,20 @@ fn validity(leaf: &CertificateDer<'_>) -> Option<(Vec<String>, SystemTime, Syste
 /// The folder of one CA directory's account and certificates.
 pub(crate) struct Folder {
     dir: PathBuf,
+    ca: String,
 }
 
 impl Folder {
     pub(crate) fn new(data_dir: &Path, directory_url: &str) -> Self {
         let digest = ring::digest::digest(&ring::digest::SHA256, directory_url.as_bytes());
-        Self { dir: data_dir.join("acme").join(hex::encode(&digest.as_ref()[..8])) }
+        let ca = hex::encode(&digest.as_ref()[..8]);
+        Self { dir: data_dir.join("acme").join(&ca), ca }
+    }
+
+    /// Which CA directory this folder is for, as a short hex tag: what the fleet's shared
+    /// certificates are filed under too.
+    pub(crate) fn ca(&self) -> &str {
+        &self.ca
     }
 
     fn certs(&self) -> PathBuf {

@@ -14,12 +14,13 @@ use tokio_util::sync::CancellationToken;
 
 use super::{
     Acme,
+    fleet::Turn,
     order::{self, Answering},
     renewal,
     stored::Issued,
     table::{Entry, State},
 };
-use crate::{Shared, metrics::Metrics};
+use crate::{Shared, metrics::Metrics, store::SharedCertificate};
 
 /// Whether `name` still belongs to a tunnel, live or reserved.
 async fn is_tunnel_host(shared: &Shared, name: &str) -> bool {
@@ -97,6 +98,7 @@ impl Acme {
             let (acme, shared) = (self.clone(), shared.clone());
             orders.spawn(async move {
                 if !standing && !is_tunnel_host(&shared, &names[0]).await {
+                    acme.forget_shared(&id).await;
                     return (id, Outcome::Unwanted);
                 }
                 let ordered = tokio::time::timeout(ORDER_TIMEOUT, acme.order_and_store(&id, &names, challenge));
@@ -118,13 +120,43 @@ impl Acme {
         names: &[String],
         challenge: super::Challenge,
     ) -> anyhow::Result<(Issued, Option<SystemTime>)> {
-        tracing::info!(?names, challenge = challenge.as_str(), "ordering a certificate");
         let account = self.account().await?;
+        let fleet = self.store.acme_share();
+        let shared_id = self.shared_id(id);
+        let turn = match fleet {
+            Some(fleet) => match self.fleet_turn(fleet, &shared_id, names).await? {
+                Turn::Adopt(certificate) => {
+                    tracing::info!(?names, "serving the certificate another relay of the fleet ordered");
+                    return self.store_and_parse(account, id, &certificate).await;
+                }
+                Turn::Order(turn) => Some(turn),
+            },
+            None => None,
+        };
+        tracing::info!(?names, challenge = challenge.as_str(), "ordering a certificate");
         let answering =
-            Answering { challenge, responses: self.responses.clone(), dns_hook: self.config.dns_hook.clone() };
+            Answering { challenge, responses: self.responses.clone(), dns_hook: self.config.dns_hook.clone(), fleet };
         let signed = order::order(account, names, &answering).await?;
-        self.folder.save_certificate(id, &signed.chain_pem, &signed.key_pem)?;
-        let issued = Issued::from_pem(signed.chain_pem.as_bytes(), signed.key_pem.as_bytes(), id.as_ref())?;
+        let certificate = SharedCertificate { chain_pem: signed.chain_pem, key_pem: signed.key_pem };
+        if let Some(fleet) = fleet
+            && let Err(e) = fleet.put_certificate(&shared_id, &certificate).await
+        {
+            tracing::warn!(?names, "sharing the certificate with the fleet failed; each relay orders its own: {e:#}");
+        }
+        drop(turn);
+        self.store_and_parse(account, id, &certificate).await
+    }
+
+    /// Keeps the certificate in the data directory, so a restart serves it without the
+    /// CA or the fleet, and reads it for serving.
+    async fn store_and_parse(
+        &self,
+        account: &Account,
+        id: &str,
+        certificate: &SharedCertificate,
+    ) -> anyhow::Result<(Issued, Option<SystemTime>)> {
+        self.folder.save_certificate(id, &certificate.chain_pem, &certificate.key_pem)?;
+        let issued = Issued::from_pem(certificate.chain_pem.as_bytes(), certificate.key_pem.as_bytes(), id.as_ref())?;
         let renew_at = renewal::suggested(account, &issued).await;
         Ok((issued, renew_at))
     }

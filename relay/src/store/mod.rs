@@ -3,6 +3,7 @@
 //! [`Store`], never under a lock, so a store on the network (etcd, for a fleet of relays)
 //! replaces the files in the data directory without touching the session or claims code.
 
+mod acme_share;
 mod config;
 #[cfg(test)]
 mod contract;
@@ -15,6 +16,7 @@ use std::{future::Future, pin::Pin, sync::Arc, time::Duration};
 
 use burrow_common::{Fingerprint, FleetMember};
 
+pub(crate) use self::acme_share::{AcmeShare, ChallengeKey, SharedCertificate};
 pub use self::config::{StoreConfig, StoreUrl};
 #[cfg(feature = "etcd")]
 pub(crate) use self::etcd::{Etcd, EtcdStore, EtcdTokens};
@@ -153,6 +155,12 @@ pub(crate) trait Store: Send + Sync {
     /// relay.
     fn fleet(&self) -> StoreFuture<'_, Vec<FleetMember>> {
         Box::pin(std::future::ready(Vec::new()))
+    }
+
+    /// Where the relays of a fleet share their ACME certificates and challenge answers;
+    /// `None` for the files of one relay, which keeps its own in its data directory.
+    fn acme_share(&self) -> Option<&dyn AcmeShare> {
+        None
     }
 }
 

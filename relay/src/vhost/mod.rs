@@ -279,11 +279,17 @@ async fn serve_tls(
     if let Some(route) = passthrough_route(&shared, hello.server_name.as_deref()).await {
         return pass_through(tcp, peer, hello.bytes, &route, shared).await;
     }
+    // The answer another relay of the fleet published, served through this handshake.
+    let borrowed_answer = match (&shared.acme, hello.server_name.as_deref()) {
+        (Some(acme), Some(name)) if hello.is_acme_check => acme.borrow_fleet_answer(name).await,
+        _ => None,
+    };
     if !hello.is_acme_check {
         wait_for_certificate(&shared, hello.server_name.as_deref()).await;
     }
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     let accepted = tokio::time::timeout(timeout, acceptor.accept(sni::Rewind::new(hello.bytes, tcp))).await;
+    drop(borrowed_answer);
     let stream = match accepted {
         Ok(Ok(stream)) => stream,
         Ok(Err(e)) => return tracing::debug!("TLS handshake failed: {e}"),

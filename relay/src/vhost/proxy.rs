@@ -137,7 +137,7 @@ impl VisitorConnection {
 
     async fn answer(self: &Arc<Self>, request: Request<Incoming>) -> Response<ProxyBody> {
         let html = pages::wants_html(request.headers());
-        if let Some(key_authorization) = self.http_challenge_answer(&request) {
+        if let Some(key_authorization) = self.http_challenge_answer(&request).await {
             return RelayAnswer::ChallengeAnswer(key_authorization).into_response(html);
         }
         match self.forward(request).await {
@@ -180,11 +180,12 @@ impl VisitorConnection {
     }
 
     /// The answer to the ACME CA's HTTP-01 check, whatever the host: it asks on port 80 for
-    /// names the relay ordered, before any tunnel routing or redirect.
-    fn http_challenge_answer(&self, request: &Request<Incoming>) -> Option<String> {
+    /// names the relay (or another relay of its fleet) ordered, before any tunnel routing or
+    /// redirect.
+    async fn http_challenge_answer(&self, request: &Request<Incoming>) -> Option<String> {
         let acme = self.shared.acme.as_ref().filter(|_| self.visitor.scheme == Scheme::Http)?;
         let token = request.uri().path().strip_prefix("/.well-known/acme-challenge/")?;
-        acme.http_answer(token)
+        acme.http_answer(token).await
     }
 
     /// Which tunnel the request is for, by its Host header, or why none is.

@@ -1,6 +1,8 @@
 //! One ACME test's world: Pebble, the compiled relay configured for it, agents exposing a
 //! small web server, and curl or a load of HTTPS requests as visitors.
 
+#[cfg(feature = "etcd")]
+pub(crate) mod fleet;
 mod load;
 
 use std::{

@@ -8,11 +8,19 @@
 //! | `P held/<kind>/<name>/<lease hex>` | the holding relay's name | the holding relay's |
 //! | `P tunnels/<token id>/<tunnel>` | the place's path (`port/20001`) | as its `places/` key |
 //! | `P members/<lease hex>` | the relay (JSON) | the relay's |
+//! | `P acme/certificates/<ca>/<name>` | a certificate and its key (JSON) | none |
+//! | `P acme/orders/<ca>/<name>` | the ordering relay's lease, hex | the ordering relay's |
+//! | `P acme/answers/http-01/<token>` | the key authorization | the ordering relay's |
+//! | `P acme/answers/tls-alpn-01/<name>` | the key authorization's SHA-256, hex | the ordering relay's |
 //!
 //! No segment can hold a `/`: token ids and digests are hex, tunnel and token names are
-//! [`is_valid_name`](burrow_common::protocol::is_valid_name), hostnames are DNS names.
+//! [`is_valid_name`](burrow_common::protocol::is_valid_name), hostnames are DNS names, `<ca>`
+//! is hex, and ACME tokens are base64url.
 
-use crate::claims::{Place, TunnelKey};
+use crate::{
+    claims::{Place, TunnelKey},
+    store::ChallengeKey,
+};
 
 /// The keys of one fleet.
 #[derive(Debug, Clone)]
@@ -76,6 +84,21 @@ impl Keys {
 
     pub(crate) fn member(&self, lease: i64) -> String {
         format!("{}members/{lease:x}", self.prefix)
+    }
+
+    pub(crate) fn acme_certificate(&self, id: &str) -> String {
+        format!("{}acme/certificates/{id}", self.prefix)
+    }
+
+    pub(crate) fn acme_order(&self, id: &str) -> String {
+        format!("{}acme/orders/{id}", self.prefix)
+    }
+
+    pub(crate) fn acme_answer(&self, challenge: &ChallengeKey) -> String {
+        match challenge {
+            ChallengeKey::Http(token) => format!("{}acme/answers/http-01/{token}", self.prefix),
+            ChallengeKey::TlsAlpn(name) => format!("{}acme/answers/tls-alpn-01/{name}", self.prefix),
+        }
     }
 }
 

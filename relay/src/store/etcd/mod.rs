@@ -7,6 +7,7 @@
 //! `reservation_ttl`, and a crashed relay's `held/` keys go with its lease. The key layout
 //! is in [`keys`].
 
+mod acme_share;
 mod error;
 mod keys;
 mod lease;
@@ -236,6 +237,10 @@ impl super::Store for EtcdStore {
 
     fn close(&self) -> super::StoreFuture<'_, anyhow::Result<()>> {
         Box::pin(async move { Ok(EtcdStore::close(self).await?) })
+    }
+
+    fn acme_share(&self) -> Option<&dyn super::AcmeShare> {
+        Some(self)
     }
 
     fn lease_lost(&self) -> super::StoreFuture<'_, ()> {

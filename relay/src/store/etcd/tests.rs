@@ -4,7 +4,10 @@ use etcd_client::{EventType, GetOptions, KeyValue, WatchOptions};
 use testkit::etcd::Etcd as TestEtcd;
 
 use super::*;
-use crate::{store::Store, tokens::Limits};
+use crate::{
+    store::{ChallengeKey, SharedCertificate, Store},
+    tokens::Limits,
+};
 
 /// A store on `etcd`, as a relay started with `store.url = etcd.url()` opens it.
 async fn open(etcd: &TestEtcd, reservation_ttl: Duration) -> anyhow::Result<EtcdStore> {
@@ -306,5 +309,41 @@ async fn the_sweep_reserves_a_stopped_relays_places_unasked() -> anyhow::Result<
     };
     tokio::time::timeout(Duration::from_secs(5), reserved).await.context("reserved within a sweep period")??;
     assert_eq!(EtcdStore::owner_of(&sweeper, &place).await?, Some(a));
+    Ok(())
+}
+
+/// One relay at a time may order a certificate for the fleet; the turn, and the challenge
+/// answers it published, go with its lease when it leaves; certificates stay for every relay.
+#[tokio::test]
+async fn acme_order_turns_are_exclusive_and_answers_go_with_the_lease() -> anyhow::Result<()> {
+    if !TestEtcd::available()? {
+        return Ok(());
+    }
+    let etcd = TestEtcd::start().await?;
+    let (first, second) = (open(&etcd, Duration::from_secs(60)).await?, open(&etcd, Duration::from_secs(60)).await?);
+    let (first_share, second_share) =
+        (first.acme_share().expect("etcd shares"), second.acme_share().expect("etcd shares"));
+    let id = "0123456789abcdef/app.burrow.test";
+    assert!(first_share.start_order(id).await?);
+    assert!(!second_share.start_order(id).await?, "taken by the first relay");
+    second_share.end_order(id).await?;
+    assert!(!second_share.start_order(id).await?, "ending a turn it never had changes nothing");
+
+    let (http, alpn) = (ChallengeKey::Http("tok_en-1".into()), ChallengeKey::TlsAlpn("app.burrow.test".into()));
+    first_share.put_answer(&http, "tok_en-1.thumbprint").await?;
+    first_share.put_answer(&alpn, "00ff").await?;
+    assert_eq!(second_share.answer(&http).await?.as_deref(), Some("tok_en-1.thumbprint"));
+    first_share.remove_answer(&http).await?;
+    assert_eq!(second_share.answer(&http).await?, None);
+
+    let certificate = SharedCertificate { chain_pem: "chain".into(), key_pem: "key".into() };
+    first_share.put_certificate(id, &certificate).await?;
+    Store::close(&first).await?;
+    assert!(second_share.start_order(id).await?, "the turn went with the first relay's lease");
+    assert_eq!(second_share.answer(&alpn).await?, None, "so did its answers");
+    let kept = second_share.certificate(id).await?.expect("certificates outlive their relay");
+    assert_eq!((kept.chain_pem.as_str(), kept.key_pem.as_str()), ("chain", "key"));
+    second_share.remove_certificate(id).await?;
+    assert!(second_share.certificate(id).await?.is_none());
     Ok(())
 }
