@@ -86,9 +86,14 @@ export async function screenshot(page, name) {
   return file;
 }
 
+/** Where the compiled `binary` (relay, agent) is. */
+export function binaryPath(binary) {
+  return path.join(TARGET, binary);
+}
+
 /** A process whose stdout lines can be awaited; killed when the test run ends. */
 export function start(binary, args, env = {}) {
-  const child = spawn(path.join(TARGET, binary), args, {
+  const child = spawn(binaryPath(binary), args, {
     env: { ...process.env, ...env },
     stdio: ["ignore", "pipe", "pipe"],
   });
