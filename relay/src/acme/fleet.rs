@@ -43,8 +43,10 @@ impl OrderTurn {
 
 impl Drop for OrderTurn {
     fn drop(&mut self) {
+        // Outside a runtime (the relay is gone) the turn goes with the lease.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
         let (store, shared_id) = (self.store.clone(), std::mem::take(&mut self.shared_id));
-        tokio::spawn(async move {
+        runtime.spawn(async move {
             let Some(fleet) = store.acme_share() else { return };
             // Left held, it goes with this relay's lease.
             if let Err(e) = fleet.end_order(&shared_id).await {

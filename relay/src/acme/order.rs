@@ -137,12 +137,12 @@ async fn answer_challenges(
                 let digest = key_authorization.digest();
                 let answer = answering.responses.answer_tls_alpn(&identifier, digest.as_ref())?;
                 published.answers.push(answer);
-                share(answering, published, ChallengeKey::TlsAlpn(identifier), &hex::encode(digest)).await?;
+                share_answer(answering, published, ChallengeKey::TlsAlpn(identifier), &hex::encode(digest)).await?;
             }
             Challenge::Http01 => {
                 published.answers.push(answering.responses.answer_http(&challenge.token, key_authorization.as_str()));
                 let key = ChallengeKey::Http(challenge.token.clone());
-                share(answering, published, key, key_authorization.as_str()).await?;
+                share_answer(answering, published, key, key_authorization.as_str()).await?;
             }
             Challenge::Dns01 => {
                 let hook = answering.dns_hook.as_deref().expect("validated: dns-01 is configured with a dns_hook");
@@ -158,7 +158,7 @@ async fn answer_challenges(
 
 /// Publishes an answer in the fleet's store, where there is one, before the CA is told to
 /// check: its check may reach any relay.
-async fn share(
+async fn share_answer(
     answering: &Answering<'_>,
     published: &mut Published,
     challenge: ChallengeKey,
