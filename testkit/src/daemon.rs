@@ -63,12 +63,25 @@ impl Drop for Daemon {
 
 /// How many times a daemon on ports picked free is started: a port picked free is free for
 /// anyone until the daemon binds it, and the tests beside this one pick ports too.
-pub(crate) const PORT_RACE_ATTEMPTS: usize = 3;
+const PORT_RACE_ATTEMPTS: usize = 3;
 
-/// Whether a daemon failed to start because a port it was given was taken meanwhile; its
-/// log, quoted in the error, says so.
-pub(crate) fn lost_port_race(error: &anyhow::Error) -> bool {
-    format!("{error:#}").contains("address already in use")
+/// Runs `start` (which picks free ports and starts a daemon on them) again, up to
+/// [`PORT_RACE_ATTEMPTS`] in all, while it fails because a port it picked was taken before
+/// the daemon bound it: its log, quoted in the error, says so.
+pub(crate) async fn on_free_ports<T, F, Started>(mut start: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Started,
+    Started: std::future::Future<Output = anyhow::Result<T>>,
+{
+    let mut attempt = 1;
+    loop {
+        match start().await {
+            Err(error) if attempt < PORT_RACE_ATTEMPTS && format!("{error:#}").contains("address already in use") => {
+                attempt += 1
+            }
+            started => return started,
+        }
+    }
 }
 
 /// Loopback TCP ports free a moment ago, distinct: all are held until all are picked.

@@ -23,7 +23,7 @@ use tempfile::TempDir;
 
 use crate::{
     STEP,
-    daemon::{Daemon, PORT_RACE_ATTEMPTS, free_tcp_ports, lost_port_race},
+    daemon::{Daemon, free_tcp_ports, on_free_ports},
     processes::required,
 };
 
@@ -50,16 +50,13 @@ impl Etcd {
     /// Starts etcd on free loopback ports and returns once it has a leader; on new ports
     /// when a test beside this one took one between the pick and etcd's bind.
     pub async fn start() -> anyhow::Result<Self> {
-        let mut attempt = 1;
-        loop {
+        on_free_ports(|| async {
             let dir = tempfile::Builder::new().prefix("burrow-etcd-").tempdir_in(data_root())?;
             let [client, peer] = free_tcp_ports().await?;
             let loopback = |port| SocketAddr::from(([127, 0, 0, 1], port));
-            match Self::launch(dir, vec![loopback(client)], loopback(peer), None).await {
-                Err(error) if attempt < PORT_RACE_ATTEMPTS && lost_port_race(&error) => attempt += 1,
-                started => return started,
-            }
-        }
+            Self::launch(dir, vec![loopback(client)], loopback(peer), None).await
+        })
+        .await
     }
 
     /// Starts etcd inside the network namespace `namespace` (`/run/netns/NAME`), answering

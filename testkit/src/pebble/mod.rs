@@ -29,7 +29,7 @@ use anyhow::Context;
 
 use crate::{
     STEP,
-    daemon::{Daemon, PORT_RACE_ATTEMPTS, free_tcp_ports, lost_port_race},
+    daemon::{Daemon, free_tcp_ports, on_free_ports},
     processes::required,
     udp_tools::free_tcp_and_udp_port,
 };
@@ -95,13 +95,7 @@ impl Pebble {
     /// test beside this one between its pick and the daemon's bind means a fresh start on
     /// new ports.
     pub async fn start(options: PebbleOptions) -> anyhow::Result<Self> {
-        let mut attempt = 1;
-        loop {
-            match Self::start_on_free_ports(&options).await {
-                Err(error) if attempt < PORT_RACE_ATTEMPTS && lost_port_race(&error) => attempt += 1,
-                started => return started,
-            }
-        }
+        on_free_ports(|| Self::start_on_free_ports(&options)).await
     }
 
     async fn start_on_free_ports(options: &PebbleOptions) -> anyhow::Result<Self> {
