@@ -8,11 +8,11 @@ use anyhow::Context;
 use testkit::{
     etcd::Etcd,
     pebble::{Pebble, PebbleOptions},
-    processes::{AgentBinary, RelayBinary, agent_bin, relay_bin},
+    processes::{AgentBinary, RelayBinary, relay_bin},
 };
 use tokio::process::Command;
 
-use super::{free_listener, web_server, write_config};
+use super::{curl_https_at, free_listener, launch_agent, wait_state, web_server, write_config};
 
 /// Where the CA's checks arrive, and where they never do.
 pub(crate) const CHECKED: &str = "127.0.0.1";
@@ -61,12 +61,7 @@ impl AcmeFleet {
     /// An agent dialing the relay at [`UNCHECKED`] and serving the web page at
     /// `name.burrow.test` through both.
     pub(crate) async fn agent(&self, name: &str) -> anyhow::Result<AgentBinary> {
-        let relay = &self.relays[1];
-        let mut command = Command::new(agent_bin()?);
-        command.env("BURROW_TOKEN", &self.token).env("RUST_LOG", "warn");
-        command.args(["--relay", &relay.addr.to_string(), "--fingerprint", &relay.fingerprint.to_string()]);
-        command.args(["--local", &self.web.to_string(), "--http", name, "--inspect", "off"]);
-        AgentBinary::launch(&mut command).await
+        launch_agent(&self.relays[1], &self.token, self.web, name).await
     }
 
     /// Waits until the relay at [`CHECKED`] has the agent's session too.
@@ -86,38 +81,14 @@ impl AcmeFleet {
         tokio::time::timeout(Duration::from_secs(15), linked).await.context("the agent on both relays")?
     }
 
-    /// `/api/certificates` of the relay at `ip`: the certificate whose first name is `name`.
-    pub(crate) async fn certificate(&self, ip: &str, name: &str) -> anyhow::Result<Option<serde_json::Value>> {
-        let relay = self.relay_at(ip);
-        let (status, body) = testkit::admin::get(relay.admin()?, "/api/certificates", None).await?;
-        anyhow::ensure!(status == 200, "/api/certificates answered {status}: {body}");
-        let certificates: Vec<serde_json::Value> = serde_json::from_str(&body)?;
-        Ok(certificates.into_iter().find(|c| c["names"][0] == name))
-    }
-
     /// The certificate `name` on the relay at `ip`, once valid.
     pub(crate) async fn wait_valid(&self, ip: &str, name: &str) -> anyhow::Result<serde_json::Value> {
-        let valid = async {
-            loop {
-                match self.certificate(ip, name).await? {
-                    Some(entry) if entry["state"] == "valid" => return anyhow::Ok(entry),
-                    _ => tokio::time::sleep(Duration::from_millis(100)).await,
-                }
-            }
-        };
-        tokio::time::timeout(Duration::from_secs(30), valid)
-            .await
-            .with_context(|| format!("{name} not valid at {ip} within 30 s:\n{}", self.logs()))?
+        wait_state(self.relay_at(ip), name, "valid", Duration::from_secs(30), || self.logs()).await
     }
 
     /// GETs `https://HOST/` from the relay at `ip`, trusting only Pebble's root.
     pub(crate) async fn curl_https(&self, ip: &str, host: &str) -> anyhow::Result<String> {
-        let root = self.issuer_root.display().to_string();
-        let resolve = format!("{host}:{}:{ip}", self.https);
-        let url = format!("https://{host}:{}/", self.https);
-        let (code, body) = testkit::curl::curl(&["--cacert", &root, "--resolve", &resolve, &url]).await?;
-        anyhow::ensure!(code == 200, "curl {host} at {ip}: {code} {body}\n{}", self.logs());
-        Ok(body)
+        curl_https_at(&self.issuer_root, ip, self.https, host).await.with_context(|| self.logs())
     }
 
     pub(crate) fn relay_at(&self, ip: &str) -> &RelayBinary {

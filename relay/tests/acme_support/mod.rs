@@ -90,12 +90,7 @@ impl Acme {
 
     /// An agent with `token` serving the web page at `name` (a subdomain or a hostname).
     pub(crate) async fn agent_with(&self, token: &str, name: &str) -> anyhow::Result<AgentBinary> {
-        let relay = self.relay()?;
-        let mut command = Command::new(agent_bin()?);
-        command.env("BURROW_TOKEN", token).env("RUST_LOG", "warn");
-        command.args(["--relay", &relay.addr.to_string(), "--fingerprint", &relay.fingerprint.to_string()]);
-        command.args(["--local", &self.web.to_string(), "--http", name, "--inspect", "off"]);
-        AgentBinary::launch(&mut command).await
+        launch_agent(self.relay()?, token, self.web, name).await
     }
 
     /// `relay token add NAME --hostnames PATTERNS` on the running relay's data directory.
@@ -121,9 +116,7 @@ impl Acme {
 
     /// `/api/certificates`.
     pub(crate) async fn certificates(&self) -> anyhow::Result<Vec<serde_json::Value>> {
-        let (status, body) = testkit::admin::get(self.relay()?.admin()?, "/api/certificates", None).await?;
-        anyhow::ensure!(status == 200, "/api/certificates answered {status}: {body}");
-        Ok(serde_json::from_str(&body)?)
+        certificates(self.relay()?).await
     }
 
     /// The certificate whose first name is `name`, once it is in `state`.
@@ -133,20 +126,7 @@ impl Acme {
         state: &str,
         within: Duration,
     ) -> anyhow::Result<serde_json::Value> {
-        let deadline = tokio::time::Instant::now() + within;
-        let mut pace = tokio::time::interval(Duration::from_millis(100));
-        loop {
-            pace.tick().await;
-            let certificates = self.certificates().await?;
-            let entry = certificates.into_iter().find(|c| c["names"][0] == name);
-            match entry {
-                Some(entry) if entry["state"] == state => return Ok(entry),
-                entry if tokio::time::Instant::now() > deadline => {
-                    anyhow::bail!("{name} not {state} within {within:?}: {entry:?}\n{}", self.logs())
-                }
-                _ => {}
-            }
-        }
+        wait_state(self.relay()?, name, state, within, || self.logs()).await
     }
 
     pub(crate) async fn wait_valid(&self, name: &str) -> anyhow::Result<serde_json::Value> {
@@ -204,10 +184,57 @@ async fn web_server() -> anyhow::Result<SocketAddr> {
 /// GETs `https://HOST:PORT/` with curl trusting only Pebble's root; the body of a 200, or
 /// curl's own error.
 pub(crate) async fn curl_https(acme: &Acme, host: &str) -> anyhow::Result<String> {
-    let root = acme.issuer_root.display().to_string();
-    let resolve = format!("{host}:{}:127.0.0.1", acme.https);
-    let url = format!("https://{host}:{}/", acme.https);
+    curl_https_at(&acme.issuer_root, "127.0.0.1", acme.https, host).await
+}
+
+/// GETs `https://HOST:PORT/` from the relay at `ip`, with curl trusting only the root at
+/// `issuer_root`; the body of a 200, or curl's own error.
+async fn curl_https_at(issuer_root: &Path, ip: &str, https: u16, host: &str) -> anyhow::Result<String> {
+    let root = issuer_root.display().to_string();
+    let resolve = format!("{host}:{https}:{ip}");
+    let url = format!("https://{host}:{https}/");
     let (code, body) = testkit::curl::curl(&["--cacert", &root, "--resolve", &resolve, &url]).await?;
     anyhow::ensure!(code == 200, "curl {host}: {code} {body}");
     Ok(body)
+}
+
+/// An agent of `relay` with `token`, serving the web page at `web` as `name` (a subdomain or
+/// a hostname).
+async fn launch_agent(relay: &RelayBinary, token: &str, web: SocketAddr, name: &str) -> anyhow::Result<AgentBinary> {
+    let mut command = Command::new(agent_bin()?);
+    command.env("BURROW_TOKEN", token).env("RUST_LOG", "warn");
+    command.args(["--relay", &relay.addr.to_string(), "--fingerprint", &relay.fingerprint.to_string()]);
+    command.args(["--local", &web.to_string(), "--http", name, "--inspect", "off"]);
+    AgentBinary::launch(&mut command).await
+}
+
+/// `relay`'s `/api/certificates`.
+async fn certificates(relay: &RelayBinary) -> anyhow::Result<Vec<serde_json::Value>> {
+    let (status, body) = testkit::admin::get(relay.admin()?, "/api/certificates", None).await?;
+    anyhow::ensure!(status == 200, "/api/certificates answered {status}: {body}");
+    Ok(serde_json::from_str(&body)?)
+}
+
+/// `relay`'s certificate whose first name is `name`, once it is in `state`; `logs` for the
+/// failure message.
+async fn wait_state(
+    relay: &RelayBinary,
+    name: &str,
+    state: &str,
+    within: Duration,
+    logs: impl Fn() -> String,
+) -> anyhow::Result<serde_json::Value> {
+    let deadline = tokio::time::Instant::now() + within;
+    let mut pace = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        pace.tick().await;
+        let entry = certificates(relay).await?.into_iter().find(|c| c["names"][0] == name);
+        match entry {
+            Some(entry) if entry["state"] == state => return Ok(entry),
+            entry if tokio::time::Instant::now() > deadline => {
+                anyhow::bail!("{name} not {state} within {within:?}: {entry:?}\n{}", logs())
+            }
+            _ => {}
+        }
+    }
 }
