@@ -7,10 +7,9 @@ import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
 import dgram from "node:dgram";
 import { mkdtempSync } from "node:fs";
-import net from "node:net";
 import os from "node:os";
 import path from "node:path";
-import { STEP_MS, binaryPath, echoServer, launch, screenshot, startReady } from "./lib.mjs";
+import { STEP_MS, binaryPath, echoServer, exchange, launch, screenshot, startReady } from "./lib.mjs";
 
 /** A port on `host` free for UDP a moment ago: the relay's QUIC port. */
 function freeUdpPort(host) {
@@ -35,18 +34,6 @@ async function startFleetRelay(etcd, host) {
   relay.address = relay.ready.quic;
   relay.fingerprint = relay.ready.fingerprint;
   return relay;
-}
-
-/** Sends `text` to `host`:`port` and resolves to what comes back before the close. */
-function exchangeVia(host, port, text) {
-  return new Promise((resolve, reject) => {
-    const socket = net.connect(port, host, () => socket.end(text));
-    let back = "";
-    socket.on("data", (chunk) => (back += chunk));
-    socket.on("end", () => resolve(back));
-    socket.on("error", reject);
-    socket.setTimeout(STEP_MS, () => socket.destroy(new Error(`exchange via ${host} timed out`)));
-  });
 }
 
 export async function inspectorListsTheFleetsOtherRelayOnline() {
@@ -95,7 +82,7 @@ export async function inspectorListsTheFleetsOtherRelayOnline() {
 
     for (const host of ["127.0.0.1", "127.0.0.2"]) {
       const text = `hello via ${host}`;
-      assert.equal(await exchangeVia(host, publicPort, text), text);
+      assert.equal(await exchange(publicPort, text, host), text);
     }
     // Both visitors are the one tunnel's: its row's total reaches 2.
     await page.waitForFunction(

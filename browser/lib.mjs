@@ -202,10 +202,10 @@ export function echoedAndHeld(port, size) {
   });
 }
 
-/** Sends `text` to 127.0.0.1:`port` and resolves to what comes back before the close. */
-export function exchange(port, text) {
+/** Sends `text` to `host`:`port` and resolves to what comes back before the close. */
+export function exchange(port, text, host = "127.0.0.1") {
   return new Promise((resolve, reject) => {
-    const socket = net.connect(port, "127.0.0.1", () => socket.end(text));
+    const socket = net.connect(port, host, () => socket.end(text));
     let back = "";
     socket.on("data", (chunk) => (back += chunk));
     socket.on("end", () => resolve(back));
