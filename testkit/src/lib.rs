@@ -11,6 +11,7 @@
 pub mod admin;
 pub mod curl;
 mod daemon;
+pub mod env_program;
 pub mod etcd;
 pub mod http;
 pub mod http_apps;

@@ -5,9 +5,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::Context;
 use testkit::etcd::Etcd;
-use tokio::signal::unix::{SignalKind, signal};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -21,15 +19,8 @@ async fn main() -> anyhow::Result<()> {
     }
     let etcd = Etcd::start().await?;
     let ready = serde_json::json!({ "url": etcd.url() });
-    // Renamed into place, so a reader never sees half a file.
-    let partial = ready_file.with_extension("partial");
-    std::fs::write(&partial, serde_json::to_vec(&ready)?).with_context(|| format!("write {}", partial.display()))?;
-    std::fs::rename(&partial, &ready_file)?;
-    let (mut terminate, mut interrupt) = (signal(SignalKind::terminate())?, signal(SignalKind::interrupt())?);
-    tokio::select! {
-        _ = terminate.recv() => {}
-        _ = interrupt.recv() => {}
-    }
+    testkit::env_program::publish_ready(&ready_file, &ready)?;
+    testkit::env_program::until_stopped().await?;
     drop(etcd);
     Ok(())
 }

@@ -8,7 +8,6 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use testkit::pebble::{Pebble, PebbleOptions};
-use tokio::signal::unix::{SignalKind, signal};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -23,15 +22,8 @@ async fn main() -> anyhow::Result<()> {
         "issuer_root": pebble.issuer_root_path(),
         "dns_hook": pebble.dns_hook_path(),
     });
-    // Renamed into place, so a reader never sees half a file.
-    let partial = ready_file.with_extension("partial");
-    std::fs::write(&partial, serde_json::to_vec(&ready)?)?;
-    std::fs::rename(&partial, &ready_file)?;
-    let (mut terminate, mut interrupt) = (signal(SignalKind::terminate())?, signal(SignalKind::interrupt())?);
-    tokio::select! {
-        _ = terminate.recv() => {}
-        _ = interrupt.recv() => {}
-    }
+    testkit::env_program::publish_ready(&ready_file, &ready)?;
+    testkit::env_program::until_stopped().await?;
     drop(pebble);
     Ok(())
 }
