@@ -23,8 +23,8 @@ const ORDER_POLL: Duration = Duration::from_secs(1);
 
 /// Whose turn it is to get a certificate in a fleet.
 pub(super) enum Turn {
-    /// Another relay shared one that is good for a while yet.
-    Adopt(SharedCertificate),
+    /// Another relay shared one that is good for a while yet, here with what it holds.
+    Adopt(SharedCertificate, Issued),
     Order(OrderTurn),
 }
 
@@ -56,9 +56,13 @@ impl Drop for OrderTurn {
     }
 }
 
-/// The certificate for exactly `names` the fleet keeps under `shared_id`, if it is not due
-/// for renewal yet.
-async fn fleet_certificate(fleet: &dyn AcmeShare, shared_id: &str, names: &[String]) -> Option<SharedCertificate> {
+/// The certificate for exactly `names` the fleet keeps under `shared_id`, and what it holds,
+/// if it is not due for renewal yet.
+async fn fleet_certificate(
+    fleet: &dyn AcmeShare,
+    shared_id: &str,
+    names: &[String],
+) -> Option<(SharedCertificate, Issued)> {
     let certificate = match fleet.certificate(shared_id).await {
         Ok(certificate) => certificate?,
         Err(e) => {
@@ -66,10 +70,10 @@ async fn fleet_certificate(fleet: &dyn AcmeShare, shared_id: &str, names: &[Stri
             return None;
         }
     };
-    let issued = Issued::from_pem(certificate.chain_pem.as_bytes(), certificate.key_pem.as_bytes(), shared_id.as_ref());
-    let usable =
-        issued.is_ok_and(|issued| super::same_names(&issued.names, names) && issued.renew_at() > SystemTime::now());
-    usable.then_some(certificate)
+    let issued =
+        Issued::from_pem(certificate.chain_pem.as_bytes(), certificate.key_pem.as_bytes(), shared_id.as_ref()).ok()?;
+    let usable = super::same_names(&issued.names, names) && issued.renew_at() > SystemTime::now();
+    usable.then_some((certificate, issued))
 }
 
 impl Acme {
@@ -124,8 +128,8 @@ impl Acme {
         loop {
             let turn = fleet.start_order(shared_id).await?.then(|| OrderTurn::new(self.store.clone(), shared_id));
             // Looked at once this relay has the turn too: the last holder may just have shared.
-            if let Some(certificate) = fleet_certificate(fleet, shared_id, names).await {
-                return Ok(Turn::Adopt(certificate));
+            if let Some((certificate, issued)) = fleet_certificate(fleet, shared_id, names).await {
+                return Ok(Turn::Adopt(certificate, issued));
             }
             if let Some(turn) = turn {
                 return Ok(Turn::Order(turn));

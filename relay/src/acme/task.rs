@@ -125,9 +125,9 @@ impl Acme {
         let shared_id = self.shared_id(id);
         let turn = match fleet {
             Some(fleet) => match self.fleet_turn(fleet, &shared_id, names).await? {
-                Turn::Adopt(certificate) => {
+                Turn::Adopt(certificate, issued) => {
                     tracing::info!(?names, "serving the certificate another relay of the fleet ordered");
-                    return self.store_and_parse(account, id, &certificate).await;
+                    return self.keep(account, id, &certificate, issued).await;
                 }
                 Turn::Order(turn) => Some(turn),
             },
@@ -144,19 +144,20 @@ impl Acme {
             tracing::warn!(?names, "sharing the certificate with the fleet failed; each relay orders its own: {e:#}");
         }
         drop(turn);
-        self.store_and_parse(account, id, &certificate).await
+        let issued = Issued::from_pem(certificate.chain_pem.as_bytes(), certificate.key_pem.as_bytes(), id.as_ref())?;
+        self.keep(account, id, &certificate, issued).await
     }
 
     /// Keeps the certificate in the data directory, so a restart serves it without the
-    /// CA or the fleet, and reads it for serving.
-    async fn store_and_parse(
+    /// CA or the fleet, and asks the CA when to renew it.
+    async fn keep(
         &self,
         account: &Account,
         id: &str,
         certificate: &SharedCertificate,
+        issued: Issued,
     ) -> anyhow::Result<(Issued, Option<SystemTime>)> {
         self.folder.save_certificate(id, &certificate.chain_pem, &certificate.key_pem)?;
-        let issued = Issued::from_pem(certificate.chain_pem.as_bytes(), certificate.key_pem.as_bytes(), id.as_ref())?;
         let renew_at = renewal::suggested(account, &issued).await;
         Ok((issued, renew_at))
     }
